@@ -1,0 +1,13 @@
+//! Types shared by sonde's kernel programs (`sonde-ebpf`) and its userspace (`sonde-daemon`).
+//!
+//! Everything here is `#[repr(C)]`, `Copy`, padded explicitly and size-asserted, because the
+//! kernel and userspace read the same bytes out of BPF maps: a layout drift must fail the build,
+//! not corrupt a measurement.
+//!
+//! # Layout
+//! - [`counters`]: per-interface packet counters filled by the TC classifiers.
+//! - [`maps`]: names of the maps userspace looks up, in one place for both sides.
+#![no_std]
+
+pub mod counters;
+pub mod maps;

@@ -1,0 +1,99 @@
+//! The node's identity and what the daemon found on it: the answer to `GetNodeFacts`.
+
+use std::{
+    sync::Mutex,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use crate::{
+    Result,
+    capabilities::{self, Capability},
+    config::Config,
+    probes::{LoadedProgram, Probes},
+    tc_counter,
+};
+
+/// Everything `GetNodeFacts` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// The node's name.
+    pub node_name: String,
+    /// `uname -r`.
+    pub kernel_release: String,
+    /// This daemon's version.
+    pub daemon_version: String,
+    /// When the daemon started, ns since the Unix epoch.
+    pub started_at_unix_ns: u64,
+    /// The daemon's process ID.
+    pub pid: u32,
+    /// What the kernel allows, in [`capabilities::NAMES`] order.
+    pub capabilities: Vec<Capability>,
+    /// What the daemon holds loaded now.
+    pub programs: Vec<LoadedProgram>,
+}
+
+/// Where the gRPC layer gets node facts from: the real [`Node`], or a fixed value in tests of
+/// the API that must not need root.
+pub trait FactsSource: Send + Sync + 'static {
+    /// The facts as of now.
+    fn node_facts(&self) -> NodeFacts;
+}
+
+/// The node as the daemon found it at start, and the eBPF object it keeps loaded.
+#[derive(Debug)]
+pub struct Node {
+    /// Facts that do not change while the daemon runs (programs are read live).
+    fixed: NodeFacts,
+    /// The loaded eBPF object; a mutex because probing and attaching need `&mut`.
+    probes: Mutex<Probes>,
+}
+
+impl Node {
+    /// Loads sonde's eBPF object, probes the kernel's capabilities and loads the programs the
+    /// daemon keeps (the TC counters) so that later attachments are cheap.
+    pub fn start(config: &Config) -> Result<Self> {
+        let mut probes = Probes::load()?;
+        let capabilities = capabilities::probe_all(&mut probes);
+        tc_counter::load(&mut probes)?;
+        let fixed = NodeFacts {
+            node_name: config.node_name(),
+            kernel_release: kernel_release(),
+            daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at_unix_ns: now_unix_ns(),
+            pid: std::process::id(),
+            capabilities,
+            programs: Vec::new(),
+        };
+        Ok(Self {
+            fixed,
+            probes: Mutex::new(probes),
+        })
+    }
+}
+
+impl FactsSource for Node {
+    fn node_facts(&self) -> NodeFacts {
+        let programs = match self.probes.lock() {
+            Ok(probes) => probes.loaded_programs(),
+            // A panic while holding the lock left the object as it was; reading is still safe.
+            Err(poisoned) => poisoned.into_inner().loaded_programs(),
+        };
+        NodeFacts {
+            programs,
+            ..self.fixed.clone()
+        }
+    }
+}
+
+fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|uts| uts.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|err| format!("unknown ({err})"))
+}
+
+fn now_unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}

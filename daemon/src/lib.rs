@@ -1,0 +1,26 @@
+//! `sonded`, sonde's per-node agent, as a library: the binary in `main.rs` only parses its
+//! configuration, sets up logging and signals, and calls [`server::run`].
+//!
+//! # Layout
+//! - [`config`]: flags and `SONDE_*` environment variables.
+//! - [`probes`]: the embedded eBPF object, loaded once; programs and maps the daemon holds.
+//! - [`capabilities`]: what this kernel allows, tried for real at start.
+//! - [`tc_counter`]: per-interface packet counters on TCX links.
+//! - [`mounts`]: tracefs in a private mount namespace when the host has none.
+//! - [`netns`]: running a piece of work inside another network namespace.
+//! - [`facts`]: the node's identity and what it found, as served by `GetNodeFacts`.
+//! - [`grpc`]: the thin `sonde.v1` adapter over the above.
+//! - [`server`]: binds, serves, and shuts down within a deadline.
+
+pub mod capabilities;
+pub mod config;
+pub mod error;
+pub mod facts;
+pub mod grpc;
+pub mod mounts;
+pub mod netns;
+pub mod probes;
+pub mod server;
+pub mod tc_counter;
+
+pub use error::{Error, Result};

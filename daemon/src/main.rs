@@ -1,0 +1,80 @@
+//! `sonded`: parse the configuration, start the node (load eBPF, probe the kernel), serve until
+//! SIGTERM or SIGINT, release everything.
+
+use std::{io::IsTerminal as _, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use sonde_daemon::{config::Config, facts::Node, mounts, server};
+use tokio::signal::unix::{SignalKind, signal};
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    // Before any thread exists: a private mount namespace can only be made single-threaded.
+    match mounts::ensure_tracefs() {
+        Ok(mounts::Tracefs::Present(path)) => tracing::debug!(path, "tracefs present"),
+        Ok(mounts::Tracefs::MountedPrivately) => {
+            tracing::info!(
+                path = mounts::TRACEFS,
+                "tracefs mounted in sonded's own mount namespace"
+            )
+        }
+        Err(reason) => {
+            tracing::warn!(%reason, "tracefs unavailable: classic tracepoints will be missing")
+        }
+    }
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sonded: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        // Signals first: a SIGTERM during the (slow-ish) eBPF load must still stop us cleanly.
+        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the gRPC listener on {}", config.listen))?;
+        let node = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || Node::start(&config))
+                .await
+                .context("starting the node")??
+        };
+        let node = Arc::new(node);
+        let shutdown = async {
+            tokio::select! {
+                _ = sigterm.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
+                _ = sigint.recv() => tracing::info!(signal = "SIGINT", "stop requested"),
+            }
+        };
+        server::run(
+            listener,
+            Arc::clone(&node),
+            shutdown,
+            Duration::from_secs(config.drain_seconds),
+        )
+        .await?;
+        drop(node);
+        tracing::info!("stopped; eBPF programs unloaded and links released");
+        anyhow::Ok(())
+    })
+}

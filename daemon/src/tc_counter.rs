@@ -1,0 +1,151 @@
+//! Per-interface packet counters: the `sonde_tc_ingress`/`sonde_tc_egress` classifiers attached
+//! as TCX links, and the per-CPU map they fill.
+//!
+//! An attachment is an owned value: dropping a [`CounterAttachment`] detaches both links, and if
+//! the daemon dies the kernel does the same when it closes the link file descriptors.
+//!
+//! Interfaces are keyed by ifindex, which is unique only within one network namespace; callers
+//! that count in several namespaces must not mix interfaces with the same index.
+
+use aya::{
+    maps::{MapError, PerCpuHashMap},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, tc::SchedClassifierLink,
+        tc::TcAttachOptions,
+    },
+};
+use sonde_common::{
+    counters::{IfaceKey, PacketCount, direction},
+    maps::IFACE_COUNTERS,
+};
+
+use crate::{Error, Result, probes::Probes};
+
+/// Name of the ingress counting program in sonde's object.
+pub const INGRESS_PROGRAM: &str = "sonde_tc_ingress";
+/// Name of the egress counting program in sonde's object.
+pub const EGRESS_PROGRAM: &str = "sonde_tc_egress";
+
+/// Both counter programs attached to one interface; dropping it detaches them.
+#[derive(Debug)]
+pub struct CounterAttachment {
+    /// The interface's name, as asked for.
+    pub iface: String,
+    /// The interface's index in the namespace it was attached in (the map key).
+    pub ifindex: u32,
+    /// Held only to keep the ingress link alive.
+    _ingress: SchedClassifierLink,
+    /// Held only to keep the egress link alive.
+    _egress: SchedClassifierLink,
+}
+
+/// Packets and bytes counted on one interface since the counter was first attached to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IfaceCounts {
+    /// What arrived on the interface.
+    pub ingress: PacketCount,
+    /// What left through the interface.
+    pub egress: PacketCount,
+}
+
+/// Loads both counter programs into the kernel (once; later calls do nothing).
+pub fn load(probes: &mut Probes) -> Result<()> {
+    for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+        let classifier = classifier(probes, name)?;
+        match classifier.load() {
+            Ok(()) | Err(ProgramError::AlreadyLoaded) => {}
+            Err(source) => {
+                return Err(Error::Program {
+                    action: "load".to_owned(),
+                    program: name,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Attaches the counters to `iface` in the calling thread's network namespace, as TCX links
+/// placed after any program already there (a CNI's programs keep running first).
+pub fn attach(probes: &mut Probes, iface: &str) -> Result<CounterAttachment> {
+    let ifindex = nix::net::if_::if_nametoindex(iface).map_err(|_| Error::NoSuchInterface {
+        name: iface.to_owned(),
+    })?;
+    load(probes)?;
+    let ingress = attach_one(probes, INGRESS_PROGRAM, iface, TcAttachType::Ingress)?;
+    let egress = attach_one(probes, EGRESS_PROGRAM, iface, TcAttachType::Egress)?;
+    tracing::info!(iface, ifindex, "packet counter attached");
+    Ok(CounterAttachment {
+        iface: iface.to_owned(),
+        ifindex,
+        _ingress: ingress,
+        _egress: egress,
+    })
+}
+
+/// Reads the counts of the interface with index `ifindex`, summed over CPUs.
+pub fn read(probes: &Probes, ifindex: u32) -> Result<IfaceCounts> {
+    let map_error = |source| Error::Map {
+        name: IFACE_COUNTERS,
+        source,
+    };
+    let map = probes.ebpf().map(IFACE_COUNTERS).ok_or(Error::MissingMap {
+        name: IFACE_COUNTERS,
+    })?;
+    let counters: PerCpuHashMap<_, IfaceKey, PacketCount> =
+        PerCpuHashMap::try_from(map).map_err(map_error)?;
+    let sum = |direction| -> Result<PacketCount> {
+        match counters.get(&IfaceKey { ifindex, direction }, 0) {
+            Ok(per_cpu) => {
+                Ok(per_cpu
+                    .iter()
+                    .fold(PacketCount::default(), |total, cpu| PacketCount {
+                        packets: total.packets + cpu.packets,
+                        bytes: total.bytes + cpu.bytes,
+                    }))
+            }
+            Err(MapError::KeyNotFound) => Ok(PacketCount::default()),
+            Err(source) => Err(map_error(source)),
+        }
+    };
+    Ok(IfaceCounts {
+        ingress: sum(direction::INGRESS)?,
+        egress: sum(direction::EGRESS)?,
+    })
+}
+
+fn classifier<'a>(probes: &'a mut Probes, name: &'static str) -> Result<&'a mut SchedClassifier> {
+    probes
+        .program_mut(name)?
+        .try_into()
+        .map_err(|_| Error::MissingProgram { name })
+}
+
+fn attach_one(
+    probes: &mut Probes,
+    name: &'static str,
+    iface: &str,
+    attach_type: TcAttachType,
+) -> Result<SchedClassifierLink> {
+    let program_error = |action: String| {
+        move |source| Error::Program {
+            action,
+            program: name,
+            source,
+        }
+    };
+    let classifier = classifier(probes, name)?;
+    let link_id = classifier
+        .attach_with_options(
+            iface,
+            attach_type,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(program_error(format!(
+            "attach (TCX) to {iface} {attach_type:?}"
+        )))?;
+    classifier
+        .take_link(link_id)
+        .map_err(program_error("take link of".to_owned()))
+}
