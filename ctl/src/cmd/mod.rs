@@ -1,0 +1,12 @@
+//! One module per subcommand; [`run`] dispatches.
+
+pub mod nodes;
+
+use crate::cli::{Cli, Command};
+
+/// Runs the command `cli` asks for.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Nodes(args) => nodes::run(args).await,
+    }
+}

@@ -1,0 +1,222 @@
+//! `sondectl nodes`: what each daemon's node is and what its kernel allows.
+//!
+//! Every daemon is asked at once. A daemon that cannot be reached does not hide the others:
+//! their facts are printed, the failures are reported one line each on stderr, and the command
+//! exits non-zero.
+//!
+//! JSON schema (`-o json`): `{"nodes": [NodeReport], "errors": [{"agent", "error"}]}` where a
+//! `NodeReport` is `{agent, node_name, kernel_release, daemon_version, pid, started_at_unix_ns,
+//! capabilities: [{name, available, detail}], programs: [{name, program_type, kernel_id}]}`.
+
+use serde::Serialize;
+use sonde_proto::v1 as pb;
+
+use crate::{
+    agent::{self, AgentAddr},
+    cli::NodesArgs,
+    output::{self, OutputFormat},
+};
+
+/// One daemon's answer, in sondectl's documented JSON shape.
+#[derive(Debug, Serialize)]
+pub struct NodeReport {
+    /// The address it was reached at.
+    pub agent: String,
+    /// Its node's name.
+    pub node_name: String,
+    /// The node's kernel release.
+    pub kernel_release: String,
+    /// sonded's version.
+    pub daemon_version: String,
+    /// sonded's process ID on the node.
+    pub pid: u32,
+    /// When sonded started (ns since the Unix epoch).
+    pub started_at_unix_ns: u64,
+    /// What the kernel allows.
+    pub capabilities: Vec<CapabilityReport>,
+    /// What sonded holds loaded.
+    pub programs: Vec<ProgramReport>,
+}
+
+/// One capability of a node.
+#[derive(Debug, Serialize)]
+pub struct CapabilityReport {
+    /// Short stable name ("tcx", "fentry", ...).
+    pub name: String,
+    /// Whether it worked when tried.
+    pub available: bool,
+    /// What was done, or the kernel's error.
+    pub detail: String,
+}
+
+/// One eBPF program loaded by a daemon.
+#[derive(Debug, Serialize)]
+pub struct ProgramReport {
+    /// Name in sonde's object.
+    pub name: String,
+    /// Kernel program type.
+    pub program_type: String,
+    /// Kernel program ID.
+    pub kernel_id: u32,
+}
+
+/// A daemon that could not be asked, and why.
+#[derive(Debug, Serialize)]
+pub struct AgentFailure {
+    /// The address tried.
+    pub agent: String,
+    /// What went wrong, on one line.
+    pub error: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    nodes: Vec<NodeReport>,
+    errors: Vec<AgentFailure>,
+}
+
+/// Runs `sondectl nodes`.
+pub async fn run(args: NodesArgs) -> anyhow::Result<()> {
+    let asks = args.agents.iter().map(|addr| ask(addr, args.timeout));
+    let mut report = Report {
+        nodes: Vec::new(),
+        errors: Vec::new(),
+    };
+    for (addr, answer) in args
+        .agents
+        .iter()
+        .zip(futures::future::join_all(asks).await)
+    {
+        match answer {
+            Ok(node) => report.nodes.push(node),
+            Err(err) => report.errors.push(AgentFailure {
+                agent: addr.to_string(),
+                error: format!("{err:#}"),
+            }),
+        }
+    }
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Table => {
+            if !report.nodes.is_empty() {
+                print!("{}", render_table(&report.nodes));
+            }
+        }
+    }
+    for failure in &report.errors {
+        eprintln!("sondectl: agent {}: {}", failure.agent, failure.error);
+    }
+    match report.errors.len() {
+        0 => Ok(()),
+        failed => anyhow::bail!("{failed} of {} agents did not answer", args.agents.len()),
+    }
+}
+
+async fn ask(addr: &AgentAddr, timeout: std::time::Duration) -> anyhow::Result<NodeReport> {
+    let mut client = agent::connect(addr, timeout).await?;
+    let response = client
+        .get_node_facts(pb::GetNodeFactsRequest {})
+        .await
+        .map_err(|status| anyhow::anyhow!("GetNodeFacts failed: {}", status.message()))?;
+    let facts = response
+        .into_inner()
+        .facts
+        .ok_or_else(|| anyhow::anyhow!("GetNodeFacts answered without facts"))?;
+    Ok(NodeReport::new(addr, facts))
+}
+
+impl NodeReport {
+    fn new(addr: &AgentAddr, facts: pb::NodeFacts) -> Self {
+        Self {
+            agent: addr.to_string(),
+            node_name: facts.node_name,
+            kernel_release: facts.kernel_release,
+            daemon_version: facts.daemon_version,
+            pid: facts.pid,
+            started_at_unix_ns: facts.started_at_unix_ns,
+            capabilities: facts
+                .capabilities
+                .into_iter()
+                .map(|capability| CapabilityReport {
+                    name: capability.name,
+                    available: capability.available,
+                    detail: capability.detail,
+                })
+                .collect(),
+            programs: facts
+                .programs
+                .into_iter()
+                .map(|program| ProgramReport {
+                    name: program.name,
+                    program_type: program.program_type,
+                    kernel_id: program.kernel_id,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The nodes table, then a capability matrix (a column per node), then the reason for every
+/// capability that is missing somewhere.
+fn render_table(nodes: &[NodeReport]) -> String {
+    let mut summary = output::table(&["NODE", "AGENT", "KERNEL", "SONDED", "PID", "PROGRAMS"]);
+    for node in nodes {
+        let programs: Vec<&str> = node.programs.iter().map(|p| p.name.as_str()).collect();
+        summary.add_row([
+            node.node_name.clone(),
+            node.agent.clone(),
+            node.kernel_release.clone(),
+            node.daemon_version.clone(),
+            node.pid.to_string(),
+            programs.join(","),
+        ]);
+    }
+
+    let mut header = vec!["CAPABILITY"];
+    header.extend(nodes.iter().map(|node| node.node_name.as_str()));
+    let mut matrix = output::table(&header);
+    let names = nodes
+        .first()
+        .map(|node| &node.capabilities[..])
+        .unwrap_or_default();
+    for capability in names {
+        let mut row = vec![capability.name.clone()];
+        for node in nodes {
+            let cell = match node.capabilities.iter().find(|c| c.name == capability.name) {
+                Some(c) if c.available => "yes",
+                Some(_) => "no",
+                None => "?",
+            };
+            row.push(cell.to_owned());
+        }
+        matrix.add_row(row);
+    }
+
+    let mut text = format!("{}\n\n{}\n", trim_lines(&summary), trim_lines(&matrix));
+    let missing: Vec<String> = nodes
+        .iter()
+        .flat_map(|node| {
+            node.capabilities
+                .iter()
+                .filter(|c| !c.available)
+                .map(move |c| format!("{}: {} unavailable: {}", node.node_name, c.name, c.detail))
+        })
+        .collect();
+    if !missing.is_empty() {
+        text.push('\n');
+        for line in missing {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    text
+}
+
+/// comfy-table pads every cell by one space: drop the pad at both ends of each line.
+fn trim_lines(table: &comfy_table::Table) -> String {
+    table
+        .lines()
+        .map(|line| line.trim().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}

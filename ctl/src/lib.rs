@@ -1,0 +1,13 @@
+//! `sondectl`, sonde's command line, as a library: `main.rs` parses [`cli::Cli`] and calls
+//! [`cmd::run`].
+//!
+//! # Layout
+//! - [`cli`]: the commands and flags.
+//! - [`agent`]: agent addresses, and connecting to a daemon with deadlines.
+//! - [`cmd`]: one module per subcommand.
+//! - [`output`]: output formats shared by the subcommands.
+
+pub mod agent;
+pub mod cli;
+pub mod cmd;
+pub mod output;

@@ -1,0 +1,68 @@
+//! sondectl's failures as a user sees them: one line on stderr, a non-zero exit, no panic.
+
+use std::process::{Command, Output};
+
+fn sondectl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sondectl"))
+        .args(args)
+        .env_remove("SONDE_AGENTS")
+        .output()
+        .expect("sondectl runs")
+}
+
+fn stderr_line(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    stderr
+}
+
+#[test]
+fn a_bad_agent_address_is_one_line_and_exit_2() {
+    let output = sondectl(&["nodes", "--agents", "127.0.0.1"]);
+    let stderr = stderr_line(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("sondectl: "), "{stderr}");
+    assert!(stderr.contains("expected HOST:PORT"), "{stderr}");
+}
+
+#[test]
+fn an_unreachable_daemon_is_reported_and_exits_non_zero() {
+    // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    let output = sondectl(&["nodes", "--agents", "127.0.0.1:1", "--timeout", "2s"]);
+    let stderr = stderr_line(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(output.stdout.is_empty());
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "sondectl: agent 127.0.0.1:1: cannot connect: transport error: tcp connect error: \
+             Connection refused (os error 111)",
+            "sondectl: 1 of 1 agents did not answer",
+        ],
+    );
+}
+
+#[test]
+fn json_output_keeps_the_failure_in_the_document() {
+    let output = sondectl(&["nodes", "--agents", "127.0.0.1:1", "-o", "json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("stdout is one JSON document");
+    assert_eq!(report["nodes"], serde_json::json!([]));
+    assert_eq!(report["errors"][0]["agent"], "127.0.0.1:1");
+    assert!(
+        report["errors"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Connection refused"))
+    );
+}
+
+#[test]
+fn no_agents_is_a_usage_error() {
+    let output = sondectl(&["nodes"]);
+    let stderr = stderr_line(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--agents"), "{stderr}");
+}
