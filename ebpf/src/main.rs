@@ -7,8 +7,10 @@
 //! - [`tc_counter`]: per-interface packet counters (TC classifiers, attached as TCX links).
 //! - [`capability`]: minimal programs the daemon loads and attaches once at start to learn which
 //!   hook types this kernel allows (tracepoint, tp_btf, sock_ops, fentry, kprobe).
-#![no_std]
-#![no_main]
+// Built for the BPF target by daemon/build.rs. A host build (`cargo build --workspace`) gets an
+// ordinary binary that only says so, so that workspace-wide commands keep working.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 
 mod capability;
 mod tc_counter;
@@ -67,10 +69,16 @@ pub fn sonde_cap_kprobe(ctx: ProbeContext) -> u32 {
     capability::touch_kprobe(&ctx)
 }
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("sonde-ebpf is kernel code: daemon/build.rs builds it for bpfel-unknown-none");
+    std::process::exit(2);
 }
 
 /// The kernel refuses GPL-only helpers to programs without a GPL-compatible licence.
