@@ -1,25 +1,39 @@
 //! Agent addresses, and connections to a daemon with a deadline on every step.
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 
 use sonde_proto::v1::agent_client::AgentClient;
 use tonic::transport::{Channel, Endpoint};
 
-/// A daemon's gRPC address, `HOST:PORT` (`[v6]:PORT` for IPv6 literals), checked when parsed so
-/// that a typo is refused before anything is dialled.
+/// A daemon's gRPC address: `HOST:PORT` (`[v6]:PORT` for IPv6 literals), or `unix:PATH` for a
+/// daemon listening on a Unix socket (the lab's). Checked when parsed, so that a typo is refused
+/// before anything is dialled.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentAddr {
-    /// Host name or IP literal (IPv6 without brackets).
-    host: String,
-    /// TCP port.
-    port: u16,
+pub enum AgentAddr {
+    /// Over TCP.
+    Tcp {
+        /// Host name or IP literal (IPv6 without brackets).
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+    /// Over a Unix socket.
+    Unix(PathBuf),
 }
 
 impl FromStr for AgentAddr {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| format!("invalid agent address {text:?}: {why} (expected HOST:PORT)");
+        let bad = |why: &str| {
+            format!("invalid agent address {text:?}: {why} (expected HOST:PORT or unix:PATH)")
+        };
+        if let Some(path) = text.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(bad("a Unix socket path must be absolute"));
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
         if text.contains("://") {
             return Err(bad("no scheme, just the address"));
         }
@@ -42,16 +56,16 @@ impl FromStr for AgentAddr {
             Ok(0) | Err(_) => return Err(bad("port must be a number from 1 to 65535")),
             Ok(port) => port,
         };
-        Ok(Self { host, port })
+        Ok(Self::Tcp { host, port })
     }
 }
 
 impl fmt::Display for AgentAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
+        match self {
+            Self::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Self::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
 }
@@ -59,13 +73,31 @@ impl fmt::Display for AgentAddr {
 /// Connects to the daemon at `addr`: the TCP/HTTP2 connection must be up within `timeout`,
 /// and so must every call made on the returned client.
 pub async fn connect(addr: &AgentAddr, timeout: Duration) -> anyhow::Result<AgentClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(timeout)
-        .timeout(timeout);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|err| anyhow::anyhow!("cannot connect: {}", error_chain(&err)))?;
+    let channel = match addr {
+        AgentAddr::Tcp { .. } => {
+            Endpoint::from_shared(format!("http://{addr}"))?
+                .connect_timeout(timeout)
+                .timeout(timeout)
+                .connect()
+                .await
+        }
+        AgentAddr::Unix(path) => {
+            let path = path.clone();
+            // The URI is required by HTTP/2 but unused: the connector dials the socket file.
+            Endpoint::from_static("http://sonded.local")
+                .connect_timeout(timeout)
+                .timeout(timeout)
+                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(&path).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                    }
+                }))
+                .await
+        }
+    }
+    .map_err(|err| anyhow::anyhow!("cannot connect: {}", error_chain(&err)))?;
     Ok(AgentClient::new(channel))
 }
 
@@ -90,7 +122,12 @@ mod tests {
 
     #[test]
     fn parses_names_ipv4_and_bracketed_ipv6() {
-        for text in ["127.0.0.1:7470", "node-a.example:1", "[::1]:7470"] {
+        for text in [
+            "127.0.0.1:7470",
+            "node-a.example:1",
+            "[::1]:7470",
+            "unix:/run/sonde/lab/node1.sock",
+        ] {
             let addr: AgentAddr = text.parse().expect(text);
             assert_eq!(addr.to_string(), text);
         }
@@ -107,10 +144,11 @@ mod tests {
             ("[::1:7470", "unclosed"),
             ("a b:7470", "bad host"),
             ("http://x:7470", "no scheme"),
+            ("unix:relative.sock", "absolute"),
         ] {
             let err = text.parse::<AgentAddr>().expect_err(text);
             assert!(err.contains(why), "{text}: {err}");
-            assert!(err.contains("HOST:PORT"), "{text}: {err}");
+            assert!(err.contains("HOST:PORT or unix:PATH"), "{text}: {err}");
         }
     }
 }

@@ -2,7 +2,15 @@
 
 use std::time::Duration;
 
-use crate::{agent::AgentAddr, output::OutputFormat};
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+
+use crate::{
+    agent::AgentAddr,
+    lab::spec::{BandwidthSpec, ServiceSpec},
+    output::OutputFormat,
+};
 
 /// sondectl: measure pod-to-pod networking from inside the kernel.
 #[derive(Debug, clap::Parser)]
@@ -18,14 +26,87 @@ pub struct Cli {
 pub enum Command {
     /// List sonde's daemons: node, kernel, capabilities and loaded eBPF programs.
     Nodes(NodesArgs),
+    /// A multi-node cluster of network namespaces on this machine (needs root).
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+/// `sondectl lab` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum LabCommand {
+    /// Build a lab and start a sonded per node; prints the inventory.
+    Up(LabUpArgs),
+    /// Remove a lab: processes, namespaces (with their links and nft tables), state files.
+    Down(LabName),
+    /// Check a lab's namespaces and daemons.
+    Status(LabName),
+}
+
+/// Which lab.
+#[derive(Debug, clap::Args)]
+pub struct LabName {
+    /// The lab's name (1 to 8 lower-case letters or digits).
+    #[arg(long = "name", env = "SONDE_LAB", default_value = "lab")]
+    pub name: String,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Flags of `sondectl lab up`.
+#[derive(Debug, clap::Args)]
+pub struct LabUpArgs {
+    /// The lab's name and output format.
+    #[command(flatten)]
+    pub lab: LabName,
+
+    /// Number of nodes.
+    #[arg(long, default_value_t = 2)]
+    pub nodes: u8,
+
+    /// Pods on each node.
+    #[arg(long, default_value_t = 2)]
+    pub pods_per_node: u8,
+
+    /// A ClusterIP Service: NAME=PORT[:TARGET_PORT][/tcp|/udp][@POD,POD...] (all pods if none
+    /// given). Repeatable.
+    #[arg(long = "service")]
+    pub services: Vec<ServiceSpec>,
+
+    /// An egress bandwidth limit, as kubernetes.io/egress-bandwidth: POD=RATE (100M, 1G,
+    /// 500k). Repeatable.
+    #[arg(long)]
+    pub bandwidth: Vec<BandwidthSpec>,
+
+    /// The pods' range (node N gets its N-th /24).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub pod_cidr: Ipv4Net,
+
+    /// The underlay joining the nodes.
+    #[arg(long, default_value = "10.250.0.0/24")]
+    pub node_cidr: Ipv4Net,
+
+    /// Where ClusterIPs come from.
+    #[arg(long, default_value = "10.96.0.0/24")]
+    pub service_cidr: Ipv4Net,
+
+    /// The sonded binary to run on each node (default: next to sondectl).
+    #[arg(long)]
+    pub sonded: Option<PathBuf>,
 }
 
 /// Flags of `sondectl nodes`.
 #[derive(Debug, clap::Args)]
 pub struct NodesArgs {
-    /// Daemons to ask, as HOST:PORT (comma-separated or repeated).
-    #[arg(long, env = "SONDE_AGENTS", value_delimiter = ',', required = true)]
+    /// Daemons to ask, as HOST:PORT or unix:PATH (comma-separated or repeated). Without it,
+    /// the daemons of the lab named by --lab.
+    #[arg(long, env = "SONDE_AGENTS", value_delimiter = ',')]
     pub agents: Vec<AgentAddr>,
+
+    /// The lab whose daemons to list when no --agents are given.
+    #[arg(long, env = "SONDE_LAB", default_value = "lab")]
+    pub lab: String,
 
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
@@ -89,7 +170,9 @@ mod tests {
             "json",
         ])
         .expect("valid command line");
-        let Command::Nodes(args) = cli.command;
+        let Command::Nodes(args) = cli.command else {
+            panic!("not the nodes command");
+        };
         assert_eq!(args.agents.len(), 2);
         assert_eq!(args.agents[1].to_string(), "node-b:7470");
         assert_eq!(args.output, OutputFormat::Json);

@@ -5,9 +5,11 @@
 //! - [`cli`]: the commands and flags.
 //! - [`agent`]: agent addresses, and connecting to a daemon with deadlines.
 //! - [`cmd`]: one module per subcommand.
+//! - [`lab`]: the lab, a cluster of network namespaces on one machine.
 //! - [`output`]: output formats shared by the subcommands.
 
 pub mod agent;
 pub mod cli;
 pub mod cmd;
+pub mod lab;
 pub mod output;

@@ -18,3 +18,12 @@ pub fn table(header: &[&str]) -> comfy_table::Table {
         .set_header(header.iter().copied());
     table
 }
+
+/// comfy-table pads every cell by one space: drop the pad at both ends of each line.
+pub fn trim_lines(table: &comfy_table::Table) -> String {
+    table
+        .lines()
+        .map(|line| line.trim().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}

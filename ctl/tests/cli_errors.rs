@@ -23,7 +23,10 @@ fn a_bad_agent_address_is_one_line_and_exit_2() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("sondectl: "), "{stderr}");
-    assert!(stderr.contains("expected HOST:PORT"), "{stderr}");
+    assert!(
+        stderr.contains("expected HOST:PORT or unix:PATH"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -60,9 +63,11 @@ fn json_output_keeps_the_failure_in_the_document() {
 }
 
 #[test]
-fn no_agents_is_a_usage_error() {
-    let output = sondectl(&["nodes"]);
+fn no_agents_and_no_lab_says_what_to_do() {
+    let output = sondectl(&["nodes", "--lab", "nosuchlab"]);
     let stderr = stderr_line(&output);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--agents"), "{stderr}");
+    assert!(stderr.contains("sondectl lab up"), "{stderr}");
 }

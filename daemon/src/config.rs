@@ -1,7 +1,7 @@
 //! sonded's configuration: flags, each also settable as a `SONDE_*` environment variable (the
 //! DaemonSet sets them from the downward API).
 
-use std::net::SocketAddr;
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
 
 /// The port sonded serves gRPC on unless told otherwise.
 pub const DEFAULT_GRPC_PORT: u16 = 7470;
@@ -10,9 +10,14 @@ pub const DEFAULT_GRPC_PORT: u16 = 7470;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "sonded", version, about = "sonde's per-node measurement agent")]
 pub struct Config {
-    /// Address to serve the sonde.v1 gRPC API (and gRPC health) on.
-    #[arg(long, env = "SONDE_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_GRPC_PORT)))]
-    pub listen: SocketAddr,
+    /// Where to serve the sonde.v1 gRPC API (and gRPC health): HOST:PORT, or unix:PATH for a
+    /// Unix socket (the lab's daemons, which live in namespaces the host cannot route to).
+    #[arg(
+        long,
+        env = "SONDE_LISTEN",
+        default_value_t = ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], DEFAULT_GRPC_PORT)))
+    )]
+    pub listen: ListenAddr,
 
     /// This node's name as reported to sondectl (Kubernetes node name, lab node name); the host
     /// name when not set.
@@ -26,6 +31,38 @@ pub struct Config {
     /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `sonde_daemon=debug`).
     #[arg(long, env = "SONDE_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// Where sonded listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP socket address.
+    Tcp(SocketAddr),
+    /// A Unix socket path (a stale socket file there is replaced).
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.strip_prefix("unix:") {
+            Some("") => Err("unix: needs a path, e.g. unix:/run/sonde/sonded.sock".to_owned()),
+            Some(path) => Ok(Self::Unix(PathBuf::from(path))),
+            None => text.parse().map(Self::Tcp).map_err(|_| {
+                format!("{text:?} is neither HOST:PORT (an IP address and port) nor unix:PATH")
+            }),
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 impl Config {
@@ -50,8 +87,19 @@ mod tests {
         let config =
             Config::try_parse_from(["sonded", "--listen", "127.0.0.1:9", "--node-name", "n1"])
                 .expect("valid flags");
-        assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 9)));
+        assert_eq!(
+            config.listen,
+            ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9)))
+        );
         assert_eq!(config.node_name(), "n1");
+    }
+
+    #[test]
+    fn unix_listen_addresses_round_trip() {
+        let listen: ListenAddr = "unix:/run/sonde/a.sock".parse().expect("unix path");
+        assert_eq!(listen, ListenAddr::Unix(PathBuf::from("/run/sonde/a.sock")));
+        assert_eq!(listen.to_string(), "unix:/run/sonde/a.sock");
+        assert!("unix:".parse::<ListenAddr>().is_err());
     }
 
     #[test]

@@ -50,9 +50,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding the gRPC listener on {}", config.listen))?;
+        let listener = server::Listener::bind(&config.listen).await?;
         let node = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || Node::start(&config))

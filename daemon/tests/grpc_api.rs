@@ -49,10 +49,10 @@ fn facts() -> NodeFacts {
 
 #[tokio::test]
 async fn facts_and_health_are_served_and_shutdown_drains() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let listener = server::Listener::bind(&"127.0.0.1:0".parse().expect("listen address"))
         .await
         .expect("bind loopback");
-    let addr = listener.local_addr().expect("local addr");
+    let addr = listener.local_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::run(
         listener,

@@ -1,91 +1,84 @@
 //! `cargo xtask demo`: sonde's main job for a newcomer, on this machine alone.
 //!
-//! Sets the machine up, builds, starts `sonded` on loopback, asks it with `sondectl nodes` what
-//! it found on this kernel, then stops it with SIGTERM and shows that it left nothing loaded.
+//! Sets the machine up, builds, brings up a lab (2 nodes x 2 pods of network namespaces, a
+//! ClusterIP Service, a bandwidth-limited pod, a sonded per node), shows what the daemons found
+//! on this kernel and traffic crossing the lab, then removes the lab.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
-
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 
 use crate::{
     setup,
     shell::{self, step},
 };
 
+/// The demo's lab name: distinct from the default "lab" a user may have up.
+const LAB: &str = "demo";
+
 /// Runs the demo.
 pub fn run() -> anyhow::Result<()> {
     let root = shell::workspace_root();
     std::env::set_current_dir(&root)?;
     if !shell::is_root() {
-        bail!("sonded loads eBPF programs and needs root: run `sudo -E cargo xtask demo`");
+        bail!("the lab creates network namespaces and loads eBPF: run `sudo -E cargo xtask demo`");
     }
     if !setup::is_complete() {
         setup::run()?;
     }
     step("build sonded and sondectl");
     shell::run("cargo", &["build", "--bins"])?;
-    let bin = root.join("target/debug");
-
-    step("start sonded on loopback (it probes this kernel's eBPF capabilities)");
-    let mut daemon = Command::new(bin.join("sonded"))
-        .args(["--listen", "127.0.0.1:0", "--node-name", "demo"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting sonded")?;
-    let stderr = daemon.stderr.take().context("sonded's stderr")?;
-    let (addr_tx, addr_rx) = mpsc::channel();
-    let echo = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            println!("    sonded | {line}");
-            if let Some(addr) = line
-                .split("addr=")
-                .nth(1)
-                .filter(|_| line.contains("serving"))
-            {
-                let _ = addr_tx.send(addr.trim().to_owned());
-            }
-        }
-    });
-    let Ok(addr) = addr_rx.recv_timeout(Duration::from_secs(30)) else {
-        let _ = daemon.kill();
-        bail!("sonded did not start serving within 30s (its log is above)");
-    };
-
-    let sondectl = bin.join("sondectl");
+    let sondectl = root.join("target/debug/sondectl");
     let sondectl = sondectl.to_string_lossy();
-    step(&format!("sondectl nodes --agents {addr}"));
-    let shown = shell::run(&sondectl, &["nodes", "--agents", &addr]);
-    if shown.is_ok() {
-        step(&format!(
-            "the same as JSON: sondectl nodes --agents {addr} -o json"
-        ));
-    }
-    let shown =
-        shown.and_then(|()| shell::run(&sondectl, &["nodes", "--agents", &addr, "-o", "json"]));
 
-    step("stop sonded (SIGTERM): it detaches and unloads everything");
-    shell::run("kill", &["-TERM", &daemon.id().to_string()])?;
-    let status = daemon.wait().context("waiting for sonded")?;
-    let _ = echo.join();
+    step("bring up a lab: 2 nodes x 2 pods, Service web (ClusterIP), pod4 limited to 100 Mbit/s");
+    shell::run(
+        &sondectl,
+        &[
+            "lab",
+            "up",
+            "--name",
+            LAB,
+            "--service",
+            "web=80:5201@pod3",
+            "--bandwidth",
+            "pod4=100M",
+        ],
+    )?;
+    let shown = show();
+    step("remove the lab");
+    let removed = shell::run(&sondectl, &["lab", "down", "--name", LAB]);
     shown?;
-    if !status.success() {
-        bail!("sonded exited with {status}");
-    }
-    let leftovers = shell::output("bpftool", &["prog", "show"])
-        .map(|list| {
-            list.lines()
-                .filter(|line| line.contains("name sonde_"))
-                .count()
-        })
-        .unwrap_or(0);
-    if leftovers > 0 {
-        bail!("{leftovers} sonde programs are still loaded after sonded stopped");
-    }
-    step("done: sonded stopped and no sonde program is left in the kernel");
-    Ok(())
+    removed
+}
+
+fn show() -> anyhow::Result<()> {
+    let sondectl = shell::workspace_root().join("target/debug/sondectl");
+    let sondectl = sondectl.to_string_lossy();
+    step("the lab's daemons and what this kernel lets them measure");
+    shell::run(&sondectl, &["nodes", "--lab", LAB])?;
+    let server_ns = format!("sonde-{LAB}-pod3");
+    let client_ns = format!("sonde-{LAB}-pod4");
+    let mut server = std::process::Command::new("ip")
+        .args(["netns", "exec", &server_ns, "iperf3", "-s", "-1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    step("traffic: pod4 (node2, 100 Mbit/s limit) -> Service web (10.96.0.10:80 -> pod3:5201)");
+    let result = shell::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &client_ns,
+            "iperf3",
+            "-c",
+            "10.96.0.10",
+            "-p",
+            "80",
+            "-t",
+            "3",
+        ],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    result
 }

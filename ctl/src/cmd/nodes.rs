@@ -14,6 +14,7 @@ use sonde_proto::v1 as pb;
 use crate::{
     agent::{self, AgentAddr},
     cli::NodesArgs,
+    lab::Inventory,
     output::{self, OutputFormat},
 };
 
@@ -77,16 +78,17 @@ struct Report {
 
 /// Runs `sondectl nodes`.
 pub async fn run(args: NodesArgs) -> anyhow::Result<()> {
-    let asks = args.agents.iter().map(|addr| ask(addr, args.timeout));
+    let agents = if args.agents.is_empty() {
+        lab_agents(&args.lab)?
+    } else {
+        args.agents.clone()
+    };
+    let asks = agents.iter().map(|addr| ask(addr, args.timeout));
     let mut report = Report {
         nodes: Vec::new(),
         errors: Vec::new(),
     };
-    for (addr, answer) in args
-        .agents
-        .iter()
-        .zip(futures::future::join_all(asks).await)
-    {
+    for (addr, answer) in agents.iter().zip(futures::future::join_all(asks).await) {
         match answer {
             Ok(node) => report.nodes.push(node),
             Err(err) => report.errors.push(AgentFailure {
@@ -108,8 +110,19 @@ pub async fn run(args: NodesArgs) -> anyhow::Result<()> {
     }
     match report.errors.len() {
         0 => Ok(()),
-        failed => anyhow::bail!("{failed} of {} agents did not answer", args.agents.len()),
+        failed => anyhow::bail!("{failed} of {} agents did not answer", agents.len()),
     }
+}
+
+/// The daemons of the lab `name`, when no agents were given.
+fn lab_agents(name: &str) -> anyhow::Result<Vec<AgentAddr>> {
+    let inventory = Inventory::load(name)
+        .map_err(|err| anyhow::anyhow!("no agents given (--agents HOST:PORT,...) and {err:#}"))?;
+    inventory
+        .nodes
+        .iter()
+        .map(|node| node.agent.parse().map_err(anyhow::Error::msg))
+        .collect()
 }
 
 async fn ask(addr: &AgentAddr, timeout: std::time::Duration) -> anyhow::Result<NodeReport> {
@@ -192,7 +205,11 @@ fn render_table(nodes: &[NodeReport]) -> String {
         matrix.add_row(row);
     }
 
-    let mut text = format!("{}\n\n{}\n", trim_lines(&summary), trim_lines(&matrix));
+    let mut text = format!(
+        "{}\n\n{}\n",
+        output::trim_lines(&summary),
+        output::trim_lines(&matrix)
+    );
     let missing: Vec<String> = nodes
         .iter()
         .flat_map(|node| {
@@ -210,13 +227,4 @@ fn render_table(nodes: &[NodeReport]) -> String {
         }
     }
     text
-}
-
-/// comfy-table pads every cell by one space: drop the pad at both ends of each line.
-fn trim_lines(table: &comfy_table::Table) -> String {
-    table
-        .lines()
-        .map(|line| line.trim().to_owned())
-        .collect::<Vec<_>>()
-        .join("\n")
 }

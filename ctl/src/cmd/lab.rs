@@ -1,0 +1,188 @@
+//! `sondectl lab up|down|status`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use crate::{
+    agent,
+    cli::{LabCommand, LabName, LabUpArgs},
+    lab::{self, Inventory, LabSpec, sys},
+    output::{self, OutputFormat},
+};
+
+/// Runs a `sondectl lab` subcommand.
+pub async fn run(command: LabCommand) -> anyhow::Result<()> {
+    match command {
+        LabCommand::Up(args) => up(args).await,
+        LabCommand::Down(args) => down(&args),
+        LabCommand::Status(args) => status(&args).await,
+    }
+}
+
+async fn up(args: LabUpArgs) -> anyhow::Result<()> {
+    let spec = LabSpec {
+        name: args.lab.name.clone(),
+        nodes: args.nodes,
+        pods_per_node: args.pods_per_node,
+        pod_cidr: args.pod_cidr,
+        node_cidr: args.node_cidr,
+        service_cidr: args.service_cidr,
+        services: args.services,
+        bandwidth: args.bandwidth,
+    };
+    let sonded = args.sonded.unwrap_or_else(lab::create::default_sonded);
+    let started = Instant::now();
+    let inventory = lab::create::up(&spec, &sonded).await?;
+    match args.lab.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&inventory)?),
+        OutputFormat::Table => {
+            print!("{}", render(&inventory));
+            println!(
+                "\nlab {:?} up in {:.1}s; inventory in {}",
+                inventory.name,
+                started.elapsed().as_secs_f64(),
+                Inventory::path(&inventory.name).display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn down(args: &LabName) -> anyhow::Result<()> {
+    let removed = lab::teardown::down(&args.name)?;
+    if removed == lab::teardown::Removed::default() {
+        println!("no lab named {:?} here: nothing to remove", args.name);
+    } else {
+        println!(
+            "lab {:?} removed: {} processes stopped, {} namespaces deleted{}",
+            args.name,
+            removed.processes,
+            removed.namespaces,
+            if removed.state_dir {
+                ", state directory removed"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+async fn status(args: &LabName) -> anyhow::Result<()> {
+    let inventory = Inventory::load(&args.name)?;
+    let present = sys::netns_with_prefix(&lab::inventory::netns_prefix(&inventory.name));
+    let missing: Vec<&str> = inventory
+        .namespaces()
+        .into_iter()
+        .filter(|ns| !present.iter().any(|p| p == ns))
+        .collect();
+    let mut table = output::table(&["NODE", "AGENT", "DAEMON", "PODS"]);
+    let mut down = Vec::new();
+    for node in &inventory.nodes {
+        let answer = match node.agent.parse() {
+            Ok(addr) => match agent::connect(&addr, Duration::from_secs(2)).await {
+                Ok(mut client) => client
+                    .get_node_facts(sonde_proto::v1::GetNodeFactsRequest {})
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| status.message().to_owned()),
+                Err(err) => Err(format!("{err:#}")),
+            },
+            Err(err) => Err(err),
+        };
+        let daemon = match answer {
+            Ok(()) => "ready".to_owned(),
+            Err(err) => {
+                down.push(format!("{}: {err}", node.name));
+                "not answering".to_owned()
+            }
+        };
+        let pods: Vec<&str> = inventory
+            .pods
+            .iter()
+            .filter(|pod| pod.node == node.name)
+            .map(|pod| pod.name.as_str())
+            .collect();
+        table.add_row([
+            node.name.clone(),
+            node.agent.clone(),
+            daemon,
+            pods.join(","),
+        ]);
+    }
+    if args.output == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "lab": inventory.name,
+                "missing_namespaces": missing,
+                "daemons_down": down,
+            })
+        );
+    } else {
+        println!("{}", output::trim_lines(&table));
+    }
+    if !missing.is_empty() || !down.is_empty() {
+        bail!(
+            "lab {:?} is degraded: {} namespaces missing, {} daemons not answering{}",
+            inventory.name,
+            missing.len(),
+            down.len(),
+            down.first().map(|d| format!(" ({d})")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// The inventory as three tables: nodes, pods, Services.
+fn render(inventory: &Inventory) -> String {
+    let mut nodes = output::table(&["NODE", "NAMESPACE", "IP", "POD CIDR", "AGENT", "PID"]);
+    for node in &inventory.nodes {
+        nodes.add_row([
+            node.name.clone(),
+            node.netns.clone(),
+            node.ip.to_string(),
+            node.pod_cidr.to_string(),
+            node.agent.clone(),
+            node.daemon_pid
+                .map(|pid| pid.to_string())
+                .unwrap_or_default(),
+        ]);
+    }
+    let mut pods = output::table(&["POD", "NODE", "IP", "HOST VETH", "EGRESS LIMIT"]);
+    for pod in &inventory.pods {
+        pods.add_row([
+            pod.name.clone(),
+            pod.node.clone(),
+            pod.ip.to_string(),
+            pod.host_veth.clone(),
+            pod.egress_bits_per_second
+                .map(|bits| format!("{} Mbit/s", bits as f64 / 1e6))
+                .unwrap_or_else(|| "-".to_owned()),
+        ]);
+    }
+    let mut text = format!(
+        "{}\n\n{}\n",
+        output::trim_lines(&nodes),
+        output::trim_lines(&pods)
+    );
+    if !inventory.services.is_empty() {
+        let mut services = output::table(&["SERVICE", "CLUSTER-IP", "PORT", "ENDPOINTS"]);
+        for service in &inventory.services {
+            services.add_row([
+                service.name.clone(),
+                service.cluster_ip.to_string(),
+                format!(
+                    "{}->{}/{}",
+                    service.port, service.target_port, service.protocol
+                ),
+                service.endpoints.join(","),
+            ]);
+        }
+        text.push('\n');
+        text.push_str(&output::trim_lines(&services));
+        text.push('\n');
+    }
+    text
+}

@@ -1,0 +1,396 @@
+//! `sondectl lab up`: make the lab the spec describes, start a daemon per node, record it all.
+//!
+//! Refuses to start over anything already there (a lab of the same name, whole or half-built)
+//! and over address ranges the host routes; if a step fails, everything made so far is removed
+//! again before the error is reported.
+
+use std::{
+    fs::OpenOptions,
+    net::Ipv4Addr,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use ipnet::Ipv4Net;
+
+use super::{
+    inventory::{BRIDGE, ETH0, Inventory, Node, UNDERLAY_BRIDGE, netns_prefix},
+    nft,
+    spec::{LabSpec, overlaps},
+    sys::{self, ip_in, sysctl_in},
+    teardown,
+};
+use crate::agent::{self, AgentAddr};
+
+/// How long the daemons get to load eBPF and answer.
+const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Makes the lab, returns its inventory (also saved in its state directory).
+pub async fn up(spec: &LabSpec, sonded: &Path) -> anyhow::Result<Inventory> {
+    spec.validate().map_err(anyhow::Error::msg)?;
+    if !sys::is_root() {
+        bail!(
+            "the lab creates network namespaces and loads eBPF: it needs root (CAP_NET_ADMIN and \
+             CAP_SYS_ADMIN)"
+        );
+    }
+    if !sonded.is_file() {
+        bail!(
+            "sonded not found at {}: build it (`cargo build --bins`) or pass --sonded PATH",
+            sonded.display()
+        );
+    }
+    refuse_existing(&spec.name)?;
+    refuse_host_overlap(spec)?;
+
+    let mut inventory = Inventory::plan(spec);
+    std::fs::create_dir_all(&inventory.state_dir)
+        .with_context(|| format!("creating {}", inventory.state_dir.display()))?;
+    match build(&mut inventory, sonded).await {
+        Ok(()) => {
+            inventory.save()?;
+            Ok(inventory)
+        }
+        Err(err) => {
+            // Leave nothing half-made: the error is what the user needs, not the debris.
+            let _ = teardown::down(&spec.name);
+            Err(err.context(format!(
+                "lab {:?} could not be built; removed what was made",
+                spec.name
+            )))
+        }
+    }
+}
+
+fn refuse_existing(name: &str) -> anyhow::Result<()> {
+    let existing = sys::netns_with_prefix(&netns_prefix(name));
+    let state = Inventory::path(name);
+    if state.exists() && !existing.is_empty() {
+        bail!("lab {name:?} is already up (`sondectl lab status --name {name}`, or `lab down`)");
+    }
+    if !existing.is_empty() || state.parent().is_some_and(Path::exists) {
+        bail!(
+            "a half-built lab {name:?} is in the way ({} namespaces, state directory {}): remove \
+             it with `sondectl lab down --name {name}`",
+            existing.len(),
+            state
+                .parent()
+                .map(Path::display)
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// The lab's ranges must not overlap anything the host routes or owns: a lab address that is
+/// also a real one would make results (and the host's traffic) ambiguous.
+fn refuse_host_overlap(spec: &LabSpec) -> anyhow::Result<()> {
+    let routes = sys::run("ip", &["-j", "-4", "route", "show", "table", "all"])?;
+    let routes: Vec<serde_json::Value> =
+        serde_json::from_str(&routes).context("reading the host's routes (ip -j route)")?;
+    for route in &routes {
+        let Some(dst) = route["dst"].as_str() else {
+            continue;
+        };
+        if dst == "default" {
+            continue;
+        }
+        let Some(dst) = dst
+            .parse::<Ipv4Net>()
+            .ok()
+            .or_else(|| dst.parse::<Ipv4Addr>().ok().map(Ipv4Net::from))
+        else {
+            continue;
+        };
+        for (flag, range) in [
+            ("--pod-cidr", spec.pod_cidr),
+            ("--node-cidr", spec.node_cidr),
+            ("--service-cidr", spec.service_cidr),
+        ] {
+            if overlaps(range, dst) {
+                bail!("{flag} {range} overlaps the host's route to {dst}: choose another range");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn build(inventory: &mut Inventory, sonded: &Path) -> anyhow::Result<()> {
+    let underlay = inventory.underlay_netns.clone();
+    sys::run("ip", &["netns", "add", &underlay])?;
+    ip_in(&underlay, &["link", "set", "lo", "up"])?;
+    ip_in(
+        &underlay,
+        &["link", "add", UNDERLAY_BRIDGE, "type", "bridge"],
+    )?;
+    ip_in(&underlay, &["link", "set", UNDERLAY_BRIDGE, "up"])?;
+
+    for node in &inventory.nodes {
+        make_node(node, &underlay, inventory.node_cidr.prefix_len())?;
+    }
+    for pod in &inventory.pods {
+        let node = inventory
+            .node(&pod.node)
+            .context("a pod names a node the plan does not have")?;
+        make_pod(pod, node)?;
+    }
+    for node in &inventory.nodes {
+        for other in inventory
+            .nodes
+            .iter()
+            .filter(|other| other.name != node.name)
+        {
+            ip_in(
+                &node.netns,
+                &[
+                    "route",
+                    "add",
+                    &other.pod_cidr.to_string(),
+                    "via",
+                    &other.ip.to_string(),
+                    "dev",
+                    ETH0,
+                ],
+            )?;
+        }
+    }
+    if let Some(rules) = nft::ruleset(inventory) {
+        for node in &inventory.nodes {
+            sys::run_with_input(
+                "ip",
+                &["netns", "exec", &node.netns, "nft", "-f", "-"],
+                Some(&rules),
+            )?;
+        }
+    }
+    for pod in &inventory.pods {
+        if let Some(rate) = pod.egress_bits_per_second {
+            let node = inventory
+                .node(&pod.node)
+                .context("a pod names a node the plan does not have")?;
+            limit_egress(
+                &node.netns,
+                &pod.host_veth,
+                &format!("ifb{}", pod.name),
+                rate,
+            )?;
+        }
+    }
+    start_daemons(inventory, sonded).await
+}
+
+fn make_node(node: &Node, underlay: &str, underlay_prefix: u8) -> anyhow::Result<()> {
+    let netns = node.netns.as_str();
+    sys::run("ip", &["netns", "add", netns])?;
+    ip_in(netns, &["link", "set", "lo", "up"])?;
+    sysctl_in(netns, "net.ipv4.ip_forward", "1")?;
+    // Bridged traffic must pass conntrack and NAT, as Kubernetes requires of bridge CNIs:
+    // without it, a Service's reply from a pod on the same bridge skips the reverse DNAT.
+    sysctl_in(netns, "net.bridge.bridge-nf-call-iptables", "1")?;
+
+    let underlay_end = format!("ul{}", node.name);
+    ip_in(
+        underlay,
+        &[
+            "link",
+            "add",
+            &underlay_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ETH0,
+            "netns",
+            netns,
+        ],
+    )?;
+    ip_in(
+        underlay,
+        &[
+            "link",
+            "set",
+            &underlay_end,
+            "master",
+            UNDERLAY_BRIDGE,
+            "up",
+        ],
+    )?;
+    ip_in(
+        netns,
+        &[
+            "addr",
+            "add",
+            &format!("{}/{underlay_prefix}", node.ip),
+            "dev",
+            ETH0,
+        ],
+    )?;
+    ip_in(netns, &["link", "set", ETH0, "up"])?;
+
+    ip_in(netns, &["link", "add", BRIDGE, "type", "bridge"])?;
+    ip_in(
+        netns,
+        &[
+            "addr",
+            "add",
+            &format!("{}/24", node.gateway),
+            "dev",
+            BRIDGE,
+        ],
+    )?;
+    ip_in(netns, &["link", "set", BRIDGE, "up"])?;
+    Ok(())
+}
+
+fn make_pod(pod: &super::inventory::Pod, node: &Node) -> anyhow::Result<()> {
+    let netns = pod.netns.as_str();
+    sys::run("ip", &["netns", "add", netns])?;
+    ip_in(netns, &["link", "set", "lo", "up"])?;
+    ip_in(
+        &node.netns,
+        &[
+            "link",
+            "add",
+            &pod.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ETH0,
+            "netns",
+            netns,
+        ],
+    )?;
+    ip_in(
+        &node.netns,
+        &["link", "set", &pod.host_veth, "master", BRIDGE, "up"],
+    )?;
+    // Bridge CNI's hairpinMode: a pod reaching itself through a Service gets its packets back
+    // out of the port they came in on (without it, the bridge drops them).
+    ip_in(
+        &node.netns,
+        &[
+            "link",
+            "set",
+            &pod.host_veth,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ],
+    )?;
+    ip_in(
+        netns,
+        &["addr", "add", &format!("{}/24", pod.ip), "dev", ETH0],
+    )?;
+    ip_in(netns, &["link", "set", ETH0, "up"])?;
+    ip_in(
+        netns,
+        &["route", "add", "default", "via", &node.gateway.to_string()],
+    )?;
+    Ok(())
+}
+
+/// The bandwidth plugin's egress shaping: what the pod sends arrives on the host-side veth's
+/// ingress, is redirected to an IFB device, and leaves it through a TBF at `rate`.
+///
+/// The burst is what TBF can send at once after idling. The plugin leaves it to the caller and
+/// kubelet passes a huge one, which lets a short test run far above the rate; here it is the
+/// larger of 1 ms at the rate and 64 KiB (one full-size GSO segment must fit, or TBF splits
+/// it), which a 10-second test at 100 Mbit/s cannot tell from the rate (+0.05%).
+fn limit_egress(node_netns: &str, veth: &str, ifb: &str, rate: u64) -> anyhow::Result<()> {
+    let burst_bytes = (rate / 8 / 1000).max(64 * 1024);
+    let rate = format!("{rate}bit");
+    let burst = burst_bytes.to_string();
+    ip_in(node_netns, &["link", "add", ifb, "type", "ifb"])?;
+    ip_in(node_netns, &["link", "set", ifb, "up"])?;
+    let tc = |args: &[&str]| {
+        let mut full = vec!["-n", node_netns];
+        full.extend_from_slice(args);
+        sys::run("tc", &full)
+    };
+    tc(&[
+        "qdisc", "add", "dev", ifb, "root", "tbf", "rate", &rate, "burst", &burst, "latency",
+        "25ms",
+    ])?;
+    tc(&["qdisc", "add", "dev", veth, "handle", "ffff:", "ingress"])?;
+    // u32 matching everything, as the plugin does (and matchall is not built everywhere).
+    tc(&[
+        "filter", "add", "dev", veth, "parent", "ffff:", "protocol", "all", "u32", "match", "u32",
+        "0", "0", "action", "mirred", "egress", "redirect", "dev", ifb,
+    ])?;
+    Ok(())
+}
+
+async fn start_daemons(inventory: &mut Inventory, sonded: &Path) -> anyhow::Result<()> {
+    for node in &mut inventory.nodes {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .with_context(|| format!("opening {}", node.log.display()))?;
+        // nsenter switches only the network namespace; `ip netns exec` would also remount /sys,
+        // hiding the cgroup2 mount sonded attaches sock_ops programs to.
+        let child = Command::new("nsenter")
+            .arg(format!(
+                "--net={}",
+                Path::new(sys::NETNS_DIR).join(&node.netns).display()
+            ))
+            .arg("--")
+            .arg(sonded)
+            .args(["--listen", &node.agent, "--node-name", &node.name])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C meant for sondectl must not stop the lab.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting sonded for {}", node.name))?;
+        // nsenter execs the command, so this is sonded's own PID.
+        node.daemon_pid = Some(child.id());
+    }
+    for node in &inventory.nodes {
+        wait_ready(node).await?;
+    }
+    Ok(())
+}
+
+async fn wait_ready(node: &Node) -> anyhow::Result<()> {
+    let addr: AgentAddr = node.agent.parse().map_err(anyhow::Error::msg)?;
+    let deadline = Instant::now() + DAEMON_START_TIMEOUT;
+    loop {
+        let answered = match agent::connect(&addr, Duration::from_secs(2)).await {
+            Ok(mut client) => client
+                .get_node_facts(sonde_proto::v1::GetNodeFactsRequest {})
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if answered {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            bail!(
+                "sonded on {} did not answer within {DAEMON_START_TIMEOUT:?}; its log ({}) ends: {}",
+                node.name,
+                node.log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `sonded` next to this `sondectl` (how cargo and packages lay them out).
+pub fn default_sonded() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("sonded")))
+        .unwrap_or_else(|| PathBuf::from("sonded"))
+}
