@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use aya::{
-    Btf,
+    Btf, BtfError,
     maps::MapType,
     programs::{
         BtfTracePoint, CgroupAttachMode, FEntry, KProbe, LinkOrder, Program, ProgramError,
@@ -49,23 +49,23 @@ const TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
 /// A kernel function that exists on every kernel sonde supports, for fentry and kprobe.
 const KERNEL_FUNCTION: &str = "tcp_rcv_established";
 
-/// Probes every capability in [`NAMES`] order. Probe programs other than the TC counter are
-/// unloaded again afterwards: they exist to be tried, not kept.
-pub fn probe_all(probes: &mut Probes) -> Vec<Capability> {
-    let btf = Btf::from_sys_fs();
-    let btf_result = match &btf {
+/// Probes every capability in [`NAMES`] order, given the outcome of reading the kernel's BTF
+/// (`Btf::from_sys_fs()`). Probe programs other than the TC counter are unloaded again
+/// afterwards: they exist to be tried, not kept.
+pub fn probe_all(probes: &mut Probes, btf: &Result<Btf, BtfError>) -> Vec<Capability> {
+    let btf_result = match btf {
         Ok(_) => Ok("vmlinux BTF read from /sys/kernel/btf/vmlinux".to_owned()),
         Err(err) => Err(chain(err)),
     };
-    let btf = btf.ok();
+    let btf = btf.as_ref().ok();
     let results: [Result<String, String>; 8] = [
         btf_result,
         probe_tcx(probes),
         probe_tracepoint(probes),
-        with_btf(btf.as_ref(), |btf| probe_tp_btf(probes, btf)),
+        with_btf(btf, |btf| probe_tp_btf(probes, btf)),
         probe_sock_ops(probes),
         probe_ringbuf(),
-        with_btf(btf.as_ref(), |btf| probe_fentry(probes, btf)),
+        with_btf(btf, |btf| probe_fentry(probes, btf)),
         probe_kprobe(probes),
     ];
     NAMES

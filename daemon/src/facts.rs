@@ -52,9 +52,14 @@ impl Node {
     /// Loads sonde's eBPF object, probes the kernel's capabilities and loads the programs the
     /// daemon keeps (the TC counters) so that later attachments are cheap.
     pub fn start(config: &Config) -> Result<Self> {
-        let mut probes = Probes::load()?;
-        let capabilities = capabilities::probe_all(&mut probes);
+        // The kernel's BTF is parsed once, for loading and for probing, then dropped: it is the
+        // largest thing the daemon ever holds.
+        let btf = aya::Btf::from_sys_fs();
+        let mut probes = Probes::load_with_btf(btf.as_ref().ok())?;
+        let capabilities = capabilities::probe_all(&mut probes, &btf);
+        drop(btf);
         tc_counter::load(&mut probes)?;
+        release_freed_memory();
         let fixed = NodeFacts {
             node_name: config.node_name(),
             kernel_release: kernel_release(),
@@ -82,6 +87,16 @@ impl FactsSource for Node {
             programs,
             ..self.fixed.clone()
         }
+    }
+}
+
+/// Hands memory freed after start-up (BTF parsing peaks at about 40 MB) back to the kernel:
+/// glibc keeps freed heap pages otherwise, and an idle daemon on every node should hold little.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the OS; it touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -4,7 +4,7 @@
 //! is attached is held as a link owned by this process, so the kernel detaches it when the
 //! daemon exits, however it exits (TCX and perf links are not pinned).
 
-use aya::{Ebpf, programs::Program};
+use aya::{Btf, Ebpf, EbpfLoader, programs::Program};
 
 use crate::{Error, Result};
 
@@ -30,9 +30,18 @@ pub struct LoadedProgram {
 }
 
 impl Probes {
-    /// Loads the embedded object: creates its maps, loads no program yet.
+    /// Loads the embedded object: creates its maps, loads no program yet. Reads the kernel's
+    /// BTF itself; use [`Probes::load_with_btf`] when the caller has it already.
     pub fn load() -> Result<Self> {
-        let ebpf = Ebpf::load(OBJECT).map_err(|source| Error::LoadObject { source })?;
+        Self::load_with_btf(Btf::from_sys_fs().ok().as_ref())
+    }
+
+    /// As [`Probes::load`], with the kernel's BTF already parsed (it is large: parse it once).
+    pub fn load_with_btf(btf: Option<&Btf>) -> Result<Self> {
+        let ebpf = EbpfLoader::new()
+            .btf(btf)
+            .load(OBJECT)
+            .map_err(|source| Error::LoadObject { source })?;
         Ok(Self { ebpf })
     }
 
