@@ -8,6 +8,7 @@ use ipnet::Ipv4Net;
 
 use crate::{
     agent::AgentAddr,
+    endpoint::EndpointRef,
     lab::spec::{BandwidthSpec, ServiceSpec},
     output::OutputFormat,
 };
@@ -29,6 +30,116 @@ pub enum Command {
     /// A multi-node cluster of network namespaces on this machine (needs root).
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Measure between two endpoints with a native generator.
+    Run(RunArgs),
+}
+
+/// The generators `sondectl run` drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunKindArg {
+    /// Bulk TCP throughput.
+    TcpStream,
+    /// TCP request/response on persistent connections.
+    TcpRr,
+    /// A new TCP connection per request/response.
+    TcpCrr,
+    /// UDP datagrams: throughput, loss, reordering, jitter.
+    UdpStream,
+    /// UDP request/response, timeouts counted as loss.
+    UdpRr,
+}
+
+/// Stream direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DirectionArg {
+    /// Client to server.
+    Forward,
+    /// Server to client.
+    Reverse,
+    /// Both at once.
+    Both,
+}
+
+/// Output formats of `sondectl run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunOutput {
+    /// A table for people.
+    Table,
+    /// The result document (schema: docs/schema/run-result.v1.json).
+    Json,
+    /// One CSV row per measurement.
+    Csv,
+}
+
+/// A payload sweep: the sizes in bytes (an alias so clap takes it as one value).
+pub type Sweep = Vec<u64>;
+
+/// Flags of `sondectl run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The generator.
+    #[arg(value_enum)]
+    pub kind: RunKindArg,
+
+    /// Where the client runs: pod/NAME, node/NAME, or a daemon's HOST:PORT.
+    #[arg(long)]
+    pub from: EndpointRef,
+
+    /// Where the server runs: pod/NAME, node/NAME, service/NAME, or a daemon's HOST:PORT.
+    #[arg(long)]
+    pub to: EndpointRef,
+
+    /// Measured part of each measurement (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Warm-up before it, discarded (0 for none).
+    #[arg(long, default_value = "1s", value_parser = parse_duration_or_zero)]
+    pub warmup: Duration,
+
+    /// Repetitions of each size.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repetitions: u32,
+
+    /// Connections (TCP) or flows (UDP) in parallel.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: u32,
+
+    /// Target rate in messages per second across all connections; 0 for as fast as possible.
+    #[arg(long, default_value = "0", allow_negative_numbers = true)]
+    pub rate: f64,
+
+    /// Message size: per write (stream), per datagram (UDP), request and response (RR).
+    #[arg(long, value_parser = crate::run::sizes::parse_size)]
+    pub size: Option<u64>,
+
+    /// RR request size (overrides --size).
+    #[arg(long, value_parser = crate::run::sizes::parse_size)]
+    pub request_size: Option<u64>,
+
+    /// RR response size (overrides --size).
+    #[arg(long, value_parser = crate::run::sizes::parse_size)]
+    pub response_size: Option<u64>,
+
+    /// A payload sweep instead of one size: sizes and doubling ranges, e.g. 64B..16MiB.
+    #[arg(long, value_parser = crate::run::sizes::parse_sweep, conflicts_with = "size")]
+    pub sizes: Option<Sweep>,
+
+    /// Stream direction (tcp-stream).
+    #[arg(long, value_enum, default_value_t = DirectionArg::Forward)]
+    pub direction: DirectionArg,
+
+    /// The lab whose pods, nodes and Services endpoints name.
+    #[arg(long, env = "SONDE_LAB", default_value = "lab")]
+    pub lab: String,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = RunOutput::Table)]
+    pub output: RunOutput,
+
+    /// How long to wait for a daemon to answer a call.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// `sondectl lab` subcommands.
@@ -115,6 +226,14 @@ pub struct NodesArgs {
     /// How long to wait for each daemon to answer, e.g. "3s" or "500ms".
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+/// As [`parse_duration`], also accepting zero.
+fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    if text.trim().trim_end_matches(['m', 's']).parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
 }
 
 /// Parses "500ms", "3s", "2m" or a bare number of seconds.

@@ -6,10 +6,14 @@
 //! - [`agent`]: agent addresses, and connecting to a daemon with deadlines.
 //! - [`cmd`]: one module per subcommand.
 //! - [`lab`]: the lab, a cluster of network namespaces on one machine.
+//! - [`endpoint`]: what `--from`/`--to` name, resolved to daemons, namespaces, addresses.
+//! - [`run`]: planning, executing and reporting runs.
 //! - [`output`]: output formats shared by the subcommands.
 
 pub mod agent;
 pub mod cli;
 pub mod cmd;
+pub mod endpoint;
 pub mod lab;
 pub mod output;
+pub mod run;

@@ -28,6 +28,15 @@ pub struct Config {
     #[arg(long, env = "SONDE_DRAIN_SECONDS", default_value_t = 5)]
     pub drain_seconds: u64,
 
+    /// Address ranges this daemon may send generated traffic to, besides loopback (comma
+    /// separated or repeated): the cluster's pod, node and Service ranges.
+    #[arg(
+        long = "allow-target",
+        env = "SONDE_ALLOW_TARGETS",
+        value_delimiter = ','
+    )]
+    pub allow_targets: Vec<ipnet::IpNet>,
+
     /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `sonde_daemon=debug`).
     #[arg(long, env = "SONDE_LOG", default_value = "info")]
     pub log: String,

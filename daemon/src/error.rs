@@ -66,6 +66,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Binding a generator's socket failed (a port in use, a namespace without that address).
+    #[error("binding {addr}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Binding or serving the gRPC listener failed.
     #[error("gRPC server on {addr}")]
     Serve {

@@ -1,27 +1,91 @@
-//! The `sonde.v1.Agent` service: a thin adapter that turns library results into messages.
+//! The `sonde.v1.Agent` service: a thin adapter that validates requests, calls the library and
+//! turns its results and errors into messages and status codes.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
 use sonde_proto::v1::{
     self as pb,
     agent_server::{Agent, AgentServer},
 };
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::facts::{FactsSource, NodeFacts};
+use crate::{
+    Error,
+    facts::{FactsSource, NodeFacts},
+    generators::{
+        self,
+        measure::{Counters, SideResult},
+        wire::Token,
+    },
+    runs::{
+        RunError, Runs, netns_path,
+        policy::TargetPolicy,
+        spec::{InvalidSpec, RunSpec},
+    },
+};
 
-/// Serves `sonde.v1.Agent` from a [`FactsSource`].
+/// How often a running client side reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// Serves `sonde.v1.Agent` from a [`FactsSource`] and the daemon's [`Runs`].
 #[derive(Debug)]
 pub struct AgentService<S> {
     /// Shared with the rest of the daemon, which keeps the eBPF object alive.
     source: Arc<S>,
+    /// The runs this daemon holds.
+    runs: Arc<Runs>,
+    /// Where its generators may send.
+    policy: Arc<TargetPolicy>,
 }
 
 impl<S: FactsSource> AgentService<S> {
-    /// The tonic server for `source`.
-    pub fn server(source: Arc<S>) -> AgentServer<Self> {
-        AgentServer::new(Self { source })
+    /// A service over `source`, `runs` and `policy`.
+    pub fn new(source: Arc<S>, runs: Arc<Runs>, policy: TargetPolicy) -> Self {
+        Self {
+            source,
+            runs,
+            policy: Arc::new(policy),
+        }
     }
+
+    /// The tonic server for it.
+    pub fn into_server(self) -> AgentServer<Self> {
+        AgentServer::new(self)
+    }
+}
+
+impl From<InvalidSpec> for Status {
+    fn from(err: InvalidSpec) -> Self {
+        Status::invalid_argument(err.to_string())
+    }
+}
+
+impl From<RunError> for Status {
+    fn from(err: RunError) -> Self {
+        let message = crate::error::chain(&err);
+        match err {
+            RunError::Invalid(_) => Status::invalid_argument(message),
+            RunError::Exists { .. } => Status::already_exists(message),
+            RunError::NotFound { .. } => Status::not_found(message),
+            RunError::TargetNotAllowed { .. } => Status::permission_denied(message),
+            RunError::Prepare {
+                source: Error::Bind { .. } | Error::Netns { .. },
+            } => Status::failed_precondition(message),
+            RunError::Prepare { .. } => Status::internal(message),
+        }
+    }
+}
+
+fn spec_of(spec: Option<&pb::RunSpec>) -> Result<RunSpec, Status> {
+    let spec = spec.ok_or_else(|| Status::invalid_argument("spec: missing"))?;
+    Ok(RunSpec::try_from(spec)?)
+}
+
+fn blocking_failed(err: tokio::task::JoinError) -> Status {
+    Status::internal(format!("the run's worker failed: {err}"))
 }
 
 #[tonic::async_trait]
@@ -38,6 +102,193 @@ impl<S: FactsSource> Agent for AgentService<S> {
         Ok(Response::new(pb::GetNodeFactsResponse {
             facts: Some(facts.into()),
         }))
+    }
+
+    async fn prepare_server(
+        &self,
+        request: Request<pb::PrepareServerRequest>,
+    ) -> Result<Response<pb::PrepareServerResponse>, Status> {
+        let request = request.into_inner();
+        let spec = spec_of(request.spec.as_ref())?;
+        let netns = netns_path("netns", &request.netns)?;
+        let port = u16::try_from(request.port)
+            .map_err(|_| Status::invalid_argument("port: must be 0 to 65535"))?;
+        let lease = (request.lease_ms > 0).then(|| Duration::from_millis(request.lease_ms));
+        let token: Option<Token> =
+            match request.token.len() {
+                0 => None,
+                _ => {
+                    Some(request.token.as_slice().try_into().map_err(|_| {
+                        Status::invalid_argument("token: must be empty or 16 bytes")
+                    })?)
+                }
+            };
+        let runs = Arc::clone(&self.runs);
+        let (port, token) = tokio::task::spawn_blocking(move || {
+            runs.prepare(&request.run_id, &spec, netns.as_deref(), port, lease, token)
+        })
+        .await
+        .map_err(blocking_failed)??;
+        Ok(Response::new(pb::PrepareServerResponse {
+            port: u32::from(port),
+            token: token.to_vec(),
+        }))
+    }
+
+    type StartClientStream = ReceiverStream<Result<pb::ClientEvent, Status>>;
+
+    async fn start_client(
+        &self,
+        request: Request<pb::StartClientRequest>,
+    ) -> Result<Response<Self::StartClientStream>, Status> {
+        let request = request.into_inner();
+        let spec = spec_of(request.spec.as_ref())?;
+        let netns = netns_path("netns", &request.netns)?;
+        let ip: std::net::IpAddr = request.target_ip.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "target_ip: {:?} is not an IP address",
+                request.target_ip
+            ))
+        })?;
+        let port = u16::try_from(request.target_port)
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| Status::invalid_argument("target_port: must be 1 to 65535"))?;
+        let token: Token = request.token.as_slice().try_into().map_err(|_| {
+            Status::invalid_argument("token: must be the 16 bytes PrepareServer returned")
+        })?;
+        if !self.policy.allows(ip) {
+            return Err(RunError::TargetNotAllowed {
+                ip,
+                allowed: self.policy.describe(),
+            }
+            .into());
+        }
+        let guard = self.runs.client(&request.run_id)?;
+        tracing::info!(run_id = request.run_id, target = %SocketAddr::new(ip, port), "client side started");
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(drive_client(
+            guard,
+            spec,
+            netns,
+            SocketAddr::new(ip, port),
+            token,
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn finish_server(
+        &self,
+        request: Request<pb::FinishServerRequest>,
+    ) -> Result<Response<pb::FinishServerResponse>, Status> {
+        let servers = self.runs.take_servers(&request.into_inner().run_id)?;
+        let result = tokio::task::spawn_blocking(move || {
+            generators::merge_sides(servers.into_iter().map(generators::Server::finish))
+        })
+        .await
+        .map_err(blocking_failed)?;
+        Ok(Response::new(pb::FinishServerResponse {
+            result: Some(side_result(result)),
+        }))
+    }
+
+    async fn cancel_run(
+        &self,
+        request: Request<pb::CancelRunRequest>,
+    ) -> Result<Response<pb::CancelRunResponse>, Status> {
+        let found = self.runs.cancel(&request.into_inner().run_id);
+        Ok(Response::new(pb::CancelRunResponse { found }))
+    }
+}
+
+/// Runs a client side on blocking threads and feeds its progress and result to the stream.
+/// If the controller goes away (the stream closes), the run is stopped.
+async fn drive_client(
+    guard: crate::runs::ClientGuard,
+    spec: RunSpec,
+    netns: Option<std::path::PathBuf>,
+    target: SocketAddr,
+    token: Token,
+    tx: mpsc::Sender<Result<pb::ClientEvent, Status>>,
+) {
+    let counters = Arc::new(Counters::default());
+    let stop = Arc::clone(&guard.stop);
+    let work = {
+        let counters = Arc::clone(&counters);
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || {
+            generators::run_client(&spec, netns.as_deref(), target, token, &stop, &counters)
+        })
+    };
+    tokio::pin!(work);
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
+    let mut last_tick = started;
+    let mut controller_gone = false;
+    loop {
+        tokio::select! {
+            result = &mut work => {
+                let event = result
+                    .map(|side| pb::ClientEvent { event: Some(pb::client_event::Event::Result(side_result(side))) })
+                    .map_err(blocking_failed);
+                let _ = tx.send(event).await;
+                break;
+            }
+            now = tick.tick(), if !controller_gone => {
+                let elapsed = now - started;
+                let progress = pb::Progress {
+                    elapsed_ms: elapsed.as_millis() as u64,
+                    warmup: elapsed < spec.warmup,
+                    bytes: counters.bytes.swap(0, std::sync::atomic::Ordering::Relaxed),
+                    messages: counters.messages.swap(0, std::sync::atomic::Ordering::Relaxed),
+                    interval_ms: (now - last_tick).as_millis() as u64,
+                };
+                last_tick = now;
+                let event = pb::ClientEvent { event: Some(pb::client_event::Event::Progress(progress)) };
+                if tx.send(Ok(event)).await.is_err() {
+                    controller_gone = true;
+                }
+            }
+            () = tx.closed(), if !controller_gone => controller_gone = true,
+        }
+        if controller_gone {
+            tracing::warn!("the controller went away: stopping the client side");
+            guard.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    drop(guard);
+}
+
+/// A side's result as a message; the histogram as HdrHistogram's V2 deflate encoding.
+fn side_result(side: SideResult) -> pb::SideResult {
+    let totals = side.totals;
+    let mut histogram = Vec::new();
+    if !totals.latency.is_empty() {
+        let _ = V2DeflateSerializer::new().serialize(&totals.latency, &mut histogram);
+    }
+    pb::SideResult {
+        measured_ns: u64::try_from(totals.measured.as_nanos()).unwrap_or(u64::MAX),
+        bytes_sent: totals.bytes_sent,
+        bytes_received: totals.bytes_received,
+        messages: totals.messages,
+        latency_histogram: histogram,
+        cpu_user_ns: totals.cpu.user_ns,
+        cpu_system_ns: totals.cpu.system_ns,
+        node_cpu_busy: side.node_cpu_busy,
+        daemon_rss_bytes: side.daemon_rss_bytes,
+        tcp_retransmits: totals.tcp.retransmits,
+        tcp_rtt_us: totals.tcp.rtt_us,
+        tcp_rttvar_us: totals.tcp.rttvar_us,
+        udp_sent: totals.udp.sent,
+        udp_received: totals.udp.received,
+        udp_reordered: totals.udp.reordered,
+        udp_duplicates: totals.udp.duplicates,
+        udp_jitter_ns: totals.udp.jitter_ns,
+        udp_timeouts: totals.udp.timeouts,
+        connections: totals.connections,
+        errors: totals.errors,
+        local_ip: side.local_ip,
     }
 }
 

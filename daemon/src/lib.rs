@@ -9,6 +9,8 @@
 //! - [`mounts`]: tracefs in a private mount namespace when the host has none.
 //! - [`netns`]: running a piece of work inside another network namespace.
 //! - [`facts`]: the node's identity and what it found, as served by `GetNodeFacts`.
+//! - [`generators`]: native traffic generators (TCP stream/RR/CRR, UDP stream/RR).
+//! - [`runs`]: the runs a daemon holds, their limits, leases and target policy.
 //! - [`grpc`]: the thin `sonde.v1` adapter over the above.
 //! - [`server`]: binds, serves, and shuts down within a deadline.
 
@@ -16,10 +18,12 @@ pub mod capabilities;
 pub mod config;
 pub mod error;
 pub mod facts;
+pub mod generators;
 pub mod grpc;
 pub mod mounts;
 pub mod netns;
 pub mod probes;
+pub mod runs;
 pub mod server;
 pub mod tc_counter;
 

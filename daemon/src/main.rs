@@ -5,7 +5,14 @@ use std::{io::IsTerminal as _, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use sonde_daemon::{config::Config, facts::Node, mounts, server};
+use sonde_daemon::{
+    config::Config,
+    facts::Node,
+    grpc::AgentService,
+    mounts,
+    runs::{Runs, policy::TargetPolicy},
+    server,
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
@@ -58,19 +65,29 @@ fn run(config: Config) -> anyhow::Result<()> {
                 .context("starting the node")??
         };
         let node = Arc::new(node);
+        let runs = Arc::new(Runs::default());
+        let reaper = runs.spawn_reaper();
+        let agent = AgentService::new(
+            Arc::clone(&node),
+            Arc::clone(&runs),
+            TargetPolicy::new(&config.allow_targets),
+        );
         let shutdown = async {
             tokio::select! {
                 _ = sigterm.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
                 _ = sigint.recv() => tracing::info!(signal = "SIGINT", "stop requested"),
             }
         };
-        server::run(
+        let served = server::run(
             listener,
-            Arc::clone(&node),
+            agent,
             shutdown,
             Duration::from_secs(config.drain_seconds),
         )
-        .await?;
+        .await;
+        reaper.abort();
+        runs.stop_all();
+        served?;
         drop(node);
         tracing::info!("stopped; eBPF programs unloaded and links released");
         anyhow::Ok(())

@@ -36,6 +36,17 @@ where
     })
 }
 
+/// Moves the calling thread into the network namespace at `path` for the rest of its life.
+/// For threads made for one piece of work (a generator's), never for a runtime's threads.
+pub fn enter(path: &Path) -> Result<()> {
+    let netns_error = |source: std::io::Error| Error::Netns {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(netns_error)?;
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|errno| netns_error(errno.into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! Serving: the gRPC API and the standard gRPC health service on one listener (TCP or a Unix
 //! socket), with a drain deadline when asked to stop.
 
-use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
+use std::{future::Future, path::PathBuf, time::Duration};
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -69,7 +69,7 @@ impl Listener {
 /// completes, then lets in-flight calls finish for at most `drain`.
 pub async fn run<S: FactsSource>(
     listener: Listener,
-    source: Arc<S>,
+    agent: AgentService<S>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) -> Result<()> {
@@ -78,7 +78,7 @@ pub async fn run<S: FactsSource>(
     health.set_serving::<AgentServer<S>>().await;
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(AgentService::server(source));
+        .add_service(agent.into_server());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stopped = async {
         let _ = stop_rx.await;

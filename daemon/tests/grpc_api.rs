@@ -6,7 +6,9 @@ use std::{sync::Arc, time::Duration};
 use sonde_daemon::{
     capabilities::Capability,
     facts::{FactsSource, NodeFacts},
+    grpc::AgentService,
     probes::LoadedProgram,
+    runs::{Runs, policy::TargetPolicy},
     server,
 };
 use sonde_proto::v1::{GetNodeFactsRequest, agent_client::AgentClient};
@@ -54,9 +56,14 @@ async fn facts_and_health_are_served_and_shutdown_drains() {
         .expect("bind loopback");
     let addr = listener.local_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = AgentService::new(
+        Arc::new(Fixed(facts())),
+        Arc::new(Runs::default()),
+        TargetPolicy::default(),
+    );
     let server = tokio::spawn(server::run(
         listener,
-        Arc::new(Fixed(facts())),
+        agent,
         async {
             let _ = stop_rx.await;
         },

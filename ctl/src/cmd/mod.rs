@@ -2,6 +2,7 @@
 
 pub mod lab;
 pub mod nodes;
+pub mod run;
 
 use crate::cli::{Cli, Command};
 
@@ -10,5 +11,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Nodes(args) => nodes::run(args).await,
         Command::Lab(command) => lab::run(command).await,
+        Command::Run(args) => run::run(args).await,
     }
 }

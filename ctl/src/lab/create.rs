@@ -327,6 +327,10 @@ fn limit_egress(node_netns: &str, veth: &str, ifb: &str, rate: u64) -> anyhow::R
 }
 
 async fn start_daemons(inventory: &mut Inventory, sonded: &Path) -> anyhow::Result<()> {
+    let allowed = format!(
+        "{},{},{}",
+        inventory.pod_cidr, inventory.node_cidr, inventory.service_cidr
+    );
     for node in &mut inventory.nodes {
         let log = OpenOptions::new()
             .create(true)
@@ -343,6 +347,8 @@ async fn start_daemons(inventory: &mut Inventory, sonded: &Path) -> anyhow::Resu
             .arg("--")
             .arg(sonded)
             .args(["--listen", &node.agent, "--node-name", &node.name])
+            // The lab's generators may send anywhere in the lab, and nowhere else.
+            .args(["--allow-target", &allowed])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -1,0 +1,179 @@
+//! `sondectl run KIND --from A --to B`.
+
+use std::{
+    io::IsTerminal as _,
+    sync::Mutex,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::bail;
+use sonde_proto::v1 as pb;
+
+use crate::{
+    cli::{DirectionArg, RunArgs, RunKindArg, RunOutput},
+    endpoint,
+    lab::Inventory,
+    run::{
+        execute::{self, Agents, InFlight, Plan},
+        report::{self, EndReport, RunReport, SpecReport},
+    },
+};
+
+/// Runs `sondectl run`.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if !(args.rate.is_finite() && args.rate >= 0.0) {
+        bail!("--rate must be 0 (as fast as possible) or a positive number of messages per second");
+    }
+    let lab = Inventory::load(&args.lab).ok();
+    let source = endpoint::resolve_source(&args.from, lab.as_ref())?;
+    let destination = endpoint::resolve_destination(&args.to, lab.as_ref())?;
+    let path = endpoint::path_kind(&args.from, &args.to, &source, &destination);
+    let (kind, default_size) = match args.kind {
+        RunKindArg::TcpStream => (pb::RunKind::TcpStream, 128 * 1024),
+        RunKindArg::TcpRr => (pb::RunKind::TcpRr, 1),
+        RunKindArg::TcpCrr => (pb::RunKind::TcpCrr, 1),
+        RunKindArg::UdpStream => (pb::RunKind::UdpStream, 1200),
+        RunKindArg::UdpRr => (pb::RunKind::UdpRr, 64),
+    };
+    let rr = matches!(
+        args.kind,
+        RunKindArg::TcpRr | RunKindArg::TcpCrr | RunKindArg::UdpRr
+    );
+    let sizes: Vec<(u64, Option<u64>)> = match &args.sizes {
+        Some(sweep) => sweep
+            .iter()
+            .map(|&size| (size, rr.then_some(size)))
+            .collect(),
+        None => {
+            let size = args.size.unwrap_or(default_size);
+            let request = if rr {
+                args.request_size.unwrap_or(size)
+            } else {
+                size
+            };
+            let response = rr.then(|| args.response_size.unwrap_or(size));
+            vec![(request, response)]
+        }
+    };
+    let direction = match args.direction {
+        DirectionArg::Forward => pb::Direction::ClientToServer,
+        DirectionArg::Reverse => pb::Direction::ServerToClient,
+        DirectionArg::Both => pb::Direction::Both,
+    };
+    let plan = Plan {
+        kind,
+        duration: args.duration,
+        warmup: args.warmup,
+        parallel: args.parallel,
+        rate: args.rate,
+        direction,
+        sizes,
+        repetitions: args.repetitions,
+        source,
+        destination,
+        timeout: args.timeout,
+        progress: args.output == RunOutput::Table && std::io::stderr().is_terminal(),
+    };
+
+    let mut agents = Agents::default();
+    let to_places: Vec<_> = plan.destination.servers.iter().collect();
+    let report_from = EndReport {
+        endpoint: args.from.to_string(),
+        places: vec![plan.source.clone()],
+        ip: plan.source.ip.map(|ip| ip.to_string()),
+        kernels: execute::kernels(&[&plan.source], &mut agents, plan.timeout).await,
+    };
+    let report_to = EndReport {
+        endpoint: args.to.to_string(),
+        places: plan.destination.servers.clone(),
+        ip: Some(plan.destination.ip.to_string()),
+        kernels: execute::kernels(&to_places, &mut agents, plan.timeout).await,
+    };
+    let mut report = RunReport {
+        schema: report::SCHEMA,
+        sonde_version: env!("CARGO_PKG_VERSION"),
+        started_at_unix_seconds: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default(),
+        kind: kind_name(args.kind).to_owned(),
+        from: report_from,
+        to: report_to,
+        path,
+        spec: SpecReport {
+            duration_seconds: plan.duration.as_secs_f64(),
+            warmup_seconds: plan.warmup.as_secs_f64(),
+            parallel: plan.parallel,
+            rate: plan.rate,
+            direction: format!("{:?}", args.direction).to_lowercase(),
+            repetitions: plan.repetitions,
+            sizes_bytes: plan.sizes.iter().map(|(size, _)| *size).collect(),
+        },
+        measurements: Vec::new(),
+        complete: false,
+        errors: Vec::new(),
+    };
+
+    let in_flight = Mutex::new(InFlight::default());
+    let cancelled = {
+        let all = async {
+            for size_index in 0..plan.sizes.len() {
+                for repetition in 1..=plan.repetitions {
+                    let measurement =
+                        execute::measure(&plan, &mut agents, size_index, repetition, &in_flight)
+                            .await;
+                    report.measurements.push(measurement);
+                }
+            }
+        };
+        tokio::select! {
+            () = all => false,
+            _ = tokio::signal::ctrl_c() => true,
+        }
+    };
+    if cancelled {
+        let flight = in_flight.lock().map(|f| f.clone()).unwrap_or_default();
+        execute::cancel(flight, &mut agents, plan.timeout).await;
+        report
+            .errors
+            .push("cancelled (Ctrl-C): both sides were stopped".to_owned());
+    }
+    for m in &report.measurements {
+        report.errors.extend(m.errors.iter().map(|e| {
+            format!(
+                "{} #{}: {e}",
+                crate::run::sizes::human(m.size_bytes),
+                m.repetition
+            )
+        }));
+    }
+    let planned = plan.sizes.len() * plan.repetitions as usize;
+    report.complete = !cancelled
+        && report.measurements.len() == planned
+        && report.measurements.iter().all(|m| m.complete);
+
+    match args.output {
+        RunOutput::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        RunOutput::Csv => print!("{}", report::csv(&report)?),
+        RunOutput::Table => print!("{}", report::table(&report)),
+    }
+    if report.complete {
+        Ok(())
+    } else {
+        let done = report.measurements.iter().filter(|m| m.complete).count();
+        bail!(
+            "the run did not complete: {done} of {planned} measurements complete; {}",
+            report.errors.first().cloned().unwrap_or_default()
+        )
+    }
+}
+
+fn kind_name(kind: RunKindArg) -> &'static str {
+    match kind {
+        RunKindArg::TcpStream => "tcp-stream",
+        RunKindArg::TcpRr => "tcp-rr",
+        RunKindArg::TcpCrr => "tcp-crr",
+        RunKindArg::UdpStream => "udp-stream",
+        RunKindArg::UdpRr => "udp-rr",
+    }
+}

@@ -1,0 +1,254 @@
+//! Endpoints of a run: what `--from` and `--to` name, resolved to the daemon that runs that
+//! side, the network namespace it runs in, and the address traffic goes to.
+//!
+//! - `pod/NAME`: a lab pod (its node's daemon, the pod's namespace, the pod IP).
+//! - `node/NAME`: a lab node's host network (its daemon's own namespace, the node IP).
+//! - `service/NAME` (`--to` only): a lab ClusterIP Service: a server on every pod behind it,
+//!   traffic to the ClusterIP, spread by the Service's DNAT.
+//! - `HOST:PORT` or `unix:PATH`: a daemon's address, its own namespace (HOST must be an IP
+//!   address for `--to`, as traffic goes there).
+
+use std::{fmt, net::IpAddr, str::FromStr};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+use crate::{agent::AgentAddr, lab::Inventory};
+
+/// What the user wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointRef {
+    /// `pod/NAME`.
+    Pod(String),
+    /// `node/NAME`.
+    Node(String),
+    /// `service/NAME`.
+    Service(String),
+    /// A daemon's address.
+    Agent(AgentAddr),
+}
+
+impl FromStr for EndpointRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let named = |kind: &str, name: &str| {
+            if name.is_empty() || name.contains('/') {
+                Err(format!(
+                    "invalid endpoint {text:?}: {kind}/NAME needs a name"
+                ))
+            } else {
+                Ok(name.to_owned())
+            }
+        };
+        if let Some(name) = text.strip_prefix("pod/") {
+            return named("pod", name).map(Self::Pod);
+        }
+        if let Some(name) = text.strip_prefix("node/") {
+            return named("node", name).map(Self::Node);
+        }
+        if let Some(name) = text.strip_prefix("service/") {
+            return named("service", name).map(Self::Service);
+        }
+        text.parse::<AgentAddr>().map(Self::Agent).map_err(|_| {
+            format!(
+                "invalid endpoint {text:?}: expected pod/NAME, node/NAME, service/NAME, HOST:PORT \
+                 or unix:PATH"
+            )
+        })
+    }
+}
+
+impl fmt::Display for EndpointRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pod(name) => write!(f, "pod/{name}"),
+            Self::Node(name) => write!(f, "node/{name}"),
+            Self::Service(name) => write!(f, "service/{name}"),
+            Self::Agent(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// One side of a run, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Place {
+    /// The daemon that runs this side.
+    pub agent: String,
+    /// The node it is on (the daemon's name for it, when known).
+    pub node: Option<String>,
+    /// The pod, for pod endpoints.
+    pub pod: Option<String>,
+    /// The namespace the generator runs in ("" for the daemon's own).
+    pub netns: String,
+    /// The address traffic to this side goes to.
+    pub ip: Option<IpAddr>,
+}
+
+/// The receiving end of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Destination {
+    /// Where servers run (one, or every pod behind a Service).
+    pub servers: Vec<Place>,
+    /// Where the client sends: the server's IP, or the ClusterIP.
+    pub ip: IpAddr,
+    /// A fixed port (a Service's), or `None` for whatever the server gets.
+    pub port: Option<u16>,
+    /// The port the servers must listen on (a Service's target port).
+    pub server_port: Option<u16>,
+}
+
+/// How traffic gets from one end to the other, for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathKind {
+    /// Pod to pod IP.
+    PodIp,
+    /// Through a ClusterIP Service.
+    Service,
+    /// Host network at one end or both.
+    Host,
+    /// Both ends in the same pod.
+    IntraPod,
+}
+
+/// Resolves the client end.
+pub fn resolve_source(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Result<Place> {
+    match endpoint {
+        EndpointRef::Service(_) => {
+            bail!("--from cannot be a Service: traffic starts in a pod or on a node")
+        }
+        _ => resolve_place(endpoint, lab),
+    }
+}
+
+/// Resolves the server end.
+pub fn resolve_destination(
+    endpoint: &EndpointRef,
+    lab: Option<&Inventory>,
+) -> anyhow::Result<Destination> {
+    if let EndpointRef::Service(name) = endpoint {
+        let lab =
+            lab.context("service/NAME endpoints need a lab (`sondectl lab up --service ...`)")?;
+        let service = lab
+            .services
+            .iter()
+            .find(|service| &service.name == name)
+            .with_context(|| format!("the lab has no Service {name:?}"))?;
+        let servers = service
+            .endpoints
+            .iter()
+            .map(|pod| resolve_place(&EndpointRef::Pod(pod.clone()), Some(lab)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        return Ok(Destination {
+            servers,
+            ip: IpAddr::V4(service.cluster_ip),
+            port: Some(service.port),
+            server_port: Some(service.target_port),
+        });
+    }
+    let place = resolve_place(endpoint, lab)?;
+    let ip = place
+        .ip
+        .with_context(|| format!("{endpoint} has no IP address traffic could go to"))?;
+    Ok(Destination {
+        servers: vec![place],
+        ip,
+        port: None,
+        server_port: None,
+    })
+}
+
+fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Result<Place> {
+    let need_lab = || {
+        lab.with_context(|| {
+            format!("{endpoint} names a lab object, but no lab is up (`sondectl lab up`)")
+        })
+    };
+    match endpoint {
+        EndpointRef::Pod(name) => {
+            let lab = need_lab()?;
+            let pod = lab.pod(name).with_context(|| {
+                let pods: Vec<&str> = lab.pods.iter().map(|p| p.name.as_str()).collect();
+                format!("the lab has no pod {name:?} (pods: {})", pods.join(", "))
+            })?;
+            let node = lab
+                .node(&pod.node)
+                .context("the inventory is inconsistent")?;
+            Ok(Place {
+                agent: node.agent.clone(),
+                node: Some(node.name.clone()),
+                pod: Some(pod.name.clone()),
+                netns: format!("/run/netns/{}", pod.netns),
+                ip: Some(IpAddr::V4(pod.ip)),
+            })
+        }
+        EndpointRef::Node(name) => {
+            let lab = need_lab()?;
+            let node = lab.node(name).with_context(|| {
+                let nodes: Vec<&str> = lab.nodes.iter().map(|n| n.name.as_str()).collect();
+                format!("the lab has no node {name:?} (nodes: {})", nodes.join(", "))
+            })?;
+            Ok(Place {
+                agent: node.agent.clone(),
+                node: Some(node.name.clone()),
+                pod: None,
+                netns: String::new(),
+                ip: Some(IpAddr::V4(node.ip)),
+            })
+        }
+        EndpointRef::Agent(addr) => Ok(Place {
+            agent: addr.to_string(),
+            node: None,
+            pod: None,
+            netns: String::new(),
+            ip: match addr {
+                AgentAddr::Tcp { host, .. } => host.parse().ok(),
+                AgentAddr::Unix(_) => None,
+            },
+        }),
+        EndpointRef::Service(_) => bail!("a Service is not a place a generator runs"),
+    }
+}
+
+/// The path a run takes, from its two ends.
+pub fn path_kind(
+    from: &EndpointRef,
+    to: &EndpointRef,
+    source: &Place,
+    destination: &Destination,
+) -> PathKind {
+    match (from, to) {
+        (_, EndpointRef::Service(_)) => PathKind::Service,
+        (EndpointRef::Pod(a), EndpointRef::Pod(b)) if a == b => PathKind::IntraPod,
+        (EndpointRef::Pod(_), EndpointRef::Pod(_)) => PathKind::PodIp,
+        _ if destination.servers.first() == Some(source) => PathKind::IntraPod,
+        _ => PathKind::Host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!("pod/pod1".parse(), Ok(EndpointRef::Pod("pod1".to_owned())));
+        assert_eq!(
+            "node/node2".parse(),
+            Ok(EndpointRef::Node("node2".to_owned()))
+        );
+        assert_eq!(
+            "service/web".parse(),
+            Ok(EndpointRef::Service("web".to_owned()))
+        );
+        assert!(matches!(
+            "127.0.0.1:7470".parse(),
+            Ok(EndpointRef::Agent(_))
+        ));
+        for bad in ["pod/", "thing/x", "pod/a/b", "nowhere"] {
+            let err = bad.parse::<EndpointRef>().expect_err(bad);
+            assert!(err.contains("endpoint"), "{bad}: {err}");
+        }
+    }
+}

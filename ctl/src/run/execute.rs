@@ -1,0 +1,338 @@
+//! Executes a planned run: for each size and repetition, prepare the server side(s), stream
+//! the client side, finish the server side(s). Whatever was measured is kept when something
+//! fails half-way, and the failure is reported with the side it happened on.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use sonde_proto::v1::{self as pb, agent_client::AgentClient};
+use tonic::transport::Channel;
+
+use super::report::{self, Measurement, Shape};
+use crate::{
+    agent,
+    endpoint::{Destination, Place},
+};
+
+/// Everything a run needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The generator.
+    pub kind: pb::RunKind,
+    /// Measured part per measurement.
+    pub duration: Duration,
+    /// Warm-up per measurement.
+    pub warmup: Duration,
+    /// Connections or flows.
+    pub parallel: u32,
+    /// Target rate (0: as fast as possible).
+    pub rate: f64,
+    /// Stream direction.
+    pub direction: pb::Direction,
+    /// Each size: (request or message size, response size for RR kinds).
+    pub sizes: Vec<(u64, Option<u64>)>,
+    /// Repetitions of each size.
+    pub repetitions: u32,
+    /// Where the client runs.
+    pub source: Place,
+    /// Where the servers run and where traffic goes.
+    pub destination: Destination,
+    /// Deadline for connecting to a daemon and for each unary call.
+    pub timeout: Duration,
+    /// Show a progress bar (stderr is a terminal and the output is not machine-read).
+    pub progress: bool,
+}
+
+impl Plan {
+    /// How the kind and direction shape the figures.
+    pub fn shape(&self) -> Shape {
+        match (self.kind, self.direction) {
+            (pb::RunKind::TcpStream, pb::Direction::ServerToClient) => Shape::StreamReverse,
+            (pb::RunKind::TcpStream, pb::Direction::Both) => Shape::StreamBoth,
+            (pb::RunKind::TcpStream, _) => Shape::StreamForward,
+            (pb::RunKind::UdpStream, _) => Shape::Datagrams,
+            _ => Shape::RequestResponse,
+        }
+    }
+
+    fn is_tcp(&self) -> bool {
+        matches!(
+            self.kind,
+            pb::RunKind::TcpStream | pb::RunKind::TcpRr | pb::RunKind::TcpCrr
+        )
+    }
+}
+
+/// Connections to the daemons a run uses, opened once.
+#[derive(Debug, Default)]
+pub struct Agents {
+    clients: HashMap<String, AgentClient<Channel>>,
+}
+
+impl Agents {
+    /// The client for `addr`, connecting on first use.
+    pub async fn get(
+        &mut self,
+        addr: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<AgentClient<Channel>> {
+        if let Some(client) = self.clients.get(addr) {
+            return Ok(client.clone());
+        }
+        let parsed = addr.parse().map_err(anyhow::Error::msg)?;
+        let client = agent::connect(&parsed, timeout)
+            .await
+            .with_context(|| format!("agent {addr}"))?;
+        self.clients.insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+}
+
+/// A run ID: time-based and unique enough for one controller's runs on a daemon.
+fn run_id(size_index: usize, repetition: u32) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("r{nanos:x}-{size_index}-{repetition}")
+}
+
+/// The run currently in flight, for cancellation.
+#[derive(Debug, Default, Clone)]
+pub struct InFlight {
+    /// Its ID.
+    pub run_id: String,
+    /// Daemons holding a side of it.
+    pub agents: Vec<String>,
+}
+
+/// Runs one measurement. Never fails as a whole: failures are recorded in the measurement.
+pub async fn measure(
+    plan: &Plan,
+    agents: &mut Agents,
+    size_index: usize,
+    repetition: u32,
+    in_flight: &std::sync::Mutex<InFlight>,
+) -> Measurement {
+    let (size, response_size) = plan.sizes[size_index];
+    let run_id = run_id(size_index, repetition);
+    let spec = pb::RunSpec {
+        kind: plan.kind as i32,
+        duration_ms: u64::try_from(plan.duration.as_millis()).unwrap_or(u64::MAX),
+        warmup_ms: u64::try_from(plan.warmup.as_millis()).unwrap_or(u64::MAX),
+        parallel: plan.parallel,
+        request_size: size,
+        response_size: response_size.unwrap_or(0),
+        rate: plan.rate,
+        direction: plan.direction as i32,
+    };
+    let mut errors = Vec::new();
+    if let Ok(mut flight) = in_flight.lock() {
+        *flight = InFlight {
+            run_id: run_id.clone(),
+            agents: plan
+                .destination
+                .servers
+                .iter()
+                .map(|s| s.agent.clone())
+                .chain([plan.source.agent.clone()])
+                .collect(),
+        };
+    }
+
+    // Phase 1: every server side.
+    let token: Vec<u8> = {
+        let mut token = vec![0_u8; 16];
+        let _ = getrandom::fill(&mut token);
+        token
+    };
+    let lease_ms =
+        u64::try_from((plan.warmup + plan.duration + Duration::from_secs(30)).as_millis())
+            .unwrap_or(u64::MAX);
+    let mut prepared = Vec::new();
+    for server in &plan.destination.servers {
+        let request = pb::PrepareServerRequest {
+            run_id: run_id.clone(),
+            spec: Some(spec),
+            netns: server.netns.clone(),
+            port: u32::from(plan.destination.server_port.unwrap_or(0)),
+            lease_ms,
+            token: token.clone(),
+        };
+        let answer = match agents.get(&server.agent, plan.timeout).await {
+            Ok(mut client) => client.prepare_server(request).await.map_err(|status| {
+                anyhow::anyhow!(
+                    "{} refused the server side: {}",
+                    place_name(server),
+                    status.message()
+                )
+            }),
+            Err(err) => Err(err),
+        };
+        match answer {
+            Ok(answer) => prepared.push((server, answer.into_inner())),
+            Err(err) => errors.push(format!("{err:#}")),
+        }
+    }
+    let port = plan.destination.port.or_else(|| {
+        prepared
+            .first()
+            .and_then(|(_, a)| u16::try_from(a.port).ok())
+    });
+
+    // Phase 2: the client side, if every server is ready.
+    let mut client_result = None;
+    if errors.is_empty()
+        && let Some(port) = port
+    {
+        let request = pb::StartClientRequest {
+            run_id: run_id.clone(),
+            spec: Some(spec),
+            netns: plan.source.netns.clone(),
+            target_ip: plan.destination.ip.to_string(),
+            target_port: u32::from(port),
+            token: token.clone(),
+        };
+        match run_client(plan, agents, request, size).await {
+            Ok(result) => client_result = Some(result),
+            Err(err) => errors.push(format!(
+                "client side on {}: {err:#}",
+                place_name(&plan.source)
+            )),
+        }
+    }
+
+    // Phase 3: every daemon holding a server side returns what it measured (once per daemon:
+    // it merges the sides it holds).
+    let mut server_results = Vec::new();
+    let mut finished_agents: Vec<&str> = Vec::new();
+    for (server, _) in &prepared {
+        if finished_agents.contains(&server.agent.as_str()) {
+            continue;
+        }
+        finished_agents.push(&server.agent);
+        let finished = match agents.get(&server.agent, plan.timeout).await {
+            Ok(mut client) => client
+                .finish_server(pb::FinishServerRequest {
+                    run_id: run_id.clone(),
+                })
+                .await
+                .map_err(|status| anyhow::anyhow!("{}", status.message())),
+            Err(err) => Err(err),
+        };
+        match finished {
+            Ok(answer) => server_results.extend(answer.into_inner().result),
+            Err(err) => errors.push(format!("server side on {}: {err:#}", place_name(server))),
+        }
+    }
+    if let Ok(mut flight) = in_flight.lock() {
+        *flight = InFlight::default();
+    }
+    let server = report::merge_sides(&server_results);
+    let sample = report::Sample {
+        shape: plan.shape(),
+        is_tcp: plan.is_tcp(),
+        size,
+        response_size,
+        repetition,
+    };
+    report::measurement(&sample, client_result.as_ref(), server.as_ref(), errors)
+}
+
+/// Streams a client side: progress to the bar, then its result.
+async fn run_client(
+    plan: &Plan,
+    agents: &mut Agents,
+    request: pb::StartClientRequest,
+    size: u64,
+) -> anyhow::Result<pb::SideResult> {
+    let mut client = agents.get(&plan.source.agent, plan.timeout).await?;
+    let total = plan.warmup + plan.duration;
+    // No deadline of the channel's on a stream that lasts the run: give it the run's length.
+    let mut call = tonic::Request::new(request);
+    call.set_timeout(total + plan.timeout + Duration::from_secs(10));
+    let mut stream = client
+        .start_client(call)
+        .await
+        .map_err(|status| anyhow::anyhow!("refused: {}", status.message()))?
+        .into_inner();
+    let bar = progress_bar(plan, size, total);
+    let result = loop {
+        let event = stream
+            .message()
+            .await
+            .map_err(|status| anyhow::anyhow!("the stream broke: {}", status.message()))?;
+        match event.and_then(|e| e.event) {
+            Some(pb::client_event::Event::Progress(progress)) => {
+                if let Some(bar) = &bar {
+                    let seconds = progress.interval_ms.max(1) as f64 / 1000.0;
+                    bar.set_position(progress.elapsed_ms.min(total.as_millis() as u64));
+                    bar.set_message(format!(
+                        "{}{}  {:.0} msg/s",
+                        if progress.warmup { "warm-up  " } else { "" },
+                        report::bits(progress.bytes as f64 * 8.0 / seconds),
+                        progress.messages as f64 / seconds
+                    ));
+                }
+            }
+            Some(pb::client_event::Event::Result(result)) => break result,
+            None => anyhow::bail!("the stream ended without a result"),
+        }
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(result)
+}
+
+fn progress_bar(plan: &Plan, size: u64, total: Duration) -> Option<ProgressBar> {
+    if !plan.progress {
+        return None;
+    }
+    let bar = ProgressBar::new(total.as_millis() as u64);
+    let style = ProgressStyle::with_template(&format!("{{prefix}} [{{bar:30}}] {{msg}}"))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    bar.set_prefix(super::sizes::human(size));
+    Some(bar)
+}
+
+fn place_name(place: &Place) -> String {
+    match (&place.pod, &place.node) {
+        (Some(pod), _) => format!("pod/{pod}"),
+        (None, Some(node)) => format!("node/{node}"),
+        (None, None) => place.agent.clone(),
+    }
+}
+
+/// Asks every daemon of the run in flight to cancel it (Ctrl-C).
+pub async fn cancel(flight: InFlight, agents: &mut Agents, timeout: Duration) {
+    for addr in flight.agents {
+        if let Ok(mut client) = agents.get(&addr, timeout).await {
+            let _ = client
+                .cancel_run(pb::CancelRunRequest {
+                    run_id: flight.run_id.clone(),
+                })
+                .await;
+        }
+    }
+}
+
+/// The facts of the daemons at both ends (names, kernels), best effort.
+pub async fn kernels(places: &[&Place], agents: &mut Agents, timeout: Duration) -> Vec<String> {
+    let mut kernels = Vec::new();
+    for place in places {
+        if let Ok(mut client) = agents.get(&place.agent, timeout).await
+            && let Ok(facts) = client.get_node_facts(pb::GetNodeFactsRequest {}).await
+            && let Some(facts) = facts.into_inner().facts
+            && !kernels.contains(&facts.kernel_release)
+        {
+            kernels.push(facts.kernel_release);
+        }
+    }
+    kernels
+}

@@ -1,0 +1,10 @@
+//! `sondectl run`: plan a run from the command line, execute it over gRPC, report it.
+//!
+//! # Layout
+//! - [`sizes`]: sizes and sweeps on the command line.
+//! - [`execute`]: the two-phase protocol against the daemons, progress, cancellation.
+//! - [`report`]: the result document, its table and CSV.
+
+pub mod execute;
+pub mod report;
+pub mod sizes;

@@ -1,0 +1,592 @@
+//! The result of `sondectl run`: one JSON document (schema: `docs/schema/run-result.v1.json`),
+//! from which the table and the CSV are rendered.
+//!
+//! Units are in the field names: `_bytes`, `_ns`, `_us`, `_bits_per_second`, `_seconds`.
+
+use base64::Engine as _;
+use hdrhistogram::{
+    Histogram,
+    serialization::{Deserializer, Serializer as _, V2DeflateSerializer},
+};
+use serde::Serialize;
+use sonde_proto::v1 as pb;
+
+use super::sizes::human;
+use crate::endpoint::{PathKind, Place};
+
+/// The document's schema identifier.
+pub const SCHEMA: &str = "sonde.run-result/v1";
+
+/// A whole `sondectl run`.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    /// [`SCHEMA`].
+    pub schema: &'static str,
+    /// sondectl's version.
+    pub sonde_version: &'static str,
+    /// When the run started, seconds since the Unix epoch.
+    pub started_at_unix_seconds: u64,
+    /// The generator: tcp-stream, tcp-rr, tcp-crr, udp-stream, udp-rr.
+    pub kind: String,
+    /// The client end.
+    pub from: EndReport,
+    /// The server end.
+    pub to: EndReport,
+    /// How traffic gets there.
+    pub path: PathKind,
+    /// The parameters.
+    pub spec: SpecReport,
+    /// One entry per size and repetition, in order.
+    pub measurements: Vec<Measurement>,
+    /// Whether every planned measurement completed without an error.
+    pub complete: bool,
+    /// What went wrong, one line each.
+    pub errors: Vec<String>,
+}
+
+/// One end of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndReport {
+    /// What the user named.
+    pub endpoint: String,
+    /// Where it ran: daemons, nodes, pods, namespaces, IPs.
+    pub places: Vec<Place>,
+    /// The address traffic went to (the `to` end: a pod IP, a ClusterIP, a node IP).
+    pub ip: Option<String>,
+    /// The nodes' kernels, as their daemons report them.
+    pub kernels: Vec<String>,
+}
+
+/// The run's parameters.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpecReport {
+    /// Measured part of each measurement.
+    pub duration_seconds: f64,
+    /// Discarded warm-up before it.
+    pub warmup_seconds: f64,
+    /// Connections or flows.
+    pub parallel: u32,
+    /// Target messages per second (0: as fast as possible).
+    pub rate: f64,
+    /// Stream direction: forward, reverse, both.
+    pub direction: String,
+    /// Repetitions of each size.
+    pub repetitions: u32,
+    /// The sizes, in bytes.
+    pub sizes_bytes: Vec<u64>,
+}
+
+/// One measurement: a size, a repetition.
+#[derive(Debug, Serialize)]
+pub struct Measurement {
+    /// Request (RR) or message/datagram size, bytes.
+    pub size_bytes: u64,
+    /// Response size for RR kinds.
+    pub response_size_bytes: Option<u64>,
+    /// 1-based repetition.
+    pub repetition: u32,
+    /// Goodput at the receiver(s), bits per second (payload only).
+    pub throughput_bits_per_second: f64,
+    /// Transactions (RR), writes (TCP stream) or datagrams received (UDP stream) per second.
+    pub messages_per_second: f64,
+    /// Latency of transactions (RR kinds), from the intended send time in rate mode.
+    pub latency: Option<Latency>,
+    /// TCP facts (TCP kinds).
+    pub tcp: Option<TcpReport>,
+    /// UDP facts (UDP kinds).
+    pub udp: Option<UdpReport>,
+    /// CPU use.
+    pub cpu: CpuReport,
+    /// The client side as measured.
+    pub client: Option<SideReport>,
+    /// The server side(s), merged.
+    pub server: Option<SideReport>,
+    /// Whether both sides completed without errors.
+    pub complete: bool,
+    /// What went wrong in this measurement.
+    pub errors: Vec<String>,
+}
+
+/// Latency summary and the histogram it came from.
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    /// Transactions recorded.
+    pub count: u64,
+    /// Mean, ns.
+    pub mean_ns: f64,
+    /// Percentiles, ns.
+    pub p50_ns: u64,
+    /// 90th percentile, ns.
+    pub p90_ns: u64,
+    /// 99th percentile, ns.
+    pub p99_ns: u64,
+    /// 99.9th percentile, ns.
+    pub p999_ns: u64,
+    /// Largest, ns.
+    pub max_ns: u64,
+    /// Smallest, ns.
+    pub min_ns: u64,
+    /// The full HdrHistogram (ns), V2 deflate encoding in base64: merge runs with any
+    /// HdrHistogram library.
+    pub histogram: String,
+}
+
+/// TCP facts.
+#[derive(Debug, Serialize)]
+pub struct TcpReport {
+    /// Segments retransmitted (both sides).
+    pub retransmits: u64,
+    /// Smoothed RTT seen by the client, microseconds.
+    pub rtt_us: u64,
+    /// Its variance, microseconds.
+    pub rttvar_us: u64,
+    /// Connections opened by the client.
+    pub connections: u64,
+}
+
+/// UDP facts.
+#[derive(Debug, Serialize)]
+pub struct UdpReport {
+    /// Datagrams the client sent in the measured part.
+    pub sent: u64,
+    /// Of those, received by the server (stream) or answered (RR).
+    pub received: u64,
+    /// Not received (stream) or not answered in time (RR).
+    pub lost: u64,
+    /// `lost / sent`.
+    pub loss_ratio: f64,
+    /// Received out of order.
+    pub reordered: u64,
+    /// Received twice.
+    pub duplicates: u64,
+    /// RFC 3550 inter-arrival jitter, ns (stream).
+    pub jitter_ns: u64,
+}
+
+/// CPU use of the generators and of their nodes.
+#[derive(Debug, Serialize)]
+pub struct CpuReport {
+    /// Client generator threads, user + system, seconds.
+    pub client_seconds: f64,
+    /// Server generator threads, seconds.
+    pub server_seconds: f64,
+    /// Client and server seconds per GB moved (lower is better).
+    pub seconds_per_gigabyte: Option<f64>,
+    /// The client node's CPU utilisation during the measurement (0 to 1).
+    pub client_node_busy: f64,
+    /// The server node's.
+    pub server_node_busy: f64,
+}
+
+/// One side's raw figures.
+#[derive(Debug, Serialize)]
+pub struct SideReport {
+    /// Measured window, seconds.
+    pub measured_seconds: f64,
+    /// Payload bytes written.
+    pub bytes_sent: u64,
+    /// Payload bytes read.
+    pub bytes_received: u64,
+    /// Messages completed.
+    pub messages: u64,
+    /// The daemon's resident memory at the end, bytes.
+    pub daemon_rss_bytes: u64,
+    /// The local IP used.
+    pub local_ip: String,
+    /// Errors it met.
+    pub errors: Vec<String>,
+}
+
+impl SideReport {
+    fn from_pb(side: &pb::SideResult) -> Self {
+        Self {
+            measured_seconds: side.measured_ns as f64 / 1e9,
+            bytes_sent: side.bytes_sent,
+            bytes_received: side.bytes_received,
+            messages: side.messages,
+            daemon_rss_bytes: side.daemon_rss_bytes,
+            local_ip: side.local_ip.clone(),
+            errors: side.errors.clone(),
+        }
+    }
+}
+
+/// Merges the results of several server sides (every pod behind a Service) into one.
+pub fn merge_sides(sides: &[pb::SideResult]) -> Option<pb::SideResult> {
+    let mut merged = sides.first()?.clone();
+    let mut histogram = decode_histogram(&merged.latency_histogram);
+    for side in &sides[1..] {
+        merged.measured_ns = merged.measured_ns.max(side.measured_ns);
+        merged.bytes_sent += side.bytes_sent;
+        merged.bytes_received += side.bytes_received;
+        merged.messages += side.messages;
+        merged.cpu_user_ns += side.cpu_user_ns;
+        merged.cpu_system_ns += side.cpu_system_ns;
+        merged.node_cpu_busy = merged.node_cpu_busy.max(side.node_cpu_busy);
+        merged.tcp_retransmits += side.tcp_retransmits;
+        merged.udp_received += side.udp_received;
+        merged.udp_reordered += side.udp_reordered;
+        merged.udp_duplicates += side.udp_duplicates;
+        merged.udp_jitter_ns = merged.udp_jitter_ns.max(side.udp_jitter_ns);
+        merged.connections += side.connections;
+        merged.errors.extend(side.errors.iter().cloned());
+        if let (Some(total), Some(more)) =
+            (&mut histogram, decode_histogram(&side.latency_histogram))
+        {
+            let _ = total.add(&more);
+        }
+    }
+    if let Some(histogram) = histogram {
+        let mut bytes = Vec::new();
+        if V2DeflateSerializer::new()
+            .serialize(&histogram, &mut bytes)
+            .is_ok()
+        {
+            merged.latency_histogram = bytes;
+        }
+    }
+    Some(merged)
+}
+
+fn decode_histogram(bytes: &[u8]) -> Option<Histogram<u64>> {
+    if bytes.is_empty() {
+        return None;
+    }
+    Deserializer::new()
+        .deserialize(&mut std::io::Cursor::new(bytes))
+        .ok()
+}
+
+/// What the kind and direction say about where goodput is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Bulk client to server.
+    StreamForward,
+    /// Bulk server to client.
+    StreamReverse,
+    /// Bulk both ways.
+    StreamBoth,
+    /// Request/response (TCP RR, CRR, UDP RR).
+    RequestResponse,
+    /// UDP datagrams client to server.
+    Datagrams,
+}
+
+/// What a measurement was: the shape of its kind, its size, its repetition.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Where goodput is measured.
+    pub shape: Shape,
+    /// TCP or UDP.
+    pub is_tcp: bool,
+    /// Request or message size.
+    pub size: u64,
+    /// RR response size.
+    pub response_size: Option<u64>,
+    /// 1-based repetition.
+    pub repetition: u32,
+}
+
+/// Builds a measurement from the two sides' results (either may be missing after a failure).
+pub fn measurement(
+    sample: &Sample,
+    client: Option<&pb::SideResult>,
+    server: Option<&pb::SideResult>,
+    errors: Vec<String>,
+) -> Measurement {
+    let Sample {
+        shape,
+        is_tcp,
+        size,
+        response_size,
+        repetition,
+    } = *sample;
+    let seconds = |side: Option<&pb::SideResult>| side.map_or(0.0, |s| s.measured_ns as f64 / 1e9);
+    let rate = |amount: f64, secs: f64| if secs > 0.0 { amount / secs } else { 0.0 };
+    let received_bits = |side: Option<&pb::SideResult>| {
+        rate(
+            side.map_or(0.0, |s| s.bytes_received as f64 * 8.0),
+            seconds(side),
+        )
+    };
+    let (throughput, messages_per_second) = match shape {
+        Shape::StreamForward => (
+            received_bits(server),
+            rate(client.map_or(0.0, |c| c.messages as f64), seconds(client)),
+        ),
+        Shape::StreamReverse => (
+            received_bits(client),
+            rate(server.map_or(0.0, |s| s.messages as f64), seconds(server)),
+        ),
+        Shape::StreamBoth => (
+            received_bits(server) + received_bits(client),
+            rate(client.map_or(0.0, |c| c.messages as f64), seconds(client)),
+        ),
+        Shape::RequestResponse => (
+            rate(
+                client.map_or(0.0, |c| (c.bytes_sent + c.bytes_received) as f64 * 8.0),
+                seconds(client),
+            ),
+            rate(client.map_or(0.0, |c| c.messages as f64), seconds(client)),
+        ),
+        // Datagrams received per second of the sender's measured window.
+        Shape::Datagrams => (
+            rate(
+                server.map_or(0.0, |s| s.bytes_received as f64 * 8.0),
+                seconds(client),
+            ),
+            rate(
+                server.map_or(0.0, |s| s.udp_received as f64),
+                seconds(client),
+            ),
+        ),
+    };
+    let latency = client
+        .and_then(|c| decode_histogram(&c.latency_histogram))
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            let mut bytes = Vec::new();
+            let _ = V2DeflateSerializer::new().serialize(&h, &mut bytes);
+            Latency {
+                count: h.len(),
+                mean_ns: h.mean(),
+                p50_ns: h.value_at_quantile(0.50),
+                p90_ns: h.value_at_quantile(0.90),
+                p99_ns: h.value_at_quantile(0.99),
+                p999_ns: h.value_at_quantile(0.999),
+                max_ns: h.max(),
+                min_ns: h.min(),
+                histogram: base64::engine::general_purpose::STANDARD.encode(bytes),
+            }
+        });
+    let tcp = is_tcp.then(|| TcpReport {
+        retransmits: client.map_or(0, |c| c.tcp_retransmits)
+            + server.map_or(0, |s| s.tcp_retransmits),
+        rtt_us: client.map_or(0, |c| c.tcp_rtt_us),
+        rttvar_us: client.map_or(0, |c| c.tcp_rttvar_us),
+        connections: client.map_or(0, |c| c.connections),
+    });
+    let udp = (!is_tcp).then(|| {
+        let sent = client.map_or(0, |c| c.udp_sent);
+        let received = match shape {
+            Shape::Datagrams => server.map_or(0, |s| s.udp_received),
+            _ => client.map_or(0, |c| c.udp_received),
+        };
+        let lost = sent.saturating_sub(received);
+        UdpReport {
+            sent,
+            received,
+            lost,
+            loss_ratio: if sent > 0 {
+                lost as f64 / sent as f64
+            } else {
+                0.0
+            },
+            reordered: server.map_or(0, |s| s.udp_reordered),
+            duplicates: server.map_or(0, |s| s.udp_duplicates),
+            jitter_ns: server.map_or(0, |s| s.udp_jitter_ns),
+        }
+    });
+    let cpu_seconds = |side: Option<&pb::SideResult>| {
+        side.map_or(0.0, |s| (s.cpu_user_ns + s.cpu_system_ns) as f64 / 1e9)
+    };
+    let moved = client.map_or(0, |c| c.bytes_sent + c.bytes_received) as f64;
+    let cpu = CpuReport {
+        client_seconds: cpu_seconds(client),
+        server_seconds: cpu_seconds(server),
+        seconds_per_gigabyte: (moved > 0.0)
+            .then(|| (cpu_seconds(client) + cpu_seconds(server)) / (moved / 1e9)),
+        client_node_busy: client.map_or(0.0, |c| c.node_cpu_busy),
+        server_node_busy: server.map_or(0.0, |s| s.node_cpu_busy),
+    };
+    let mut errors = errors;
+    for (side, name) in [(client, "client"), (server, "server")] {
+        if let Some(side) = side {
+            errors.extend(side.errors.iter().map(|e| format!("{name}: {e}")));
+        }
+    }
+    Measurement {
+        size_bytes: size,
+        response_size_bytes: response_size,
+        repetition,
+        throughput_bits_per_second: throughput,
+        messages_per_second,
+        latency,
+        tcp,
+        udp,
+        cpu,
+        client: client.map(SideReport::from_pb),
+        server: server.map(SideReport::from_pb),
+        complete: client.is_some() && server.is_some() && errors.is_empty(),
+        errors,
+    }
+}
+
+/// Bits per second for people.
+pub fn bits(bps: f64) -> String {
+    match bps {
+        b if b >= 1e9 => format!("{:.2} Gbit/s", b / 1e9),
+        b if b >= 1e6 => format!("{:.2} Mbit/s", b / 1e6),
+        b if b >= 1e3 => format!("{:.2} kbit/s", b / 1e3),
+        b => format!("{b:.0} bit/s"),
+    }
+}
+
+/// Nanoseconds for people.
+pub fn nanos(ns: u64) -> String {
+    match ns {
+        n if n >= 1_000_000_000 => format!("{:.2}s", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2}ms", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}us", n as f64 / 1e3),
+        n => format!("{n}ns"),
+    }
+}
+
+/// The table: one row per measurement.
+pub fn table(report: &RunReport) -> String {
+    let mut table = crate::output::table(&[
+        "SIZE",
+        "REP",
+        "THROUGHPUT",
+        "MSG/S",
+        "P50",
+        "P90",
+        "P99",
+        "P99.9",
+        "MAX",
+        "LOSS",
+        "RETRANS",
+        "CPU C/S",
+    ]);
+    for m in &report.measurements {
+        let latency = |pick: fn(&Latency) -> u64| {
+            m.latency
+                .as_ref()
+                .map(|l| nanos(pick(l)))
+                .unwrap_or_else(|| "-".to_owned())
+        };
+        let size = match m.response_size_bytes {
+            Some(response) if response != m.size_bytes => {
+                format!("{}/{}", human(m.size_bytes), human(response))
+            }
+            _ => human(m.size_bytes),
+        };
+        table.add_row([
+            size,
+            m.repetition.to_string(),
+            bits(m.throughput_bits_per_second),
+            format!("{:.0}", m.messages_per_second),
+            latency(|l| l.p50_ns),
+            latency(|l| l.p90_ns),
+            latency(|l| l.p99_ns),
+            latency(|l| l.p999_ns),
+            latency(|l| l.max_ns),
+            m.udp
+                .as_ref()
+                .map(|u| format!("{:.3}%", u.loss_ratio * 100.0))
+                .unwrap_or_else(|| "-".to_owned()),
+            m.tcp
+                .as_ref()
+                .map(|t| t.retransmits.to_string())
+                .unwrap_or_else(|| "-".to_owned()),
+            format!("{:.2}/{:.2}s", m.cpu.client_seconds, m.cpu.server_seconds),
+        ]);
+    }
+    let mut text = format!(
+        "{} {} -> {} ({:?} path, {} x {:.1}s, warm-up {:.1}s, parallel {})\n\n{}\n",
+        report.kind,
+        report.from.endpoint,
+        report.to.endpoint,
+        report.path,
+        report.spec.repetitions,
+        report.spec.duration_seconds,
+        report.spec.warmup_seconds,
+        report.spec.parallel,
+        crate::output::trim_lines(&table)
+    );
+    for error in &report.errors {
+        text.push_str(&format!("error: {error}\n"));
+    }
+    text
+}
+
+/// CSV: a header and one row per measurement, raw numbers in the JSON's units.
+pub fn csv(report: &RunReport) -> anyhow::Result<String> {
+    let mut writer = ::csv::Writer::from_writer(Vec::new());
+    writer.write_record([
+        "kind",
+        "from",
+        "to",
+        "path",
+        "size_bytes",
+        "response_size_bytes",
+        "repetition",
+        "throughput_bits_per_second",
+        "messages_per_second",
+        "p50_ns",
+        "p90_ns",
+        "p99_ns",
+        "p999_ns",
+        "max_ns",
+        "udp_sent",
+        "udp_received",
+        "udp_lost",
+        "udp_jitter_ns",
+        "tcp_retransmits",
+        "tcp_rtt_us",
+        "client_cpu_seconds",
+        "server_cpu_seconds",
+        "complete",
+        "errors",
+    ])?;
+    let path = serde_json::to_value(report.path)?;
+    for m in &report.measurements {
+        let latency = |pick: fn(&Latency) -> u64| {
+            m.latency
+                .as_ref()
+                .map(|l| pick(l).to_string())
+                .unwrap_or_default()
+        };
+        let udp = |pick: fn(&UdpReport) -> u64| {
+            m.udp
+                .as_ref()
+                .map(|u| pick(u).to_string())
+                .unwrap_or_default()
+        };
+        let tcp = |pick: fn(&TcpReport) -> u64| {
+            m.tcp
+                .as_ref()
+                .map(|t| pick(t).to_string())
+                .unwrap_or_default()
+        };
+        writer.write_record([
+            report.kind.clone(),
+            report.from.endpoint.clone(),
+            report.to.endpoint.clone(),
+            path.as_str().unwrap_or_default().to_owned(),
+            m.size_bytes.to_string(),
+            m.response_size_bytes
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
+            m.repetition.to_string(),
+            format!("{:.0}", m.throughput_bits_per_second),
+            format!("{:.1}", m.messages_per_second),
+            latency(|l| l.p50_ns),
+            latency(|l| l.p90_ns),
+            latency(|l| l.p99_ns),
+            latency(|l| l.p999_ns),
+            latency(|l| l.max_ns),
+            udp(|u| u.sent),
+            udp(|u| u.received),
+            udp(|u| u.lost),
+            udp(|u| u.jitter_ns),
+            tcp(|t| t.retransmits),
+            tcp(|t| t.rtt_us),
+            format!("{:.6}", m.cpu.client_seconds),
+            format!("{:.6}", m.cpu.server_seconds),
+            m.complete.to_string(),
+            m.errors.join("; "),
+        ])?;
+    }
+    Ok(String::from_utf8(writer.into_inner()?)?)
+}

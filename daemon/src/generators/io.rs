@@ -1,0 +1,94 @@
+//! Blocking socket I/O that a run can stop: every socket has a short timeout (the poll
+//! interval), and these loops retry through it until done, stopped, or past a deadline.
+
+use std::{
+    io::{self, Read, Write},
+    sync::atomic::Ordering,
+    time::Instant,
+};
+
+use super::{measure::Stop, wire::is_timeout};
+
+/// Why a stoppable transfer ended early.
+#[derive(Debug)]
+pub enum Interrupted {
+    /// The run was stopped or its deadline passed.
+    Stopped,
+    /// The peer closed the connection.
+    Closed,
+    /// A socket error.
+    Failed(io::Error),
+}
+
+/// Writes all of `buf`, unless stopped or past `deadline` first.
+pub fn write_all(
+    socket: &mut impl Write,
+    mut buf: &[u8],
+    stop: &Stop,
+    deadline: Instant,
+) -> Result<(), Interrupted> {
+    while !buf.is_empty() {
+        if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+            return Err(Interrupted::Stopped);
+        }
+        match socket.write(buf) {
+            Ok(0) => return Err(Interrupted::Closed),
+            Ok(n) => buf = &buf[n..],
+            Err(err) if is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if closed(&err) => return Err(Interrupted::Closed),
+            Err(err) => return Err(Interrupted::Failed(err)),
+        }
+    }
+    Ok(())
+}
+
+/// Fills `buf`, unless stopped or past `deadline` first.
+pub fn read_exact(
+    socket: &mut impl Read,
+    buf: &mut [u8],
+    stop: &Stop,
+    deadline: Instant,
+) -> Result<(), Interrupted> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+            return Err(Interrupted::Stopped);
+        }
+        match socket.read(&mut buf[filled..]) {
+            Ok(0) => return Err(Interrupted::Closed),
+            Ok(n) => filled += n,
+            Err(err) if is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if closed(&err) => return Err(Interrupted::Closed),
+            Err(err) => return Err(Interrupted::Failed(err)),
+        }
+    }
+    Ok(())
+}
+
+/// Errors that mean the peer went away, which ends a connection normally at a run's end.
+pub fn closed(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+/// Sleeps until `at` (a thread sleep, then a short spin for the last stretch, so paced sends
+/// leave close to their intended times).
+pub fn sleep_until(at: Instant) {
+    const SPIN: std::time::Duration = std::time::Duration::from_micros(60);
+    let now = Instant::now();
+    if at <= now {
+        return;
+    }
+    let wait = at - now;
+    if wait > SPIN {
+        std::thread::sleep(wait - SPIN);
+    }
+    while Instant::now() < at {
+        std::hint::spin_loop();
+    }
+}

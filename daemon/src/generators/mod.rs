@@ -1,0 +1,199 @@
+//! sonde's native traffic generators, client and server sides.
+//!
+//! Each side runs on dedicated threads placed in the endpoint's network namespace (a pod's,
+//! a node's, or the daemon's own), with blocking sockets; the daemon's async runtime only
+//! starts them, samples their progress and collects their results.
+//!
+//! # Layout
+//! - [`tcp`]: `tcp-stream`, `tcp-rr`, `tcp-crr`.
+//! - [`udp`]: `udp-stream`, `udp-rr`.
+//! - [`wire`]: the hello that binds a connection to its run; UDP headers.
+//! - [`io`]: blocking I/O that stops when the run does.
+//! - [`measure`]: windows, per-thread results and their merge, CPU, TCP_INFO.
+
+pub mod io;
+pub mod measure;
+pub mod tcp;
+pub mod udp;
+pub mod wire;
+
+use std::{
+    net::{SocketAddr, TcpListener, UdpSocket},
+    path::Path,
+    sync::{Arc, atomic::Ordering},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use measure::{Counters, SideResult, Stop, ThreadResult, merge};
+use wire::Token;
+
+use crate::runs::spec::{Kind, RunSpec};
+
+/// A prepared server side: listening, serving the run's connections until finished.
+#[derive(Debug)]
+pub struct Server {
+    /// The port it listens on.
+    pub port: u16,
+    /// The run's token.
+    pub token: Token,
+    /// The run's kind (UDP servers drain in-flight datagrams before stopping).
+    kind: Kind,
+    /// Stops the serving threads.
+    stop: Stop,
+    /// The acceptor (TCP) or receiver (UDP) thread, which returns every worker's result.
+    thread: JoinHandle<Vec<ThreadResult>>,
+    /// Node CPU jiffies when it started.
+    node_cpu_before: (u64, u64),
+    /// The address it listens on.
+    local_ip: String,
+}
+
+impl Server {
+    /// Binds `port` (0 for any) in `netns` (or the daemon's own) and starts serving the run
+    /// with `token` (a fresh one when `None`).
+    pub fn start(
+        spec: &RunSpec,
+        netns: Option<&Path>,
+        port: u16,
+        token: Option<Token>,
+    ) -> crate::Result<Self> {
+        let stop: Stop = Arc::default();
+        let token = token.unwrap_or_else(wire::new_token);
+        let bind = SocketAddr::from(([0, 0, 0, 0], port));
+        let bind_error = |source: std::io::Error| crate::Error::Bind {
+            addr: bind.to_string(),
+            source,
+        };
+        let in_netns = |work: &(dyn Fn() -> std::io::Result<Bound> + Sync)| match netns {
+            Some(path) => crate::netns::run_in(path, work)?.map_err(bind_error),
+            None => work().map_err(bind_error),
+        };
+        let bound = if spec.kind.is_tcp() {
+            in_netns(&|| TcpListener::bind(bind).map(Bound::Tcp))?
+        } else {
+            in_netns(&|| UdpSocket::bind(bind).map(Bound::Udp))?
+        };
+        let local = bound.local_addr().map_err(bind_error)?;
+        let thread = {
+            let spec = spec.clone();
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || match bound {
+                Bound::Tcp(listener) => tcp::serve(listener, spec, token, stop),
+                Bound::Udp(socket) => udp::serve(socket, spec, token, stop),
+            })
+        };
+        Ok(Self {
+            port: local.port(),
+            token,
+            kind: spec.kind,
+            stop,
+            thread,
+            node_cpu_before: measure::node_cpu_jiffies(),
+            local_ip: local.ip().to_string(),
+        })
+    }
+
+    /// Stops serving and returns what the server side measured (blocks until its threads end).
+    pub fn finish(self) -> SideResult {
+        if !self.kind.is_tcp() {
+            // Datagrams still in flight when the client finished belong to the run.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        let results = self.thread.join().unwrap_or_else(|_| {
+            let mut result = ThreadResult::new();
+            result.error("server thread panicked");
+            vec![result]
+        });
+        SideResult {
+            totals: merge(results),
+            node_cpu_busy: measure::node_cpu_busy(
+                self.node_cpu_before,
+                measure::node_cpu_jiffies(),
+            ),
+            daemon_rss_bytes: measure::rss_bytes(),
+            local_ip: self.local_ip,
+        }
+    }
+
+    /// Asks the serving threads to stop, without waiting for them.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Merges the results of several server sides of one run (a Service's pods on one node).
+pub fn merge_sides(sides: impl IntoIterator<Item = SideResult>) -> SideResult {
+    let mut node_cpu_busy: f64 = 0.0;
+    let mut daemon_rss_bytes = 0;
+    let mut local_ips: Vec<String> = Vec::new();
+    let totals = merge(sides.into_iter().map(|side| {
+        node_cpu_busy = node_cpu_busy.max(side.node_cpu_busy);
+        daemon_rss_bytes = daemon_rss_bytes.max(side.daemon_rss_bytes);
+        if !local_ips.contains(&side.local_ip) {
+            local_ips.push(side.local_ip);
+        }
+        side.totals
+    }));
+    SideResult {
+        totals,
+        node_cpu_busy,
+        daemon_rss_bytes,
+        local_ip: local_ips.join(","),
+    }
+}
+
+enum Bound {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+impl Bound {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Self::Tcp(listener) => listener.local_addr(),
+            Self::Udp(socket) => socket.local_addr(),
+        }
+    }
+}
+
+/// Runs a client side to completion (blocking): connects from `netns` to `target`, runs the
+/// generator for warm-up plus duration, and returns what it measured.
+pub fn run_client(
+    spec: &RunSpec,
+    netns: Option<&Path>,
+    target: SocketAddr,
+    token: Token,
+    stop: &Stop,
+    counters: &Arc<Counters>,
+) -> SideResult {
+    let before = measure::node_cpu_jiffies();
+    let results = if spec.kind.is_tcp() {
+        tcp::client(spec, netns, target, token, stop, counters)
+    } else {
+        udp::client(spec, netns, target, token, stop, counters)
+    };
+    let local_ip = local_ip_for(netns, target);
+    SideResult {
+        totals: merge(results),
+        node_cpu_busy: measure::node_cpu_busy(before, measure::node_cpu_jiffies()),
+        daemon_rss_bytes: measure::rss_bytes(),
+        local_ip,
+    }
+}
+
+/// The source address the kernel picks towards `target` in `netns` (a connected UDP socket
+/// sends nothing).
+fn local_ip_for(netns: Option<&Path>, target: SocketAddr) -> String {
+    let probe = || {
+        let socket = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+        socket.connect(target)?;
+        socket.local_addr()
+    };
+    let local = match netns {
+        Some(path) => crate::netns::run_in(path, probe).ok().and_then(Result::ok),
+        None => probe().ok(),
+    };
+    local.map(|addr| addr.ip().to_string()).unwrap_or_default()
+}

@@ -1,0 +1,464 @@
+//! UDP generators: `udp-stream` (loss, reordering, jitter from the receiver's view of sequence
+//! numbers and send times) and `udp-rr` (request/response, a late response counts as lost).
+//!
+//! A flow is one connected client socket. It starts with a hello carrying the run's token,
+//! repeated until the server answers; only then does load follow. The server answers and
+//! measures only flows that said hello.
+
+use std::{
+    collections::HashMap,
+    io,
+    net::{SocketAddr, UdpSocket},
+    sync::{Arc, Barrier, Mutex, atomic::Ordering},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use super::{
+    io::sleep_until,
+    measure::{Counters, CpuTime, POLL, Stop, ThreadResult, Window, monotonic_ns},
+    wire::{self, Token, udp},
+};
+use crate::runs::spec::{Kind, RunSpec};
+
+/// How long an RR request waits for its response before it counts as lost.
+pub const RR_TIMEOUT: Duration = Duration::from_millis(500);
+/// Hello attempts before a flow gives up.
+const HELLO_TRIES: u32 = 20;
+
+/// Per-flow receiver state.
+#[derive(Debug, Default)]
+struct Flow {
+    /// Highest sequence number seen.
+    highest: Option<u64>,
+    /// Sequence numbers below `highest` seen recently (bit i: highest - 1 - i), for duplicates.
+    recent: u128,
+    /// Last transit time (arrival - send), for jitter.
+    last_transit: Option<i128>,
+    /// RFC 3550 jitter estimate, ns (x16 fixed point to keep precision).
+    jitter16: i128,
+    received: u64,
+    reordered: u64,
+    duplicates: u64,
+    bytes: u64,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Flow {
+    fn receive(&mut self, header: udp::Header, bytes: usize, arrival_ns: u64, now: Instant) {
+        match self.highest {
+            None => self.highest = Some(header.seq),
+            Some(highest) if header.seq > highest => {
+                let shift = header.seq - highest;
+                self.recent = if shift >= 128 {
+                    0
+                } else {
+                    (self.recent << shift) | (1 << (shift - 1))
+                };
+                self.highest = Some(header.seq);
+            }
+            Some(highest) if header.seq == highest => {
+                self.duplicates += 1;
+                return;
+            }
+            Some(highest) => {
+                let back = highest - header.seq - 1;
+                if back < 128 {
+                    if self.recent & (1 << back) != 0 {
+                        self.duplicates += 1;
+                        return;
+                    }
+                    self.recent |= 1 << back;
+                }
+                self.reordered += 1;
+            }
+        }
+        self.received += 1;
+        self.bytes += bytes as u64;
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+        let transit = i128::from(arrival_ns) - i128::from(header.send_ns);
+        if let Some(last) = self.last_transit {
+            let d = (transit - last).abs();
+            // J += (|D| - J) / 16, kept as 16 * J.
+            self.jitter16 += d - (self.jitter16 + 8) / 16;
+        }
+        self.last_transit = Some(transit);
+    }
+}
+
+/// Serves a bound socket until stopped.
+pub fn serve(socket: UdpSocket, spec: RunSpec, token: Token, stop: Stop) -> Vec<ThreadResult> {
+    let cpu_start = CpuTime::thread_now();
+    let mut result = ThreadResult::new();
+    if let Err(err) = socket.set_read_timeout(Some(POLL)) {
+        result.error(format!("socket timeout: {err}"));
+    }
+    let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
+    let mut buf = vec![0_u8; 65_536];
+    let mut response = vec![0xa5_u8; spec.response_size.max(udp::RR_HEADER_LEN)];
+    response.truncate(spec.response_size.max(udp::RR_HEADER_LEN));
+    while !stop.load(Ordering::Relaxed) {
+        let (len, peer) = match socket.recv_from(&mut buf) {
+            Ok(received) => received,
+            Err(err) if wire::is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {
+                continue;
+            }
+            Err(err) => {
+                result.error(format!("receive: {err}"));
+                continue;
+            }
+        };
+        let datagram = &buf[..len];
+        if udp::is_hello(datagram, udp::HELLO, &token) {
+            flows.entry(peer).or_default();
+            let _ = socket.send_to(&udp::hello(udp::HELLO_ACK, &token), peer);
+            continue;
+        }
+        let Some(flow) = flows.get_mut(&peer) else {
+            continue; // not one of this run's flows
+        };
+        match spec.kind {
+            Kind::UdpRr => {
+                let Some(header) = udp::Header::read(datagram, false) else {
+                    continue;
+                };
+                header.write(&mut response, false);
+                if socket.send_to(&response, peer).is_ok() {
+                    result.messages += 1;
+                    result.bytes_received += len as u64;
+                    result.bytes_sent += response.len() as u64;
+                }
+            }
+            _ => {
+                let arrival_ns = monotonic_ns();
+                let Some(header) = udp::Header::read(datagram, true) else {
+                    continue;
+                };
+                if header.flags & udp::FLAG_WARMUP == 0 {
+                    flow.receive(header, len, arrival_ns, Instant::now());
+                }
+            }
+        }
+    }
+    let mut results: Vec<ThreadResult> = flows
+        .into_values()
+        .filter(|flow| flow.received > 0)
+        .map(|flow| {
+            let mut flow_result = ThreadResult::new();
+            flow_result.udp.received = flow.received;
+            flow_result.udp.reordered = flow.reordered;
+            flow_result.udp.duplicates = flow.duplicates;
+            flow_result.udp.jitter_ns = u64::try_from(flow.jitter16 / 16).unwrap_or(0);
+            flow_result.bytes_received = flow.bytes;
+            flow_result.messages = flow.received;
+            if let (Some(first), Some(last)) = (flow.first, flow.last) {
+                flow_result.measured = last - first;
+            }
+            flow_result
+        })
+        .collect();
+    result.cpu = CpuTime::thread_now().since(cpu_start);
+    results.push(result);
+    results
+}
+
+/// The client side: `parallel` flows, each on its own thread and socket.
+pub fn client(
+    spec: &RunSpec,
+    netns: Option<&std::path::Path>,
+    target: SocketAddr,
+    token: Token,
+    stop: &Stop,
+    counters: &Arc<Counters>,
+) -> Vec<ThreadResult> {
+    let barrier = Arc::new(Barrier::new(spec.parallel as usize));
+    let clock: Arc<Mutex<Option<Window>>> = Arc::new(Mutex::new(None));
+    let per_flow_rate = spec.rate.map(|rate| rate / spec.parallel as f64);
+    let threads: Vec<JoinHandle<ThreadResult>> = (0..spec.parallel)
+        .map(|_| {
+            let spec = spec.clone();
+            let netns = netns.map(std::path::Path::to_path_buf);
+            let barrier = Arc::clone(&barrier);
+            let clock = Arc::clone(&clock);
+            let stop = Arc::clone(stop);
+            let counters = Arc::clone(counters);
+            std::thread::spawn(move || {
+                let mut result = ThreadResult::new();
+                let socket = netns
+                    .as_deref()
+                    .map_or(Ok(()), crate::netns::enter)
+                    .map_err(|err| crate::error::chain(&err))
+                    .and_then(|()| open_flow(target, &token, &stop).map_err(|e| e.to_string()));
+                barrier.wait();
+                let socket = match socket {
+                    Ok(socket) => socket,
+                    Err(err) => {
+                        result.error(format!("flow to {target}: {err}"));
+                        return result;
+                    }
+                };
+                let window = {
+                    let mut clock = match clock.lock() {
+                        Ok(clock) => clock,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    *clock.get_or_insert_with(|| {
+                        Window::starting_at(Instant::now(), spec.warmup, spec.duration)
+                    })
+                };
+                let cpu_start = CpuTime::thread_now();
+                if spec.kind == Kind::UdpRr {
+                    rr(
+                        &socket,
+                        &spec,
+                        window,
+                        per_flow_rate,
+                        &stop,
+                        &counters,
+                        &mut result,
+                    );
+                } else {
+                    stream(
+                        &socket,
+                        &spec,
+                        window,
+                        per_flow_rate,
+                        &stop,
+                        &counters,
+                        &mut result,
+                    );
+                }
+                result.cpu = CpuTime::thread_now().since(cpu_start);
+                result.measured = window.end - window.measure_from;
+                result
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|thread| {
+            thread.join().unwrap_or_else(|_| {
+                let mut result = ThreadResult::new();
+                result.error("client thread panicked");
+                result
+            })
+        })
+        .collect()
+}
+
+/// A connected socket whose hello the server has answered.
+fn open_flow(target: SocketAddr, token: &Token, stop: &Stop) -> io::Result<UdpSocket> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0_u16; 8], 0))
+    };
+    let socket = UdpSocket::bind(bind)?;
+    socket.connect(target)?;
+    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let hello = udp::hello(udp::HELLO, token);
+    let mut buf = [0_u8; 64];
+    for _ in 0..HELLO_TRIES {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        socket.send(&hello)?;
+        match socket.recv(&mut buf) {
+            Ok(len) if udp::is_hello(&buf[..len], udp::HELLO_ACK, token) => return Ok(socket),
+            Ok(_) => {}
+            Err(err) if wire::is_timeout(&err) => {}
+            // ICMP port unreachable arrives as ECONNREFUSED on a connected socket: retry.
+            Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "no sonde server answered the flow's hello",
+    ))
+}
+
+fn stream(
+    socket: &UdpSocket,
+    spec: &RunSpec,
+    window: Window,
+    rate: Option<f64>,
+    stop: &Stop,
+    counters: &Counters,
+    result: &mut ThreadResult,
+) {
+    let mut datagram = vec![0x5d_u8; spec.request_size];
+    let interval = rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
+    let mut next = window.start;
+    let mut seq = 0_u64;
+    let mut stop_check = 0_u32;
+    loop {
+        if let Some(interval) = interval {
+            sleep_until(next);
+            next += interval;
+        }
+        let now = Instant::now();
+        if now >= window.end {
+            break;
+        }
+        stop_check = stop_check.wrapping_add(1);
+        if stop_check % 1024 == 0 && stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let measuring = now >= window.measure_from;
+        let header = udp::Header {
+            flags: if measuring { 0 } else { udp::FLAG_WARMUP },
+            seq,
+            send_ns: monotonic_ns(),
+        };
+        header.write(&mut datagram, true);
+        match socket.send(&datagram) {
+            Ok(_) => {
+                seq += 1;
+                counters.add(datagram.len() as u64, 1);
+                if measuring {
+                    result.udp.sent += 1;
+                    result.bytes_sent += datagram.len() as u64;
+                    result.messages += 1;
+                }
+            }
+            // The local queue is full (ENOBUFS) or the peer said port unreachable: not sent.
+            Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => {}
+            Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(err) => {
+                result.error(format!("send: {err}"));
+                break;
+            }
+        }
+    }
+}
+
+fn rr(
+    socket: &UdpSocket,
+    spec: &RunSpec,
+    window: Window,
+    rate: Option<f64>,
+    stop: &Stop,
+    counters: &Counters,
+    result: &mut ThreadResult,
+) {
+    let mut request = vec![0x5d_u8; spec.request_size];
+    let mut buf = vec![0_u8; 65_536];
+    let interval = rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
+    let mut next = window.start;
+    let mut seq = 0_u64;
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(20)));
+    while !stop.load(Ordering::Relaxed) {
+        let intended = match interval {
+            Some(interval) => {
+                let intended = next;
+                next += interval;
+                sleep_until(intended);
+                intended
+            }
+            None => Instant::now(),
+        };
+        if intended >= window.end {
+            break;
+        }
+        let measuring = window.measuring(intended);
+        udp::Header {
+            flags: 0,
+            seq,
+            send_ns: 0,
+        }
+        .write(&mut request, false);
+        if let Err(err) = socket.send(&request) {
+            if err.kind() != io::ErrorKind::ConnectionRefused {
+                result.error(format!("send: {err}"));
+            }
+        }
+        let deadline = Instant::now() + RR_TIMEOUT;
+        let mut answered = false;
+        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            match socket.recv(&mut buf) {
+                Ok(len) => {
+                    // A late answer to an earlier request is not this one's.
+                    if udp::Header::read(&buf[..len], false).is_some_and(|h| h.seq == seq) {
+                        let done = Instant::now();
+                        counters.add((request.len() + len) as u64, 1);
+                        if measuring {
+                            result.record(done - intended);
+                            result.messages += 1;
+                            result.udp.received += 1;
+                            result.bytes_sent += request.len() as u64;
+                            result.bytes_received += len as u64;
+                        }
+                        answered = true;
+                        break;
+                    }
+                }
+                Err(err) if wire::is_timeout(&err) => {}
+                Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {}
+                Err(err) => {
+                    result.error(format!("receive: {err}"));
+                    break;
+                }
+            }
+        }
+        if measuring {
+            result.udp.sent += 1;
+            if !answered {
+                result.udp.timeouts += 1;
+            }
+        }
+        seq += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(seq: u64, send_ns: u64) -> udp::Header {
+        udp::Header {
+            flags: 0,
+            seq,
+            send_ns,
+        }
+    }
+
+    #[test]
+    fn in_order_flow_has_no_reordering_and_constant_transit_no_jitter() {
+        let mut flow = Flow::default();
+        let now = Instant::now();
+        for seq in 0..100 {
+            flow.receive(header(seq, seq * 1000), 64, seq * 1000 + 500, now);
+        }
+        assert_eq!(
+            (flow.received, flow.reordered, flow.duplicates),
+            (100, 0, 0)
+        );
+        assert_eq!(flow.jitter16 / 16, 0);
+    }
+
+    #[test]
+    fn reordering_duplicates_and_jitter_are_counted() {
+        let mut flow = Flow::default();
+        let now = Instant::now();
+        flow.receive(header(0, 0), 64, 100, now);
+        flow.receive(header(2, 0), 64, 100, now);
+        flow.receive(header(1, 0), 64, 100, now); // late: reordered
+        flow.receive(header(1, 0), 64, 100, now); // again: duplicate
+        flow.receive(header(2, 0), 64, 100, now); // duplicate of the highest
+        assert_eq!((flow.received, flow.reordered, flow.duplicates), (3, 1, 2));
+
+        // Transit alternating 0 and 1600 ns: |D| = 1600 each time, J converges to 1600.
+        let mut flow = Flow::default();
+        for seq in 0..2000_u64 {
+            let transit = if seq % 2 == 0 { 0 } else { 1600 };
+            flow.receive(header(seq, seq * 10_000), 64, seq * 10_000 + transit, now);
+        }
+        let jitter = flow.jitter16 / 16;
+        assert!((1590..=1600).contains(&jitter), "{jitter}");
+    }
+}

@@ -1,0 +1,282 @@
+//! The daemon's runs: which server sides it holds, until when, and which client sides are
+//! running. Several runs share a daemon at once, each on its own port.
+//!
+//! A server side lives until FinishServer, CancelRun, or its lease runs out (a controller that
+//! vanished cannot leak it). A client side lives as long as its StartClient stream; if the
+//! controller goes away, the stream drops and the run stops.
+//!
+//! # Layout
+//! - [`spec`]: a run's parameters and their limits.
+//! - [`policy`]: where a daemon may send traffic, and from which namespaces.
+
+pub mod policy;
+pub mod spec;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use crate::generators::{Server, measure::Stop, wire::Token};
+use spec::RunSpec;
+
+/// Longest a lease may outlast the run it covers.
+pub const MAX_LEASE_SLACK: Duration = Duration::from_secs(120);
+/// Lease given when the request asks for none.
+pub const DEFAULT_LEASE_SLACK: Duration = Duration::from_secs(30);
+
+/// Why a run request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A field is outside its limits.
+    #[error(transparent)]
+    Invalid(#[from] spec::InvalidSpec),
+    /// The daemon already holds a run with that ID.
+    #[error("run {run_id} already exists on this daemon")]
+    Exists {
+        /// The run ID.
+        run_id: String,
+    },
+    /// The daemon holds no run with that ID.
+    #[error("no run {run_id} on this daemon (finished, cancelled, or its lease expired)")]
+    NotFound {
+        /// The run ID.
+        run_id: String,
+    },
+    /// The target is outside what this daemon may send to.
+    #[error(
+        "target_ip {ip} is outside the ranges this daemon may send to (--allow-target {allowed})"
+    )]
+    TargetNotAllowed {
+        /// The refused address.
+        ip: std::net::IpAddr,
+        /// The allowed ranges.
+        allowed: String,
+    },
+    /// Setting the server side up failed.
+    #[error("preparing the server side")]
+    Prepare {
+        /// What failed.
+        #[source]
+        source: crate::Error,
+    },
+}
+
+/// A held server side.
+#[derive(Debug)]
+struct Held {
+    server: Server,
+    deadline: Instant,
+}
+
+/// The daemon's runs.
+#[derive(Debug, Default)]
+pub struct Runs {
+    /// Server sides by run ID (several when a Service has several pods on this node).
+    servers: Mutex<HashMap<String, Vec<Held>>>,
+    /// Stop flags of running client sides by run ID.
+    clients: Mutex<HashMap<String, Stop>>,
+}
+
+impl Runs {
+    fn servers(&self) -> MutexGuard<'_, HashMap<String, Vec<Held>>> {
+        self.servers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn clients(&self) -> MutexGuard<'_, HashMap<String, Stop>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Prepares a server side (blocking: binds in a namespace).
+    pub fn prepare(
+        &self,
+        run_id: &str,
+        spec: &RunSpec,
+        netns: Option<&std::path::Path>,
+        port: u16,
+        lease: Option<Duration>,
+        token: Option<Token>,
+    ) -> Result<(u16, Token), RunError> {
+        spec::check_run_id(run_id)?;
+        let longest = spec.total() + MAX_LEASE_SLACK;
+        let lease = match lease {
+            None => spec.total() + DEFAULT_LEASE_SLACK,
+            Some(lease) if lease <= longest && lease > Duration::ZERO => lease,
+            Some(lease) => {
+                return Err(spec::InvalidSpec {
+                    field: "lease_ms",
+                    reason: format!(
+                        "must be from 1 to {} (warm-up + duration + {} s), got {}",
+                        longest.as_millis(),
+                        MAX_LEASE_SLACK.as_secs(),
+                        lease.as_millis()
+                    ),
+                }
+                .into());
+            }
+        };
+        let server = Server::start(spec, netns, port, token)
+            .map_err(|source| RunError::Prepare { source })?;
+        let answer = (server.port, server.token);
+        tracing::info!(
+            run_id,
+            port = server.port,
+            lease_ms = lease.as_millis() as u64,
+            "server side prepared"
+        );
+        self.servers()
+            .entry(run_id.to_owned())
+            .or_default()
+            .push(Held {
+                server,
+                deadline: Instant::now() + lease,
+            });
+        Ok(answer)
+    }
+
+    /// Removes a run's server sides and returns them, to be finished (off the async runtime).
+    pub fn take_servers(&self, run_id: &str) -> Result<Vec<Server>, RunError> {
+        self.servers()
+            .remove(run_id)
+            .map(|held| held.into_iter().map(|held| held.server).collect())
+            .ok_or_else(|| RunError::NotFound {
+                run_id: run_id.to_owned(),
+            })
+    }
+
+    /// Registers a running client side; the guard unregisters it.
+    pub fn client(self: &Arc<Self>, run_id: &str) -> Result<ClientGuard, RunError> {
+        spec::check_run_id(run_id)?;
+        let mut clients = self.clients();
+        if clients.contains_key(run_id) {
+            return Err(RunError::Exists {
+                run_id: run_id.to_owned(),
+            });
+        }
+        let stop = Stop::default();
+        clients.insert(run_id.to_owned(), Arc::clone(&stop));
+        Ok(ClientGuard {
+            runs: Arc::clone(self),
+            run_id: run_id.to_owned(),
+            stop,
+        })
+    }
+
+    /// Stops whatever this daemon holds of `run_id`; whether it held anything.
+    pub fn cancel(&self, run_id: &str) -> bool {
+        let server = self.servers().remove(run_id);
+        let client = self.clients().get(run_id).cloned();
+        for held in server.iter().flatten() {
+            held.server.stop();
+        }
+        if let Some(stop) = &client {
+            stop.store(true, Ordering::Relaxed);
+        }
+        tracing::info!(
+            run_id,
+            found = server.is_some() || client.is_some(),
+            "run cancelled"
+        );
+        server.is_some() || client.is_some()
+    }
+
+    /// Stops server sides whose lease has run out.
+    pub fn reap_expired(&self) {
+        let now = Instant::now();
+        let expired: Vec<(String, Vec<Held>)> = {
+            let mut servers = self.servers();
+            let ids: Vec<String> = servers
+                .iter()
+                .filter(|(_, held)| held.iter().any(|h| h.deadline <= now))
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| servers.remove(&id).map(|held| (id, held)))
+                .collect()
+        };
+        for (run_id, held) in expired {
+            tracing::warn!(
+                run_id,
+                "lease expired: the controller stopped talking to us; server side stopped"
+            );
+            for held in held {
+                held.server.stop();
+            }
+        }
+    }
+
+    /// Stops everything (daemon shutdown).
+    pub fn stop_all(&self) {
+        for (_, held) in self.servers().drain() {
+            for held in held {
+                held.server.stop();
+            }
+        }
+        for stop in self.clients().values() {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs held now: (servers, clients).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.servers().len(), self.clients().len())
+    }
+
+    /// Reaps expired leases twice a second until the task is dropped.
+    pub fn spawn_reaper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let runs = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                runs.reap_expired();
+            }
+        })
+    }
+}
+
+/// A running client side's registration: its stop flag, removed from the registry on drop.
+#[derive(Debug)]
+pub struct ClientGuard {
+    runs: Arc<Runs>,
+    run_id: String,
+    /// Set to stop the client side.
+    pub stop: Stop,
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.runs.clients().remove(&self.run_id);
+    }
+}
+
+/// The namespace a request names, checked: empty for the daemon's own, else a named
+/// namespace or a process's.
+pub fn netns_path(field: &'static str, text: &str) -> Result<Option<PathBuf>, spec::InvalidSpec> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let path = PathBuf::from(text);
+    let named = path.parent() == Some(std::path::Path::new("/run/netns"));
+    let process = text.starts_with("/proc/") && text.ends_with("/ns/net");
+    if !(named || process) || text.contains("..") {
+        return Err(spec::InvalidSpec {
+            field,
+            reason: format!("{text:?} is not /run/netns/NAME or /proc/PID/ns/net"),
+        });
+    }
+    if !path.exists() {
+        return Err(spec::InvalidSpec {
+            field,
+            reason: format!("{text} does not exist"),
+        });
+    }
+    Ok(Some(path))
+}

@@ -1,0 +1,299 @@
+//! A run's parameters, checked against sonde's documented limits before anything starts.
+//!
+//! Every request is validated by the daemon that receives it (not only by sondectl): a daemon
+//! runs on every node and must not be talked into an endless or enormous load.
+
+use std::time::Duration;
+
+use sonde_proto::v1 as pb;
+
+/// Largest TCP message (request, response, write): 16 MiB, the top of a payload sweep.
+pub const MAX_TCP_MESSAGE: u64 = 16 << 20;
+/// Largest UDP payload over IPv4.
+pub const MAX_UDP_PAYLOAD: u64 = 65_507;
+/// Smallest UDP stream datagram: the sequence and timestamp header must fit.
+pub const MIN_UDP_STREAM_PAYLOAD: u64 = 32;
+/// Smallest UDP RR request or response: the sequence header must fit.
+pub const MIN_UDP_RR_PAYLOAD: u64 = 16;
+/// Longest measured part: one hour.
+pub const MAX_DURATION_MS: u64 = 3_600_000;
+/// Longest warm-up: ten minutes.
+pub const MAX_WARMUP_MS: u64 = 600_000;
+/// Most connections or flows in one run.
+pub const MAX_PARALLEL: u32 = 256;
+/// Highest target rate, messages per second.
+pub const MAX_RATE: f64 = 10_000_000.0;
+
+/// What a generator does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Bulk TCP throughput.
+    TcpStream,
+    /// TCP request/response on persistent connections.
+    TcpRr,
+    /// A new TCP connection per request/response.
+    TcpCrr,
+    /// UDP datagrams with sequence numbers: loss, reordering, jitter.
+    UdpStream,
+    /// UDP request/response with timeouts.
+    UdpRr,
+}
+
+impl Kind {
+    /// Whether the kind speaks TCP.
+    pub fn is_tcp(self) -> bool {
+        matches!(self, Self::TcpStream | Self::TcpRr | Self::TcpCrr)
+    }
+}
+
+/// Which way a stream run's data flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to server.
+    Forward,
+    /// Server to client.
+    Reverse,
+    /// Both, on separate connections.
+    Both,
+}
+
+/// A validated run spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSpec {
+    /// The generator.
+    pub kind: Kind,
+    /// The measured part.
+    pub duration: Duration,
+    /// The discarded part before it.
+    pub warmup: Duration,
+    /// Connections or flows.
+    pub parallel: u32,
+    /// Bytes per request / write / datagram.
+    pub request_size: usize,
+    /// Bytes per response (RR kinds).
+    pub response_size: usize,
+    /// Messages per second across all connections; `None` for as fast as possible.
+    pub rate: Option<f64>,
+    /// Stream kinds: which way.
+    pub direction: Direction,
+}
+
+/// A request field outside its limits; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidSpec {
+    /// The field, as named in sonde.v1.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidSpec {
+    InvalidSpec {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl TryFrom<&pb::RunSpec> for RunSpec {
+    type Error = InvalidSpec;
+
+    fn try_from(spec: &pb::RunSpec) -> Result<Self, Self::Error> {
+        let kind = match pb::RunKind::try_from(spec.kind) {
+            Ok(pb::RunKind::TcpStream) => Kind::TcpStream,
+            Ok(pb::RunKind::TcpRr) => Kind::TcpRr,
+            Ok(pb::RunKind::TcpCrr) => Kind::TcpCrr,
+            Ok(pb::RunKind::UdpStream) => Kind::UdpStream,
+            Ok(pb::RunKind::UdpRr) => Kind::UdpRr,
+            Ok(pb::RunKind::Unspecified) | Err(_) => {
+                return Err(invalid("spec.kind", "must be one of the RunKind values"));
+            }
+        };
+        if !(1..=MAX_DURATION_MS).contains(&spec.duration_ms) {
+            return Err(invalid(
+                "spec.duration_ms",
+                format!(
+                    "must be from 1 to {MAX_DURATION_MS} (got {})",
+                    spec.duration_ms
+                ),
+            ));
+        }
+        if spec.warmup_ms > MAX_WARMUP_MS {
+            return Err(invalid(
+                "spec.warmup_ms",
+                format!("must be at most {MAX_WARMUP_MS} (got {})", spec.warmup_ms),
+            ));
+        }
+        if !(1..=MAX_PARALLEL).contains(&spec.parallel) {
+            return Err(invalid(
+                "spec.parallel",
+                format!("must be from 1 to {MAX_PARALLEL} (got {})", spec.parallel),
+            ));
+        }
+        let (min_request, max_message) = match kind {
+            Kind::UdpStream => (MIN_UDP_STREAM_PAYLOAD, MAX_UDP_PAYLOAD),
+            Kind::UdpRr => (MIN_UDP_RR_PAYLOAD, MAX_UDP_PAYLOAD),
+            _ => (1, MAX_TCP_MESSAGE),
+        };
+        if !(min_request..=max_message).contains(&spec.request_size) {
+            return Err(invalid(
+                "spec.request_size",
+                format!(
+                    "must be from {min_request} to {max_message} bytes for this kind (got {})",
+                    spec.request_size
+                ),
+            ));
+        }
+        let rr = matches!(kind, Kind::TcpRr | Kind::TcpCrr | Kind::UdpRr);
+        if rr {
+            let min_response = if kind == Kind::UdpRr {
+                MIN_UDP_RR_PAYLOAD
+            } else {
+                1
+            };
+            if !(min_response..=max_message).contains(&spec.response_size) {
+                return Err(invalid(
+                    "spec.response_size",
+                    format!(
+                        "must be from {min_response} to {max_message} bytes for this kind (got {})",
+                        spec.response_size
+                    ),
+                ));
+            }
+        }
+        if !(spec.rate.is_finite() && (0.0..=MAX_RATE).contains(&spec.rate)) {
+            return Err(invalid(
+                "spec.rate",
+                format!(
+                    "must be from 0 (as fast as possible) to {MAX_RATE} (got {})",
+                    spec.rate
+                ),
+            ));
+        }
+        let direction = match pb::Direction::try_from(spec.direction) {
+            Ok(pb::Direction::ClientToServer) => Direction::Forward,
+            Ok(pb::Direction::ServerToClient) => Direction::Reverse,
+            Ok(pb::Direction::Both) => Direction::Both,
+            Err(_) => {
+                return Err(invalid(
+                    "spec.direction",
+                    "must be one of the Direction values",
+                ));
+            }
+        };
+        if direction != Direction::Forward && kind != Kind::TcpStream {
+            return Err(invalid(
+                "spec.direction",
+                "only tcp-stream runs can be reversed or bidirectional",
+            ));
+        }
+        let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        Ok(Self {
+            kind,
+            duration: Duration::from_millis(spec.duration_ms),
+            warmup: Duration::from_millis(spec.warmup_ms),
+            parallel: spec.parallel,
+            request_size: size(spec.request_size),
+            response_size: size(spec.response_size.max(1)),
+            rate: (spec.rate > 0.0).then_some(spec.rate),
+            direction,
+        })
+    }
+}
+
+impl RunSpec {
+    /// Warm-up plus measured part.
+    pub fn total(&self) -> Duration {
+        self.warmup + self.duration
+    }
+}
+
+/// Checks a run ID: 1 to 64 characters of `[A-Za-z0-9._-]`.
+pub fn check_run_id(run_id: &str) -> Result<(), InvalidSpec> {
+    let ok = (1..=64).contains(&run_id.len())
+        && run_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "run_id",
+            "must be 1 to 64 characters of A-Z a-z 0-9 . _ -",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rr() -> pb::RunSpec {
+        pb::RunSpec {
+            kind: pb::RunKind::TcpRr as i32,
+            duration_ms: 1000,
+            warmup_ms: 100,
+            parallel: 2,
+            request_size: 64,
+            response_size: 128,
+            rate: 0.0,
+            direction: pb::Direction::ClientToServer as i32,
+        }
+    }
+
+    #[test]
+    fn a_valid_spec_converts() {
+        let spec = RunSpec::try_from(&rr()).expect("valid");
+        assert_eq!(spec.kind, Kind::TcpRr);
+        assert_eq!(spec.total(), Duration::from_millis(1100));
+        assert_eq!((spec.request_size, spec.response_size), (64, 128));
+        assert_eq!(spec.rate, None);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        type Change = fn(&mut pb::RunSpec);
+        let cases: [(Change, &str); 9] = [
+            (|s| s.kind = 0, "spec.kind"),
+            (|s| s.duration_ms = 0, "spec.duration_ms"),
+            (|s| s.warmup_ms = MAX_WARMUP_MS + 1, "spec.warmup_ms"),
+            (|s| s.parallel = 0, "spec.parallel"),
+            (|s| s.request_size = 0, "spec.request_size"),
+            (
+                |s| s.response_size = MAX_TCP_MESSAGE + 1,
+                "spec.response_size",
+            ),
+            (|s| s.rate = -1.0, "spec.rate"),
+            (|s| s.rate = f64::NAN, "spec.rate"),
+            (
+                |s| s.direction = pb::Direction::Both as i32,
+                "spec.direction",
+            ),
+        ];
+        for (change, field) in cases {
+            let mut spec = rr();
+            change(&mut spec);
+            let err = RunSpec::try_from(&spec).expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn udp_stream_needs_room_for_its_header() {
+        let mut spec = rr();
+        spec.kind = pb::RunKind::UdpStream as i32;
+        spec.request_size = 16;
+        assert_eq!(
+            RunSpec::try_from(&spec).expect_err("too small").field,
+            "spec.request_size"
+        );
+    }
+
+    #[test]
+    fn run_ids_are_checked() {
+        assert!(check_run_id("r-1.a_b").is_ok());
+        assert!(check_run_id("").is_err());
+        assert!(check_run_id("a/b").is_err());
+        assert!(check_run_id(&"x".repeat(65)).is_err());
+    }
+}
