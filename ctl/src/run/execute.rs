@@ -294,7 +294,7 @@ fn progress_bar(plan: &Plan, size: u64, total: Duration) -> Option<ProgressBar> 
         return None;
     }
     let bar = ProgressBar::new(total.as_millis() as u64);
-    let style = ProgressStyle::with_template(&format!("{{prefix}} [{{bar:30}}] {{msg}}"))
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style.progress_chars("=> "));
     bar.set_prefix(super::sizes::human(size));

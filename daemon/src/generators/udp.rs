@@ -306,7 +306,7 @@ fn stream(
             break;
         }
         stop_check = stop_check.wrapping_add(1);
-        if stop_check % 1024 == 0 && stop.load(Ordering::Relaxed) {
+        if stop_check.is_multiple_of(1024) && stop.load(Ordering::Relaxed) {
             break;
         }
         let measuring = now >= window.measure_from;
@@ -372,10 +372,10 @@ fn rr(
             send_ns: 0,
         }
         .write(&mut request, false);
-        if let Err(err) = socket.send(&request) {
-            if err.kind() != io::ErrorKind::ConnectionRefused {
-                result.error(format!("send: {err}"));
-            }
+        if let Err(err) = socket.send(&request)
+            && err.kind() != io::ErrorKind::ConnectionRefused
+        {
+            result.error(format!("send: {err}"));
         }
         let deadline = Instant::now() + RR_TIMEOUT;
         let mut answered = false;
