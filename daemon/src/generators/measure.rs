@@ -90,6 +90,8 @@ pub struct ThreadResult {
     pub connections: u64,
     /// Errors met.
     pub errors: Vec<String>,
+    /// The thread's CPU time when its measured part began.
+    cpu_from: Option<CpuTime>,
 }
 
 impl ThreadResult {
@@ -106,6 +108,26 @@ impl ThreadResult {
             udp: UdpFacts::default(),
             connections: 0,
             errors: Vec::new(),
+            cpu_from: None,
+        }
+    }
+
+    /// Starts the CPU clock the first time `measuring` is true, so that `cpu` covers the
+    /// measured part only (a warm-up's CPU would inflate CPU per byte).
+    #[inline]
+    pub fn cpu_starts_if(&mut self, measuring: bool) {
+        if measuring && self.cpu_from.is_none() {
+            self.cpu_from = Some(CpuTime::thread_now());
+        }
+    }
+
+    /// Stops the CPU clock: `cpu` is the thread's CPU time since it started (zero if it never
+    /// did).
+    pub fn stop_cpu(&mut self) {
+        if let Some(from) = self.cpu_from.take() {
+            let used = CpuTime::thread_now().since(from);
+            self.cpu.user_ns += used.user_ns;
+            self.cpu.system_ns += used.system_ns;
         }
     }
 

@@ -14,7 +14,7 @@ use std::{
 
 use super::{
     io::{Interrupted, read_exact, sleep_until, write_all},
-    measure::{Counters, CpuTime, POLL, Stop, TcpFacts, ThreadResult, Window},
+    measure::{Counters, POLL, Stop, TcpFacts, ThreadResult, Window},
     wire::{self, Role, Token},
 };
 use crate::runs::spec::{Direction, Kind, RunSpec};
@@ -83,8 +83,8 @@ fn serve_connections(
     token: &Token,
     stop: &Stop,
 ) -> ThreadResult {
-    let cpu_start = CpuTime::thread_now();
     let mut result = ThreadResult::new();
+    let mut first_request = None;
     loop {
         let next = match rx.lock() {
             Ok(rx) => rx.recv_timeout(POLL),
@@ -111,14 +111,21 @@ fn serve_connections(
             (Kind::TcpStream, Role::ClientSends) => sink(&mut stream, spec, stop, &mut result),
             (Kind::TcpStream, Role::ServerSends) => source(&mut stream, spec, stop, &mut result),
             (Kind::TcpCrr, _) => {
-                respond(&mut stream, spec, stop, &mut result, 1);
+                respond(&mut stream, spec, stop, &mut result, 1, &mut first_request);
                 drain_until_closed(&mut stream, stop);
             }
-            _ => respond(&mut stream, spec, stop, &mut result, u64::MAX),
+            _ => respond(
+                &mut stream,
+                spec,
+                stop,
+                &mut result,
+                u64::MAX,
+                &mut first_request,
+            ),
         }
         result.tcp.add(TcpFacts::of(&stream));
     }
-    result.cpu = CpuTime::thread_now().since(cpu_start);
+    result.stop_cpu();
     result
 }
 
@@ -144,6 +151,7 @@ fn sink(stream: &mut TcpStream, spec: &RunSpec, stop: &Stop, result: &mut Thread
             Ok(n) => {
                 let now = Instant::now();
                 let start = *first.get_or_insert(now);
+                result.cpu_starts_if(now >= start + spec.warmup);
                 if now >= start + spec.warmup {
                     result.bytes_received += n as u64;
                     last = Some(now);
@@ -173,6 +181,7 @@ fn source(stream: &mut TcpStream, spec: &RunSpec, stop: &Stop, result: &mut Thre
         match write_all(stream, &buf, stop, far) {
             Ok(()) => {
                 let now = Instant::now();
+                result.cpu_starts_if(now >= start + spec.warmup);
                 if now >= start + spec.warmup {
                     result.bytes_sent += buf.len() as u64;
                     result.messages += 1;
@@ -189,12 +198,14 @@ fn source(stream: &mut TcpStream, spec: &RunSpec, stop: &Stop, result: &mut Thre
 }
 
 /// Answers up to `limit` requests: read `request_size` bytes, write `response_size` bytes.
+/// `first_request` is when this worker saw its first request (the start of its warm-up).
 fn respond(
     stream: &mut TcpStream,
     spec: &RunSpec,
     stop: &Stop,
     result: &mut ThreadResult,
     limit: u64,
+    first_request: &mut Option<Instant>,
 ) {
     let mut request = vec![0_u8; spec.request_size];
     let response = vec![0xa5_u8; spec.response_size];
@@ -202,7 +213,11 @@ fn respond(
     let mut served = 0;
     while served < limit {
         match read_exact(stream, &mut request, stop, far) {
-            Ok(()) => {}
+            Ok(()) => {
+                let now = Instant::now();
+                let first = *first_request.get_or_insert(now);
+                result.cpu_starts_if(now >= first + spec.warmup);
+            }
             Err(Interrupted::Failed(err)) => {
                 result.error(format!("read request: {err}"));
                 return;
@@ -293,7 +308,6 @@ pub fn client(
                 };
                 barrier.wait();
                 let window = shared_window(&clock, &spec);
-                let cpu_start = CpuTime::thread_now();
                 let ctx = Ctx {
                     spec: &spec,
                     window,
@@ -320,7 +334,7 @@ pub fn client(
                     }
                     (_, None) => {}
                 }
-                result.cpu = CpuTime::thread_now().since(cpu_start);
+                result.stop_cpu();
                 result
             })
         })
@@ -361,6 +375,7 @@ fn send_stream(ctx: &Ctx<'_>, stream: &mut TcpStream, result: &mut ThreadResult)
         if now >= ctx.window.end || ctx.stop.load(Ordering::Relaxed) {
             break;
         }
+        result.cpu_starts_if(ctx.window.measuring(now));
         match write_all(stream, &buf, ctx.stop, ctx.window.end) {
             Ok(()) => {
                 ctx.counters.add(buf.len() as u64, 1);
@@ -398,9 +413,11 @@ fn send_stream(ctx: &Ctx<'_>, stream: &mut TcpStream, result: &mut ThreadResult)
 fn receive_stream(ctx: &Ctx<'_>, stream: &mut TcpStream, result: &mut ThreadResult) {
     let mut buf = vec![0_u8; RECV_BUFFER];
     loop {
-        if Instant::now() >= ctx.window.end || ctx.stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= ctx.window.end || ctx.stop.load(Ordering::Relaxed) {
             break;
         }
+        result.cpu_starts_if(ctx.window.measuring(now));
         match stream.read(&mut buf) {
             Ok(0) => {
                 result.error("the server closed the connection");
@@ -445,6 +462,7 @@ fn rr(ctx: &Ctx<'_>, stream: &mut TcpStream, rate: Option<f64>, result: &mut Thr
         if intended >= ctx.window.end {
             break;
         }
+        result.cpu_starts_if(ctx.window.measuring(intended));
         let transaction = write_all(stream, &request, ctx.stop, ctx.window.end + POLL * 10)
             .and_then(|()| read_exact(stream, &mut response, ctx.stop, ctx.window.end + POLL * 10));
         let done = Instant::now();
@@ -501,6 +519,7 @@ fn crr(
         if intended >= ctx.window.end {
             break;
         }
+        result.cpu_starts_if(ctx.window.measuring(intended));
         let far = ctx.window.end + POLL * 10;
         let outcome = connect(target, true)
             .map_err(Interrupted::Failed)

@@ -16,7 +16,7 @@ use std::{
 
 use super::{
     io::sleep_until,
-    measure::{Counters, CpuTime, POLL, Stop, ThreadResult, Window, monotonic_ns},
+    measure::{Counters, POLL, Stop, ThreadResult, Window, monotonic_ns},
     wire::{self, Token, udp},
 };
 use crate::runs::spec::{Kind, RunSpec};
@@ -90,8 +90,8 @@ impl Flow {
 
 /// Serves a bound socket until stopped.
 pub fn serve(socket: UdpSocket, spec: RunSpec, token: Token, stop: Stop) -> Vec<ThreadResult> {
-    let cpu_start = CpuTime::thread_now();
     let mut result = ThreadResult::new();
+    let mut first_request: Option<Instant> = None;
     if let Err(err) = socket.set_read_timeout(Some(POLL)) {
         result.error(format!("socket timeout: {err}"));
     }
@@ -124,6 +124,9 @@ pub fn serve(socket: UdpSocket, spec: RunSpec, token: Token, stop: Stop) -> Vec<
                 let Some(header) = udp::Header::read(datagram, false) else {
                     continue;
                 };
+                let now = Instant::now();
+                let first = *first_request.get_or_insert(now);
+                result.cpu_starts_if(now >= first + spec.warmup);
                 header.write(&mut response, false);
                 if socket.send_to(&response, peer).is_ok() {
                     result.messages += 1;
@@ -137,6 +140,7 @@ pub fn serve(socket: UdpSocket, spec: RunSpec, token: Token, stop: Stop) -> Vec<
                     continue;
                 };
                 if header.flags & udp::FLAG_WARMUP == 0 {
+                    result.cpu_starts_if(true);
                     flow.receive(header, len, arrival_ns, Instant::now());
                 }
             }
@@ -159,7 +163,7 @@ pub fn serve(socket: UdpSocket, spec: RunSpec, token: Token, stop: Stop) -> Vec<
             flow_result
         })
         .collect();
-    result.cpu = CpuTime::thread_now().since(cpu_start);
+    result.stop_cpu();
     results.push(result);
     results
 }
@@ -208,7 +212,6 @@ pub fn client(
                         Window::starting_at(Instant::now(), spec.warmup, spec.duration)
                     })
                 };
-                let cpu_start = CpuTime::thread_now();
                 if spec.kind == Kind::UdpRr {
                     rr(
                         &socket,
@@ -230,7 +233,7 @@ pub fn client(
                         &mut result,
                     );
                 }
-                result.cpu = CpuTime::thread_now().since(cpu_start);
+                result.stop_cpu();
                 result.measured = window.end - window.measure_from;
                 result
             })
@@ -310,6 +313,7 @@ fn stream(
             break;
         }
         let measuring = now >= window.measure_from;
+        result.cpu_starts_if(measuring);
         let header = udp::Header {
             flags: if measuring { 0 } else { udp::FLAG_WARMUP },
             seq,
@@ -366,6 +370,7 @@ fn rr(
             break;
         }
         let measuring = window.measuring(intended);
+        result.cpu_starts_if(measuring);
         udp::Header {
             flags: 0,
             seq,
