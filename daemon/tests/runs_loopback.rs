@@ -1,0 +1,429 @@
+//! Runs through the real gRPC API and the real generators, on loopback (no namespaces, no
+//! root): each kind's two sides must agree exactly where they can (every request sent was
+//! answered, every byte sent was received), and the protocol's guards must hold.
+
+use std::{sync::Arc, time::Duration};
+
+use sonde_daemon::{
+    facts::{FactsSource, NodeFacts},
+    grpc::AgentService,
+    runs::{Runs, policy::TargetPolicy},
+    server,
+};
+use sonde_proto::v1::{self as pb, agent_client::AgentClient, client_event::Event};
+use tonic::{Code, transport::Channel};
+
+struct NoFacts;
+
+impl FactsSource for NoFacts {
+    fn node_facts(&self) -> NodeFacts {
+        NodeFacts {
+            node_name: "loopback".to_owned(),
+            kernel_release: String::new(),
+            daemon_version: String::new(),
+            started_at_unix_ns: 0,
+            pid: 0,
+            capabilities: Vec::new(),
+            programs: Vec::new(),
+        }
+    }
+}
+
+/// A daemon serving on loopback, its runs, and a client for it.
+async fn daemon() -> (AgentClient<Channel>, Arc<Runs>) {
+    let listener = server::Listener::bind(&"127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr();
+    let runs = Arc::new(Runs::default());
+    let _reaper = runs.spawn_reaper();
+    let agent = AgentService::new(
+        Arc::new(NoFacts),
+        Arc::clone(&runs),
+        TargetPolicy::default(),
+    );
+    tokio::spawn(server::run(
+        listener,
+        agent,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    let client = AgentClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    (client, runs)
+}
+
+fn spec(kind: pb::RunKind, duration_ms: u64, request: u64, response: u64) -> pb::RunSpec {
+    pb::RunSpec {
+        kind: kind as i32,
+        duration_ms,
+        warmup_ms: 0,
+        parallel: 1,
+        request_size: request,
+        response_size: response,
+        rate: 0.0,
+        direction: pb::Direction::ClientToServer as i32,
+    }
+}
+
+async fn prepare(
+    client: &mut AgentClient<Channel>,
+    run_id: &str,
+    spec: pb::RunSpec,
+) -> pb::PrepareServerResponse {
+    client
+        .prepare_server(pb::PrepareServerRequest {
+            run_id: run_id.to_owned(),
+            spec: Some(spec),
+            netns: String::new(),
+            port: 0,
+            lease_ms: 0,
+            token: Vec::new(),
+        })
+        .await
+        .expect("prepare")
+        .into_inner()
+}
+
+/// Runs a whole run: prepare, start (draining progress), finish. Returns (client, server).
+async fn run(
+    client: &mut AgentClient<Channel>,
+    run_id: &str,
+    spec: pb::RunSpec,
+) -> (pb::SideResult, pb::SideResult) {
+    let prepared = prepare(client, run_id, spec).await;
+    let client_result = start(client, run_id, spec, prepared.port, prepared.token).await;
+    let server = client
+        .finish_server(pb::FinishServerRequest {
+            run_id: run_id.to_owned(),
+        })
+        .await
+        .expect("finish")
+        .into_inner()
+        .result
+        .expect("server result");
+    (client_result, server)
+}
+
+async fn start(
+    client: &mut AgentClient<Channel>,
+    run_id: &str,
+    spec: pb::RunSpec,
+    port: u32,
+    token: Vec<u8>,
+) -> pb::SideResult {
+    let mut stream = client
+        .start_client(pb::StartClientRequest {
+            run_id: run_id.to_owned(),
+            spec: Some(spec),
+            netns: String::new(),
+            target_ip: "127.0.0.1".to_owned(),
+            target_port: port,
+            token,
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    loop {
+        match stream
+            .message()
+            .await
+            .expect("stream")
+            .and_then(|e| e.event)
+        {
+            Some(Event::Progress(_)) => {}
+            Some(Event::Result(result)) => return result,
+            None => panic!("stream ended without a result"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tcp_rr_every_request_completed_was_answered() {
+    let (mut client, _) = daemon().await;
+    let (c, s) = run(&mut client, "rr", spec(pb::RunKind::TcpRr, 300, 100, 200)).await;
+    assert!(
+        c.errors.is_empty() && s.errors.is_empty(),
+        "{:?} {:?}",
+        c.errors,
+        s.errors
+    );
+    assert!(c.messages > 100, "only {} transactions", c.messages);
+    assert_eq!(c.messages, s.messages);
+    assert_eq!(c.bytes_sent, c.messages * 100);
+    assert_eq!(c.bytes_received, c.messages * 200);
+    assert_eq!(s.bytes_received, c.bytes_sent);
+    assert!(!c.latency_histogram.is_empty());
+    assert_eq!(c.connections, 1);
+}
+
+#[tokio::test]
+async fn tcp_crr_opens_one_connection_per_transaction() {
+    let (mut client, _) = daemon().await;
+    let (c, s) = run(&mut client, "crr", spec(pb::RunKind::TcpCrr, 300, 10, 10)).await;
+    assert!(c.errors.is_empty(), "{:?}", c.errors);
+    assert!(c.messages > 10, "only {} transactions", c.messages);
+    assert_eq!(c.connections, c.messages);
+    assert_eq!(s.messages, c.messages);
+    assert_eq!(s.connections, c.messages);
+}
+
+#[tokio::test]
+async fn tcp_stream_every_byte_sent_was_received() {
+    let (mut client, _) = daemon().await;
+    let (c, s) = run(
+        &mut client,
+        "stream",
+        spec(pb::RunKind::TcpStream, 300, 64 * 1024, 0),
+    )
+    .await;
+    assert!(
+        c.errors.is_empty() && s.errors.is_empty(),
+        "{:?} {:?}",
+        c.errors,
+        s.errors
+    );
+    assert!(c.bytes_sent > 1 << 20);
+    assert_eq!(s.bytes_received, c.bytes_sent);
+    assert_eq!(c.bytes_sent, c.messages * 64 * 1024);
+}
+
+#[tokio::test]
+async fn tcp_stream_reverse_flows_server_to_client() {
+    let (mut client, _) = daemon().await;
+    let mut reverse = spec(pb::RunKind::TcpStream, 300, 64 * 1024, 0);
+    reverse.direction = pb::Direction::ServerToClient as i32;
+    let (c, s) = run(&mut client, "reverse", reverse).await;
+    assert!(c.bytes_received > 1 << 20, "{c:?}");
+    assert_eq!(c.bytes_sent, 0);
+    assert!(s.bytes_sent >= c.bytes_received);
+}
+
+#[tokio::test]
+async fn udp_stream_at_a_rate_sends_that_many_and_loopback_loses_none() {
+    let (mut client, _) = daemon().await;
+    let mut paced = spec(pb::RunKind::UdpStream, 500, 200, 0);
+    paced.rate = 2000.0;
+    let (c, s) = run(&mut client, "udp", paced).await;
+    assert!(c.errors.is_empty(), "{:?}", c.errors);
+    assert!((995..=1001).contains(&c.udp_sent), "sent {}", c.udp_sent);
+    assert_eq!(s.udp_received, c.udp_sent, "loopback lost datagrams");
+    assert_eq!(s.udp_reordered, 0);
+    assert_eq!(s.bytes_received, c.udp_sent * 200);
+}
+
+#[tokio::test]
+async fn udp_rr_answers_every_request() {
+    let (mut client, _) = daemon().await;
+    let (c, s) = run(&mut client, "udprr", spec(pb::RunKind::UdpRr, 300, 32, 64)).await;
+    assert!(c.udp_sent > 100);
+    assert_eq!(c.udp_timeouts, 0);
+    assert_eq!(c.udp_received, c.udp_sent);
+    assert_eq!(s.messages, c.udp_sent);
+}
+
+#[tokio::test]
+async fn rate_mode_paces_transactions() {
+    let (mut client, _) = daemon().await;
+    let mut paced = spec(pb::RunKind::TcpRr, 500, 1, 1);
+    paced.rate = 1000.0;
+    let (c, _) = run(&mut client, "paced", paced).await;
+    assert!(
+        (495..=501).contains(&c.messages),
+        "{} transactions at 1000/s for 0.5 s",
+        c.messages
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_token_gets_no_service() {
+    let (mut client, _) = daemon().await;
+    let spec = spec(pb::RunKind::TcpRr, 200, 1, 1);
+    let prepared = prepare(&mut client, "token", spec).await;
+    let mut wrong = prepared.token.clone();
+    wrong[0] ^= 0xff;
+    let c = start(&mut client, "token", spec, prepared.port, wrong).await;
+    assert_eq!(c.messages, 0);
+    assert!(!c.errors.is_empty());
+    let s = client
+        .finish_server(pb::FinishServerRequest {
+            run_id: "token".to_owned(),
+        })
+        .await
+        .expect("finish")
+        .into_inner()
+        .result
+        .expect("result");
+    assert_eq!(s.messages, 0);
+    assert!(
+        s.errors.iter().any(|e| e.contains("token")),
+        "{:?}",
+        s.errors
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_right_status_naming_the_field() {
+    let (mut client, _) = daemon().await;
+    let prepare_with = |spec: pb::RunSpec, run_id: &str, netns: &str| pb::PrepareServerRequest {
+        run_id: run_id.to_owned(),
+        spec: Some(spec),
+        netns: netns.to_owned(),
+        port: 0,
+        lease_ms: 0,
+        token: Vec::new(),
+    };
+    let cases = [
+        (
+            prepare_with(spec(pb::RunKind::TcpRr, 100, 0, 1), "a", ""),
+            "spec.request_size",
+        ),
+        (
+            prepare_with(spec(pb::RunKind::TcpRr, 0, 1, 1), "a", ""),
+            "spec.duration_ms",
+        ),
+        (
+            prepare_with(spec(pb::RunKind::Unspecified, 100, 1, 1), "a", ""),
+            "spec.kind",
+        ),
+        (
+            prepare_with(spec(pb::RunKind::TcpRr, 100, 1, 1), "a/b", ""),
+            "run_id",
+        ),
+        (
+            prepare_with(spec(pb::RunKind::TcpRr, 100, 1, 1), "a", "/etc/passwd"),
+            "netns",
+        ),
+    ];
+    for (request, field) in cases {
+        let status = client.prepare_server(request).await.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(
+            status.message().starts_with(field),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    let status = client
+        .finish_server(pb::FinishServerRequest {
+            run_id: "nope".to_owned(),
+        })
+        .await
+        .expect_err("unknown run");
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn targets_outside_the_policy_are_refused_before_any_traffic() {
+    let (mut client, _) = daemon().await;
+    let status = client
+        .start_client(pb::StartClientRequest {
+            run_id: "far".to_owned(),
+            spec: Some(spec(pb::RunKind::TcpStream, 100, 1024, 0)),
+            netns: String::new(),
+            target_ip: "192.0.2.1".to_owned(),
+            target_port: 9,
+            token: vec![0; 16],
+        })
+        .await
+        .expect_err("not allowed");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().contains("192.0.2.1"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn a_lease_ends_a_server_side_whose_controller_vanished() {
+    let (mut client, runs) = daemon().await;
+    let status = client
+        .prepare_server(pb::PrepareServerRequest {
+            run_id: "lease".to_owned(),
+            spec: Some(spec(pb::RunKind::TcpRr, 100, 1, 1)),
+            netns: String::new(),
+            port: 0,
+            lease_ms: 300,
+            token: Vec::new(),
+        })
+        .await;
+    assert!(status.is_ok());
+    assert_eq!(runs.counts(), (1, 0));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(runs.counts(), (0, 0), "the lease did not expire");
+    let status = client
+        .finish_server(pb::FinishServerRequest {
+            run_id: "lease".to_owned(),
+        })
+        .await
+        .expect_err("reaped");
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn cancel_and_a_vanished_controller_stop_a_client_side() {
+    let (mut client, runs) = daemon().await;
+    let long = spec(pb::RunKind::TcpRr, 60_000, 1, 1);
+    let prepared = prepare(&mut client, "long", long).await;
+    let request = |run_id: &str| pb::StartClientRequest {
+        run_id: run_id.to_owned(),
+        spec: Some(long),
+        netns: String::new(),
+        target_ip: "127.0.0.1".to_owned(),
+        target_port: prepared.port,
+        token: prepared.token.clone(),
+    };
+
+    // Cancelled: the stream ends with a (partial) result well before the 60 s.
+    let mut stream = client
+        .start_client(request("long"))
+        .await
+        .expect("start")
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancelled = client
+        .cancel_run(pb::CancelRunRequest {
+            run_id: "long".to_owned(),
+        })
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert!(cancelled.found);
+    let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match stream
+                .message()
+                .await
+                .expect("stream")
+                .and_then(|e| e.event)
+            {
+                Some(Event::Result(result)) => return result,
+                Some(Event::Progress(_)) => {}
+                None => panic!("no result"),
+            }
+        }
+    })
+    .await
+    .expect("the run stopped after CancelRun");
+    assert!(ended.messages > 0);
+
+    // Controller gone: dropping the stream stops the client side.
+    let prepared2 = prepare(&mut client, "gone", long).await;
+    let mut gone = request("gone");
+    gone.target_port = prepared2.port;
+    gone.token = prepared2.token;
+    let stream = client.start_client(gone).await.expect("start").into_inner();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(runs.counts().1, 1);
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while runs.counts().1 != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client side outlived its controller"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
