@@ -7,90 +7,15 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::unix::process::CommandExt as _,
     path::Path,
-    process::{Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
+    process::Command,
     time::Duration,
 };
 
-use sonde_ctl::lab::Inventory;
 use sonde_daemon::netns;
-use sonde_integration::{require_root, run, workspace_bin};
-
-fn sondectl(args: &[&str]) -> Output {
-    Command::new(workspace_bin("sondectl"))
-        .args(args)
-        .env_remove("SONDE_LAB")
-        .env_remove("SONDE_AGENTS")
-        .output()
-        .expect("run sondectl")
-}
-
-fn stdout_of(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "sondectl failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// A lab for one test, with a unique name; `lab down` on drop.
-struct Lab {
-    name: String,
-    inventory: Inventory,
-}
-
-impl Lab {
-    fn up(extra: &[&str]) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "t{}{}",
-            std::process::id() % 100_000,
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut args = vec!["lab", "up", "--name", &name, "-o", "json"];
-        args.extend_from_slice(extra);
-        let inventory: Inventory =
-            serde_json::from_str(&stdout_of(&sondectl(&args))).expect("inventory JSON");
-        Self { name, inventory }
-    }
-
-    fn netns_path(&self, pod_or_node: &str) -> std::path::PathBuf {
-        let netns = self
-            .inventory
-            .pod(pod_or_node)
-            .map(|pod| pod.netns.clone())
-            .or_else(|| {
-                self.inventory
-                    .node(pod_or_node)
-                    .map(|node| node.netns.clone())
-            })
-            .unwrap_or_else(|| panic!("no pod or node {pod_or_node}"));
-        Path::new("/run/netns").join(netns)
-    }
-
-    fn ip(&self, pod: &str) -> String {
-        self.inventory.pod(pod).expect("pod").ip.to_string()
-    }
-
-    /// (rx, tx) packets of a node's uplink, from the kernel's own counters.
-    fn uplink_packets(&self, node: &str) -> (u64, u64) {
-        let netns = &self.inventory.node(node).expect("node").netns;
-        let json = run("ip", &["-n", netns, "-j", "-s", "link", "show", "eth0"]);
-        let links: serde_json::Value = serde_json::from_str(&json).expect("ip -j");
-        let stats = &links[0]["stats64"];
-        (
-            stats["rx"]["packets"].as_u64().expect("rx"),
-            stats["tx"]["packets"].as_u64().expect("tx"),
-        )
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = sondectl(&["lab", "down", "--name", &self.name]);
-    }
-}
+use sonde_integration::{
+    lab::{Lab, sondectl, stdout_of},
+    require_root, run, workspace_bin,
+};
 
 fn in_ns<T: Send>(path: &Path, work: impl FnOnce() -> T + Send) -> T {
     netns::run_in(path, work).expect("enter namespace")

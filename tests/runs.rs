@@ -1,0 +1,282 @@
+//! `sondectl run` in the lab: every generator across nodes and through a Service, payload
+//! sweeps, a daemon killed mid-run, bad requests. Every JSON document is checked against the
+//! published schema (docs/schema/run-result.v1.json).
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use sonde_integration::{lab::Lab, require_root, run, workspace_bin};
+
+fn schema() -> jsonschema::Validator {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/schema/run-result.v1.json"
+    );
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("schema file")).expect("JSON");
+    jsonschema::validator_for(&schema).expect("a valid JSON Schema")
+}
+
+/// Runs `sondectl run ... -o json` in `lab`; returns the document (checked against the
+/// schema) and whether sondectl succeeded.
+fn run_json(lab: &Lab, args: &[&str]) -> (serde_json::Value, bool) {
+    let mut full = vec!["run"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["-o", "json"]);
+    let output = lab.sondectl(&full);
+    let document: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+            panic!(
+                "{args:?}: no JSON ({err}); stderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+    let validator = schema();
+    let problems: Vec<String> = validator
+        .iter_errors(&document)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "{args:?}: not valid against the schema: {problems:#?}"
+    );
+    (document, output.status.success())
+}
+
+fn f64_at(value: &serde_json::Value, pointer: &str) -> f64 {
+    value
+        .pointer(pointer)
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or_else(|| panic!("{pointer} in {value}"))
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn every_generator_runs_across_nodes_and_through_a_service() {
+    require_root();
+    let lab = Lab::up(&["--service", "web=80:8080", "--service", "dgram=90:9090/udp"]);
+    for (kind, service) in [
+        ("tcp-stream", "web"),
+        ("tcp-rr", "web"),
+        ("tcp-crr", "web"),
+        ("udp-stream", "dgram"),
+        ("udp-rr", "dgram"),
+    ] {
+        for to in ["pod/pod3".to_owned(), format!("service/{service}")] {
+            let what = format!("{kind} pod/pod1 -> {to}");
+            let (doc, ok) = run_json(
+                &lab,
+                &[
+                    kind,
+                    "--from",
+                    "pod/pod1",
+                    "--to",
+                    &to,
+                    "--duration",
+                    "500ms",
+                    "--warmup",
+                    "100ms",
+                ],
+            );
+            assert!(ok, "{what}: {}", doc["errors"]);
+            assert_eq!(doc["complete"], true, "{what}");
+            assert_eq!(
+                doc["path"],
+                if to.starts_with("service") {
+                    "service"
+                } else {
+                    "pod-ip"
+                }
+            );
+            let m = &doc["measurements"][0];
+            assert!(
+                f64_at(m, "/throughput_bits_per_second") > 0.0,
+                "{what}: {m}"
+            );
+            assert!(f64_at(m, "/messages_per_second") > 0.0, "{what}: {m}");
+            if kind.ends_with("rr") {
+                let (p50, p99, max) = (
+                    f64_at(m, "/latency/p50_ns"),
+                    f64_at(m, "/latency/p99_ns"),
+                    f64_at(m, "/latency/max_ns"),
+                );
+                assert!(
+                    0.0 < p50 && p50 <= p99 && p99 <= max,
+                    "{what}: {p50} {p99} {max}"
+                );
+            }
+            if kind.starts_with("udp") {
+                assert!(f64_at(m, "/udp/loss_ratio") < 0.5, "{what}: {m}");
+            } else {
+                assert!(f64_at(m, "/tcp/connections") >= 1.0, "{what}: {m}");
+            }
+            // The client really ran in pod1's namespace.
+            assert_eq!(m["client"]["local_ip"], lab.ip("pod1"), "{what}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn a_payload_sweep_covers_all_19_sizes_and_renders_as_csv() {
+    require_root();
+    let lab = Lab::up(&[]);
+    let args = [
+        "tcp-rr",
+        "--from",
+        "pod/pod1",
+        "--to",
+        "pod/pod2",
+        "--sizes",
+        "64B..16MiB",
+        "--duration",
+        "100ms",
+        "--warmup",
+        "0",
+    ];
+    let (doc, ok) = run_json(&lab, &args);
+    assert!(ok, "{}", doc["errors"]);
+    let sizes: Vec<u64> = doc["measurements"]
+        .as_array()
+        .expect("measurements")
+        .iter()
+        .map(|m| m["size_bytes"].as_u64().expect("size"))
+        .collect();
+    let expected: Vec<u64> = (0..19).map(|k| 64 << k).collect();
+    assert_eq!(sizes, expected);
+    let mut csv_args = vec!["run"];
+    csv_args.extend_from_slice(&args);
+    csv_args.extend_from_slice(&["-o", "csv"]);
+    let csv = lab.sondectl(&csv_args);
+    assert!(csv.status.success());
+    let text = String::from_utf8_lossy(&csv.stdout);
+    assert_eq!(text.lines().count(), 20, "{text}");
+    assert!(text.starts_with("kind,from,to,path,size_bytes,"));
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn a_client_daemon_killed_mid_run_keeps_what_was_measured_and_says_which_side_failed() {
+    require_root();
+    let lab = Lab::up(&[]);
+    let child = Command::new(workspace_bin("sondectl"))
+        .args([
+            "run",
+            "tcp-stream",
+            "--from",
+            "pod/pod1",
+            "--to",
+            "pod/pod3",
+            "--duration",
+            "6s",
+            "--warmup",
+            "0",
+            "-o",
+            "json",
+        ])
+        .env("SONDE_LAB", &lab.name)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sondectl run");
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = lab
+        .inventory
+        .node("node1")
+        .expect("node1")
+        .daemon_pid
+        .expect("pid");
+    run("kill", &["-9", &pid.to_string()]);
+    let output = child.wait_with_output().expect("sondectl ends");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert!(schema().is_valid(&doc));
+    assert_eq!(doc["complete"], false);
+    let m = &doc["measurements"][0];
+    // The server side (node2) measured what arrived before the client died.
+    assert!(
+        m["server"]["bytes_received"]
+            .as_u64()
+            .expect("server bytes")
+            > 1 << 20,
+        "{m}"
+    );
+    let errors = doc["errors"].to_string();
+    assert!(errors.contains("client side on pod/pod1"), "{errors}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("did not complete"), "{stderr}");
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn bad_requests_give_clear_errors() {
+    require_root();
+    let lab = Lab::up(&[]);
+    let cases: [(&[&str], i32, &str); 4] = [
+        (
+            &[
+                "run",
+                "tcp-rr",
+                "--from",
+                "pod/pod1",
+                "--to",
+                "pod/pod2",
+                "--size",
+                "0",
+                "--duration",
+                "1s",
+            ],
+            1,
+            "spec.request_size",
+        ),
+        (
+            &[
+                "run",
+                "tcp-rr",
+                "--from",
+                "pod/pod1",
+                "--to",
+                "pod/pod2",
+                "--duration",
+                "0s",
+            ],
+            2,
+            "positive duration",
+        ),
+        (
+            &["run", "tcp-rr", "--from", "pod/pod1", "--to", "pod/nope"],
+            1,
+            "no pod \"nope\"",
+        ),
+        (
+            &[
+                "run",
+                "udp-stream",
+                "--from",
+                "pod/pod1",
+                "--to",
+                "pod/pod2",
+                "--size",
+                "70000",
+                "--duration",
+                "1s",
+            ],
+            1,
+            "spec.request_size",
+        ),
+    ];
+    for (args, code, says) in cases {
+        let output = lab.sondectl(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
