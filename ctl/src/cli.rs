@@ -129,6 +129,11 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = DirectionArg::Forward)]
     pub direction: DirectionArg,
 
+    /// Move payload with one plain syscall per message (no sendfile, splice, UDP GSO or
+    /// batching), as iperf3 does: for like-for-like comparisons and per-packet costs.
+    #[arg(long)]
+    pub plain_io: bool,
+
     /// The lab whose pods, nodes and Services endpoints name.
     #[arg(long, env = "SONDE_LAB", default_value = "lab")]
     pub lab: String,

@@ -287,6 +287,7 @@ fn side_result(side: SideResult) -> pb::SideResult {
         udp_jitter_ns: totals.udp.jitter_ns,
         udp_timeouts: totals.udp.timeouts,
         connections: totals.connections,
+        io_path: totals.io_path.join("+"),
         errors: totals.errors,
         local_ip: side.local_ip,
     }

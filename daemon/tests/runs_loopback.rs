@@ -64,6 +64,7 @@ fn spec(kind: pb::RunKind, duration_ms: u64, request: u64, response: u64) -> pb:
         response_size: response,
         rate: 0.0,
         direction: pb::Direction::ClientToServer as i32,
+        plain_io: false,
     }
 }
 
@@ -187,6 +188,31 @@ async fn tcp_stream_every_byte_sent_was_received() {
     assert!(c.bytes_sent > 1 << 20);
     assert_eq!(s.bytes_received, c.bytes_sent);
     assert_eq!(c.bytes_sent, c.messages * 64 * 1024);
+}
+
+#[tokio::test]
+async fn plain_io_moves_the_same_bytes_and_says_how() {
+    let (mut client, _) = daemon().await;
+    let mut plain = spec(pb::RunKind::TcpStream, 300, 64 * 1024, 0);
+    plain.plain_io = true;
+    let (c, s) = run(&mut client, "plain", plain).await;
+    assert_eq!(s.bytes_received, c.bytes_sent);
+    assert_eq!((c.io_path.as_str(), s.io_path.as_str()), ("write", "read"));
+    let (c, s) = run(
+        &mut client,
+        "fast",
+        spec(pb::RunKind::TcpStream, 300, 64 * 1024, 0),
+    )
+    .await;
+    assert_eq!(s.bytes_received, c.bytes_sent);
+    assert_eq!(
+        (c.io_path.as_str(), s.io_path.as_str()),
+        ("sendfile", "splice")
+    );
+    let (c, s) = run(&mut client, "gso", spec(pb::RunKind::UdpStream, 300, 64, 0)).await;
+    assert_eq!(c.io_path, "udp-gso");
+    assert_eq!(s.io_path, "recvmmsg");
+    assert!(s.udp_received > 0 && s.udp_received <= c.udp_sent);
 }
 
 #[tokio::test]

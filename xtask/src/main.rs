@@ -2,10 +2,12 @@
 //!
 //! - `setup`: install what building, testing and running sonde need on a fresh Debian machine.
 //! - `test`: the one test command (format, lints, unit tests, privileged integration tests).
-//! - `demo`: the main job a newcomer runs: start a daemon and show what it found.
+//! - `demo`: the main job a newcomer runs: a lab, working.
+//! - `bench`: sonde against the reference tools (iperf3, qperf), with ratios.
 //!
 //! Kept to `anyhow` and `clap` so it builds before setup has run.
 
+mod bench;
 mod demo;
 mod setup;
 mod shell;
@@ -23,8 +25,14 @@ enum Task {
     Setup,
     /// Run every test tier: fmt, clippy (host and eBPF), unit and privileged integration tests.
     Test(test::Args),
-    /// Set up, build, start sonded on loopback and show what it found on this kernel.
+    /// Set up, build, bring up a lab and show it working.
     Demo,
+    /// Benchmarks against the reference tools, side by side, with ratios.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_enum)]
+        suite: bench::Suite,
+    },
 }
 
 fn main() -> ExitCode {
@@ -32,6 +40,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::Test(args) => test::run(&args),
         Task::Demo => demo::run(),
+        Task::Bench { suite } => bench::run(suite),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -33,6 +33,8 @@ pub struct Plan {
     pub rate: f64,
     /// Stream direction.
     pub direction: pb::Direction,
+    /// One plain syscall per message.
+    pub plain_io: bool,
     /// Each size: (request or message size, response size for RR kinds).
     pub sizes: Vec<(u64, Option<u64>)>,
     /// Repetitions of each size.
@@ -129,6 +131,7 @@ pub async fn measure(
         response_size: response_size.unwrap_or(0),
         rate: plan.rate,
         direction: plan.direction as i32,
+        plain_io: plan.plain_io,
     };
     let mut errors = Vec::new();
     if let Ok(mut flight) = in_flight.lock() {

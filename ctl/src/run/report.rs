@@ -70,6 +70,8 @@ pub struct SpecReport {
     pub rate: f64,
     /// Stream direction: forward, reverse, both.
     pub direction: String,
+    /// Whether payload moved with one plain syscall per message.
+    pub plain_io: bool,
     /// Repetitions of each size.
     pub repetitions: u32,
     /// The sizes, in bytes.
@@ -193,6 +195,8 @@ pub struct SideReport {
     pub daemon_rss_bytes: u64,
     /// The local IP used.
     pub local_ip: String,
+    /// How it moved payload ("sendfile", "splice", "udp-gso", "recvmmsg", "write", ...).
+    pub io_path: String,
     /// Errors it met.
     pub errors: Vec<String>,
 }
@@ -206,6 +210,7 @@ impl SideReport {
             messages: side.messages,
             daemon_rss_bytes: side.daemon_rss_bytes,
             local_ip: side.local_ip.clone(),
+            io_path: side.io_path.clone(),
             errors: side.errors.clone(),
         }
     }

@@ -90,6 +90,8 @@ pub struct ThreadResult {
     pub connections: u64,
     /// Errors met.
     pub errors: Vec<String>,
+    /// How payload moved ("sendfile", "udp-gso", ...); empty if it did not.
+    pub io_path: Vec<&'static str>,
     /// The thread's CPU time when its measured part began.
     cpu_from: Option<CpuTime>,
 }
@@ -108,6 +110,7 @@ impl ThreadResult {
             udp: UdpFacts::default(),
             connections: 0,
             errors: Vec::new(),
+            io_path: Vec::new(),
             cpu_from: None,
         }
     }
@@ -135,6 +138,13 @@ impl ThreadResult {
     pub fn error(&mut self, text: impl Into<String>) {
         if self.errors.len() < MAX_ERRORS {
             self.errors.push(text.into());
+        }
+    }
+
+    /// Notes a way payload moved (kept once).
+    pub fn io(&mut self, path: &'static str) {
+        if !self.io_path.contains(&path) {
+            self.io_path.push(path);
         }
     }
 
@@ -307,6 +317,9 @@ pub fn merge(results: impl IntoIterator<Item = ThreadResult>) -> ThreadResult {
             jitter_flows += 1;
         }
         total.connections += result.connections;
+        for path in result.io_path {
+            total.io(path);
+        }
         for error in result.errors {
             total.error(error);
         }

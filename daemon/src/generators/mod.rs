@@ -5,17 +5,21 @@
 //! starts them, samples their progress and collects their results.
 //!
 //! # Layout
-//! - [`tcp`]: `tcp-stream`, `tcp-rr`, `tcp-crr`.
+//! - [`stream`]: `tcp-stream`, connections multiplexed over one thread per core.
+//! - [`tcp`]: `tcp-rr`, `tcp-crr`.
 //! - [`udp`]: `udp-stream`, `udp-rr`.
 //! - [`wire`]: the hello that binds a connection to its run; UDP headers.
 //! - [`io`]: blocking I/O that stops when the run does.
 //! - [`measure`]: windows, per-thread results and their merge, CPU, TCP_INFO.
+//! - [`zerocopy`]: `sendfile`/`splice` for stream payload.
 
 pub mod io;
 pub mod measure;
+pub mod stream;
 pub mod tcp;
 pub mod udp;
 pub mod wire;
+pub mod zerocopy;
 
 use std::{
     net::{SocketAddr, TcpListener, UdpSocket},

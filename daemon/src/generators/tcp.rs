@@ -1,12 +1,13 @@
-//! TCP generators: `tcp-stream`, `tcp-rr` and `tcp-crr`, client and server sides.
+//! TCP request/response generators, `tcp-rr` and `tcp-crr`, client and server sides (and the
+//! entry points that hand `tcp-stream` to [`super::stream`]).
 //!
-//! Blocking sockets on dedicated threads, one per connection, as iperf3 and netperf work: the
-//! simplest way to keep a core busy moving bytes and to time each transaction without a
-//! scheduler in between. Every socket has a short timeout so the threads notice a stop.
+//! Blocking sockets on dedicated threads, one per connection, as netperf works: the simplest
+//! way to time each transaction without a scheduler in between. Every socket has a short
+//! timeout so the threads notice a stop.
 
 use std::{
     io::{self, Read as _},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     sync::{Arc, Barrier, Mutex, atomic::Ordering, mpsc},
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -17,20 +18,18 @@ use super::{
     measure::{Counters, POLL, Stop, TcpFacts, ThreadResult, Window},
     wire::{self, Role, Token},
 };
-use crate::runs::spec::{Direction, Kind, RunSpec};
+use crate::runs::spec::{Kind, RunSpec};
 
-/// Buffer for bulk receives.
-const RECV_BUFFER: usize = 256 * 1024;
 /// How long a client waits for a connection to be set up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves a prepared listener until stopped: an acceptor hands connections to a pool of
 /// workers (as many as the run has connections), which return their results when stopped.
 pub fn serve(listener: TcpListener, spec: RunSpec, token: Token, stop: Stop) -> Vec<ThreadResult> {
-    let workers = match spec.kind {
-        Kind::TcpStream if spec.direction == Direction::Both => spec.parallel * 2,
-        _ => spec.parallel,
-    };
+    if spec.kind == Kind::TcpStream {
+        return super::stream::serve(listener, spec, token, stop);
+    }
+    let workers = spec.parallel;
     let (tx, rx) = mpsc::channel::<TcpStream>();
     let rx = Arc::new(Mutex::new(rx));
     let pool: Vec<JoinHandle<ThreadResult>> = (0..workers)
@@ -66,11 +65,11 @@ pub fn serve(listener: TcpListener, spec: RunSpec, token: Token, stop: Stop) -> 
     results
 }
 
-fn set_accept_timeout(listener: &TcpListener) -> io::Result<()> {
+pub(super) fn set_accept_timeout(listener: &TcpListener) -> io::Result<()> {
     socket2::SockRef::from(listener).set_read_timeout(Some(POLL))
 }
 
-fn panicked(what: &str) -> ThreadResult {
+pub(super) fn panicked(what: &str) -> ThreadResult {
     let mut result = ThreadResult::new();
     result.error(format!("{what} thread panicked"));
     result
@@ -107,10 +106,9 @@ fn serve_connections(
             }
         };
         result.connections += 1;
-        match (spec.kind, role) {
-            (Kind::TcpStream, Role::ClientSends) => sink(&mut stream, spec, stop, &mut result),
-            (Kind::TcpStream, Role::ServerSends) => source(&mut stream, spec, stop, &mut result),
-            (Kind::TcpCrr, _) => {
+        let _ = role;
+        match spec.kind {
+            Kind::TcpCrr => {
                 respond(&mut stream, spec, stop, &mut result, 1, &mut first_request);
                 drain_until_closed(&mut stream, stop);
             }
@@ -130,71 +128,13 @@ fn serve_connections(
 }
 
 /// Timeouts for stop-polling, and Nagle off for request/response kinds.
-fn prepare(stream: &TcpStream, nodelay: bool) -> io::Result<()> {
+pub(super) fn prepare(stream: &TcpStream, nodelay: bool) -> io::Result<()> {
     stream.set_read_timeout(Some(POLL))?;
     stream.set_write_timeout(Some(POLL))?;
     if nodelay {
         stream.set_nodelay(true)?;
     }
     Ok(())
-}
-
-/// Receives a stream until the peer closes it; counts what arrives after the warm-up (which
-/// starts with the first byte).
-fn sink(stream: &mut TcpStream, spec: &RunSpec, stop: &Stop, result: &mut ThreadResult) {
-    let mut buf = vec![0_u8; RECV_BUFFER];
-    let mut first: Option<Instant> = None;
-    let mut last = None;
-    while !stop.load(Ordering::Relaxed) {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                let now = Instant::now();
-                let start = *first.get_or_insert(now);
-                result.cpu_starts_if(now >= start + spec.warmup);
-                if now >= start + spec.warmup {
-                    result.bytes_received += n as u64;
-                    last = Some(now);
-                }
-            }
-            Err(err) if wire::is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) if super::io::closed(&err) => break,
-            Err(err) => {
-                result.error(format!("receive: {err}"));
-                break;
-            }
-        }
-    }
-    if let (Some(first), Some(last)) = (first, last) {
-        result.measured = result
-            .measured
-            .max(last.saturating_duration_since(first + spec.warmup));
-    }
-}
-
-/// Sends a stream (reverse direction) until the peer closes the connection.
-fn source(stream: &mut TcpStream, spec: &RunSpec, stop: &Stop, result: &mut ThreadResult) {
-    let buf = vec![0x5d_u8; spec.request_size];
-    let start = Instant::now();
-    let far = start + spec.total() + Duration::from_secs(10);
-    loop {
-        match write_all(stream, &buf, stop, far) {
-            Ok(()) => {
-                let now = Instant::now();
-                result.cpu_starts_if(now >= start + spec.warmup);
-                if now >= start + spec.warmup {
-                    result.bytes_sent += buf.len() as u64;
-                    result.messages += 1;
-                    result.measured = now - (start + spec.warmup);
-                }
-            }
-            Err(Interrupted::Failed(err)) => {
-                result.error(format!("send: {err}"));
-                break;
-            }
-            Err(_) => break,
-        }
-    }
 }
 
 /// Answers up to `limit` requests: read `request_size` bytes, write `response_size` bytes.
@@ -262,15 +202,10 @@ pub fn client(
     stop: &Stop,
     counters: &Arc<Counters>,
 ) -> Vec<ThreadResult> {
-    let roles: Vec<Role> = match (spec.kind, spec.direction) {
-        (Kind::TcpStream, Direction::Reverse) => vec![Role::ServerSends; spec.parallel as usize],
-        (Kind::TcpStream, Direction::Both) => {
-            let mut roles = vec![Role::ClientSends; spec.parallel as usize];
-            roles.extend(vec![Role::ServerSends; spec.parallel as usize]);
-            roles
-        }
-        _ => vec![Role::ClientSends; spec.parallel as usize],
-    };
+    if spec.kind == Kind::TcpStream {
+        return super::stream::client(spec, netns, target, token, stop, counters);
+    }
+    let roles = vec![Role::ClientSends; spec.parallel as usize];
     let barrier = Arc::new(Barrier::new(roles.len()));
     let clock: Arc<Mutex<Option<Window>>> = Arc::new(Mutex::new(None));
     let per_connection_rate = spec.rate.map(|rate| rate / spec.parallel as f64);
@@ -318,15 +253,6 @@ pub fn client(
                     (Kind::TcpCrr, _) => {
                         crr(&ctx, target, &token, per_connection_rate, &mut result);
                     }
-                    (Kind::TcpStream, Some(mut stream)) => {
-                        result.connections = 1;
-                        if role == Role::ClientSends {
-                            send_stream(&ctx, &mut stream, &mut result);
-                        } else {
-                            receive_stream(&ctx, &mut stream, &mut result);
-                        }
-                        result.tcp = TcpFacts::of(&stream);
-                    }
                     (_, Some(mut stream)) => {
                         result.connections = 1;
                         rr(&ctx, &mut stream, per_connection_rate, &mut result);
@@ -354,7 +280,7 @@ struct Ctx<'a> {
 }
 
 /// The first thread past the barrier starts the clock; the others read it.
-fn shared_window(clock: &Mutex<Option<Window>>, spec: &RunSpec) -> Window {
+pub(super) fn shared_window(clock: &Mutex<Option<Window>>, spec: &RunSpec) -> Window {
     let mut clock = match clock.lock() {
         Ok(clock) => clock,
         Err(poisoned) => poisoned.into_inner(),
@@ -362,82 +288,10 @@ fn shared_window(clock: &Mutex<Option<Window>>, spec: &RunSpec) -> Window {
     *clock.get_or_insert_with(|| Window::starting_at(Instant::now(), spec.warmup, spec.duration))
 }
 
-fn connect(target: SocketAddr, nodelay: bool) -> io::Result<TcpStream> {
+pub(super) fn connect(target: SocketAddr, nodelay: bool) -> io::Result<TcpStream> {
     let stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)?;
     prepare(&stream, nodelay)?;
     Ok(stream)
-}
-
-fn send_stream(ctx: &Ctx<'_>, stream: &mut TcpStream, result: &mut ThreadResult) {
-    let buf = vec![0x5d_u8; ctx.spec.request_size];
-    loop {
-        let now = Instant::now();
-        if now >= ctx.window.end || ctx.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        result.cpu_starts_if(ctx.window.measuring(now));
-        match write_all(stream, &buf, ctx.stop, ctx.window.end) {
-            Ok(()) => {
-                ctx.counters.add(buf.len() as u64, 1);
-                if ctx.window.measuring(now) {
-                    result.bytes_sent += buf.len() as u64;
-                    result.messages += 1;
-                }
-            }
-            Err(Interrupted::Stopped) => break,
-            Err(Interrupted::Closed) => {
-                result.error("the server closed the connection");
-                break;
-            }
-            Err(Interrupted::Failed(err)) => {
-                result.error(format!("send: {err}"));
-                break;
-            }
-        }
-    }
-    result.measured = ctx.window.end - ctx.window.measure_from;
-    // Tell the server we are done, and wait for it to have read everything.
-    let _ = stream.shutdown(Shutdown::Write);
-    let mut buf = [0_u8; 64];
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(err) if wire::is_timeout(&err) => {}
-            Err(_) => break,
-        }
-    }
-}
-
-fn receive_stream(ctx: &Ctx<'_>, stream: &mut TcpStream, result: &mut ThreadResult) {
-    let mut buf = vec![0_u8; RECV_BUFFER];
-    loop {
-        let now = Instant::now();
-        if now >= ctx.window.end || ctx.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        result.cpu_starts_if(ctx.window.measuring(now));
-        match stream.read(&mut buf) {
-            Ok(0) => {
-                result.error("the server closed the connection");
-                break;
-            }
-            Ok(n) => {
-                ctx.counters.add(n as u64, 0);
-                if ctx.window.measuring(Instant::now()) {
-                    result.bytes_received += n as u64;
-                }
-            }
-            Err(err) if wire::is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => {
-                result.error(format!("receive: {err}"));
-                break;
-            }
-        }
-    }
-    result.measured = ctx.window.end - ctx.window.measure_from;
-    let _ = stream.shutdown(Shutdown::Both);
 }
 
 /// Request/response on one connection, as fast as possible or paced at `rate` per second.

@@ -4,14 +4,24 @@
 //! A flow is one connected client socket. It starts with a hello carrying the run's token,
 //! repeated until the server answers; only then does load follow. The server answers and
 //! measures only flows that said hello.
+//!
+//! As fast as possible, datagrams go out up to 64 per UDP GSO send (32 per `sendmmsg` where
+//! GSO is unavailable) and come in up to 32 per `recvmmsg` (arrival times are read per
+//! datagram as it is processed, so a batch's datagrams carry arrival times microseconds apart
+//! at most).
 
 use std::{
     collections::HashMap,
     io,
     net::{SocketAddr, UdpSocket},
+    os::fd::AsRawFd as _,
     sync::{Arc, Barrier, Mutex, atomic::Ordering},
     thread::JoinHandle,
     time::{Duration, Instant},
+};
+
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
 };
 
 use super::{
@@ -96,12 +106,14 @@ pub fn serve(socket: UdpSocket, spec: RunSpec, token: Token, stop: Stop) -> Vec<
         result.error(format!("socket timeout: {err}"));
     }
     let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
-    let mut buf = vec![0_u8; 65_536];
     let mut response = vec![0xa5_u8; spec.response_size.max(udp::RR_HEADER_LEN)];
     response.truncate(spec.response_size.max(udp::RR_HEADER_LEN));
+    let batch = if spec.plain_io { 1 } else { BATCH };
+    result.io(if batch == 1 { "recv" } else { "recvmmsg" });
+    let mut buffers = vec![vec![0_u8; spec.request_size.max(64) + 1]; batch];
     while !stop.load(Ordering::Relaxed) {
-        let (len, peer) = match socket.recv_from(&mut buf) {
-            Ok(received) => received,
+        let batch = match receive_batch(&socket, &mut buffers) {
+            Ok(batch) => batch,
             Err(err) if wire::is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {
                 continue;
             }
@@ -110,38 +122,41 @@ pub fn serve(socket: UdpSocket, spec: RunSpec, token: Token, stop: Stop) -> Vec<
                 continue;
             }
         };
-        let datagram = &buf[..len];
-        if udp::is_hello(datagram, udp::HELLO, &token) {
-            flows.entry(peer).or_default();
-            let _ = socket.send_to(&udp::hello(udp::HELLO_ACK, &token), peer);
-            continue;
-        }
-        let Some(flow) = flows.get_mut(&peer) else {
-            continue; // not one of this run's flows
-        };
-        match spec.kind {
-            Kind::UdpRr => {
-                let Some(header) = udp::Header::read(datagram, false) else {
-                    continue;
-                };
-                let now = Instant::now();
-                let first = *first_request.get_or_insert(now);
-                result.cpu_starts_if(now >= first + spec.warmup);
-                header.write(&mut response, false);
-                if socket.send_to(&response, peer).is_ok() {
-                    result.messages += 1;
-                    result.bytes_received += len as u64;
-                    result.bytes_sent += response.len() as u64;
-                }
+        for (i, (len, peer)) in batch.into_iter().enumerate() {
+            let Some(peer) = peer else { continue };
+            let datagram = &buffers[i][..len];
+            if udp::is_hello(datagram, udp::HELLO, &token) {
+                flows.entry(peer).or_default();
+                let _ = socket.send_to(&udp::hello(udp::HELLO_ACK, &token), peer);
+                continue;
             }
-            _ => {
-                let arrival_ns = monotonic_ns();
-                let Some(header) = udp::Header::read(datagram, true) else {
-                    continue;
-                };
-                if header.flags & udp::FLAG_WARMUP == 0 {
-                    result.cpu_starts_if(true);
-                    flow.receive(header, len, arrival_ns, Instant::now());
+            let Some(flow) = flows.get_mut(&peer) else {
+                continue; // not one of this run's flows
+            };
+            match spec.kind {
+                Kind::UdpRr => {
+                    let Some(header) = udp::Header::read(datagram, false) else {
+                        continue;
+                    };
+                    let now = Instant::now();
+                    let first = *first_request.get_or_insert(now);
+                    result.cpu_starts_if(now >= first + spec.warmup);
+                    header.write(&mut response, false);
+                    if socket.send_to(&response, peer).is_ok() {
+                        result.messages += 1;
+                        result.bytes_received += len as u64;
+                        result.bytes_sent += response.len() as u64;
+                    }
+                }
+                _ => {
+                    let arrival_ns = monotonic_ns();
+                    let Some(header) = udp::Header::read(datagram, true) else {
+                        continue;
+                    };
+                    if header.flags & udp::FLAG_WARMUP == 0 {
+                        result.cpu_starts_if(true);
+                        flow.receive(header, len, arrival_ns, Instant::now());
+                    }
                 }
             }
         }
@@ -294,7 +309,25 @@ fn stream(
     counters: &Counters,
     result: &mut ThreadResult,
 ) {
-    let mut datagram = vec![0x5d_u8; spec.request_size];
+    // As fast as possible: a batch of datagrams per call, as one GSO send when the kernel
+    // allows (UDP_SEGMENT: the batch crosses the stack as one packet and is split into
+    // datagrams on delivery), else as one sendmmsg. Paced: one at a time, each leaving at its
+    // own intended time.
+    let size = spec.request_size;
+    let fast = rate.is_none() && !spec.plain_io;
+    let gso = fast && enable_gso(socket, size);
+    let batch = match (fast, gso) {
+        (false, _) => 1,
+        (true, true) => (GSO_MAX_BYTES / size).clamp(1, GSO_MAX_SEGMENTS),
+        (true, false) => BATCH,
+    };
+    result.io(match (gso, batch) {
+        (true, _) => "udp-gso",
+        (false, 1) => "send",
+        (false, _) => "sendmmsg",
+    });
+    let mut datagrams = vec![vec![0x5d_u8; size]; if gso { 1 } else { batch }];
+    let mut gso_buffer = vec![0x5d_u8; if gso { size * batch } else { 0 }];
     let interval = rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
     let mut next = window.start;
     let mut seq = 0_u64;
@@ -309,25 +342,43 @@ fn stream(
             break;
         }
         stop_check = stop_check.wrapping_add(1);
-        if stop_check.is_multiple_of(1024) && stop.load(Ordering::Relaxed) {
+        if stop_check.is_multiple_of(64) && stop.load(Ordering::Relaxed) {
             break;
         }
         let measuring = now >= window.measure_from;
         result.cpu_starts_if(measuring);
-        let header = udp::Header {
-            flags: if measuring { 0 } else { udp::FLAG_WARMUP },
-            seq,
-            send_ns: monotonic_ns(),
+        let send_ns = monotonic_ns();
+        let flags = if measuring { 0 } else { udp::FLAG_WARMUP };
+        let outcome = if gso {
+            for (i, datagram) in gso_buffer.chunks_mut(size).enumerate() {
+                udp::Header {
+                    flags,
+                    seq: seq + i as u64,
+                    send_ns,
+                }
+                .write(datagram, true);
+            }
+            socket.send(&gso_buffer).map(|bytes| bytes / size)
+        } else {
+            for (i, datagram) in datagrams.iter_mut().enumerate() {
+                udp::Header {
+                    flags,
+                    seq: seq + i as u64,
+                    send_ns,
+                }
+                .write(datagram, true);
+            }
+            send_batch(socket, &datagrams)
         };
-        header.write(&mut datagram, true);
-        match socket.send(&datagram) {
-            Ok(_) => {
-                seq += 1;
-                counters.add(datagram.len() as u64, 1);
+        match outcome {
+            Ok(sent) => {
+                seq += sent as u64;
+                let bytes = (sent * spec.request_size) as u64;
+                counters.add(bytes, sent as u64);
                 if measuring {
-                    result.udp.sent += 1;
-                    result.bytes_sent += datagram.len() as u64;
-                    result.messages += 1;
+                    result.udp.sent += sent as u64;
+                    result.bytes_sent += bytes;
+                    result.messages += sent as u64;
                 }
             }
             // The local queue is full (ENOBUFS) or the peer said port unreachable: not sent.
@@ -339,6 +390,86 @@ fn stream(
             }
         }
     }
+}
+
+/// Datagrams per `sendmmsg`/`recvmmsg` call when going as fast as possible.
+const BATCH: usize = 32;
+/// Most segments one UDP GSO send may carry (UDP_MAX_SEGMENTS in the kernel).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Most bytes one UDP GSO send may carry (an IPv4 datagram's payload limit, rounded down).
+const GSO_MAX_BYTES: usize = 65_000;
+
+/// Asks the kernel to split every send on `socket` into datagrams of `size` bytes; whether it
+/// agreed.
+fn enable_gso(socket: &UdpSocket, size: usize) -> bool {
+    let Ok(size) = i32::try_from(size) else {
+        return false;
+    };
+    size * 2 <= GSO_MAX_BYTES as i32
+        && nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::UdpGsoSegment, &size)
+            .is_ok()
+}
+
+/// Sends `datagrams` on a connected socket: the number sent.
+fn send_batch(socket: &UdpSocket, datagrams: &[Vec<u8>]) -> io::Result<usize> {
+    if let [datagram] = datagrams {
+        return socket.send(datagram).map(|_| 1);
+    }
+    let slices: Vec<[io::IoSlice<'_>; 1]> =
+        datagrams.iter().map(|d| [io::IoSlice::new(d)]).collect();
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(datagrams.len(), None);
+    let no_addresses: Vec<Option<SockaddrStorage>> = vec![None; datagrams.len()];
+    let sent = sendmmsg(
+        socket.as_raw_fd(),
+        &mut headers,
+        &slices,
+        &no_addresses,
+        [] as [ControlMessage<'_>; 0],
+        MsgFlags::empty(),
+    )
+    .map_err(io::Error::from)?;
+    Ok(sent.count())
+}
+
+/// Receives up to `buffers.len()` datagrams (at least one, or the socket's timeout):
+/// (length, sender) of each, in order; the payloads are in `buffers`.
+fn receive_batch(
+    socket: &UdpSocket,
+    buffers: &mut [Vec<u8>],
+) -> io::Result<Vec<(usize, Option<SocketAddr>)>> {
+    if let [buffer] = buffers {
+        return socket
+            .recv_from(buffer)
+            .map(|(len, peer)| vec![(len, Some(peer))]);
+    }
+    let mut slices: Vec<[io::IoSliceMut<'_>; 1]> = buffers
+        .iter_mut()
+        .map(|b| [io::IoSliceMut::new(b)])
+        .collect();
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slices.len(), None);
+    let received = recvmmsg(
+        socket.as_raw_fd(),
+        &mut headers,
+        slices.iter_mut(),
+        MsgFlags::MSG_WAITFORONE,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    Ok(received
+        .map(|message| {
+            let peer = message.address.and_then(|address: SockaddrStorage| {
+                address
+                    .as_sockaddr_in()
+                    .map(|v4| SocketAddr::V4((*v4).into()))
+                    .or_else(|| {
+                        address
+                            .as_sockaddr_in6()
+                            .map(|v6| SocketAddr::V6((*v6).into()))
+                    })
+            });
+            (message.bytes, peer)
+        })
+        .collect())
 }
 
 fn rr(

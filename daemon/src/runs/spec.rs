@@ -76,6 +76,8 @@ pub struct RunSpec {
     pub rate: Option<f64>,
     /// Stream kinds: which way.
     pub direction: Direction,
+    /// One plain syscall per message: no sendfile, splice, GSO or batching.
+    pub plain_io: bool,
 }
 
 /// A request field outside its limits; the message names the field.
@@ -197,6 +199,7 @@ impl TryFrom<&pb::RunSpec> for RunSpec {
             response_size: size(spec.response_size.max(1)),
             rate: (spec.rate > 0.0).then_some(spec.rate),
             direction,
+            plain_io: spec.plain_io,
         })
     }
 }
@@ -238,6 +241,7 @@ mod tests {
             response_size: 128,
             rate: 0.0,
             direction: pb::Direction::ClientToServer as i32,
+            plain_io: false,
         }
     }
 

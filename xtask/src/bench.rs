@@ -1,0 +1,426 @@
+//! `cargo xtask bench generators`: sonde's generators against the reference tools, on the same
+//! lab path (pod1 on node1 to pod3 on node2), in one run.
+//!
+//! Each comparison runs sonde and the reference tool in turn, `PAIRS` times interleaved, each
+//! run dropping its first second (sonde's warm-up, iperf3's `-O 1`), and reports medians,
+//! ranges and the ratio of the medians (above 1.0: sonde is faster). Release builds only.
+//!
+//! sonde moves stream payload with sendfile/splice and UDP with GSO by default; the
+//! `--plain-io` rows compare like for like (one syscall per message, as iperf3 does).
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::shell::{self, step};
+
+/// Interleaved pairs per comparison.
+const PAIRS: usize = 6;
+/// Measured seconds per run (after the dropped first second).
+const SECONDS: u64 = 4;
+/// The lab the benchmark builds and removes.
+const LAB: &str = "bench";
+
+/// Which benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Suite {
+    /// tcp-stream vs iperf3 (1 and 4 streams), udp-stream 64 B vs iperf3, tcp-rr vs qperf.
+    Generators,
+}
+
+/// One figure from one run, and its CPU cost when the tool reports it.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    value: f64,
+    cpu_seconds_per_gb: Option<f64>,
+}
+
+/// Runs the benchmark.
+pub fn run(suite: Suite) -> anyhow::Result<()> {
+    let Suite::Generators = suite;
+    if !shell::is_root() {
+        bail!("the benchmark builds a lab: run it as root");
+    }
+    let root = shell::workspace_root();
+    std::env::set_current_dir(&root)?;
+    step("release build");
+    shell::run("cargo", &["build", "--release", "--bins"])?;
+    let sondectl = root
+        .join("target/release/sondectl")
+        .to_string_lossy()
+        .into_owned();
+    let _ = Command::new(&sondectl)
+        .args(["lab", "down", "--name", LAB])
+        .output();
+    step("lab: 2 nodes x 2 pods; the path is pod1 (node1) -> pod3 (node2)");
+    shell::run(&sondectl, &["lab", "up", "--name", LAB])?;
+    let result = compare_all(&sondectl);
+    step("remove the lab");
+    let _ = shell::run(&sondectl, &["lab", "down", "--name", LAB]);
+    result
+}
+
+fn compare_all(sondectl: &str) -> anyhow::Result<()> {
+    let server_ip = pod_ip(sondectl, "pod3")?;
+    let mut iperf_server = in_pod("pod3", "iperf3", &["-s"])
+        .spawn()
+        .context("iperf3 server")?;
+    let mut qperf_server = in_pod("pod3", "qperf", &[])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("qperf server")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let secs = (SECONDS + 1).to_string();
+    let sonde_args = |kind: &str, extra: &[&str]| {
+        let mut args = vec![
+            "run".to_owned(),
+            kind.to_owned(),
+            "--from".to_owned(),
+            "pod/pod1".to_owned(),
+            "--to".to_owned(),
+            "pod/pod3".to_owned(),
+            "--duration".to_owned(),
+            format!("{SECONDS}s"),
+            "--warmup".to_owned(),
+            "1s".to_owned(),
+            "--lab".to_owned(),
+            LAB.to_owned(),
+            "-o".to_owned(),
+            "json".to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args
+    };
+    let comparisons: Vec<Comparison> = vec![
+        Comparison(
+            "tcp-stream, 1 stream (bit/s)",
+            "iperf3",
+            sonde_args("tcp-stream", &[]),
+            vec![
+                "-c".into(),
+                server_ip.clone(),
+                "-t".into(),
+                secs.clone(),
+                "-O".into(),
+                "1".into(),
+                "-J".into(),
+            ],
+            Reader::Throughput,
+        ),
+        Comparison(
+            "tcp-stream, 1 stream, --plain-io (bit/s)",
+            "iperf3",
+            sonde_args("tcp-stream", &["--plain-io"]),
+            vec![
+                "-c".into(),
+                server_ip.clone(),
+                "-t".into(),
+                secs.clone(),
+                "-O".into(),
+                "1".into(),
+                "-J".into(),
+            ],
+            Reader::Throughput,
+        ),
+        Comparison(
+            "tcp-stream, 4 streams (bit/s)",
+            "iperf3",
+            sonde_args("tcp-stream", &["--parallel", "4"]),
+            vec![
+                "-c".into(),
+                server_ip.clone(),
+                "-t".into(),
+                secs.clone(),
+                "-O".into(),
+                "1".into(),
+                "-P".into(),
+                "4".into(),
+                "-J".into(),
+            ],
+            Reader::Throughput,
+        ),
+        Comparison(
+            "udp-stream, 64 B datagrams (received/s)",
+            "iperf3",
+            sonde_args("udp-stream", &["--size", "64"]),
+            vec![
+                "-c".into(),
+                server_ip.clone(),
+                "-u".into(),
+                "-l".into(),
+                "64".into(),
+                "-b".into(),
+                "0".into(),
+                "-t".into(),
+                secs.clone(),
+                "-O".into(),
+                "1".into(),
+                "-J".into(),
+            ],
+            Reader::Datagrams,
+        ),
+        Comparison(
+            "udp-stream, 64 B datagrams, --plain-io (received/s)",
+            "iperf3",
+            sonde_args("udp-stream", &["--size", "64", "--plain-io"]),
+            vec![
+                "-c".into(),
+                server_ip.clone(),
+                "-u".into(),
+                "-l".into(),
+                "64".into(),
+                "-b".into(),
+                "0".into(),
+                "-t".into(),
+                secs.clone(),
+                "-O".into(),
+                "1".into(),
+                "-J".into(),
+            ],
+            Reader::Datagrams,
+        ),
+        Comparison(
+            "tcp-rr, 1 B (transactions/s)",
+            "qperf",
+            sonde_args("tcp-rr", &["--size", "1"]),
+            vec![
+                "-t".into(),
+                SECONDS.to_string(),
+                server_ip.clone(),
+                "tcp_lat".into(),
+            ],
+            Reader::Transactions,
+        ),
+    ];
+    let mut rows = Vec::new();
+    let mut failure = None;
+    for Comparison(name, tool, sonde, reference, reader) in comparisons {
+        step(&format!(
+            "{name}: sonde vs {tool}, {PAIRS} interleaved pairs"
+        ));
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for pair in 0..PAIRS {
+            match sonde_sample(sondectl, &sonde, reader).and_then(|s| {
+                let r = reference_sample(tool, &reference, reader)?;
+                Ok((s, r))
+            }) {
+                Ok((s, r)) => {
+                    println!(
+                        "    pair {}: sonde {} | {tool} {}",
+                        pair + 1,
+                        show(s.value, reader),
+                        show(r.value, reader)
+                    );
+                    ours.push(s);
+                    theirs.push(r);
+                }
+                Err(err) => {
+                    failure.get_or_insert(format!("{name}: {err:#}"));
+                    break;
+                }
+            }
+        }
+        rows.push((name, tool, reader, ours, theirs));
+    }
+    let _ = iperf_server.kill();
+    let _ = iperf_server.wait();
+    let _ = qperf_server.kill();
+    let _ = qperf_server.wait();
+
+    step("results (median [min - max]; ratio = sonde / reference)");
+    for (name, tool, reader, ours, theirs) in &rows {
+        if ours.is_empty() {
+            continue;
+        }
+        let (om, olo, ohi) = stats(ours.iter().map(|s| s.value));
+        let (tm, tlo, thi) = stats(theirs.iter().map(|s| s.value));
+        println!("  {name}");
+        println!(
+            "    sonde   {} [{} - {}]",
+            show(om, *reader),
+            show(olo, *reader),
+            show(ohi, *reader)
+        );
+        println!(
+            "    {tool:<7} {} [{} - {}]",
+            show(tm, *reader),
+            show(tlo, *reader),
+            show(thi, *reader)
+        );
+        println!("    ratio   {:.3}", om / tm);
+        let cpu = |samples: &[Sample]| {
+            let values: Vec<f64> = samples
+                .iter()
+                .filter_map(|s| s.cpu_seconds_per_gb)
+                .collect();
+            (!values.is_empty()).then(|| stats(values.into_iter()).0)
+        };
+        if let (Some(o), Some(t)) = (cpu(ours), cpu(theirs)) {
+            println!(
+                "    CPU s/GB  sonde {o:.3}  {tool} {t:.3}  ratio {:.3} (below 1.0: sonde cheaper)",
+                o / t
+            );
+        }
+    }
+    match failure {
+        Some(failure) => bail!("benchmark incomplete: {failure}"),
+        None => Ok(()),
+    }
+}
+
+/// A comparison: its name, the reference tool, sondectl's arguments, the tool's arguments, and
+/// how to read the figure.
+struct Comparison(&'static str, &'static str, Vec<String>, Vec<String>, Reader);
+
+#[derive(Debug, Clone, Copy)]
+enum Reader {
+    Throughput,
+    Datagrams,
+    Transactions,
+}
+
+fn show(value: f64, reader: Reader) -> String {
+    match reader {
+        Reader::Throughput => format!("{:.2} Gbit/s", value / 1e9),
+        Reader::Datagrams => format!("{:.0} pkt/s", value),
+        Reader::Transactions => format!("{:.0} tx/s", value),
+    }
+}
+
+fn stats(values: impl Iterator<Item = f64>) -> (f64, f64, f64) {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    };
+    (median, values[0], values[n - 1])
+}
+
+fn in_pod(pod: &str, program: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &format!("sonde-{LAB}-{pod}"), program])
+        .args(args);
+    command.stdin(Stdio::null());
+    command
+}
+
+fn pod_ip(sondectl: &str, pod: &str) -> anyhow::Result<String> {
+    let inventory = std::fs::read_to_string(format!("/run/sonde/lab/{LAB}/inventory.json"))
+        .context("reading the bench lab's inventory")?;
+    let _ = sondectl;
+    let inventory: Value = serde_json::from_str(&inventory)?;
+    inventory["pods"]
+        .as_array()
+        .and_then(|pods| pods.iter().find(|p| p["name"] == pod))
+        .and_then(|p| p["ip"].as_str())
+        .map(str::to_owned)
+        .context("pod not in the inventory")
+}
+
+fn sonde_sample(sondectl: &str, args: &[String], reader: Reader) -> anyhow::Result<Sample> {
+    let output = Command::new(sondectl)
+        .args(args)
+        .output()
+        .context("sondectl run")?;
+    if !output.status.success() {
+        bail!(
+            "sondectl run failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let doc: Value = serde_json::from_slice(&output.stdout)?;
+    let m = &doc["measurements"][0];
+    let value = match reader {
+        Reader::Throughput => m["throughput_bits_per_second"].as_f64(),
+        Reader::Datagrams | Reader::Transactions => m["messages_per_second"].as_f64(),
+    }
+    .context("figure missing from sondectl's JSON")?;
+    // CPU per GB over the measured part: both sides' generator threads / payload received.
+    let cpu = m["cpu"]["client_seconds"].as_f64().unwrap_or(0.0)
+        + m["cpu"]["server_seconds"].as_f64().unwrap_or(0.0);
+    let gb = value / 8.0 * SECONDS as f64 / 1e9;
+    let cpu_seconds_per_gb = matches!(reader, Reader::Throughput).then(|| cpu / gb);
+    Ok(Sample {
+        value,
+        cpu_seconds_per_gb,
+    })
+}
+
+fn reference_sample(tool: &str, args: &[String], reader: Reader) -> anyhow::Result<Sample> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = in_pod("pod1", tool, &args)
+        .output()
+        .with_context(|| format!("running {tool}"))?;
+    if !output.status.success() {
+        bail!(
+            "{tool} failed: {}{}",
+            String::from_utf8_lossy(&output.stderr).trim(),
+            String::from_utf8_lossy(&output.stdout).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    match reader {
+        Reader::Throughput => {
+            let doc: Value = serde_json::from_str(&text)?;
+            let received = &doc["end"]["sum_received"];
+            let value = received["bits_per_second"]
+                .as_f64()
+                .context("iperf3 bits_per_second")?;
+            let seconds = received["seconds"].as_f64().unwrap_or(SECONDS as f64);
+            let bytes = received["bytes"].as_f64().unwrap_or(0.0);
+            let cpu = &doc["end"]["cpu_utilization_percent"];
+            let cpu_seconds = (cpu["host_total"].as_f64().unwrap_or(0.0)
+                + cpu["remote_total"].as_f64().unwrap_or(0.0))
+                / 100.0
+                * seconds;
+            Ok(Sample {
+                value,
+                cpu_seconds_per_gb: (bytes > 0.0).then(|| cpu_seconds / (bytes / 1e9)),
+            })
+        }
+        Reader::Datagrams => {
+            let doc: Value = serde_json::from_str(&text)?;
+            let sum = &doc["end"]["sum"];
+            let packets = sum["packets"].as_f64().context("iperf3 packets")?;
+            let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+            let seconds = sum["seconds"].as_f64().context("iperf3 seconds")?;
+            Ok(Sample {
+                value: (packets - lost) / seconds,
+                cpu_seconds_per_gb: None,
+            })
+        }
+        Reader::Transactions => {
+            // qperf prints "latency  =  27.3 us": one-way, half a round trip.
+            let line = text
+                .lines()
+                .find(|l| l.trim_start().starts_with("latency"))
+                .context("qperf latency line")?;
+            let value_unit: Vec<&str> = line
+                .split('=')
+                .nth(1)
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            let number: f64 = value_unit.first().context("qperf value")?.parse()?;
+            let one_way_us = match value_unit.get(1).copied() {
+                Some("ns") => number / 1000.0,
+                Some("ms") => number * 1000.0,
+                Some("sec") | Some("s") => number * 1e6,
+                _ => number,
+            };
+            Ok(Sample {
+                value: 1e6 / (2.0 * one_way_us),
+                cpu_seconds_per_gb: None,
+            })
+        }
+    }
+}
