@@ -47,6 +47,12 @@ pub enum RunKindArg {
     UdpStream,
     /// UDP request/response, timeouts counted as loss.
     UdpRr,
+    /// Intra-pod baseline: bulk transfer over a Unix socket (--from and --to the same pod).
+    UnixStream,
+    /// Intra-pod baseline: request/response over a Unix socket.
+    UnixRr,
+    /// Intra-pod baseline: request/response through files in a shared directory (inotify).
+    FsRr,
 }
 
 /// Stream direction.

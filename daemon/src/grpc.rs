@@ -16,7 +16,7 @@ use crate::{
     Error,
     facts::{FactsSource, NodeFacts},
     generators::{
-        self,
+        self, Target,
         measure::{Counters, SideResult},
         wire::Token,
     },
@@ -124,13 +124,14 @@ impl<S: FactsSource> Agent for AgentService<S> {
                 }
             };
         let runs = Arc::clone(&self.runs);
-        let (port, token) = tokio::task::spawn_blocking(move || {
+        let (port, path, token) = tokio::task::spawn_blocking(move || {
             runs.prepare(&request.run_id, &spec, netns.as_deref(), port, lease, token)
         })
         .await
         .map_err(blocking_failed)??;
         Ok(Response::new(pb::PrepareServerResponse {
             port: u32::from(port),
+            path: path.map(|p| p.display().to_string()).unwrap_or_default(),
             token: token.to_vec(),
         }))
     }
@@ -144,37 +145,43 @@ impl<S: FactsSource> Agent for AgentService<S> {
         let request = request.into_inner();
         let spec = spec_of(request.spec.as_ref())?;
         let netns = netns_path("netns", &request.netns)?;
-        let ip: std::net::IpAddr = request.target_ip.parse().map_err(|_| {
-            Status::invalid_argument(format!(
-                "target_ip: {:?} is not an IP address",
-                request.target_ip
-            ))
-        })?;
-        let port = u16::try_from(request.target_port)
-            .ok()
-            .filter(|port| *port != 0)
-            .ok_or_else(|| Status::invalid_argument("target_port: must be 1 to 65535"))?;
+        let target = if spec.kind.is_intra_pod() {
+            let path = std::path::PathBuf::from(&request.target_path);
+            if !(generators::local::is_run_path(&path) && path.exists()) {
+                return Err(Status::invalid_argument(format!(
+                    "target_path: {:?} is not a path PrepareServer returned (under {})",
+                    request.target_path,
+                    generators::local::RUN_ROOT
+                )));
+            }
+            Target::Path(path)
+        } else {
+            let ip: std::net::IpAddr = request.target_ip.parse().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "target_ip: {:?} is not an IP address",
+                    request.target_ip
+                ))
+            })?;
+            let port = u16::try_from(request.target_port)
+                .ok()
+                .filter(|port| *port != 0)
+                .ok_or_else(|| Status::invalid_argument("target_port: must be 1 to 65535"))?;
+            if !self.policy.allows(ip) {
+                return Err(RunError::TargetNotAllowed {
+                    ip,
+                    allowed: self.policy.describe(),
+                }
+                .into());
+            }
+            Target::Addr(SocketAddr::new(ip, port))
+        };
         let token: Token = request.token.as_slice().try_into().map_err(|_| {
             Status::invalid_argument("token: must be the 16 bytes PrepareServer returned")
         })?;
-        if !self.policy.allows(ip) {
-            return Err(RunError::TargetNotAllowed {
-                ip,
-                allowed: self.policy.describe(),
-            }
-            .into());
-        }
         let guard = self.runs.client(&request.run_id)?;
-        tracing::info!(run_id = request.run_id, target = %SocketAddr::new(ip, port), "client side started");
+        tracing::info!(run_id = request.run_id, target = ?target, "client side started");
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(drive_client(
-            guard,
-            spec,
-            netns,
-            SocketAddr::new(ip, port),
-            token,
-            tx,
-        ));
+        tokio::spawn(drive_client(guard, spec, netns, target, token, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -208,7 +215,7 @@ async fn drive_client(
     guard: crate::runs::ClientGuard,
     spec: RunSpec,
     netns: Option<std::path::PathBuf>,
-    target: SocketAddr,
+    target: Target,
     token: Token,
     tx: mpsc::Sender<Result<pb::ClientEvent, Status>>,
 ) {
@@ -218,7 +225,7 @@ async fn drive_client(
         let counters = Arc::clone(&counters);
         let spec = spec.clone();
         tokio::task::spawn_blocking(move || {
-            generators::run_client(&spec, netns.as_deref(), target, token, &stop, &counters)
+            generators::run_client(&spec, netns.as_deref(), &target, token, &stop, &counters)
         })
     };
     tokio::pin!(work);

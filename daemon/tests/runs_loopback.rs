@@ -122,6 +122,7 @@ async fn start(
             target_ip: "127.0.0.1".to_owned(),
             target_port: port,
             token,
+            target_path: String::new(),
         })
         .await
         .expect("start")
@@ -351,6 +352,7 @@ async fn targets_outside_the_policy_are_refused_before_any_traffic() {
             target_ip: "192.0.2.1".to_owned(),
             target_port: 9,
             token: vec![0; 16],
+            target_path: String::new(),
         })
         .await
         .expect_err("not allowed");
@@ -360,6 +362,31 @@ async fn targets_outside_the_policy_are_refused_before_any_traffic() {
         "{}",
         status.message()
     );
+}
+
+#[tokio::test]
+async fn intra_pod_clients_only_go_where_a_server_side_was_prepared() {
+    let (mut client, _) = daemon().await;
+    for path in ["/etc", "/run/sonde/runs/../../etc", ""] {
+        let status = client
+            .start_client(pb::StartClientRequest {
+                run_id: "fs".to_owned(),
+                spec: Some(spec(pb::RunKind::FsRr, 100, 1, 1)),
+                netns: String::new(),
+                target_ip: String::new(),
+                target_port: 0,
+                token: vec![0; 16],
+                target_path: path.to_owned(),
+            })
+            .await
+            .expect_err(path);
+        assert_eq!(status.code(), Code::InvalidArgument, "{path}");
+        assert!(
+            status.message().starts_with("target_path"),
+            "{}",
+            status.message()
+        );
+    }
 }
 
 #[tokio::test]
@@ -400,6 +427,7 @@ async fn cancel_and_a_vanished_controller_stop_a_client_side() {
         target_ip: "127.0.0.1".to_owned(),
         target_port: prepared.port,
         token: prepared.token.clone(),
+        target_path: String::new(),
     };
 
     // Cancelled: the stream ends with a (partial) result well before the 60 s.

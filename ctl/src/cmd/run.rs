@@ -34,10 +34,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         RunKindArg::TcpCrr => (pb::RunKind::TcpCrr, 1),
         RunKindArg::UdpStream => (pb::RunKind::UdpStream, 1200),
         RunKindArg::UdpRr => (pb::RunKind::UdpRr, 64),
+        RunKindArg::UnixStream => (pb::RunKind::UnixStream, 128 * 1024),
+        RunKindArg::UnixRr => (pb::RunKind::UnixRr, 1),
+        RunKindArg::FsRr => (pb::RunKind::FsRr, 1),
     };
+    let intra_pod = matches!(
+        args.kind,
+        RunKindArg::UnixStream | RunKindArg::UnixRr | RunKindArg::FsRr
+    );
+    if intra_pod && !(destination.servers.len() == 1 && destination.servers[0] == source) {
+        bail!(
+            "{} is an intra-pod baseline: --from and --to must be the same pod (or node)",
+            kind_name(args.kind)
+        );
+    }
     let rr = matches!(
         args.kind,
-        RunKindArg::TcpRr | RunKindArg::TcpCrr | RunKindArg::UdpRr
+        RunKindArg::TcpRr
+            | RunKindArg::TcpCrr
+            | RunKindArg::UdpRr
+            | RunKindArg::UnixRr
+            | RunKindArg::FsRr
     );
     let sizes: Vec<(u64, Option<u64>)> = match &args.sizes {
         Some(sweep) => sweep
@@ -177,5 +194,8 @@ fn kind_name(kind: RunKindArg) -> &'static str {
         RunKindArg::TcpCrr => "tcp-crr",
         RunKindArg::UdpStream => "udp-stream",
         RunKindArg::UdpRr => "udp-rr",
+        RunKindArg::UnixStream => "unix-stream",
+        RunKindArg::UnixRr => "unix-rr",
+        RunKindArg::FsRr => "fs-rr",
     }
 }

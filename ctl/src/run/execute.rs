@@ -57,15 +57,19 @@ impl Plan {
             (pb::RunKind::TcpStream, pb::Direction::Both) => Shape::StreamBoth,
             (pb::RunKind::TcpStream, _) => Shape::StreamForward,
             (pb::RunKind::UdpStream, _) => Shape::Datagrams,
+            (pb::RunKind::UnixStream, _) => Shape::StreamForward,
             _ => Shape::RequestResponse,
         }
     }
 
-    fn is_tcp(&self) -> bool {
-        matches!(
-            self.kind,
-            pb::RunKind::TcpStream | pb::RunKind::TcpRr | pb::RunKind::TcpCrr
-        )
+    fn transport(&self) -> report::Transport {
+        match self.kind {
+            pb::RunKind::TcpStream | pb::RunKind::TcpRr | pb::RunKind::TcpCrr => {
+                report::Transport::Tcp
+            }
+            pb::RunKind::UdpStream | pb::RunKind::UdpRr => report::Transport::Udp,
+            _ => report::Transport::Local,
+        }
     }
 }
 
@@ -186,6 +190,10 @@ pub async fn measure(
             .first()
             .and_then(|(_, a)| u16::try_from(a.port).ok())
     });
+    let target_path = prepared
+        .first()
+        .map(|(_, a)| a.path.clone())
+        .unwrap_or_default();
 
     // Phase 2: the client side, if every server is ready.
     let mut client_result = None;
@@ -199,6 +207,7 @@ pub async fn measure(
             target_ip: plan.destination.ip.to_string(),
             target_port: u32::from(port),
             token: token.clone(),
+            target_path,
         };
         match run_client(plan, agents, request, size).await {
             Ok(result) => client_result = Some(result),
@@ -238,7 +247,7 @@ pub async fn measure(
     let server = report::merge_sides(&server_results);
     let sample = report::Sample {
         shape: plan.shape(),
-        is_tcp: plan.is_tcp(),
+        transport: plan.transport(),
         size,
         response_size,
         repetition,

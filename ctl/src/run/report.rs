@@ -26,7 +26,8 @@ pub struct RunReport {
     pub sonde_version: &'static str,
     /// When the run started, seconds since the Unix epoch.
     pub started_at_unix_seconds: u64,
-    /// The generator: tcp-stream, tcp-rr, tcp-crr, udp-stream, udp-rr.
+    /// The generator: tcp-stream, tcp-rr, tcp-crr, udp-stream, udp-rr, unix-stream, unix-rr,
+    /// fs-rr.
     pub kind: String,
     /// The client end.
     pub from: EndReport,
@@ -277,13 +278,24 @@ pub enum Shape {
     Datagrams,
 }
 
+/// What carries a kind's payload, which decides the facts reported with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP: retransmits and RTT.
+    Tcp,
+    /// UDP: loss, reordering, jitter.
+    Udp,
+    /// Unix sockets and files: neither.
+    Local,
+}
+
 /// What a measurement was: the shape of its kind, its size, its repetition.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
     /// Where goodput is measured.
     pub shape: Shape,
-    /// TCP or UDP.
-    pub is_tcp: bool,
+    /// What carries the payload.
+    pub transport: Transport,
     /// Request or message size.
     pub size: u64,
     /// RR response size.
@@ -301,7 +313,7 @@ pub fn measurement(
 ) -> Measurement {
     let Sample {
         shape,
-        is_tcp,
+        transport,
         size,
         response_size,
         repetition,
@@ -364,14 +376,14 @@ pub fn measurement(
                 histogram: base64::engine::general_purpose::STANDARD.encode(bytes),
             }
         });
-    let tcp = is_tcp.then(|| TcpReport {
+    let tcp = (transport == Transport::Tcp).then(|| TcpReport {
         retransmits: client.map_or(0, |c| c.tcp_retransmits)
             + server.map_or(0, |s| s.tcp_retransmits),
         rtt_us: client.map_or(0, |c| c.tcp_rtt_us),
         rttvar_us: client.map_or(0, |c| c.tcp_rttvar_us),
         connections: client.map_or(0, |c| c.connections),
     });
-    let udp = (!is_tcp).then(|| {
+    let udp = (transport == Transport::Udp).then(|| {
         let sent = client.map_or(0, |c| c.udp_sent);
         let received = match shape {
             Shape::Datagrams => server.map_or(0, |s| s.udp_received),

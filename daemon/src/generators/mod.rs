@@ -8,12 +8,14 @@
 //! - [`stream`]: `tcp-stream`, connections multiplexed over one thread per core.
 //! - [`tcp`]: `tcp-rr`, `tcp-crr`.
 //! - [`udp`]: `udp-stream`, `udp-rr`.
+//! - [`local`]: intra-pod baselines: `unix-stream`, `unix-rr`, `fs-rr`.
 //! - [`wire`]: the hello that binds a connection to its run; UDP headers.
 //! - [`io`]: blocking I/O that stops when the run does.
 //! - [`measure`]: windows, per-thread results and their merge, CPU, TCP_INFO.
 //! - [`zerocopy`]: `sendfile`/`splice` for stream payload.
 
 pub mod io;
+pub mod local;
 pub mod measure;
 pub mod stream;
 pub mod tcp;
@@ -23,7 +25,7 @@ pub mod zerocopy;
 
 use std::{
     net::{SocketAddr, TcpListener, UdpSocket},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, atomic::Ordering},
     thread::JoinHandle,
     time::Duration,
@@ -34,11 +36,24 @@ use wire::Token;
 
 use crate::runs::spec::{Kind, RunSpec};
 
+/// Where a client side sends: an address (network kinds) or a path (intra-pod kinds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A socket address.
+    Addr(SocketAddr),
+    /// A Unix socket or shared directory under [`local::RUN_ROOT`].
+    Path(PathBuf),
+}
+
 /// A prepared server side: listening, serving the run's connections until finished.
 #[derive(Debug)]
 pub struct Server {
-    /// The port it listens on.
+    /// The port it listens on (network kinds; 0 otherwise).
     pub port: u16,
+    /// Where it listens (intra-pod kinds): a Unix socket or a shared directory.
+    pub path: Option<PathBuf>,
+    /// Its private directory, removed when it finishes (intra-pod kinds).
+    run_dir: Option<PathBuf>,
     /// The run's token.
     pub token: Token,
     /// The run's kind (UDP servers drain in-flight datagrams before stopping).
@@ -73,28 +88,63 @@ impl Server {
             Some(path) => crate::netns::run_in(path, work)?.map_err(bind_error),
             None => work().map_err(bind_error),
         };
-        let bound = if spec.kind.is_tcp() {
-            in_netns(&|| TcpListener::bind(bind).map(Bound::Tcp))?
+        let run_dir = if spec.kind.is_intra_pod() {
+            Some(local::run_dir().map_err(|source| crate::Error::Bind {
+                addr: local::RUN_ROOT.to_owned(),
+                source,
+            })?)
         } else {
-            in_netns(&|| UdpSocket::bind(bind).map(Bound::Udp))?
+            None
         };
-        let local = bound.local_addr().map_err(bind_error)?;
+        let bound =
+            match (&run_dir, spec.kind) {
+                (Some(dir), Kind::FsRr) => Bound::Dir(dir.clone()),
+                (Some(dir), _) => {
+                    let socket = dir.join("sock");
+                    Bound::Unix(std::os::unix::net::UnixListener::bind(&socket).map_err(
+                        |source| crate::Error::Bind {
+                            addr: socket.display().to_string(),
+                            source,
+                        },
+                    )?)
+                }
+                (None, _) if spec.kind.is_tcp() => {
+                    in_netns(&|| TcpListener::bind(bind).map(Bound::Tcp))?
+                }
+                (None, _) => in_netns(&|| UdpSocket::bind(bind).map(Bound::Udp))?,
+            };
+        let (port, path, local_ip) = match &bound {
+            Bound::Tcp(_) | Bound::Udp(_) => {
+                let local = bound.local_addr().map_err(bind_error)?;
+                (local.port(), None, local.ip().to_string())
+            }
+            Bound::Unix(_) => (
+                0,
+                run_dir.as_ref().map(|dir| dir.join("sock")),
+                String::new(),
+            ),
+            Bound::Dir(dir) => (0, Some(dir.clone()), String::new()),
+        };
         let thread = {
             let spec = spec.clone();
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || match bound {
                 Bound::Tcp(listener) => tcp::serve(listener, spec, token, stop),
                 Bound::Udp(socket) => udp::serve(socket, spec, token, stop),
+                Bound::Unix(listener) => local::serve_unix(listener, spec, token, stop),
+                Bound::Dir(dir) => local::serve_fs(dir, spec, stop),
             })
         };
         Ok(Self {
-            port: local.port(),
+            port,
+            path,
+            run_dir,
             token,
             kind: spec.kind,
             stop,
             thread,
             node_cpu_before: measure::node_cpu_jiffies(),
-            local_ip: local.ip().to_string(),
+            local_ip,
         })
     }
 
@@ -110,6 +160,9 @@ impl Server {
             result.error("server thread panicked");
             vec![result]
         });
+        if let Some(dir) = &self.run_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         SideResult {
             totals: merge(results),
             node_cpu_busy: measure::node_cpu_busy(
@@ -151,6 +204,8 @@ pub fn merge_sides(sides: impl IntoIterator<Item = SideResult>) -> SideResult {
 enum Bound {
     Tcp(TcpListener),
     Udp(UdpSocket),
+    Unix(std::os::unix::net::UnixListener),
+    Dir(PathBuf),
 }
 
 impl Bound {
@@ -158,6 +213,7 @@ impl Bound {
         match self {
             Self::Tcp(listener) => listener.local_addr(),
             Self::Udp(socket) => socket.local_addr(),
+            Self::Unix(_) | Self::Dir(_) => Ok(SocketAddr::from(([0, 0, 0, 0], 0))),
         }
     }
 }
@@ -167,18 +223,29 @@ impl Bound {
 pub fn run_client(
     spec: &RunSpec,
     netns: Option<&Path>,
-    target: SocketAddr,
+    target: &Target,
     token: Token,
     stop: &Stop,
     counters: &Arc<Counters>,
 ) -> SideResult {
     let before = measure::node_cpu_jiffies();
-    let results = if spec.kind.is_tcp() {
-        tcp::client(spec, netns, target, token, stop, counters)
-    } else {
-        udp::client(spec, netns, target, token, stop, counters)
+    let (results, local_ip) = match target {
+        Target::Addr(addr) if spec.kind.is_tcp() => (
+            tcp::client(spec, netns, *addr, token, stop, counters),
+            local_ip_for(netns, *addr),
+        ),
+        Target::Addr(addr) => (
+            udp::client(spec, netns, *addr, token, stop, counters),
+            local_ip_for(netns, *addr),
+        ),
+        Target::Path(dir) if spec.kind == Kind::FsRr => {
+            (local::client_fs(spec, dir, stop, counters), String::new())
+        }
+        Target::Path(socket) => (
+            local::client_unix(spec, socket, token, stop, counters),
+            String::new(),
+        ),
     };
-    let local_ip = local_ip_for(netns, target);
     SideResult {
         totals: merge(results),
         node_cpu_busy: measure::node_cpu_busy(before, measure::node_cpu_jiffies()),

@@ -139,8 +139,8 @@ pub(super) fn prepare(stream: &TcpStream, nodelay: bool) -> io::Result<()> {
 
 /// Answers up to `limit` requests: read `request_size` bytes, write `response_size` bytes.
 /// `first_request` is when this worker saw its first request (the start of its warm-up).
-fn respond(
-    stream: &mut TcpStream,
+pub(super) fn respond(
+    stream: &mut (impl io::Read + io::Write),
     spec: &RunSpec,
     stop: &Stop,
     result: &mut ThreadResult,
@@ -272,11 +272,15 @@ pub fn client(
 }
 
 /// What every client loop needs.
-struct Ctx<'a> {
-    spec: &'a RunSpec,
-    window: Window,
-    stop: &'a Stop,
-    counters: &'a Counters,
+pub(super) struct Ctx<'a> {
+    /// The run.
+    pub spec: &'a RunSpec,
+    /// Its clock.
+    pub window: Window,
+    /// Its stop flag.
+    pub stop: &'a Stop,
+    /// Live counters for progress.
+    pub counters: &'a Counters,
 }
 
 /// The first thread past the barrier starts the clock; the others read it.
@@ -295,7 +299,12 @@ pub(super) fn connect(target: SocketAddr, nodelay: bool) -> io::Result<TcpStream
 }
 
 /// Request/response on one connection, as fast as possible or paced at `rate` per second.
-fn rr(ctx: &Ctx<'_>, stream: &mut TcpStream, rate: Option<f64>, result: &mut ThreadResult) {
+pub(super) fn rr(
+    ctx: &Ctx<'_>,
+    stream: &mut (impl io::Read + io::Write),
+    rate: Option<f64>,
+    result: &mut ThreadResult,
+) {
     let request = vec![0x5d_u8; ctx.spec.request_size];
     let mut response = vec![0_u8; ctx.spec.response_size];
     let interval = rate.map(|rate| Duration::from_secs_f64(1.0 / rate));

@@ -8,7 +8,6 @@
 
 use std::{
     io::{self, Read, Write},
-    net::TcpStream,
     time::{Duration, Instant},
 };
 
@@ -62,7 +61,11 @@ pub fn parse_hello(bytes: &[u8; HELLO_LEN], token: &Token) -> Option<Role> {
 }
 
 /// Client side: sends the hello and waits for the server's acknowledgement.
-pub fn client_handshake(stream: &mut TcpStream, token: &Token, role: Role) -> io::Result<()> {
+pub fn client_handshake(
+    stream: &mut (impl Read + Write),
+    token: &Token,
+    role: Role,
+) -> io::Result<()> {
     stream.write_all(&hello(token, role))?;
     let mut ack = [0_u8; 4];
     read_exact_by(stream, &mut ack, Instant::now() + Duration::from_secs(5))?;
@@ -77,7 +80,11 @@ pub fn client_handshake(stream: &mut TcpStream, token: &Token, role: Role) -> io
 
 /// Server side: reads a hello for `token` (within a deadline) and acknowledges it unless
 /// `ack` is false (CRR, where the response is the acknowledgement).
-pub fn server_handshake(stream: &mut TcpStream, token: &Token, ack: bool) -> io::Result<Role> {
+pub fn server_handshake(
+    stream: &mut (impl Read + Write),
+    token: &Token,
+    ack: bool,
+) -> io::Result<Role> {
     let mut bytes = [0_u8; HELLO_LEN];
     read_exact_by(stream, &mut bytes, Instant::now() + Duration::from_secs(5))?;
     let role = parse_hello(&bytes, token).ok_or_else(|| {
@@ -93,7 +100,7 @@ pub fn server_handshake(stream: &mut TcpStream, token: &Token, ack: bool) -> io:
 }
 
 /// `read_exact` that tolerates the socket's poll timeout until `deadline`.
-pub fn read_exact_by(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+pub fn read_exact_by(stream: &mut impl Read, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         match stream.read(&mut buf[filled..]) {

@@ -102,7 +102,7 @@ impl Runs {
         port: u16,
         lease: Option<Duration>,
         token: Option<Token>,
-    ) -> Result<(u16, Token), RunError> {
+    ) -> Result<(u16, Option<PathBuf>, Token), RunError> {
         spec::check_run_id(run_id)?;
         let longest = spec.total() + MAX_LEASE_SLACK;
         let lease = match lease {
@@ -123,7 +123,7 @@ impl Runs {
         };
         let server = Server::start(spec, netns, port, token)
             .map_err(|source| RunError::Prepare { source })?;
-        let answer = (server.port, server.token);
+        let answer = (server.port, server.path.clone(), server.token);
         tracing::info!(
             run_id,
             port = server.port,

@@ -37,12 +37,24 @@ pub enum Kind {
     UdpStream,
     /// UDP request/response with timeouts.
     UdpRr,
+    /// Intra-pod: bulk transfer over a Unix socket.
+    UnixStream,
+    /// Intra-pod: request/response over a Unix socket.
+    UnixRr,
+    /// Intra-pod: request/response through files in a shared directory.
+    FsRr,
 }
 
 impl Kind {
     /// Whether the kind speaks TCP.
     pub fn is_tcp(self) -> bool {
         matches!(self, Self::TcpStream | Self::TcpRr | Self::TcpCrr)
+    }
+
+    /// Whether both sides live on one node with no network between them (a path, not an
+    /// address, joins them).
+    pub fn is_intra_pod(self) -> bool {
+        matches!(self, Self::UnixStream | Self::UnixRr | Self::FsRr)
     }
 }
 
@@ -107,6 +119,9 @@ impl TryFrom<&pb::RunSpec> for RunSpec {
             Ok(pb::RunKind::TcpCrr) => Kind::TcpCrr,
             Ok(pb::RunKind::UdpStream) => Kind::UdpStream,
             Ok(pb::RunKind::UdpRr) => Kind::UdpRr,
+            Ok(pb::RunKind::UnixStream) => Kind::UnixStream,
+            Ok(pb::RunKind::UnixRr) => Kind::UnixRr,
+            Ok(pb::RunKind::FsRr) => Kind::FsRr,
             Ok(pb::RunKind::Unspecified) | Err(_) => {
                 return Err(invalid("spec.kind", "must be one of the RunKind values"));
             }
@@ -146,7 +161,10 @@ impl TryFrom<&pb::RunSpec> for RunSpec {
                 ),
             ));
         }
-        let rr = matches!(kind, Kind::TcpRr | Kind::TcpCrr | Kind::UdpRr);
+        let rr = matches!(
+            kind,
+            Kind::TcpRr | Kind::TcpCrr | Kind::UdpRr | Kind::UnixRr | Kind::FsRr
+        );
         if rr {
             let min_response = if kind == Kind::UdpRr {
                 MIN_UDP_RR_PAYLOAD

@@ -1,0 +1,429 @@
+//! Intra-pod baselines: what moving the same payloads costs with no network in between, so
+//! that a sweep shows the network's marginal cost next to it.
+//!
+//! - `unix-stream`, `unix-rr`: a Unix domain socket, with the same hello, loops and
+//!   measurements as the TCP kinds.
+//! - `fs-rr`: a shared directory (a volume two containers of a pod mount). The client writes
+//!   the request to a temporary file and renames it to `req-<flow>-<seq>`; the server, woken by
+//!   inotify, reads it and answers with `ack-<flow>-<seq>` the same way; the client, woken by
+//!   inotify, reads the answer. One round trip per transaction.
+//!
+//! The server side's socket or directory lives in a fresh private directory under
+//! [`RUN_ROOT`], removed when the server side finishes.
+
+use std::{
+    fs,
+    io::{self, Read as _, Write as _},
+    os::unix::net::{UnixListener, UnixStream},
+    os::{fd::AsFd, unix::fs::PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::{Arc, Barrier, Mutex, atomic::Ordering},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::inotify::{AddWatchFlags, InitFlags, Inotify},
+};
+
+use super::{
+    measure::{Counters, POLL, Stop, ThreadResult, Window},
+    tcp::{Ctx, panicked, respond, rr, shared_window},
+    wire::{self, Role, Token},
+};
+use crate::runs::spec::{Kind, RunSpec};
+
+/// Where intra-pod server sides keep their sockets and shared directories.
+pub const RUN_ROOT: &str = "/run/sonde/runs";
+/// How long an `fs-rr` transaction may wait for its answer.
+const FS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A fresh private directory for one server side.
+pub fn run_dir() -> io::Result<PathBuf> {
+    fs::create_dir_all(RUN_ROOT)?;
+    let token = wire::new_token();
+    let name: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = Path::new(RUN_ROOT).join(name);
+    fs::create_dir(&dir)?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
+/// Whether `path` is inside [`RUN_ROOT`] (a client may only be pointed at sonde's own).
+pub fn is_run_path(path: &Path) -> bool {
+    path.starts_with(RUN_ROOT) && !path.components().any(|c| c.as_os_str() == "..")
+}
+
+/// Serves a Unix socket: one thread per connection (intra-pod runs are small).
+pub fn serve_unix(
+    listener: UnixListener,
+    spec: RunSpec,
+    token: Token,
+    stop: Stop,
+) -> Vec<ThreadResult> {
+    let mut acceptor = ThreadResult::new();
+    if let Err(err) = socket2::SockRef::from(&listener).set_read_timeout(Some(POLL)) {
+        acceptor.error(format!("listener timeout: {err}"));
+    }
+    let mut workers: Vec<JoinHandle<ThreadResult>> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let spec = spec.clone();
+                let stop = Arc::clone(&stop);
+                workers.push(std::thread::spawn(move || {
+                    serve_connection(stream, &spec, &token, &stop)
+                }));
+            }
+            Err(err) if wire::is_timeout(&err) => {}
+            Err(err) => {
+                acceptor.error(format!("accept: {err}"));
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+    let mut results: Vec<ThreadResult> = workers
+        .into_iter()
+        .map(|worker| worker.join().unwrap_or_else(|_| panicked("server worker")))
+        .collect();
+    results.push(acceptor);
+    results
+}
+
+fn serve_connection(
+    mut stream: UnixStream,
+    spec: &RunSpec,
+    token: &Token,
+    stop: &Stop,
+) -> ThreadResult {
+    let mut result = ThreadResult::new();
+    let prepared = stream
+        .set_read_timeout(Some(POLL))
+        .and_then(|()| stream.set_write_timeout(Some(POLL)))
+        .and_then(|()| wire::server_handshake(&mut stream, token, true));
+    if let Err(err) = prepared {
+        result.error(format!("handshake: {err}"));
+        return result;
+    }
+    result.connections = 1;
+    result.io("unix");
+    if spec.kind == Kind::UnixRr {
+        let mut first = None;
+        respond(&mut stream, spec, stop, &mut result, u64::MAX, &mut first);
+    } else {
+        let mut buf = vec![0_u8; 256 * 1024];
+        let mut first: Option<Instant> = None;
+        let mut last = None;
+        while !stop.load(Ordering::Relaxed) {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let now = Instant::now();
+                    let start = *first.get_or_insert(now);
+                    result.cpu_starts_if(now >= start + spec.warmup);
+                    if now >= start + spec.warmup {
+                        result.bytes_received += n as u64;
+                        last = Some(now);
+                    }
+                }
+                Err(err) if wire::is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if let (Some(first), Some(last)) = (first, last) {
+            result.measured = last.saturating_duration_since(first + spec.warmup);
+        }
+    }
+    result.stop_cpu();
+    result
+}
+
+/// The client side of `unix-stream` and `unix-rr`: `parallel` connections, one thread each.
+pub fn client_unix(
+    spec: &RunSpec,
+    path: &Path,
+    token: Token,
+    stop: &Stop,
+    counters: &Arc<Counters>,
+) -> Vec<ThreadResult> {
+    let barrier = Arc::new(Barrier::new(spec.parallel as usize));
+    let clock = Arc::new(Mutex::new(None));
+    let rate = spec.rate.map(|rate| rate / f64::from(spec.parallel));
+    let threads: Vec<JoinHandle<ThreadResult>> = (0..spec.parallel)
+        .map(|_| {
+            let (spec, path) = (spec.clone(), path.to_path_buf());
+            let (barrier, clock) = (Arc::clone(&barrier), Arc::clone(&clock));
+            let (stop, counters) = (Arc::clone(stop), Arc::clone(counters));
+            std::thread::spawn(move || {
+                let mut result = ThreadResult::new();
+                let connected = UnixStream::connect(&path).and_then(|mut stream| {
+                    stream.set_read_timeout(Some(POLL))?;
+                    stream.set_write_timeout(Some(POLL))?;
+                    wire::client_handshake(&mut stream, &token, Role::ClientSends)?;
+                    Ok(stream)
+                });
+                barrier.wait();
+                let mut stream = match connected {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        result.error(format!("connect to {}: {err}", path.display()));
+                        return result;
+                    }
+                };
+                result.connections = 1;
+                result.io("unix");
+                let window = shared_window(&clock, &spec);
+                let ctx = Ctx {
+                    spec: &spec,
+                    window,
+                    stop: &stop,
+                    counters: &counters,
+                };
+                if spec.kind == Kind::UnixRr {
+                    rr(&ctx, &mut stream, rate, &mut result);
+                } else {
+                    send_stream(&ctx, &mut stream, &mut result);
+                }
+                result.stop_cpu();
+                result
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|thread| thread.join().unwrap_or_else(|_| panicked("client")))
+        .collect()
+}
+
+fn send_stream(ctx: &Ctx<'_>, stream: &mut UnixStream, result: &mut ThreadResult) {
+    let buf = vec![0x5d_u8; ctx.spec.request_size];
+    loop {
+        let now = Instant::now();
+        if now >= ctx.window.end || ctx.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        result.cpu_starts_if(ctx.window.measuring(now));
+        match super::io::write_all(stream, &buf, ctx.stop, ctx.window.end + POLL) {
+            Ok(()) => {
+                ctx.counters.add(buf.len() as u64, 1);
+                if ctx.window.measuring(now) {
+                    result.bytes_sent += buf.len() as u64;
+                    result.messages += 1;
+                }
+            }
+            Err(super::io::Interrupted::Stopped) => break,
+            Err(other) => {
+                result.error(format!("send: {other:?}"));
+                break;
+            }
+        }
+    }
+    result.measured = ctx.window.end - ctx.window.measure_from;
+    // Let the server read everything before FinishServer: close our side, wait for its.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut byte = [0_u8; 1];
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match stream.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(err) if wire::is_timeout(&err) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// Waits for inotify to report files moved into the watched directory; their names.
+fn moved_in(inotify: &Inotify, timeout: Duration) -> io::Result<Vec<String>> {
+    let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    if poll(&mut fds, timeout)? == 0 {
+        return Ok(Vec::new());
+    }
+    match inotify.read_events() {
+        Ok(events) => Ok(events
+            .into_iter()
+            .filter_map(|event| event.name?.into_string().ok())
+            .collect()),
+        Err(nix::errno::Errno::EAGAIN) => Ok(Vec::new()),
+        Err(errno) => Err(errno.into()),
+    }
+}
+
+fn watch(dir: &Path) -> io::Result<Inotify> {
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+    inotify.add_watch(dir, AddWatchFlags::IN_MOVED_TO)?;
+    Ok(inotify)
+}
+
+/// Writes `bytes` to a temporary file in `dir` and renames it to `name` (readers never see a
+/// half-written file).
+fn hand_over(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let temporary = dir.join(format!(".{name}.tmp"));
+    fs::File::create(&temporary)?.write_all(bytes)?;
+    fs::rename(&temporary, dir.join(name))
+}
+
+/// Serves `fs-rr` in `dir` until stopped.
+pub fn serve_fs(dir: PathBuf, spec: RunSpec, stop: Stop) -> Vec<ThreadResult> {
+    let mut result = ThreadResult::new();
+    let inotify = match watch(&dir) {
+        Ok(inotify) => inotify,
+        Err(err) => {
+            result.error(format!("inotify on {}: {err}", dir.display()));
+            return vec![result];
+        }
+    };
+    result.io("file+inotify");
+    let response = vec![0xa5_u8; spec.response_size];
+    let mut first: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let names = match moved_in(&inotify, POLL) {
+            Ok(names) => names,
+            Err(err) => {
+                result.error(format!("inotify: {err}"));
+                break;
+            }
+        };
+        for name in names.iter().filter_map(|name| name.strip_prefix("req-")) {
+            let now = Instant::now();
+            let began = *first.get_or_insert(now);
+            result.cpu_starts_if(now >= began + spec.warmup);
+            let request = dir.join(format!("req-{name}"));
+            let answered = fs::read(&request).and_then(|bytes| {
+                let _ = fs::remove_file(&request);
+                hand_over(&dir, &format!("ack-{name}"), &response).map(|()| bytes.len())
+            });
+            match answered {
+                Ok(len) => {
+                    result.messages += 1;
+                    result.bytes_received += len as u64;
+                    result.bytes_sent += response.len() as u64;
+                }
+                Err(err) => result.error(format!("answering {name}: {err}")),
+            }
+        }
+    }
+    result.stop_cpu();
+    vec![result]
+}
+
+/// The client side of `fs-rr`: `parallel` flows, each with its own names and inotify watch.
+pub fn client_fs(
+    spec: &RunSpec,
+    dir: &Path,
+    stop: &Stop,
+    counters: &Arc<Counters>,
+) -> Vec<ThreadResult> {
+    let barrier = Arc::new(Barrier::new(spec.parallel as usize));
+    let clock = Arc::new(Mutex::new(None));
+    let rate = spec.rate.map(|rate| rate / f64::from(spec.parallel));
+    let threads: Vec<JoinHandle<ThreadResult>> = (0..spec.parallel)
+        .map(|flow| {
+            let (spec, dir) = (spec.clone(), dir.to_path_buf());
+            let (barrier, clock) = (Arc::clone(&barrier), Arc::clone(&clock));
+            let (stop, counters) = (Arc::clone(stop), Arc::clone(counters));
+            std::thread::spawn(move || {
+                let mut result = ThreadResult::new();
+                let inotify = watch(&dir);
+                barrier.wait();
+                let inotify = match inotify {
+                    Ok(inotify) => inotify,
+                    Err(err) => {
+                        result.error(format!("inotify on {}: {err}", dir.display()));
+                        return result;
+                    }
+                };
+                result.io("file+inotify");
+                let window = shared_window(&clock, &spec);
+                fs_transactions(
+                    &spec,
+                    &dir,
+                    flow,
+                    &inotify,
+                    window,
+                    rate,
+                    &stop,
+                    &counters,
+                    &mut result,
+                );
+                result.stop_cpu();
+                result.measured = window.end - window.measure_from;
+                result
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|thread| thread.join().unwrap_or_else(|_| panicked("client")))
+        .collect()
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one flow's loop needs each of these"
+)]
+fn fs_transactions(
+    spec: &RunSpec,
+    dir: &Path,
+    flow: u32,
+    inotify: &Inotify,
+    window: Window,
+    rate: Option<f64>,
+    stop: &Stop,
+    counters: &Counters,
+    result: &mut ThreadResult,
+) {
+    let request = vec![0x5d_u8; spec.request_size];
+    let interval = rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
+    let mut next = window.start;
+    let mut seq = 0_u64;
+    while !stop.load(Ordering::Relaxed) {
+        let intended = match interval {
+            Some(interval) => {
+                let intended = next;
+                next += interval;
+                super::io::sleep_until(intended);
+                intended
+            }
+            None => Instant::now(),
+        };
+        if intended >= window.end {
+            break;
+        }
+        result.cpu_starts_if(window.measuring(intended));
+        let name = format!("{flow}-{seq}");
+        let ack = format!("ack-{name}");
+        if let Err(err) = hand_over(dir, &format!("req-{name}"), &request) {
+            result.error(format!("writing the request: {err}"));
+            break;
+        }
+        let deadline = Instant::now() + FS_TIMEOUT;
+        let mut answered = false;
+        while !answered && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            match moved_in(inotify, POLL) {
+                Ok(names) => answered = names.contains(&ack),
+                Err(err) => {
+                    result.error(format!("inotify: {err}"));
+                    return;
+                }
+            }
+        }
+        if !answered {
+            result.error(format!("no answer to {name} within {FS_TIMEOUT:?}"));
+            break;
+        }
+        let response = fs::read(dir.join(&ack)).unwrap_or_default();
+        let _ = fs::remove_file(dir.join(&ack));
+        let done = Instant::now();
+        counters.add((request.len() + response.len()) as u64, 1);
+        if window.measuring(intended) {
+            result.record(done - intended);
+            result.messages += 1;
+            result.bytes_sent += request.len() as u64;
+            result.bytes_received += response.len() as u64;
+        }
+        seq += 1;
+    }
+}
