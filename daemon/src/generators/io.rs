@@ -92,3 +92,36 @@ pub fn sleep_until(at: Instant) {
         std::hint::spin_loop();
     }
 }
+
+/// When each message of a flow should leave: at once (as fast as possible), or on a fixed
+/// schedule from the window's start (at a rate), in which case latency counts from the
+/// intended time, so that a stall delays the whole schedule visibly instead of hiding
+/// (coordinated omission).
+#[derive(Debug)]
+pub struct Pacer {
+    interval: Option<std::time::Duration>,
+    next: Instant,
+}
+
+impl Pacer {
+    /// A pacer for `rate` messages per second (`None`: as fast as possible) from `start`.
+    pub fn new(rate: Option<f64>, start: Instant) -> Self {
+        Self {
+            interval: rate.map(|rate| std::time::Duration::from_secs_f64(1.0 / rate)),
+            next: start,
+        }
+    }
+
+    /// Waits for the next message's turn; returns when it was meant to leave.
+    pub fn wait_turn(&mut self) -> Instant {
+        match self.interval {
+            Some(interval) => {
+                let intended = self.next;
+                self.next += interval;
+                sleep_until(intended);
+                intended
+            }
+            None => Instant::now(),
+        }
+    }
+}

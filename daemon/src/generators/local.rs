@@ -28,8 +28,9 @@ use nix::{
 };
 
 use super::{
-    measure::{Counters, POLL, Stop, ThreadResult, Window},
-    tcp::{Ctx, panicked, respond, rr, shared_window},
+    io::Pacer,
+    measure::{Counters, POLL, Stop, ThreadResult, Window, join_all},
+    tcp::{Ctx, respond, rr, shared_window},
     wire::{self, Role, Token},
 };
 use crate::runs::spec::{Kind, RunSpec};
@@ -83,10 +84,7 @@ pub fn serve_unix(
             }
         }
     }
-    let mut results: Vec<ThreadResult> = workers
-        .into_iter()
-        .map(|worker| worker.join().unwrap_or_else(|_| panicked("server worker")))
-        .collect();
+    let mut results = join_all(workers, "server worker");
     results.push(acceptor);
     results
 }
@@ -190,10 +188,7 @@ pub fn client_unix(
             })
         })
         .collect();
-    threads
-        .into_iter()
-        .map(|thread| thread.join().unwrap_or_else(|_| panicked("client")))
-        .collect()
+    join_all(threads, "client")
 }
 
 fn send_stream(ctx: &Ctx<'_>, stream: &mut UnixStream, result: &mut ThreadResult) {
@@ -354,10 +349,7 @@ pub fn client_fs(
             })
         })
         .collect();
-    threads
-        .into_iter()
-        .map(|thread| thread.join().unwrap_or_else(|_| panicked("client")))
-        .collect()
+    join_all(threads, "client")
 }
 
 #[expect(
@@ -376,19 +368,10 @@ fn fs_transactions(
     result: &mut ThreadResult,
 ) {
     let request = vec![0x5d_u8; spec.request_size];
-    let interval = rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
-    let mut next = window.start;
+    let mut pacer = Pacer::new(rate, window.start);
     let mut seq = 0_u64;
     while !stop.load(Ordering::Relaxed) {
-        let intended = match interval {
-            Some(interval) => {
-                let intended = next;
-                next += interval;
-                super::io::sleep_until(intended);
-                intended
-            }
-            None => Instant::now(),
-        };
+        let intended = pacer.wait_turn();
         if intended >= window.end {
             break;
         }

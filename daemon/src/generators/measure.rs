@@ -161,6 +161,23 @@ impl Default for ThreadResult {
     }
 }
 
+/// Joins generator threads; a thread that panicked becomes a result carrying that error.
+pub fn join_all(
+    threads: impl IntoIterator<Item = std::thread::JoinHandle<ThreadResult>>,
+    what: &str,
+) -> Vec<ThreadResult> {
+    threads
+        .into_iter()
+        .map(|thread| {
+            thread.join().unwrap_or_else(|_| {
+                let mut result = ThreadResult::new();
+                result.error(format!("{what} thread panicked"));
+                result
+            })
+        })
+        .collect()
+}
+
 /// A histogram able to hold 1 ns to 1 h at 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)

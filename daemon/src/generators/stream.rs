@@ -19,8 +19,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::{
     io::closed,
-    measure::{Counters, POLL, Stop, TcpFacts, ThreadResult},
-    tcp::{connect, panicked, prepare, shared_window},
+    measure::{Counters, POLL, Stop, TcpFacts, ThreadResult, join_all},
+    tcp::{connect, prepare, shared_window},
     wire::{self, Role, Token},
     zerocopy::{Discard, FilePayload},
 };
@@ -260,10 +260,7 @@ pub fn serve(listener: TcpListener, spec: RunSpec, token: Token, stop: Stop) -> 
         }
     }
     drop(senders);
-    let mut results: Vec<ThreadResult> = workers
-        .into_iter()
-        .map(|worker| worker.join().unwrap_or_else(|_| panicked("server worker")))
-        .collect();
+    let mut results = join_all(workers, "server worker");
     results.push(acceptor);
     results
 }
@@ -463,10 +460,7 @@ pub fn client(
             })
         })
         .collect();
-    handles
-        .into_iter()
-        .map(|thread| thread.join().unwrap_or_else(|_| panicked("client")))
-        .collect()
+    join_all(handles, "client")
 }
 
 /// Ends a client connection: a sender waits (briefly) until the server has read everything

@@ -14,8 +14,8 @@ use std::{
 };
 
 use super::{
-    io::{Interrupted, read_exact, sleep_until, write_all},
-    measure::{Counters, POLL, Stop, TcpFacts, ThreadResult, Window},
+    io::{Interrupted, Pacer, read_exact, write_all},
+    measure::{Counters, POLL, Stop, TcpFacts, ThreadResult, Window, join_all},
     wire::{self, Role, Token},
 };
 use crate::runs::spec::{Kind, RunSpec};
@@ -57,22 +57,13 @@ pub fn serve(listener: TcpListener, spec: RunSpec, token: Token, stop: Stop) -> 
         }
     }
     drop(tx);
-    let mut results: Vec<ThreadResult> = pool
-        .into_iter()
-        .map(|worker| worker.join().unwrap_or_else(|_| panicked("server worker")))
-        .collect();
+    let mut results = join_all(pool, "server worker");
     results.push(accept_errors);
     results
 }
 
 pub(super) fn set_accept_timeout(listener: &TcpListener) -> io::Result<()> {
     socket2::SockRef::from(listener).set_read_timeout(Some(POLL))
-}
-
-pub(super) fn panicked(what: &str) -> ThreadResult {
-    let mut result = ThreadResult::new();
-    result.error(format!("{what} thread panicked"));
-    result
 }
 
 /// One server worker: takes connections from the acceptor until it stops.
@@ -265,10 +256,7 @@ pub fn client(
             })
         })
         .collect();
-    threads
-        .into_iter()
-        .map(|thread| thread.join().unwrap_or_else(|_| panicked("client")))
-        .collect()
+    join_all(threads, "client")
 }
 
 /// What every client loop needs.
@@ -307,21 +295,12 @@ pub(super) fn rr(
 ) {
     let request = vec![0x5d_u8; ctx.spec.request_size];
     let mut response = vec![0_u8; ctx.spec.response_size];
-    let interval = rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
-    let mut next = ctx.window.start;
+    let mut pacer = Pacer::new(rate, ctx.window.start);
     loop {
         if ctx.stop.load(Ordering::Relaxed) {
             break;
         }
-        let intended = match interval {
-            Some(interval) => {
-                let intended = next;
-                next += interval;
-                sleep_until(intended);
-                intended
-            }
-            None => Instant::now(),
-        };
+        let intended = pacer.wait_turn();
         if intended >= ctx.window.end {
             break;
         }
@@ -364,21 +343,12 @@ fn crr(
     let mut request = wire::hello(token, Role::ClientSends).to_vec();
     request.extend(std::iter::repeat_n(0x5d_u8, ctx.spec.request_size));
     let mut response = vec![0_u8; ctx.spec.response_size];
-    let interval = rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
-    let mut next = ctx.window.start;
+    let mut pacer = Pacer::new(rate, ctx.window.start);
     loop {
         if ctx.stop.load(Ordering::Relaxed) {
             break;
         }
-        let intended = match interval {
-            Some(interval) => {
-                let intended = next;
-                next += interval;
-                sleep_until(intended);
-                intended
-            }
-            None => Instant::now(),
-        };
+        let intended = pacer.wait_turn();
         if intended >= ctx.window.end {
             break;
         }

@@ -25,8 +25,8 @@ use nix::sys::socket::{
 };
 
 use super::{
-    io::sleep_until,
-    measure::{Counters, POLL, Stop, ThreadResult, Window, monotonic_ns},
+    io::Pacer,
+    measure::{Counters, POLL, Stop, ThreadResult, Window, join_all, monotonic_ns},
     wire::{self, Token, udp},
 };
 use crate::runs::spec::{Kind, RunSpec};
@@ -254,16 +254,7 @@ pub fn client(
             })
         })
         .collect();
-    threads
-        .into_iter()
-        .map(|thread| {
-            thread.join().unwrap_or_else(|_| {
-                let mut result = ThreadResult::new();
-                result.error("client thread panicked");
-                result
-            })
-        })
-        .collect()
+    join_all(threads, "client")
 }
 
 /// A connected socket whose hello the server has answered.
@@ -328,15 +319,11 @@ fn stream(
     });
     let mut datagrams = vec![vec![0x5d_u8; size]; if gso { 1 } else { batch }];
     let mut gso_buffer = vec![0x5d_u8; if gso { size * batch } else { 0 }];
-    let interval = rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
-    let mut next = window.start;
+    let mut pacer = Pacer::new(rate, window.start);
     let mut seq = 0_u64;
     let mut stop_check = 0_u32;
     loop {
-        if let Some(interval) = interval {
-            sleep_until(next);
-            next += interval;
-        }
+        pacer.wait_turn();
         let now = Instant::now();
         if now >= window.end {
             break;
@@ -483,20 +470,11 @@ fn rr(
 ) {
     let mut request = vec![0x5d_u8; spec.request_size];
     let mut buf = vec![0_u8; 65_536];
-    let interval = rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
-    let mut next = window.start;
+    let mut pacer = Pacer::new(rate, window.start);
     let mut seq = 0_u64;
     let _ = socket.set_read_timeout(Some(Duration::from_millis(20)));
     while !stop.load(Ordering::Relaxed) {
-        let intended = match interval {
-            Some(interval) => {
-                let intended = next;
-                next += interval;
-                sleep_until(intended);
-                intended
-            }
-            None => Instant::now(),
-        };
+        let intended = pacer.wait_turn();
         if intended >= window.end {
             break;
         }
