@@ -63,6 +63,8 @@ fn every_generator_runs_across_nodes_and_through_a_service() {
         ("tcp-crr", "web"),
         ("udp-stream", "dgram"),
         ("udp-rr", "dgram"),
+        ("http", "web"),
+        ("http-crr", "web"),
     ] {
         for to in ["pod/pod3".to_owned(), format!("service/{service}")] {
             let what = format!("{kind} pod/pod1 -> {to}");

@@ -32,6 +32,40 @@ pub enum Command {
     Lab(LabCommand),
     /// Measure between two endpoints with a native generator.
     Run(RunArgs),
+    /// Prepare a server side and keep it serving, for a client of your own (curl, wrk).
+    Serve(ServeArgs),
+}
+
+/// Flags of `sondectl serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The generator whose server side to run.
+    #[arg(value_enum)]
+    pub kind: RunKindArg,
+
+    /// Where: pod/NAME, node/NAME, or a daemon's HOST:PORT.
+    #[arg(long)]
+    pub at: EndpointRef,
+
+    /// How long to serve.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Response size (RR kinds and HTTP).
+    #[arg(long, value_parser = crate::run::sizes::parse_size)]
+    pub size: Option<u64>,
+
+    /// Connections it expects.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: u32,
+
+    /// The lab whose pods and nodes `--at` names.
+    #[arg(long, env = "SONDE_LAB", default_value = "lab")]
+    pub lab: String,
+
+    /// How long to wait for the daemon to answer a call.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// The generators `sondectl run` drives.
@@ -53,6 +87,66 @@ pub enum RunKindArg {
     UnixRr,
     /// Intra-pod baseline: request/response through files in a shared directory (inotify).
     FsRr,
+    /// HTTP/1.1 GETs on keep-alive connections (the response body is --size bytes).
+    Http,
+    /// HTTP/1.1 GETs, a new connection per request.
+    HttpCrr,
+}
+
+impl RunKindArg {
+    /// The kind in sonde.v1.
+    pub fn proto(self) -> sonde_proto::v1::RunKind {
+        use sonde_proto::v1::RunKind;
+        match self {
+            Self::TcpStream => RunKind::TcpStream,
+            Self::TcpRr => RunKind::TcpRr,
+            Self::TcpCrr => RunKind::TcpCrr,
+            Self::UdpStream => RunKind::UdpStream,
+            Self::UdpRr => RunKind::UdpRr,
+            Self::UnixStream => RunKind::UnixStream,
+            Self::UnixRr => RunKind::UnixRr,
+            Self::FsRr => RunKind::FsRr,
+            Self::Http => RunKind::Http,
+            Self::HttpCrr => RunKind::HttpCrr,
+        }
+    }
+
+    /// The name users type and reports show.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TcpStream => "tcp-stream",
+            Self::TcpRr => "tcp-rr",
+            Self::TcpCrr => "tcp-crr",
+            Self::UdpStream => "udp-stream",
+            Self::UdpRr => "udp-rr",
+            Self::UnixStream => "unix-stream",
+            Self::UnixRr => "unix-rr",
+            Self::FsRr => "fs-rr",
+            Self::Http => "http",
+            Self::HttpCrr => "http-crr",
+        }
+    }
+
+    /// Message size when none is given: iperf3's 128 KiB writes for streams, 1 byte for
+    /// request/response (netperf's default), a datagram that fits any MTU for UDP.
+    pub fn default_size(self) -> u64 {
+        match self {
+            Self::TcpStream | Self::UnixStream => 128 * 1024,
+            Self::UdpStream => 1200,
+            Self::UdpRr => 64,
+            _ => 1,
+        }
+    }
+
+    /// Whether it measures transactions (a request and its response).
+    pub fn is_request_response(self) -> bool {
+        !matches!(self, Self::TcpStream | Self::UdpStream | Self::UnixStream)
+    }
+
+    /// Whether both ends must be the same pod.
+    pub fn is_intra_pod(self) -> bool {
+        matches!(self, Self::UnixStream | Self::UnixRr | Self::FsRr)
+    }
 }
 
 /// Stream direction.

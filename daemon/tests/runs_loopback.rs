@@ -161,6 +161,45 @@ async fn tcp_rr_every_request_completed_was_answered() {
 }
 
 #[tokio::test]
+async fn http_every_request_is_answered_on_keep_alive_and_fresh_connections() {
+    let (mut client, _) = daemon().await;
+    let mut keep_alive = spec(pb::RunKind::Http, 300, 1, 1000);
+    keep_alive.parallel = 3;
+    let (c, s) = run(&mut client, "http", keep_alive).await;
+    assert!(
+        c.errors.is_empty() && s.errors.is_empty(),
+        "{:?} {:?}",
+        c.errors,
+        s.errors
+    );
+    assert!(c.messages > 100, "only {} requests", c.messages);
+    assert_eq!(s.messages, c.messages);
+    assert_eq!(c.bytes_received, c.messages * 1000);
+    assert_eq!(c.connections, 3);
+    let (c, s) = run(
+        &mut client,
+        "httpcrr",
+        spec(pb::RunKind::HttpCrr, 300, 1, 10),
+    )
+    .await;
+    assert!(c.messages > 10);
+    assert_eq!(s.messages, c.messages);
+    assert_eq!(c.connections, c.messages);
+}
+
+#[tokio::test]
+async fn http_without_the_token_is_refused() {
+    let (mut client, _) = daemon().await;
+    let spec = spec(pb::RunKind::Http, 200, 1, 1);
+    let prepared = prepare(&mut client, "http-token", spec).await;
+    let mut wrong = prepared.token.clone();
+    wrong[0] ^= 0xff;
+    let c = start(&mut client, "http-token", spec, prepared.port, wrong).await;
+    assert_eq!(c.messages, 0);
+    assert!(c.errors.iter().any(|e| e.contains("403")), "{:?}", c.errors);
+}
+
+#[tokio::test]
 async fn tcp_crr_opens_one_connection_per_transaction() {
     let (mut client, _) = daemon().await;
     let (c, s) = run(&mut client, "crr", spec(pb::RunKind::TcpCrr, 300, 10, 10)).await;

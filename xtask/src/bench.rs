@@ -1,5 +1,5 @@
-//! `cargo xtask bench generators`: sonde's generators against the reference tools, on the same
-//! lab path (pod1 on node1 to pod3 on node2), in one run.
+//! `cargo xtask bench generators`: sonde's generators against the reference tools (iperf3,
+//! qperf, wrk), on the same lab path (pod1 on node1 to pod3 on node2), in one run.
 //!
 //! Each comparison runs sonde and the reference tool in turn, `PAIRS` times interleaved, each
 //! run dropping its first second (sonde's warm-up, iperf3's `-O 1`), and reports medians,
@@ -95,6 +95,37 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         args
     };
+    // wrk needs a sonde HTTP server it can address: `sondectl serve` holds one open in pod3
+    // (sonde's own client gets a fresh server of the same code in the same pod).
+    let mut http_server = Command::new(sondectl)
+        .args([
+            "serve",
+            "http",
+            "--at",
+            "pod/pod3",
+            "--duration",
+            "900s",
+            "--parallel",
+            "10",
+            "--lab",
+            LAB,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("sondectl serve")?;
+    let ready = http_server
+        .stdout
+        .take()
+        .and_then(|stdout| std::io::BufRead::lines(std::io::BufReader::new(stdout)).next())
+        .and_then(Result::ok)
+        .context("sondectl serve printed nothing")?;
+    let ready: Value = serde_json::from_str(&ready)?;
+    let http_url = format!(
+        "http://{}:{}/",
+        ready["ip"].as_str().unwrap_or_default(),
+        ready["port"]
+    );
+    let http_header = ready["http_header"].as_str().unwrap_or_default().to_owned();
     let comparisons: Vec<Comparison> = vec![
         Comparison(
             "tcp-stream, 1 stream (bit/s)",
@@ -184,6 +215,20 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
             Reader::Datagrams,
         ),
         Comparison(
+            "http, 10 keep-alive connections (requests/s)",
+            "wrk",
+            sonde_args("http", &["--parallel", "10"]),
+            vec![
+                "-t2".into(),
+                "-c10".into(),
+                format!("-d{}s", SECONDS + 1),
+                "-H".into(),
+                http_header,
+                http_url,
+            ],
+            Reader::Requests,
+        ),
+        Comparison(
             "tcp-rr, 1 B (transactions/s)",
             "qperf",
             sonde_args("tcp-rr", &["--size", "1"]),
@@ -231,6 +276,8 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
     let _ = iperf_server.wait();
     let _ = qperf_server.kill();
     let _ = qperf_server.wait();
+    let _ = http_server.kill();
+    let _ = http_server.wait();
 
     step("results (median [min - max]; ratio = sonde / reference)");
     for (name, tool, reader, ours, theirs) in &rows {
@@ -282,6 +329,7 @@ enum Reader {
     Throughput,
     Datagrams,
     Transactions,
+    Requests,
 }
 
 fn show(value: f64, reader: Reader) -> String {
@@ -289,6 +337,7 @@ fn show(value: f64, reader: Reader) -> String {
         Reader::Throughput => format!("{:.2} Gbit/s", value / 1e9),
         Reader::Datagrams => format!("{:.0} pkt/s", value),
         Reader::Transactions => format!("{:.0} tx/s", value),
+        Reader::Requests => format!("{:.0} req/s", value),
     }
 }
 
@@ -341,7 +390,9 @@ fn sonde_sample(sondectl: &str, args: &[String], reader: Reader) -> anyhow::Resu
     let m = &doc["measurements"][0];
     let value = match reader {
         Reader::Throughput => m["throughput_bits_per_second"].as_f64(),
-        Reader::Datagrams | Reader::Transactions => m["messages_per_second"].as_f64(),
+        Reader::Datagrams | Reader::Transactions | Reader::Requests => {
+            m["messages_per_second"].as_f64()
+        }
     }
     .context("figure missing from sondectl's JSON")?;
     // CPU per GB over the measured part: both sides' generator threads / payload received.
@@ -395,6 +446,18 @@ fn reference_sample(tool: &str, args: &[String], reader: Reader) -> anyhow::Resu
             let seconds = sum["seconds"].as_f64().context("iperf3 seconds")?;
             Ok(Sample {
                 value: (packets - lost) / seconds,
+                cpu_seconds_per_gb: None,
+            })
+        }
+        Reader::Requests => {
+            // wrk prints "Requests/sec:  42259.05".
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("Requests/sec:"))
+                .context("wrk Requests/sec line")?;
+            let value: f64 = line.trim_start_matches("Requests/sec:").trim().parse()?;
+            Ok(Sample {
+                value,
                 cpu_seconds_per_gb: None,
             })
         }

@@ -3,6 +3,7 @@
 pub mod lab;
 pub mod nodes;
 pub mod run;
+pub mod serve;
 
 use crate::cli::{Cli, Command};
 
@@ -12,5 +13,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Nodes(args) => nodes::run(args).await,
         Command::Lab(command) => lab::run(command).await,
         Command::Run(args) => run::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
     }
 }

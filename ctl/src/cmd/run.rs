@@ -10,7 +10,7 @@ use anyhow::bail;
 use sonde_proto::v1 as pb;
 
 use crate::{
-    cli::{DirectionArg, RunArgs, RunKindArg, RunOutput},
+    cli::{DirectionArg, RunArgs, RunOutput},
     endpoint,
     lab::Inventory,
     run::{
@@ -28,34 +28,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let source = endpoint::resolve_source(&args.from, lab.as_ref())?;
     let destination = endpoint::resolve_destination(&args.to, lab.as_ref())?;
     let path = endpoint::path_kind(&args.from, &args.to, &source, &destination);
-    let (kind, default_size) = match args.kind {
-        RunKindArg::TcpStream => (pb::RunKind::TcpStream, 128 * 1024),
-        RunKindArg::TcpRr => (pb::RunKind::TcpRr, 1),
-        RunKindArg::TcpCrr => (pb::RunKind::TcpCrr, 1),
-        RunKindArg::UdpStream => (pb::RunKind::UdpStream, 1200),
-        RunKindArg::UdpRr => (pb::RunKind::UdpRr, 64),
-        RunKindArg::UnixStream => (pb::RunKind::UnixStream, 128 * 1024),
-        RunKindArg::UnixRr => (pb::RunKind::UnixRr, 1),
-        RunKindArg::FsRr => (pb::RunKind::FsRr, 1),
-    };
-    let intra_pod = matches!(
-        args.kind,
-        RunKindArg::UnixStream | RunKindArg::UnixRr | RunKindArg::FsRr
-    );
-    if intra_pod && !(destination.servers.len() == 1 && destination.servers[0] == source) {
+    let (kind, default_size) = (args.kind.proto(), args.kind.default_size());
+    if args.kind.is_intra_pod()
+        && !(destination.servers.len() == 1 && destination.servers[0] == source)
+    {
         bail!(
             "{} is an intra-pod baseline: --from and --to must be the same pod (or node)",
-            kind_name(args.kind)
+            args.kind.name()
         );
     }
-    let rr = matches!(
-        args.kind,
-        RunKindArg::TcpRr
-            | RunKindArg::TcpCrr
-            | RunKindArg::UdpRr
-            | RunKindArg::UnixRr
-            | RunKindArg::FsRr
-    );
+    let rr = args.kind.is_request_response();
     let sizes: Vec<(u64, Option<u64>)> = match &args.sizes {
         Some(sweep) => sweep
             .iter()
@@ -114,7 +96,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default(),
-        kind: kind_name(args.kind).to_owned(),
+        kind: args.kind.name().to_owned(),
         from: report_from,
         to: report_to,
         path,
@@ -184,18 +166,5 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             "the run did not complete: {done} of {planned} measurements complete; {}",
             report.errors.first().cloned().unwrap_or_default()
         )
-    }
-}
-
-fn kind_name(kind: RunKindArg) -> &'static str {
-    match kind {
-        RunKindArg::TcpStream => "tcp-stream",
-        RunKindArg::TcpRr => "tcp-rr",
-        RunKindArg::TcpCrr => "tcp-crr",
-        RunKindArg::UdpStream => "udp-stream",
-        RunKindArg::UdpRr => "udp-rr",
-        RunKindArg::UnixStream => "unix-stream",
-        RunKindArg::UnixRr => "unix-rr",
-        RunKindArg::FsRr => "fs-rr",
     }
 }

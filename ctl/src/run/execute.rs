@@ -64,9 +64,11 @@ impl Plan {
 
     fn transport(&self) -> report::Transport {
         match self.kind {
-            pb::RunKind::TcpStream | pb::RunKind::TcpRr | pb::RunKind::TcpCrr => {
-                report::Transport::Tcp
-            }
+            pb::RunKind::TcpStream
+            | pb::RunKind::TcpRr
+            | pb::RunKind::TcpCrr
+            | pb::RunKind::Http
+            | pb::RunKind::HttpCrr => report::Transport::Tcp,
             pb::RunKind::UdpStream | pb::RunKind::UdpRr => report::Transport::Udp,
             _ => report::Transport::Local,
         }

@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`stream`]: `tcp-stream`, connections multiplexed over one thread per core.
 //! - [`tcp`]: `tcp-rr`, `tcp-crr`.
+//! - [`http`]: `http`, `http-crr` (hyper, HTTP/1.1).
 //! - [`udp`]: `udp-stream`, `udp-rr`.
 //! - [`local`]: intra-pod baselines: `unix-stream`, `unix-rr`, `fs-rr`.
 //! - [`wire`]: the hello that binds a connection to its run; UDP headers.
@@ -14,6 +15,7 @@
 //! - [`measure`]: windows, per-thread results and their merge, CPU, TCP_INFO.
 //! - [`zerocopy`]: `sendfile`/`splice` for stream payload.
 
+pub mod http;
 pub mod io;
 pub mod local;
 pub mod measure;
@@ -129,6 +131,9 @@ impl Server {
             let spec = spec.clone();
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || match bound {
+                Bound::Tcp(listener) if spec.kind.is_http() => {
+                    http::serve(listener, spec, token, stop)
+                }
                 Bound::Tcp(listener) => tcp::serve(listener, spec, token, stop),
                 Bound::Udp(socket) => udp::serve(socket, spec, token, stop),
                 Bound::Unix(listener) => local::serve_unix(listener, spec, token, stop),
@@ -230,6 +235,10 @@ pub fn run_client(
 ) -> SideResult {
     let before = measure::node_cpu_jiffies();
     let (results, local_ip) = match target {
+        Target::Addr(addr) if spec.kind.is_http() => (
+            http::client(spec, netns, *addr, token, stop, counters),
+            local_ip_for(netns, *addr),
+        ),
         Target::Addr(addr) if spec.kind.is_tcp() => (
             tcp::client(spec, netns, *addr, token, stop, counters),
             local_ip_for(netns, *addr),

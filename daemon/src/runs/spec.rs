@@ -43,12 +43,24 @@ pub enum Kind {
     UnixRr,
     /// Intra-pod: request/response through files in a shared directory.
     FsRr,
+    /// HTTP/1.1 on keep-alive connections.
+    Http,
+    /// HTTP/1.1, a new connection per request.
+    HttpCrr,
 }
 
 impl Kind {
     /// Whether the kind speaks TCP.
     pub fn is_tcp(self) -> bool {
-        matches!(self, Self::TcpStream | Self::TcpRr | Self::TcpCrr)
+        matches!(
+            self,
+            Self::TcpStream | Self::TcpRr | Self::TcpCrr | Self::Http | Self::HttpCrr
+        )
+    }
+
+    /// Whether the kind speaks HTTP.
+    pub fn is_http(self) -> bool {
+        matches!(self, Self::Http | Self::HttpCrr)
     }
 
     /// Whether both sides live on one node with no network between them (a path, not an
@@ -122,6 +134,8 @@ impl TryFrom<&pb::RunSpec> for RunSpec {
             Ok(pb::RunKind::UnixStream) => Kind::UnixStream,
             Ok(pb::RunKind::UnixRr) => Kind::UnixRr,
             Ok(pb::RunKind::FsRr) => Kind::FsRr,
+            Ok(pb::RunKind::Http) => Kind::Http,
+            Ok(pb::RunKind::HttpCrr) => Kind::HttpCrr,
             Ok(pb::RunKind::Unspecified) | Err(_) => {
                 return Err(invalid("spec.kind", "must be one of the RunKind values"));
             }
@@ -163,7 +177,13 @@ impl TryFrom<&pb::RunSpec> for RunSpec {
         }
         let rr = matches!(
             kind,
-            Kind::TcpRr | Kind::TcpCrr | Kind::UdpRr | Kind::UnixRr | Kind::FsRr
+            Kind::TcpRr
+                | Kind::TcpCrr
+                | Kind::UdpRr
+                | Kind::UnixRr
+                | Kind::FsRr
+                | Kind::Http
+                | Kind::HttpCrr
         );
         if rr {
             let min_response = if kind == Kind::UdpRr {

@@ -1,0 +1,348 @@
+//! `http` and `http-crr`: HTTP/1.1 GET requests answered with `response_size` bytes, on
+//! keep-alive connections or with a new connection per request (hyper on both sides).
+//!
+//! Each side runs one current-thread async runtime per OS thread (as many threads as cores,
+//! at most one per connection), on threads placed in the endpoint's network namespace. The
+//! server answers only requests that carry the run's token in `x-sonde-token`; the client
+//! stops a connection at the first answer that is not a sonde server's 200.
+
+use std::{
+    convert::Infallible,
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    sync::{
+        Arc, Barrier, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty, Full};
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+
+use super::{
+    measure::{Counters, CpuTime, POLL, Stop, ThreadResult, Window, join_all},
+    tcp::shared_window,
+    wire::Token,
+};
+use crate::runs::spec::{Kind, RunSpec};
+
+/// How long a client waits for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The header that carries the run's token.
+pub const TOKEN_HEADER: &str = "x-sonde-token";
+
+/// The token as the header carries it (hex).
+pub fn token_hex(token: &Token) -> String {
+    token.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// What the server counts, shared by its connections' tasks (all on one thread).
+#[derive(Default)]
+struct Served {
+    requests: AtomicU64,
+    bytes: AtomicU64,
+    refused: AtomicU64,
+    first: Mutex<Option<Instant>>,
+}
+
+/// Serves a prepared listener until stopped.
+pub fn serve(listener: TcpListener, spec: RunSpec, token: Token, stop: Stop) -> Vec<ThreadResult> {
+    let mut result = ThreadResult::new();
+    result.io("http1");
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            result.error(format!("async runtime: {err}"));
+            return vec![result];
+        }
+    };
+    let served = Arc::new(Served::default());
+    let body = Bytes::from(vec![0xa5_u8; spec.response_size]);
+    let expected = token_hex(&token);
+    runtime.block_on(async {
+        let listener = match listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+        {
+            Ok(listener) => listener,
+            Err(err) => {
+                result.error(format!("listener: {err}"));
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(POLL);
+        while !stop.load(Ordering::Relaxed) {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        let (served, body, expected) = (Arc::clone(&served), body.clone(), expected.clone());
+                        let warmup = spec.warmup;
+                        tokio::spawn(async move {
+                            let service = service_fn(move |request: Request<Incoming>| {
+                                let (served, body) = (Arc::clone(&served), body.clone());
+                                let authorised = request
+                                    .headers()
+                                    .get(TOKEN_HEADER)
+                                    .is_some_and(|value| value.as_bytes() == expected.as_bytes());
+                                async move {
+                                    if !authorised {
+                                        served.refused.fetch_add(1, Ordering::Relaxed);
+                                        let mut refused = Response::new(Full::new(Bytes::new()));
+                                        *refused.status_mut() = StatusCode::FORBIDDEN;
+                                        return Ok::<_, Infallible>(refused);
+                                    }
+                                    // Counted after the warm-up, which starts with the first request.
+                                    let now = Instant::now();
+                                    let first = served
+                                        .first
+                                        .lock()
+                                        .map(|mut first| *first.get_or_insert(now))
+                                        .unwrap_or(now);
+                                    if now >= first + warmup {
+                                        served.requests.fetch_add(1, Ordering::Relaxed);
+                                        served.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                                    }
+                                    Ok(Response::new(Full::new(body)))
+                                }
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                        result.connections += 1;
+                    }
+                    Err(err) => result.error(format!("accept: {err}")),
+                },
+                _ = tick.tick() => {
+                    let began = served.first.lock().ok().and_then(|first| *first);
+                    result.cpu_starts_if(began.is_some_and(|at| Instant::now() >= at + spec.warmup));
+                }
+            }
+        }
+    });
+    result.messages = served.requests.load(Ordering::Relaxed);
+    result.bytes_sent = served.bytes.load(Ordering::Relaxed);
+    let refused = served.refused.load(Ordering::Relaxed);
+    if refused > 0 {
+        result.error(format!(
+            "{refused} requests without this run's token refused"
+        ));
+    }
+    result.stop_cpu();
+    vec![result]
+}
+
+/// The client side: `parallel` connections spread over one thread per core, each thread with
+/// its own runtime, all started together on the shared clock.
+pub fn client(
+    spec: &RunSpec,
+    netns: Option<&Path>,
+    target: SocketAddr,
+    token: Token,
+    stop: &Stop,
+    counters: &Arc<Counters>,
+) -> Vec<ThreadResult> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let threads = (spec.parallel as usize).clamp(1, cores);
+    let mut per_thread = vec![0_u32; threads];
+    for i in 0..spec.parallel as usize {
+        per_thread[i % threads] += 1;
+    }
+    let barrier = Arc::new(Barrier::new(threads));
+    let clock = Arc::new(Mutex::new(None));
+    let rate = spec.rate.map(|rate| rate / f64::from(spec.parallel));
+    let handles: Vec<JoinHandle<ThreadResult>> = per_thread
+        .into_iter()
+        .map(|connections| {
+            let (spec, netns) = (spec.clone(), netns.map(Path::to_path_buf));
+            let (barrier, clock) = (Arc::clone(&barrier), Arc::clone(&clock));
+            let (stop, counters) = (Arc::clone(stop), Arc::clone(counters));
+            std::thread::spawn(move || {
+                let ready = netns
+                    .as_deref()
+                    .map_or(Ok(()), crate::netns::enter)
+                    .map_err(|err| crate::error::chain(&err))
+                    .and_then(|()| runtime().map_err(|err| err.to_string()));
+                barrier.wait();
+                let runtime = match ready {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        let mut result = ThreadResult::new();
+                        result.error(err);
+                        return result;
+                    }
+                };
+                let window = shared_window(&clock, &spec);
+                let header = token_hex(&token);
+                // One CPU clock per thread (its flows share it), started by a marker task
+                // when the measured part begins.
+                let cpu_from = std::cell::Cell::new(None);
+                let flows = (0..connections).map(|_| {
+                    Flow {
+                        spec: &spec,
+                        window,
+                        target,
+                        token: &header,
+                        stop: &stop,
+                        counters: &counters,
+                        rate,
+                    }
+                    .run()
+                });
+                let marker = async {
+                    tokio::time::sleep_until(window.measure_from.into()).await;
+                    cpu_from.set(Some(CpuTime::thread_now()));
+                };
+                let (results, ()) = runtime
+                    .block_on(async { tokio::join!(futures::future::join_all(flows), marker) });
+                let mut merged = super::measure::merge(results);
+                merged.io("http1");
+                merged.measured = window.end - window.measure_from;
+                if let Some(from) = cpu_from.get() {
+                    merged.cpu = CpuTime::thread_now().since(from);
+                }
+                merged
+            })
+        })
+        .collect();
+    join_all(handles, "client")
+}
+
+/// One keep-alive connection's loop, or (`http-crr`) one flow of short connections.
+struct Flow<'a> {
+    spec: &'a RunSpec,
+    window: Window,
+    target: SocketAddr,
+    token: &'a str,
+    stop: &'a Stop,
+    counters: &'a Counters,
+    rate: Option<f64>,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(target: SocketAddr) -> Result<Sender, String> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target))
+        .await
+        .map_err(|_| format!("connecting to {target} timed out"))?
+        .map_err(|err| format!("connecting to {target}: {err}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|err| format!("HTTP handshake with {target}: {err}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+impl Flow<'_> {
+    async fn run(self) -> ThreadResult {
+        let mut result = ThreadResult::new();
+        let keep_alive = self.spec.kind == Kind::Http;
+        let mut kept = None;
+        if keep_alive {
+            match connect(self.target).await {
+                Ok(sender) => kept = Some(sender),
+                Err(err) => {
+                    result.error(err);
+                    return result;
+                }
+            }
+            result.connections = 1;
+        }
+        let host = self.target.to_string();
+        let interval = self.rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
+        let mut next = self.window.start;
+        while !self.stop.load(Ordering::Relaxed) {
+            // Intended send times, as the other generators' Pacer, without blocking the runtime.
+            let intended = match interval {
+                Some(interval) => {
+                    let at = next;
+                    next += interval;
+                    tokio::time::sleep_until(at.into()).await;
+                    at
+                }
+                None => Instant::now(),
+            };
+            if intended >= self.window.end {
+                break;
+            }
+            let mut fresh = None;
+            let sender = match &mut kept {
+                Some(sender) => Ok(sender),
+                None => connect(self.target)
+                    .await
+                    .map(|sender| fresh.insert(sender)),
+            };
+            let outcome = match sender {
+                Ok(sender) => exchange(sender, &host, self.token).await,
+                Err(err) => Err(err),
+            };
+            drop(fresh);
+            let done = Instant::now();
+            match outcome {
+                Ok(bytes) => {
+                    self.counters.add(bytes, 1);
+                    if self.window.measuring(intended) {
+                        result.record(done - intended);
+                        result.messages += 1;
+                        result.bytes_received += bytes;
+                        if !keep_alive {
+                            result.connections += 1;
+                        }
+                    }
+                }
+                Err(err) if keep_alive => {
+                    result.error(err);
+                    break;
+                }
+                Err(err) => {
+                    result.error(err);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        result
+    }
+}
+
+/// One request and its whole response; the response body's length.
+async fn exchange(sender: &mut Sender, host: &str, token: &str) -> Result<u64, String> {
+    let request = Request::get("/")
+        .header(hyper::header::HOST, host)
+        .header(TOKEN_HEADER, token)
+        .body(Empty::<Bytes>::new())
+        .map_err(|err| format!("building the request: {err}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|err| format!("request: {err}"))?;
+    if response.status() != StatusCode::OK {
+        return Err(format!(
+            "the peer is not a sonde server for this run (HTTP {})",
+            response.status()
+        ));
+    }
+    let mut body = response.into_body();
+    let mut bytes = 0_u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| format!("response body: {err}"))?;
+        if let Some(data) = frame.data_ref() {
+            bytes += data.len() as u64;
+        }
+    }
+    Ok(bytes)
+}
