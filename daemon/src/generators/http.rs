@@ -24,8 +24,8 @@ use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 
 use super::{
+    flows::shared_window,
     measure::{Counters, CpuTime, POLL, Stop, ThreadResult, Window, join_all},
-    tcp::shared_window,
     wire::Token,
 };
 use crate::runs::spec::{Kind, RunSpec};

@@ -17,7 +17,7 @@ use std::{
     os::unix::net::{UnixListener, UnixStream},
     os::{fd::AsFd, unix::fs::PermissionsExt as _},
     path::{Path, PathBuf},
-    sync::{Arc, Barrier, Mutex, atomic::Ordering},
+    sync::{Arc, atomic::Ordering},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -28,9 +28,10 @@ use nix::{
 };
 
 use super::{
+    flows::run_flows,
     io::Pacer,
     measure::{Counters, POLL, Stop, ThreadResult, Window, join_all},
-    tcp::{Ctx, respond, rr, shared_window},
+    tcp::{Ctx, respond, rr},
     wire::{self, Role, Token},
 };
 use crate::runs::spec::{Kind, RunSpec};
@@ -145,50 +146,43 @@ pub fn client_unix(
     stop: &Stop,
     counters: &Arc<Counters>,
 ) -> Vec<ThreadResult> {
-    let barrier = Arc::new(Barrier::new(spec.parallel as usize));
-    let clock = Arc::new(Mutex::new(None));
     let rate = spec.rate.map(|rate| rate / f64::from(spec.parallel));
-    let threads: Vec<JoinHandle<ThreadResult>> = (0..spec.parallel)
-        .map(|_| {
-            let (spec, path) = (spec.clone(), path.to_path_buf());
-            let (barrier, clock) = (Arc::clone(&barrier), Arc::clone(&clock));
-            let (stop, counters) = (Arc::clone(stop), Arc::clone(counters));
-            std::thread::spawn(move || {
-                let mut result = ThreadResult::new();
-                let connected = UnixStream::connect(&path).and_then(|mut stream| {
+    let (owned, path, stop, counters) = (
+        spec.clone(),
+        path.to_path_buf(),
+        Arc::clone(stop),
+        Arc::clone(counters),
+    );
+    run_flows(
+        spec,
+        None,
+        spec.parallel,
+        move |_| {
+            UnixStream::connect(&path)
+                .and_then(|mut stream| {
                     stream.set_read_timeout(Some(POLL))?;
                     stream.set_write_timeout(Some(POLL))?;
                     wire::client_handshake(&mut stream, &token, Role::ClientSends)?;
                     Ok(stream)
-                });
-                barrier.wait();
-                let mut stream = match connected {
-                    Ok(stream) => stream,
-                    Err(err) => {
-                        result.error(format!("connect to {}: {err}", path.display()));
-                        return result;
-                    }
-                };
-                result.connections = 1;
-                result.io("unix");
-                let window = shared_window(&clock, &spec);
-                let ctx = Ctx {
-                    spec: &spec,
-                    window,
-                    stop: &stop,
-                    counters: &counters,
-                };
-                if spec.kind == Kind::UnixRr {
-                    rr(&ctx, &mut stream, rate, &mut result);
-                } else {
-                    send_stream(&ctx, &mut stream, &mut result);
-                }
-                result.stop_cpu();
-                result
-            })
-        })
-        .collect();
-    join_all(threads, "client")
+                })
+                .map_err(|err| format!("connect to {}: {err}", path.display()))
+        },
+        move |mut stream, window, result| {
+            result.connections = 1;
+            result.io("unix");
+            let ctx = Ctx {
+                spec: &owned,
+                window,
+                stop: &stop,
+                counters: &counters,
+            };
+            if owned.kind == Kind::UnixRr {
+                rr(&ctx, &mut stream, rate, result);
+            } else {
+                send_stream(&ctx, &mut stream, result);
+            }
+        },
+    )
 }
 
 fn send_stream(ctx: &Ctx<'_>, stream: &mut UnixStream, result: &mut ThreadResult) {
@@ -311,102 +305,91 @@ pub fn client_fs(
     stop: &Stop,
     counters: &Arc<Counters>,
 ) -> Vec<ThreadResult> {
-    let barrier = Arc::new(Barrier::new(spec.parallel as usize));
-    let clock = Arc::new(Mutex::new(None));
     let rate = spec.rate.map(|rate| rate / f64::from(spec.parallel));
-    let threads: Vec<JoinHandle<ThreadResult>> = (0..spec.parallel)
-        .map(|flow| {
-            let (spec, dir) = (spec.clone(), dir.to_path_buf());
-            let (barrier, clock) = (Arc::clone(&barrier), Arc::clone(&clock));
-            let (stop, counters) = (Arc::clone(stop), Arc::clone(counters));
-            std::thread::spawn(move || {
-                let mut result = ThreadResult::new();
-                let inotify = watch(&dir);
-                barrier.wait();
-                let inotify = match inotify {
-                    Ok(inotify) => inotify,
-                    Err(err) => {
-                        result.error(format!("inotify on {}: {err}", dir.display()));
-                        return result;
-                    }
-                };
-                result.io("file+inotify");
-                let window = shared_window(&clock, &spec);
-                fs_transactions(
-                    &spec,
-                    &dir,
-                    flow,
-                    &inotify,
-                    window,
-                    rate,
-                    &stop,
-                    &counters,
-                    &mut result,
-                );
-                result.stop_cpu();
-                result.measured = window.end - window.measure_from;
-                result
-            })
-        })
-        .collect();
-    join_all(threads, "client")
+    let (owned, stop, counters) = (spec.clone(), Arc::clone(stop), Arc::clone(counters));
+    let (ready_dir, dir) = (dir.to_path_buf(), dir.to_path_buf());
+    run_flows(
+        spec,
+        None,
+        spec.parallel,
+        move |flow| {
+            watch(&ready_dir)
+                .map(|inotify| (flow, inotify))
+                .map_err(|err| format!("inotify on {}: {err}", ready_dir.display()))
+        },
+        move |(flow, inotify), window, result| {
+            result.io("file+inotify");
+            let flow = FsFlow {
+                spec: &owned,
+                dir: &dir,
+                flow,
+                inotify: &inotify,
+            };
+            flow.transactions(window, rate, &stop, &counters, result);
+            result.measured = window.end - window.measure_from;
+        },
+    )
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one flow's loop needs each of these"
-)]
-fn fs_transactions(
-    spec: &RunSpec,
-    dir: &Path,
+/// One `fs-rr` flow: its names are `req-<flow>-<seq>` and `ack-<flow>-<seq>`.
+struct FsFlow<'a> {
+    spec: &'a RunSpec,
+    dir: &'a Path,
     flow: u32,
-    inotify: &Inotify,
-    window: Window,
-    rate: Option<f64>,
-    stop: &Stop,
-    counters: &Counters,
-    result: &mut ThreadResult,
-) {
-    let request = vec![0x5d_u8; spec.request_size];
-    let mut pacer = Pacer::new(rate, window.start);
-    let mut seq = 0_u64;
-    while !stop.load(Ordering::Relaxed) {
-        let intended = pacer.wait_turn();
-        if intended >= window.end {
-            break;
-        }
-        result.cpu_starts_if(window.measuring(intended));
-        let name = format!("{flow}-{seq}");
-        let ack = format!("ack-{name}");
-        if let Err(err) = hand_over(dir, &format!("req-{name}"), &request) {
-            result.error(format!("writing the request: {err}"));
-            break;
-        }
-        let deadline = Instant::now() + FS_TIMEOUT;
-        let mut answered = false;
-        while !answered && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-            match moved_in(inotify, POLL) {
-                Ok(names) => answered = names.contains(&ack),
-                Err(err) => {
-                    result.error(format!("inotify: {err}"));
-                    return;
+    inotify: &'a Inotify,
+}
+
+impl FsFlow<'_> {
+    fn transactions(
+        &self,
+        window: Window,
+        rate: Option<f64>,
+        stop: &Stop,
+        counters: &Counters,
+        result: &mut ThreadResult,
+    ) {
+        let (spec, dir, flow, inotify) = (self.spec, self.dir, self.flow, self.inotify);
+        let request = vec![0x5d_u8; spec.request_size];
+        let mut pacer = Pacer::new(rate, window.start);
+        let mut seq = 0_u64;
+        while !stop.load(Ordering::Relaxed) {
+            let intended = pacer.wait_turn();
+            if intended >= window.end {
+                break;
+            }
+            result.cpu_starts_if(window.measuring(intended));
+            let name = format!("{flow}-{seq}");
+            let ack = format!("ack-{name}");
+            if let Err(err) = hand_over(dir, &format!("req-{name}"), &request) {
+                result.error(format!("writing the request: {err}"));
+                break;
+            }
+            let deadline = Instant::now() + FS_TIMEOUT;
+            let mut answered = false;
+            while !answered && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                match moved_in(inotify, POLL) {
+                    Ok(names) => answered = names.contains(&ack),
+                    Err(err) => {
+                        result.error(format!("inotify: {err}"));
+                        return;
+                    }
                 }
             }
+            if !answered {
+                result.error(format!("no answer to {name} within {FS_TIMEOUT:?}"));
+                break;
+            }
+            let response = fs::read(dir.join(&ack)).unwrap_or_default();
+            let _ = fs::remove_file(dir.join(&ack));
+            let done = Instant::now();
+            counters.add((request.len() + response.len()) as u64, 1);
+            if window.measuring(intended) {
+                result.record(done - intended);
+                result.messages += 1;
+                result.bytes_sent += request.len() as u64;
+                result.bytes_received += response.len() as u64;
+            }
+            seq += 1;
         }
-        if !answered {
-            result.error(format!("no answer to {name} within {FS_TIMEOUT:?}"));
-            break;
-        }
-        let response = fs::read(dir.join(&ack)).unwrap_or_default();
-        let _ = fs::remove_file(dir.join(&ack));
-        let done = Instant::now();
-        counters.add((request.len() + response.len()) as u64, 1);
-        if window.measuring(intended) {
-            result.record(done - intended);
-            result.messages += 1;
-            result.bytes_sent += request.len() as u64;
-            result.bytes_received += response.len() as u64;
-        }
-        seq += 1;
     }
 }

@@ -10,11 +10,13 @@
 //! - [`http`]: `http`, `http-crr` (hyper, HTTP/1.1).
 //! - [`udp`]: `udp-stream`, `udp-rr`.
 //! - [`local`]: intra-pod baselines: `unix-stream`, `unix-rr`, `fs-rr`.
+//! - [`flows`]: client flows on one clock (threads, barrier, window).
 //! - [`wire`]: the hello that binds a connection to its run; UDP headers.
 //! - [`io`]: blocking I/O that stops when the run does.
 //! - [`measure`]: windows, per-thread results and their merge, CPU, TCP_INFO.
 //! - [`zerocopy`]: `sendfile`/`splice` for stream payload.
 
+pub mod flows;
 pub mod http;
 pub mod io;
 pub mod local;

@@ -18,9 +18,10 @@ use std::{
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::{
+    flows::shared_window,
     io::closed,
     measure::{Counters, POLL, Stop, TcpFacts, ThreadResult, join_all},
-    tcp::{connect, prepare, shared_window},
+    tcp::{connect, prepare},
     wire::{self, Role, Token},
     zerocopy::{Discard, FilePayload},
 };

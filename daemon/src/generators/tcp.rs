@@ -8,12 +8,13 @@
 use std::{
     io::{self, Read as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    sync::{Arc, Barrier, Mutex, atomic::Ordering, mpsc},
+    sync::{Arc, Mutex, atomic::Ordering, mpsc},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use super::{
+    flows::run_flows,
     io::{Interrupted, Pacer, read_exact, write_all},
     measure::{Counters, POLL, Stop, TcpFacts, ThreadResult, Window, join_all},
     wire::{self, Role, Token},
@@ -196,67 +197,41 @@ pub fn client(
     if spec.kind == Kind::TcpStream {
         return super::stream::client(spec, netns, target, token, stop, counters);
     }
-    let roles = vec![Role::ClientSends; spec.parallel as usize];
-    let barrier = Arc::new(Barrier::new(roles.len()));
-    let clock: Arc<Mutex<Option<Window>>> = Arc::new(Mutex::new(None));
-    let per_connection_rate = spec.rate.map(|rate| rate / spec.parallel as f64);
-    let threads: Vec<JoinHandle<ThreadResult>> = roles
-        .into_iter()
-        .map(|role| {
-            let spec = spec.clone();
-            let netns = netns.map(std::path::Path::to_path_buf);
-            let barrier = Arc::clone(&barrier);
-            let clock = Arc::clone(&clock);
-            let stop = Arc::clone(stop);
-            let counters = Arc::clone(counters);
-            std::thread::spawn(move || {
-                let mut result = ThreadResult::new();
-                if let Some(netns) = &netns
-                    && let Err(err) = crate::netns::enter(netns)
-                {
-                    result.error(crate::error::chain(&err));
-                    barrier.wait();
-                    return result;
+    let crr_kind = spec.kind == Kind::TcpCrr;
+    let rate = spec.rate.map(|rate| rate / f64::from(spec.parallel));
+    let (owned, stop, counters) = (spec.clone(), Arc::clone(stop), Arc::clone(counters));
+    run_flows(
+        spec,
+        netns,
+        spec.parallel,
+        move |_| {
+            if crr_kind {
+                return Ok(None);
+            }
+            connect(target, true)
+                .and_then(|mut stream| {
+                    wire::client_handshake(&mut stream, &token, Role::ClientSends)?;
+                    Ok(Some(stream))
+                })
+                .map_err(|err| format!("connect to {target}: {err}"))
+        },
+        move |stream, window, result| {
+            let ctx = Ctx {
+                spec: &owned,
+                window,
+                stop: &stop,
+                counters: &counters,
+            };
+            match stream {
+                None => crr(&ctx, target, &token, rate, result),
+                Some(mut stream) => {
+                    result.connections = 1;
+                    rr(&ctx, &mut stream, rate, result);
+                    result.tcp = TcpFacts::of(&stream);
                 }
-                let stream = if spec.kind == Kind::TcpCrr {
-                    None
-                } else {
-                    match connect(target, spec.kind != Kind::TcpStream).and_then(|mut stream| {
-                        wire::client_handshake(&mut stream, &token, role).map(|()| stream)
-                    }) {
-                        Ok(stream) => Some(stream),
-                        Err(err) => {
-                            result.error(format!("connect to {target}: {err}"));
-                            barrier.wait();
-                            return result;
-                        }
-                    }
-                };
-                barrier.wait();
-                let window = shared_window(&clock, &spec);
-                let ctx = Ctx {
-                    spec: &spec,
-                    window,
-                    stop: &stop,
-                    counters: &counters,
-                };
-                match (spec.kind, stream) {
-                    (Kind::TcpCrr, _) => {
-                        crr(&ctx, target, &token, per_connection_rate, &mut result);
-                    }
-                    (_, Some(mut stream)) => {
-                        result.connections = 1;
-                        rr(&ctx, &mut stream, per_connection_rate, &mut result);
-                        result.tcp = TcpFacts::of(&stream);
-                    }
-                    (_, None) => {}
-                }
-                result.stop_cpu();
-                result
-            })
-        })
-        .collect();
-    join_all(threads, "client")
+            }
+        },
+    )
 }
 
 /// What every client loop needs.
@@ -269,15 +244,6 @@ pub(super) struct Ctx<'a> {
     pub stop: &'a Stop,
     /// Live counters for progress.
     pub counters: &'a Counters,
-}
-
-/// The first thread past the barrier starts the clock; the others read it.
-pub(super) fn shared_window(clock: &Mutex<Option<Window>>, spec: &RunSpec) -> Window {
-    let mut clock = match clock.lock() {
-        Ok(clock) => clock,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    *clock.get_or_insert_with(|| Window::starting_at(Instant::now(), spec.warmup, spec.duration))
 }
 
 pub(super) fn connect(target: SocketAddr, nodelay: bool) -> io::Result<TcpStream> {
