@@ -126,92 +126,47 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
         ready["port"]
     );
     let http_header = ready["http_header"].as_str().unwrap_or_default().to_owned();
+    // iperf3's side of every stream comparison: to pod3, the same length, first second dropped.
+    let iperf3_args = |extra: &[&str]| {
+        let mut args: Vec<String> = vec!["-c".into(), server_ip.clone(), "-t".into(), secs.clone()];
+        args.extend(["-O", "1", "-J"].map(String::from));
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args
+    };
     let comparisons: Vec<Comparison> = vec![
         Comparison(
             "tcp-stream, 1 stream (bit/s)",
             "iperf3",
             sonde_args("tcp-stream", &[]),
-            vec![
-                "-c".into(),
-                server_ip.clone(),
-                "-t".into(),
-                secs.clone(),
-                "-O".into(),
-                "1".into(),
-                "-J".into(),
-            ],
+            iperf3_args(&[]),
             Reader::Throughput,
         ),
         Comparison(
             "tcp-stream, 1 stream, --plain-io (bit/s)",
             "iperf3",
             sonde_args("tcp-stream", &["--plain-io"]),
-            vec![
-                "-c".into(),
-                server_ip.clone(),
-                "-t".into(),
-                secs.clone(),
-                "-O".into(),
-                "1".into(),
-                "-J".into(),
-            ],
+            iperf3_args(&[]),
             Reader::Throughput,
         ),
         Comparison(
             "tcp-stream, 4 streams (bit/s)",
             "iperf3",
             sonde_args("tcp-stream", &["--parallel", "4"]),
-            vec![
-                "-c".into(),
-                server_ip.clone(),
-                "-t".into(),
-                secs.clone(),
-                "-O".into(),
-                "1".into(),
-                "-P".into(),
-                "4".into(),
-                "-J".into(),
-            ],
+            iperf3_args(&["-P", "4"]),
             Reader::Throughput,
         ),
         Comparison(
             "udp-stream, 64 B datagrams (received/s)",
             "iperf3",
             sonde_args("udp-stream", &["--size", "64"]),
-            vec![
-                "-c".into(),
-                server_ip.clone(),
-                "-u".into(),
-                "-l".into(),
-                "64".into(),
-                "-b".into(),
-                "0".into(),
-                "-t".into(),
-                secs.clone(),
-                "-O".into(),
-                "1".into(),
-                "-J".into(),
-            ],
+            iperf3_args(&["-u", "-l", "64", "-b", "0"]),
             Reader::Datagrams,
         ),
         Comparison(
             "udp-stream, 64 B datagrams, --plain-io (received/s)",
             "iperf3",
             sonde_args("udp-stream", &["--size", "64", "--plain-io"]),
-            vec![
-                "-c".into(),
-                server_ip.clone(),
-                "-u".into(),
-                "-l".into(),
-                "64".into(),
-                "-b".into(),
-                "0".into(),
-                "-t".into(),
-                secs.clone(),
-                "-O".into(),
-                "1".into(),
-                "-J".into(),
-            ],
+            iperf3_args(&["-u", "-l", "64", "-b", "0"]),
             Reader::Datagrams,
         ),
         Comparison(
