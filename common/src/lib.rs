@@ -7,7 +7,9 @@
 //! # Layout
 //! - [`counters`]: per-interface packet counters filled by the TC classifiers.
 //! - [`maps`]: names of the maps userspace looks up, in one place for both sides.
+//! - [`stages`]: flows, path points and events of the per-stage latency probes.
 #![no_std]
 
 pub mod counters;
 pub mod maps;
+pub mod stages;

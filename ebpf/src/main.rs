@@ -5,6 +5,8 @@
 //!
 //! # Layout
 //! - [`tc_counter`]: per-interface packet counters (TC classifiers, attached as TCX links).
+//! - [`stages`]: per-stage timestamps, connect times and retransmits of the runs' own flows
+//!   (TC classifiers on pod veths and node uplinks, socket tracepoints).
 //! - [`capability`]: minimal programs the daemon loads and attaches once at start to learn which
 //!   hook types this kernel allows (tracepoint, tp_btf, sock_ops, fentry, kprobe).
 // Built for the BPF target by daemon/build.rs. A host build (`cargo build --workspace`) gets an
@@ -13,6 +15,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod capability;
+mod stages;
 mod tc_counter;
 
 use aya_ebpf::{
@@ -23,7 +26,7 @@ use aya_ebpf::{
         TracePointContext,
     },
 };
-use sonde_common::counters::direction;
+use sonde_common::{counters::direction, stages::point};
 
 /// Counts packets arriving on the interface it is attached to.
 #[classifier]
@@ -37,6 +40,63 @@ pub fn sonde_tc_ingress(ctx: TcContext) -> i32 {
 pub fn sonde_tc_egress(ctx: TcContext) -> i32 {
     tc_counter::count(&ctx, direction::EGRESS);
     TCX_NEXT
+}
+
+/// Stamps a run's packets leaving their pod (TC ingress, host side of the pod's veth).
+#[classifier]
+pub fn sonde_pod_out(ctx: TcContext) -> i32 {
+    stages::stamp(&ctx, point::POD_OUT, false);
+    TCX_NEXT
+}
+
+/// Stamps a run's packets leaving the node (TC egress on the uplink).
+#[classifier]
+pub fn sonde_node_out(ctx: TcContext) -> i32 {
+    stages::stamp(&ctx, point::NODE_OUT, false);
+    TCX_NEXT
+}
+
+/// Stamps a run's packets reaching the node (TC ingress on the uplink).
+#[classifier]
+pub fn sonde_node_in(ctx: TcContext) -> i32 {
+    stages::stamp(&ctx, point::NODE_IN, false);
+    TCX_NEXT
+}
+
+/// Stamps a run's packets entering their pod (TC egress, host side of the pod's veth), and
+/// remembers them until the application reads them.
+#[classifier]
+pub fn sonde_pod_in(ctx: TcContext) -> i32 {
+    stages::stamp(&ctx, point::POD_IN, true);
+    TCX_NEXT
+}
+
+/// The application read a packet (`skb:skb_copy_datagram_iovec`).
+#[tracepoint]
+pub fn sonde_sock_read(ctx: TracePointContext) -> u32 {
+    stages::socket_read(&ctx);
+    0
+}
+
+/// The application handed data to a TCP socket.
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn sonde_sock_send(ctx: BtfTracePointContext) -> i32 {
+    stages::socket_send(&ctx);
+    0
+}
+
+/// Connect times of the runs' TCP connections (`sock:inet_sock_set_state`).
+#[tracepoint]
+pub fn sonde_connect(ctx: TracePointContext) -> u32 {
+    stages::connect_state(&ctx);
+    0
+}
+
+/// Retransmissions on the runs' TCP connections (`tcp:tcp_retransmit_skb`).
+#[tracepoint]
+pub fn sonde_retransmit(ctx: TracePointContext) -> u32 {
+    stages::retransmit(&ctx);
+    0
 }
 
 /// Capability probe for classic tracepoints (`sock:inet_sock_set_state`).

@@ -1,0 +1,153 @@
+//! Per-stage timestamps of a run's own packets: the flows a run registers, the points on the
+//! path where the kernel programs stamp its packets, and the events they send to userspace.
+//!
+//! # How a packet is recognised at every point
+//! A run registers its flows by server endpoint: `(client IP, server IP, server port, protocol)`.
+//! A packet belongs to the run when its addresses and one of its ports match a registered flow;
+//! which port matched gives its direction (client to server, or back).
+//!
+//! The same packet is identified at successive points by `(flow, direction, id)`, where `id` is
+//! the TCP sequence number of a data segment, or the sequence number sonde's UDP generators put
+//! in every datagram (the low 32 bits). Both survive NAT, bridges, veths and the wire, so the
+//! key is the same on both nodes of a cross-node run. Segments without payload (pure ACKs) carry
+//! no id of their own and are not stamped.
+//!
+//! The socket points have no packet in hand: the send point is the run socket's last
+//! `tcp_sendmsg_locked` (its time is handed to the next data segment of that flow and direction
+//! that a TC point sees), and the read point is `skb_copy_datagram_iovec` for an skb that a
+//! delivering TC point (host side of the pod's veth, towards the pod) remembered by address.
+
+/// Where on the path a packet was stamped, in path order.
+///
+/// Kept as `u8` constants (not an enum) so that any byte read from a ring buffer is valid.
+pub mod point {
+    /// The sending application handed the data to its TCP socket (`tcp_sendmsg_locked`).
+    pub const SOCKET_SEND: u8 = 0;
+    /// The packet left the sender's pod: TC ingress on the host side of the pod's veth.
+    pub const POD_OUT: u8 = 1;
+    /// The packet left the sender's node: TC egress on the node's uplink.
+    pub const NODE_OUT: u8 = 2;
+    /// The packet reached the receiver's node: TC ingress on the node's uplink.
+    pub const NODE_IN: u8 = 3;
+    /// The packet entered the receiver's pod: TC egress on the host side of the pod's veth.
+    pub const POD_IN: u8 = 4;
+    /// The receiving application read it (`skb_copy_datagram_iovec`).
+    pub const SOCKET_READ: u8 = 5;
+    /// How many points there are.
+    pub const COUNT: usize = 6;
+}
+
+/// Which way a packet goes within its flow.
+pub mod direction {
+    /// From the client to the server (requests, forward streams).
+    pub const TO_SERVER: u8 = 0;
+    /// From the server to the client (responses, reverse streams).
+    pub const TO_CLIENT: u8 = 1;
+}
+
+/// Which sides of a flow live on the node that registered it (bits of [`FlowInfo::sides`]).
+///
+/// Socket hooks are global tracepoints: in the lab, where every node shares one kernel, a daemon
+/// must only stamp the socket points of the sides it holds.
+pub mod side {
+    /// The client side is on this node: it sends towards the server and reads responses.
+    pub const CLIENT: u8 = 1;
+    /// The server side is on this node.
+    pub const SERVER: u8 = 2;
+}
+
+/// What an [`Event`] reports.
+pub mod event_kind {
+    /// A packet passed a point; `value` is its IP payload length.
+    pub const STAMP: u8 = 0;
+    /// A connection of the flow was established; `value` is the connect time in ns
+    /// (SYN_SENT to ESTABLISHED, saturating at `u32::MAX`).
+    pub const CONNECT: u8 = 1;
+    /// The kernel retransmitted a segment of the flow; `id` is the segment's sequence number.
+    pub const RETRANSMIT: u8 = 2;
+}
+
+/// Key of the flow map: a run's flow as seen from its server endpoint.
+///
+/// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`) so one map serves both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// The client's address, network byte order.
+    pub client: [u8; 16],
+    /// The server's address as the packet carries it (a pod IP, or a Service's ClusterIP before
+    /// DNAT), network byte order.
+    pub server: [u8; 16],
+    /// The server's port, host byte order.
+    pub server_port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub protocol: u8,
+    /// Zero.
+    pub pad: u8,
+}
+
+/// Value of the flow map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowInfo {
+    /// The daemon's number for this flow (below [`MAX_FLOWS`]); several keys of one run (a
+    /// ClusterIP and the pod IP behind it) share a number.
+    pub flow: u32,
+    /// Bits of [`side`]: which ends of the flow this node holds.
+    pub sides: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+}
+
+/// One record in the events ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when it happened.
+    pub ts_ns: u64,
+    /// The flow's number ([`FlowInfo::flow`]).
+    pub flow: u32,
+    /// The packet's id within its flow and direction (see the module docs).
+    pub id: u32,
+    /// Interface index of a TC point (0 for socket points).
+    pub ifindex: u32,
+    /// Kind-specific value (see [`event_kind`]).
+    pub value: u32,
+    /// One of [`event_kind`].
+    pub kind: u8,
+    /// One of [`point`] (for stamps).
+    pub point: u8,
+    /// One of [`direction`].
+    pub direction: u8,
+    /// Zero.
+    pub pad: u8,
+    /// The client's port of the packet's connection or UDP flow (host order): with the
+    /// direction and id, the key that names the same packet on every node.
+    pub client_port: u16,
+    /// Zero.
+    pub pad2: u16,
+}
+
+/// Flows a daemon can follow at once (flow numbers are below this).
+pub const MAX_FLOWS: u32 = 4096;
+
+/// Index of the lost-events counter in the per-CPU counter array.
+pub const LOST_EVENTS: u32 = 0;
+
+/// Size of the events ring buffer, in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 8 << 20;
+
+const _: () = assert!(size_of::<FlowKey>() == 36);
+const _: () = assert!(size_of::<FlowInfo>() == 8);
+const _: () = assert!(size_of::<Event>() == 32);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all three are `#[repr(C)]` with explicit padding and only integer fields, so every
+    // bit pattern is a valid value.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Event {}
+}

@@ -1,0 +1,503 @@
+//! Per-stage timestamps of a run's own packets (see `sonde_common::stages` for the design).
+//!
+//! Every program here fails open: whatever it finds, the packet goes on unchanged. A packet that
+//! is not part of a traced run costs a header parse and one or two array reads.
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, TcContext, TracePointContext},
+};
+use sonde_common::stages::{
+    EVENTS_BYTES, Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, direction, event_kind,
+    point, side,
+};
+
+#[map(name = "SONDE_FLOWS")]
+static FLOWS: HashMap<FlowKey, FlowInfo> = HashMap::with_max_entries(MAX_FLOWS * 4, 0);
+
+#[map(name = "SONDE_PORTS")]
+static SERVER_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
+
+#[map(name = "SONDE_EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map(name = "SONDE_STAGE_CNT")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Time of the last send on each (flow, direction), waiting for the next data segment.
+#[map(name = "SONDE_SEND_TS")]
+static SEND_TS: Array<u64> = Array::with_max_entries(MAX_FLOWS * 2, 0);
+
+/// Packets delivered to a pod, by skb address, until the application reads them.
+#[map(name = "SONDE_SKBS")]
+static DELIVERED: LruHashMap<u64, Mark> = LruHashMap::with_max_entries(16384, 0);
+
+/// Connections of traced flows in SYN_SENT, by socket address.
+#[map(name = "SONDE_CONNECTS")]
+static CONNECTING: LruHashMap<u64, Mark> = LruHashMap::with_max_entries(4096, 0);
+
+/// A packet or connection remembered between two hooks.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Mark {
+    ts_ns: u64,
+    flow: u32,
+    id: u32,
+    client_port: u16,
+    direction: u8,
+    pad: [u8; 5],
+}
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+/// sonde's UDP data datagrams start with this magic; the sequence number follows at 8..16.
+const UDP_DATA_MAGIC: [u8; 4] = *b"SNDD";
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+
+/// A parsed packet: just what identifies it.
+struct Packet {
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    protocol: u8,
+    /// TCP sequence number, or sonde's UDP sequence number.
+    id: u32,
+    /// IP payload length minus the transport header.
+    payload: u32,
+}
+
+/// Stamps `ctx`'s packet at `at` if it belongs to a traced flow; remembers it by skb address
+/// when `deliver` (the application's read will be stamped against it).
+#[inline(always)]
+pub fn stamp(ctx: &TcContext, at: u8, deliver: bool) {
+    let Some(packet) = parse(ctx) else {
+        return;
+    };
+    let Some((info, dir)) = lookup(
+        &packet.src,
+        &packet.dst,
+        packet.sport,
+        packet.dport,
+        packet.protocol,
+    ) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: `skb` is the context pointer the kernel passed; reading a scalar field of
+    // `__sk_buff` is what the verifier allows for TC programs.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let who = Who {
+        flow: info.flow,
+        direction: dir,
+        client_port: if dir == direction::TO_SERVER {
+            packet.sport
+        } else {
+            packet.dport
+        },
+    };
+    let slot = info.flow * 2 + u32::from(dir);
+    if let Some(sent) = SEND_TS.get_ptr_mut(slot) {
+        // SAFETY: a valid array slot; a racing writer can at worst hand this packet a
+        // neighbouring send's time, never an invalid value.
+        let sent_ns = unsafe { *sent };
+        if sent_ns != 0 && sent_ns <= now {
+            unsafe { *sent = 0 };
+            emit(&who, event_kind::STAMP, point::SOCKET_SEND, sent_ns, packet.id, 0, 0);
+        }
+    }
+    emit(&who, event_kind::STAMP, at, now, packet.id, ifindex, packet.payload);
+    if deliver {
+        let mark = Mark {
+            ts_ns: now,
+            flow: info.flow,
+            id: packet.id,
+            client_port: who.client_port,
+            direction: dir,
+            pad: [0; 5],
+        };
+        // The context pointer is the kernel's `struct sk_buff *`, the address the socket
+        // tracepoints report as `skbaddr`.
+        let _ = DELIVERED.insert(ctx.skb.skb as u64, mark, 0);
+    }
+}
+
+/// Stamps the application's read of a delivered packet (`skb:skb_copy_datagram_iovec`).
+#[inline(always)]
+pub fn socket_read(ctx: &TracePointContext) {
+    // SAFETY: offset 8 of this tracepoint's record is `const void *skbaddr` (see its format).
+    let Ok(skb) = (unsafe { ctx.read_at::<u64>(8) }) else {
+        return;
+    };
+    // SAFETY: the value is plain data copied out before the entry is removed.
+    let Some(mark) = (unsafe { DELIVERED.get(skb) }).copied() else {
+        return;
+    };
+    let _ = DELIVERED.remove(skb);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let who = Who {
+        flow: mark.flow,
+        direction: mark.direction,
+        client_port: mark.client_port,
+    };
+    emit(&who, event_kind::STAMP, point::SOCKET_READ, now, mark.id, 0, 0);
+}
+
+/// The leading fields of the kernel's `struct sock_common`, stable since IPv4 sockets began.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockCommonHead {
+    daddr: [u8; 4],
+    rcv_saddr: [u8; 4],
+    hash: u32,
+    dport_be: u16,
+    num: u16,
+}
+
+/// Notes when a traced socket is handed data (`tcp_sendmsg_locked`, BTF tracepoint); the next
+/// data segment of its flow and direction that a TC point sees carries this time.
+#[inline(always)]
+pub fn socket_send(ctx: &BtfTracePointContext) {
+    let sk: *const SockCommonHead = ctx.arg(0);
+    // SAFETY: bpf_probe_read_kernel checks the address; a failed read is ignored.
+    let Ok(head) = (unsafe { bpf_probe_read_kernel(sk) }) else {
+        return;
+    };
+    let local = mapped(head.rcv_saddr);
+    let remote = mapped(head.daddr);
+    let Some((info, dir)) = lookup(
+        &local,
+        &remote,
+        head.num,
+        u16::from_be(head.dport_be),
+        IPPROTO_TCP,
+    ) else {
+        return;
+    };
+    if !sends_here(&info, dir) {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = SEND_TS.set(info.flow * 2 + u32::from(dir), now, 0);
+}
+
+/// Connect latency of traced flows (`sock:inet_sock_set_state`): SYN_SENT to ESTABLISHED.
+#[inline(always)]
+pub fn connect_state(ctx: &TracePointContext) {
+    // SAFETY: offsets from the tracepoint's format: skaddr 8, oldstate 16, newstate 20,
+    // sport 24, dport 26, protocol 30, saddr_v6 40, daddr_v6 56.
+    let read = || unsafe {
+        Some((
+            ctx.read_at::<u64>(8).ok()?,
+            ctx.read_at::<i32>(16).ok()?,
+            ctx.read_at::<i32>(20).ok()?,
+        ))
+    };
+    let Some((sk, old, new)) = read() else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if new == TCP_SYN_SENT {
+        let Some((local, remote, sport, dport)) = (unsafe { addresses(ctx, 24, 40) }) else {
+            return;
+        };
+        let Some((info, dir)) = lookup(&local, &remote, sport, dport, IPPROTO_TCP) else {
+            return;
+        };
+        if dir == direction::TO_SERVER && info.sides & side::CLIENT != 0 {
+            let mark = Mark {
+                ts_ns: now,
+                flow: info.flow,
+                id: 0,
+                client_port: 0,
+                direction: dir,
+                pad: [0; 5],
+            };
+            let _ = CONNECTING.insert(sk, mark, 0);
+        }
+    } else if old == TCP_SYN_SENT {
+        // SAFETY: plain data copied out before the entry is removed.
+        let Some(mark) = (unsafe { CONNECTING.get(sk) }).copied() else {
+            return;
+        };
+        let _ = CONNECTING.remove(sk);
+        if new == TCP_ESTABLISHED {
+            // The local port is bound only after SYN_SENT is set: read it now.
+            // SAFETY: offset 24 is `sport` in this tracepoint's format.
+            let client_port = unsafe { ctx.read_at::<u16>(24) }.unwrap_or(0);
+            let who = Who {
+                flow: mark.flow,
+                direction: mark.direction,
+                client_port,
+            };
+            let took = now.saturating_sub(mark.ts_ns).min(u64::from(u32::MAX)) as u32;
+            emit(&who, event_kind::CONNECT, 0, now, 0, 0, took);
+        }
+    }
+}
+
+/// Retransmissions of traced flows (`tcp:tcp_retransmit_skb`), counted by the sending side.
+#[inline(always)]
+pub fn retransmit(ctx: &TracePointContext) {
+    // SAFETY: offsets from the tracepoint's format: sport 28, dport 30, saddr_v6 42.
+    let Some((local, remote, sport, dport)) = (unsafe { addresses(ctx, 28, 42) }) else {
+        return;
+    };
+    let Some((info, dir)) = lookup(&local, &remote, sport, dport, IPPROTO_TCP) else {
+        return;
+    };
+    if sends_here(&info, dir) {
+        let who = Who {
+            flow: info.flow,
+            direction: dir,
+            client_port: if dir == direction::TO_SERVER { sport } else { dport },
+        };
+        let now = unsafe { bpf_ktime_get_ns() };
+        emit(&who, event_kind::RETRANSMIT, 0, now, 0, 0, 0);
+    }
+}
+
+/// Reads (local address, remote address, local port, remote port) from a socket tracepoint
+/// whose ports are at `ports` (host order) and IPv6 (or IPv4-mapped) addresses at `addrs`.
+///
+/// # Safety
+/// The offsets must match the tracepoint's format.
+#[inline(always)]
+unsafe fn addresses(
+    ctx: &TracePointContext,
+    ports: usize,
+    addrs: usize,
+) -> Option<([u8; 16], [u8; 16], u16, u16)> {
+    unsafe {
+        Some((
+            ctx.read_at::<[u8; 16]>(addrs).ok()?,
+            ctx.read_at::<[u8; 16]>(addrs + 16).ok()?,
+            ctx.read_at::<u16>(ports).ok()?,
+            ctx.read_at::<u16>(ports + 2).ok()?,
+        ))
+    }
+}
+
+/// Whether the side that sends in `dir` lives on this node.
+#[inline(always)]
+fn sends_here(info: &FlowInfo, dir: u8) -> bool {
+    let sender = if dir == direction::TO_SERVER {
+        side::CLIENT
+    } else {
+        side::SERVER
+    };
+    info.sides & sender != 0
+}
+
+/// Finds the traced flow of a packet from `src:sport` to `dst:dport`, and its direction.
+#[inline(always)]
+fn lookup(
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    sport: u16,
+    dport: u16,
+    protocol: u8,
+) -> Option<(FlowInfo, u8)> {
+    let is_server_port = |port: u16| SERVER_PORTS.get(u32::from(port)).is_some_and(|v| *v != 0);
+    if is_server_port(dport) {
+        let key = FlowKey {
+            client: *src,
+            server: *dst,
+            server_port: dport,
+            protocol,
+            pad: 0,
+        };
+        // SAFETY: the value is plain data, copied out at once.
+        if let Some(info) = unsafe { FLOWS.get(&key) } {
+            return Some((*info, direction::TO_SERVER));
+        }
+    }
+    if is_server_port(sport) {
+        let key = FlowKey {
+            client: *dst,
+            server: *src,
+            server_port: sport,
+            protocol,
+            pad: 0,
+        };
+        // SAFETY: as above.
+        if let Some(info) = unsafe { FLOWS.get(&key) } {
+            return Some((*info, direction::TO_CLIENT));
+        }
+    }
+    None
+}
+
+/// The packet's flow, direction and connection, as every event names them.
+struct Who {
+    flow: u32,
+    direction: u8,
+    client_port: u16,
+}
+
+#[inline(always)]
+fn emit(who: &Who, kind: u8, at: u8, ts_ns: u64, id: u32, ifindex: u32, value: u32) {
+    let event = Event {
+        ts_ns,
+        flow: who.flow,
+        id,
+        ifindex,
+        value,
+        kind,
+        point: at,
+        direction: who.direction,
+        pad: 0,
+        client_port: who.client_port,
+        pad2: 0,
+    };
+    if EVENTS.output::<Event>(&event, 0).is_err() {
+        // A full ring buffer loses the event; userspace reports the count with the run.
+        if let Some(lost) = COUNTERS.get_ptr_mut(LOST_EVENTS) {
+            // SAFETY: a per-CPU slot, written only by this CPU with preemption disabled.
+            unsafe { *lost += 1 };
+        }
+    }
+}
+
+/// An IPv4 address as IPv4-mapped IPv6, the form the flow map stores.
+#[inline(always)]
+fn mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// A pointer to a `T` at `offset` in the packet, if the packet's linear data holds it.
+#[inline(always)]
+fn at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn be16(ctx: &TcContext, offset: usize) -> Option<u16> {
+    // SAFETY: `at` checked the bounds; packet data may be unaligned.
+    at::<[u8; 2]>(ctx, offset).map(|p| u16::from_be_bytes(unsafe { p.read_unaligned() }))
+}
+
+#[inline(always)]
+fn be32(ctx: &TcContext, offset: usize) -> Option<u32> {
+    // SAFETY: as above.
+    at::<[u8; 4]>(ctx, offset).map(|p| u32::from_be_bytes(unsafe { p.read_unaligned() }))
+}
+
+#[inline(always)]
+fn bytes16(ctx: &TcContext, offset: usize) -> Option<[u8; 16]> {
+    // SAFETY: as above.
+    at::<[u8; 16]>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
+}
+
+#[inline(always)]
+fn byte(ctx: &TcContext, offset: usize) -> Option<u8> {
+    // SAFETY: as above.
+    at::<u8>(ctx, offset).map(|p| unsafe { *p })
+}
+
+/// Parses Ethernet (up to two VLAN tags), IPv4 (with options) or IPv6 (with up to four
+/// extension headers), and TCP or UDP. `None` for anything else, non-first fragments, pure ACKs
+/// and headers beyond the linear data: such packets are simply not stamped.
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Packet> {
+    let mut l3 = ETH_HLEN;
+    let mut ethertype = be16(ctx, 12)?;
+    for _ in 0..2 {
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            ethertype = be16(ctx, l3 + 2)?;
+            l3 += 4;
+        }
+    }
+    let (src, dst, protocol, l4, l4_len) = match ethertype {
+        ETH_P_IP => {
+            let version_ihl = byte(ctx, l3)?;
+            let ihl = usize::from(version_ihl & 0x0f) * 4;
+            if version_ihl >> 4 != 4 || ihl < 20 {
+                return None;
+            }
+            let total = usize::from(be16(ctx, l3 + 2)?);
+            // A non-first fragment has no transport header.
+            if be16(ctx, l3 + 6)? & 0x1fff != 0 {
+                return None;
+            }
+            let protocol = byte(ctx, l3 + 9)?;
+            let src = mapped(be32(ctx, l3 + 12)?.to_be_bytes());
+            let dst = mapped(be32(ctx, l3 + 16)?.to_be_bytes());
+            (src, dst, protocol, l3 + ihl, total.checked_sub(ihl)?)
+        }
+        ETH_P_IPV6 => {
+            if byte(ctx, l3)? >> 4 != 6 {
+                return None;
+            }
+            let mut remaining = usize::from(be16(ctx, l3 + 4)?);
+            let mut next = byte(ctx, l3 + 6)?;
+            let src = bytes16(ctx, l3 + 8)?;
+            let dst = bytes16(ctx, l3 + 24)?;
+            let mut l4 = l3 + 40;
+            for _ in 0..4 {
+                let len = match next {
+                    // Hop-by-hop, routing, destination options: length in 8-byte units.
+                    0 | 43 | 60 => (usize::from(byte(ctx, l4 + 1)?) + 1) * 8,
+                    // Fragment: only the first fragment carries the transport header.
+                    44 => {
+                        if be16(ctx, l4 + 2)? & 0xfff8 != 0 {
+                            return None;
+                        }
+                        8
+                    }
+                    _ => break,
+                };
+                next = byte(ctx, l4)?;
+                l4 += len;
+                remaining = remaining.checked_sub(len)?;
+            }
+            (src, dst, next, l4, remaining)
+        }
+        _ => return None,
+    };
+    let sport = be16(ctx, l4)?;
+    let dport = be16(ctx, l4 + 2)?;
+    let (id, payload) = match protocol {
+        IPPROTO_TCP => {
+            let header = usize::from(byte(ctx, l4 + 12)? >> 4) * 4;
+            let payload = l4_len.checked_sub(header)?;
+            if header < 20 || payload == 0 {
+                return None;
+            }
+            (be32(ctx, l4 + 4)?, payload)
+        }
+        IPPROTO_UDP => {
+            let payload = usize::from(be16(ctx, l4 + 4)?).checked_sub(8)?;
+            if payload < 16 || be32(ctx, l4 + 8)? != u32::from_be_bytes(UDP_DATA_MAGIC) {
+                return None;
+            }
+            (be32(ctx, l4 + 8 + 12)?, payload)
+        }
+        _ => return None,
+    };
+    Some(Packet {
+        src,
+        dst,
+        sport,
+        dport,
+        protocol,
+        id,
+        payload: payload as u32,
+    })
+}
