@@ -57,6 +57,12 @@ pub enum Error {
         /// The interface name asked for.
         name: String,
     },
+    /// The daemon follows as many flows as its flow map holds.
+    #[error("this daemon already traces {max} flows; wait for runs to finish")]
+    TooManyFlows {
+        /// The limit.
+        max: u32,
+    },
     /// Entering a network namespace failed.
     #[error("entering network namespace {path}")]
     Netns {

@@ -1,7 +1,7 @@
 //! The node's identity and what the daemon found on it: the answer to `GetNodeFacts`.
 
 use std::{
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -10,6 +10,7 @@ use crate::{
     capabilities::{self, Capability},
     config::Config,
     probes::{LoadedProgram, Probes},
+    stages::Tracer,
     tc_counter,
 };
 
@@ -45,7 +46,10 @@ pub struct Node {
     /// Facts that do not change while the daemon runs (programs are read live).
     fixed: NodeFacts,
     /// The loaded eBPF object; a mutex because probing and attaching need `&mut`.
-    probes: Mutex<Probes>,
+    probes: Arc<Mutex<Probes>>,
+    /// Per-stage tracing of runs; `None` when the kernel refused its programs (the reason is
+    /// logged, and runs asking for it are told).
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 impl Node {
@@ -57,8 +61,16 @@ impl Node {
         let btf = aya::Btf::from_sys_fs();
         let mut probes = Probes::load_with_btf(btf.as_ref().ok())?;
         let capabilities = capabilities::probe_all(&mut probes, &btf);
-        drop(btf);
         tc_counter::load(&mut probes)?;
+        let probes = Arc::new(Mutex::new(probes));
+        let tracer = match Tracer::new(Arc::clone(&probes), btf.as_ref().ok()) {
+            Ok(tracer) => Some(tracer),
+            Err(err) => {
+                tracing::warn!(reason = %crate::error::chain(&err), "per-stage tracing unavailable");
+                None
+            }
+        };
+        drop(btf);
         release_freed_memory();
         let fixed = NodeFacts {
             node_name: config.node_name(),
@@ -71,7 +83,8 @@ impl Node {
         };
         Ok(Self {
             fixed,
-            probes: Mutex::new(probes),
+            probes,
+            tracer,
         })
     }
 }

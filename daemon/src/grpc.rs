@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
+use sonde_common::stages::side;
 use sonde_proto::v1::{
     self as pb,
     agent_server::{Agent, AgentServer},
@@ -25,6 +26,7 @@ use crate::{
         policy::TargetPolicy,
         spec::{InvalidSpec, RunSpec},
     },
+    stages::{RunTrace, TraceReport, TraceSpec, Tracer},
 };
 
 /// How often a running client side reports progress.
@@ -39,6 +41,8 @@ pub struct AgentService<S> {
     runs: Arc<Runs>,
     /// Where its generators may send.
     policy: Arc<TargetPolicy>,
+    /// Per-stage kernel tracing, when the daemon has it.
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl<S: FactsSource> AgentService<S> {
@@ -48,13 +52,40 @@ impl<S: FactsSource> AgentService<S> {
             source,
             runs,
             policy: Arc::new(policy),
+            tracer: None,
         }
+    }
+
+    /// Lets runs ask for per-stage kernel tracing.
+    pub fn with_tracer(mut self, tracer: Option<Arc<Tracer>>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// The tonic server for it.
     pub fn into_server(self) -> AgentServer<Self> {
         AgentServer::new(self)
     }
+}
+
+/// Starts tracing one side of a run, when its request asks for it.
+fn start_trace(
+    tracer: Option<&Arc<Tracer>>,
+    request: Option<&pb::TraceRequest>,
+    default_port: u16,
+    sides: u8,
+    warmup: Duration,
+) -> Result<Option<RunTrace>, RunError> {
+    let Some(request) = request else {
+        return Ok(None);
+    };
+    let spec = TraceSpec::from_request(request, default_port)?;
+    let tracer = tracer.ok_or(RunError::NoTracing)?;
+    let from_ns = monotonic_ns() + u64::try_from(warmup.as_nanos()).unwrap_or(u64::MAX);
+    tracer
+        .trace(&spec, sides, from_ns)
+        .map(Some)
+        .map_err(|source| RunError::Trace { source })
 }
 
 impl From<InvalidSpec> for Status {
@@ -74,7 +105,14 @@ impl From<RunError> for Status {
             RunError::Prepare {
                 source: Error::Bind { .. } | Error::Netns { .. },
             } => Status::failed_precondition(message),
-            RunError::Prepare { .. } => Status::internal(message),
+            RunError::Trace {
+                source: Error::NoSuchInterface { .. },
+            } => Status::invalid_argument(message),
+            RunError::Trace {
+                source: Error::TooManyFlows { .. },
+            } => Status::resource_exhausted(message),
+            RunError::NoTracing => Status::failed_precondition(message),
+            RunError::Prepare { .. } | RunError::Trace { .. } => Status::internal(message),
         }
     }
 }
@@ -123,9 +161,25 @@ impl<S: FactsSource> Agent for AgentService<S> {
                     })?)
                 }
             };
+        if let Some(trace) = &request.trace {
+            // Checked before anything is bound; the port is filled in once known.
+            TraceSpec::from_request(trace, 1)?;
+        }
         let runs = Arc::clone(&self.runs);
+        let tracer = self.tracer.clone();
         let (port, path, token) = tokio::task::spawn_blocking(move || {
-            runs.prepare(&request.run_id, &spec, netns.as_deref(), port, lease, token)
+            let warmup = spec.warmup;
+            runs.prepare(
+                &request.run_id,
+                &spec,
+                netns.as_deref(),
+                port,
+                lease,
+                token,
+                |port| {
+                    start_trace(tracer.as_ref(), request.trace.as_ref(), port, side::SERVER, warmup)
+                },
+            )
         })
         .await
         .map_err(blocking_failed)??;
@@ -179,9 +233,16 @@ impl<S: FactsSource> Agent for AgentService<S> {
             Status::invalid_argument("token: must be the 16 bytes PrepareServer returned")
         })?;
         let guard = self.runs.client(&request.run_id)?;
-        tracing::info!(run_id = request.run_id, target = ?target, "client side started");
+        let trace = start_trace(
+            self.tracer.as_ref(),
+            request.trace.as_ref(),
+            0,
+            side::CLIENT,
+            spec.warmup,
+        )?;
+        tracing::info!(run_id = request.run_id, target = ?target, traced = trace.is_some(), "client side started");
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(drive_client(guard, spec, netns, target, token, tx));
+        tokio::spawn(drive_client(guard, spec, netns, target, token, trace, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -190,13 +251,23 @@ impl<S: FactsSource> Agent for AgentService<S> {
         request: Request<pb::FinishServerRequest>,
     ) -> Result<Response<pb::FinishServerResponse>, Status> {
         let servers = self.runs.take_servers(&request.into_inner().run_id)?;
-        let result = tokio::task::spawn_blocking(move || {
-            generators::merge_sides(servers.into_iter().map(generators::Server::finish))
+        let (result, trace) = tokio::task::spawn_blocking(move || {
+            let (servers, traces): (Vec<_>, Vec<_>) = servers.into_iter().unzip();
+            let result = generators::merge_sides(servers.into_iter().map(generators::Server::finish));
+            let trace = traces
+                .into_iter()
+                .flatten()
+                .map(RunTrace::finish)
+                .reduce(|mut all, more| {
+                    all.merge(more);
+                    all
+                });
+            (result, trace)
         })
         .await
         .map_err(blocking_failed)?;
         Ok(Response::new(pb::FinishServerResponse {
-            result: Some(side_result(result)),
+            result: Some(side_result(result, trace)),
         }))
     }
 
@@ -206,6 +277,16 @@ impl<S: FactsSource> Agent for AgentService<S> {
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
         let found = self.runs.cancel(&request.into_inner().run_id);
         Ok(Response::new(pb::CancelRunResponse { found }))
+    }
+
+    async fn get_clock(
+        &self,
+        _request: Request<pb::GetClockRequest>,
+    ) -> Result<Response<pb::GetClockResponse>, Status> {
+        Ok(Response::new(pb::GetClockResponse {
+            monotonic_ns: monotonic_ns(),
+            boot_id: crate::stages::boot_id(),
+        }))
     }
 }
 
@@ -217,6 +298,7 @@ async fn drive_client(
     netns: Option<std::path::PathBuf>,
     target: Target,
     token: Token,
+    mut trace: Option<RunTrace>,
     tx: mpsc::Sender<Result<pb::ClientEvent, Status>>,
 ) {
     let counters = Arc::new(Counters::default());
@@ -236,8 +318,12 @@ async fn drive_client(
     loop {
         tokio::select! {
             result = &mut work => {
+                let trace = match trace.take() {
+                    Some(trace) => tokio::task::spawn_blocking(move || trace.finish()).await.ok(),
+                    None => None,
+                };
                 let event = result
-                    .map(|side| pb::ClientEvent { event: Some(pb::client_event::Event::Result(side_result(side))) })
+                    .map(|side| pb::ClientEvent { event: Some(pb::client_event::Event::Result(side_result(side, trace))) })
                     .map_err(blocking_failed);
                 let _ = tx.send(event).await;
                 break;
@@ -267,13 +353,19 @@ async fn drive_client(
     drop(guard);
 }
 
-/// A side's result as a message; the histogram as HdrHistogram's V2 deflate encoding.
-fn side_result(side: SideResult) -> pb::SideResult {
-    let totals = side.totals;
-    let mut histogram = Vec::new();
-    if !totals.latency.is_empty() {
-        let _ = V2DeflateSerializer::new().serialize(&totals.latency, &mut histogram);
+/// A histogram as HdrHistogram's V2 deflate encoding (empty when it holds nothing).
+fn serialize(histogram: &hdrhistogram::Histogram<u64>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    if !histogram.is_empty() {
+        let _ = V2DeflateSerializer::new().serialize(histogram, &mut bytes);
     }
+    bytes
+}
+
+/// A side's result as a message.
+fn side_result(side: SideResult, trace: Option<TraceReport>) -> pb::SideResult {
+    let totals = side.totals;
+    let histogram = serialize(&totals.latency);
     pb::SideResult {
         measured_ns: u64::try_from(totals.measured.as_nanos()).unwrap_or(u64::MAX),
         bytes_sent: totals.bytes_sent,
@@ -297,7 +389,65 @@ fn side_result(side: SideResult) -> pb::SideResult {
         io_path: totals.io_path.join("+"),
         errors: totals.errors,
         local_ip: side.local_ip,
+        trace: trace.map(trace_result),
     }
+}
+
+/// A trace report as a message.
+fn trace_result(report: TraceReport) -> pb::TraceResult {
+    let collected = report.collected;
+    pb::TraceResult {
+        stages: collected
+            .stages
+            .iter()
+            .map(|stage| pb::StageLatency {
+                direction: u32::from(stage.direction),
+                from: i32::from(stage.from),
+                to: i32::from(stage.to),
+                histogram: serialize(&stage.latency),
+                count: stage.latency.len(),
+                sum_ns: stage.sum_ns,
+            })
+            .collect(),
+        uplink_stamps: collected
+            .uplink
+            .into_iter()
+            .map(|stamps| pb::PointStamps {
+                direction: u32::from(stamps.direction),
+                point: i32::from(stamps.point),
+                keys: stamps.keys,
+                ts_ns: stamps.ts_ns,
+            })
+            .collect(),
+        connect_histogram: collected.connect.as_ref().map(serialize).unwrap_or_default(),
+        retransmits: collected.retransmits,
+        packets: collected.packets,
+        packets_over_cap: collected.packets_over_cap,
+        events: collected.events,
+        events_lost: report.events_lost,
+        programs: report
+            .programs
+            .into_iter()
+            .map(|cost| pb::ProgramCost {
+                name: cost.name.to_owned(),
+                invocations: cost.invocations,
+                run_time_ns: cost.run_time_ns,
+            })
+            .collect(),
+        hooks: report.hooks,
+        notes: report.notes,
+        boot_id: report.boot_id,
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|ts| {
+            u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(ts.tv_nsec()).unwrap_or(0)
+        })
+        .unwrap_or(0)
 }
 
 impl From<NodeFacts> for pb::NodeFacts {

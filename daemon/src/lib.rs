@@ -8,6 +8,7 @@
 //! - [`tc_counter`]: per-interface packet counters on TCX links.
 //! - [`mounts`]: tracefs in a private mount namespace when the host has none.
 //! - [`netns`]: running a piece of work inside another network namespace.
+//! - [`stages`]: per-stage kernel latency, connect times and retransmits of a run's flows.
 //! - [`facts`]: the node's identity and what it found, as served by `GetNodeFacts`.
 //! - [`generators`]: native traffic generators (TCP stream/RR/CRR, UDP stream/RR).
 //! - [`runs`]: the runs a daemon holds, their limits, leases and target policy.
@@ -25,6 +26,7 @@ pub mod netns;
 pub mod probes;
 pub mod runs;
 pub mod server;
+pub mod stages;
 pub mod tc_counter;
 
 pub use error::{Error, Result};

@@ -71,7 +71,8 @@ fn run(config: Config) -> anyhow::Result<()> {
             Arc::clone(&node),
             Arc::clone(&runs),
             TargetPolicy::new(&config.allow_targets),
-        );
+        )
+        .with_tracer(node.tracer.clone());
         let shutdown = async {
             tokio::select! {
                 _ = sigterm.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),

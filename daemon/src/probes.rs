@@ -70,6 +70,16 @@ impl Probes {
             .ok_or(Error::MissingProgram { name })
     }
 
+    /// A program by name, for reading its kernel info.
+    pub(crate) fn program(&self, name: &str) -> Option<&Program> {
+        self.ebpf.program(name)
+    }
+
+    /// Takes a map out of the object, for a module that owns it from then on.
+    pub(crate) fn take_map(&mut self, name: &str) -> Option<aya::maps::Map> {
+        self.ebpf.take_map(name)
+    }
+
     /// The object itself, for the modules that read its maps.
     pub(crate) fn ebpf(&self) -> &Ebpf {
         &self.ebpf

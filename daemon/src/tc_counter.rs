@@ -50,7 +50,12 @@ pub struct IfaceCounts {
 
 /// Loads both counter programs into the kernel (once; later calls do nothing).
 pub fn load(probes: &mut Probes) -> Result<()> {
-    for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+    load_classifiers(probes, &[INGRESS_PROGRAM, EGRESS_PROGRAM])
+}
+
+/// Loads TC classifiers of sonde's object into the kernel (those loaded already are skipped).
+pub(crate) fn load_classifiers(probes: &mut Probes, names: &[&'static str]) -> Result<()> {
+    for &name in names {
         let classifier = classifier(probes, name)?;
         match classifier.load() {
             Ok(()) | Err(ProgramError::AlreadyLoaded) => {}
@@ -73,8 +78,8 @@ pub fn attach(probes: &mut Probes, iface: &str) -> Result<CounterAttachment> {
         name: iface.to_owned(),
     })?;
     load(probes)?;
-    let ingress = attach_one(probes, INGRESS_PROGRAM, iface, TcAttachType::Ingress)?;
-    let egress = attach_one(probes, EGRESS_PROGRAM, iface, TcAttachType::Egress)?;
+    let ingress = attach_tcx(probes, INGRESS_PROGRAM, iface, TcAttachType::Ingress)?;
+    let egress = attach_tcx(probes, EGRESS_PROGRAM, iface, TcAttachType::Egress)?;
     tracing::info!(iface, ifindex, "packet counter attached");
     Ok(CounterAttachment {
         iface: iface.to_owned(),
@@ -122,7 +127,9 @@ fn classifier<'a>(probes: &'a mut Probes, name: &'static str) -> Result<&'a mut 
         .map_err(|_| Error::MissingProgram { name })
 }
 
-fn attach_one(
+/// Attaches a loaded classifier to `iface` as a TCX link placed after any program already
+/// there (a CNI's programs keep running first); the returned link detaches it when dropped.
+pub(crate) fn attach_tcx(
     probes: &mut Probes,
     name: &'static str,
     iface: &str,

@@ -376,39 +376,26 @@ fn mapped(v4: [u8; 4]) -> [u8; 16] {
     ]
 }
 
-/// A pointer to a `T` at `offset` in the packet, if the packet's linear data holds it.
+/// A copy of the `N` bytes at `offset` in the packet, if its linear data holds them.
+///
+/// One bounds check and one read per header: the verifier follows a check only on the pointer
+/// it was made with, so every header is fetched whole.
 #[inline(always)]
-fn at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + size_of::<T>() > end {
+fn bytes<const N: usize>(ctx: &TcContext, offset: usize) -> Option<[u8; N]> {
+    let ptr = ctx.data() + offset;
+    if ptr + N > ctx.data_end() {
         return None;
     }
-    Some((start + offset) as *const T)
+    // SAFETY: the bounds were checked just above; packet data may be unaligned.
+    Some(unsafe { (ptr as *const [u8; N]).read_unaligned() })
 }
 
-#[inline(always)]
-fn be16(ctx: &TcContext, offset: usize) -> Option<u16> {
-    // SAFETY: `at` checked the bounds; packet data may be unaligned.
-    at::<[u8; 2]>(ctx, offset).map(|p| u16::from_be_bytes(unsafe { p.read_unaligned() }))
+fn be16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([bytes[at], bytes[at + 1]])
 }
 
-#[inline(always)]
-fn be32(ctx: &TcContext, offset: usize) -> Option<u32> {
-    // SAFETY: as above.
-    at::<[u8; 4]>(ctx, offset).map(|p| u32::from_be_bytes(unsafe { p.read_unaligned() }))
-}
-
-#[inline(always)]
-fn bytes16(ctx: &TcContext, offset: usize) -> Option<[u8; 16]> {
-    // SAFETY: as above.
-    at::<[u8; 16]>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
-}
-
-#[inline(always)]
-fn byte(ctx: &TcContext, offset: usize) -> Option<u8> {
-    // SAFETY: as above.
-    at::<u8>(ctx, offset).map(|p| unsafe { *p })
+fn be32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
 /// Parses Ethernet (up to two VLAN tags), IPv4 (with options) or IPv6 (with up to four
@@ -416,54 +403,57 @@ fn byte(ctx: &TcContext, offset: usize) -> Option<u8> {
 /// and headers beyond the linear data: such packets are simply not stamped.
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Option<Packet> {
+    let eth = bytes::<14>(ctx, 0)?;
+    let mut ethertype = be16(&eth, 12);
     let mut l3 = ETH_HLEN;
-    let mut ethertype = be16(ctx, 12)?;
     for _ in 0..2 {
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            ethertype = be16(ctx, l3 + 2)?;
+            let tag = bytes::<4>(ctx, l3)?;
+            ethertype = be16(&tag, 2);
             l3 += 4;
         }
     }
     let (src, dst, protocol, l4, l4_len) = match ethertype {
         ETH_P_IP => {
-            let version_ihl = byte(ctx, l3)?;
-            let ihl = usize::from(version_ihl & 0x0f) * 4;
-            if version_ihl >> 4 != 4 || ihl < 20 {
-                return None;
-            }
-            let total = usize::from(be16(ctx, l3 + 2)?);
+            let ip = bytes::<20>(ctx, l3)?;
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
             // A non-first fragment has no transport header.
-            if be16(ctx, l3 + 6)? & 0x1fff != 0 {
+            if ip[0] >> 4 != 4 || ihl < 20 || be16(&ip, 6) & 0x1fff != 0 {
                 return None;
             }
-            let protocol = byte(ctx, l3 + 9)?;
-            let src = mapped(be32(ctx, l3 + 12)?.to_be_bytes());
-            let dst = mapped(be32(ctx, l3 + 16)?.to_be_bytes());
-            (src, dst, protocol, l3 + ihl, total.checked_sub(ihl)?)
+            let total = usize::from(be16(&ip, 2));
+            let src = mapped([ip[12], ip[13], ip[14], ip[15]]);
+            let dst = mapped([ip[16], ip[17], ip[18], ip[19]]);
+            (src, dst, ip[9], l3 + ihl, total.checked_sub(ihl)?)
         }
         ETH_P_IPV6 => {
-            if byte(ctx, l3)? >> 4 != 6 {
+            let ip = bytes::<40>(ctx, l3)?;
+            if ip[0] >> 4 != 6 {
                 return None;
             }
-            let mut remaining = usize::from(be16(ctx, l3 + 4)?);
-            let mut next = byte(ctx, l3 + 6)?;
-            let src = bytes16(ctx, l3 + 8)?;
-            let dst = bytes16(ctx, l3 + 24)?;
+            let mut remaining = usize::from(be16(&ip, 4));
+            let mut next = ip[6];
+            let mut src = [0_u8; 16];
+            let mut dst = [0_u8; 16];
+            src.copy_from_slice(&ip[8..24]);
+            dst.copy_from_slice(&ip[24..40]);
             let mut l4 = l3 + 40;
             for _ in 0..4 {
-                let len = match next {
-                    // Hop-by-hop, routing, destination options: length in 8-byte units.
-                    0 | 43 | 60 => (usize::from(byte(ctx, l4 + 1)?) + 1) * 8,
+                if !matches!(next, 0 | 43 | 44 | 60) {
+                    break;
+                }
+                let ext = bytes::<8>(ctx, l4)?;
+                let len = if next == 44 {
                     // Fragment: only the first fragment carries the transport header.
-                    44 => {
-                        if be16(ctx, l4 + 2)? & 0xfff8 != 0 {
-                            return None;
-                        }
-                        8
+                    if be16(&ext, 2) & 0xfff8 != 0 {
+                        return None;
                     }
-                    _ => break,
+                    8
+                } else {
+                    // Hop-by-hop, routing, destination options: length in 8-byte units.
+                    (usize::from(ext[1]) + 1) * 8
                 };
-                next = byte(ctx, l4)?;
+                next = ext[0];
                 l4 += len;
                 remaining = remaining.checked_sub(len)?;
             }
@@ -471,23 +461,28 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         }
         _ => return None,
     };
-    let sport = be16(ctx, l4)?;
-    let dport = be16(ctx, l4 + 2)?;
-    let (id, payload) = match protocol {
+    // Bounded, so that the verifier can follow packet offsets built from it.
+    if l4 > 512 {
+        return None;
+    }
+    let (sport, dport, id, payload) = match protocol {
         IPPROTO_TCP => {
-            let header = usize::from(byte(ctx, l4 + 12)? >> 4) * 4;
+            let tcp = bytes::<16>(ctx, l4)?;
+            let header = usize::from(tcp[12] >> 4) * 4;
             let payload = l4_len.checked_sub(header)?;
             if header < 20 || payload == 0 {
                 return None;
             }
-            (be32(ctx, l4 + 4)?, payload)
+            (be16(&tcp, 0), be16(&tcp, 2), be32(&tcp, 4), payload)
         }
         IPPROTO_UDP => {
-            let payload = usize::from(be16(ctx, l4 + 4)?).checked_sub(8)?;
-            if payload < 16 || be32(ctx, l4 + 8)? != u32::from_be_bytes(UDP_DATA_MAGIC) {
+            // The UDP header and the start of sonde's data header: magic, flags, sequence.
+            let udp = bytes::<24>(ctx, l4)?;
+            let payload = usize::from(be16(&udp, 4)).checked_sub(8)?;
+            if payload < 16 || udp[8..12] != UDP_DATA_MAGIC {
                 return None;
             }
-            (be32(ctx, l4 + 8 + 12)?, payload)
+            (be16(&udp, 0), be16(&udp, 2), be32(&udp, 20), payload)
         }
         _ => return None,
     };

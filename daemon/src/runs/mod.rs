@@ -19,7 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::generators::{Server, measure::Stop, wire::Token};
+use crate::{
+    generators::{Server, measure::Stop, wire::Token},
+    stages::RunTrace,
+};
 use spec::RunSpec;
 
 /// Longest a lease may outlast the run it covers.
@@ -62,12 +65,23 @@ pub enum RunError {
         #[source]
         source: crate::Error,
     },
+    /// Tracing was asked for and could not start.
+    #[error("starting the kernel tracing of the run")]
+    Trace {
+        /// What failed.
+        #[source]
+        source: crate::Error,
+    },
+    /// Tracing was asked for and this daemon has none.
+    #[error("this daemon cannot trace runs: its stage programs did not load (see its log)")]
+    NoTracing,
 }
 
 /// A held server side.
 #[derive(Debug)]
 struct Held {
     server: Server,
+    trace: Option<RunTrace>,
     deadline: Instant,
 }
 
@@ -93,7 +107,9 @@ impl Runs {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Prepares a server side (blocking: binds in a namespace).
+    /// Prepares a server side (blocking: binds in a namespace); `trace` starts its kernel
+    /// tracing, given the port the server got.
+    #[allow(clippy::too_many_arguments)]
     pub fn prepare(
         &self,
         run_id: &str,
@@ -102,6 +118,7 @@ impl Runs {
         port: u16,
         lease: Option<Duration>,
         token: Option<Token>,
+        trace: impl FnOnce(u16) -> Result<Option<RunTrace>, RunError>,
     ) -> Result<(u16, Option<PathBuf>, Token), RunError> {
         spec::check_run_id(run_id)?;
         let longest = spec.total() + MAX_LEASE_SLACK;
@@ -123,6 +140,13 @@ impl Runs {
         };
         let server = Server::start(spec, netns, port, token)
             .map_err(|source| RunError::Prepare { source })?;
+        let trace = match trace(server.port) {
+            Ok(trace) => trace,
+            Err(err) => {
+                server.stop();
+                return Err(err);
+            }
+        };
         let answer = (server.port, server.path.clone(), server.token);
         tracing::info!(
             run_id,
@@ -135,16 +159,18 @@ impl Runs {
             .or_default()
             .push(Held {
                 server,
+                trace,
                 deadline: Instant::now() + lease,
             });
         Ok(answer)
     }
 
-    /// Removes a run's server sides and returns them, to be finished (off the async runtime).
-    pub fn take_servers(&self, run_id: &str) -> Result<Vec<Server>, RunError> {
+    /// Removes a run's server sides and returns them with their traces, to be finished (off
+    /// the async runtime).
+    pub fn take_servers(&self, run_id: &str) -> Result<Vec<(Server, Option<RunTrace>)>, RunError> {
         self.servers()
             .remove(run_id)
-            .map(|held| held.into_iter().map(|held| held.server).collect())
+            .map(|held| held.into_iter().map(|held| (held.server, held.trace)).collect())
             .ok_or_else(|| RunError::NotFound {
                 run_id: run_id.to_owned(),
             })

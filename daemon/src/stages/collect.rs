@@ -1,0 +1,297 @@
+//! Joins one run's kernel events into per-packet stamps, and the stamps into stage latencies.
+//!
+//! Pure: fed [`Event`]s, it knows nothing of maps or programs, so it is tested on made-up
+//! events.
+
+use std::collections::HashMap;
+
+use hdrhistogram::Histogram;
+use sonde_common::stages::{Event, event_kind, point};
+
+/// Packets of one run a collector follows at most; later ones are counted, not followed.
+pub const MAX_PACKETS: usize = 100_000;
+/// Uplink stamps kept per direction and point, for the cross-node join.
+pub const MAX_UPLINK_STAMPS: usize = 50_000;
+/// The longest a packet may take between two points on one node. A longer gap is not a kernel
+/// stage but a stale match (an skb address reused after its packet was merged away).
+const MAX_STAGE_NS: u64 = 1_000_000_000;
+
+/// The key naming one packet on every node: direction, client port, packet id.
+pub fn packet_key(direction: u8, client_port: u16, id: u32) -> u64 {
+    (u64::from(direction) << 48) | (u64::from(client_port) << 32) | u64::from(id)
+}
+
+/// One stage on one node: the time between two consecutive points a packet was stamped at.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// [`sonde_common::stages::direction`].
+    pub direction: u8,
+    /// [`point`] the stage starts at.
+    pub from: u8,
+    /// [`point`] it ends at.
+    pub to: u8,
+    /// Samples, in ns.
+    pub latency: Histogram<u64>,
+    /// Sum of the samples, in ns (means add up across stages; histograms do not).
+    pub sum_ns: u64,
+}
+
+/// Stamps of one uplink point, for joining with the other node's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UplinkStamps {
+    /// [`sonde_common::stages::direction`].
+    pub direction: u8,
+    /// [`point::NODE_OUT`] or [`point::NODE_IN`].
+    pub point: u8,
+    /// `(client port << 32) | id` of each packet.
+    pub keys: Vec<u64>,
+    /// When each was stamped (CLOCK_MONOTONIC, ns).
+    pub ts_ns: Vec<u64>,
+}
+
+/// What a collector made of its events.
+#[derive(Debug, Clone, Default)]
+pub struct Collected {
+    /// Stages in (direction, from) order.
+    pub stages: Vec<Stage>,
+    /// Stamps at the uplink points.
+    pub uplink: Vec<UplinkStamps>,
+    /// TCP connect times, ns; `None` when no connection was seen.
+    pub connect: Option<Histogram<u64>>,
+    /// Retransmitted segments.
+    pub retransmits: u64,
+    /// Packets stamped at least once.
+    pub packets: u64,
+    /// Packets beyond [`MAX_PACKETS`].
+    pub packets_over_cap: u64,
+    /// Events taken in (inside the window).
+    pub events: u64,
+}
+
+/// The events of one side of a run on this node, from the start of its measured window.
+#[derive(Debug)]
+pub struct Collector {
+    /// Events before this time (CLOCK_MONOTONIC, ns) belong to the warm-up.
+    from_ns: u64,
+    /// Per packet, the time of each point (0: not stamped there).
+    packets: HashMap<u64, [u64; point::COUNT]>,
+    packets_over_cap: u64,
+    connect: Vec<u64>,
+    retransmits: u64,
+    events: u64,
+}
+
+impl Collector {
+    /// A collector taking events stamped at or after `from_ns`.
+    pub fn new(from_ns: u64) -> Self {
+        Self {
+            from_ns,
+            packets: HashMap::new(),
+            packets_over_cap: 0,
+            connect: Vec::new(),
+            retransmits: 0,
+            events: 0,
+        }
+    }
+
+    /// Takes one event in.
+    pub fn record(&mut self, event: &Event) {
+        if event.ts_ns < self.from_ns {
+            return;
+        }
+        self.events += 1;
+        match event.kind {
+            event_kind::STAMP => {
+                let at = usize::from(event.point);
+                if at >= point::COUNT {
+                    return;
+                }
+                let key = packet_key(event.direction, event.client_port, event.id);
+                let full = self.packets.len() >= MAX_PACKETS;
+                match self.packets.get_mut(&key) {
+                    Some(stamps) => {
+                        // The first stamp wins: a retransmitted segment keeps its first pass.
+                        if stamps[at] == 0 {
+                            stamps[at] = event.ts_ns;
+                        }
+                    }
+                    None if full => self.packets_over_cap += 1,
+                    None => {
+                        let mut stamps = [0; point::COUNT];
+                        stamps[at] = event.ts_ns;
+                        self.packets.insert(key, stamps);
+                    }
+                }
+            }
+            event_kind::CONNECT => self.connect.push(u64::from(event.value)),
+            event_kind::RETRANSMIT => self.retransmits += 1,
+            _ => {}
+        }
+    }
+
+    /// The stages and stamps of everything taken in.
+    pub fn finish(self) -> Collected {
+        let mut stages: HashMap<(u8, u8, u8), Stage> = HashMap::new();
+        let mut uplink: HashMap<(u8, u8), UplinkStamps> = HashMap::new();
+        for (key, stamps) in &self.packets {
+            let direction = (key >> 48) as u8;
+            let mut previous: Option<(u8, u64)> = None;
+            for (at, &ts) in stamps.iter().enumerate() {
+                if ts == 0 {
+                    continue;
+                }
+                let at = at as u8;
+                if let Some((from, from_ts)) = previous
+                    && ts >= from_ts
+                    && ts - from_ts <= MAX_STAGE_NS
+                {
+                    let stage = stages
+                        .entry((direction, from, at))
+                        .or_insert_with(|| Stage {
+                            direction,
+                            from,
+                            to: at,
+                            latency: new_histogram(),
+                            sum_ns: 0,
+                        });
+                    let took = ts - from_ts;
+                    stage.latency.saturating_record(took);
+                    stage.sum_ns += took;
+                }
+                previous = Some((at, ts));
+                if at == point::NODE_OUT || at == point::NODE_IN {
+                    let stamps = uplink
+                        .entry((direction, at))
+                        .or_insert_with(|| UplinkStamps {
+                            direction,
+                            point: at,
+                            ..UplinkStamps::default()
+                        });
+                    if stamps.keys.len() < MAX_UPLINK_STAMPS {
+                        stamps.keys.push(key & 0xffff_ffff_ffff);
+                        stamps.ts_ns.push(ts);
+                    }
+                }
+            }
+        }
+        let mut stages: Vec<Stage> = stages.into_values().collect();
+        stages.sort_by_key(|stage| (stage.direction, stage.from, stage.to));
+        let mut uplink: Vec<UplinkStamps> = uplink.into_values().collect();
+        uplink.sort_by_key(|stamps| (stamps.direction, stamps.point));
+        let connect = (!self.connect.is_empty()).then(|| {
+            let mut histogram = new_histogram();
+            for took in &self.connect {
+                histogram.saturating_record(*took);
+            }
+            histogram
+        });
+        Collected {
+            stages,
+            uplink,
+            connect,
+            retransmits: self.retransmits,
+            packets: self.packets.len() as u64,
+            packets_over_cap: self.packets_over_cap,
+            events: self.events,
+        }
+    }
+}
+
+/// A latency histogram from 1 ns to an hour at 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    // The bounds are constants that hdrhistogram accepts.
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sonde_common::stages::direction;
+
+    fn stamp(at: u8, dir: u8, port: u16, id: u32, ts_ns: u64) -> Event {
+        Event {
+            ts_ns,
+            id,
+            point: at,
+            direction: dir,
+            client_port: port,
+            kind: event_kind::STAMP,
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn consecutive_points_make_stages_and_missing_points_are_skipped() {
+        let mut collector = Collector::new(1000);
+        for (i, id) in [7_u32, 8].into_iter().enumerate() {
+            let base = 10_000 * (i as u64 + 1);
+            let dir = direction::TO_SERVER;
+            collector.record(&stamp(point::SOCKET_SEND, dir, 40000, id, base));
+            collector.record(&stamp(point::POD_OUT, dir, 40000, id, base + 100));
+            // No NODE_OUT for packet 8: its stage runs from POD_OUT to NODE_IN.
+            if id == 7 {
+                collector.record(&stamp(point::NODE_OUT, dir, 40000, id, base + 300));
+            }
+            collector.record(&stamp(point::NODE_IN, dir, 40000, id, base + 1000));
+        }
+        // Before the window: ignored.
+        collector.record(&stamp(point::POD_OUT, 0, 40000, 9, 999));
+        let collected = collector.finish();
+        assert_eq!(collected.events, 7);
+        assert_eq!(collected.packets, 2);
+        let summary: Vec<(u8, u8, u64, u64)> = collected
+            .stages
+            .iter()
+            .map(|s| (s.from, s.to, s.latency.len(), s.sum_ns))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (point::SOCKET_SEND, point::POD_OUT, 2, 200),
+                (point::POD_OUT, point::NODE_OUT, 1, 200),
+                (point::POD_OUT, point::NODE_IN, 1, 900),
+                (point::NODE_OUT, point::NODE_IN, 1, 700),
+            ]
+        );
+        let out = &collected.uplink[0];
+        assert_eq!((out.point, out.keys.clone()), (point::NODE_OUT, vec![(40000_u64 << 32) | 7]));
+        assert_eq!(collected.uplink[1].keys.len(), 2);
+    }
+
+    #[test]
+    fn first_stamp_wins_and_backwards_or_stale_gaps_are_not_stages() {
+        let mut collector = Collector::new(0);
+        collector.record(&stamp(point::POD_IN, 1, 5, 1, 5000));
+        collector.record(&stamp(point::POD_IN, 1, 5, 1, 6000));
+        collector.record(&stamp(point::SOCKET_READ, 1, 5, 1, 5500));
+        // A read two seconds later is a stale skb match, not a stage.
+        collector.record(&stamp(point::POD_IN, 1, 5, 2, 1_000));
+        collector.record(&stamp(point::SOCKET_READ, 1, 5, 2, 2_000_001_000));
+        let collected = collector.finish();
+        assert_eq!(collected.stages.len(), 1);
+        assert_eq!(collected.stages[0].sum_ns, 500);
+    }
+
+    #[test]
+    fn connect_times_and_retransmits_are_counted() {
+        let mut collector = Collector::new(0);
+        for took in [1000, 3000] {
+            collector.record(&Event {
+                ts_ns: 10,
+                kind: event_kind::CONNECT,
+                value: took,
+                ..Event::default()
+            });
+        }
+        collector.record(&Event {
+            ts_ns: 10,
+            kind: event_kind::RETRANSMIT,
+            ..Event::default()
+        });
+        let collected = collector.finish();
+        let connect = collected.connect.expect("connect times");
+        assert_eq!(connect.len(), 2);
+        assert!(connect.max().abs_diff(3000) <= 3, "max {}", connect.max());
+        assert_eq!(collected.retransmits, 1);
+    }
+}

@@ -1,0 +1,348 @@
+//! The stage programs: loaded once at start, attached only while some run is traced.
+//!
+//! TC classifiers are attached per interface and shared by the runs that use it (counted, so
+//! that two runs through one uplink do not attach it twice). Socket tracepoints are global:
+//! attached with the first traced run and detached with the last, so an idle daemon costs
+//! nothing in the kernel's hot paths. Kernel BPF statistics are enabled over the same span.
+
+use std::{
+    collections::HashMap,
+    os::fd::OwnedFd,
+    sync::{Arc, Mutex},
+};
+
+use aya::programs::{
+    Program, TcAttachType, tc::SchedClassifierLink,
+    tp_btf::BtfTracePointLink, trace_point::TracePointLink,
+};
+
+use crate::{Error, Result, error::chain, probes::Probes, tc_counter};
+
+/// What a traced interface is on the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The host side of a pod's veth.
+    Pod,
+    /// The node's uplink.
+    Uplink,
+}
+
+impl Role {
+    /// The role's name in hook descriptions.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::Uplink => "uplink",
+        }
+    }
+
+    /// (program, attach point) pairs for this role.
+    fn programs(self) -> [(&'static str, TcAttachType); 2] {
+        match self {
+            Self::Pod => [
+                ("sonde_pod_out", TcAttachType::Ingress),
+                ("sonde_pod_in", TcAttachType::Egress),
+            ],
+            Self::Uplink => [
+                ("sonde_node_out", TcAttachType::Egress),
+                ("sonde_node_in", TcAttachType::Ingress),
+            ],
+        }
+    }
+}
+
+/// A socket hook: program name and where it attaches.
+#[derive(Debug, Clone, Copy)]
+enum SocketHook {
+    /// A classic tracepoint (category, name).
+    Tracepoint(&'static str, &'static str),
+    /// A BTF tracepoint on this kernel function's tracepoint.
+    Btf(&'static str),
+}
+
+const SOCKET_HOOKS: [(&str, SocketHook); 4] = [
+    (
+        "sonde_sock_send",
+        SocketHook::Btf("tcp_sendmsg_locked"),
+    ),
+    (
+        "sonde_sock_read",
+        SocketHook::Tracepoint("skb", "skb_copy_datagram_iovec"),
+    ),
+    (
+        "sonde_connect",
+        SocketHook::Tracepoint("sock", "inet_sock_set_state"),
+    ),
+    (
+        "sonde_retransmit",
+        SocketHook::Tracepoint("tcp", "tcp_retransmit_skb"),
+    ),
+];
+
+const TC_PROGRAMS: [&str; 4] = [
+    "sonde_pod_out",
+    "sonde_pod_in",
+    "sonde_node_out",
+    "sonde_node_in",
+];
+
+/// A use of one classifier on one interface, returned to [`Hooks::release_tc`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TcUse {
+    iface: String,
+    program: &'static str,
+}
+
+/// What a program cost: kernel BPF statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramCost {
+    /// The program's name.
+    pub name: &'static str,
+    /// Times it ran.
+    pub invocations: u64,
+    /// Total time it ran, ns.
+    pub run_time_ns: u64,
+}
+
+/// The costs in `now` minus those in `before`, for programs that ran in between.
+pub fn since(now: &[ProgramCost], before: &[ProgramCost]) -> Vec<ProgramCost> {
+    now.iter()
+        .map(|cost| {
+            let base = before.iter().find(|b| b.name == cost.name);
+            ProgramCost {
+                name: cost.name,
+                invocations: cost.invocations - base.map_or(0, |b| b.invocations.min(cost.invocations)),
+                run_time_ns: cost.run_time_ns - base.map_or(0, |b| b.run_time_ns.min(cost.run_time_ns)),
+            }
+        })
+        .filter(|cost| cost.invocations > 0)
+        .collect()
+}
+
+enum SocketLink {
+    Tracepoint(#[allow(dead_code)] TracePointLink),
+    Btf(#[allow(dead_code)] BtfTracePointLink),
+}
+
+impl std::fmt::Debug for SocketLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SocketLink")
+    }
+}
+
+/// The stage programs and their attachments.
+#[derive(Debug)]
+pub struct Hooks {
+    probes: Arc<Mutex<Probes>>,
+    /// Socket programs that loaded, and why the others did not.
+    socket_loaded: Vec<(&'static str, SocketHook)>,
+    load_notes: Vec<String>,
+    tc: HashMap<TcUse, (SchedClassifierLink, u32)>,
+    sockets: Vec<SocketLink>,
+    socket_users: u32,
+    /// Held while any run is traced: the kernel counts program run time only then.
+    stats: Option<OwnedFd>,
+}
+
+fn lock_probes(probes: &Mutex<Probes>) -> std::sync::MutexGuard<'_, Probes> {
+    probes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Hooks {
+    /// Loads every stage program. The classifiers must load; a socket program that does not
+    /// (no BTF, a kernel without that tracepoint) becomes a note in every traced result.
+    pub fn load(probes: Arc<Mutex<Probes>>, btf: Option<&aya::Btf>) -> Result<Self> {
+        let mut socket_loaded = Vec::new();
+        let mut load_notes = Vec::new();
+        {
+            let mut guard = lock_probes(&probes);
+            tc_counter::load_classifiers(&mut guard, &TC_PROGRAMS)?;
+            for (name, hook) in SOCKET_HOOKS {
+                match load_socket(&mut guard, name, hook, btf) {
+                    Ok(()) => socket_loaded.push((name, hook)),
+                    Err(reason) => load_notes.push(format!("{}: not available: {reason}", describe(hook))),
+                }
+            }
+        }
+        Ok(Self {
+            probes,
+            socket_loaded,
+            load_notes,
+            tc: HashMap::new(),
+            sockets: Vec::new(),
+            socket_users: 0,
+            stats: None,
+        })
+    }
+
+    /// Attaches the classifiers of `role` to `iface` (or counts one more user).
+    pub fn attach_tc(&mut self, iface: &str, role: Role) -> Result<Vec<TcUse>> {
+        if nix::net::if_::if_nametoindex(iface).is_err() {
+            return Err(Error::NoSuchInterface {
+                name: iface.to_owned(),
+            });
+        }
+        let mut used = Vec::new();
+        for (program, attach_type) in role.programs() {
+            let key = TcUse {
+                iface: iface.to_owned(),
+                program,
+            };
+            if let Some((_, users)) = self.tc.get_mut(&key) {
+                *users += 1;
+            } else {
+                let attached = {
+                    let mut probes = lock_probes(&self.probes);
+                    tc_counter::attach_tcx(&mut probes, program, iface, attach_type)
+                };
+                match attached {
+                    Ok(link) => {
+                        self.tc.insert(key.clone(), (link, 1));
+                    }
+                    Err(err) => {
+                        for used in used {
+                            self.release_tc(used);
+                        }
+                        return Err(err);
+                    }
+                }
+            }
+            used.push(key);
+        }
+        Ok(used)
+    }
+
+    /// Drops one user of a classifier; the last one detaches it.
+    pub fn release_tc(&mut self, used: TcUse) {
+        if let Some((_, users)) = self.tc.get_mut(&used) {
+            *users -= 1;
+            if *users == 0 {
+                self.tc.remove(&used);
+            }
+        }
+    }
+
+    /// Attaches the socket hooks (or counts one more user); returns the hooks in use and
+    /// notes on those missing.
+    pub fn attach_sockets(&mut self) -> (Vec<String>, Vec<String>) {
+        let mut notes = self.load_notes.clone();
+        if self.socket_users == 0 {
+            self.stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(err) => {
+                    notes.push(format!("program costs unavailable: {}", chain(&err)));
+                    None
+                }
+            };
+            let mut probes = lock_probes(&self.probes);
+            for (name, hook) in &self.socket_loaded {
+                match attach_socket(&mut probes, name, *hook) {
+                    Ok(link) => self.sockets.push(link),
+                    Err(reason) => notes.push(format!("{}: not attached: {reason}", describe(*hook))),
+                }
+            }
+        }
+        self.socket_users += 1;
+        let hooks = self
+            .socket_loaded
+            .iter()
+            .map(|(_, hook)| describe(*hook))
+            .collect();
+        (hooks, notes)
+    }
+
+    /// Drops one user of the socket hooks; the last one detaches them.
+    pub fn release_sockets(&mut self) {
+        self.socket_users = self.socket_users.saturating_sub(1);
+        if self.socket_users == 0 {
+            self.sockets.clear();
+            self.stats = None;
+        }
+    }
+
+    /// Run counts and times of every stage program so far.
+    pub fn costs(&self) -> Vec<ProgramCost> {
+        let probes = lock_probes(&self.probes);
+        TC_PROGRAMS
+            .iter()
+            .copied()
+            .chain(SOCKET_HOOKS.iter().map(|(name, _)| *name))
+            .filter_map(|name| {
+                let info = probes.program(name)?.info().ok()?;
+                Some(ProgramCost {
+                    name,
+                    invocations: info.run_count(),
+                    run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                })
+            })
+            .collect()
+    }
+}
+
+fn describe(hook: SocketHook) -> String {
+    match hook {
+        SocketHook::Tracepoint(category, name) => format!("tracepoint:{category}:{name}"),
+        SocketHook::Btf(name) => format!("tp_btf:{name}"),
+    }
+}
+
+fn load_socket(
+    probes: &mut Probes,
+    name: &'static str,
+    hook: SocketHook,
+    btf: Option<&aya::Btf>,
+) -> Result<(), String> {
+    let program = probes.program_mut(name).map_err(|err| chain(&err))?;
+    let outcome = match (hook, program) {
+        (SocketHook::Tracepoint(..), Program::TracePoint(tp)) => tp.load(),
+        (SocketHook::Btf(function), Program::BtfTracePoint(tp)) => {
+            let btf = btf.ok_or("the kernel has no BTF")?;
+            tp.load(function, btf)
+        }
+        _ => return Err(format!("{name} has an unexpected program type")),
+    };
+    outcome.map_err(|err| chain(&err))
+}
+
+fn attach_socket(
+    probes: &mut Probes,
+    name: &'static str,
+    hook: SocketHook,
+) -> Result<SocketLink, String> {
+    let program = probes.program_mut(name).map_err(|err| chain(&err))?;
+    match (hook, program) {
+        (SocketHook::Tracepoint(category, event), Program::TracePoint(tp)) => {
+            let id = tp.attach(category, event).map_err(|err| chain(&err))?;
+            tp.take_link(id)
+                .map(SocketLink::Tracepoint)
+                .map_err(|err| chain(&err))
+        }
+        (SocketHook::Btf(_), Program::BtfTracePoint(tp)) => {
+            let id = tp.attach().map_err(|err| chain(&err))?;
+            tp.take_link(id)
+                .map(SocketLink::Btf)
+                .map_err(|err| chain(&err))
+        }
+        _ => Err(format!("{name} has an unexpected program type")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn costs_since_a_baseline_keep_only_programs_that_ran() {
+        let cost = |name, invocations, run_time_ns| ProgramCost {
+            name,
+            invocations,
+            run_time_ns,
+        };
+        let before = [cost("a", 10, 1000), cost("b", 5, 500)];
+        let now = [cost("a", 30, 3000), cost("b", 5, 500), cost("c", 2, 90)];
+        assert_eq!(
+            since(&now, &before),
+            vec![cost("a", 20, 2000), cost("c", 2, 90)]
+        );
+    }
+}

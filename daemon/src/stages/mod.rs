@@ -1,0 +1,554 @@
+//! Where the time goes: per-stage kernel latency, connect times and retransmits of exactly a
+//! run's own packets.
+//!
+//! A side of a run asks the [`Tracer`] for a [`RunTrace`]: its flows go into the kernel's flow
+//! map, the stage classifiers are attached (as TCX links) to the pod's veth and the node's
+//! uplink, and the socket tracepoints are attached while any run is traced. Events come back
+//! through one ring buffer, read by one thread and handed to the run's [`Collector`] by flow
+//! number. Dropping the trace (or the daemon, however it dies) releases everything: links are
+//! owned by this process and never pinned.
+//!
+//! # Layout
+//! - [`collect`]: events to per-packet stamps to stage latencies (pure).
+//! - [`hooks`]: the programs, loaded once, attached while someone needs them.
+
+pub mod collect;
+pub mod hooks;
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    os::fd::{AsFd as _, AsRawFd as _},
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use sonde_common::{
+    maps,
+    stages::{Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS},
+};
+
+use crate::{Error, Result, probes::Probes};
+use collect::{Collected, Collector};
+use hooks::{Hooks, ProgramCost};
+
+/// What one side of a run asks to trace on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSpec {
+    /// The run's flows as packets on this node carry them.
+    pub flows: Vec<TracedFlow>,
+    /// Host side of the run's pod veth, when the side is in a pod on this node.
+    pub pod_interface: Option<String>,
+    /// The node's uplink, when the other side is on another node.
+    pub uplink_interface: Option<String>,
+}
+
+/// A flow by its server endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TracedFlow {
+    /// The client's address.
+    pub client: IpAddr,
+    /// The server's address as packets carry it on this node.
+    pub server: IpAddr,
+    /// The server's port.
+    pub server_port: u16,
+    /// 6 (TCP) or 17 (UDP).
+    pub protocol: u8,
+}
+
+impl TracedFlow {
+    fn key(&self) -> FlowKey {
+        FlowKey {
+            client: mapped(self.client),
+            server: mapped(self.server),
+            server_port: self.server_port,
+            protocol: self.protocol,
+            pad: 0,
+        }
+    }
+}
+
+/// What a finished trace reports.
+#[derive(Debug, Default)]
+pub struct TraceReport {
+    /// Stages, uplink stamps, connect times, retransmits.
+    pub collected: Collected,
+    /// Events the kernel could not deliver while the run was traced (all runs').
+    pub events_lost: u64,
+    /// What each program cost meanwhile.
+    pub programs: Vec<ProgramCost>,
+    /// Hooks in use.
+    pub hooks: Vec<String>,
+    /// What could not be traced, and why.
+    pub notes: Vec<String>,
+    /// The kernel's boot ID.
+    pub boot_id: String,
+}
+
+/// Collectors by flow number: where the reader thread hands each event.
+type Dispatch = HashMap<u32, Vec<Arc<Mutex<Collector>>>>;
+
+/// The daemon's tracing: maps, programs and the events reader.
+pub struct Tracer {
+    hooks: Mutex<Hooks>,
+    registry: Mutex<Registry>,
+    events: Mutex<RingBuf<MapData>>,
+    dispatch: Mutex<Dispatch>,
+    boot_id: String,
+}
+
+/// The flows traced now, as the kernel's maps hold them.
+struct Registry {
+    flows: BpfHashMap<MapData, FlowKey, FlowInfo>,
+    ports: Array<MapData, u8>,
+    lost: PerCpuArray<MapData, u64>,
+    /// Per key: its flow number and the sides of each trace using it.
+    keys: HashMap<FlowKey, (u32, Vec<u8>)>,
+    /// Users of each server port.
+    port_users: HashMap<u16, u32>,
+    /// Flow numbers handed out and returned.
+    next_flow: u32,
+    free_flows: Vec<u32>,
+}
+
+impl std::fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer")
+            .field("hooks", &self.hooks)
+            .field("boot_id", &self.boot_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn take_map(probes: &mut Probes, name: &'static str) -> Result<aya::maps::Map> {
+    probes.take_map(name).ok_or(Error::MissingMap { name })
+}
+
+impl Tracer {
+    /// Takes the stage maps out of `probes`, loads the stage programs (the BTF tracepoint needs
+    /// the kernel's BTF, so this runs at start while it is parsed) and starts the events reader.
+    pub fn new(probes: Arc<Mutex<Probes>>, btf: Option<&aya::Btf>) -> Result<Arc<Self>> {
+        let (registry, events) = {
+            let mut guard = lock(&probes);
+            let map_error = |name| move |source| Error::Map { name, source };
+            let flows = BpfHashMap::try_from(take_map(&mut guard, maps::FLOWS)?)
+                .map_err(map_error(maps::FLOWS))?;
+            let ports = Array::try_from(take_map(&mut guard, maps::SERVER_PORTS)?)
+                .map_err(map_error(maps::SERVER_PORTS))?;
+            let lost = PerCpuArray::try_from(take_map(&mut guard, maps::STAGE_COUNTERS)?)
+                .map_err(map_error(maps::STAGE_COUNTERS))?;
+            let events = RingBuf::try_from(take_map(&mut guard, maps::EVENTS)?)
+                .map_err(map_error(maps::EVENTS))?;
+            let registry = Registry {
+                flows,
+                ports,
+                lost,
+                keys: HashMap::new(),
+                port_users: HashMap::new(),
+                next_flow: 0,
+                free_flows: Vec::new(),
+            };
+            (registry, events)
+        };
+        let hooks = Hooks::load(probes, btf)?;
+        let tracer = Arc::new(Self {
+            hooks: Mutex::new(hooks),
+            registry: Mutex::new(registry),
+            events: Mutex::new(events),
+            dispatch: Mutex::new(HashMap::new()),
+            boot_id: boot_id(),
+        });
+        let reader = Arc::clone(&tracer);
+        std::thread::Builder::new()
+            .name("sonde-events".to_owned())
+            .spawn(move || reader.read_events())
+            .map_err(|source| Error::Bind {
+                addr: "events reader thread".to_owned(),
+                source,
+            })?;
+        Ok(tracer)
+    }
+
+    /// Starts tracing one side of a run: `sides` are the [`side`] bits this node holds, and
+    /// events before `from_ns` (CLOCK_MONOTONIC) are the warm-up's.
+    pub fn trace(self: &Arc<Self>, spec: &TraceSpec, sides: u8, from_ns: u64) -> Result<RunTrace> {
+        let mut trace = RunTrace {
+            tracer: Arc::clone(self),
+            keys: Vec::new(),
+            collector: Arc::new(Mutex::new(Collector::new(from_ns))),
+            flows: Vec::new(),
+            attached: Vec::new(),
+            baseline: Vec::new(),
+            lost_before: 0,
+            hooks: Vec::new(),
+            notes: Vec::new(),
+        };
+        // Interfaces first: a wrong name is refused before anything is registered.
+        let mut hooks = lock(&self.hooks);
+        for (iface, role) in [
+            (&spec.pod_interface, hooks::Role::Pod),
+            (&spec.uplink_interface, hooks::Role::Uplink),
+        ] {
+            if let Some(iface) = iface {
+                trace.attached.extend(hooks.attach_tc(iface, role)?);
+                trace.hooks.push(format!("tc:{} {iface}", role.name()));
+            }
+        }
+        let (sockets, notes) = hooks.attach_sockets();
+        trace.hooks.extend(sockets);
+        trace.notes.extend(notes);
+        trace.baseline = hooks.costs();
+        drop(hooks);
+        let mut registry = lock(&self.registry);
+        trace.lost_before = registry.lost_total();
+        for flow in &spec.flows {
+            let key = flow.key();
+            let number = registry.add(key, sides)?;
+            trace.keys.push((key, sides));
+            if !trace.flows.contains(&number) {
+                trace.flows.push(number);
+            }
+        }
+        drop(registry);
+        let mut dispatch = lock(&self.dispatch);
+        for number in &trace.flows {
+            dispatch
+                .entry(*number)
+                .or_default()
+                .push(Arc::clone(&trace.collector));
+        }
+        Ok(trace)
+    }
+
+    /// Reads events until the daemon exits; wakes only when the kernel has some.
+    fn read_events(&self) {
+        let fd = lock(&self.events).as_fd().as_raw_fd();
+        loop {
+            let mut pollfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; the ring buffer (and its fd) lives as long as `self`.
+            let ready = unsafe { libc::poll(&mut pollfd, 1, -1) };
+            if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+            {
+                tracing::error!("polling the events ring buffer failed: tracing stops");
+                return;
+            }
+            self.drain();
+        }
+    }
+
+    /// Hands every event waiting in the ring buffer to its collectors.
+    fn drain(&self) {
+        let mut events = lock(&self.events);
+        let dispatch = lock(&self.dispatch);
+        while let Some(item) = events.next() {
+            if item.len() < size_of::<Event>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote an `Event` (plain integers, any bit pattern is valid);
+            // ring buffer records are 8-byte aligned but read unaligned to be safe.
+            let event = unsafe { item.as_ptr().cast::<Event>().read_unaligned() };
+            if let Some(collectors) = dispatch.get(&event.flow) {
+                for collector in collectors {
+                    lock(collector).record(&event);
+                }
+            }
+        }
+    }
+}
+
+impl Registry {
+    fn add(&mut self, key: FlowKey, sides: u8) -> Result<u32> {
+        let map_error = |source| Error::Map {
+            name: maps::FLOWS,
+            source,
+        };
+        let number = match self.keys.get(&key) {
+            Some((number, _)) => *number,
+            None => match self.free_flows.pop() {
+                Some(number) => number,
+                None if self.next_flow < MAX_FLOWS => {
+                    self.next_flow += 1;
+                    self.next_flow - 1
+                }
+                None => return Err(Error::TooManyFlows { max: MAX_FLOWS }),
+            },
+        };
+        let users = &mut self.keys.entry(key).or_insert((number, Vec::new())).1;
+        users.push(sides);
+        let info = FlowInfo {
+            flow: number,
+            sides: users.iter().fold(0, |all, sides| all | sides),
+            pad: [0; 3],
+        };
+        self.flows.insert(key, info, 0).map_err(map_error)?;
+        let port_users = self.port_users.entry(key.server_port).or_default();
+        *port_users += 1;
+        if *port_users == 1 {
+            self.ports
+                .set(u32::from(key.server_port), 1, 0)
+                .map_err(|source| Error::Map {
+                    name: maps::SERVER_PORTS,
+                    source,
+                })?;
+        }
+        Ok(number)
+    }
+
+    fn remove(&mut self, key: &FlowKey, sides: u8) {
+        if let Some((number, users)) = self.keys.get_mut(key) {
+            if let Some(at) = users.iter().position(|s| *s == sides) {
+                users.remove(at);
+            }
+            let number = *number;
+            if users.is_empty() {
+                self.keys.remove(key);
+                let _ = self.flows.remove(key);
+                self.free_flows.push(number);
+            } else {
+                let info = FlowInfo {
+                    flow: number,
+                    sides: users.iter().fold(0, |all, sides| all | sides),
+                    pad: [0; 3],
+                };
+                let _ = self.flows.insert(key, info, 0);
+            }
+        }
+        if let Some(users) = self.port_users.get_mut(&key.server_port) {
+            *users -= 1;
+            if *users == 0 {
+                self.port_users.remove(&key.server_port);
+                let _ = self.ports.set(u32::from(key.server_port), 0, 0);
+            }
+        }
+    }
+
+    fn lost_total(&self) -> u64 {
+        self.lost
+            .get(&LOST_EVENTS, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+/// One side of a run being traced; dropping it stops the tracing.
+#[derive(Debug)]
+pub struct RunTrace {
+    tracer: Arc<Tracer>,
+    keys: Vec<(FlowKey, u8)>,
+    collector: Arc<Mutex<Collector>>,
+    flows: Vec<u32>,
+    attached: Vec<hooks::TcUse>,
+    baseline: Vec<ProgramCost>,
+    lost_before: u64,
+    hooks: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl RunTrace {
+    /// Stops tracing and reports what was seen.
+    pub fn finish(mut self) -> TraceReport {
+        self.tracer.drain();
+        let collector = std::mem::replace(&mut *lock(&self.collector), Collector::new(0));
+        let programs = hooks::since(&lock(&self.tracer.hooks).costs(), &self.baseline);
+        let events_lost = lock(&self.tracer.registry)
+            .lost_total()
+            .saturating_sub(self.lost_before);
+        let mut notes = std::mem::take(&mut self.notes);
+        if events_lost > 0 {
+            notes.push(format!(
+                "{events_lost} events lost (the ring buffer was full): stages are from a sample"
+            ));
+        }
+        let collected = collector.finish();
+        if collected.packets_over_cap > 0 {
+            notes.push(format!(
+                "{} packets beyond the first {} were not followed",
+                collected.packets_over_cap,
+                collect::MAX_PACKETS
+            ));
+        }
+        TraceReport {
+            collected,
+            events_lost,
+            programs,
+            hooks: std::mem::take(&mut self.hooks),
+            notes,
+            boot_id: self.tracer.boot_id.clone(),
+        }
+    }
+}
+
+impl Drop for RunTrace {
+    fn drop(&mut self) {
+        {
+            let mut dispatch = lock(&self.tracer.dispatch);
+            for number in &self.flows {
+                if let Some(collectors) = dispatch.get_mut(number) {
+                    collectors.retain(|c| !Arc::ptr_eq(c, &self.collector));
+                    if collectors.is_empty() {
+                        dispatch.remove(number);
+                    }
+                }
+            }
+        }
+        {
+            let mut registry = lock(&self.tracer.registry);
+            for (key, sides) in &self.keys {
+                registry.remove(key, *sides);
+            }
+        }
+        let mut hooks = lock(&self.tracer.hooks);
+        for used in self.attached.drain(..) {
+            hooks.release_tc(used);
+        }
+        hooks.release_sockets();
+    }
+}
+
+/// An address as IPv4-mapped IPv6 when it is IPv4, the form the flow map stores.
+fn mapped(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The kernel's boot ID: two daemons with the same one share a kernel, and so a clock.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Most flows one side may ask to trace.
+pub const MAX_TRACED_FLOWS: usize = 16;
+
+impl TraceSpec {
+    /// Checks a request's trace part; `server_port` 0 in a flow means `default_port` (the
+    /// port a server side was just given).
+    pub fn from_request(
+        request: &sonde_proto::v1::TraceRequest,
+        default_port: u16,
+    ) -> Result<Self, crate::runs::spec::InvalidSpec> {
+        let invalid = |field: &'static str, reason: String| crate::runs::spec::InvalidSpec {
+            field,
+            reason,
+        };
+        if request.flows.is_empty() || request.flows.len() > MAX_TRACED_FLOWS {
+            return Err(invalid(
+                "trace.flows",
+                format!("must hold 1 to {MAX_TRACED_FLOWS} flows, got {}", request.flows.len()),
+            ));
+        }
+        let ip = |field: &'static str, text: &str| {
+            text.parse::<IpAddr>()
+                .map_err(|_| invalid(field, format!("{text:?} is not an IP address")))
+        };
+        let flows = request
+            .flows
+            .iter()
+            .map(|flow| {
+                let port = match flow.server_port {
+                    0 => default_port,
+                    port => u16::try_from(port).map_err(|_| {
+                        invalid("trace.flows.server_port", format!("{port} is not a port"))
+                    })?,
+                };
+                let protocol = match flow.protocol.as_str() {
+                    "tcp" => 6,
+                    "udp" => 17,
+                    other => {
+                        return Err(invalid(
+                            "trace.flows.protocol",
+                            format!("must be \"tcp\" or \"udp\", got {other:?}"),
+                        ));
+                    }
+                };
+                if port == 0 {
+                    return Err(invalid(
+                        "trace.flows.server_port",
+                        "must be 1 to 65535 (0 only in PrepareServer)".to_owned(),
+                    ));
+                }
+                Ok(TracedFlow {
+                    client: ip("trace.flows.client_ip", &flow.client_ip)?,
+                    server: ip("trace.flows.server_ip", &flow.server_ip)?,
+                    server_port: port,
+                    protocol,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let iface = |field: &'static str, name: &str| -> Result<Option<String>, _> {
+            match name {
+                "" => Ok(None),
+                name if name.len() < 16 && !name.contains(['/', ' ', '\0']) => {
+                    Ok(Some(name.to_owned()))
+                }
+                name => Err(invalid(field, format!("{name:?} is not an interface name"))),
+            }
+        };
+        Ok(Self {
+            flows,
+            pod_interface: iface("trace.pod_interface", &request.pod_interface)?,
+            uplink_interface: iface("trace.uplink_interface", &request.uplink_interface)?,
+        })
+    }
+}
+
+impl TraceReport {
+    /// Folds another report of the same run on this node (a Service with several server pods
+    /// here) into this one.
+    pub fn merge(&mut self, other: TraceReport) {
+        let mine = &mut self.collected;
+        let theirs = other.collected;
+        for stage in theirs.stages {
+            match mine.stages.iter_mut().find(|s| {
+                (s.direction, s.from, s.to) == (stage.direction, stage.from, stage.to)
+            }) {
+                Some(same) => {
+                    let _ = same.latency.add(&stage.latency);
+                    same.sum_ns += stage.sum_ns;
+                }
+                None => mine.stages.push(stage),
+            }
+        }
+        for stamps in theirs.uplink {
+            match mine
+                .uplink
+                .iter_mut()
+                .find(|s| (s.direction, s.point) == (stamps.direction, stamps.point))
+            {
+                Some(same) => {
+                    same.keys.extend(stamps.keys);
+                    same.ts_ns.extend(stamps.ts_ns);
+                }
+                None => mine.uplink.push(stamps),
+            }
+        }
+        match (&mut mine.connect, theirs.connect) {
+            (Some(connect), Some(more)) => {
+                let _ = connect.add(&more);
+            }
+            (connect @ None, more) => *connect = more,
+            (Some(_), None) => {}
+        }
+        mine.retransmits += theirs.retransmits;
+        mine.packets += theirs.packets;
+        mine.packets_over_cap += theirs.packets_over_cap;
+        mine.events += theirs.events;
+        self.events_lost = self.events_lost.max(other.events_lost);
+        for note in other.notes {
+            if !self.notes.contains(&note) {
+                self.notes.push(note);
+            }
+        }
+    }
+}
