@@ -234,6 +234,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub plain_io: bool,
 
+    /// Do not trace the run's packets in the kernel (no per-stage breakdown).
+    #[arg(long)]
+    pub no_trace: bool,
+
+    /// Estimate the clock offset between the two nodes NTP-style even when they share a
+    /// kernel (as lab nodes do), to see the estimator's error against a known zero.
+    #[arg(long, hide = true)]
+    pub estimate_clock: bool,
+
     /// The lab whose pods, nodes and Services endpoints name.
     #[arg(long, env = "SONDE_LAB", default_value = "lab")]
     pub lab: String,

@@ -83,6 +83,10 @@ pub struct Place {
     pub netns: String,
     /// The address traffic to this side goes to.
     pub ip: Option<IpAddr>,
+    /// The host side of the pod's veth, in the daemon's namespace (pod endpoints).
+    pub host_interface: Option<String>,
+    /// The node's uplink, in the daemon's namespace (lab endpoints).
+    pub uplink: Option<String>,
 }
 
 /// The receiving end of a run.
@@ -181,6 +185,8 @@ fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Res
                 pod: Some(pod.name.clone()),
                 netns: format!("/run/netns/{}", pod.netns),
                 ip: Some(IpAddr::V4(pod.ip)),
+                host_interface: Some(pod.host_veth.clone()),
+                uplink: Some(crate::lab::inventory::ETH0.to_owned()),
             })
         }
         EndpointRef::Node(name) => {
@@ -195,6 +201,8 @@ fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Res
                 pod: None,
                 netns: String::new(),
                 ip: Some(IpAddr::V4(node.ip)),
+                host_interface: None,
+                uplink: Some(crate::lab::inventory::ETH0.to_owned()),
             })
         }
         EndpointRef::Agent(addr) => Ok(Place {
@@ -206,6 +214,8 @@ fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Res
                 AgentAddr::Tcp { host, .. } => host.parse().ok(),
                 AgentAddr::Unix(_) => None,
             },
+            host_interface: None,
+            uplink: None,
         }),
         EndpointRef::Service(_) => bail!("a Service is not a place a generator runs"),
     }

@@ -177,7 +177,13 @@ impl<S: FactsSource> Agent for AgentService<S> {
                 lease,
                 token,
                 |port| {
-                    start_trace(tracer.as_ref(), request.trace.as_ref(), port, side::SERVER, warmup)
+                    start_trace(
+                        tracer.as_ref(),
+                        request.trace.as_ref(),
+                        port,
+                        side::SERVER,
+                        warmup,
+                    )
                 },
             )
         })
@@ -253,15 +259,17 @@ impl<S: FactsSource> Agent for AgentService<S> {
         let servers = self.runs.take_servers(&request.into_inner().run_id)?;
         let (result, trace) = tokio::task::spawn_blocking(move || {
             let (servers, traces): (Vec<_>, Vec<_>) = servers.into_iter().unzip();
-            let result = generators::merge_sides(servers.into_iter().map(generators::Server::finish));
-            let trace = traces
-                .into_iter()
-                .flatten()
-                .map(RunTrace::finish)
-                .reduce(|mut all, more| {
-                    all.merge(more);
-                    all
-                });
+            let result =
+                generators::merge_sides(servers.into_iter().map(generators::Server::finish));
+            let trace =
+                traces
+                    .into_iter()
+                    .flatten()
+                    .map(RunTrace::finish)
+                    .reduce(|mut all, more| {
+                        all.merge(more);
+                        all
+                    });
             (result, trace)
         })
         .await
@@ -419,7 +427,11 @@ fn trace_result(report: TraceReport) -> pb::TraceResult {
                 ts_ns: stamps.ts_ns,
             })
             .collect(),
-        connect_histogram: collected.connect.as_ref().map(serialize).unwrap_or_default(),
+        connect_histogram: collected
+            .connect
+            .as_ref()
+            .map(serialize)
+            .unwrap_or_default(),
         retransmits: collected.retransmits,
         packets: collected.packets,
         packets_over_cap: collected.packets_over_cap,

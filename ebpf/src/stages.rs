@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TcContext, TracePointContext},
 };
 use sonde_common::stages::{
-    EVENTS_BYTES, Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, direction, event_kind,
-    point, side,
+    EVENTS_BYTES, Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, direction, event_kind, point,
+    side,
 };
 
 #[map(name = "SONDE_FLOWS")]
@@ -59,6 +59,11 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 /// sonde's UDP data datagrams start with this magic; the sequence number follows at 8..16.
 const UDP_DATA_MAGIC: [u8; 4] = *b"SNDD";
+
+/// `bpf_ringbuf_output` flags and `bpf_ringbuf_query` selector (uapi/linux/bpf.h).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
@@ -112,10 +117,26 @@ pub fn stamp(ctx: &TcContext, at: u8, deliver: bool) {
         let sent_ns = unsafe { *sent };
         if sent_ns != 0 && sent_ns <= now {
             unsafe { *sent = 0 };
-            emit(&who, event_kind::STAMP, point::SOCKET_SEND, sent_ns, packet.id, 0, 0);
+            emit(
+                &who,
+                event_kind::STAMP,
+                point::SOCKET_SEND,
+                sent_ns,
+                packet.id,
+                0,
+                0,
+            );
         }
     }
-    emit(&who, event_kind::STAMP, at, now, packet.id, ifindex, packet.payload);
+    emit(
+        &who,
+        event_kind::STAMP,
+        at,
+        now,
+        packet.id,
+        ifindex,
+        packet.payload,
+    );
     if deliver {
         let mark = Mark {
             ts_ns: now,
@@ -149,7 +170,15 @@ pub fn socket_read(ctx: &TracePointContext) {
         direction: mark.direction,
         client_port: mark.client_port,
     };
-    emit(&who, event_kind::STAMP, point::SOCKET_READ, now, mark.id, 0, 0);
+    emit(
+        &who,
+        event_kind::STAMP,
+        point::SOCKET_READ,
+        now,
+        mark.id,
+        0,
+        0,
+    );
 }
 
 /// The leading fields of the kernel's `struct sock_common`, stable since IPv4 sockets began.
@@ -259,7 +288,11 @@ pub fn retransmit(ctx: &TracePointContext) {
         let who = Who {
             flow: info.flow,
             direction: dir,
-            client_port: if dir == direction::TO_SERVER { sport } else { dport },
+            client_port: if dir == direction::TO_SERVER {
+                sport
+            } else {
+                dport
+            },
         };
         let now = unsafe { bpf_ktime_get_ns() };
         emit(&who, event_kind::RETRANSMIT, 0, now, 0, 0, 0);
@@ -359,7 +392,14 @@ fn emit(who: &Who, kind: u8, at: u8, ts_ns: u64, id: u32, ifindex: u32, value: u
         client_port: who.client_port,
         pad2: 0,
     };
-    if EVENTS.output::<Event>(&event, 0).is_err() {
+    // Waking the reader on every event costs an interrupt each (a VM exit on virtual
+    // machines): it polls on a timer instead, and is woken only when the buffer fills up.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > u64::from(EVENTS_BYTES / 4) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<Event>(&event, flags).is_err() {
         // A full ring buffer loses the event; userspace reports the count with the run.
         if let Some(lost) = COUNTERS.get_ptr_mut(LOST_EVENTS) {
             // SAFETY: a per-CPU slot, written only by this CPU with preemption disabled.

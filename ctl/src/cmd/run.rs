@@ -73,6 +73,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         destination,
         timeout: args.timeout,
         progress: args.output == RunOutput::Table && std::io::stderr().is_terminal(),
+        trace: !args.no_trace,
+        estimate_clock: args.estimate_clock,
     };
 
     let mut agents = Agents::default();

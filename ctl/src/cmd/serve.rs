@@ -55,6 +55,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             )
             .unwrap_or(u64::MAX),
             token: Vec::new(),
+            trace: None,
         })
         .await
         .map_err(|status| anyhow::anyhow!("{} refused: {}", place.agent, status.message()))?

@@ -12,7 +12,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sonde_proto::v1::{self as pb, agent_client::AgentClient};
 use tonic::transport::Channel;
 
-use super::report::{self, Measurement, Shape};
+use super::{
+    breakdown, clock,
+    report::{self, Measurement, Shape},
+};
 use crate::{
     agent,
     endpoint::{Destination, Place},
@@ -47,9 +50,83 @@ pub struct Plan {
     pub timeout: Duration,
     /// Show a progress bar (stderr is a terminal and the output is not machine-read).
     pub progress: bool,
+    /// Trace the run's packets in the kernel (network kinds).
+    pub trace: bool,
+    /// Estimate the clock offset even when both daemons share a kernel.
+    pub estimate_clock: bool,
 }
 
 impl Plan {
+    /// Whether the run's packets are traced: asked for, and a kind that crosses the network.
+    fn traced(&self) -> bool {
+        self.trace
+            && matches!(
+                self.transport(),
+                report::Transport::Tcp | report::Transport::Udp
+            )
+    }
+
+    fn protocol(&self) -> &'static str {
+        match self.transport() {
+            report::Transport::Udp => "udp",
+            _ => "tcp",
+        }
+    }
+
+    /// What the daemon of `server` traces: the flow from the client to it, at its pod's veth
+    /// and, when the client is elsewhere, at its node's uplink.
+    fn server_trace(&self, server: &Place) -> Option<pb::TraceRequest> {
+        let (client_ip, server_ip) = (self.source.ip?, server.ip?);
+        Some(pb::TraceRequest {
+            flows: vec![pb::TracedFlow {
+                client_ip: client_ip.to_string(),
+                server_ip: server_ip.to_string(),
+                server_port: 0,
+                protocol: self.protocol().to_owned(),
+            }],
+            pod_interface: server.host_interface.clone().unwrap_or_default(),
+            uplink_interface: if server.agent == self.source.agent {
+                String::new()
+            } else {
+                server.uplink.clone().unwrap_or_default()
+            },
+        })
+    }
+
+    /// What the client's daemon traces: the flow to the target (a ClusterIP before DNAT) and
+    /// to every server behind it.
+    fn client_trace(
+        &self,
+        target_port: u16,
+        servers: &[(&Place, u16)],
+    ) -> Option<pb::TraceRequest> {
+        let client_ip = self.source.ip?.to_string();
+        let flow = |ip: std::net::IpAddr, port: u16| pb::TracedFlow {
+            client_ip: client_ip.clone(),
+            server_ip: ip.to_string(),
+            server_port: u32::from(port),
+            protocol: self.protocol().to_owned(),
+        };
+        let mut flows = vec![flow(self.destination.ip, target_port)];
+        for (server, port) in servers {
+            if let Some(ip) = server.ip
+                && (ip, *port) != (self.destination.ip, target_port)
+            {
+                flows.push(flow(ip, *port));
+            }
+        }
+        let remote = servers.iter().any(|(s, _)| s.agent != self.source.agent);
+        Some(pb::TraceRequest {
+            flows,
+            pod_interface: self.source.host_interface.clone().unwrap_or_default(),
+            uplink_interface: if remote {
+                self.source.uplink.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+        })
+    }
+
     /// How the kind and direction shape the figures.
     pub fn shape(&self) -> Shape {
         match (self.kind, self.direction) {
@@ -171,6 +248,11 @@ pub async fn measure(
             port: u32::from(plan.destination.server_port.unwrap_or(0)),
             lease_ms,
             token: token.clone(),
+            trace: if plan.traced() {
+                plan.server_trace(server)
+            } else {
+                None
+            },
         };
         let answer = match agents.get(&server.agent, plan.timeout).await {
             Ok(mut client) => client.prepare_server(request).await.map_err(|status| {
@@ -202,6 +284,10 @@ pub async fn measure(
     if errors.is_empty()
         && let Some(port) = port
     {
+        let servers: Vec<(&Place, u16)> = prepared
+            .iter()
+            .filter_map(|(place, answer)| Some((*place, u16::try_from(answer.port).ok()?)))
+            .collect();
         let request = pb::StartClientRequest {
             run_id: run_id.clone(),
             spec: Some(spec),
@@ -210,6 +296,11 @@ pub async fn measure(
             target_port: u32::from(port),
             token: token.clone(),
             target_path,
+            trace: if plan.traced() {
+                plan.client_trace(port, &servers)
+            } else {
+                None
+            },
         };
         match run_client(plan, agents, request, size).await {
             Ok(result) => client_result = Some(result),
@@ -223,6 +314,7 @@ pub async fn measure(
     // Phase 3: every daemon holding a server side returns what it measured (once per daemon:
     // it merges the sides it holds).
     let mut server_results = Vec::new();
+    let mut server_agents = Vec::new();
     let mut finished_agents: Vec<&str> = Vec::new();
     for (server, _) in &prepared {
         if finished_agents.contains(&server.agent.as_str()) {
@@ -239,7 +331,12 @@ pub async fn measure(
             Err(err) => Err(err),
         };
         match finished {
-            Ok(answer) => server_results.extend(answer.into_inner().result),
+            Ok(answer) => {
+                if let Some(result) = answer.into_inner().result {
+                    server_results.push(result);
+                    server_agents.push(server.agent.clone());
+                }
+            }
             Err(err) => errors.push(format!("server side on {}: {err:#}", place_name(server))),
         }
     }
@@ -254,7 +351,66 @@ pub async fn measure(
         response_size,
         repetition,
     };
-    report::measurement(&sample, client_result.as_ref(), server.as_ref(), errors)
+    let mut measurement =
+        report::measurement(&sample, client_result.as_ref(), server.as_ref(), errors);
+    if let Some(client) = client_result.as_ref().and_then(|c| c.trace.as_ref()) {
+        let remote: Vec<(String, &pb::TraceResult)> = server_agents
+            .iter()
+            .zip(&server_results)
+            .filter(|(agent, _)| **agent != plan.source.agent)
+            .filter_map(|(agent, result)| Some((node_of(plan, agent), result.trace.as_ref()?)))
+            .collect();
+        let clock = match server_agents.iter().find(|a| **a != plan.source.agent) {
+            Some(server_agent) => {
+                clock::offset(
+                    agents,
+                    &plan.source.agent,
+                    server_agent,
+                    plan.estimate_clock,
+                    plan.timeout,
+                )
+                .await
+            }
+            None => Ok(clock::ClockOffset::SAME_KERNEL),
+        };
+        match clock {
+            Ok(clock) => {
+                let client_node = node_label(&plan.source);
+                let servers: Vec<breakdown::SideTrace<'_>> = remote
+                    .iter()
+                    .map(|(node, trace)| breakdown::SideTrace { node, trace })
+                    .collect();
+                measurement.kernel = Some(breakdown::build(
+                    breakdown::SideTrace {
+                        node: &client_node,
+                        trace: client,
+                    },
+                    &servers,
+                    clock,
+                    measurement.latency.as_ref().map(|l| l.mean_ns),
+                ));
+            }
+            Err(err) => measurement.errors.push(format!(
+                "kernel breakdown: the clocks could not be compared: {err:#}"
+            )),
+        }
+    }
+    measurement
+}
+
+/// The node name of a server daemon, for reports.
+fn node_of(plan: &Plan, agent: &str) -> String {
+    plan.destination
+        .servers
+        .iter()
+        .find(|s| s.agent == agent)
+        .map(node_label)
+        .unwrap_or_else(|| agent.to_owned())
+}
+
+/// The node a place is on, or its daemon's address when the node is not known.
+fn node_label(place: &Place) -> String {
+    place.node.clone().unwrap_or_else(|| place.agent.clone())
 }
 
 /// Streams a client side: progress to the bar, then its result.

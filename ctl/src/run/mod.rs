@@ -4,7 +4,11 @@
 //! - [`sizes`]: sizes and sweeps on the command line.
 //! - [`execute`]: the two-phase protocol against the daemons, progress, cancellation.
 //! - [`report`]: the result document, its table and CSV.
+//! - [`clock`]: the offset between two daemons' clocks, with its error bar.
+//! - [`breakdown`]: per-stage kernel latency from both nodes' traces.
 
+pub mod breakdown;
+pub mod clock;
 pub mod execute;
 pub mod report;
 pub mod sizes;

@@ -104,6 +104,8 @@ pub struct Measurement {
     pub client: Option<SideReport>,
     /// The server side(s), merged.
     pub server: Option<SideReport>,
+    /// Per-stage kernel latency of the run's own packets, when traced.
+    pub kernel: Option<super::breakdown::Breakdown>,
     /// Whether both sides completed without errors.
     pub complete: bool,
     /// What went wrong in this measurement.
@@ -434,6 +436,7 @@ pub fn measurement(
         cpu,
         client: client.map(SideReport::from_pb),
         server: server.map(SideReport::from_pb),
+        kernel: None,
         complete: client.is_some() && server.is_some() && errors.is_empty(),
         errors,
     }

@@ -170,7 +170,11 @@ impl Runs {
     pub fn take_servers(&self, run_id: &str) -> Result<Vec<(Server, Option<RunTrace>)>, RunError> {
         self.servers()
             .remove(run_id)
-            .map(|held| held.into_iter().map(|held| (held.server, held.trace)).collect())
+            .map(|held| {
+                held.into_iter()
+                    .map(|held| (held.server, held.trace))
+                    .collect()
+            })
             .ok_or_else(|| RunError::NotFound {
                 run_id: run_id.to_owned(),
             })

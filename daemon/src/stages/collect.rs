@@ -254,7 +254,10 @@ mod tests {
             ]
         );
         let out = &collected.uplink[0];
-        assert_eq!((out.point, out.keys.clone()), (point::NODE_OUT, vec![(40000_u64 << 32) | 7]));
+        assert_eq!(
+            (out.point, out.keys.clone()),
+            (point::NODE_OUT, vec![(40000_u64 << 32) | 7])
+        );
         assert_eq!(collected.uplink[1].keys.len(), 2);
     }
 

@@ -12,8 +12,8 @@ use std::{
 };
 
 use aya::programs::{
-    Program, TcAttachType, tc::SchedClassifierLink,
-    tp_btf::BtfTracePointLink, trace_point::TracePointLink,
+    Program, TcAttachType, tc::SchedClassifierLink, tp_btf::BtfTracePointLink,
+    trace_point::TracePointLink,
 };
 
 use crate::{Error, Result, error::chain, probes::Probes, tc_counter};
@@ -61,10 +61,7 @@ enum SocketHook {
 }
 
 const SOCKET_HOOKS: [(&str, SocketHook); 4] = [
-    (
-        "sonde_sock_send",
-        SocketHook::Btf("tcp_sendmsg_locked"),
-    ),
+    ("sonde_sock_send", SocketHook::Btf("tcp_sendmsg_locked")),
     (
         "sonde_sock_read",
         SocketHook::Tracepoint("skb", "skb_copy_datagram_iovec"),
@@ -111,8 +108,10 @@ pub fn since(now: &[ProgramCost], before: &[ProgramCost]) -> Vec<ProgramCost> {
             let base = before.iter().find(|b| b.name == cost.name);
             ProgramCost {
                 name: cost.name,
-                invocations: cost.invocations - base.map_or(0, |b| b.invocations.min(cost.invocations)),
-                run_time_ns: cost.run_time_ns - base.map_or(0, |b| b.run_time_ns.min(cost.run_time_ns)),
+                invocations: cost.invocations
+                    - base.map_or(0, |b| b.invocations.min(cost.invocations)),
+                run_time_ns: cost.run_time_ns
+                    - base.map_or(0, |b| b.run_time_ns.min(cost.run_time_ns)),
             }
         })
         .filter(|cost| cost.invocations > 0)
@@ -145,7 +144,9 @@ pub struct Hooks {
 }
 
 fn lock_probes(probes: &Mutex<Probes>) -> std::sync::MutexGuard<'_, Probes> {
-    probes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    probes
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Hooks {
@@ -160,7 +161,9 @@ impl Hooks {
             for (name, hook) in SOCKET_HOOKS {
                 match load_socket(&mut guard, name, hook, btf) {
                     Ok(()) => socket_loaded.push((name, hook)),
-                    Err(reason) => load_notes.push(format!("{}: not available: {reason}", describe(hook))),
+                    Err(reason) => {
+                        load_notes.push(format!("{}: not available: {reason}", describe(hook)))
+                    }
                 }
             }
         }
@@ -238,7 +241,9 @@ impl Hooks {
             for (name, hook) in &self.socket_loaded {
                 match attach_socket(&mut probes, name, *hook) {
                     Ok(link) => self.sockets.push(link),
-                    Err(reason) => notes.push(format!("{}: not attached: {reason}", describe(*hook))),
+                    Err(reason) => {
+                        notes.push(format!("{}: not attached: {reason}", describe(*hook)))
+                    }
                 }
             }
         }

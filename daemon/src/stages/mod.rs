@@ -85,6 +85,10 @@ pub struct TraceReport {
     pub boot_id: String,
 }
 
+/// How often the events reader looks while runs are traced, and while none is.
+const TRACING_POLL_MS: i32 = 20;
+const IDLE_POLL_MS: i32 = 1000;
+
 /// Collectors by flow number: where the reader thread hands each event.
 type Dispatch = HashMap<u32, Vec<Arc<Mutex<Collector>>>>;
 
@@ -121,7 +125,9 @@ impl std::fmt::Debug for Tracer {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn take_map(probes: &mut Probes, name: &'static str) -> Result<aya::maps::Map> {
@@ -233,9 +239,17 @@ impl Tracer {
                 events: libc::POLLIN,
                 revents: 0,
             };
+            // The kernel wakes us only when the buffer is a quarter full (see the programs):
+            // poll often while runs are traced, rarely when idle.
+            let timeout_ms = if lock(&self.dispatch).is_empty() {
+                IDLE_POLL_MS
+            } else {
+                TRACING_POLL_MS
+            };
             // SAFETY: one valid pollfd; the ring buffer (and its fd) lives as long as `self`.
-            let ready = unsafe { libc::poll(&mut pollfd, 1, -1) };
-            if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+            let ready = unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
+            if ready < 0
+                && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
             {
                 tracing::error!("polling the events ring buffer failed: tracing stops");
                 return;
@@ -438,14 +452,15 @@ impl TraceSpec {
         request: &sonde_proto::v1::TraceRequest,
         default_port: u16,
     ) -> Result<Self, crate::runs::spec::InvalidSpec> {
-        let invalid = |field: &'static str, reason: String| crate::runs::spec::InvalidSpec {
-            field,
-            reason,
-        };
+        let invalid =
+            |field: &'static str, reason: String| crate::runs::spec::InvalidSpec { field, reason };
         if request.flows.is_empty() || request.flows.len() > MAX_TRACED_FLOWS {
             return Err(invalid(
                 "trace.flows",
-                format!("must hold 1 to {MAX_TRACED_FLOWS} flows, got {}", request.flows.len()),
+                format!(
+                    "must hold 1 to {MAX_TRACED_FLOWS} flows, got {}",
+                    request.flows.len()
+                ),
             ));
         }
         let ip = |field: &'static str, text: &str| {
@@ -510,9 +525,11 @@ impl TraceReport {
         let mine = &mut self.collected;
         let theirs = other.collected;
         for stage in theirs.stages {
-            match mine.stages.iter_mut().find(|s| {
-                (s.direction, s.from, s.to) == (stage.direction, stage.from, stage.to)
-            }) {
+            match mine
+                .stages
+                .iter_mut()
+                .find(|s| (s.direction, s.from, s.to) == (stage.direction, stage.from, stage.to))
+            {
                 Some(same) => {
                     let _ = same.latency.add(&stage.latency);
                     same.sum_ns += stage.sum_ns;
