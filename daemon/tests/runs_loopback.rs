@@ -75,6 +75,7 @@ async fn prepare(
 ) -> pb::PrepareServerResponse {
     client
         .prepare_server(pb::PrepareServerRequest {
+            trace: None,
             run_id: run_id.to_owned(),
             spec: Some(spec),
             netns: String::new(),
@@ -116,6 +117,7 @@ async fn start(
 ) -> pb::SideResult {
     let mut stream = client
         .start_client(pb::StartClientRequest {
+            trace: None,
             run_id: run_id.to_owned(),
             spec: Some(spec),
             netns: String::new(),
@@ -333,6 +335,7 @@ async fn a_wrong_token_gets_no_service() {
 async fn bad_requests_get_the_right_status_naming_the_field() {
     let (mut client, _) = daemon().await;
     let prepare_with = |spec: pb::RunSpec, run_id: &str, netns: &str| pb::PrepareServerRequest {
+        trace: None,
         run_id: run_id.to_owned(),
         spec: Some(spec),
         netns: netns.to_owned(),
@@ -385,6 +388,7 @@ async fn targets_outside_the_policy_are_refused_before_any_traffic() {
     let (mut client, _) = daemon().await;
     let status = client
         .start_client(pb::StartClientRequest {
+            trace: None,
             run_id: "far".to_owned(),
             spec: Some(spec(pb::RunKind::TcpStream, 100, 1024, 0)),
             netns: String::new(),
@@ -409,6 +413,7 @@ async fn intra_pod_clients_only_go_where_a_server_side_was_prepared() {
     for path in ["/etc", "/run/sonde/runs/../../etc", ""] {
         let status = client
             .start_client(pb::StartClientRequest {
+                trace: None,
                 run_id: "fs".to_owned(),
                 spec: Some(spec(pb::RunKind::FsRr, 100, 1, 1)),
                 netns: String::new(),
@@ -433,6 +438,7 @@ async fn a_lease_ends_a_server_side_whose_controller_vanished() {
     let (mut client, runs) = daemon().await;
     let status = client
         .prepare_server(pb::PrepareServerRequest {
+            trace: None,
             run_id: "lease".to_owned(),
             spec: Some(spec(pb::RunKind::TcpRr, 100, 1, 1)),
             netns: String::new(),
@@ -460,6 +466,7 @@ async fn cancel_and_a_vanished_controller_stop_a_client_side() {
     let long = spec(pb::RunKind::TcpRr, 60_000, 1, 1);
     let prepared = prepare(&mut client, "long", long).await;
     let request = |run_id: &str| pb::StartClientRequest {
+        trace: None,
         run_id: run_id.to_owned(),
         spec: Some(long),
         netns: String::new(),
@@ -519,4 +526,59 @@ async fn cancel_and_a_vanished_controller_stop_a_client_side() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn trace_requests_are_checked_field_by_field() {
+    let (mut client, runs) = daemon().await;
+    let flow = |client_ip: &str, protocol: &str| pb::TracedFlow {
+        client_ip: client_ip.to_owned(),
+        server_ip: "127.0.0.1".to_owned(),
+        server_port: 0,
+        protocol: protocol.to_owned(),
+    };
+    let cases = [
+        (Vec::new(), "", "trace.flows"),
+        (vec![flow("not-an-ip", "tcp")], "", "trace.flows.client_ip"),
+        (vec![flow("127.0.0.1", "sctp")], "", "trace.flows.protocol"),
+        (vec![flow("127.0.0.1", "tcp")], "a/b", "trace.pod_interface"),
+    ];
+    for (flows, pod_interface, field) in cases {
+        let status = client
+            .prepare_server(pb::PrepareServerRequest {
+                run_id: "traced".to_owned(),
+                spec: Some(spec(pb::RunKind::TcpRr, 100, 1, 1)),
+                trace: Some(pb::TraceRequest {
+                    flows,
+                    pod_interface: pod_interface.to_owned(),
+                    uplink_interface: String::new(),
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(status.message().starts_with(field), "{}", status.message());
+    }
+    // A well-formed request to a daemon without tracing (this one has no eBPF) is refused as
+    // such, and leaves no server side behind.
+    let status = client
+        .prepare_server(pb::PrepareServerRequest {
+            run_id: "traced".to_owned(),
+            spec: Some(spec(pb::RunKind::TcpRr, 100, 1, 1)),
+            trace: Some(pb::TraceRequest {
+                flows: vec![flow("127.0.0.1", "tcp")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no tracer");
+    assert_eq!(
+        status.code(),
+        Code::FailedPrecondition,
+        "{}",
+        status.message()
+    );
+    assert_eq!(runs.counts(), (0, 0));
 }

@@ -524,8 +524,110 @@ pub fn table(report: &RunReport) -> String {
         report.spec.parallel,
         crate::output::trim_lines(&table)
     );
+    for m in &report.measurements {
+        if let Some(kernel) = &m.kernel {
+            text.push('\n');
+            text.push_str(&kernel_table(m, kernel));
+        }
+    }
     for error in &report.errors {
         text.push_str(&format!("error: {error}\n"));
+    }
+    text
+}
+
+/// The kernel breakdown of one measurement, under the figures.
+fn kernel_table(m: &Measurement, kernel: &super::breakdown::Breakdown) -> String {
+    let signed = |ns: i64| {
+        if ns < 0 {
+            format!("-{}", nanos(ns.unsigned_abs()))
+        } else {
+            nanos(ns as u64)
+        }
+    };
+    let mut table = crate::output::table(&[
+        "DIRECTION",
+        "STAGE",
+        "NODE",
+        "SAMPLES",
+        "MEAN",
+        "P50",
+        "P90",
+        "P99",
+        "MAX",
+        "ERROR",
+    ]);
+    for direction in &kernel.directions {
+        for stage in &direction.stages {
+            let l = &stage.latency;
+            table.add_row([
+                direction.direction.to_owned(),
+                stage.name.clone(),
+                stage.node.clone(),
+                l.samples.to_string(),
+                signed(l.mean_ns as i64),
+                signed(l.p50_ns),
+                signed(l.p90_ns),
+                signed(l.p99_ns),
+                signed(l.max_ns),
+                if stage.name == "wire" {
+                    format!("±{}", nanos(stage.error_ns))
+                } else {
+                    "-".to_owned()
+                },
+            ]);
+        }
+    }
+    let mut text = format!(
+        "kernel breakdown, {} #{} (clock: {}, offset {} ±{})\n{}\n",
+        human(m.size_bytes),
+        m.repetition,
+        kernel.clock.method,
+        signed(kernel.clock.offset_ns),
+        nanos(kernel.clock.error_ns),
+        crate::output::trim_lines(&table)
+    );
+    text.push_str(&format!(
+        "kernel stages, mean per transaction (both ways): {}",
+        nanos(kernel.kernel_mean_ns as u64)
+    ));
+    if let Some(app) = kernel.application_mean_ns {
+        text.push_str(&format!(
+            "; application latency, mean: {}",
+            nanos(app as u64)
+        ));
+    }
+    text.push('\n');
+    if let Some(connect) = &kernel.connect {
+        text.push_str(&format!(
+            "TCP connect (SYN_SENT to ESTABLISHED): {} samples, p50 {}, p99 {}\n",
+            connect.samples,
+            signed(connect.p50_ns),
+            signed(connect.p99_ns)
+        ));
+    }
+    text.push_str(&format!(
+        "retransmits {}; kernel events {} (lost {})\n",
+        kernel.retransmits, kernel.events, kernel.events_lost
+    ));
+    let costs: Vec<String> = kernel
+        .programs
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{} {}x{:.0}ns",
+                p.node,
+                p.name.trim_start_matches("sonde_"),
+                p.invocations,
+                p.ns_per_invocation
+            )
+        })
+        .collect();
+    if !costs.is_empty() {
+        text.push_str(&format!("probe cost: {}\n", costs.join(", ")));
+    }
+    for note in &kernel.notes {
+        text.push_str(&format!("note: {note}\n"));
     }
     text
 }

@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 
 use hdrhistogram::Histogram;
-use sonde_common::stages::{Event, event_kind, point};
+use sonde_common::stages::{Event, event_kind, point, side};
 
-/// Packets of one run a collector follows at most; later ones are counted, not followed.
+/// Packets of one run a collector follows at once (a packet is let go as soon as it reached
+/// the last point this node can see); beyond that, new ones are counted, not followed.
 pub const MAX_PACKETS: usize = 100_000;
 /// Uplink stamps kept per direction and point, for the cross-node join.
 pub const MAX_UPLINK_STAMPS: usize = 50_000;
@@ -73,21 +74,41 @@ pub struct Collected {
 pub struct Collector {
     /// Events before this time (CLOCK_MONOTONIC, ns) belong to the warm-up.
     from_ns: u64,
-    /// Per packet, the time of each point (0: not stamped there).
+    /// Per direction, the last point a packet reaches on this node.
+    last_point: [u8; 2],
+    /// Per packet still on its way, the time of each point (0: not stamped there).
     packets: HashMap<u64, [u64; point::COUNT]>,
     packets_over_cap: u64,
+    /// Packets stamped at least once.
+    seen: u64,
+    stages: HashMap<(u8, u8, u8), Stage>,
+    uplink: HashMap<(u8, u8), UplinkStamps>,
     connect: Vec<u64>,
     retransmits: u64,
     events: u64,
 }
 
 impl Collector {
-    /// A collector taking events stamped at or after `from_ns`.
-    pub fn new(from_ns: u64) -> Self {
+    /// A collector taking events stamped at or after `from_ns`, for a node holding `sides`
+    /// ([`side`] bits) of the run.
+    pub fn new(from_ns: u64, sides: u8) -> Self {
+        // A node that holds the receiving side sees packets until the application reads them;
+        // one that only sends sees them until they leave through its uplink.
+        let last = |receiver: u8| {
+            if sides & receiver != 0 {
+                point::SOCKET_READ
+            } else {
+                point::NODE_OUT
+            }
+        };
         Self {
             from_ns,
+            last_point: [last(side::SERVER), last(side::CLIENT)],
             packets: HashMap::new(),
             packets_over_cap: 0,
+            seen: 0,
+            stages: HashMap::new(),
+            uplink: HashMap::new(),
             connect: Vec::new(),
             retransmits: 0,
             events: 0,
@@ -96,7 +117,8 @@ impl Collector {
 
     /// Takes one event in.
     pub fn record(&mut self, event: &Event) {
-        if event.ts_ns < self.from_ns {
+        // Connections are made at the start, in the warm-up: their times belong to the run.
+        if event.ts_ns < self.from_ns && event.kind != event_kind::CONNECT {
             return;
         }
         self.events += 1;
@@ -120,7 +142,14 @@ impl Collector {
                         let mut stamps = [0; point::COUNT];
                         stamps[at] = event.ts_ns;
                         self.packets.insert(key, stamps);
+                        self.seen += 1;
                     }
+                }
+                let last = self.last_point[usize::from(event.direction & 1)];
+                if event.point == last
+                    && let Some(stamps) = self.packets.remove(&key)
+                {
+                    self.settle(key, &stamps);
                 }
             }
             event_kind::CONNECT => self.connect.push(u64::from(event.value)),
@@ -129,54 +158,59 @@ impl Collector {
         }
     }
 
-    /// The stages and stamps of everything taken in.
-    pub fn finish(self) -> Collected {
-        let mut stages: HashMap<(u8, u8, u8), Stage> = HashMap::new();
-        let mut uplink: HashMap<(u8, u8), UplinkStamps> = HashMap::new();
-        for (key, stamps) in &self.packets {
-            let direction = (key >> 48) as u8;
-            let mut previous: Option<(u8, u64)> = None;
-            for (at, &ts) in stamps.iter().enumerate() {
-                if ts == 0 {
-                    continue;
-                }
-                let at = at as u8;
-                if let Some((from, from_ts)) = previous
-                    && ts >= from_ts
-                    && ts - from_ts <= MAX_STAGE_NS
-                {
-                    let stage = stages
-                        .entry((direction, from, at))
-                        .or_insert_with(|| Stage {
-                            direction,
-                            from,
-                            to: at,
-                            latency: new_histogram(),
-                            sum_ns: 0,
-                        });
-                    let took = ts - from_ts;
-                    stage.latency.saturating_record(took);
-                    stage.sum_ns += took;
-                }
-                previous = Some((at, ts));
-                if at == point::NODE_OUT || at == point::NODE_IN {
-                    let stamps = uplink
-                        .entry((direction, at))
-                        .or_insert_with(|| UplinkStamps {
-                            direction,
-                            point: at,
-                            ..UplinkStamps::default()
-                        });
-                    if stamps.keys.len() < MAX_UPLINK_STAMPS {
-                        stamps.keys.push(key & 0xffff_ffff_ffff);
-                        stamps.ts_ns.push(ts);
-                    }
+    /// Turns one packet's stamps into stage samples and uplink stamps.
+    fn settle(&mut self, key: u64, stamps: &[u64; point::COUNT]) {
+        let direction = (key >> 48) as u8;
+        let mut previous: Option<(u8, u64)> = None;
+        for (at, &ts) in stamps.iter().enumerate() {
+            if ts == 0 {
+                continue;
+            }
+            let at = at as u8;
+            if let Some((from, from_ts)) = previous
+                && ts >= from_ts
+                && ts - from_ts <= MAX_STAGE_NS
+            {
+                let stage = self
+                    .stages
+                    .entry((direction, from, at))
+                    .or_insert_with(|| Stage {
+                        direction,
+                        from,
+                        to: at,
+                        latency: new_histogram(),
+                        sum_ns: 0,
+                    });
+                let took = ts - from_ts;
+                stage.latency.saturating_record(took);
+                stage.sum_ns += took;
+            }
+            previous = Some((at, ts));
+            if at == point::NODE_OUT || at == point::NODE_IN {
+                let stamps = self
+                    .uplink
+                    .entry((direction, at))
+                    .or_insert_with(|| UplinkStamps {
+                        direction,
+                        point: at,
+                        ..UplinkStamps::default()
+                    });
+                if stamps.keys.len() < MAX_UPLINK_STAMPS {
+                    stamps.keys.push(key & 0xffff_ffff_ffff);
+                    stamps.ts_ns.push(ts);
                 }
             }
         }
-        let mut stages: Vec<Stage> = stages.into_values().collect();
+    }
+
+    /// The stages and stamps of everything taken in.
+    pub fn finish(mut self) -> Collected {
+        for (key, stamps) in std::mem::take(&mut self.packets) {
+            self.settle(key, &stamps);
+        }
+        let mut stages: Vec<Stage> = self.stages.into_values().collect();
         stages.sort_by_key(|stage| (stage.direction, stage.from, stage.to));
-        let mut uplink: Vec<UplinkStamps> = uplink.into_values().collect();
+        let mut uplink: Vec<UplinkStamps> = self.uplink.into_values().collect();
         uplink.sort_by_key(|stamps| (stamps.direction, stamps.point));
         let connect = (!self.connect.is_empty()).then(|| {
             let mut histogram = new_histogram();
@@ -190,7 +224,7 @@ impl Collector {
             uplink,
             connect,
             retransmits: self.retransmits,
-            packets: self.packets.len() as u64,
+            packets: self.seen,
             packets_over_cap: self.packets_over_cap,
             events: self.events,
         }
@@ -222,7 +256,7 @@ mod tests {
 
     #[test]
     fn consecutive_points_make_stages_and_missing_points_are_skipped() {
-        let mut collector = Collector::new(1000);
+        let mut collector = Collector::new(1000, side::CLIENT | side::SERVER);
         for (i, id) in [7_u32, 8].into_iter().enumerate() {
             let base = 10_000 * (i as u64 + 1);
             let dir = direction::TO_SERVER;
@@ -263,7 +297,7 @@ mod tests {
 
     #[test]
     fn first_stamp_wins_and_backwards_or_stale_gaps_are_not_stages() {
-        let mut collector = Collector::new(0);
+        let mut collector = Collector::new(0, side::CLIENT | side::SERVER);
         collector.record(&stamp(point::POD_IN, 1, 5, 1, 5000));
         collector.record(&stamp(point::POD_IN, 1, 5, 1, 6000));
         collector.record(&stamp(point::SOCKET_READ, 1, 5, 1, 5500));
@@ -277,7 +311,7 @@ mod tests {
 
     #[test]
     fn connect_times_and_retransmits_are_counted() {
-        let mut collector = Collector::new(0);
+        let mut collector = Collector::new(0, side::CLIENT | side::SERVER);
         for took in [1000, 3000] {
             collector.record(&Event {
                 ts_ns: 10,

@@ -185,7 +185,7 @@ impl Tracer {
         let mut trace = RunTrace {
             tracer: Arc::clone(self),
             keys: Vec::new(),
-            collector: Arc::new(Mutex::new(Collector::new(from_ns))),
+            collector: Arc::new(Mutex::new(Collector::new(from_ns, sides))),
             flows: Vec::new(),
             attached: Vec::new(),
             baseline: Vec::new(),
@@ -370,7 +370,7 @@ impl RunTrace {
     /// Stops tracing and reports what was seen.
     pub fn finish(mut self) -> TraceReport {
         self.tracer.drain();
-        let collector = std::mem::replace(&mut *lock(&self.collector), Collector::new(0));
+        let collector = std::mem::replace(&mut *lock(&self.collector), Collector::new(0, 0));
         let programs = hooks::since(&lock(&self.tracer.hooks).costs(), &self.baseline);
         let events_lost = lock(&self.tracer.registry)
             .lost_total()

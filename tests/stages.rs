@@ -1,0 +1,274 @@
+//! The kernel breakdown in the lab: every stage of a `tcp-rr` present and non-negative on one
+//! node and across nodes, the kernel's share no larger than the application's latency, the
+//! clock estimator against the lab's known zero offset, and no program or link left behind by
+//! a daemon killed with SIGKILL.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use sonde_integration::{lab::Lab, require_root, workspace_bin};
+
+/// Runs a traced `tcp-rr` and returns its first measurement's kernel breakdown.
+fn breakdown(lab: &Lab, args: &[&str]) -> serde_json::Value {
+    let mut full = vec![
+        "run",
+        "tcp-rr",
+        "--duration",
+        "1500ms",
+        "--warmup",
+        "300ms",
+        "-o",
+        "json",
+    ];
+    full.extend_from_slice(args);
+    let output = lab.sondectl(&full);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    document["measurements"][0].clone()
+}
+
+/// (name, samples, p50, error) of each stage of `direction`.
+fn stages(measurement: &serde_json::Value, direction: &str) -> Vec<(String, u64, i64, u64)> {
+    let directions = measurement["kernel"]["directions"]
+        .as_array()
+        .expect("directions");
+    let found = directions
+        .iter()
+        .find(|d| d["direction"] == direction)
+        .unwrap_or_else(|| panic!("no {direction} in {measurement}"));
+    found["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().expect("name").to_owned(),
+                s["latency"]["samples"].as_u64().expect("samples"),
+                s["latency"]["p50_ns"].as_i64().expect("p50"),
+                s["error_ns"].as_u64().expect("error"),
+            )
+        })
+        .collect()
+}
+
+fn check_path(measurement: &serde_json::Value, expected: &[&str]) {
+    let transactions = measurement["latency"]["count"].as_u64().expect("count");
+    for direction in ["client-to-server", "server-to-client"] {
+        let found = stages(measurement, direction);
+        let names: Vec<&str> = found.iter().map(|(name, ..)| name.as_str()).collect();
+        assert_eq!(names, expected, "{direction}: {measurement}");
+        for (name, samples, p50, _) in &found {
+            // Most transactions are seen at every point (a few straddle the window's edges).
+            assert!(
+                *samples * 10 >= transactions * 9,
+                "{direction} {name}: {samples} samples for {transactions} transactions"
+            );
+            assert!(*p50 >= 0, "{direction} {name}: p50 {p50} ns");
+        }
+    }
+    let kernel = measurement["kernel"]["kernel_mean_ns"]
+        .as_f64()
+        .expect("kernel");
+    let application = measurement["kernel"]["application_mean_ns"]
+        .as_f64()
+        .expect("application");
+    assert!(
+        kernel > 0.0 && kernel <= application,
+        "kernel stages {kernel} ns against the application's {application} ns"
+    );
+    assert_eq!(measurement["kernel"]["events_lost"], 0);
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn tcp_rr_breakdown_on_one_node_and_across_nodes() {
+    require_root();
+    let lab = Lab::up(&["--service", "web=80:8080"]);
+
+    let same = breakdown(&lab, &["--from", "pod/pod1", "--to", "pod/pod2"]);
+    check_path(&same, &["sender stack", "node", "receiver stack"]);
+
+    let cross = breakdown(&lab, &["--from", "pod/pod1", "--to", "pod/pod3"]);
+    check_path(
+        &cross,
+        &[
+            "sender stack",
+            "sender node",
+            "wire",
+            "receiver node",
+            "receiver stack",
+        ],
+    );
+    // Lab nodes share a kernel: one clock, no error bar.
+    assert_eq!(cross["kernel"]["clock"]["method"], "same-kernel");
+    for (name, _, _, error) in stages(&cross, "client-to-server") {
+        assert_eq!(error, 0, "{name}");
+    }
+    // The run's connections were seen being made.
+    assert!(
+        cross["kernel"]["connect"]["samples"]
+            .as_u64()
+            .expect("connect")
+            >= 1
+    );
+    // Every hook is named, and the probes' cost is reported for both nodes.
+    let programs = cross["kernel"]["programs"].as_array().expect("programs");
+    for node in ["node1", "node2"] {
+        assert!(
+            programs
+                .iter()
+                .any(|p| p["node"] == node && p["invocations"].as_u64() > Some(0)),
+            "{node}: {programs:?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn the_clock_estimate_brackets_the_labs_zero_offset() {
+    require_root();
+    let lab = Lab::up(&[]);
+    let cross = breakdown(
+        &lab,
+        &["--from", "pod/pod1", "--to", "pod/pod3", "--estimate-clock"],
+    );
+    let clock = &cross["kernel"]["clock"];
+    assert_eq!(clock["method"], "ntp-style");
+    let offset = clock["offset_ns"].as_i64().expect("offset");
+    let error = clock["error_ns"].as_u64().expect("error");
+    assert!(error > 0, "an estimate always has an error bar: {clock}");
+    assert!(
+        offset.unsigned_abs() <= error,
+        "the true offset is 0 (one kernel): {offset} ± {error}"
+    );
+    let wire = stages(&cross, "client-to-server")
+        .into_iter()
+        .find(|(name, ..)| name == "wire")
+        .expect("a wire stage");
+    assert_eq!(
+        wire.3, error,
+        "the wire stage carries the offset's error bar"
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn a_service_run_is_traced_through_dnat() {
+    require_root();
+    let lab = Lab::up(&["--service", "web=80:8080"]);
+    let measurement = breakdown(&lab, &["--from", "pod/pod1", "--to", "service/web"]);
+    // Whichever pod served, the client's packets were recognised before and after DNAT.
+    let names: Vec<String> = stages(&measurement, "client-to-server")
+        .into_iter()
+        .map(|(name, ..)| name)
+        .collect();
+    assert!(
+        names.contains(&"sender stack".to_owned()) && names.contains(&"receiver stack".to_owned()),
+        "{names:?}"
+    );
+}
+
+/// Kernel IDs of the programs node1's daemon holds, as it reports them.
+fn programs_of_node1(lab: &Lab) -> Vec<u64> {
+    let output = lab.sondectl(&["nodes", "-o", "json"]);
+    let nodes: serde_json::Value = serde_json::from_slice(&output.stdout).expect("nodes JSON");
+    let node1 = nodes["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["node_name"] == "node1")
+        .expect("node1")
+        .clone();
+    node1["programs"]
+        .as_array()
+        .expect("programs")
+        .iter()
+        .map(|p| p["kernel_id"].as_u64().expect("kernel_id"))
+        .collect()
+}
+
+/// (programs still loaded, links still attached) among `ids`.
+fn still_held(ids: &[u64]) -> (usize, usize) {
+    // bpftool can fail listing an object that goes away under it: ask again.
+    let parse = |args: &[&str]| -> Vec<serde_json::Value> {
+        for _ in 0..10 {
+            let output = Command::new("bpftool")
+                .args(args)
+                .output()
+                .expect("bpftool");
+            if let Ok(serde_json::Value::Array(all)) = serde_json::from_slice(&output.stdout) {
+                return all;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("bpftool {args:?} kept failing");
+    };
+    let held = |value: &serde_json::Value, field: &str| {
+        value[field].as_u64().is_some_and(|id| ids.contains(&id))
+    };
+    let programs = parse(&["-j", "prog", "show"]);
+    let links = parse(&["-j", "link", "show"]);
+    (
+        programs.iter().filter(|p| held(p, "id")).count(),
+        links.iter().filter(|l| held(l, "prog_id")).count(),
+    )
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn a_daemon_killed_mid_trace_leaves_no_link_or_program() {
+    require_root();
+    let lab = Lab::up(&[]);
+    let pid = lab
+        .inventory
+        .node("node1")
+        .and_then(|node| node.daemon_pid)
+        .expect("node1's daemon pid");
+    let ids = programs_of_node1(&lab);
+    assert!(ids.len() >= 8, "{ids:?}");
+    let mut client = Command::new(workspace_bin("sondectl"))
+        .args([
+            "run",
+            "tcp-rr",
+            "--from",
+            "pod/pod1",
+            "--to",
+            "pod/pod3",
+            "--duration",
+            "20s",
+        ])
+        .env("SONDE_LAB", &lab.name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sondectl");
+    // Wait until node1's daemon (the client side) has attached its stage links.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while still_held(&ids).1 == 0 {
+        assert!(std::time::Instant::now() < deadline, "no links appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    // sondectl sees the stream break, finishes the server side and reports the failure.
+    let status = client.wait().expect("sondectl exits");
+    assert!(!status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while still_held(&ids) != (0, 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed daemon's programs and links stayed: {:?}",
+            still_held(&ids)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
