@@ -350,7 +350,7 @@ fn lookup(
             pad: 0,
         };
         // SAFETY: the value is plain data, copied out at once.
-        if let Some(info) = unsafe { FLOWS.get(&key) } {
+        if let Some(info) = unsafe { FLOWS.get(key) } {
             return Some((*info, direction::TO_SERVER));
         }
     }
@@ -363,7 +363,7 @@ fn lookup(
             pad: 0,
         };
         // SAFETY: as above.
-        if let Some(info) = unsafe { FLOWS.get(&key) } {
+        if let Some(info) = unsafe { FLOWS.get(key) } {
             return Some((*info, direction::TO_CLIENT));
         }
     }

@@ -55,30 +55,20 @@ fn show() -> anyhow::Result<()> {
     let sondectl = sondectl.to_string_lossy();
     step("the lab's daemons and what this kernel lets them measure");
     shell::run(&sondectl, &["nodes", "--lab", LAB])?;
-    let server_ns = format!("sonde-{LAB}-pod3");
-    let client_ns = format!("sonde-{LAB}-pod4");
-    let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", &server_ns, "iperf3", "-s", "-1"])
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    step("traffic: pod4 (node2, 100 Mbit/s limit) -> Service web (10.96.0.10:80 -> pod3:5201)");
-    let result = shell::run(
-        "ip",
+    step("tcp-rr pod1 (node1) -> pod3 (node2), with the kernel breakdown of its own packets");
+    shell::run(
+        &sondectl,
         &[
-            "netns",
-            "exec",
-            &client_ns,
-            "iperf3",
-            "-c",
-            "10.96.0.10",
-            "-p",
-            "80",
-            "-t",
-            "3",
+            "run", "tcp-rr", "--from", "pod/pod1", "--to", "pod/pod3", "--duration", "3s",
+            "--lab", LAB,
         ],
-    );
-    let _ = server.kill();
-    let _ = server.wait();
-    result
+    )?;
+    step("tcp-stream pod4 (node2, 100 Mbit/s egress limit) -> Service web (ClusterIP, DNAT)");
+    shell::run(
+        &sondectl,
+        &[
+            "run", "tcp-stream", "--from", "pod/pod4", "--to", "service/web", "--duration",
+            "3s", "--lab", LAB,
+        ],
+    )
 }
