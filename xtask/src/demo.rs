@@ -59,16 +59,32 @@ fn show() -> anyhow::Result<()> {
     shell::run(
         &sondectl,
         &[
-            "run", "tcp-rr", "--from", "pod/pod1", "--to", "pod/pod3", "--duration", "3s",
-            "--lab", LAB,
+            "run",
+            "tcp-rr",
+            "--from",
+            "pod/pod1",
+            "--to",
+            "pod/pod3",
+            "--duration",
+            "3s",
+            "--lab",
+            LAB,
         ],
     )?;
     step("tcp-stream pod4 (node2, 100 Mbit/s egress limit) -> Service web (ClusterIP, DNAT)");
     shell::run(
         &sondectl,
         &[
-            "run", "tcp-stream", "--from", "pod/pod4", "--to", "service/web", "--duration",
-            "3s", "--lab", LAB,
+            "run",
+            "tcp-stream",
+            "--from",
+            "pod/pod4",
+            "--to",
+            "service/web",
+            "--duration",
+            "3s",
+            "--lab",
+            LAB,
         ],
     )
 }
