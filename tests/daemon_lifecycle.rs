@@ -111,7 +111,23 @@ fn reported_program_ids(node: &serde_json::Value) -> Vec<u32> {
         .iter()
         .map(|program| program["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(names, ["sonde_tc_egress", "sonde_tc_ingress"]);
+    // The counters and every stage program are loaded at start (the BTF tracepoint needs the
+    // BTF parsed then); none is attached until a run is traced.
+    assert_eq!(
+        names,
+        [
+            "sonde_connect",
+            "sonde_node_in",
+            "sonde_node_out",
+            "sonde_pod_in",
+            "sonde_pod_out",
+            "sonde_retransmit",
+            "sonde_sock_read",
+            "sonde_sock_send",
+            "sonde_tc_egress",
+            "sonde_tc_ingress"
+        ]
+    );
     for id in &ids {
         assert!(
             kernel_program_ids().contains(id),
