@@ -18,7 +18,7 @@ use crate::{
     facts::{FactsSource, NodeFacts},
     generators::{
         self, Target,
-        measure::{Counters, SideResult},
+        measure::{Counters, SideResult, monotonic_ns},
         wire::Token,
     },
     runs::{
@@ -450,16 +450,6 @@ fn trace_result(report: TraceReport) -> pb::TraceResult {
         notes: report.notes,
         boot_id: report.boot_id,
     }
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|ts| {
-            u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
-                + u64::try_from(ts.tv_nsec()).unwrap_or(0)
-        })
-        .unwrap_or(0)
 }
 
 impl From<NodeFacts> for pb::NodeFacts {

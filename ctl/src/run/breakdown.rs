@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use sonde_proto::v1::{self as pb, PathPoint};
 
-use super::clock::ClockOffset;
+use super::{clock::ClockOffset, report::decode_histogram};
 
 /// Per-stage kernel latency of one measurement.
 #[derive(Debug, Clone, Serialize)]
@@ -128,7 +128,7 @@ pub fn build(
                 .iter()
                 .filter(|s| s.direction == direction)
             {
-                let Some(histogram) = decode(&stage.histogram) else {
+                let Some(histogram) = decode_histogram(&stage.histogram) else {
                     continue;
                 };
                 let summary = Summary::of_histogram(&histogram, stage.sum_ns);
@@ -170,7 +170,7 @@ pub fn build(
         .sum();
     let connect = sides
         .iter()
-        .filter_map(|side| decode(&side.trace.connect_histogram))
+        .filter_map(|side| decode_histogram(&side.trace.connect_histogram))
         .reduce(|mut all, more| {
             let _ = all.add(&more);
             all
@@ -299,16 +299,6 @@ impl Summary {
             max_ns: samples[samples.len() - 1],
         }
     }
-}
-
-fn decode(bytes: &[u8]) -> Option<Histogram<u64>> {
-    use hdrhistogram::serialization::Deserializer;
-    if bytes.is_empty() {
-        return None;
-    }
-    Deserializer::new()
-        .deserialize(&mut std::io::Cursor::new(bytes))
-        .ok()
 }
 
 /// A point's name as reports spell it.

@@ -256,7 +256,8 @@ pub fn merge_sides(sides: &[pb::SideResult]) -> Option<pb::SideResult> {
     Some(merged)
 }
 
-fn decode_histogram(bytes: &[u8]) -> Option<Histogram<u64>> {
+/// A histogram from HdrHistogram's V2 (deflate) encoding; `None` when empty or undecodable.
+pub(super) fn decode_histogram(bytes: &[u8]) -> Option<Histogram<u64>> {
     if bytes.is_empty() {
         return None;
     }

@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 
 use hdrhistogram::Histogram;
+
+use crate::generators::measure::new_histogram;
 use sonde_common::stages::{Event, event_kind, point, side};
 
 /// Packets of one run a collector follows at once (a packet is let go as soon as it reached
@@ -229,12 +231,6 @@ impl Collector {
             events: self.events,
         }
     }
-}
-
-/// A latency histogram from 1 ns to an hour at 3 significant digits.
-fn new_histogram() -> Histogram<u64> {
-    // The bounds are constants that hdrhistogram accepts.
-    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use aya::programs::{
     trace_point::TracePointLink,
 };
 
+use super::lock;
 use crate::{Error, Result, error::chain, probes::Probes, tc_counter};
 
 /// What a traced interface is on the path.
@@ -108,10 +109,12 @@ pub fn since(now: &[ProgramCost], before: &[ProgramCost]) -> Vec<ProgramCost> {
             let base = before.iter().find(|b| b.name == cost.name);
             ProgramCost {
                 name: cost.name,
-                invocations: cost.invocations
-                    - base.map_or(0, |b| b.invocations.min(cost.invocations)),
-                run_time_ns: cost.run_time_ns
-                    - base.map_or(0, |b| b.run_time_ns.min(cost.run_time_ns)),
+                invocations: cost
+                    .invocations
+                    .saturating_sub(base.map_or(0, |b| b.invocations)),
+                run_time_ns: cost
+                    .run_time_ns
+                    .saturating_sub(base.map_or(0, |b| b.run_time_ns)),
             }
         })
         .filter(|cost| cost.invocations > 0)
@@ -143,12 +146,6 @@ pub struct Hooks {
     stats: Option<OwnedFd>,
 }
 
-fn lock_probes(probes: &Mutex<Probes>) -> std::sync::MutexGuard<'_, Probes> {
-    probes
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Hooks {
     /// Loads every stage program. The classifiers must load; a socket program that does not
     /// (no BTF, a kernel without that tracepoint) becomes a note in every traced result.
@@ -156,7 +153,7 @@ impl Hooks {
         let mut socket_loaded = Vec::new();
         let mut load_notes = Vec::new();
         {
-            let mut guard = lock_probes(&probes);
+            let mut guard = lock(&probes);
             tc_counter::load_classifiers(&mut guard, &TC_PROGRAMS)?;
             for (name, hook) in SOCKET_HOOKS {
                 match load_socket(&mut guard, name, hook, btf) {
@@ -195,7 +192,7 @@ impl Hooks {
                 *users += 1;
             } else {
                 let attached = {
-                    let mut probes = lock_probes(&self.probes);
+                    let mut probes = lock(&self.probes);
                     tc_counter::attach_tcx(&mut probes, program, iface, attach_type)
                 };
                 match attached {
@@ -237,7 +234,7 @@ impl Hooks {
                     None
                 }
             };
-            let mut probes = lock_probes(&self.probes);
+            let mut probes = lock(&self.probes);
             for (name, hook) in &self.socket_loaded {
                 match attach_socket(&mut probes, name, *hook) {
                     Ok(link) => self.sockets.push(link),
@@ -267,7 +264,7 @@ impl Hooks {
 
     /// Run counts and times of every stage program so far.
     pub fn costs(&self) -> Vec<ProgramCost> {
-        let probes = lock_probes(&self.probes);
+        let probes = lock(&self.probes);
         TC_PROGRAMS
             .iter()
             .copied()

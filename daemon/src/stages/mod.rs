@@ -124,7 +124,9 @@ impl std::fmt::Debug for Tracer {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks a mutex, taking over a poisoned one: every value guarded here stays consistent
+/// between statements.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -297,12 +299,9 @@ impl Registry {
         };
         let users = &mut self.keys.entry(key).or_insert((number, Vec::new())).1;
         users.push(sides);
-        let info = FlowInfo {
-            flow: number,
-            sides: users.iter().fold(0, |all, sides| all | sides),
-            pad: [0; 3],
-        };
-        self.flows.insert(key, info, 0).map_err(map_error)?;
+        self.flows
+            .insert(key, flow_info(number, users), 0)
+            .map_err(map_error)?;
         let port_users = self.port_users.entry(key.server_port).or_default();
         *port_users += 1;
         if *port_users == 1 {
@@ -327,12 +326,7 @@ impl Registry {
                 let _ = self.flows.remove(key);
                 self.free_flows.push(number);
             } else {
-                let info = FlowInfo {
-                    flow: number,
-                    sides: users.iter().fold(0, |all, sides| all | sides),
-                    pad: [0; 3],
-                };
-                let _ = self.flows.insert(key, info, 0);
+                let _ = self.flows.insert(key, flow_info(number, users), 0);
             }
         }
         if let Some(users) = self.port_users.get_mut(&key.server_port) {
@@ -424,6 +418,15 @@ impl Drop for RunTrace {
             hooks.release_tc(used);
         }
         hooks.release_sockets();
+    }
+}
+
+/// The flow map's value for a key: its number, and every side its users hold on this node.
+fn flow_info(number: u32, users: &[u8]) -> FlowInfo {
+    FlowInfo {
+        flow: number,
+        sides: users.iter().fold(0, |all, sides| all | sides),
+        pad: [0; 3],
     }
 }
 
