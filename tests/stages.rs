@@ -174,6 +174,144 @@ fn a_service_run_is_traced_through_dnat() {
     );
 }
 
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn trace_prints_only_the_breakdown_of_a_light_flow() {
+    require_root();
+    let lab = Lab::up(&[]);
+    let json = lab.sondectl(&[
+        "trace",
+        "--from",
+        "pod/pod1",
+        "--to",
+        "pod/pod3",
+        "--duration",
+        "1s",
+        "--rate",
+        "500",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        json.status.success(),
+        "{}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    let trace: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(trace["kind"], "tcp-rr");
+    assert_eq!(trace["rate"], 500.0);
+    let kernel = &trace["kernel"];
+    let directions = kernel["directions"].as_array().expect("directions");
+    assert_eq!(directions.len(), 2, "{kernel}");
+    for direction in directions {
+        let names: Vec<&str> = direction["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "sender stack",
+                "sender node",
+                "wire",
+                "receiver node",
+                "receiver stack"
+            ]
+        );
+        for stage in direction["stages"].as_array().expect("stages") {
+            // About 500 requests/s for 1 s: the light flow, every packet followed.
+            let samples = stage["latency"]["samples"].as_u64().expect("samples");
+            assert!((350..=650).contains(&samples), "{stage}");
+        }
+    }
+
+    let table = lab.sondectl(&[
+        "trace",
+        "--from",
+        "pod/pod1",
+        "--to",
+        "pod/pod2",
+        "--duration",
+        "500ms",
+        "--protocol",
+        "udp",
+    ]);
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("udp-rr") && text.contains("kernel breakdown"),
+        "{text}"
+    );
+    assert!(
+        text.contains("receiver stack") && !text.contains("THROUGHPUT"),
+        "{text}"
+    );
+
+    let refused = lab.sondectl(&[
+        "trace", "--from", "pod/pod1", "--to", "pod/pod3", "--rate", "0",
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--rate"));
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn a_stream_is_sampled_the_same_way_on_both_nodes() {
+    require_root();
+    let lab = Lab::up(&[]);
+    let output = lab.sondectl(&[
+        "run",
+        "tcp-stream",
+        "--from",
+        "pod/pod1",
+        "--to",
+        "pod/pod3",
+        "--duration",
+        "1s",
+        "--warmup",
+        "300ms",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let kernel = &document["measurements"][0]["kernel"];
+    let notes = kernel["notes"].to_string();
+    assert!(notes.contains("1 packet in 16"), "{notes}");
+    let data = kernel["directions"]
+        .as_array()
+        .expect("directions")
+        .iter()
+        .find(|d| d["direction"] == "client-to-server")
+        .expect("the data direction");
+    let stages = data["stages"].as_array().expect("stages");
+    // The wire stage joins the two nodes' stamps: only packets both sampled can join.
+    let wire = stages
+        .iter()
+        .find(|s| s["name"] == "wire")
+        .unwrap_or_else(|| panic!("no wire stage: {data}"));
+    let sender = &stages[0];
+    let (wire_n, sender_n) = (
+        wire["latency"]["samples"].as_u64().expect("samples"),
+        sender["latency"]["samples"].as_u64().expect("samples"),
+    );
+    assert!(
+        wire_n * 10 >= sender_n * 8 && wire_n > 100,
+        "wire {wire_n} against sender {sender_n}"
+    );
+    assert_eq!(kernel["events_lost"], 0);
+}
+
 /// Kernel IDs of the programs node1's daemon holds, as it reports them.
 fn programs_of_node1(lab: &Lab) -> Vec<u64> {
     let output = lab.sondectl(&["nodes", "-o", "json"]);

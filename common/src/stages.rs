@@ -95,9 +95,22 @@ pub struct FlowInfo {
     pub flow: u32,
     /// Bits of [`side`]: which ends of the flow this node holds.
     pub sides: u8,
+    /// Packets are followed 1 in 2^`sample_shift` (see [`sampled`]): streams send too many
+    /// for every one to be stamped without slowing them down.
+    pub sample_shift: u8,
     /// Zero.
-    pub pad: [u8; 3],
+    pub pad: [u8; 2],
 }
+
+/// Whether the packet `id` of a flow sampled 1 in 2^`shift` is followed. A hash of the id
+/// alone, so every hook on every node picks the same packets.
+#[inline(always)]
+pub fn sampled(id: u32, shift: u8) -> bool {
+    shift == 0 || id.wrapping_mul(0x9e37_79b1) >> (32 - u32::from(shift.min(16))) == 0
+}
+
+/// The most a flow may be thinned: 1 packet in 2^10.
+pub const MAX_SAMPLE_SHIFT: u8 = 10;
 
 /// One record in the events ring buffer.
 #[repr(C)]
@@ -152,4 +165,27 @@ mod user {
     unsafe impl aya::Pod for super::FlowInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+
+    #[test]
+    fn sampling_keeps_about_one_in_two_to_the_shift_and_everything_at_zero() {
+        // TCP sequence numbers of full-sized segments: the ids a stream's packets carry.
+        let ids: Vec<u32> = (0..65_536_u32).map(|i| i.wrapping_mul(1448)).collect();
+        assert!(ids.iter().all(|id| sampled(*id, 0)));
+        for shift in [1_u8, 4, 6, 10] {
+            let kept = ids.iter().filter(|id| sampled(**id, shift)).count() as f64;
+            let expected = ids.len() as f64 / f64::from(1_u32 << shift);
+            assert!(
+                (kept - expected).abs() <= expected * 0.1,
+                "shift {shift}: kept {kept}, expected {expected}"
+            );
+        }
+    }
 }

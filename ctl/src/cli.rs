@@ -34,6 +34,62 @@ pub enum Command {
     Run(RunArgs),
     /// Prepare a server side and keep it serving, for a client of your own (curl, wrk).
     Serve(ServeArgs),
+    /// Where the time goes between two endpoints: a light request/response flow, traced in
+    /// the kernel; prints only the per-stage breakdown.
+    Trace(TraceArgs),
+}
+
+/// Flags of `sondectl trace`.
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
+    /// Where the probe flow's client runs: pod/NAME, node/NAME, or a daemon's HOST:PORT.
+    #[arg(long)]
+    pub from: EndpointRef,
+
+    /// Where its server runs: pod/NAME, node/NAME, service/NAME, or a daemon's HOST:PORT.
+    #[arg(long)]
+    pub to: EndpointRef,
+
+    /// The probe flow's protocol.
+    #[arg(long, value_enum, default_value_t = TraceProtocol::Tcp)]
+    pub protocol: TraceProtocol,
+
+    /// How long to trace.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Requests per second: light by default, so that the path is measured, not loaded.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+
+    /// Request and response size.
+    #[arg(long, default_value = "64", value_parser = crate::run::sizes::parse_size)]
+    pub size: u64,
+
+    /// Estimate the clock offset NTP-style even between nodes that share a kernel.
+    #[arg(long, hide = true)]
+    pub estimate_clock: bool,
+
+    /// The lab whose pods, nodes and Services endpoints name.
+    #[arg(long, env = "SONDE_LAB", default_value = "lab")]
+    pub lab: String,
+
+    /// Output format: the breakdown as a table, or as JSON (the run result's `kernel`).
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// How long to wait for a daemon to answer a call.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// The protocol of `sondectl trace`'s probe flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TraceProtocol {
+    /// TCP request/response on one connection.
+    Tcp,
+    /// UDP request/response.
+    Udp,
 }
 
 /// Flags of `sondectl serve`.

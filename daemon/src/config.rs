@@ -40,6 +40,25 @@ pub struct Config {
     /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `sonde_daemon=debug`).
     #[arg(long, env = "SONDE_LOG", default_value = "info")]
     pub log: String,
+
+    /// Something to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// sonded's one-off commands: they load the probes, do their job and exit.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Measures what each stage probe costs per packet on this kernel, with packets no run
+    /// traces and with a traced run's packets (BPF_PROG_TEST_RUN: no traffic is sent).
+    ProbeCost {
+        /// Rounds to average over (each: 100 000 foreign and 4096 traced packets per probe).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        rounds: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where sonded listens.

@@ -6,12 +6,13 @@ use std::{io::IsTerminal as _, process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::Parser as _;
 use sonde_daemon::{
-    config::Config,
+    config::{Command, Config},
     facts::Node,
     grpc::AgentService,
     mounts,
     runs::{Runs, policy::TargetPolicy},
     server,
+    stages::{Tracer, cost},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -36,6 +37,15 @@ fn main() -> ExitCode {
         Err(reason) => {
             tracing::warn!(%reason, "tracefs unavailable: classic tracepoints will be missing")
         }
+    }
+    if let Some(Command::ProbeCost { rounds, json }) = config.command {
+        return match probe_cost(rounds, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("sonded probe-cost: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,4 +103,47 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("stopped; eBPF programs unloaded and links released");
         anyhow::Ok(())
     })
+}
+
+/// `sonded probe-cost`: loads the probes as the daemon does and measures each stage classifier.
+fn probe_cost(rounds: u32, json: bool) -> anyhow::Result<()> {
+    let btf = aya::Btf::from_sys_fs().ok();
+    let probes = sonde_daemon::probes::Probes::load_with_btf(btf.as_ref())?;
+    let tracer = Tracer::new(Arc::new(std::sync::Mutex::new(probes)), btf.as_ref())?;
+    let costs = cost::measure(&tracer, rounds)?;
+    if json {
+        let probes: Vec<_> = costs
+            .probes
+            .iter()
+            .map(|cost| {
+                serde_json::json!({
+                    "program": cost.program,
+                    "foreign_ns": cost.foreign_ns,
+                    "traced_ns": cost.traced_ns,
+                })
+            })
+            .collect();
+        let all = serde_json::json!({ "floor_ns": costs.floor_ns, "probes": probes });
+        println!("{all}");
+    } else {
+        println!(
+            "ns per packet, BPF_PROG_TEST_RUN; an empty classifier costs {:.1} ns here",
+            costs.floor_ns
+        );
+        println!(
+            "{:<16} {:>10} {:>10} {:>14} {:>14}",
+            "probe", "foreign", "traced", "foreign-floor", "traced-floor"
+        );
+        for cost in &costs.probes {
+            println!(
+                "{:<16} {:>10.1} {:>10.1} {:>14.1} {:>14.1}",
+                cost.program,
+                cost.foreign_ns,
+                cost.traced_ns,
+                cost.foreign_ns - costs.floor_ns,
+                cost.traced_ns - costs.floor_ns
+            );
+        }
+    }
+    Ok(())
 }

@@ -538,12 +538,34 @@ async fn trace_requests_are_checked_field_by_field() {
         protocol: protocol.to_owned(),
     };
     let cases = [
-        (Vec::new(), "", "trace.flows"),
-        (vec![flow("not-an-ip", "tcp")], "", "trace.flows.client_ip"),
-        (vec![flow("127.0.0.1", "sctp")], "", "trace.flows.protocol"),
-        (vec![flow("127.0.0.1", "tcp")], "a/b", "trace.pod_interface"),
+        (Vec::new(), "", 0, "trace.flows"),
+        (
+            vec![flow("not-an-ip", "tcp")],
+            "",
+            0,
+            "trace.flows.client_ip",
+        ),
+        (
+            vec![flow("127.0.0.1", "sctp")],
+            "",
+            0,
+            "trace.flows.protocol",
+        ),
+        (
+            vec![flow("127.0.0.1", "tcp")],
+            "a/b",
+            0,
+            "trace.pod_interface",
+        ),
+        (vec![flow("127.0.0.1", "tcp")], "", 3, "trace.sample_one_in"),
+        (
+            vec![flow("127.0.0.1", "tcp")],
+            "",
+            2048,
+            "trace.sample_one_in",
+        ),
     ];
-    for (flows, pod_interface, field) in cases {
+    for (flows, pod_interface, sample_one_in, field) in cases {
         let status = client
             .prepare_server(pb::PrepareServerRequest {
                 run_id: "traced".to_owned(),
@@ -552,6 +574,7 @@ async fn trace_requests_are_checked_field_by_field() {
                     flows,
                     pod_interface: pod_interface.to_owned(),
                     uplink_interface: String::new(),
+                    sample_one_in,
                 }),
                 ..Default::default()
             })

@@ -42,6 +42,12 @@ pub fn sonde_tc_egress(ctx: TcContext) -> i32 {
     TCX_NEXT
 }
 
+/// Does nothing: the floor a classifier costs, against which the probes' costs are read.
+#[classifier]
+pub fn sonde_tc_nop(_ctx: TcContext) -> i32 {
+    TCX_NEXT
+}
+
 /// Stamps a run's packets leaving their pod (TC ingress, host side of the pod's veth).
 #[classifier]
 pub fn sonde_pod_out(ctx: TcContext) -> i32 {

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use sonde_common::stages::{
     EVENTS_BYTES, Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, direction, event_kind, point,
-    side,
+    sampled, side,
 };
 
 #[map(name = "SONDE_FLOWS")]
@@ -30,7 +30,9 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SONDE_SEND_TS")]
 static SEND_TS: Array<u64> = Array::with_max_entries(MAX_FLOWS * 2, 0);
 
-/// Packets delivered to a pod, by skb address, until the application reads them.
+/// Packets delivered to a pod, by skb address, until the application reads them. The LRU
+/// evicts what was never read (dropped, merged); its updates are the costliest part of
+/// `sonde_pod_in` (see `sonded probe-cost`).
 #[map(name = "SONDE_SKBS")]
 static DELIVERED: LruHashMap<u64, Mark> = LruHashMap::with_max_entries(16384, 0);
 
@@ -111,12 +113,17 @@ pub fn stamp(ctx: &TcContext, at: u8, deliver: bool) {
         },
     };
     let slot = info.flow * 2 + u32::from(dir);
+    let followed = sampled(packet.id, info.sample_shift);
     if let Some(sent) = SEND_TS.get_ptr_mut(slot) {
         // SAFETY: a valid array slot; a racing writer can at worst hand this packet a
         // neighbouring send's time, never an invalid value.
         let sent_ns = unsafe { *sent };
         if sent_ns != 0 && sent_ns <= now {
+            // Taken by this segment even when it is not followed: the send time belongs to
+            // it, never to a later one.
             unsafe { *sent = 0 };
+        }
+        if followed && sent_ns != 0 && sent_ns <= now {
             emit(
                 &who,
                 event_kind::STAMP,
@@ -127,6 +134,9 @@ pub fn stamp(ctx: &TcContext, at: u8, deliver: bool) {
                 0,
             );
         }
+    }
+    if !followed {
+        return;
     }
     emit(
         &who,
@@ -331,6 +341,12 @@ fn sends_here(info: &FlowInfo, dir: u8) -> bool {
     info.sides & sender != 0
 }
 
+/// Whether some traced flow has its server on `port`.
+#[inline(always)]
+fn is_server_port(port: u16) -> bool {
+    SERVER_PORTS.get(u32::from(port)).is_some_and(|v| *v != 0)
+}
+
 /// Finds the traced flow of a packet from `src:sport` to `dst:dport`, and its direction.
 #[inline(always)]
 fn lookup(
@@ -340,7 +356,6 @@ fn lookup(
     dport: u16,
     protocol: u8,
 ) -> Option<(FlowInfo, u8)> {
-    let is_server_port = |port: u16| SERVER_PORTS.get(u32::from(port)).is_some_and(|v| *v != 0);
     if is_server_port(dport) {
         let key = FlowKey {
             client: *src,
@@ -438,51 +453,61 @@ fn be32(bytes: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
-/// Parses Ethernet (up to two VLAN tags), IPv4 (with options) or IPv6 (with up to four
-/// extension headers), and TCP or UDP. `None` for anything else, non-first fragments, pure ACKs
-/// and headers beyond the linear data: such packets are simply not stamped.
+/// Where a packet's transport header is, and what it carries.
+struct Layout {
+    /// Offset of the IP header.
+    l3: usize,
+    ipv6: bool,
+    protocol: u8,
+    /// Offset of the transport header, and its length with the payload.
+    l4: usize,
+    l4_len: usize,
+}
+
+/// Finds the transport header behind Ethernet (up to two VLAN tags), IPv4 (with options) or
+/// IPv6 (with up to four extension headers). `None` for anything else, non-first fragments and
+/// headers beyond the linear data: such packets are simply not stamped. Reads only the bytes
+/// it needs, so that a packet of no traced flow costs little.
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Packet> {
-    let eth = bytes::<14>(ctx, 0)?;
-    let mut ethertype = be16(&eth, 12);
+fn layout(ctx: &TcContext) -> Option<Layout> {
+    let eth = bytes::<2>(ctx, 12)?;
+    let mut ethertype = u16::from_be_bytes(eth);
     let mut l3 = ETH_HLEN;
     for _ in 0..2 {
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            let tag = bytes::<4>(ctx, l3)?;
-            ethertype = be16(&tag, 2);
+            ethertype = u16::from_be_bytes(bytes::<2>(ctx, l3 + 2)?);
             l3 += 4;
         }
     }
-    let (src, dst, protocol, l4, l4_len) = match ethertype {
+    let layout = match ethertype {
         ETH_P_IP => {
-            let ip = bytes::<20>(ctx, l3)?;
+            let ip = bytes::<10>(ctx, l3)?;
             let ihl = usize::from(ip[0] & 0x0f) * 4;
             // A non-first fragment has no transport header.
             if ip[0] >> 4 != 4 || ihl < 20 || be16(&ip, 6) & 0x1fff != 0 {
                 return None;
             }
-            let total = usize::from(be16(&ip, 2));
-            let src = mapped([ip[12], ip[13], ip[14], ip[15]]);
-            let dst = mapped([ip[16], ip[17], ip[18], ip[19]]);
-            (src, dst, ip[9], l3 + ihl, total.checked_sub(ihl)?)
+            Layout {
+                l3,
+                ipv6: false,
+                protocol: ip[9],
+                l4: l3 + ihl,
+                l4_len: usize::from(be16(&ip, 2)).checked_sub(ihl)?,
+            }
         }
         ETH_P_IPV6 => {
-            let ip = bytes::<40>(ctx, l3)?;
+            let ip = bytes::<8>(ctx, l3)?;
             if ip[0] >> 4 != 6 {
                 return None;
             }
             let mut remaining = usize::from(be16(&ip, 4));
             let mut next = ip[6];
-            let mut src = [0_u8; 16];
-            let mut dst = [0_u8; 16];
-            src.copy_from_slice(&ip[8..24]);
-            dst.copy_from_slice(&ip[24..40]);
             let mut l4 = l3 + 40;
             for _ in 0..4 {
                 if !matches!(next, 0 | 43 | 44 | 60) {
                     break;
                 }
-                let ext = bytes::<8>(ctx, l4)?;
+                let ext = bytes::<4>(ctx, l4)?;
                 let len = if next == 44 {
                     // Fragment: only the first fragment carries the transport header.
                     if be16(&ext, 2) & 0xfff8 != 0 {
@@ -497,41 +522,74 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
                 l4 += len;
                 remaining = remaining.checked_sub(len)?;
             }
-            (src, dst, next, l4, remaining)
+            Layout {
+                l3,
+                ipv6: true,
+                protocol: next,
+                l4,
+                l4_len: remaining,
+            }
         }
         _ => return None,
     };
     // Bounded, so that the verifier can follow packet offsets built from it.
-    if l4 > 512 {
+    if layout.l4 > 512 {
         return None;
     }
-    let (sport, dport, id, payload) = match protocol {
-        IPPROTO_TCP => {
-            let tcp = bytes::<16>(ctx, l4)?;
-            let header = usize::from(tcp[12] >> 4) * 4;
-            let payload = l4_len.checked_sub(header)?;
-            if header < 20 || payload == 0 {
-                return None;
-            }
-            (be16(&tcp, 0), be16(&tcp, 2), be32(&tcp, 4), payload)
+    Some(layout)
+}
+
+/// Parses the packet if it may belong to a traced flow: one of its ports is a traced server
+/// port (the packet of no run stops here), and it is a TCP segment with data or a datagram of
+/// sonde's UDP generator.
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Packet> {
+    let layout = layout(ctx)?;
+    if layout.protocol != IPPROTO_TCP && layout.protocol != IPPROTO_UDP {
+        return None;
+    }
+    let ports = bytes::<4>(ctx, layout.l4)?;
+    let (sport, dport) = (be16(&ports, 0), be16(&ports, 2));
+    if !is_server_port(dport) && !is_server_port(sport) {
+        return None;
+    }
+    let (id, payload) = if layout.protocol == IPPROTO_TCP {
+        let tcp = bytes::<13>(ctx, layout.l4)?;
+        let header = usize::from(tcp[12] >> 4) * 4;
+        let payload = layout.l4_len.checked_sub(header)?;
+        if header < 20 || payload == 0 {
+            return None;
         }
-        IPPROTO_UDP => {
-            // The UDP header and the start of sonde's data header: magic, flags, sequence.
-            let udp = bytes::<24>(ctx, l4)?;
-            let payload = usize::from(be16(&udp, 4)).checked_sub(8)?;
-            if payload < 16 || udp[8..12] != UDP_DATA_MAGIC {
-                return None;
-            }
-            (be16(&udp, 0), be16(&udp, 2), be32(&udp, 20), payload)
+        (be32(&tcp, 4), payload)
+    } else {
+        // The UDP header and the start of sonde's data header: magic, flags, sequence.
+        let udp = bytes::<24>(ctx, layout.l4)?;
+        let payload = usize::from(be16(&udp, 4)).checked_sub(8)?;
+        if payload < 16 || udp[8..12] != UDP_DATA_MAGIC {
+            return None;
         }
-        _ => return None,
+        (be32(&udp, 20), payload)
+    };
+    let (src, dst) = if layout.ipv6 {
+        let addrs = bytes::<32>(ctx, layout.l3 + 8)?;
+        let mut src = [0_u8; 16];
+        let mut dst = [0_u8; 16];
+        src.copy_from_slice(&addrs[..16]);
+        dst.copy_from_slice(&addrs[16..]);
+        (src, dst)
+    } else {
+        let addrs = bytes::<8>(ctx, layout.l3 + 12)?;
+        (
+            mapped([addrs[0], addrs[1], addrs[2], addrs[3]]),
+            mapped([addrs[4], addrs[5], addrs[6], addrs[7]]),
+        )
     };
     Some(Packet {
         src,
         dst,
         sport,
         dport,
-        protocol,
+        protocol: layout.protocol,
         id,
         payload: payload as u32,
     })

@@ -25,11 +25,16 @@ const SECONDS: u64 = 4;
 /// The lab the benchmark builds and removes.
 const LAB: &str = "bench";
 
+mod probes;
+
 /// Which benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
     /// tcp-stream vs iperf3 (1 and 4 streams), udp-stream 64 B vs iperf3, tcp-rr vs qperf.
     Generators,
+    /// The stage probes: ns per packet in the kernel (BPF_PROG_TEST_RUN), and tcp-stream
+    /// traced vs not.
+    Probes,
 }
 
 /// One figure from one run, and its CPU cost when the tool reports it.
@@ -41,7 +46,6 @@ struct Sample {
 
 /// Runs the benchmark.
 pub fn run(suite: Suite) -> anyhow::Result<()> {
-    let Suite::Generators = suite;
     if !shell::is_root() {
         bail!("the benchmark builds a lab: run it as root");
     }
@@ -56,9 +60,15 @@ pub fn run(suite: Suite) -> anyhow::Result<()> {
     let _ = Command::new(&sondectl)
         .args(["lab", "down", "--name", LAB])
         .output();
+    if suite == Suite::Probes {
+        probes::kernel_costs(&root)?;
+    }
     step("lab: 2 nodes x 2 pods; the path is pod1 (node1) -> pod3 (node2)");
     shell::run(&sondectl, &["lab", "up", "--name", LAB])?;
-    let result = compare_all(&sondectl);
+    let result = match suite {
+        Suite::Generators => compare_all(&sondectl),
+        Suite::Probes => probes::traced_throughput(&sondectl),
+    };
     step("remove the lab");
     let _ = shell::run(&sondectl, &["lab", "down", "--name", LAB]);
     result
@@ -75,26 +85,6 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
         .context("qperf server")?;
     std::thread::sleep(Duration::from_millis(500));
     let secs = (SECONDS + 1).to_string();
-    let sonde_args = |kind: &str, extra: &[&str]| {
-        let mut args = vec![
-            "run".to_owned(),
-            kind.to_owned(),
-            "--from".to_owned(),
-            "pod/pod1".to_owned(),
-            "--to".to_owned(),
-            "pod/pod3".to_owned(),
-            "--duration".to_owned(),
-            format!("{SECONDS}s"),
-            "--warmup".to_owned(),
-            "1s".to_owned(),
-            "--lab".to_owned(),
-            LAB.to_owned(),
-            "-o".to_owned(),
-            "json".to_owned(),
-        ];
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        args
-    };
     // wrk needs a sonde HTTP server it can address: `sondectl serve` holds one open in pod3
     // (sonde's own client gets a fresh server of the same code in the same pod).
     let mut http_server = Command::new(sondectl)
@@ -205,7 +195,7 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         for pair in 0..PAIRS {
-            match sonde_sample(sondectl, &sonde, reader).and_then(|s| {
+            match sonde_sample(sondectl, &sonde, reader).and_then(|(s, _)| {
                 let r = reference_sample(tool, &reference, reader)?;
                 Ok((s, r))
             }) {
@@ -275,6 +265,28 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
     }
 }
 
+/// sondectl's arguments for a run of `kind` on the benchmark's path, as JSON.
+fn sonde_args(kind: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "run".to_owned(),
+        kind.to_owned(),
+        "--from".to_owned(),
+        "pod/pod1".to_owned(),
+        "--to".to_owned(),
+        "pod/pod3".to_owned(),
+        "--duration".to_owned(),
+        format!("{SECONDS}s"),
+        "--warmup".to_owned(),
+        "1s".to_owned(),
+        "--lab".to_owned(),
+        LAB.to_owned(),
+        "-o".to_owned(),
+        "json".to_owned(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}
+
 /// A comparison: its name, the reference tool, sondectl's arguments, the tool's arguments, and
 /// how to read the figure.
 struct Comparison(&'static str, &'static str, Vec<String>, Vec<String>, Reader);
@@ -330,7 +342,12 @@ fn pod_ip(sondectl: &str, pod: &str) -> anyhow::Result<String> {
         .context("pod not in the inventory")
 }
 
-fn sonde_sample(sondectl: &str, args: &[String], reader: Reader) -> anyhow::Result<Sample> {
+/// One sondectl run: its figure, and the whole JSON document.
+fn sonde_sample(
+    sondectl: &str,
+    args: &[String],
+    reader: Reader,
+) -> anyhow::Result<(Sample, Value)> {
     let output = Command::new(sondectl)
         .args(args)
         .output()
@@ -355,10 +372,13 @@ fn sonde_sample(sondectl: &str, args: &[String], reader: Reader) -> anyhow::Resu
         + m["cpu"]["server_seconds"].as_f64().unwrap_or(0.0);
     let gb = value / 8.0 * SECONDS as f64 / 1e9;
     let cpu_seconds_per_gb = matches!(reader, Reader::Throughput).then(|| cpu / gb);
-    Ok(Sample {
-        value,
-        cpu_seconds_per_gb,
-    })
+    Ok((
+        Sample {
+            value,
+            cpu_seconds_per_gb,
+        },
+        doc,
+    ))
 }
 
 fn reference_sample(tool: &str, args: &[String], reader: Reader) -> anyhow::Result<Sample> {

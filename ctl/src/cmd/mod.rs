@@ -4,6 +4,7 @@ pub mod lab;
 pub mod nodes;
 pub mod run;
 pub mod serve;
+pub mod trace;
 
 use crate::cli::{Cli, Command};
 
@@ -14,5 +15,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lab(command) => lab::run(command).await,
         Command::Run(args) => run::run(args).await,
         Command::Serve(args) => serve::run(args).await,
+        Command::Trace(args) => trace::run(args).await,
     }
 }

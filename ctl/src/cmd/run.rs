@@ -21,6 +21,33 @@ use crate::{
 
 /// Runs `sondectl run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let output = args.output;
+    let report = measure(args).await?;
+    match output {
+        RunOutput::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        RunOutput::Csv => print!("{}", report::csv(&report)?),
+        RunOutput::Table => print!("{}", report::table(&report)),
+    }
+    check_complete(&report)
+}
+
+/// An error unless every planned measurement of `report` completed (what was measured has
+/// been printed by then).
+pub fn check_complete(report: &RunReport) -> anyhow::Result<()> {
+    if report.complete {
+        return Ok(());
+    }
+    let planned = report.spec.sizes_bytes.len() * report.spec.repetitions as usize;
+    let done = report.measurements.iter().filter(|m| m.complete).count();
+    bail!(
+        "the run did not complete: {done} of {planned} measurements complete; {}",
+        report.errors.first().cloned().unwrap_or_default()
+    )
+}
+
+/// Resolves the endpoints, runs every measurement `args` asks for (Ctrl-C stops both sides)
+/// and returns the report, complete or not.
+pub async fn measure(args: RunArgs) -> anyhow::Result<RunReport> {
     if !(args.rate.is_finite() && args.rate >= 0.0) {
         bail!("--rate must be 0 (as fast as possible) or a positive number of messages per second");
     }
@@ -155,18 +182,5 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         && report.measurements.len() == planned
         && report.measurements.iter().all(|m| m.complete);
 
-    match args.output {
-        RunOutput::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        RunOutput::Csv => print!("{}", report::csv(&report)?),
-        RunOutput::Table => print!("{}", report::table(&report)),
-    }
-    if report.complete {
-        Ok(())
-    } else {
-        let done = report.measurements.iter().filter(|m| m.complete).count();
-        bail!(
-            "the run did not complete: {done} of {planned} measurements complete; {}",
-            report.errors.first().cloned().unwrap_or_default()
-        )
-    }
+    Ok(report)
 }

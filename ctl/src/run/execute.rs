@@ -90,6 +90,7 @@ impl Plan {
             } else {
                 server.uplink.clone().unwrap_or_default()
             },
+            sample_one_in: self.trace_sampling(),
         })
     }
 
@@ -124,7 +125,19 @@ impl Plan {
             } else {
                 String::new()
             },
+            sample_one_in: self.trace_sampling(),
         })
+    }
+
+    /// How thinly the kind's packets are followed: streams send far more packets than
+    /// request/response kinds, and stamping each one would slow them down (measured with
+    /// `cargo xtask bench probes`); every request and response is followed.
+    fn trace_sampling(&self) -> u32 {
+        match self.kind {
+            pb::RunKind::TcpStream => 16,
+            pb::RunKind::UdpStream => 64,
+            _ => 1,
+        }
     }
 
     /// How the kind and direction shape the figures.

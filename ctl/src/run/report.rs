@@ -528,7 +528,7 @@ pub fn table(report: &RunReport) -> String {
     for m in &report.measurements {
         if let Some(kernel) = &m.kernel {
             text.push('\n');
-            text.push_str(&kernel_table(m, kernel));
+            text.push_str(&kernel_table(m, kernel, breakdown_unit(&report.kind)));
         }
     }
     for error in &report.errors {
@@ -537,8 +537,19 @@ pub fn table(report: &RunReport) -> String {
     text
 }
 
-/// The kernel breakdown of one measurement, under the figures.
-fn kernel_table(m: &Measurement, kernel: &super::breakdown::Breakdown) -> String {
+/// What a kind's kernel breakdown sums up: one transaction's packets for request/response
+/// kinds, one packet's stages for streams.
+pub fn breakdown_unit(kind: &str) -> &'static str {
+    if kind.ends_with("-rr") || kind.ends_with("-crr") || kind == "http" {
+        "transaction"
+    } else {
+        "packet"
+    }
+}
+
+/// The kernel breakdown of one measurement, under the figures; `per` names what its sum of
+/// stage means is per ("transaction" for request/response kinds, "packet" for streams).
+pub fn kernel_table(m: &Measurement, kernel: &super::breakdown::Breakdown, per: &str) -> String {
     let signed = |ns: i64| {
         if ns < 0 {
             format!("-{}", nanos(ns.unsigned_abs()))
@@ -589,7 +600,7 @@ fn kernel_table(m: &Measurement, kernel: &super::breakdown::Breakdown) -> String
         crate::output::trim_lines(&table)
     );
     text.push_str(&format!(
-        "kernel stages, mean per transaction (both ways): {}",
+        "kernel stages, mean per {per} (both ways): {}",
         nanos(kernel.kernel_mean_ns as u64)
     ));
     if let Some(app) = kernel.application_mean_ns {

@@ -12,8 +12,8 @@ use std::{
 };
 
 use aya::programs::{
-    Program, TcAttachType, tc::SchedClassifierLink, tp_btf::BtfTracePointLink,
-    trace_point::TracePointLink,
+    Program, TcAttachType, TestRun as _, TestRunOptions, TestRunResult, tc::SchedClassifierLink,
+    tp_btf::BtfTracePointLink, trace_point::TracePointLink,
 };
 
 use super::lock;
@@ -77,12 +77,17 @@ const SOCKET_HOOKS: [(&str, SocketHook); 4] = [
     ),
 ];
 
-const TC_PROGRAMS: [&str; 4] = [
+/// The stage classifiers, in path order.
+pub const TC_PROGRAMS: [&str; 4] = [
     "sonde_pod_out",
     "sonde_pod_in",
     "sonde_node_out",
     "sonde_node_in",
 ];
+
+/// A classifier that does nothing: what any classifier costs, the floor probe costs are read
+/// against.
+pub const FLOOR_PROGRAM: &str = "sonde_tc_nop";
 
 /// A use of one classifier on one interface, returned to [`Hooks::release_tc`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -260,6 +265,37 @@ impl Hooks {
             self.sockets.clear();
             self.stats = None;
         }
+    }
+
+    /// Runs a stage classifier on `packet` in the kernel (`BPF_PROG_TEST_RUN`), `repeat` times:
+    /// how the parsers and their cost are checked without sending any traffic. The result's
+    /// duration is the mean per run.
+    pub fn test_run(&self, program: &str, packet: &[u8], repeat: u32) -> Result<TestRunResult> {
+        let name = TC_PROGRAMS
+            .iter()
+            .chain([&FLOOR_PROGRAM])
+            .copied()
+            .find(|name| *name == program)
+            .ok_or(Error::MissingProgram {
+                name: "(not a stage classifier)",
+            })?;
+        let mut probes = lock(&self.probes);
+        // The floor program is loaded only when measured; the others are loaded already.
+        tc_counter::load_classifiers(&mut probes, &[name])?;
+        let Some(Program::SchedClassifier(classifier)) = probes.program(name) else {
+            return Err(Error::MissingProgram { name });
+        };
+        classifier
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| Error::Program {
+                action: "test-run".to_owned(),
+                program: name,
+                source,
+            })
     }
 
     /// Run counts and times of every stage program so far.

@@ -13,6 +13,7 @@
 //! - [`hooks`]: the programs, loaded once, attached while someone needs them.
 
 pub mod collect;
+pub mod cost;
 pub mod hooks;
 
 use std::{
@@ -25,7 +26,7 @@ use std::{
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use sonde_common::{
     maps,
-    stages::{Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS},
+    stages::{Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, MAX_SAMPLE_SHIFT},
 };
 
 use crate::{Error, Result, probes::Probes};
@@ -41,6 +42,8 @@ pub struct TraceSpec {
     pub pod_interface: Option<String>,
     /// The node's uplink, when the other side is on another node.
     pub uplink_interface: Option<String>,
+    /// Packets are followed 1 in 2^`sample_shift`.
+    pub sample_shift: u8,
 }
 
 /// A flow by its server endpoint.
@@ -101,13 +104,20 @@ pub struct Tracer {
     boot_id: String,
 }
 
+/// One trace's use of a flow key: the sides it holds here and how it samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Use {
+    sides: u8,
+    sample_shift: u8,
+}
+
 /// The flows traced now, as the kernel's maps hold them.
 struct Registry {
     flows: BpfHashMap<MapData, FlowKey, FlowInfo>,
     ports: Array<MapData, u8>,
     lost: PerCpuArray<MapData, u64>,
-    /// Per key: its flow number and the sides of each trace using it.
-    keys: HashMap<FlowKey, (u32, Vec<u8>)>,
+    /// Per key: its flow number and each trace's use of it.
+    keys: HashMap<FlowKey, (u32, Vec<Use>)>,
     /// Users of each server port.
     port_users: HashMap<u16, u32>,
     /// Flow numbers handed out and returned.
@@ -194,6 +204,7 @@ impl Tracer {
             lost_before: 0,
             hooks: Vec::new(),
             notes: Vec::new(),
+            sockets: false,
         };
         // Interfaces first: a wrong name is refused before anything is registered.
         let mut hooks = lock(&self.hooks);
@@ -207,16 +218,66 @@ impl Tracer {
             }
         }
         let (sockets, notes) = hooks.attach_sockets();
+        trace.sockets = true;
         trace.hooks.extend(sockets);
         trace.notes.extend(notes);
         trace.baseline = hooks.costs();
         drop(hooks);
+        if spec.sample_shift > 0 {
+            trace.notes.push(format!(
+                "1 packet in {} followed (sampled by packet id, the same ones on every node)",
+                1_u32 << spec.sample_shift
+            ));
+        }
+        let used = Use {
+            sides,
+            sample_shift: spec.sample_shift,
+        };
+        self.register(&mut trace, &spec.flows, used)?;
+        Ok(trace)
+    }
+
+    /// Registers `flows` without attaching anything, so that packets handed to the classifiers
+    /// by [`Tracer::test_run`] are stamped: for parser tests and cost measurements.
+    pub fn follow(self: &Arc<Self>, flows: &[TracedFlow], sides: u8) -> Result<RunTrace> {
+        let mut trace = RunTrace {
+            tracer: Arc::clone(self),
+            keys: Vec::new(),
+            collector: Arc::new(Mutex::new(Collector::new(0, sides))),
+            flows: Vec::new(),
+            attached: Vec::new(),
+            baseline: Vec::new(),
+            lost_before: 0,
+            hooks: Vec::new(),
+            notes: Vec::new(),
+            sockets: false,
+        };
+        let used = Use {
+            sides,
+            sample_shift: 0,
+        };
+        self.register(&mut trace, flows, used)?;
+        Ok(trace)
+    }
+
+    /// Runs the stage classifier `program` on `packet` in the kernel, `repeat` times.
+    pub fn test_run(
+        &self,
+        program: &str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<aya::programs::TestRunResult> {
+        lock(&self.hooks).test_run(program, packet, repeat)
+    }
+
+    /// Puts `flows` in the kernel's flow map and routes their events to `trace`.
+    fn register(&self, trace: &mut RunTrace, flows: &[TracedFlow], used: Use) -> Result<()> {
         let mut registry = lock(&self.registry);
         trace.lost_before = registry.lost_total();
-        for flow in &spec.flows {
+        for flow in flows {
             let key = flow.key();
-            let number = registry.add(key, sides)?;
-            trace.keys.push((key, sides));
+            let number = registry.add(key, used)?;
+            trace.keys.push((key, used));
             if !trace.flows.contains(&number) {
                 trace.flows.push(number);
             }
@@ -229,7 +290,7 @@ impl Tracer {
                 .or_default()
                 .push(Arc::clone(&trace.collector));
         }
-        Ok(trace)
+        Ok(())
     }
 
     /// Reads events until the daemon exits; wakes only when the kernel has some.
@@ -281,7 +342,7 @@ impl Tracer {
 }
 
 impl Registry {
-    fn add(&mut self, key: FlowKey, sides: u8) -> Result<u32> {
+    fn add(&mut self, key: FlowKey, used: Use) -> Result<u32> {
         let map_error = |source| Error::Map {
             name: maps::FLOWS,
             source,
@@ -298,7 +359,7 @@ impl Registry {
             },
         };
         let users = &mut self.keys.entry(key).or_insert((number, Vec::new())).1;
-        users.push(sides);
+        users.push(used);
         self.flows
             .insert(key, flow_info(number, users), 0)
             .map_err(map_error)?;
@@ -315,9 +376,9 @@ impl Registry {
         Ok(number)
     }
 
-    fn remove(&mut self, key: &FlowKey, sides: u8) {
+    fn remove(&mut self, key: &FlowKey, used: Use) {
         if let Some((number, users)) = self.keys.get_mut(key) {
-            if let Some(at) = users.iter().position(|s| *s == sides) {
+            if let Some(at) = users.iter().position(|u| *u == used) {
                 users.remove(at);
             }
             let number = *number;
@@ -350,7 +411,7 @@ impl Registry {
 #[derive(Debug)]
 pub struct RunTrace {
     tracer: Arc<Tracer>,
-    keys: Vec<(FlowKey, u8)>,
+    keys: Vec<(FlowKey, Use)>,
     collector: Arc<Mutex<Collector>>,
     flows: Vec<u32>,
     attached: Vec<hooks::TcUse>,
@@ -358,6 +419,8 @@ pub struct RunTrace {
     lost_before: u64,
     hooks: Vec<String>,
     notes: Vec<String>,
+    /// Whether this trace holds the socket hooks (one of their users).
+    sockets: bool,
 }
 
 impl RunTrace {
@@ -409,24 +472,32 @@ impl Drop for RunTrace {
         }
         {
             let mut registry = lock(&self.tracer.registry);
-            for (key, sides) in &self.keys {
-                registry.remove(key, *sides);
+            for (key, used) in &self.keys {
+                registry.remove(key, *used);
             }
         }
         let mut hooks = lock(&self.tracer.hooks);
         for used in self.attached.drain(..) {
             hooks.release_tc(used);
         }
-        hooks.release_sockets();
+        if self.sockets {
+            hooks.release_sockets();
+        }
     }
 }
 
-/// The flow map's value for a key: its number, and every side its users hold on this node.
-fn flow_info(number: u32, users: &[u8]) -> FlowInfo {
+/// The flow map's value for a key: its number, every side its users hold on this node, and
+/// the densest sampling any of them asked for.
+fn flow_info(number: u32, users: &[Use]) -> FlowInfo {
     FlowInfo {
         flow: number,
-        sides: users.iter().fold(0, |all, sides| all | sides),
-        pad: [0; 3],
+        sides: users.iter().fold(0, |all, used| all | used.sides),
+        sample_shift: users
+            .iter()
+            .map(|used| used.sample_shift)
+            .min()
+            .unwrap_or(0),
+        pad: [0; 2],
     }
 }
 
@@ -513,8 +584,22 @@ impl TraceSpec {
                 name => Err(invalid(field, format!("{name:?} is not an interface name"))),
             }
         };
+        let sample_shift = match request.sample_one_in {
+            0 | 1 => 0,
+            n if n.is_power_of_two() && n <= 1 << MAX_SAMPLE_SHIFT => n.trailing_zeros() as u8,
+            n => {
+                return Err(invalid(
+                    "trace.sample_one_in",
+                    format!(
+                        "must be a power of two from 1 to {}, got {n}",
+                        1 << MAX_SAMPLE_SHIFT
+                    ),
+                ));
+            }
+        };
         Ok(Self {
             flows,
+            sample_shift,
             pod_interface: iface("trace.pod_interface", &request.pod_interface)?,
             uplink_interface: iface("trace.uplink_interface", &request.uplink_interface)?,
         })

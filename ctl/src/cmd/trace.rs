@@ -1,0 +1,109 @@
+//! `sondectl trace --from A --to B`: where the time goes on a path, and nothing else.
+//!
+//! A light request/response flow (one connection, 1000 requests/s of 64 bytes by default) runs
+//! between the endpoints with the stage probes attached, so that the path is measured without
+//! being loaded; only its kernel breakdown is printed.
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+use crate::{
+    cli::{DirectionArg, RunArgs, RunKindArg, RunOutput, TraceArgs, TraceProtocol},
+    cmd::run as runs,
+    endpoint::PathKind,
+    output::OutputFormat,
+    run::{breakdown::Breakdown, report, sizes::human},
+};
+
+/// What `sondectl trace -o json` prints.
+#[derive(Debug, Serialize)]
+struct TraceReport<'a> {
+    from: &'a str,
+    to: &'a str,
+    path: PathKind,
+    kind: &'a str,
+    rate: f64,
+    size_bytes: u64,
+    duration_seconds: f64,
+    /// The breakdown, as in a run result's `kernel`.
+    kernel: &'a Breakdown,
+}
+
+/// Runs `sondectl trace`.
+pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        bail!("--rate must be a positive number of requests per second (the flow stays light)");
+    }
+    let kind = match args.protocol {
+        TraceProtocol::Tcp => RunKindArg::TcpRr,
+        TraceProtocol::Udp => RunKindArg::UdpRr,
+    };
+    let run_args = RunArgs {
+        kind,
+        from: args.from,
+        to: args.to,
+        duration: args.duration,
+        warmup: std::time::Duration::from_millis(500),
+        repetitions: 1,
+        parallel: 1,
+        rate: args.rate,
+        size: Some(args.size),
+        request_size: None,
+        response_size: None,
+        sizes: None,
+        direction: DirectionArg::Forward,
+        plain_io: false,
+        no_trace: false,
+        estimate_clock: args.estimate_clock,
+        lab: args.lab,
+        output: RunOutput::Json,
+        timeout: args.timeout,
+    };
+    let result = runs::measure(run_args).await?;
+    let measurement = result
+        .measurements
+        .first()
+        .context("the probe flow made no measurement")?;
+    let Some(kernel) = &measurement.kernel else {
+        runs::check_complete(&result)?;
+        bail!(
+            "no kernel breakdown came back: {}",
+            measurement
+                .errors
+                .first()
+                .map_or("the daemons could not trace this path", String::as_str)
+        );
+    };
+    match args.output {
+        OutputFormat::Json => {
+            let trace = TraceReport {
+                from: &result.from.endpoint,
+                to: &result.to.endpoint,
+                path: result.path,
+                kind: &result.kind,
+                rate: result.spec.rate,
+                size_bytes: measurement.size_bytes,
+                duration_seconds: result.spec.duration_seconds,
+                kernel,
+            };
+            println!("{}", serde_json::to_string_pretty(&trace)?);
+        }
+        OutputFormat::Table => {
+            println!(
+                "trace {} -> {} ({}, {}: {} requests/s of {} for {:.0}s)\n",
+                result.from.endpoint,
+                result.to.endpoint,
+                serde_json::to_value(result.path)?.as_str().unwrap_or("?"),
+                result.kind,
+                result.spec.rate,
+                human(measurement.size_bytes),
+                result.spec.duration_seconds,
+            );
+            print!(
+                "{}",
+                report::kernel_table(measurement, kernel, report::breakdown_unit(&result.kind))
+            );
+        }
+    }
+    runs::check_complete(&result)
+}

@@ -1,0 +1,388 @@
+//! The stage classifiers' packet parser, run by the kernel itself (`BPF_PROG_TEST_RUN`) on
+//! crafted packets: IPv4 and IPv6, TCP and UDP, VLAN tags, IP options, extension headers,
+//! fragments, truncated packets and random bytes. Every packet must pass (the probe fails open),
+//! and exactly the packets of a traced flow must be stamped, with the identity (direction,
+//! client port, TCP sequence or sonde's UDP sequence) the packet carries.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::{Arc, Mutex},
+};
+
+use etherparse::{
+    IpFragOffset, IpHeaders, IpNumber, Ipv4Header, Ipv6Extensions, Ipv6FragmentHeader, Ipv6Header,
+    Ipv6RawExtHeader, PacketBuilder, VlanId,
+};
+use sonde_common::stages::{direction, point, side};
+use sonde_daemon::{
+    probes::Probes,
+    stages::{TracedFlow, Tracer},
+};
+use sonde_integration::require_root;
+
+/// What a TCX classifier returns to let the packet go on (`TCX_NEXT`, -1).
+const TCX_NEXT: u32 = u32::MAX;
+const PROGRAM: &str = "sonde_node_out";
+
+const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 240, 0, 1);
+const SERVER4: Ipv4Addr = Ipv4Addr::new(10, 240, 1, 1);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5d, 0, 0, 0, 0, 0, 1);
+const SERVER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5d, 0, 0, 0, 0, 1, 1);
+const TCP_PORT: u16 = 5201;
+const UDP_PORT: u16 = 5301;
+const CLIENT_PORT: u16 = 40001;
+const MACS: ([u8; 6], [u8; 6]) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+
+/// Writes a built packet carrying `payload` bytes (etherparse's last steps each have their
+/// own `write`).
+macro_rules! packet {
+    ($builder:expr, $payload:expr $(,)?) => {{
+        let mut out = Vec::new();
+        $builder
+            .write(&mut out, &[0x5a_u8].repeat($payload))
+            .expect("build a packet");
+        out
+    }};
+}
+
+fn tracer() -> Arc<Tracer> {
+    let btf = aya::Btf::from_sys_fs().ok();
+    let probes = Probes::load_with_btf(btf.as_ref()).expect("load sonde's eBPF object");
+    Tracer::new(Arc::new(Mutex::new(probes)), btf.as_ref()).expect("start the tracer")
+}
+
+fn flows() -> Vec<TracedFlow> {
+    let flow = |client: IpAddr, server: IpAddr, server_port, protocol| TracedFlow {
+        client,
+        server,
+        server_port,
+        protocol,
+    };
+    vec![
+        flow(CLIENT4.into(), SERVER4.into(), TCP_PORT, 6),
+        flow(CLIENT6.into(), SERVER6.into(), TCP_PORT, 6),
+        flow(CLIENT4.into(), SERVER4.into(), UDP_PORT, 17),
+    ]
+}
+
+/// A stamp as the collector keys it: direction, client port, packet id.
+type Stamp = (u8, u16, u32);
+
+/// Runs every packet through the classifier once; returns the stamps the run's collector got.
+fn stamps_of(tracer: &Arc<Tracer>, packets: &[Vec<u8>]) -> BTreeSet<Stamp> {
+    let trace = tracer
+        .follow(&flows(), side::CLIENT)
+        .expect("register the flows");
+    for packet in packets {
+        let run = tracer
+            .test_run(PROGRAM, packet, 1)
+            .unwrap_or_else(|err| panic!("test run of {} bytes: {err:?}", packet.len()));
+        assert_eq!(
+            run.return_value, TCX_NEXT,
+            "the probe must let every packet go on ({packet:02x?})"
+        );
+    }
+    let report = trace.finish();
+    report
+        .collected
+        .uplink
+        .iter()
+        .filter(|stamps| stamps.point == point::NODE_OUT)
+        .flat_map(|stamps| {
+            stamps
+                .keys
+                .iter()
+                .map(move |key| (stamps.direction, (key >> 32) as u16, *key as u32))
+        })
+        .collect()
+}
+
+fn tcp4(seq: u32, payload: usize) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(MACS.0, MACS.1)
+        .ipv4(CLIENT4.octets(), SERVER4.octets(), 64)
+        .tcp(CLIENT_PORT, TCP_PORT, seq, 1024)
+        .ack(1);
+    packet!(builder, payload)
+}
+
+/// sonde's UDP data header: magic, flags, 64-bit sequence, then padding.
+fn sonde_udp_payload(seq: u64, len: usize) -> Vec<u8> {
+    let mut payload = b"SNDD".to_vec();
+    payload.extend([0; 4]);
+    payload.extend(seq.to_be_bytes());
+    payload.resize(len.max(16), 0);
+    payload
+}
+
+fn ipv4_header(options: &[u8]) -> Ipv4Header {
+    let mut header = Ipv4Header::new(0, 64, IpNumber::TCP, CLIENT4.octets(), SERVER4.octets())
+        .expect("IPv4 header");
+    header.options = options.try_into().expect("IPv4 options");
+    header
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn stamps_exactly_the_traced_packets_of_every_shape() {
+    require_root();
+    let tracer = tracer();
+    let mut packets = Vec::new();
+    let mut expected = BTreeSet::new();
+    let mut id = 1000_u32;
+    let mut next = || {
+        id += 1;
+        id
+    };
+
+    // IPv4 TCP data, both directions.
+    let seq = next();
+    packets.push(tcp4(seq, 100));
+    expected.insert((direction::TO_SERVER, CLIENT_PORT, seq));
+    let seq = next();
+    packets.push(packet!(
+        PacketBuilder::ethernet2(MACS.1, MACS.0)
+            .ipv4(SERVER4.octets(), CLIENT4.octets(), 64)
+            .tcp(TCP_PORT, CLIENT_PORT, seq, 1024)
+            .ack(1),
+        1448,
+    ));
+    expected.insert((direction::TO_CLIENT, CLIENT_PORT, seq));
+
+    // A pure ACK carries no data: not stamped.
+    packets.push(tcp4(next(), 0));
+
+    // IPv4 options (NOPs and an end), 4 and 40 bytes.
+    for options in [&[1_u8, 1, 1, 0][..], &[1; 40][..]] {
+        let seq = next();
+        packets.push(packet!(
+            PacketBuilder::ethernet2(MACS.0, MACS.1)
+                .ip(IpHeaders::Ipv4(ipv4_header(options), Default::default()))
+                .tcp(CLIENT_PORT, TCP_PORT, seq, 1024)
+                .ack(1),
+            64,
+        ));
+        expected.insert((direction::TO_SERVER, CLIENT_PORT, seq));
+    }
+
+    // One VLAN tag, and two (802.1ad outside 802.1Q).
+    let seq = next();
+    packets.push(packet!(
+        PacketBuilder::ethernet2(MACS.0, MACS.1)
+            .single_vlan(VlanId::try_new(7).expect("vlan id"))
+            .ipv4(CLIENT4.octets(), SERVER4.octets(), 64)
+            .tcp(CLIENT_PORT, TCP_PORT, seq, 1024)
+            .ack(1),
+        64,
+    ));
+    expected.insert((direction::TO_SERVER, CLIENT_PORT, seq));
+    let seq = next();
+    packets.push(packet!(
+        PacketBuilder::ethernet2(MACS.0, MACS.1)
+            .double_vlan(
+                VlanId::try_new(100).expect("vlan id"),
+                VlanId::try_new(7).expect("vlan id"),
+            )
+            .ipv4(CLIENT4.octets(), SERVER4.octets(), 64)
+            .tcp(CLIENT_PORT, TCP_PORT, seq, 1024)
+            .ack(1),
+        64,
+    ));
+    expected.insert((direction::TO_SERVER, CLIENT_PORT, seq));
+
+    // IPv4 fragments: the first (offset 0, more fragments) carries the TCP header and is
+    // stamped; a later one does not and is not.
+    for (offset, stamped) in [(0_u16, true), (185, false)] {
+        let seq = next();
+        let mut header = ipv4_header(&[]);
+        header.more_fragments = true;
+        header.fragment_offset = IpFragOffset::try_new(offset).expect("offset");
+        packets.push(packet!(
+            PacketBuilder::ethernet2(MACS.0, MACS.1)
+                .ip(IpHeaders::Ipv4(header, Default::default()))
+                .tcp(CLIENT_PORT, TCP_PORT, seq, 1024)
+                .ack(1),
+            64,
+        ));
+        if stamped {
+            expected.insert((direction::TO_SERVER, CLIENT_PORT, seq));
+        }
+    }
+
+    // IPv6, plain and behind hop-by-hop and destination options.
+    let ipv6 = |extensions: Ipv6Extensions| {
+        IpHeaders::Ipv6(
+            Ipv6Header {
+                traffic_class: 0,
+                flow_label: Default::default(),
+                payload_length: 0,
+                next_header: IpNumber::TCP,
+                hop_limit: 64,
+                source: CLIENT6.octets(),
+                destination: SERVER6.octets(),
+            },
+            extensions,
+        )
+    };
+    let options = || Ipv6RawExtHeader::new_raw(IpNumber::TCP, &[1, 4, 0, 0, 0, 0]).ok();
+    for extensions in [
+        Ipv6Extensions::default(),
+        Ipv6Extensions {
+            hop_by_hop_options: options(),
+            destination_options: options(),
+            ..Default::default()
+        },
+        Ipv6Extensions {
+            fragment: Some(Ipv6FragmentHeader::new(
+                IpNumber::TCP,
+                IpFragOffset::ZERO,
+                true,
+                7,
+            )),
+            ..Default::default()
+        },
+    ] {
+        let seq = next();
+        packets.push(packet!(
+            PacketBuilder::ethernet2(MACS.0, MACS.1)
+                .ip(ipv6(extensions))
+                .tcp(CLIENT_PORT, TCP_PORT, seq, 1024)
+                .ack(1),
+            64,
+        ));
+        expected.insert((direction::TO_SERVER, CLIENT_PORT, seq));
+    }
+    // A later IPv6 fragment: no transport header, not stamped.
+    packets.push(packet!(
+        PacketBuilder::ethernet2(MACS.0, MACS.1)
+            .ip(ipv6(Ipv6Extensions {
+                fragment: Some(Ipv6FragmentHeader::new(
+                    IpNumber::TCP,
+                    IpFragOffset::try_new(100).expect("offset"),
+                    false,
+                    7,
+                )),
+                ..Default::default()
+            }))
+            .tcp(CLIENT_PORT, TCP_PORT, next(), 1024)
+            .ack(1),
+        64,
+    ));
+
+    // sonde's UDP datagrams are stamped by their sequence number; other UDP is not.
+    let seq = u64::from(next()) | (7 << 32);
+    let mut udp = Vec::new();
+    PacketBuilder::ethernet2(MACS.0, MACS.1)
+        .ipv4(CLIENT4.octets(), SERVER4.octets(), 64)
+        .udp(CLIENT_PORT, UDP_PORT)
+        .write(&mut udp, &sonde_udp_payload(seq, 64))
+        .expect("UDP packet");
+    packets.push(udp);
+    expected.insert((direction::TO_SERVER, CLIENT_PORT, seq as u32));
+    packets.push(packet!(
+        PacketBuilder::ethernet2(MACS.0, MACS.1)
+            .ipv4(CLIENT4.octets(), SERVER4.octets(), 64)
+            .udp(CLIENT_PORT, UDP_PORT),
+        64,
+    ));
+
+    // Not a traced flow: another server port, another server, another protocol's port.
+    for (server, port) in [
+        (SERVER4, TCP_PORT + 1),
+        (Ipv4Addr::new(10, 240, 1, 2), TCP_PORT),
+        (SERVER4, UDP_PORT),
+    ] {
+        packets.push(packet!(
+            PacketBuilder::ethernet2(MACS.0, MACS.1)
+                .ipv4(CLIENT4.octets(), server.octets(), 64)
+                .tcp(CLIENT_PORT, port, next(), 1024)
+                .ack(1),
+            64,
+        ));
+    }
+    // Not IP at all (ARP).
+    let mut arp = tcp4(next(), 64);
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    packets.push(arp);
+
+    assert_eq!(stamps_of(&tracer, &packets), expected);
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn truncated_packets_pass_and_are_stamped_only_when_their_headers_are_whole() {
+    require_root();
+    let tracer = tracer();
+    // The kernel's test harness refuses an IPv4 frame shorter than its IP header, so the IP
+    // header itself is cut behind a VLAN tag, which the harness does not look into.
+    let vlan = |seq| {
+        packet!(
+            PacketBuilder::ethernet2(MACS.0, MACS.1)
+                .single_vlan(VlanId::try_new(7).expect("vlan id"))
+                .ipv4(CLIENT4.octets(), SERVER4.octets(), 64)
+                .tcp(CLIENT_PORT, TCP_PORT, seq, 1024)
+                .ack(1),
+            26,
+        )
+    };
+    // The probe reads the TCP header's first 13 bytes (ports, sequence, data offset).
+    for (shortest, needed, build) in [
+        (
+            14 + 20,
+            14 + 20 + 13,
+            &(|seq| tcp4(seq, 26)) as &dyn Fn(u32) -> Vec<u8>,
+        ),
+        (14, 18 + 20 + 13, &vlan),
+    ] {
+        for len in shortest..=needed + 30 {
+            let seq = 5000 + len as u32;
+            let mut packet = build(seq);
+            packet.truncate(len);
+            let stamps = stamps_of(&tracer, &[packet]);
+            let expected: BTreeSet<Stamp> = if len >= needed {
+                [(direction::TO_SERVER, CLIENT_PORT, seq)].into()
+            } else {
+                BTreeSet::new()
+            };
+            assert_eq!(stamps, expected, "packet cut to {len} bytes");
+        }
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn random_bytes_and_corrupted_headers_always_pass() {
+    require_root();
+    let tracer = tracer();
+    let mut rng = fastrand::Rng::with_seed(0x5d0de);
+    let mut packets = Vec::new();
+    // Pure noise, some of it posing as IPv4 or IPv6 with VLAN tags.
+    for i in 0..2000 {
+        // At least an Ethernet and an IPv6 header: the harness refuses shorter IP frames.
+        let len = rng.usize(54..300);
+        let mut packet: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        match i % 4 {
+            0 => packet[12..14].copy_from_slice(&[0x08, 0x00]),
+            1 => packet[12..14].copy_from_slice(&[0x86, 0xdd]),
+            2 => {
+                packet[12..14].copy_from_slice(&[0x81, 0x00]);
+                packet[16..18].copy_from_slice(&[0x08, 0x00]);
+            }
+            _ => {}
+        }
+        packets.push(packet);
+    }
+    // A traced packet with one to four bytes corrupted (lengths, versions, offsets...).
+    for _ in 0..2000 {
+        let mut packet = tcp4(rng.u32(..), rng.usize(0..200));
+        for _ in 0..rng.usize(1..=4) {
+            let at = rng.usize(..packet.len());
+            packet[at] = rng.u8(..);
+        }
+        packets.push(packet);
+    }
+    // Every packet went on (checked inside); stamps, if any, are of the traced client.
+    let stamps = stamps_of(&tracer, &packets[..2000]);
+    assert!(stamps.is_empty(), "noise was stamped: {stamps:?}");
+    let _ = stamps_of(&tracer, &packets[2000..]);
+}

@@ -1,0 +1,128 @@
+//! `cargo xtask bench probes`: what the stage probes cost.
+//!
+//! 1. In the kernel, per packet: `sonded probe-cost` runs each classifier on a crafted packet
+//!    with `BPF_PROG_TEST_RUN` (a packet of no run, and a traced run's packet), next to an
+//!    empty classifier, whose cost (the harness and the call) every classifier pays. Targets,
+//!    above that floor: 30 ns for a packet of no run, 150 ns for a traced one.
+//! 2. On a real path: tcp-stream pod1 -> pod3 traced (every probe attached) and with
+//!    `--no-trace` (none attached), in interleaved pairs whose order alternates. Target: the
+//!    traced throughput at least 0.98 of the untraced.
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use super::{PAIRS, Reader, sonde_args, sonde_sample, stats};
+use crate::shell::step;
+
+/// Per-packet cost targets above the empty classifier, ns.
+const FOREIGN_TARGET_NS: f64 = 30.0;
+const TRACED_TARGET_NS: f64 = 150.0;
+/// Throughput traced / untraced at least this.
+const THROUGHPUT_TARGET: f64 = 0.98;
+
+/// Part 1: `sonded probe-cost`, printed against the targets.
+pub fn kernel_costs(root: &Path) -> anyhow::Result<()> {
+    step("probe cost per packet in the kernel (BPF_PROG_TEST_RUN, 20 rounds)");
+    let output = std::process::Command::new(root.join("target/release/sonded"))
+        .args(["probe-cost", "--rounds", "20", "--json"])
+        .output()
+        .context("running sonded probe-cost")?;
+    if !output.status.success() {
+        bail!(
+            "sonded probe-cost failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let costs: Value = serde_json::from_slice(&output.stdout).context("probe-cost JSON")?;
+    let floor = costs["floor_ns"].as_f64().context("floor_ns")?;
+    println!("    empty classifier (harness + call): {floor:.1} ns; figures below are above it");
+    println!(
+        "    {:<16} {:>14} {:>14}",
+        "probe", "no-run packet", "traced packet"
+    );
+    let verdict = |ns: f64, target: f64| if ns <= target { "ok" } else { "OVER" };
+    for probe in costs["probes"].as_array().context("probes")? {
+        let foreign = probe["foreign_ns"].as_f64().unwrap_or(f64::NAN) - floor;
+        let traced = probe["traced_ns"].as_f64().unwrap_or(f64::NAN) - floor;
+        println!(
+            "    {:<16} {:>8.1} ns {:<4} {:>8.1} ns {:<4}",
+            probe["program"].as_str().unwrap_or("?"),
+            foreign,
+            verdict(foreign, FOREIGN_TARGET_NS),
+            traced,
+            verdict(traced, TRACED_TARGET_NS),
+        );
+    }
+    println!(
+        "    targets: no-run packet <= {FOREIGN_TARGET_NS} ns, traced packet <= {TRACED_TARGET_NS} ns"
+    );
+    Ok(())
+}
+
+/// Part 2: tcp-stream with every probe attached against none, interleaved.
+pub fn traced_throughput(sondectl: &str) -> anyhow::Result<()> {
+    step(&format!(
+        "tcp-stream pod1 -> pod3: traced vs --no-trace, {PAIRS} interleaved pairs"
+    ));
+    let traced_args = sonde_args("tcp-stream", &[]);
+    let plain_args = sonde_args("tcp-stream", &["--no-trace"]);
+    let mut traced = Vec::new();
+    let mut plain = Vec::new();
+    for pair in 0..PAIRS {
+        // Alternate which goes first, so that a drift of the machine favours neither.
+        let order = if pair % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for with_probes in order {
+            let args = if with_probes {
+                &traced_args
+            } else {
+                &plain_args
+            };
+            let (sample, doc) = sonde_sample(sondectl, args, Reader::Throughput)?;
+            let events = doc["measurements"][0]["kernel"]["events"].as_u64();
+            if with_probes {
+                let events = events.context("a traced run without a kernel breakdown")?;
+                if events == 0 {
+                    bail!("the traced run saw no events: the probes were not attached");
+                }
+                traced.push(sample.value);
+            } else {
+                if events.is_some() {
+                    bail!("a --no-trace run reported kernel events");
+                }
+                plain.push(sample.value);
+            }
+        }
+        println!(
+            "    pair {}: traced {:.2} Gbit/s | untraced {:.2} Gbit/s",
+            pair + 1,
+            traced[pair] / 1e9,
+            plain[pair] / 1e9
+        );
+    }
+    let (tm, tlo, thi) = stats(traced.iter().copied());
+    let (pm, plo, phi) = stats(plain.iter().copied());
+    step("results (median [min - max])");
+    println!(
+        "    traced    {:.2} Gbit/s [{:.2} - {:.2}]",
+        tm / 1e9,
+        tlo / 1e9,
+        thi / 1e9
+    );
+    println!(
+        "    untraced  {:.2} Gbit/s [{:.2} - {:.2}]",
+        pm / 1e9,
+        plo / 1e9,
+        phi / 1e9
+    );
+    println!(
+        "    ratio     {:.3} (target >= {THROUGHPUT_TARGET})",
+        tm / pm
+    );
+    Ok(())
+}
