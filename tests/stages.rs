@@ -312,6 +312,58 @@ fn a_stream_is_sampled_the_same_way_on_both_nodes() {
     assert_eq!(kernel["events_lost"], 0);
 }
 
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn a_delay_on_the_underlay_lands_in_the_wire_stage() {
+    require_root();
+    let lab = Lab::up(&[]);
+    // 5 ms added to what node1 sends node2, for long enough to cover the run; the line stops
+    // by itself (and its TAP devices and links go with it).
+    let mut line = Command::new(workspace_bin("sondectl"))
+        .args([
+            "lab", "delay", "--name", &lab.name, "--from", "node1", "--to", "node2",
+        ])
+        .args(["--delay", "5ms", "--duration", "12s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sondectl lab delay");
+    let ready = line
+        .stdout
+        .take()
+        .and_then(|out| std::io::BufRead::lines(std::io::BufReader::new(out)).next())
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    assert!(ready.contains("ready"), "the delay line said {ready:?}");
+
+    let measurement = breakdown(&lab, &["--from", "pod/pod1", "--to", "pod/pod3"]);
+    let _ = line.kill();
+    let _ = line.wait();
+    let p50 = |direction, name: &str| {
+        stages(&measurement, direction)
+            .into_iter()
+            .find(|(stage, ..)| stage == name)
+            .map(|(_, _, p50, _)| p50)
+            .unwrap_or_else(|| panic!("no {name} stage {direction}: {measurement}"))
+    };
+    let wire = p50("client-to-server", "wire");
+    assert!(
+        (wire - 5_000_000).abs() <= 250_000,
+        "the wire stage is {wire} ns with 5 ms added: not within 5%"
+    );
+    // Nothing else took the delay: every other stage, and the way back, stay short.
+    for (direction, name) in [
+        ("client-to-server", "sender stack"),
+        ("client-to-server", "sender node"),
+        ("client-to-server", "receiver node"),
+        ("client-to-server", "receiver stack"),
+        ("server-to-client", "wire"),
+    ] {
+        let took = p50(direction, name);
+        assert!(took < 1_000_000, "{direction} {name}: {took} ns");
+    }
+}
+
 /// Kernel IDs of the programs node1's daemon holds, as it reports them.
 fn programs_of_node1(lab: &Lab) -> Vec<u64> {
     let output = lab.sondectl(&["nodes", "-o", "json"]);

@@ -6,10 +6,12 @@
 //!
 //! # Layout
 //! - [`counters`]: per-interface packet counters filled by the TC classifiers.
+//! - [`delay`]: the lab's delay line (frames redirected through a userspace relay).
 //! - [`maps`]: names of the maps userspace looks up, in one place for both sides.
 //! - [`stages`]: flows, path points and events of the per-stage latency probes.
 #![no_std]
 
 pub mod counters;
+pub mod delay;
 pub mod maps;
 pub mod stages;

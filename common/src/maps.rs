@@ -7,11 +7,16 @@
 pub const IFACE_COUNTERS: &str = "SONDE_IF_COUNT";
 /// Hash `FlowKey -> FlowInfo`: the flows of the runs being traced.
 pub const FLOWS: &str = "SONDE_FLOWS";
-/// Array of `u8` indexed by port: non-zero when some traced flow has that server port. The
-/// programs check it before the flow map, so foreign packets leave after an array read.
+/// Array of `u8` indexed by port: 0 when no traced flow has that server port, else the densest
+/// sample shift of those flows plus one. The programs check it before the flow map, so
+/// foreign packets (and a sampled stream's packets outside the sample) leave after an array
+/// read.
 pub const SERVER_PORTS: &str = "SONDE_PORTS";
 /// Ring buffer of `Event`s.
 pub const EVENTS: &str = "SONDE_EVENTS";
 /// Per-CPU array of `u64` counters of the stage programs (index `stages::LOST_EVENTS`: events
 /// the full ring buffer refused).
 pub const STAGE_COUNTERS: &str = "SONDE_STAGE_CNT";
+/// Hash `u32 -> Redirect` of the lab's delay line: frames arriving on an interface (by ifindex)
+/// are sent out of another.
+pub const REDIRECTS: &str = "SONDE_REDIRECT";

@@ -321,6 +321,37 @@ pub enum LabCommand {
     Down(LabName),
     /// Check a lab's namespaces and daemons.
     Status(LabName),
+    /// Add a known one-way delay on the underlay between two nodes, for a while (a relay
+    /// through TAP devices: this kernel has no netem). Runs until its time is up or Ctrl-C.
+    Delay(LabDelayArgs),
+}
+
+/// Flags of `sondectl lab delay`.
+#[derive(Debug, clap::Args)]
+pub struct LabDelayArgs {
+    /// The lab's name.
+    #[arg(long = "name", env = "SONDE_LAB", default_value = "lab")]
+    pub name: String,
+
+    /// The sending node: its frames to `--to` are delayed.
+    #[arg(long)]
+    pub from: String,
+
+    /// The receiving node.
+    #[arg(long)]
+    pub to: String,
+
+    /// The added one-way delay (e.g. 5ms; 0 for the relay alone).
+    #[arg(long, value_parser = parse_duration_or_zero)]
+    pub delay: Duration,
+
+    /// How long the delay stays (at most an hour).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// The sonded binary that relays (default: next to sondectl).
+    #[arg(long)]
+    pub sonded: Option<PathBuf>,
 }
 
 /// Which lab.

@@ -59,6 +59,38 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The lab's delay line, run by `sondectl lab delay` in the lab's underlay namespace:
+    /// IP frames arriving on one port for one MAC are held, then sent out of another port.
+    #[command(hide = true)]
+    DelayLine {
+        /// The port the frames arrive on.
+        #[arg(long)]
+        from_port: String,
+        /// The port they leave by.
+        #[arg(long)]
+        to_port: String,
+        /// Only frames to this MAC (aa:bb:cc:dd:ee:ff) are delayed.
+        #[arg(long, value_parser = parse_mac)]
+        to_mac: [u8; 6],
+        /// The added one-way delay, µs (up to 10 s).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+        delay_us: u64,
+        /// How long the line stays up, s (1 to 3600).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        seconds: u64,
+    },
+}
+
+/// A MAC address in its usual colon-separated form.
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|part| u8::from_str_radix(part, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("{text:?} is not a MAC address (six bytes)"))
 }
 
 /// Where sonded listens.

@@ -63,6 +63,15 @@ pub enum Error {
         /// The limit.
         max: u32,
     },
+    /// Setting up the lab's delay line failed (a TAP device, a link).
+    #[error("delay line: {what}")]
+    DelayLine {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Entering a network namespace failed.
     #[error("entering network namespace {path}")]
     Netns {

@@ -17,6 +17,7 @@
 
 pub mod capabilities;
 pub mod config;
+pub mod delay_line;
 pub mod error;
 pub mod facts;
 pub mod generators;

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use sonde_daemon::{
     config::{Command, Config},
+    delay_line,
     facts::Node,
     grpc::AgentService,
     mounts,
@@ -38,11 +39,31 @@ fn main() -> ExitCode {
             tracing::warn!(%reason, "tracefs unavailable: classic tracepoints will be missing")
         }
     }
-    if let Some(Command::ProbeCost { rounds, json }) = config.command {
-        return match probe_cost(rounds, json) {
+    let one_off = match config.command.clone() {
+        Some(Command::ProbeCost { rounds, json }) => Some(("probe-cost", probe_cost(rounds, json))),
+        Some(Command::DelayLine {
+            from_port,
+            to_port,
+            to_mac,
+            delay_us,
+            seconds,
+        }) => {
+            let spec = delay_line::DelaySpec {
+                from_port,
+                to_port,
+                to_mac,
+                delay: Duration::from_micros(delay_us),
+                duration: Duration::from_secs(seconds),
+            };
+            Some(("delay-line", run_delay_line(&spec)))
+        }
+        None => None,
+    };
+    if let Some((name, outcome)) = one_off {
+        return match outcome {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                eprintln!("sonded probe-cost: {err:#}");
+                eprintln!("sonded {name}: {err:#}");
                 ExitCode::FAILURE
             }
         };
@@ -145,5 +166,19 @@ fn probe_cost(rounds: u32, json: bool) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `sonded delay-line`: prints `{"ready":true}` once frames are being delayed, and what it
+/// carried when its time is up.
+fn run_delay_line(spec: &delay_line::DelaySpec) -> anyhow::Result<()> {
+    let carried = delay_line::run(spec, || {
+        println!("{}", serde_json::json!({ "ready": true }));
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    })?;
+    println!(
+        "{}",
+        serde_json::json!({ "frames": carried.frames, "mean_late_us": carried.mean_late_us })
+    );
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! - [`tc_counter`]: per-interface packet counters (TC classifiers, attached as TCX links).
 //! - [`stages`]: per-stage timestamps, connect times and retransmits of the runs' own flows
 //!   (TC classifiers on pod veths and node uplinks, socket tracepoints).
+//! - [`delay`]: the lab's delay line, a redirect through a userspace relay.
 //! - [`capability`]: minimal programs the daemon loads and attaches once at start to learn which
 //!   hook types this kernel allows (tracepoint, tp_btf, sock_ops, fentry, kprobe).
 // Built for the BPF target by daemon/build.rs. A host build (`cargo build --workspace`) gets an
@@ -15,6 +16,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod capability;
+mod delay;
 mod stages;
 mod tc_counter;
 
@@ -46,6 +48,12 @@ pub fn sonde_tc_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn sonde_tc_nop(_ctx: TcContext) -> i32 {
     TCX_NEXT
+}
+
+/// The lab's delay line: sends the frames it is told to through the relay's TAP devices.
+#[classifier]
+pub fn sonde_redirect(ctx: TcContext) -> i32 {
+    delay::redirect(&ctx)
 }
 
 /// Stamps a run's packets leaving their pod (TC ingress, host side of the pod's veth).

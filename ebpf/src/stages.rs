@@ -99,6 +99,25 @@ pub fn stamp(ctx: &TcContext, at: u8, deliver: bool) {
     ) else {
         return;
     };
+    let slot = info.flow * 2 + u32::from(dir);
+    let followed = sampled(packet.id, info.sample_shift);
+    let mut sent_ns = 0;
+    if let Some(sent) = SEND_TS.get_ptr_mut(slot) {
+        // SAFETY: a valid array slot; a racing writer can at worst hand this packet a
+        // neighbouring send's time, never an invalid value. The send time is taken by this
+        // segment even when it is not followed: it belongs to it, never to a later one.
+        unsafe {
+            sent_ns = *sent;
+            if sent_ns != 0 {
+                *sent = 0;
+            }
+        }
+    }
+    if !followed {
+        return;
+    }
+    // Read only now: a clock read is among the costliest things a probe does (a virtual
+    // machine's clock especially), and a packet not followed needs none.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: `skb` is the context pointer the kernel passed; reading a scalar field of
     // `__sk_buff` is what the verifier allows for TC programs.
@@ -112,31 +131,16 @@ pub fn stamp(ctx: &TcContext, at: u8, deliver: bool) {
             packet.dport
         },
     };
-    let slot = info.flow * 2 + u32::from(dir);
-    let followed = sampled(packet.id, info.sample_shift);
-    if let Some(sent) = SEND_TS.get_ptr_mut(slot) {
-        // SAFETY: a valid array slot; a racing writer can at worst hand this packet a
-        // neighbouring send's time, never an invalid value.
-        let sent_ns = unsafe { *sent };
-        if sent_ns != 0 && sent_ns <= now {
-            // Taken by this segment even when it is not followed: the send time belongs to
-            // it, never to a later one.
-            unsafe { *sent = 0 };
-        }
-        if followed && sent_ns != 0 && sent_ns <= now {
-            emit(
-                &who,
-                event_kind::STAMP,
-                point::SOCKET_SEND,
-                sent_ns,
-                packet.id,
-                0,
-                0,
-            );
-        }
-    }
-    if !followed {
-        return;
+    if sent_ns != 0 && sent_ns <= now {
+        emit(
+            &who,
+            event_kind::STAMP,
+            point::SOCKET_SEND,
+            sent_ns,
+            packet.id,
+            0,
+            0,
+        );
     }
     emit(
         &who,
@@ -211,6 +215,16 @@ pub fn socket_send(ctx: &BtfTracePointContext) {
     let Ok(head) = (unsafe { bpf_probe_read_kernel(sk) }) else {
         return;
     };
+    // A sampled stream's sends are not stamped: a stream's send time is its socket buffer's
+    // queueing rather than the stack's work, and a send per packet is too many to stamp.
+    let dport = u16::from_be(head.dport_be);
+    let entry = match port_entry(dport) {
+        0 => port_entry(head.num),
+        entry => entry,
+    };
+    if entry != 1 {
+        return;
+    }
     let local = mapped(head.rcv_saddr);
     let remote = mapped(head.daddr);
     let Some((info, dir)) = lookup(
@@ -344,7 +358,15 @@ fn sends_here(info: &FlowInfo, dir: u8) -> bool {
 /// Whether some traced flow has its server on `port`.
 #[inline(always)]
 fn is_server_port(port: u16) -> bool {
-    SERVER_PORTS.get(u32::from(port)).is_some_and(|v| *v != 0)
+    port_entry(port) != 0
+}
+
+/// The port map's entry for `port`: 0 when no traced flow has its server there, else the
+/// densest sample shift of those flows plus one. (A plain integer: an `Option` here made the
+/// compiler spill an undefined register, which the verifier rejects.)
+#[inline(always)]
+fn port_entry(port: u16) -> u8 {
+    SERVER_PORTS.get(u32::from(port)).copied().unwrap_or(0)
 }
 
 /// Finds the traced flow of a packet from `src:sport` to `dst:dport`, and its direction.
@@ -550,9 +572,11 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     }
     let ports = bytes::<4>(ctx, layout.l4)?;
     let (sport, dport) = (be16(&ports, 0), be16(&ports, 2));
-    if !is_server_port(dport) && !is_server_port(sport) {
-        return None;
-    }
+    let sample_shift = match (port_entry(dport), port_entry(sport)) {
+        (0, 0) => return None,
+        (0, entry) | (entry, 0) => entry - 1,
+        (a, b) => a.min(b) - 1,
+    };
     let (id, payload) = if layout.protocol == IPPROTO_TCP {
         let tcp = bytes::<13>(ctx, layout.l4)?;
         let header = usize::from(tcp[12] >> 4) * 4;
@@ -570,6 +594,11 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         }
         (be32(&udp, 20), payload)
     };
+    // A packet of a sampled stream that is not in the sample stops here, before the flow
+    // lookup: the port's sampling is the densest of its flows', so none of them follows it.
+    if !sampled(id, sample_shift) {
+        return None;
+    }
     let (src, dst) = if layout.ipv6 {
         let addrs = bytes::<32>(ctx, layout.l3 + 8)?;
         let mut src = [0_u8; 16];

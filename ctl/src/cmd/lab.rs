@@ -6,7 +6,7 @@ use anyhow::bail;
 
 use crate::{
     agent,
-    cli::{LabCommand, LabName, LabUpArgs},
+    cli::{LabCommand, LabDelayArgs, LabName, LabUpArgs},
     lab::{self, Inventory, LabSpec, sys},
     output::{self, OutputFormat},
 };
@@ -17,7 +17,57 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
         LabCommand::Up(args) => up(args).await,
         LabCommand::Down(args) => down(&args),
         LabCommand::Status(args) => status(&args).await,
+        LabCommand::Delay(args) => delay(&args),
     }
+}
+
+/// `sondectl lab delay`: runs sonded's delay line in the lab's underlay namespace and passes
+/// its JSON lines through (`{"ready":true}` once frames are delayed, then what it carried).
+fn delay(args: &LabDelayArgs) -> anyhow::Result<()> {
+    if args.delay > Duration::from_secs(10) {
+        bail!("--delay is at most 10s");
+    }
+    if args.duration > Duration::from_secs(3600) || args.duration < Duration::from_secs(1) {
+        bail!("--duration must be from 1s to 1h");
+    }
+    let inventory = Inventory::load(&args.name)?;
+    let node = |name: &str| {
+        inventory
+            .nodes
+            .iter()
+            .find(|node| node.name == name)
+            .ok_or_else(|| anyhow::anyhow!("lab {:?} has no node {name:?}", inventory.name))
+    };
+    let (from, to) = (node(&args.from)?, node(&args.to)?);
+    if from.name == to.name {
+        bail!("--from and --to must be two different nodes");
+    }
+    let mac = sys::mac_of(&to.netns, lab::inventory::ETH0)?;
+    let sonded = args
+        .sonded
+        .clone()
+        .unwrap_or_else(lab::create::default_sonded);
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &inventory.underlay_netns])
+        .arg(&sonded)
+        .args([
+            "delay-line",
+            "--from-port",
+            &lab::create::underlay_port(from),
+            "--to-port",
+            &lab::create::underlay_port(to),
+            "--to-mac",
+            &mac,
+            "--delay-us",
+            &args.delay.as_micros().to_string(),
+            "--seconds",
+            &args.duration.as_secs().max(1).to_string(),
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("the delay line failed ({status})");
+    }
+    Ok(())
 }
 
 async fn up(args: LabUpArgs) -> anyhow::Result<()> {

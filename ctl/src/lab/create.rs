@@ -192,7 +192,7 @@ fn make_node(node: &Node, underlay: &str, underlay_prefix: u8) -> anyhow::Result
     // without it, a Service's reply from a pod on the same bridge skips the reverse DNAT.
     sysctl_in(netns, "net.bridge.bridge-nf-call-iptables", "1")?;
 
-    let underlay_end = format!("ul{}", node.name);
+    let underlay_end = underlay_port(node);
     ip_in(
         underlay,
         &[
@@ -394,6 +394,12 @@ async fn wait_ready(node: &Node) -> anyhow::Result<()> {
 }
 
 /// `sonded` next to this `sondectl` (how cargo and packages lay them out).
+/// The underlay's end of a node's uplink (a port of the underlay bridge).
+pub fn underlay_port(node: &Node) -> String {
+    format!("ul{}", node.name)
+}
+
+/// sonded next to this sondectl, where `cargo build` puts both.
 pub fn default_sonded() -> PathBuf {
     std::env::current_exe()
         .ok()

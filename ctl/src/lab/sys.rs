@@ -119,3 +119,13 @@ pub fn processes_in(inodes: &[u64]) -> Vec<u32> {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// The MAC address of `dev` in `netns`, as `ip` prints it (aa:bb:cc:dd:ee:ff).
+pub fn mac_of(netns: &str, dev: &str) -> anyhow::Result<String> {
+    let json = ip_in(netns, &["-j", "link", "show", "dev", dev])?;
+    let links: serde_json::Value = serde_json::from_str(&json)?;
+    links[0]["address"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no MAC address for {dev} in {netns}"))
+}

@@ -89,7 +89,7 @@ pub struct TraceReport {
 }
 
 /// How often the events reader looks while runs are traced, and while none is.
-const TRACING_POLL_MS: i32 = 20;
+const TRACING_POLL_MS: i32 = 100;
 const IDLE_POLL_MS: i32 = 1000;
 
 /// Collectors by flow number: where the reader thread hands each event.
@@ -119,7 +119,8 @@ struct Registry {
     /// Per key: its flow number and each trace's use of it.
     keys: HashMap<FlowKey, (u32, Vec<Use>)>,
     /// Users of each server port.
-    port_users: HashMap<u16, u32>,
+    /// The sample shift of each user of each server port.
+    port_users: HashMap<u16, Vec<u8>>,
     /// Flow numbers handed out and returned.
     next_flow: u32,
     free_flows: Vec<u32>,
@@ -363,16 +364,15 @@ impl Registry {
         self.flows
             .insert(key, flow_info(number, users), 0)
             .map_err(map_error)?;
-        let port_users = self.port_users.entry(key.server_port).or_default();
-        *port_users += 1;
-        if *port_users == 1 {
-            self.ports
-                .set(u32::from(key.server_port), 1, 0)
-                .map_err(|source| Error::Map {
-                    name: maps::SERVER_PORTS,
-                    source,
-                })?;
-        }
+        self.port_users
+            .entry(key.server_port)
+            .or_default()
+            .push(used.sample_shift);
+        self.set_port(key.server_port)
+            .map_err(|source| Error::Map {
+                name: maps::SERVER_PORTS,
+                source,
+            })?;
         Ok(number)
     }
 
@@ -391,12 +391,26 @@ impl Registry {
             }
         }
         if let Some(users) = self.port_users.get_mut(&key.server_port) {
-            *users -= 1;
-            if *users == 0 {
+            if let Some(at) = users.iter().position(|shift| *shift == used.sample_shift) {
+                users.remove(at);
+            }
+            if users.is_empty() {
                 self.port_users.remove(&key.server_port);
-                let _ = self.ports.set(u32::from(key.server_port), 0, 0);
             }
         }
+        let _ = self.set_port(key.server_port);
+    }
+
+    /// Writes a server port's entry: 0 when no traced flow uses it, else the densest sample
+    /// shift of its users plus one (the probes drop a packet outside every user's sample
+    /// before any flow lookup).
+    fn set_port(&mut self, port: u16) -> Result<(), aya::maps::MapError> {
+        let value = self
+            .port_users
+            .get(&port)
+            .and_then(|shifts| shifts.iter().min())
+            .map_or(0, |shift| shift + 1);
+        self.ports.set(u32::from(port), value, 0)
     }
 
     fn lost_total(&self) -> u64 {
