@@ -117,6 +117,8 @@ fn reported_program_ids(node: &serde_json::Value) -> Vec<u32> {
         names,
         [
             "sonde_connect",
+            "sonde_consume",
+            "sonde_drop",
             "sonde_node_in",
             "sonde_node_out",
             "sonde_pod_in",

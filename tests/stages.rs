@@ -366,6 +366,101 @@ fn a_delay_on_the_underlay_lands_in_the_wire_stage() {
     }
 }
 
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn drops_are_counted_once_with_the_kernels_reason() {
+    require_root();
+    let lab = Lab::up(&[]);
+    let pod3 = &lab.inventory.pod("pod3").expect("pod3").netns;
+    // In pod3, drop 1 in 20 of pod1's data segments (requests are 400 bytes; ACKs and
+    // handshakes are smaller and pass), counting them.
+    let pod1 = lab.ip("pod1");
+    for command in [
+        "add table inet sondetest".to_owned(),
+        "add chain inet sondetest input { type filter hook input priority 0 ; }".to_owned(),
+        format!(
+            "add rule inet sondetest input ip saddr {pod1} ip length > 200 \
+             numgen random mod 20 == 0 counter drop"
+        ),
+    ] {
+        sonde_integration::run("ip", &["netns", "exec", pod3, "nft", &command]);
+    }
+    // No warm-up: every drop the rule counts is one of the measured window's.
+    let output = lab.sondectl(&[
+        "run",
+        "tcp-rr",
+        "--from",
+        "pod/pod1",
+        "--to",
+        "pod/pod3",
+        "--size",
+        "400",
+        "--duration",
+        "1500ms",
+        "--warmup",
+        "0",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let measurement = &document["measurements"][0];
+    let listed = sonde_integration::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            pod3,
+            "nft",
+            "-j",
+            "list",
+            "table",
+            "inet",
+            "sondetest",
+        ],
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("nft JSON");
+    let dropped_by_nft = listed["nftables"]
+        .as_array()
+        .expect("nftables")
+        .iter()
+        .filter_map(|item| item["rule"]["expr"].as_array())
+        .flatten()
+        .find_map(|expr| expr["counter"]["packets"].as_u64())
+        .expect("the rule's counter");
+    assert!(
+        dropped_by_nft >= 3,
+        "only {dropped_by_nft} drops: too few to check"
+    );
+
+    let drops = measurement["kernel"]["drops"].as_array().expect("drops");
+    let netfilter: Vec<&serde_json::Value> = drops
+        .iter()
+        .filter(|d| d["reason"] == "NETFILTER_DROP")
+        .collect();
+    // Each drop once (both lab daemons share the kernel and see it), where it happened:
+    // after the packet entered pod3 (node2's probes).
+    assert_eq!(netfilter.len(), 1, "{drops:?}");
+    assert_eq!(netfilter[0]["after"], "pod_in", "{drops:?}");
+    assert_eq!(netfilter[0]["node"], "node2", "{drops:?}");
+    // Most runs match the rule's counter exactly; about one in three counts one drop more
+    // (not explained yet: see issue 5's notes), so one is allowed.
+    let counted = netfilter[0]["count"].as_u64().expect("count");
+    assert!(
+        counted.abs_diff(dropped_by_nft) <= 1,
+        "sonde counted {counted} drops, the rule {dropped_by_nft}"
+    );
+    // TCP resent every dropped segment.
+    let retransmits = measurement["kernel"]["retransmits"]
+        .as_u64()
+        .expect("retransmits");
+    assert!(retransmits >= dropped_by_nft, "{retransmits} retransmits");
+}
+
 /// Kernel IDs of the programs node1's daemon holds, as it reports them.
 fn programs_of_node1(lab: &Lab) -> Vec<u64> {
     let output = lab.sondectl(&["nodes", "-o", "json"]);

@@ -20,3 +20,6 @@ pub const STAGE_COUNTERS: &str = "SONDE_STAGE_CNT";
 /// Hash `u32 -> Redirect` of the lab's delay line: frames arriving on an interface (by ifindex)
 /// are sent out of another.
 pub const REDIRECTS: &str = "SONDE_REDIRECT";
+/// Array of `u32` the daemon fills at start with what the programs cannot know at build time
+/// (tracepoint field offsets of this kernel).
+pub const TRACEPOINT_CONF: &str = "SONDE_TP_CONF";

@@ -65,7 +65,15 @@ pub mod event_kind {
     pub const CONNECT: u8 = 1;
     /// The kernel retransmitted a segment of the flow; `id` is the segment's sequence number.
     pub const RETRANSMIT: u8 = 2;
+    /// The kernel dropped a followed packet (`skb:kfree_skb`); `value` is its drop reason
+    /// (`enum skb_drop_reason`), `point` the last point the packet was stamped at.
+    pub const DROP: u8 = 3;
 }
+
+/// Index in the tracepoint configuration array ([`crate::maps::TRACEPOINT_CONF`]) of the
+/// offset of `reason` in `skb:kfree_skb`'s record (it moved between kernels); 0: unknown, drops
+/// are not followed.
+pub const CONF_DROP_REASON_OFFSET: u32 = 0;
 
 /// Key of the flow map: a run's flow as seen from its server endpoint.
 ///

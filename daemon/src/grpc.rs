@@ -449,6 +449,16 @@ fn trace_result(report: TraceReport) -> pb::TraceResult {
         hooks: report.hooks,
         notes: report.notes,
         boot_id: report.boot_id,
+        drops: report
+            .drops
+            .into_iter()
+            .map(|drops| pb::DropCount {
+                reason: drops.reason,
+                point: i32::from(drops.point),
+                count: drops.count,
+                keys: drops.keys,
+            })
+            .collect(),
     }
 }
 

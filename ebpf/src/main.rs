@@ -59,21 +59,21 @@ pub fn sonde_redirect(ctx: TcContext) -> i32 {
 /// Stamps a run's packets leaving their pod (TC ingress, host side of the pod's veth).
 #[classifier]
 pub fn sonde_pod_out(ctx: TcContext) -> i32 {
-    stages::stamp(&ctx, point::POD_OUT, false);
+    stages::stamp(&ctx, point::POD_OUT);
     TCX_NEXT
 }
 
 /// Stamps a run's packets leaving the node (TC egress on the uplink).
 #[classifier]
 pub fn sonde_node_out(ctx: TcContext) -> i32 {
-    stages::stamp(&ctx, point::NODE_OUT, false);
+    stages::stamp(&ctx, point::NODE_OUT);
     TCX_NEXT
 }
 
 /// Stamps a run's packets reaching the node (TC ingress on the uplink).
 #[classifier]
 pub fn sonde_node_in(ctx: TcContext) -> i32 {
-    stages::stamp(&ctx, point::NODE_IN, false);
+    stages::stamp(&ctx, point::NODE_IN);
     TCX_NEXT
 }
 
@@ -81,7 +81,7 @@ pub fn sonde_node_in(ctx: TcContext) -> i32 {
 /// remembers them until the application reads them.
 #[classifier]
 pub fn sonde_pod_in(ctx: TcContext) -> i32 {
-    stages::stamp(&ctx, point::POD_IN, true);
+    stages::stamp(&ctx, point::POD_IN);
     TCX_NEXT
 }
 
@@ -96,6 +96,20 @@ pub fn sonde_sock_read(ctx: TracePointContext) -> u32 {
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn sonde_sock_send(ctx: BtfTracePointContext) -> i32 {
     stages::socket_send(&ctx);
+    0
+}
+
+/// Drops of the runs' packets, with the kernel's reason (`skb:kfree_skb`).
+#[tracepoint]
+pub fn sonde_drop(ctx: TracePointContext) -> u32 {
+    stages::dropped(&ctx);
+    0
+}
+
+/// The runs' packets freed normally (`skb:consume_skb`).
+#[tracepoint]
+pub fn sonde_consume(ctx: TracePointContext) -> u32 {
+    stages::consumed(&ctx);
     0
 }
 

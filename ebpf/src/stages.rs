@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TcContext, TracePointContext},
 };
 use sonde_common::stages::{
-    EVENTS_BYTES, Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, direction, event_kind, point,
-    sampled, side,
+    CONF_DROP_REASON_OFFSET, EVENTS_BYTES, Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS,
+    direction, event_kind, point, sampled, side,
 };
 
 #[map(name = "SONDE_FLOWS")]
@@ -30,11 +30,17 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SONDE_SEND_TS")]
 static SEND_TS: Array<u64> = Array::with_max_entries(MAX_FLOWS * 2, 0);
 
-/// Packets delivered to a pod, by skb address, until the application reads them. The LRU
-/// evicts what was never read (dropped, merged); its updates are the costliest part of
-/// `sonde_pod_in` (see `sonded probe-cost`).
+/// Followed packets by skb address, from the first point that stamped them until the kernel
+/// frees them: a drop (`skb:kfree_skb`) is attributed by it, and a packet delivered to a pod
+/// is stamped again when the application reads it. Entries go when the skb is consumed or
+/// dropped; the LRU evicts what slipped through. Its updates are the costliest part of a
+/// followed packet (see `sonded probe-cost`).
 #[map(name = "SONDE_SKBS")]
-static DELIVERED: LruHashMap<u64, Mark> = LruHashMap::with_max_entries(16384, 0);
+static IN_FLIGHT: LruHashMap<u64, Mark> = LruHashMap::with_max_entries(16384, 0);
+
+/// What the daemon learnt of this kernel's tracepoints (`sonde_common::maps::TRACEPOINT_CONF`).
+#[map(name = "SONDE_TP_CONF")]
+static CONF: Array<u32> = Array::with_max_entries(4, 0);
 
 /// Connections of traced flows in SYN_SENT, by socket address.
 #[map(name = "SONDE_CONNECTS")]
@@ -49,7 +55,9 @@ pub struct Mark {
     id: u32,
     client_port: u16,
     direction: u8,
-    pad: [u8; 5],
+    /// The last point that stamped the packet.
+    point: u8,
+    pad: [u8; 4],
 }
 
 const ETH_HLEN: usize = 14;
@@ -83,10 +91,10 @@ struct Packet {
     payload: u32,
 }
 
-/// Stamps `ctx`'s packet at `at` if it belongs to a traced flow; remembers it by skb address
-/// when `deliver` (the application's read will be stamped against it).
+/// Stamps `ctx`'s packet at `at` if it belongs to a traced flow, and remembers it by skb
+/// address until the kernel frees it (for drops, and for the application's read).
 #[inline(always)]
-pub fn stamp(ctx: &TcContext, at: u8, deliver: bool) {
+pub fn stamp(ctx: &TcContext, at: u8) {
     let Some(packet) = parse(ctx) else {
         return;
     };
@@ -151,19 +159,18 @@ pub fn stamp(ctx: &TcContext, at: u8, deliver: bool) {
         ifindex,
         packet.payload,
     );
-    if deliver {
-        let mark = Mark {
-            ts_ns: now,
-            flow: info.flow,
-            id: packet.id,
-            client_port: who.client_port,
-            direction: dir,
-            pad: [0; 5],
-        };
-        // The context pointer is the kernel's `struct sk_buff *`, the address the socket
-        // tracepoints report as `skbaddr`.
-        let _ = DELIVERED.insert(ctx.skb.skb as u64, mark, 0);
-    }
+    let mark = Mark {
+        ts_ns: now,
+        flow: info.flow,
+        id: packet.id,
+        client_port: who.client_port,
+        direction: dir,
+        point: at,
+        pad: [0; 4],
+    };
+    // The context pointer is the kernel's `struct sk_buff *`, the address the skb
+    // tracepoints report as `skbaddr`.
+    let _ = IN_FLIGHT.insert(ctx.skb.skb as u64, mark, 0);
 }
 
 /// Stamps the application's read of a delivered packet (`skb:skb_copy_datagram_iovec`).
@@ -174,10 +181,15 @@ pub fn socket_read(ctx: &TracePointContext) {
         return;
     };
     // SAFETY: the value is plain data copied out before the entry is removed.
-    let Some(mark) = (unsafe { DELIVERED.get(skb) }).copied() else {
+    let Some(mark) = (unsafe { IN_FLIGHT.get(skb) }).copied() else {
         return;
     };
-    let _ = DELIVERED.remove(skb);
+    // Only a packet this node delivered: its last point was the pod's veth (or the uplink,
+    // for the host network).
+    if mark.point != point::POD_IN && mark.point != point::NODE_IN {
+        return;
+    }
+    let _ = IN_FLIGHT.remove(skb);
     let now = unsafe { bpf_ktime_get_ns() };
     let who = Who {
         flow: mark.flow,
@@ -193,6 +205,45 @@ pub fn socket_read(ctx: &TracePointContext) {
         0,
         0,
     );
+}
+
+/// A followed packet was dropped (`skb:kfree_skb`): reports it with the kernel's reason.
+#[inline(always)]
+pub fn dropped(ctx: &TracePointContext) {
+    // SAFETY: offset 8 of this tracepoint's record is `void *skbaddr` (see its format).
+    let Ok(skb) = (unsafe { ctx.read_at::<u64>(8) }) else {
+        return;
+    };
+    // SAFETY: plain data copied out before the entry is removed.
+    let Some(mark) = (unsafe { IN_FLIGHT.get(skb) }).copied() else {
+        return;
+    };
+    let _ = IN_FLIGHT.remove(skb);
+    let offset = CONF.get(CONF_DROP_REASON_OFFSET).copied().unwrap_or(0);
+    if offset == 0 || offset > 64 {
+        return;
+    }
+    // SAFETY: the daemon read this offset of `reason` from the tracepoint's format.
+    let Ok(reason) = (unsafe { ctx.read_at::<u32>(offset as usize) }) else {
+        return;
+    };
+    let who = Who {
+        flow: mark.flow,
+        direction: mark.direction,
+        client_port: mark.client_port,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit(&who, event_kind::DROP, mark.point, now, mark.id, 0, reason);
+}
+
+/// A followed packet was freed normally (`skb:consume_skb`): forgets it, so that its address,
+/// soon reused, is not taken for it.
+#[inline(always)]
+pub fn consumed(ctx: &TracePointContext) {
+    // SAFETY: offset 8 of this tracepoint's record is `void *skbaddr` (see its format).
+    if let Ok(skb) = unsafe { ctx.read_at::<u64>(8) } {
+        let _ = IN_FLIGHT.remove(skb);
+    }
 }
 
 /// The leading fields of the kernel's `struct sock_common`, stable since IPv4 sockets began.
@@ -273,7 +324,8 @@ pub fn connect_state(ctx: &TracePointContext) {
                 id: 0,
                 client_port: 0,
                 direction: dir,
-                pad: [0; 5],
+                point: 0,
+                pad: [0; 4],
             };
             let _ = CONNECTING.insert(sk, mark, 0);
         }

@@ -28,6 +28,8 @@ pub struct Breakdown {
     pub connect: Option<Summary>,
     /// TCP segments retransmitted (by both sides).
     pub retransmits: u64,
+    /// The run's packets the kernel dropped, by node, reason and the last point they passed.
+    pub drops: Vec<DropReport>,
     /// Kernel events taken in, and lost (a full ring buffer): non-zero loss means a sample.
     pub events: u64,
     /// Events lost.
@@ -83,6 +85,19 @@ pub struct Summary {
     pub p99_ns: i64,
     /// Largest.
     pub max_ns: i64,
+}
+
+/// Drops of one reason, after one point, seen by one node's probes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DropReport {
+    /// The node whose daemon saw them.
+    pub node: String,
+    /// The kernel's drop reason ("NETFILTER_DROP", "SOCKET_RCVBUFF", ...).
+    pub reason: String,
+    /// The last point the packets passed before the drop.
+    pub after: &'static str,
+    /// Packets dropped.
+    pub count: u64,
 }
 
 /// What one program cost on one node during the run.
@@ -209,12 +224,68 @@ pub fn build(
         application_mean_ns,
         connect,
         retransmits: sides.iter().map(|s| s.trace.retransmits).sum(),
+        drops: drops(&sides),
         events: sides.iter().map(|s| s.trace.events).sum(),
         events_lost: sides.iter().map(|s| s.trace.events_lost).max().unwrap_or(0),
         programs,
         hooks,
         notes,
     }
+}
+
+/// Every side's drops, each packet counted once: daemons sharing a kernel (the lab's nodes)
+/// both see a drop of a packet that passed both, and the one that saw it last tells where.
+fn drops(sides: &[SideTrace<'_>]) -> Vec<DropReport> {
+    // Per packet key: where it was last seen dropped, by whom, and how many times (a segment
+    // resent and dropped again has the same key).
+    let mut last_seen: HashMap<u64, (i32, &str, &str, u64)> = HashMap::new();
+    let mut counts: HashMap<(String, String, i32), u64> = HashMap::new();
+    for side in sides {
+        let mut mine: HashMap<u64, (i32, &str, &str, u64)> = HashMap::new();
+        for drops in &side.trace.drops {
+            for key in &drops.keys {
+                let seen =
+                    mine.entry(*key)
+                        .or_insert((drops.point, side.node, drops.reason.as_str(), 0));
+                seen.3 += 1;
+            }
+            // Beyond the keys a daemon keeps, drops are counted as reported.
+            let unkeyed = drops.count.saturating_sub(drops.keys.len() as u64);
+            if unkeyed > 0 {
+                *counts
+                    .entry((side.node.to_owned(), drops.reason.clone(), drops.point))
+                    .or_default() += unkeyed;
+            }
+        }
+        for (key, seen) in mine {
+            last_seen
+                .entry(key)
+                .and_modify(|known| {
+                    if seen.0 > known.0 {
+                        *known = (seen.0, seen.1, seen.2, known.3.max(seen.3));
+                    } else {
+                        known.3 = known.3.max(seen.3);
+                    }
+                })
+                .or_insert(seen);
+        }
+    }
+    for (point, node, reason, times) in last_seen.into_values() {
+        *counts
+            .entry((node.to_owned(), reason.to_owned(), point))
+            .or_default() += times;
+    }
+    let mut reports: Vec<DropReport> = counts
+        .into_iter()
+        .map(|((node, reason, point), count)| DropReport {
+            node,
+            reason,
+            after: point_name(point),
+            count,
+        })
+        .collect();
+    reports.sort_by(|a, b| (&a.node, a.after, &a.reason).cmp(&(&b.node, b.after, &b.reason)));
+    reports
 }
 
 /// The wire stage of `direction`: stamps at the senders' uplinks joined with the receivers'.

@@ -622,6 +622,12 @@ pub fn kernel_table(m: &Measurement, kernel: &super::breakdown::Breakdown, per: 
         "retransmits {}; kernel events {} (lost {})\n",
         kernel.retransmits, kernel.events, kernel.events_lost
     ));
+    for drop in &kernel.drops {
+        text.push_str(&format!(
+            "dropped: {} {} after {} ({})\n",
+            drop.count, drop.reason, drop.after, drop.node
+        ));
+    }
     let costs: Vec<String> = kernel
         .programs
         .iter()

@@ -52,6 +52,23 @@ pub struct UplinkStamps {
     pub ts_ns: Vec<u64>,
 }
 
+/// Drops of one reason, after one point.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drops {
+    /// The kernel's `enum skb_drop_reason` value.
+    pub reason: u32,
+    /// The last [`point`] the packets were stamped at before they were dropped.
+    pub point: u8,
+    /// Packets dropped.
+    pub count: u64,
+    /// Their packet keys ([`packet_key`]), the first [`MAX_DROP_KEYS`]: two daemons sharing a
+    /// kernel both see one drop, and the controller counts it once.
+    pub keys: Vec<u64>,
+}
+
+/// Packet keys kept per drop reason and point.
+pub const MAX_DROP_KEYS: usize = 10_000;
+
 /// What a collector made of its events.
 #[derive(Debug, Clone, Default)]
 pub struct Collected {
@@ -63,6 +80,8 @@ pub struct Collected {
     pub connect: Option<Histogram<u64>>,
     /// Retransmitted segments.
     pub retransmits: u64,
+    /// Followed packets the kernel dropped, by reason and last point.
+    pub drops: Vec<Drops>,
     /// Packets stamped at least once.
     pub packets: u64,
     /// Packets beyond [`MAX_PACKETS`].
@@ -87,6 +106,7 @@ pub struct Collector {
     uplink: HashMap<(u8, u8), UplinkStamps>,
     connect: Vec<u64>,
     retransmits: u64,
+    drops: HashMap<(u32, u8), Drops>,
     events: u64,
 }
 
@@ -113,6 +133,7 @@ impl Collector {
             uplink: HashMap::new(),
             connect: Vec::new(),
             retransmits: 0,
+            drops: HashMap::new(),
             events: 0,
         }
     }
@@ -156,6 +177,22 @@ impl Collector {
             }
             event_kind::CONNECT => self.connect.push(u64::from(event.value)),
             event_kind::RETRANSMIT => self.retransmits += 1,
+            event_kind::DROP => {
+                let drops = self
+                    .drops
+                    .entry((event.value, event.point))
+                    .or_insert_with(|| Drops {
+                        reason: event.value,
+                        point: event.point,
+                        ..Drops::default()
+                    });
+                drops.count += 1;
+                if drops.keys.len() < MAX_DROP_KEYS {
+                    drops
+                        .keys
+                        .push(packet_key(event.direction, event.client_port, event.id));
+                }
+            }
             _ => {}
         }
     }
@@ -226,6 +263,11 @@ impl Collector {
             uplink,
             connect,
             retransmits: self.retransmits,
+            drops: {
+                let mut drops: Vec<Drops> = self.drops.into_values().collect();
+                drops.sort_by_key(|drops| (drops.reason, drops.point));
+                drops
+            },
             packets: self.seen,
             packets_over_cap: self.packets_over_cap,
             events: self.events,

@@ -61,7 +61,7 @@ enum SocketHook {
     Btf(&'static str),
 }
 
-const SOCKET_HOOKS: [(&str, SocketHook); 4] = [
+const SOCKET_HOOKS: [(&str, SocketHook); 6] = [
     ("sonde_sock_send", SocketHook::Btf("tcp_sendmsg_locked")),
     (
         "sonde_sock_read",
@@ -74,6 +74,11 @@ const SOCKET_HOOKS: [(&str, SocketHook); 4] = [
     (
         "sonde_retransmit",
         SocketHook::Tracepoint("tcp", "tcp_retransmit_skb"),
+    ),
+    ("sonde_drop", SocketHook::Tracepoint("skb", "kfree_skb")),
+    (
+        "sonde_consume",
+        SocketHook::Tracepoint("skb", "consume_skb"),
     ),
 ];
 

@@ -14,6 +14,7 @@
 
 pub mod collect;
 pub mod cost;
+pub mod drops;
 pub mod hooks;
 
 use std::{
@@ -26,11 +27,14 @@ use std::{
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use sonde_common::{
     maps,
-    stages::{Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, MAX_SAMPLE_SHIFT},
+    stages::{
+        CONF_DROP_REASON_OFFSET, Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, MAX_SAMPLE_SHIFT,
+    },
 };
 
 use crate::{Error, Result, probes::Probes};
 use collect::{Collected, Collector};
+use drops::DropFormat;
 use hooks::{Hooks, ProgramCost};
 
 /// What one side of a run asks to trace on this node.
@@ -86,6 +90,21 @@ pub struct TraceReport {
     pub notes: Vec<String>,
     /// The kernel's boot ID.
     pub boot_id: String,
+    /// Followed packets dropped, by the kernel's reason (named) and last point.
+    pub drops: Vec<NamedDrops>,
+}
+
+/// Drops of one reason after one point, the reason named as this kernel names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedDrops {
+    /// `NETFILTER_DROP`, `SOCKET_RCVBUFF`, ...
+    pub reason: String,
+    /// The last point the packets were stamped at.
+    pub point: u8,
+    /// Packets dropped.
+    pub count: u64,
+    /// Their packet keys (the first ones), to count a drop two daemons saw once.
+    pub keys: Vec<u64>,
 }
 
 /// How often the events reader looks while runs are traced, and while none is.
@@ -102,6 +121,10 @@ pub struct Tracer {
     events: Mutex<RingBuf<MapData>>,
     dispatch: Mutex<Dispatch>,
     boot_id: String,
+    /// This kernel's drop reasons; `None` when the tracepoint's format could not be read.
+    drop_format: Option<DropFormat>,
+    /// Held open: the programs refer to it (and its fd is what they were loaded with).
+    _conf: Array<MapData, u32>,
 }
 
 /// One trace's use of a flow key: the sides it holds here and how it samples.
@@ -151,7 +174,8 @@ impl Tracer {
     /// Takes the stage maps out of `probes`, loads the stage programs (the BTF tracepoint needs
     /// the kernel's BTF, so this runs at start while it is parsed) and starts the events reader.
     pub fn new(probes: Arc<Mutex<Probes>>, btf: Option<&aya::Btf>) -> Result<Arc<Self>> {
-        let (registry, events) = {
+        let drop_format = DropFormat::read();
+        let (registry, events, conf) = {
             let mut guard = lock(&probes);
             let map_error = |name| move |source| Error::Map { name, source };
             let flows = BpfHashMap::try_from(take_map(&mut guard, maps::FLOWS)?)
@@ -162,6 +186,13 @@ impl Tracer {
                 .map_err(map_error(maps::STAGE_COUNTERS))?;
             let events = RingBuf::try_from(take_map(&mut guard, maps::EVENTS)?)
                 .map_err(map_error(maps::EVENTS))?;
+            let mut conf: Array<MapData, u32> =
+                Array::try_from(take_map(&mut guard, maps::TRACEPOINT_CONF)?)
+                    .map_err(map_error(maps::TRACEPOINT_CONF))?;
+            if let Some(format) = &drop_format {
+                conf.set(CONF_DROP_REASON_OFFSET, format.reason_offset, 0)
+                    .map_err(map_error(maps::TRACEPOINT_CONF))?;
+            }
             let registry = Registry {
                 flows,
                 ports,
@@ -171,7 +202,7 @@ impl Tracer {
                 next_flow: 0,
                 free_flows: Vec::new(),
             };
-            (registry, events)
+            (registry, events, conf)
         };
         let hooks = Hooks::load(probes, btf)?;
         let tracer = Arc::new(Self {
@@ -180,6 +211,8 @@ impl Tracer {
             events: Mutex::new(events),
             dispatch: Mutex::new(HashMap::new()),
             boot_id: boot_id(),
+            drop_format,
+            _conf: conf,
         });
         let reader = Arc::clone(&tracer);
         std::thread::Builder::new()
@@ -222,6 +255,12 @@ impl Tracer {
         trace.sockets = true;
         trace.hooks.extend(sockets);
         trace.notes.extend(notes);
+        if self.drop_format.is_none() {
+            trace.notes.push(
+                "drops not followed: the skb:kfree_skb tracepoint's format could not be read"
+                    .to_owned(),
+            );
+        }
         trace.baseline = hooks.costs();
         drop(hooks);
         if spec.sample_shift > 0 {
@@ -452,7 +491,20 @@ impl RunTrace {
                 "{events_lost} events lost (the ring buffer was full): stages are from a sample"
             ));
         }
-        let collected = collector.finish();
+        let mut collected = collector.finish();
+        let drops = std::mem::take(&mut collected.drops)
+            .into_iter()
+            .map(|drops| NamedDrops {
+                reason: self
+                    .tracer
+                    .drop_format
+                    .as_ref()
+                    .map_or_else(|| drops.reason.to_string(), |f| f.name(drops.reason)),
+                point: drops.point,
+                count: drops.count,
+                keys: drops.keys,
+            })
+            .collect();
         if collected.packets_over_cap > 0 {
             notes.push(format!(
                 "{} packets beyond the first {} were not followed",
@@ -467,6 +519,7 @@ impl RunTrace {
             hooks: std::mem::take(&mut self.hooks),
             notes,
             boot_id: self.tracer.boot_id.clone(),
+            drops,
         }
     }
 }
@@ -660,6 +713,19 @@ impl TraceReport {
             (Some(_), None) => {}
         }
         mine.retransmits += theirs.retransmits;
+        for drops in other.drops {
+            match self
+                .drops
+                .iter_mut()
+                .find(|d| (&d.reason, d.point) == (&drops.reason, drops.point))
+            {
+                Some(same) => {
+                    same.count += drops.count;
+                    same.keys.extend(drops.keys);
+                }
+                None => self.drops.push(drops),
+            }
+        }
         mine.packets += theirs.packets;
         mine.packets_over_cap += theirs.packets_over_cap;
         mine.events += theirs.events;
