@@ -161,9 +161,16 @@ fn the_clock_estimate_brackets_the_labs_zero_offset() {
 #[ignore = "privileged: needs root; run by cargo xtask test"]
 fn a_service_run_is_traced_through_dnat() {
     require_root();
-    // Backed by pods other than the client: a pod reaching a Service backed by itself
-    // (hairpin) splits its stamps between its client and server traces (a known gap).
-    let lab = Lab::up(&["--service", "web=80:8080@pod2,pod3,pod4"]);
+    let lab = Lab::up(&[
+        "--service",
+        "web=80:8080@pod2,pod3,pod4",
+        "--service",
+        "self=80:8080@pod1",
+    ]);
+    // Hairpin: pod1 reaching a Service backed by itself is masqueraded to its node's bridge
+    // (as kube-proxy does); that flow is followed too, so every stage is there.
+    let hairpin = breakdown(&lab, &["--from", "pod/pod1", "--to", "service/self"]);
+    check_path(&hairpin, &["sender stack", "node", "receiver stack"]);
     let measurement = breakdown(&lab, &["--from", "pod/pod1", "--to", "service/web"]);
     // Whichever pod served, the client's packets were recognised before and after DNAT.
     let names: Vec<String> = stages(&measurement, "client-to-server")

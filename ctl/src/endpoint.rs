@@ -87,6 +87,10 @@ pub struct Place {
     pub host_interface: Option<String>,
     /// The node's uplink, in the daemon's namespace (lab endpoints).
     pub uplink: Option<String>,
+    /// The address a pod's traffic to a Service backed by itself (hairpin) is masqueraded to:
+    /// its node's bridge, as kube-proxy does. The probes must follow that flow too.
+    #[serde(skip)]
+    pub hairpin_source: Option<IpAddr>,
 }
 
 /// The receiving end of a run.
@@ -187,6 +191,7 @@ fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Res
                 ip: Some(IpAddr::V4(pod.ip)),
                 host_interface: Some(pod.host_veth.clone()),
                 uplink: Some(crate::lab::inventory::ETH0.to_owned()),
+                hairpin_source: Some(IpAddr::V4(node.gateway)),
             })
         }
         EndpointRef::Node(name) => {
@@ -203,6 +208,7 @@ fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Res
                 ip: Some(IpAddr::V4(node.ip)),
                 host_interface: None,
                 uplink: Some(crate::lab::inventory::ETH0.to_owned()),
+                hairpin_source: None,
             })
         }
         EndpointRef::Agent(addr) => Ok(Place {
@@ -216,6 +222,7 @@ fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Res
             },
             host_interface: None,
             uplink: None,
+            hairpin_source: None,
         }),
         EndpointRef::Service(_) => bail!("a Service is not a place a generator runs"),
     }

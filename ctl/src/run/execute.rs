@@ -77,13 +77,18 @@ impl Plan {
     /// and, when the client is elsewhere, at its node's uplink.
     fn server_trace(&self, server: &Place) -> Option<pb::TraceRequest> {
         let (client_ip, server_ip) = (self.source.ip?, server.ip?);
+        let flow = |client_ip: std::net::IpAddr| pb::TracedFlow {
+            client_ip: client_ip.to_string(),
+            server_ip: server_ip.to_string(),
+            server_port: 0,
+            protocol: self.protocol().to_owned(),
+        };
+        let mut flows = vec![flow(client_ip)];
+        if let Some(masqueraded) = self.hairpin(server) {
+            flows.push(flow(masqueraded));
+        }
         Some(pb::TraceRequest {
-            flows: vec![pb::TracedFlow {
-                client_ip: client_ip.to_string(),
-                server_ip: server_ip.to_string(),
-                server_port: 0,
-                protocol: self.protocol().to_owned(),
-            }],
+            flows,
             pod_interface: server.host_interface.clone().unwrap_or_default(),
             uplink_interface: if server.agent == self.source.agent {
                 String::new()
@@ -114,6 +119,12 @@ impl Plan {
                 && (ip, *port) != (self.destination.ip, target_port)
             {
                 flows.push(flow(ip, *port));
+                if let Some(masqueraded) = self.hairpin(server) {
+                    flows.push(pb::TracedFlow {
+                        client_ip: masqueraded.to_string(),
+                        ..flow(ip, *port)
+                    });
+                }
             }
         }
         let remote = servers.iter().any(|(s, _)| s.agent != self.source.agent);
@@ -127,6 +138,16 @@ impl Plan {
             },
             sample_one_in: self.trace_sampling(),
         })
+    }
+
+    /// The address the client's packets to `server` carry after masquerade, when the run goes
+    /// through a Service from a pod to itself (hairpin).
+    fn hairpin(&self, server: &Place) -> Option<std::net::IpAddr> {
+        let through_service =
+            self.destination.servers.len() > 1 || self.destination.ip != server.ip?;
+        (through_service && server == &self.source)
+            .then_some(self.source.hairpin_source)
+            .flatten()
     }
 
     /// How thinly the kind's packets are followed: streams send far more packets than
