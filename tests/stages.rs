@@ -10,6 +10,18 @@ use std::{
 
 use sonde_integration::{lab::Lab, require_root, workspace_bin};
 
+/// Runs sondectl in the lab with `args` (ending in `-o json`) and returns its JSON output,
+/// failing the test with sondectl's error if it fails.
+fn json_of(lab: &Lab, args: &[&str]) -> serde_json::Value {
+    let output = lab.sondectl(args);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON")
+}
+
 /// Runs a traced `tcp-rr` and returns its first measurement's kernel breakdown.
 fn breakdown(lab: &Lab, args: &[&str]) -> serde_json::Value {
     let mut full = vec![
@@ -23,14 +35,7 @@ fn breakdown(lab: &Lab, args: &[&str]) -> serde_json::Value {
         "json",
     ];
     full.extend_from_slice(args);
-    let output = lab.sondectl(&full);
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
-    document["measurements"][0].clone()
+    json_of(lab, &full)["measurements"][0].clone()
 }
 
 /// (name, samples, p50, error) of each stage of `direction`.
@@ -188,25 +193,22 @@ fn a_service_run_is_traced_through_dnat() {
 fn trace_prints_only_the_breakdown_of_a_light_flow() {
     require_root();
     let lab = Lab::up(&[]);
-    let json = lab.sondectl(&[
-        "trace",
-        "--from",
-        "pod/pod1",
-        "--to",
-        "pod/pod3",
-        "--duration",
-        "1s",
-        "--rate",
-        "500",
-        "-o",
-        "json",
-    ]);
-    assert!(
-        json.status.success(),
-        "{}",
-        String::from_utf8_lossy(&json.stderr)
+    let trace = json_of(
+        &lab,
+        &[
+            "trace",
+            "--from",
+            "pod/pod1",
+            "--to",
+            "pod/pod3",
+            "--duration",
+            "1s",
+            "--rate",
+            "500",
+            "-o",
+            "json",
+        ],
     );
-    let trace: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
     assert_eq!(trace["kind"], "tcp-rr");
     assert_eq!(trace["rate"], 500.0);
     let kernel = &trace["kernel"];
@@ -276,26 +278,23 @@ fn trace_prints_only_the_breakdown_of_a_light_flow() {
 fn a_stream_is_sampled_the_same_way_on_both_nodes() {
     require_root();
     let lab = Lab::up(&[]);
-    let output = lab.sondectl(&[
-        "run",
-        "tcp-stream",
-        "--from",
-        "pod/pod1",
-        "--to",
-        "pod/pod3",
-        "--duration",
-        "1s",
-        "--warmup",
-        "300ms",
-        "-o",
-        "json",
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let document = json_of(
+        &lab,
+        &[
+            "run",
+            "tcp-stream",
+            "--from",
+            "pod/pod1",
+            "--to",
+            "pod/pod3",
+            "--duration",
+            "1s",
+            "--warmup",
+            "300ms",
+            "-o",
+            "json",
+        ],
     );
-    let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
     let kernel = &document["measurements"][0]["kernel"];
     let notes = kernel["notes"].to_string();
     assert!(notes.contains("1 packet in 16"), "{notes}");
@@ -395,28 +394,25 @@ fn drops_are_counted_once_with_the_kernels_reason() {
         sonde_integration::run("ip", &["netns", "exec", pod3, "nft", &command]);
     }
     // No warm-up: every drop the rule counts is one of the measured window's.
-    let output = lab.sondectl(&[
-        "run",
-        "tcp-rr",
-        "--from",
-        "pod/pod1",
-        "--to",
-        "pod/pod3",
-        "--size",
-        "400",
-        "--duration",
-        "1500ms",
-        "--warmup",
-        "0",
-        "-o",
-        "json",
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let document = json_of(
+        &lab,
+        &[
+            "run",
+            "tcp-rr",
+            "--from",
+            "pod/pod1",
+            "--to",
+            "pod/pod3",
+            "--size",
+            "400",
+            "--duration",
+            "1500ms",
+            "--warmup",
+            "0",
+            "-o",
+            "json",
+        ],
     );
-    let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
     let measurement = &document["measurements"][0];
     let listed = sonde_integration::run(
         "ip",

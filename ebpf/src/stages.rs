@@ -176,8 +176,7 @@ pub fn stamp(ctx: &TcContext, at: u8) {
 /// Stamps the application's read of a delivered packet (`skb:skb_copy_datagram_iovec`).
 #[inline(always)]
 pub fn socket_read(ctx: &TracePointContext) {
-    // SAFETY: offset 8 of this tracepoint's record is `const void *skbaddr` (see its format).
-    let Ok(skb) = (unsafe { ctx.read_at::<u64>(8) }) else {
+    let Some(skb) = skb_address(ctx) else {
         return;
     };
     // SAFETY: the value is plain data copied out before the entry is removed.
@@ -210,8 +209,7 @@ pub fn socket_read(ctx: &TracePointContext) {
 /// A followed packet was dropped (`skb:kfree_skb`): reports it with the kernel's reason.
 #[inline(always)]
 pub fn dropped(ctx: &TracePointContext) {
-    // SAFETY: offset 8 of this tracepoint's record is `void *skbaddr` (see its format).
-    let Ok(skb) = (unsafe { ctx.read_at::<u64>(8) }) else {
+    let Some(skb) = skb_address(ctx) else {
         return;
     };
     // SAFETY: plain data copied out before the entry is removed.
@@ -240,10 +238,17 @@ pub fn dropped(ctx: &TracePointContext) {
 /// soon reused, is not taken for it.
 #[inline(always)]
 pub fn consumed(ctx: &TracePointContext) {
-    // SAFETY: offset 8 of this tracepoint's record is `void *skbaddr` (see its format).
-    if let Ok(skb) = unsafe { ctx.read_at::<u64>(8) } {
+    if let Some(skb) = skb_address(ctx) {
         let _ = IN_FLIGHT.remove(skb);
     }
+}
+
+/// The `skbaddr` of an skb tracepoint's record (offset 8 in `skb:kfree_skb`, `consume_skb`
+/// and `skb_copy_datagram_iovec` alike).
+#[inline(always)]
+fn skb_address(ctx: &TracePointContext) -> Option<u64> {
+    // SAFETY: every tracepoint this is called from has `skbaddr` at offset 8 (see formats).
+    unsafe { ctx.read_at::<u64>(8) }.ok()
 }
 
 /// The leading fields of the kernel's `struct sock_common`, stable since IPv4 sockets began.

@@ -228,18 +228,7 @@ impl Tracer {
     /// Starts tracing one side of a run: `sides` are the [`side`] bits this node holds, and
     /// events before `from_ns` (CLOCK_MONOTONIC) are the warm-up's.
     pub fn trace(self: &Arc<Self>, spec: &TraceSpec, sides: u8, from_ns: u64) -> Result<RunTrace> {
-        let mut trace = RunTrace {
-            tracer: Arc::clone(self),
-            keys: Vec::new(),
-            collector: Arc::new(Mutex::new(Collector::new(from_ns, sides))),
-            flows: Vec::new(),
-            attached: Vec::new(),
-            baseline: Vec::new(),
-            lost_before: 0,
-            hooks: Vec::new(),
-            notes: Vec::new(),
-            sockets: false,
-        };
+        let mut trace = RunTrace::empty(self, from_ns, sides);
         // Interfaces first: a wrong name is refused before anything is registered.
         let mut hooks = lock(&self.hooks);
         for (iface, role) in [
@@ -280,18 +269,7 @@ impl Tracer {
     /// Registers `flows` without attaching anything, so that packets handed to the classifiers
     /// by [`Tracer::test_run`] are stamped: for parser tests and cost measurements.
     pub fn follow(self: &Arc<Self>, flows: &[TracedFlow], sides: u8) -> Result<RunTrace> {
-        let mut trace = RunTrace {
-            tracer: Arc::clone(self),
-            keys: Vec::new(),
-            collector: Arc::new(Mutex::new(Collector::new(0, sides))),
-            flows: Vec::new(),
-            attached: Vec::new(),
-            baseline: Vec::new(),
-            lost_before: 0,
-            hooks: Vec::new(),
-            notes: Vec::new(),
-            sockets: false,
-        };
+        let mut trace = RunTrace::empty(self, 0, sides);
         let used = Use {
             sides,
             sample_shift: 0,
@@ -477,6 +455,22 @@ pub struct RunTrace {
 }
 
 impl RunTrace {
+    /// A trace holding nothing yet, whose collector takes events from `from_ns`.
+    fn empty(tracer: &Arc<Tracer>, from_ns: u64, sides: u8) -> Self {
+        Self {
+            tracer: Arc::clone(tracer),
+            keys: Vec::new(),
+            collector: Arc::new(Mutex::new(Collector::new(from_ns, sides))),
+            flows: Vec::new(),
+            attached: Vec::new(),
+            baseline: Vec::new(),
+            lost_before: 0,
+            hooks: Vec::new(),
+            notes: Vec::new(),
+            sockets: false,
+        }
+    }
+
     /// Stops tracing and reports what was seen.
     pub fn finish(mut self) -> TraceReport {
         self.tracer.drain();
