@@ -19,6 +19,11 @@ pub struct Config {
     )]
     pub listen: ListenAddr,
 
+    /// Where to serve Prometheus metrics (`GET /metrics`): HOST:PORT or unix:PATH; not served
+    /// when unset (the DaemonSet sets it).
+    #[arg(long, env = "SONDE_METRICS_LISTEN")]
+    pub metrics_listen: Option<ListenAddr>,
+
     /// This node's name as reported to sondectl (Kubernetes node name, lab node name); the host
     /// name when not set.
     #[arg(long, env = "SONDE_NODE_NAME")]

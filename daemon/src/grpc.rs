@@ -1,7 +1,12 @@
 //! The `sonde.v1.Agent` service: a thin adapter that validates requests, calls the library and
 //! turns its results and errors into messages and status codes.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
 use sonde_common::stages::side;
@@ -15,6 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     Error,
+    conntrack::{self, Watcher},
     facts::{FactsSource, NodeFacts},
     generators::{
         self, Target,
@@ -43,6 +49,10 @@ pub struct AgentService<S> {
     policy: Arc<TargetPolicy>,
     /// Per-stage kernel tracing, when the daemon has it.
     tracer: Option<Arc<Tracer>>,
+    /// This node's conntrack table, or why it cannot be read.
+    conntrack: Result<Arc<Watcher>, String>,
+    /// The table when each prepared server side started, for its result's delta.
+    conntrack_at_prepare: Arc<Mutex<HashMap<String, conntrack::Sample>>>,
 }
 
 impl<S: FactsSource> AgentService<S> {
@@ -53,7 +63,19 @@ impl<S: FactsSource> AgentService<S> {
             runs,
             policy: Arc::new(policy),
             tracer: None,
+            conntrack: Err("not watched by this daemon".to_owned()),
+            conntrack_at_prepare: Arc::default(),
         }
+    }
+
+    /// Lets the service read the node's conntrack table (or say why it cannot).
+    pub fn with_conntrack(mut self, conntrack: Result<Arc<Watcher>, String>) -> Self {
+        self.conntrack = conntrack;
+        self
+    }
+
+    fn watcher(&self) -> Option<Arc<Watcher>> {
+        self.conntrack.as_ref().ok().cloned()
     }
 
     /// Lets runs ask for per-stage kernel tracing.
@@ -167,6 +189,7 @@ impl<S: FactsSource> Agent for AgentService<S> {
         }
         let runs = Arc::clone(&self.runs);
         let tracer = self.tracer.clone();
+        let run_id = request.run_id.clone();
         let (port, path, token) = tokio::task::spawn_blocking(move || {
             let warmup = spec.warmup;
             runs.prepare(
@@ -189,6 +212,17 @@ impl<S: FactsSource> Agent for AgentService<S> {
         })
         .await
         .map_err(blocking_failed)??;
+        if let Some(start) = conntrack_sample(self.watcher()).await {
+            let mut starts = self
+                .conntrack_at_prepare
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Sides whose lease ran out are never finished: forget the oldest past a bound.
+            if starts.len() >= MAX_PENDING_SAMPLES {
+                starts.clear();
+            }
+            starts.insert(run_id, start);
+        }
         Ok(Response::new(pb::PrepareServerResponse {
             port: u32::from(port),
             path: path.map(|p| p.display().to_string()).unwrap_or_default(),
@@ -248,7 +282,11 @@ impl<S: FactsSource> Agent for AgentService<S> {
         )?;
         tracing::info!(run_id = request.run_id, target = ?target, traced = trace.is_some(), "client side started");
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(drive_client(guard, spec, netns, target, token, trace, tx));
+        let conntrack = self.watcher();
+        let observers = Observers { trace, conntrack };
+        tokio::spawn(drive_client(
+            guard, spec, netns, target, token, observers, tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -256,7 +294,13 @@ impl<S: FactsSource> Agent for AgentService<S> {
         &self,
         request: Request<pb::FinishServerRequest>,
     ) -> Result<Response<pb::FinishServerResponse>, Status> {
-        let servers = self.runs.take_servers(&request.into_inner().run_id)?;
+        let run_id = request.into_inner().run_id;
+        let servers = self.runs.take_servers(&run_id)?;
+        let start = self
+            .conntrack_at_prepare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&run_id);
         let (result, trace) = tokio::task::spawn_blocking(move || {
             let (servers, traces): (Vec<_>, Vec<_>) = servers.into_iter().unzip();
             let result =
@@ -274,8 +318,12 @@ impl<S: FactsSource> Agent for AgentService<S> {
         })
         .await
         .map_err(blocking_failed)?;
+        let mut result = side_result(result, trace);
+        if let (Some(start), Some(end)) = (start, conntrack_sample(self.watcher()).await) {
+            result.conntrack = Some(conntrack::wire::delta(&start, &end));
+        }
         Ok(Response::new(pb::FinishServerResponse {
-            result: Some(side_result(result, trace)),
+            result: Some(result),
         }))
     }
 
@@ -283,7 +331,12 @@ impl<S: FactsSource> Agent for AgentService<S> {
         &self,
         request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
-        let found = self.runs.cancel(&request.into_inner().run_id);
+        let run_id = request.into_inner().run_id;
+        self.conntrack_at_prepare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&run_id);
+        let found = self.runs.cancel(&run_id);
         Ok(Response::new(pb::CancelRunResponse { found }))
     }
 
@@ -296,6 +349,101 @@ impl<S: FactsSource> Agent for AgentService<S> {
             boot_id: crate::stages::boot_id(),
         }))
     }
+
+    type WatchConntrackStream = ReceiverStream<Result<pb::ConntrackSample, Status>>;
+
+    async fn watch_conntrack(
+        &self,
+        request: Request<pb::WatchConntrackRequest>,
+    ) -> Result<Response<Self::WatchConntrackStream>, Status> {
+        let request = request.into_inner();
+        if !(100..=60_000).contains(&request.interval_ms) {
+            return Err(Status::invalid_argument(format!(
+                "interval_ms: must be 100 to 60000 (milliseconds), got {}",
+                request.interval_ms
+            )));
+        }
+        let watcher = match &self.conntrack {
+            Ok(watcher) => Arc::clone(watcher),
+            Err(reason) => {
+                return Err(Status::failed_precondition(format!(
+                    "conntrack cannot be read on this node: {reason}"
+                )));
+            }
+        };
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(watch_conntrack(watcher, request, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Prepared server sides whose start sample is kept at most.
+const MAX_PENDING_SAMPLES: usize = 4096;
+
+/// Reads the table without the census, on a blocking thread; `None` when it cannot be read.
+async fn conntrack_sample(watcher: Option<Arc<Watcher>>) -> Option<conntrack::Sample> {
+    let watcher = watcher?;
+    match tokio::task::spawn_blocking(move || watcher.sample(false)).await {
+        Ok(Ok(sample)) => Some(sample),
+        Ok(Err(err)) => {
+            tracing::warn!(%err, "conntrack: reading the table failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Streams samples until `count` is reached or the controller goes away.
+async fn watch_conntrack(
+    watcher: Arc<Watcher>,
+    request: pb::WatchConntrackRequest,
+    tx: mpsc::Sender<Result<pb::ConntrackSample, Status>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(request.interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut previous: Option<conntrack::Sample> = None;
+    let mut sent = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = tx.closed() => return,
+        }
+        let reader = Arc::clone(&watcher);
+        let census = request.census;
+        let sample = match tokio::task::spawn_blocking(move || reader.sample(census)).await {
+            Ok(Ok(sample)) => sample,
+            Ok(Err(err)) => {
+                let _ = tx
+                    .send(Err(Status::unavailable(format!(
+                        "reading conntrack: {err}"
+                    ))))
+                    .await;
+                return;
+            }
+            Err(err) => {
+                let _ = tx.send(Err(blocking_failed(err))).await;
+                return;
+            }
+        };
+        let message =
+            conntrack::wire::sample(&sample, previous.as_ref(), watcher.events_unavailable());
+        if tx.send(Ok(message)).await.is_err() {
+            return;
+        }
+        previous = Some(sample);
+        sent += 1;
+        if request.count != 0 && sent >= request.count {
+            return;
+        }
+    }
+}
+
+/// What watches a client side besides its generator.
+struct Observers {
+    /// The kernel trace of its flows, when asked for.
+    trace: Option<RunTrace>,
+    /// The node's conntrack table, for the side's delta.
+    conntrack: Option<Arc<Watcher>>,
 }
 
 /// Runs a client side on blocking threads and feeds its progress and result to the stream.
@@ -306,9 +454,14 @@ async fn drive_client(
     netns: Option<std::path::PathBuf>,
     target: Target,
     token: Token,
-    mut trace: Option<RunTrace>,
+    observers: Observers,
     tx: mpsc::Sender<Result<pb::ClientEvent, Status>>,
 ) {
+    let Observers {
+        mut trace,
+        conntrack,
+    } = observers;
+    let conntrack_start = conntrack_sample(conntrack.clone()).await;
     let counters = Arc::new(Counters::default());
     let stop = Arc::clone(&guard.stop);
     let work = {
@@ -330,8 +483,20 @@ async fn drive_client(
                     Some(trace) => tokio::task::spawn_blocking(move || trace.finish()).await.ok(),
                     None => None,
                 };
+                let conntrack_end = match conntrack_start {
+                    Some(_) => conntrack_sample(conntrack.clone()).await,
+                    None => None,
+                };
+                let delta = conntrack_start
+                    .as_ref()
+                    .zip(conntrack_end.as_ref())
+                    .map(|(start, end)| conntrack::wire::delta(start, end));
                 let event = result
-                    .map(|side| pb::ClientEvent { event: Some(pb::client_event::Event::Result(side_result(side, trace))) })
+                    .map(|side| {
+                        let mut result = side_result(side, trace);
+                        result.conntrack = delta;
+                        pb::ClientEvent { event: Some(pb::client_event::Event::Result(result)) }
+                    })
                     .map_err(blocking_failed);
                 let _ = tx.send(event).await;
                 break;
@@ -398,6 +563,7 @@ fn side_result(side: SideResult, trace: Option<TraceReport>) -> pb::SideResult {
         errors: totals.errors,
         local_ip: side.local_ip,
         trace: trace.map(trace_result),
+        conntrack: None,
     }
 }
 

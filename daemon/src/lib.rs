@@ -17,11 +17,13 @@
 
 pub mod capabilities;
 pub mod config;
+pub mod conntrack;
 pub mod delay_line;
 pub mod error;
 pub mod facts;
 pub mod generators;
 pub mod grpc;
+pub mod metrics;
 pub mod mounts;
 pub mod netns;
 pub mod probes;

@@ -7,10 +7,11 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use sonde_daemon::{
     config::{Command, Config},
+    conntrack::Watcher,
     delay_line,
     facts::Node,
     grpc::AgentService,
-    mounts,
+    metrics, mounts,
     runs::{Runs, policy::TargetPolicy},
     server,
     stages::{Tracer, cost},
@@ -89,6 +90,10 @@ fn run(config: Config) -> anyhow::Result<()> {
         let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
         let listener = server::Listener::bind(&config.listen).await?;
+        let metrics_listener = match &config.metrics_listen {
+            Some(addr) => Some(server::Listener::bind(addr).await?),
+            None => None,
+        };
         let node = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || Node::start(&config))
@@ -96,6 +101,16 @@ fn run(config: Config) -> anyhow::Result<()> {
                 .context("starting the node")??
         };
         let node = Arc::new(node);
+        // In the daemon's own network namespace: the node's.
+        let conntrack = tokio::task::spawn_blocking(Watcher::open)
+            .await
+            .context("opening the conntrack watcher")?
+            .map(Arc::new)
+            .map_err(|err| format!("ctnetlink: {err}"));
+        match &conntrack {
+            Ok(_) => tracing::info!("watching conntrack through ctnetlink"),
+            Err(reason) => tracing::warn!(%reason, "conntrack cannot be watched"),
+        }
         let runs = Arc::new(Runs::default());
         let reaper = runs.spawn_reaper();
         let agent = AgentService::new(
@@ -103,7 +118,12 @@ fn run(config: Config) -> anyhow::Result<()> {
             Arc::clone(&runs),
             TargetPolicy::new(&config.allow_targets),
         )
-        .with_tracer(node.tracer.clone());
+        .with_tracer(node.tracer.clone())
+        .with_conntrack(conntrack.clone());
+        let metrics = metrics_listener.map(|listener| {
+            tracing::info!(addr = listener.local_addr(), "serving Prometheus metrics");
+            tokio::spawn(metrics::serve(listener, conntrack.ok()))
+        });
         let shutdown = async {
             tokio::select! {
                 _ = sigterm.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
@@ -118,6 +138,9 @@ fn run(config: Config) -> anyhow::Result<()> {
         )
         .await;
         reaper.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         runs.stop_all();
         served?;
         drop(node);
