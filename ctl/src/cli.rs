@@ -37,6 +37,133 @@ pub enum Command {
     /// Where the time goes between two endpoints: a light request/response flow, traced in
     /// the kernel; prints only the per-stage breakdown.
     Trace(TraceArgs),
+    /// Conntrack pressure: watch every node's table, or find the connection rate it breaks at.
+    #[command(subcommand)]
+    Conntrack(ConntrackCommand),
+}
+
+/// `sondectl conntrack` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ConntrackCommand {
+    /// A live view of every node's conntrack table: entries/max, new and destroyed entries a
+    /// second, failed inserts, drops, early drops, and the projected time until it is full.
+    Watch(ConntrackWatchArgs),
+    /// A bounded tcp-crr connection-rate ramp between two endpoints that stops at the first
+    /// failed insert, drop or eviction in a conntrack table (or at a ceiling) and reports the
+    /// knee. It changes no setting.
+    Ramp(ConntrackRampArgs),
+}
+
+/// Flags of `sondectl conntrack watch`.
+#[derive(Debug, clap::Args)]
+pub struct ConntrackWatchArgs {
+    /// Daemons to watch, as HOST:PORT or unix:PATH. Without it, the lab's daemons.
+    #[arg(long, env = "SONDE_AGENTS", value_delimiter = ',')]
+    pub agents: Vec<AgentAddr>,
+
+    /// Only these lab nodes (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+
+    /// Between samples (100ms to 60s).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Stop after this many samples per node (0: until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+
+    /// Skip the per-state census (the table dump costs about a microsecond an entry).
+    #[arg(long)]
+    pub no_census: bool,
+
+    /// The lab whose daemons to watch when no --agents are given.
+    #[arg(long, env = "SONDE_LAB", default_value = "lab")]
+    pub lab: String,
+
+    /// Output: a line per node and sample, or JSON lines (one object per node and sample).
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// How long to wait for a daemon to answer.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// What stops a conntrack ramp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RampStop {
+    /// A conntrack insert failed (clash) on a node of the path.
+    InsertFailed,
+    /// The kernel dropped a packet for lack of a conntrack entry (table full).
+    Drop,
+    /// The kernel evicted an unassured entry to make room (table full).
+    EarlyDrop,
+    /// Connections failed (refused, reset, timed out, no local port).
+    Errors,
+    /// Fewer than 90% of the offered connections were made: the path or the generator
+    /// saturated.
+    Saturated,
+    /// No stop condition: only --ceiling ends the ramp.
+    None,
+}
+
+/// Flags of `sondectl conntrack ramp`.
+#[derive(Debug, clap::Args)]
+pub struct ConntrackRampArgs {
+    /// Where the connections start: pod/NAME, node/NAME, or a daemon's HOST:PORT.
+    #[arg(long)]
+    pub from: EndpointRef,
+
+    /// Where they go: pod/NAME, node/NAME, service/NAME, or a daemon's HOST:PORT.
+    #[arg(long)]
+    pub to: EndpointRef,
+
+    /// The first step's rate, connections per second.
+    #[arg(long, default_value_t = 250.0, allow_negative_numbers = true)]
+    pub start_rate: f64,
+
+    /// Each step's rate is the previous one's times this (more than 1).
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
+    pub factor: f64,
+
+    /// How long each step lasts.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub step: Duration,
+
+    /// The highest rate to try, connections per second.
+    #[arg(long, allow_negative_numbers = true)]
+    pub ceiling: Option<f64>,
+
+    /// What stops the ramp (comma-separated; `none` leaves only --ceiling).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "insert-failed,drop,early-drop,errors"
+    )]
+    pub stop_on: Vec<RampStop>,
+
+    /// At most this many steps, whatever else happens.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub max_steps: u32,
+
+    /// Client threads making connections.
+    #[arg(long, default_value_t = 2)]
+    pub parallel: u32,
+
+    /// The lab whose pods, nodes and Services endpoints name.
+    #[arg(long, env = "SONDE_LAB", default_value = "lab")]
+    pub lab: String,
+
+    /// Output: a table of steps and the knee, or one JSON document.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// How long to wait for a daemon to answer a call.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Flags of `sondectl trace`.
@@ -324,6 +451,29 @@ pub enum LabCommand {
     /// Add a known one-way delay on the underlay between two nodes, for a while (a relay
     /// through TAP devices: this kernel has no netem). Runs until its time is up or Ctrl-C.
     Delay(LabDelayArgs),
+    /// Fill a node's conntrack table with cheap flows: UDP datagrams from the node to one of
+    /// its pods, each to another port, at a steady rate (only that node's table grows).
+    ConntrackFill(LabFillArgs),
+}
+
+/// Flags of `sondectl lab conntrack-fill`.
+#[derive(Debug, clap::Args)]
+pub struct LabFillArgs {
+    /// The lab's name.
+    #[arg(long = "name", env = "SONDE_LAB", default_value = "lab")]
+    pub name: String,
+
+    /// The node whose table to fill.
+    #[arg(long)]
+    pub node: String,
+
+    /// New flows per second (at most 200000).
+    #[arg(long, default_value_t = 20_000.0, allow_negative_numbers = true)]
+    pub rate: f64,
+
+    /// Flows to make in all (at most 2000000): one entry each while they last.
+    #[arg(long)]
+    pub flows: u64,
 }
 
 /// Flags of `sondectl lab delay`.

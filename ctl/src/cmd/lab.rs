@@ -6,7 +6,7 @@ use anyhow::bail;
 
 use crate::{
     agent,
-    cli::{LabCommand, LabDelayArgs, LabName, LabUpArgs},
+    cli::{LabCommand, LabDelayArgs, LabFillArgs, LabName, LabUpArgs},
     lab::{self, Inventory, LabSpec, sys},
     output::{self, OutputFormat},
 };
@@ -18,7 +18,16 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
         LabCommand::Down(args) => down(&args),
         LabCommand::Status(args) => status(&args).await,
         LabCommand::Delay(args) => delay(&args),
+        LabCommand::ConntrackFill(args) => conntrack_fill(&args),
     }
+}
+
+/// `lab conntrack-fill`: prints what it sent as one JSON object.
+fn conntrack_fill(args: &LabFillArgs) -> anyhow::Result<()> {
+    let inventory = Inventory::load(&args.name)?;
+    let filled = lab::fill::fill(&inventory, &args.node, args.rate, args.flows)?;
+    println!("{}", serde_json::to_string(&filled)?);
+    Ok(())
 }
 
 /// `sondectl lab delay`: runs sonded's delay line in the lab's underlay namespace and passes

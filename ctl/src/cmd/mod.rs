@@ -1,5 +1,6 @@
 //! One module per subcommand; [`run`] dispatches.
 
+pub mod conntrack;
 pub mod lab;
 pub mod nodes;
 pub mod run;
@@ -16,5 +17,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Trace(args) => trace::run(args).await,
+        Command::Conntrack(command) => conntrack::run(command).await,
     }
 }

@@ -347,6 +347,7 @@ async fn start_daemons(inventory: &mut Inventory, sonded: &Path) -> anyhow::Resu
             .arg("--")
             .arg(sonded)
             .args(["--listen", &node.agent, "--node-name", &node.name])
+            .args(["--metrics-listen", &node.metrics])
             // The lab's generators may send anywhere in the lab, and nowhere else.
             .args(["--allow-target", &allowed])
             .stdin(Stdio::null())

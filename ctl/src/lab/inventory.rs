@@ -60,6 +60,9 @@ pub struct Node {
     pub gateway: Ipv4Addr,
     /// Where its sonded listens.
     pub agent: String,
+    /// Where its sonded serves Prometheus metrics (`unix:PATH`).
+    #[serde(default)]
+    pub metrics: String,
     /// sonded's log file.
     pub log: PathBuf,
     /// sonded's process ID, once started.
@@ -136,6 +139,10 @@ impl Inventory {
                 pod_cidr,
                 gateway,
                 agent: format!("unix:{}", state_dir.join(format!("{name}.sock")).display()),
+                metrics: format!(
+                    "unix:{}",
+                    state_dir.join(format!("{name}.metrics.sock")).display()
+                ),
                 log: state_dir.join(format!("{name}.log")),
                 daemon_pid: None,
                 name,

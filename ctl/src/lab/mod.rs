@@ -13,10 +13,12 @@
 //! - [`inventory`]: every name and address, planned from the spec; the record of the lab.
 //! - [`nft`]: the Services' nftables ruleset.
 //! - [`create`]: `lab up`.
+//! - [`fill`]: `lab conntrack-fill`, cheap conntrack entries in one node's table.
 //! - [`sys`]: the system commands it is made with.
 //! - [`teardown`]: `lab down`, which also cleans up after crashes.
 
 pub mod create;
+pub mod fill;
 pub mod inventory;
 pub mod nft;
 pub mod spec;

@@ -387,6 +387,25 @@ pub async fn measure(
     };
     let mut measurement =
         report::measurement(&sample, client_result.as_ref(), server.as_ref(), errors);
+    // Each node's table once: the client's node first (its side spans the whole run).
+    let sides = client_result
+        .iter()
+        .map(|result| (node_label(&plan.source), result))
+        .chain(
+            server_agents
+                .iter()
+                .zip(&server_results)
+                .map(|(agent, result)| (node_of(plan, agent), result)),
+        );
+    for (node, result) in sides {
+        if let Some(delta) = &result.conntrack
+            && !measurement.conntrack.iter().any(|seen| seen.node == node)
+        {
+            measurement
+                .conntrack
+                .push(report::ConntrackReport::new(node, delta));
+        }
+    }
     if let Some(client) = client_result.as_ref().and_then(|c| c.trace.as_ref()) {
         let remote: Vec<(String, &pb::TraceResult)> = server_agents
             .iter()

@@ -106,6 +106,9 @@ pub struct Measurement {
     pub server: Option<SideReport>,
     /// Per-stage kernel latency of the run's own packets, when traced.
     pub kernel: Option<super::breakdown::Breakdown>,
+    /// What each node's conntrack table went through during the measurement (warm-up
+    /// included), when its daemon can read it.
+    pub conntrack: Vec<ConntrackReport>,
     /// Whether both sides completed without errors.
     pub complete: bool,
     /// What went wrong in this measurement.
@@ -181,6 +184,54 @@ pub struct CpuReport {
     pub client_node_busy: f64,
     /// The server node's.
     pub server_node_busy: f64,
+}
+
+/// One node's conntrack table over a measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConntrackReport {
+    /// The node (the namespace whose table this is).
+    pub node: String,
+    /// Entries at the start and the end.
+    pub entries_start: u64,
+    /// Entries at the end.
+    pub entries_end: u64,
+    /// The table's maximum.
+    pub max: u64,
+    /// New entries (ctnetlink events).
+    pub created: u64,
+    /// Entries removed.
+    pub destroyed: u64,
+    /// Inserts that failed.
+    pub insert_failed: u64,
+    /// Packets dropped for lack of an entry.
+    pub drop: u64,
+    /// Unassured entries evicted to make room.
+    pub early_drop: u64,
+    /// Events were lost: `created` and `destroyed` are low.
+    pub events_lost: bool,
+}
+
+impl ConntrackReport {
+    /// The report of `node`'s delta.
+    pub fn new(node: String, delta: &pb::ConntrackDelta) -> Self {
+        Self {
+            node,
+            entries_start: delta.entries_start,
+            entries_end: delta.entries_end,
+            max: delta.max,
+            created: delta.created,
+            destroyed: delta.destroyed,
+            insert_failed: delta.insert_failed,
+            drop: delta.drop,
+            early_drop: delta.early_drop,
+            events_lost: delta.events_lost,
+        }
+    }
+
+    /// Whether the table was under pressure: failed inserts, drops or evictions.
+    pub fn pressed(&self) -> bool {
+        self.insert_failed + self.drop + self.early_drop > 0
+    }
 }
 
 /// One side's raw figures.
@@ -438,6 +489,7 @@ pub fn measurement(
         client: client.map(SideReport::from_pb),
         server: server.map(SideReport::from_pb),
         kernel: None,
+        conntrack: Vec::new(),
         complete: client.is_some() && server.is_some() && errors.is_empty(),
         errors,
     }
@@ -529,6 +581,27 @@ pub fn table(report: &RunReport) -> String {
         if let Some(kernel) = &m.kernel {
             text.push('\n');
             text.push_str(&kernel_table(m, kernel, breakdown_unit(&report.kind)));
+        }
+    }
+    // One line per node and measurement, only when a table moved or was pressed.
+    for m in &report.measurements {
+        for table in &m.conntrack {
+            if table.created == 0 && !table.pressed() {
+                continue;
+            }
+            text.push_str(&format!(
+                "conntrack {} (size {}): {} -> {} of {} entries, {} new, {} failed inserts, {} drops, {} early drops{}\n",
+                table.node,
+                human(m.size_bytes),
+                table.entries_start,
+                table.entries_end,
+                table.max,
+                table.created,
+                table.insert_failed,
+                table.drop,
+                table.early_drop,
+                if table.events_lost { " (events lost: new is low)" } else { "" },
+            ));
         }
     }
     for error in &report.errors {

@@ -106,8 +106,10 @@ impl Ctnetlink {
         let mut census = Census::default();
         let get = u8::from(netlink_packet_netfilter::conntrack::ConntrackMessageType::Get);
         self.request(get, NLM_F_REQUEST | NLM_F_DUMP, |message| {
-            if let NetfilterMessageInner::Conntrack(ConntrackMessage::Get(attributes)) =
-                message.inner
+            // The kernel answers a dump with IPCTNL_MSG_CT_NEW messages.
+            if let NetfilterMessageInner::Conntrack(
+                ConntrackMessage::New(attributes) | ConntrackMessage::Get(attributes),
+            ) = message.inner
             {
                 census.add(&describe(&attributes));
             }

@@ -1,0 +1,293 @@
+//! Conntrack pressure in the lab, on the real kernel's tables: `conntrack watch` during a
+//! tcp-crr run through a Service (DNAT entries and the rate of new ones), the capacity model's
+//! projected time-to-full against when a node's table actually filled, and `conntrack ramp`
+//! finding the knee, with the evictions it counts equal to the kernel's own counters.
+//!
+//! Only lab namespaces are changed: the node's UDP timeout (a per-namespace setting) and its
+//! table; the host's `nf_conntrack_max` is checked to be untouched.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+};
+
+use sonde_integration::{lab::Lab, require_root, run, workspace_bin};
+
+/// Starts `sondectl conntrack watch -o json` on the lab's node1.
+fn watch(lab: &Lab, extra: &[&str]) -> Child {
+    Command::new(workspace_bin("sondectl"))
+        .args(["conntrack", "watch", "--nodes", "node1", "-o", "json"])
+        .args(extra)
+        .env("SONDE_LAB", &lab.name)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start conntrack watch")
+}
+
+/// Every JSON line the watch printed (it ends by itself after `--count`).
+fn lines_of(child: Child) -> Vec<serde_json::Value> {
+    let mut child = child;
+    let stdout = child.stdout.take().expect("stdout");
+    let lines: Vec<serde_json::Value> = BufReader::new(stdout)
+        .lines()
+        .map(|line| serde_json::from_str(&line.expect("line")).expect("a JSON line"))
+        .collect();
+    assert!(
+        child.wait().expect("wait").success(),
+        "conntrack watch failed"
+    );
+    lines
+}
+
+fn json_of(lab: &Lab, args: &[&str]) -> serde_json::Value {
+    let output = lab.sondectl(args);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON")
+}
+
+/// The kernel's own counters for `netns`, summed over CPUs, from procfs (not ctnetlink):
+/// (insert_failed, drop, early_drop).
+fn kernel_counters(netns: &str) -> (u64, u64, u64) {
+    let text = run(
+        "ip",
+        &["netns", "exec", netns, "cat", "/proc/net/stat/nf_conntrack"],
+    );
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no {name} column in {text}"))
+    };
+    let (failed, drop, early) = (
+        column("insert_failed"),
+        column("drop"),
+        column("early_drop"),
+    );
+    let mut total = (0, 0, 0);
+    for line in lines {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let hex = |i: usize| u64::from_str_radix(fields[i], 16).expect("hex counter");
+        total.0 += hex(failed);
+        total.1 += hex(drop);
+        total.2 += hex(early);
+    }
+    total
+}
+
+fn host_conntrack_max() -> String {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").expect("host max")
+}
+
+#[test]
+fn watch_model_and_ramp_on_a_lab_node() {
+    require_root();
+    let host_max = host_conntrack_max();
+    let lab = Lab::up(&["--service", "web=80:8080"]);
+    let node1 = lab.inventory.node("node1").expect("node1").netns.clone();
+
+    // 1. A tcp-crr run through the Service while node1's table is watched with its census.
+    let watching = watch(&lab, &["--interval", "500ms", "--count", "8"]);
+    let result = json_of(
+        &lab,
+        &[
+            "run",
+            "tcp-crr",
+            "--from",
+            "pod/pod1",
+            "--to",
+            "service/web",
+            "--rate",
+            "1000",
+            "--duration",
+            "2s",
+            "--warmup",
+            "200ms",
+            "--no-trace",
+            "-o",
+            "json",
+        ],
+    );
+    let samples = lines_of(watching);
+    let busiest = samples
+        .iter()
+        .filter(|s| s["census"]["dnat"].as_u64().unwrap_or(0) > 0)
+        .max_by_key(|s| s["census"]["dnat"].as_u64())
+        .unwrap_or_else(|| panic!("no sample showed DNAT entries: {samples:#?}"));
+    let time_wait = busiest["census"]["states"]
+        .as_array()
+        .expect("states")
+        .iter()
+        .any(|state| state["state"] == "TIME_WAIT" && state["entries"].as_u64() > Some(0));
+    assert!(time_wait, "closed connections are in TIME_WAIT: {busiest}");
+    let peak_rate = samples
+        .iter()
+        .filter_map(|s| s["rates"]["created_per_s"].as_f64())
+        .fold(0.0, f64::max);
+    assert!(
+        (700.0..1400.0).contains(&peak_rate),
+        "about 1000 new entries a second at 1000 connections a second, saw {peak_rate}"
+    );
+    // The run's own result carries node1's delta: every connection made an entry there.
+    let measurement = &result["measurements"][0];
+    let transactions = measurement["latency"]["count"].as_u64().expect("count");
+    let node1_delta = measurement["conntrack"]
+        .as_array()
+        .expect("conntrack deltas")
+        .iter()
+        .find(|d| d["node"] == "node1")
+        .unwrap_or_else(|| panic!("no node1 delta in {measurement}"))
+        .clone();
+    assert!(
+        node1_delta["created"].as_u64().expect("created") >= transactions,
+        "{transactions} connections measured, {node1_delta}"
+    );
+
+    // 2. The model's projected time-to-full, against when node1's table really filled. UDP
+    // entries must outlive the fill: the node's (per-namespace) UDP timeout goes to 300 s.
+    run("ip", &["netns", "exec", &node1, "conntrack", "-F"]);
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &node1,
+            "sysctl",
+            "-qw",
+            "net.netfilter.nf_conntrack_udp_timeout=300",
+        ],
+    );
+    let max: u64 = host_max.trim().parse().expect("max");
+    let watching = watch(
+        &lab,
+        &["--interval", "250ms", "--count", "64", "--no-census"],
+    );
+    let flows = (max + 5000).to_string();
+    json_of(
+        &lab,
+        &[
+            "lab",
+            "conntrack-fill",
+            "--node",
+            "node1",
+            "--rate",
+            "25000",
+            "--flows",
+            &flows,
+        ],
+    );
+    let samples = lines_of(watching);
+    let full_at = samples
+        .iter()
+        .find(|s| s["entries"].as_u64() >= Some(max))
+        .unwrap_or_else(|| panic!("node1's table never filled: {samples:#?}"))["unix_ms"]
+        .as_f64()
+        .expect("time");
+    let projected = samples
+        .iter()
+        .filter(|s| {
+            s["fill_ratio"]
+                .as_f64()
+                .is_some_and(|f| (0.3..0.6).contains(&f))
+        })
+        .find(|s| s["projection"]["seconds_to_full"].as_f64().is_some())
+        .unwrap_or_else(|| panic!("no projection between 30% and 60% full: {samples:#?}"));
+    let taken_at = projected["unix_ms"].as_f64().expect("time");
+    let predicted = taken_at
+        + 1000.0
+            * projected["projection"]["seconds_to_full"]
+                .as_f64()
+                .expect("ttf");
+    let horizon = full_at - taken_at;
+    eprintln!(
+        "projected at {:.0}% full: full in {:.2}s; it filled after {:.2}s",
+        100.0 * projected["fill_ratio"].as_f64().unwrap_or_default(),
+        (predicted - taken_at) / 1000.0,
+        horizon / 1000.0
+    );
+    assert!(
+        (predicted - full_at).abs() <= 0.2 * horizon,
+        "projected full at +{:.2}s, it filled at +{:.2}s",
+        (predicted - taken_at) / 1000.0,
+        horizon / 1000.0
+    );
+    assert!(
+        samples.iter().any(|s| s["projection"]["level"] == "full"),
+        "the full table is reported as full"
+    );
+
+    // 3. The ramp: node1 nearly full of cheap entries, tcp-crr from pod2 (on node1) to pod3
+    // (on node2) at doubling rates until node1's table gives.
+    run("ip", &["netns", "exec", &node1, "conntrack", "-F"]);
+    let headroom = 6000;
+    let prefill = (max - headroom).to_string();
+    json_of(
+        &lab,
+        &[
+            "lab",
+            "conntrack-fill",
+            "--node",
+            "node1",
+            "--rate",
+            "50000",
+            "--flows",
+            &prefill,
+        ],
+    );
+    let before = kernel_counters(&node1);
+    let ramp = json_of(
+        &lab,
+        &[
+            "conntrack",
+            "ramp",
+            "--from",
+            "pod/pod2",
+            "--to",
+            "pod/pod3",
+            "--start-rate",
+            "500",
+            "--step",
+            "2s",
+            "--ceiling",
+            "32000",
+            "-o",
+            "json",
+        ],
+    );
+    let after = kernel_counters(&node1);
+    let knee = &ramp["knee"];
+    assert_eq!(knee["limit"], "early-drop", "{ramp:#}");
+    assert_eq!(knee["node"], "node1", "{ramp:#}");
+    assert!(knee["occupancy"].as_f64() > Some(0.99), "{knee}");
+    let steps = ramp["steps"].as_array().expect("steps");
+    assert!(steps.len() >= 2, "the knee is not the first step: {ramp:#}");
+    let totals = ramp["totals"]
+        .as_array()
+        .expect("totals")
+        .iter()
+        .find(|t| t["node"] == "node1")
+        .expect("node1 totals")
+        .clone();
+    let counted = |field: &str| totals[field].as_u64().expect("count");
+    assert_eq!(
+        (
+            counted("insert_failed"),
+            counted("drop"),
+            counted("early_drop")
+        ),
+        (after.0 - before.0, after.1 - before.1, after.2 - before.2),
+        "sonde's counts against /proc/net/stat/nf_conntrack in node1"
+    );
+    assert!(counted("early_drop") > 0);
+    assert_eq!(
+        host_conntrack_max(),
+        host_max,
+        "the host's limit is untouched"
+    );
+}
