@@ -81,11 +81,26 @@ fn kernel_counters(netns: &str) -> (u64, u64, u64) {
     total
 }
 
+/// `GET /metrics` over the daemon's Unix socket (`unix:PATH`), plain HTTP/1.0.
+fn scrape(address: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let path = address.strip_prefix("unix:").expect("a unix: address");
+    let mut stream = std::os::unix::net::UnixStream::connect(path).expect("connect to metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: sonded\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    response
+}
+
 fn host_conntrack_max() -> String {
     std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").expect("host max")
 }
 
 #[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
 fn watch_model_and_ramp_on_a_lab_node() {
     require_root();
     let host_max = host_conntrack_max();
@@ -285,6 +300,30 @@ fn watch_model_and_ramp_on_a_lab_node() {
         "sonde's counts against /proc/net/stat/nf_conntrack in node1"
     );
     assert!(counted("early_drop") > 0);
+
+    // 4. The same counters on the daemon's Prometheus endpoint, against procfs.
+    let metrics = scrape(&lab.inventory.node("node1").expect("node1").metrics);
+    let exported = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    let now = kernel_counters(&node1);
+    assert_eq!(
+        exported("sonde_conntrack_early_drops_total"),
+        now.2,
+        "{metrics}"
+    );
+    assert_eq!(exported("sonde_conntrack_dropped_packets_total"), now.1);
+    assert_eq!(exported("sonde_conntrack_insert_failed_total"), now.0);
+    assert_eq!(exported("sonde_conntrack_max_entries"), max);
+    assert!(metrics.contains("sonde_conntrack_created_entries_total{protocol=\"udp\"}"));
     assert_eq!(
         host_conntrack_max(),
         host_max,

@@ -71,3 +71,62 @@ fn no_agents_and_no_lab_says_what_to_do() {
     assert!(stderr.contains("--agents"), "{stderr}");
     assert!(stderr.contains("sondectl lab up"), "{stderr}");
 }
+
+#[test]
+fn an_unbounded_or_negative_conntrack_ramp_is_refused() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--stop-on", "none"],
+            "a ramp needs a stop condition (--stop-on",
+        ),
+        (
+            &["--start-rate", "-5"],
+            "--start-rate must be a positive number",
+        ),
+        (&["--factor", "1"], "--factor must be more than 1"),
+        (
+            &["--ceiling", "-100"],
+            "--ceiling must be a rate of at least",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let mut args = vec![
+            "conntrack",
+            "ramp",
+            "--from",
+            "pod/pod1",
+            "--to",
+            "pod/pod2",
+            "--lab",
+            "nosuchlab",
+        ];
+        args.extend_from_slice(extra);
+        let output = sondectl(&args);
+        let stderr = stderr_line(&output);
+        assert_eq!(output.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_conntrack_fill_out_of_bounds_is_refused() {
+    let output = sondectl(&[
+        "lab",
+        "conntrack-fill",
+        "--name",
+        "nosuchlab",
+        "--node",
+        "node1",
+        "--rate",
+        "-1",
+        "--flows",
+        "10",
+    ]);
+    let stderr = stderr_line(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--rate must be a positive number"),
+        "{stderr}"
+    );
+}

@@ -605,3 +605,41 @@ async fn trace_requests_are_checked_field_by_field() {
     );
     assert_eq!(runs.counts(), (0, 0));
 }
+
+#[tokio::test]
+async fn conntrack_watch_requests_are_checked() {
+    let (mut client, _runs) = daemon().await;
+    for interval_ms in [0, 99, 60_001] {
+        let status = client
+            .watch_conntrack(pb::WatchConntrackRequest {
+                interval_ms,
+                count: 1,
+                census: false,
+            })
+            .await
+            .expect_err("interval out of range");
+        assert_eq!(status.code(), Code::InvalidArgument, "{interval_ms}");
+        assert!(
+            status
+                .message()
+                .starts_with("interval_ms: must be 100 to 60000"),
+            "{}",
+            status.message()
+        );
+    }
+    // This daemon was made without a watcher: it says so instead of streaming nothing.
+    let status = client
+        .watch_conntrack(pb::WatchConntrackRequest {
+            interval_ms: 1000,
+            count: 1,
+            census: false,
+        })
+        .await
+        .expect_err("no watcher");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("conntrack cannot be read"),
+        "{}",
+        status.message()
+    );
+}

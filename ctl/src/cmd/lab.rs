@@ -24,6 +24,7 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
 
 /// `lab conntrack-fill`: prints what it sent as one JSON object.
 fn conntrack_fill(args: &LabFillArgs) -> anyhow::Result<()> {
+    lab::fill::check(args.rate, args.flows)?;
     let inventory = Inventory::load(&args.name)?;
     let filled = lab::fill::fill(&inventory, &args.node, args.rate, args.flows)?;
     println!("{}", serde_json::to_string(&filled)?);

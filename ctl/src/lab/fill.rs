@@ -39,8 +39,8 @@ pub struct Filled {
     pub pod: String,
 }
 
-/// Sends `flows` new flows at `rate` a second through `node`'s table.
-pub fn fill(inventory: &Inventory, node: &str, rate: f64, flows: u64) -> anyhow::Result<Filled> {
+/// Checks a fill's bounds before anything is looked up.
+pub fn check(rate: f64, flows: u64) -> anyhow::Result<()> {
     if !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE) {
         bail!(
             "--rate must be a positive number of flows per second, at most {MAX_RATE}; got {rate}"
@@ -49,6 +49,12 @@ pub fn fill(inventory: &Inventory, node: &str, rate: f64, flows: u64) -> anyhow:
     if flows == 0 || flows > MAX_FLOWS {
         bail!("--flows must be 1 to {MAX_FLOWS}; got {flows}");
     }
+    Ok(())
+}
+
+/// Sends `flows` new flows at `rate` a second through `node`'s table.
+pub fn fill(inventory: &Inventory, node: &str, rate: f64, flows: u64) -> anyhow::Result<Filled> {
+    check(rate, flows)?;
     let Some(node) = inventory.node(node) else {
         bail!(
             "lab {} has no node {node:?} (it has {})",
