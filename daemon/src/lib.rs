@@ -10,6 +10,8 @@
 //! - [`netns`]: running a piece of work inside another network namespace.
 //! - [`stages`]: per-stage kernel latency, connect times and retransmits of a run's flows.
 //! - [`facts`]: the node's identity and what it found, as served by `GetNodeFacts`.
+//! - [`conntrack`]: the node's conntrack table through ctnetlink, and the capacity model.
+//! - [`metrics`]: the Prometheus endpoint.
 //! - [`generators`]: native traffic generators (TCP stream/RR/CRR, UDP stream/RR).
 //! - [`runs`]: the runs a daemon holds, their limits, leases and target policy.
 //! - [`grpc`]: the thin `sonde.v1` adapter over the above.
