@@ -1,7 +1,8 @@
 //! Conntrack pressure in the lab, on the real kernel's tables: `conntrack watch` during a
 //! tcp-crr run through a Service (DNAT entries and the rate of new ones), the capacity model's
 //! projected time-to-full against when a node's table actually filled, and `conntrack ramp`
-//! finding the knee, with the evictions it counts equal to the kernel's own counters.
+//! finding the knee, with the evictions (unassured entries in the way) or drops (assured ones)
+//! it counts equal to the kernel's own counters, read from procfs.
 //!
 //! Only lab namespaces are changed: the node's UDP timeout (a per-namespace setting) and its
 //! table; the host's `nf_conntrack_max` is checked to be untouched.
@@ -301,7 +302,67 @@ fn watch_model_and_ramp_on_a_lab_node() {
     );
     assert!(counted("early_drop") > 0);
 
-    // 4. The same counters on the daemon's Prometheus endpoint, against procfs.
+    // 4. The same with assured entries in the way: the kernel cannot evict them, so it drops
+    // the new connections' packets ("table full, dropping packet").
+    run("ip", &["netns", "exec", &node1, "conntrack", "-F"]);
+    json_of(
+        &lab,
+        &[
+            "lab",
+            "conntrack-fill",
+            "--node",
+            "node1",
+            "--rate",
+            "100000",
+            "--flows",
+            &prefill,
+            "--assured",
+        ],
+    );
+    let before = kernel_counters(&node1);
+    let ramp = json_of(
+        &lab,
+        &[
+            "conntrack",
+            "ramp",
+            "--from",
+            "pod/pod2",
+            "--to",
+            "pod/pod3",
+            "--start-rate",
+            "500",
+            "--step",
+            "2s",
+            "--ceiling",
+            "32000",
+            "-o",
+            "json",
+        ],
+    );
+    let after = kernel_counters(&node1);
+    let knee = &ramp["knee"];
+    assert_eq!(knee["limit"], "drop", "{ramp:#}");
+    assert_eq!(knee["node"], "node1", "{ramp:#}");
+    let totals = ramp["totals"]
+        .as_array()
+        .expect("totals")
+        .iter()
+        .find(|t| t["node"] == "node1")
+        .expect("node1 totals")
+        .clone();
+    let counted = |field: &str| totals[field].as_u64().expect("count");
+    assert_eq!(
+        (
+            counted("insert_failed"),
+            counted("drop"),
+            counted("early_drop")
+        ),
+        (after.0 - before.0, after.1 - before.1, after.2 - before.2),
+        "sonde's counts against /proc/net/stat/nf_conntrack in node1 (assured fill)"
+    );
+    assert!(counted("drop") > 0);
+
+    // 5. The same counters on the daemon's Prometheus endpoint, against procfs.
     let metrics = scrape(&lab.inventory.node("node1").expect("node1").metrics);
     let exported = |name: &str| {
         metrics

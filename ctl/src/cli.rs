@@ -474,6 +474,12 @@ pub struct LabFillArgs {
     /// Flows to make in all (at most 2000000): one entry each while they last.
     #[arg(long)]
     pub flows: u64,
+
+    /// Make the flows assured (a reply each way, used again after two seconds: three datagrams
+    /// a flow, between the node and one of its pods). The kernel does not evict assured entries
+    /// early, so a table full of them drops new connections instead.
+    #[arg(long)]
+    pub assured: bool,
 }
 
 /// Flags of `sondectl lab delay`.

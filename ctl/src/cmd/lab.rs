@@ -26,7 +26,7 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
 fn conntrack_fill(args: &LabFillArgs) -> anyhow::Result<()> {
     lab::fill::check(args.rate, args.flows)?;
     let inventory = Inventory::load(&args.name)?;
-    let filled = lab::fill::fill(&inventory, &args.node, args.rate, args.flows)?;
+    let filled = lab::fill::fill(&inventory, &args.node, args.rate, args.flows, args.assured)?;
     println!("{}", serde_json::to_string(&filled)?);
     Ok(())
 }

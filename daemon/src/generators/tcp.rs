@@ -247,7 +247,12 @@ pub(super) struct Ctx<'a> {
 }
 
 pub(super) fn connect(target: SocketAddr, nodelay: bool) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)?;
+    connect_within(target, nodelay, CONNECT_TIMEOUT)
+}
+
+/// As [`connect`], giving up after `timeout` (more than zero).
+fn connect_within(target: SocketAddr, nodelay: bool, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&target, timeout)?;
     prepare(&stream, nodelay)?;
     Ok(stream)
 }
@@ -320,7 +325,15 @@ fn crr(
         }
         result.cpu_starts_if(ctx.window.measuring(intended));
         let far = ctx.window.end + POLL * 10;
-        let outcome = connect(target, true)
+        // A connect waits no longer than the run has left (plus the grace above): a SYN the
+        // path drops must not hold the run for the kernel's retransmissions.
+        let Some(left) = far
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+        else {
+            break;
+        };
+        let outcome = connect_within(target, true, left.min(CONNECT_TIMEOUT))
             .map_err(Interrupted::Failed)
             .and_then(|mut stream| {
                 write_all(&mut stream, &request, ctx.stop, far)?;
