@@ -26,6 +26,21 @@ fn watch(lab: &Lab, extra: &[&str]) -> Child {
         .expect("start conntrack watch")
 }
 
+/// Stops a watch started without `--count` (SIGINT, as Ctrl-C) and returns its lines.
+fn stop(child: Child) -> Vec<serde_json::Value> {
+    let mut child = child;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| serde_json::from_str(&line).ok())
+        .collect();
+    let _ = child.wait();
+    lines
+}
+
 /// Every JSON line the watch printed (it ends by itself after `--count`).
 fn lines_of(child: Child) -> Vec<serde_json::Value> {
     let mut child = child;
@@ -41,8 +56,10 @@ fn lines_of(child: Child) -> Vec<serde_json::Value> {
     lines
 }
 
-fn json_of(lab: &Lab, args: &[&str]) -> serde_json::Value {
-    let output = lab.sondectl(args);
+/// Runs `sondectl ARGS` (space-separated words) in the lab and returns its JSON output.
+fn json_of(lab: &Lab, args: &str) -> serde_json::Value {
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let output = lab.sondectl(&args);
     assert!(
         output.status.success(),
         "{args:?}: {}",
@@ -112,23 +129,7 @@ fn watch_model_and_ramp_on_a_lab_node() {
     let watching = watch(&lab, &["--interval", "500ms", "--count", "8"]);
     let result = json_of(
         &lab,
-        &[
-            "run",
-            "tcp-crr",
-            "--from",
-            "pod/pod1",
-            "--to",
-            "service/web",
-            "--rate",
-            "1000",
-            "--duration",
-            "2s",
-            "--warmup",
-            "200ms",
-            "--no-trace",
-            "-o",
-            "json",
-        ],
+        "run tcp-crr --from pod/pod1 --to service/web --rate 1000 --duration 2s --warmup 200ms --no-trace -o json",
     );
     let samples = lines_of(watching);
     let busiest = samples
@@ -180,28 +181,22 @@ fn watch_model_and_ramp_on_a_lab_node() {
         ],
     );
     let max: u64 = host_max.trim().parse().expect("max");
-    let watching = watch(
-        &lab,
-        &["--interval", "250ms", "--count", "64", "--no-census"],
-    );
+    let watching = watch(&lab, &["--interval", "250ms", "--no-census"]);
     let flows = (max + 5000).to_string();
     json_of(
         &lab,
-        &[
-            "lab",
-            "conntrack-fill",
-            "--node",
-            "node1",
-            "--rate",
-            "25000",
-            "--flows",
-            &flows,
-        ],
+        &format!("lab conntrack-fill --node node1 --rate 25000 --flows {flows}"),
     );
-    let samples = lines_of(watching);
+    // The fill is done: half a second more of samples, then stop watching.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let samples = stop(watching);
+    // Full: at the limit, or evicting to stay under it (a sample can fall between an eviction
+    // and the insert it made room for).
+    let evicted = |s: &serde_json::Value| s["counters"]["early_drop"].as_u64().unwrap_or(0);
+    let evicted_before = samples.first().map_or(0, evicted);
     let full_at = samples
         .iter()
-        .find(|s| s["entries"].as_u64() >= Some(max))
+        .find(|s| s["entries"].as_u64() >= Some(max) || evicted(s) > evicted_before)
         .unwrap_or_else(|| panic!("node1's table never filled: {samples:#?}"))["unix_ms"]
         .as_f64()
         .expect("time");
@@ -245,36 +240,12 @@ fn watch_model_and_ramp_on_a_lab_node() {
     let prefill = (max - headroom).to_string();
     json_of(
         &lab,
-        &[
-            "lab",
-            "conntrack-fill",
-            "--node",
-            "node1",
-            "--rate",
-            "50000",
-            "--flows",
-            &prefill,
-        ],
+        &format!("lab conntrack-fill --node node1 --rate 50000 --flows {prefill}"),
     );
     let before = kernel_counters(&node1);
     let ramp = json_of(
         &lab,
-        &[
-            "conntrack",
-            "ramp",
-            "--from",
-            "pod/pod2",
-            "--to",
-            "pod/pod3",
-            "--start-rate",
-            "500",
-            "--step",
-            "2s",
-            "--ceiling",
-            "32000",
-            "-o",
-            "json",
-        ],
+        "conntrack ramp --from pod/pod2 --to pod/pod3 --start-rate 500 --step 2s --ceiling 32000 -o json",
     );
     let after = kernel_counters(&node1);
     let knee = &ramp["knee"];
@@ -307,41 +278,35 @@ fn watch_model_and_ramp_on_a_lab_node() {
     run("ip", &["netns", "exec", &node1, "conntrack", "-F"]);
     json_of(
         &lab,
-        &[
-            "lab",
-            "conntrack-fill",
-            "--node",
-            "node1",
-            "--rate",
-            "100000",
-            "--flows",
-            &prefill,
-            "--assured",
-        ],
+        &format!("lab conntrack-fill --node node1 --rate 100000 --flows {prefill} --assured"),
     );
     let before = kernel_counters(&node1);
     let ramp = json_of(
         &lab,
-        &[
-            "conntrack",
-            "ramp",
-            "--from",
-            "pod/pod2",
-            "--to",
-            "pod/pod3",
-            "--start-rate",
-            "500",
-            "--step",
-            "2s",
-            "--ceiling",
-            "32000",
-            "-o",
-            "json",
-        ],
+        "conntrack ramp --from pod/pod2 --to pod/pod3 --start-rate 500 --step 2s --ceiling 32000 \
+         --trace -o json",
     );
     let after = kernel_counters(&node1);
     let knee = &ramp["knee"];
     assert_eq!(knee["limit"], "drop", "{ramp:#}");
+    // Traced, the run's own SYNs are seen dropped by netfilter right after they left pod2.
+    let last = ramp["steps"]
+        .as_array()
+        .and_then(|s| s.last())
+        .expect("a step");
+    let syn_drops: u64 = last["kernel_drops"]
+        .as_array()
+        .expect("kernel drops")
+        .iter()
+        .filter(|d| d["node"] == "node1" && d["reason"] == "NETFILTER_DROP")
+        .filter(|d| d["after"] == "pod_out")
+        .filter_map(|d| d["count"].as_u64())
+        .sum();
+    assert!(
+        syn_drops > 0 && syn_drops <= after.1 - before.1,
+        "{syn_drops} of the run's packets seen dropped, {} by the kernel: {last:#}",
+        after.1 - before.1
+    );
     assert_eq!(knee["node"], "node1", "{ramp:#}");
     let totals = ramp["totals"]
         .as_array()

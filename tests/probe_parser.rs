@@ -151,6 +151,22 @@ fn stamps_exactly_the_traced_packets_of_every_shape() {
 
     // A pure ACK carries no data: not stamped.
     packets.push(tcp4(next(), 0));
+    // A SYN (and a SYN-ACK) is remembered for drops but carries no data: not stamped.
+    packets.push(packet!(
+        PacketBuilder::ethernet2(MACS.0, MACS.1)
+            .ipv4(CLIENT4.octets(), SERVER4.octets(), 64)
+            .tcp(CLIENT_PORT, TCP_PORT, next(), 1024)
+            .syn(),
+        0,
+    ));
+    packets.push(packet!(
+        PacketBuilder::ethernet2(MACS.0, MACS.1)
+            .ipv4(SERVER4.octets(), CLIENT4.octets(), 64)
+            .tcp(TCP_PORT, CLIENT_PORT, next(), 1024)
+            .syn()
+            .ack(1),
+        0,
+    ));
 
     // IPv4 options (NOPs and an end), 4 and 40 bytes.
     for options in [&[1_u8, 1, 1, 0][..], &[1; 40][..]] {
@@ -325,14 +341,14 @@ fn truncated_packets_pass_and_are_stamped_only_when_their_headers_are_whole() {
             26,
         )
     };
-    // The probe reads the TCP header's first 13 bytes (ports, sequence, data offset).
+    // The probe reads the TCP header's first 14 bytes (ports, sequence, data offset, flags).
     for (shortest, needed, build) in [
         (
             14 + 20,
-            14 + 20 + 13,
+            14 + 20 + 14,
             &(|seq| tcp4(seq, 26)) as &dyn Fn(u32) -> Vec<u8>,
         ),
-        (14, 18 + 20 + 13, &vlan),
+        (14, 18 + 20 + 14, &vlan),
     ] {
         for len in shortest..=needed + 30 {
             let seq = 5000 + len as u32;

@@ -153,6 +153,11 @@ pub struct ConntrackRampArgs {
     #[arg(long, default_value_t = 2)]
     pub parallel: u32,
 
+    /// Attach the stage probes to each step, so that the packets the kernel drops are named
+    /// with their reason and where they were (costs some of the rate).
+    #[arg(long)]
+    pub trace: bool,
+
     /// The lab whose pods, nodes and Services endpoints name.
     #[arg(long, env = "SONDE_LAB", default_value = "lab")]
     pub lab: String,

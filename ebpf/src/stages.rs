@@ -67,6 +67,8 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+/// The SYN bit of the TCP flags byte.
+const TCP_FLAG_SYN: u8 = 0x02;
 /// sonde's UDP data datagrams start with this magic; the sequence number follows at 8..16.
 const UDP_DATA_MAGIC: [u8; 4] = *b"SNDD";
 
@@ -89,6 +91,8 @@ struct Packet {
     id: u32,
     /// IP payload length minus the transport header.
     payload: u32,
+    /// A TCP SYN (connection set-up, no data): remembered for drops, never stamped.
+    syn: bool,
 }
 
 /// Stamps `ctx`'s packet at `at` if it belongs to a traced flow, and remembers it by skb
@@ -107,6 +111,21 @@ pub fn stamp(ctx: &TcContext, at: u8) {
     ) else {
         return;
     };
+    let who = Who {
+        flow: info.flow,
+        direction: dir,
+        client_port: if dir == direction::TO_SERVER {
+            packet.sport
+        } else {
+            packet.dport
+        },
+    };
+    if packet.syn {
+        // Not a stage sample: only where it was last, so that a SYN the path drops (a full
+        // conntrack table) is reported with the kernel's reason like any data segment.
+        remember(ctx, &who, packet.id, at, 0);
+        return;
+    }
     let slot = info.flow * 2 + u32::from(dir);
     let followed = sampled(packet.id, info.sample_shift);
     let mut sent_ns = 0;
@@ -130,15 +149,6 @@ pub fn stamp(ctx: &TcContext, at: u8) {
     // SAFETY: `skb` is the context pointer the kernel passed; reading a scalar field of
     // `__sk_buff` is what the verifier allows for TC programs.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let who = Who {
-        flow: info.flow,
-        direction: dir,
-        client_port: if dir == direction::TO_SERVER {
-            packet.sport
-        } else {
-            packet.dport
-        },
-    };
     if sent_ns != 0 && sent_ns <= now {
         emit(
             &who,
@@ -159,12 +169,18 @@ pub fn stamp(ctx: &TcContext, at: u8) {
         ifindex,
         packet.payload,
     );
+    remember(ctx, &who, packet.id, at, now);
+}
+
+/// Records `ctx`'s skb as `who`'s packet `id`, last seen at `at`, until the kernel frees it.
+#[inline(always)]
+fn remember(ctx: &TcContext, who: &Who, id: u32, at: u8, ts_ns: u64) {
     let mark = Mark {
-        ts_ns: now,
-        flow: info.flow,
-        id: packet.id,
+        ts_ns,
+        flow: who.flow,
+        id,
         client_port: who.client_port,
-        direction: dir,
+        direction: who.direction,
         point: at,
         pad: [0; 4],
     };
@@ -634,11 +650,13 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         (0, entry) | (entry, 0) => entry - 1,
         (a, b) => a.min(b) - 1,
     };
+    let mut syn = false;
     let (id, payload) = if layout.protocol == IPPROTO_TCP {
-        let tcp = bytes::<13>(ctx, layout.l4)?;
+        let tcp = bytes::<14>(ctx, layout.l4)?;
         let header = usize::from(tcp[12] >> 4) * 4;
         let payload = layout.l4_len.checked_sub(header)?;
-        if header < 20 || payload == 0 {
+        syn = tcp[13] & TCP_FLAG_SYN != 0;
+        if header < 20 || (payload == 0 && !syn) {
             return None;
         }
         (be32(&tcp, 4), payload)
@@ -653,7 +671,8 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     };
     // A packet of a sampled stream that is not in the sample stops here, before the flow
     // lookup: the port's sampling is the densest of its flows', so none of them follows it.
-    if !sampled(id, sample_shift) {
+    // SYNs are few and every one matters (a dropped one stalls a connection): never sampled.
+    if !syn && !sampled(id, sample_shift) {
         return None;
     }
     let (src, dst) = if layout.ipv6 {
@@ -678,5 +697,6 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         protocol: layout.protocol,
         id,
         payload: payload as u32,
+        syn,
     })
 }

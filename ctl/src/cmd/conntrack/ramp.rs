@@ -16,7 +16,10 @@ use crate::{
     cli::{ConntrackRampArgs, DirectionArg, RampStop, RunArgs, RunKindArg, RunOutput},
     cmd::run as runs,
     output::OutputFormat,
-    run::report::{ConntrackReport, RunReport, nanos},
+    run::{
+        breakdown::DropReport,
+        report::{ConntrackReport, RunReport, nanos},
+    },
 };
 
 /// One step of the ramp.
@@ -32,6 +35,8 @@ pub struct Step {
     pub errors: Vec<String>,
     /// Each node's table over the step.
     pub conntrack: Vec<ConntrackReport>,
+    /// The step's own packets the kernel dropped, with its reason and where (`--trace` only).
+    pub kernel_drops: Vec<DropReport>,
 }
 
 /// Where the ramp stopped, and why.
@@ -203,7 +208,7 @@ fn step_args(args: &ConntrackRampArgs, rate: f64) -> RunArgs {
         sizes: None,
         direction: DirectionArg::Forward,
         plain_io: false,
-        no_trace: true,
+        no_trace: !args.trace,
         estimate_clock: false,
         lab: args.lab.clone(),
         output: RunOutput::Json,
@@ -225,6 +230,9 @@ fn step_of(rate: f64, run: &RunReport) -> Step {
         conntrack: measurement.map_or_else(Vec::new, |m| {
             m.conntrack.iter().map(ConntrackReport::clone).collect()
         }),
+        kernel_drops: measurement
+            .and_then(|m| m.kernel.as_ref())
+            .map_or_else(Vec::new, |kernel| kernel.drops.clone()),
     }
 }
 
@@ -283,7 +291,16 @@ fn first_hit(
             }
             RampStop::None => None,
         };
-        if let Some((table, summary)) = found {
+        if let Some((table, mut summary)) = found {
+            let own: Vec<String> = step
+                .kernel_drops
+                .iter()
+                .filter(|drop| drop.node == table.node)
+                .map(|drop| format!("{} {} after {}", drop.count, drop.reason, drop.after))
+                .collect();
+            if !own.is_empty() {
+                summary.push_str(&format!("; the run's own packets: {}", own.join(", ")));
+            }
             let name = serde_json::to_value(stop)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
