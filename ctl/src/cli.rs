@@ -40,6 +40,63 @@ pub enum Command {
     /// Conntrack pressure: watch every node's table, or find the connection rate it breaks at.
     #[command(subcommand)]
     Conntrack(ConntrackCommand),
+    /// Install sonde in a Kubernetes cluster (server-side apply of deploy/kubernetes).
+    Deploy(DeployArgs),
+    /// Remove what `deploy` installed.
+    Undeploy(UndeployArgs),
+}
+
+/// Where sonde lives in a cluster.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// The kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The namespace sonde's objects live in.
+    #[arg(long, default_value = crate::cluster::manifests::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+}
+
+/// How `sondectl deploy` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeployOutput {
+    /// What was applied, one object a line.
+    Table,
+    /// The objects as YAML (with --dry-run: what would be applied).
+    Yaml,
+}
+
+/// Flags of `sondectl deploy`.
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    /// The cluster and namespace.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    /// The daemon's image.
+    #[arg(long)]
+    pub image: Option<String>,
+
+    /// Run the daemons only on nodes with these labels (KEY=VALUE, repeated or comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = crate::cluster::manifests::parse_label)]
+    pub node_selector: Vec<(String, String)>,
+
+    /// Print what would be applied, and apply nothing (no cluster needed).
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = DeployOutput::Table)]
+    pub output: DeployOutput,
+}
+
+/// Flags of `sondectl undeploy`.
+#[derive(Debug, clap::Args)]
+pub struct UndeployArgs {
+    /// The cluster and namespace.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 /// `sondectl conntrack` subcommands.
@@ -580,6 +637,24 @@ pub struct NodesArgs {
     /// The lab whose daemons to list when no --agents are given.
     #[arg(long, env = "SONDE_LAB", default_value = "lab")]
     pub lab: String,
+
+    /// List the daemons of a Kubernetes cluster instead (found by label through the API
+    /// server): node, zone, labels, pod IP, readiness.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The namespace sonde was deployed to (with --kubeconfig).
+    #[arg(long, default_value = crate::cluster::manifests::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+
+    /// Only nodes matching this label selector (with --kubeconfig), e.g. agenttype=client.
+    #[arg(long, default_value = "")]
+    pub node_selector: String,
+
+    /// Also pick a client and a server node placed this way (with --kubeconfig), or say why
+    /// there is no such pair.
+    #[arg(long, value_enum)]
+    pub pick: Option<crate::cluster::placement::Placement>,
 
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]

@@ -6,12 +6,14 @@
 //! - [`agent`]: agent addresses, and connecting to a daemon with deadlines.
 //! - [`cmd`]: one module per subcommand.
 //! - [`lab`]: the lab, a cluster of network namespaces on one machine.
+//! - [`cluster`]: Kubernetes: the manifests, deploying them, finding the daemons.
 //! - [`endpoint`]: what `--from`/`--to` name, resolved to daemons, namespaces, addresses.
 //! - [`run`]: planning, executing and reporting runs.
 //! - [`output`]: output formats shared by the subcommands.
 
 pub mod agent;
 pub mod cli;
+pub mod cluster;
 pub mod cmd;
 pub mod endpoint;
 pub mod lab;

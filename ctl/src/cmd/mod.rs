@@ -1,6 +1,7 @@
 //! One module per subcommand; [`run`] dispatches.
 
 pub mod conntrack;
+pub mod deploy;
 pub mod lab;
 pub mod nodes;
 pub mod run;
@@ -18,5 +19,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::Trace(args) => trace::run(args).await,
         Command::Conntrack(command) => conntrack::run(command).await,
+        Command::Deploy(args) => deploy::deploy(args).await,
+        Command::Undeploy(args) => deploy::undeploy(args).await,
     }
 }

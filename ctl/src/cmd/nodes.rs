@@ -78,6 +78,9 @@ struct Report {
 
 /// Runs `sondectl nodes`.
 pub async fn run(args: NodesArgs) -> anyhow::Result<()> {
+    if args.kubeconfig.is_some() || args.pick.is_some() {
+        return cluster(&args).await;
+    }
     let agents = if args.agents.is_empty() {
         lab_agents(&args.lab)?
     } else {
@@ -227,4 +230,77 @@ fn render_table(nodes: &[NodeReport]) -> String {
         }
     }
     text
+}
+
+/// What `sondectl nodes --kubeconfig -o json` prints.
+#[derive(Debug, Serialize)]
+struct ClusterReport {
+    daemons: Vec<crate::cluster::discover::Daemon>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pick: Option<Pick>,
+}
+
+/// A placement pick.
+#[derive(Debug, Serialize)]
+struct Pick {
+    placement: crate::cluster::placement::Placement,
+    client: String,
+    server: String,
+}
+
+/// `sondectl nodes --kubeconfig`: the daemons as the API server sees them.
+async fn cluster(args: &NodesArgs) -> anyhow::Result<()> {
+    use crate::cluster::{self, discover, placement};
+    let client = cluster::client(args.kubeconfig.as_deref()).await?;
+    let daemons = discover::daemons(&client, &args.namespace, &args.node_selector).await?;
+    let pick = match args.pick {
+        Some(wanted) => {
+            let (client, server) = placement::pick(wanted, &daemons)?;
+            Some(Pick {
+                placement: wanted,
+                client: client.node,
+                server: server.node,
+            })
+        }
+        None => None,
+    };
+    if daemons.is_empty() {
+        anyhow::bail!(
+            "no sonde daemons in namespace {} (deploy them with `sondectl deploy`)",
+            args.namespace
+        );
+    }
+    match args.output {
+        OutputFormat::Json => {
+            let report = ClusterReport { daemons, pick };
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        OutputFormat::Table => {
+            let mut table = output::table(&["NODE", "ZONE", "POD", "POD IP", "READY", "LABELS"]);
+            for daemon in &daemons {
+                table.add_row(vec![
+                    daemon.node.clone(),
+                    daemon.zone.clone().unwrap_or_else(|| "-".to_owned()),
+                    daemon.pod.clone(),
+                    daemon.pod_ip.clone().unwrap_or_else(|| "-".to_owned()),
+                    if daemon.ready { "yes" } else { "no" }.to_owned(),
+                    daemon
+                        .node_labels
+                        .iter()
+                        .filter(|(key, _)| !key.starts_with("kubernetes.io/"))
+                        .map(|(key, value)| format!("{key}={value}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ]);
+            }
+            println!("{}", output::trim_lines(&table));
+            if let Some(pick) = &pick {
+                println!(
+                    "\npick ({:?}): client on {}, server on {}",
+                    pick.placement, pick.client, pick.server
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,70 @@
+//! `sondectl deploy` and `undeploy`: the manifests' objects, applied with server-side apply
+//! (field manager `sondectl`) and removed in the reverse order.
+
+use anyhow::Context as _;
+use kube::{
+    Api, Client,
+    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams},
+};
+
+use super::FIELD_MANAGER;
+
+/// The API of `object`'s kind, in its namespace when it has one.
+fn api_of(client: &Client, object: &DynamicObject) -> anyhow::Result<(Api<DynamicObject>, String)> {
+    let types = object
+        .types
+        .as_ref()
+        .context("an object without apiVersion and kind")?;
+    let gvk = GroupVersionKind::try_from(types).context("an object's apiVersion")?;
+    let resource = ApiResource::from_gvk(&gvk);
+    let name = object
+        .metadata
+        .name
+        .clone()
+        .context("an object without a name")?;
+    let api = match &object.metadata.namespace {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    Ok((api, name))
+}
+
+/// A short name for messages: `DaemonSet sonde/sonded`.
+pub fn describe(object: &DynamicObject) -> String {
+    let kind = object.types.as_ref().map_or("?", |t| t.kind.as_str());
+    match (&object.metadata.namespace, &object.metadata.name) {
+        (Some(namespace), Some(name)) => format!("{kind} {namespace}/{name}"),
+        (None, Some(name)) => format!("{kind} {name}"),
+        _ => kind.to_owned(),
+    }
+}
+
+/// Applies every object, in order; stops at the first the server refuses.
+pub async fn apply(client: &Client, objects: &[DynamicObject]) -> anyhow::Result<Vec<String>> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut applied = Vec::new();
+    for object in objects {
+        let (api, name) = api_of(client, object)?;
+        api.patch(&name, &params, &Patch::Apply(object))
+            .await
+            .with_context(|| format!("applying {}", describe(object)))?;
+        applied.push(describe(object));
+    }
+    Ok(applied)
+}
+
+/// Deletes every object, in reverse order; one already gone is fine.
+pub async fn delete(client: &Client, objects: &[DynamicObject]) -> anyhow::Result<Vec<String>> {
+    let mut deleted = Vec::new();
+    for object in objects.iter().rev() {
+        let (api, name) = api_of(client, object)?;
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => deleted.push(describe(object)),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("deleting {}", describe(object)));
+            }
+        }
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,140 @@
+//! The manifests of `deploy/kubernetes`, compiled in, so that `sondectl deploy` applies exactly
+//! what the repository ships (and the manifest test checks).
+
+use anyhow::{Context as _, bail};
+use kube::api::DynamicObject;
+
+/// The files, in the order they are applied (the namespace first).
+pub const FILES: [(&str, &str); 5] = [
+    (
+        "namespace.yaml",
+        include_str!("../../../deploy/kubernetes/namespace.yaml"),
+    ),
+    (
+        "serviceaccount.yaml",
+        include_str!("../../../deploy/kubernetes/serviceaccount.yaml"),
+    ),
+    (
+        "rbac.yaml",
+        include_str!("../../../deploy/kubernetes/rbac.yaml"),
+    ),
+    (
+        "daemonset.yaml",
+        include_str!("../../../deploy/kubernetes/daemonset.yaml"),
+    ),
+    (
+        "service.yaml",
+        include_str!("../../../deploy/kubernetes/service.yaml"),
+    ),
+];
+
+/// The namespace the manifests name.
+pub const DEFAULT_NAMESPACE: &str = "sonde";
+
+/// The label every daemon pod carries (`sondectl nodes` finds them by it).
+pub const DAEMON_SELECTOR: &str = "app.kubernetes.io/name=sonde,app.kubernetes.io/component=agent";
+
+/// What a user may change when deploying.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The namespace (default `sonde`).
+    pub namespace: Option<String>,
+    /// The image of the daemon's container.
+    pub image: Option<String>,
+    /// Run only on nodes with these labels.
+    pub node_selector: Vec<(String, String)>,
+}
+
+/// Every object of the manifests, as shipped.
+pub fn shipped() -> anyhow::Result<Vec<DynamicObject>> {
+    let mut objects = Vec::new();
+    for (file, text) in FILES {
+        for document in serde_yaml::Deserializer::from_str(text) {
+            let value = serde_yaml::Value::deserialize(document)
+                .with_context(|| format!("parsing deploy/kubernetes/{file}"))?;
+            if value.is_null() {
+                continue;
+            }
+            let object: DynamicObject = serde_yaml::from_value(value)
+                .with_context(|| format!("deploy/kubernetes/{file} is not a Kubernetes object"))?;
+            objects.push(object);
+        }
+    }
+    Ok(objects)
+}
+
+use serde::Deserialize as _;
+
+/// The objects with the user's options applied.
+pub fn objects(options: &Options) -> anyhow::Result<Vec<DynamicObject>> {
+    let mut objects = shipped()?;
+    let namespace = options.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    if namespace.is_empty()
+        || namespace.len() > 63
+        || !namespace
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        bail!(
+            "--namespace {namespace:?} is not a valid namespace name (lower-case letters, digits, '-')"
+        );
+    }
+    for object in &mut objects {
+        let kind = object
+            .types
+            .as_ref()
+            .map(|t| t.kind.clone())
+            .unwrap_or_default();
+        match kind.as_str() {
+            "Namespace" => object.metadata.name = Some(namespace.to_owned()),
+            "ClusterRole" => {}
+            "ClusterRoleBinding" => {
+                if let Some(subjects) = object.data["subjects"].as_array_mut() {
+                    for subject in subjects {
+                        subject["namespace"] = namespace.into();
+                    }
+                }
+            }
+            _ => object.metadata.namespace = Some(namespace.to_owned()),
+        }
+        if kind == "DaemonSet" {
+            let spec = &mut object.data["spec"]["template"]["spec"];
+            if let Some(image) = &options.image {
+                if image.trim().is_empty() {
+                    bail!("--image must name an image");
+                }
+                spec["containers"][0]["image"] = image.as_str().into();
+            }
+            if !options.node_selector.is_empty() {
+                let selector: serde_json::Map<String, serde_json::Value> = options
+                    .node_selector
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.as_str().into()))
+                    .collect();
+                spec["nodeSelector"] = selector.into();
+            }
+        }
+    }
+    Ok(objects)
+}
+
+/// The objects as one YAML stream (`---` between documents), for `--dry-run -o yaml`.
+pub fn to_yaml(objects: &[DynamicObject]) -> anyhow::Result<String> {
+    let mut text = String::new();
+    for object in objects {
+        text.push_str("---\n");
+        text.push_str(&serde_yaml::to_string(object)?);
+    }
+    Ok(text)
+}
+
+/// Parses one `KEY=VALUE` label of a node selector.
+pub fn parse_label(pair: &str) -> Result<(String, String), String> {
+    let (key, value) = pair
+        .split_once('=')
+        .ok_or_else(|| format!("{pair:?} is not KEY=VALUE"))?;
+    if key.is_empty() {
+        return Err(format!("{pair:?} has an empty key"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}

@@ -1,0 +1,207 @@
+//! The manifests in deploy/kubernetes, parsed into k8s-openapi types, checked for what matters:
+//! no privileged container, every capability listed with a reason, resources set, probes on
+//! the gRPC health service, tolerations for every taint, and RBAC that only reads. The dry run
+//! of `sondectl deploy` must print the same objects, with the user's options.
+
+use std::process::Command;
+
+use k8s_openapi::api::{
+    apps::v1::DaemonSet,
+    core::v1::{Namespace, Service, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use serde::Deserialize as _;
+
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes");
+
+fn text(file: &str) -> String {
+    std::fs::read_to_string(format!("{DIR}/{file}")).expect("manifest")
+}
+
+/// The YAML documents of `text`, each as a JSON value.
+fn documents(text: &str) -> Vec<serde_json::Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|document| serde_json::Value::deserialize(document).expect("YAML"))
+        .filter(|value| !value.is_null())
+        .collect()
+}
+
+fn typed<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> T {
+    serde_json::from_value(value.clone()).expect("a valid Kubernetes object of its kind")
+}
+
+/// What the daemon's container may do, checked on any rendering of the DaemonSet.
+fn check_daemonset(daemonset: &DaemonSet) {
+    let spec = daemonset
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    assert_eq!(
+        spec.host_network,
+        Some(true),
+        "the node's network namespace"
+    );
+    assert_eq!(spec.host_pid, Some(true), "pods' namespaces through /proc");
+    assert!(spec.termination_grace_period_seconds >= Some(15));
+    let tolerations = spec.tolerations.as_ref().expect("tolerations");
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
+        "tolerates every taint"
+    );
+    let container = &spec.containers[0];
+    let security = container
+        .security_context
+        .as_ref()
+        .expect("securityContext");
+    assert_ne!(security.privileged, Some(true), "never privileged");
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    let capabilities = security.capabilities.as_ref().expect("capabilities");
+    assert_eq!(capabilities.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    let mut added = capabilities.add.clone().expect("added capabilities");
+    added.sort();
+    assert_eq!(
+        added,
+        ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"]
+    );
+    let resources = container.resources.as_ref().expect("resources");
+    for set in [&resources.requests, &resources.limits] {
+        let set = set.as_ref().expect("requests and limits");
+        assert!(
+            set.contains_key("cpu") && set.contains_key("memory"),
+            "{set:?}"
+        );
+    }
+    for probe in [&container.readiness_probe, &container.liveness_probe] {
+        let grpc = probe
+            .as_ref()
+            .and_then(|p| p.grpc.as_ref())
+            .expect("gRPC probe");
+        assert_eq!(grpc.port, 7470, "the gRPC health service");
+    }
+}
+
+#[test]
+fn every_file_is_a_valid_object_and_the_daemonset_is_least_privilege() {
+    let namespace: Namespace = typed(&documents(&text("namespace.yaml"))[0]);
+    assert_eq!(namespace.metadata.name.as_deref(), Some("sonde"));
+    let _: ServiceAccount = typed(&documents(&text("serviceaccount.yaml"))[0]);
+    let service: Service = typed(&documents(&text("service.yaml"))[0]);
+    assert_eq!(
+        service.spec.and_then(|s| s.cluster_ip).as_deref(),
+        Some("None"),
+        "headless"
+    );
+    check_daemonset(&typed(&documents(&text("daemonset.yaml"))[0]));
+    // Every added capability has a comment on the line above saying why.
+    let raw = text("daemonset.yaml");
+    let lines: Vec<&str> = raw.lines().collect();
+    for capability in ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"] {
+        let at = lines
+            .iter()
+            .position(|line| line.trim() == format!("- {capability}"))
+            .unwrap_or_else(|| panic!("{capability} not listed"));
+        assert!(
+            lines[at - 1].trim().starts_with('#'),
+            "{capability} has no reason"
+        );
+    }
+}
+
+#[test]
+fn rbac_only_reads_pods_nodes_services_and_endpointslices() {
+    let rbac = documents(&text("rbac.yaml"));
+    let role: ClusterRole = typed(&rbac[0]);
+    let binding: ClusterRoleBinding = typed(&rbac[1]);
+    assert_eq!(binding.role_ref.name, "sonde-reader");
+    let mut granted = Vec::new();
+    for rule in role.rules.expect("rules") {
+        let mut verbs = rule.verbs.clone();
+        verbs.sort();
+        assert_eq!(verbs, ["get", "list", "watch"], "reads only");
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+        for group in rule.api_groups.expect("groups") {
+            for resource in rule.resources.clone().expect("resources") {
+                granted.push(format!("{group}/{resource}"));
+            }
+        }
+    }
+    granted.sort();
+    assert_eq!(
+        granted,
+        [
+            "/nodes",
+            "/pods",
+            "/services",
+            "discovery.k8s.io/endpointslices"
+        ]
+    );
+}
+
+#[test]
+fn the_dry_run_prints_the_same_objects_with_the_options() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sondectl"))
+        .args([
+            "deploy",
+            "--dry-run",
+            "-o",
+            "yaml",
+            "--namespace",
+            "perf",
+            "--image",
+            "registry.example/sonded:test",
+            "--node-selector",
+            "node-lifecycle=on-demand,agenttype=server",
+        ])
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("sondectl runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let objects = documents(&String::from_utf8(output.stdout).expect("UTF-8"));
+    let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "DaemonSet",
+            "Service"
+        ]
+    );
+    let namespace: Namespace = typed(&objects[0]);
+    assert_eq!(namespace.metadata.name.as_deref(), Some("perf"));
+    let binding: ClusterRoleBinding = typed(&objects[3]);
+    assert_eq!(
+        binding.subjects.expect("subjects")[0].namespace.as_deref(),
+        Some("perf")
+    );
+    let daemonset: DaemonSet = typed(&objects[4]);
+    assert_eq!(daemonset.metadata.namespace.as_deref(), Some("perf"));
+    check_daemonset(&daemonset);
+    let spec = daemonset
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod spec");
+    assert_eq!(
+        spec.containers[0].image.as_deref(),
+        Some("registry.example/sonded:test")
+    );
+    let selector = spec.node_selector.expect("node selector");
+    assert_eq!(
+        selector.get("agenttype").map(String::as_str),
+        Some("server")
+    );
+    assert_eq!(
+        selector.get("node-lifecycle").map(String::as_str),
+        Some("on-demand")
+    );
+    let _: Service = typed(&objects[5]);
+}
