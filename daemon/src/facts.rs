@@ -31,6 +31,8 @@ pub struct NodeFacts {
     pub capabilities: Vec<Capability>,
     /// What the daemon holds loaded now.
     pub programs: Vec<LoadedProgram>,
+    /// The pods behind the node's veths, with what their counters saw.
+    pub pod_interfaces: Vec<(crate::pods::PodInterface, tc_counter::IfaceCounts)>,
 }
 
 /// Where the gRPC layer gets node facts from: the real [`Node`], or a fixed value in tests of
@@ -50,6 +52,8 @@ pub struct Node {
     /// Per-stage tracing of runs; `None` when the kernel refused its programs (the reason is
     /// logged, and runs asking for it are told).
     pub tracer: Option<Arc<Tracer>>,
+    /// The pods' veths and their counters; `None` when they cannot be mapped (logged).
+    pods: Option<Arc<crate::pods::PodProbes>>,
 }
 
 impl Node {
@@ -80,24 +84,46 @@ impl Node {
             pid: std::process::id(),
             capabilities,
             programs: Vec::new(),
+            pod_interfaces: Vec::new(),
+        };
+        let pods = match crate::pods::PodProbes::start(Arc::clone(&probes)) {
+            Ok(pods) => Some(pods),
+            Err(err) => {
+                tracing::warn!(%err, "pods cannot be mapped to veths: no per-pod counters");
+                None
+            }
         };
         Ok(Self {
             fixed,
             probes,
             tracer,
+            pods,
         })
     }
 }
 
 impl FactsSource for Node {
     fn node_facts(&self) -> NodeFacts {
-        let programs = match self.probes.lock() {
-            Ok(probes) => probes.loaded_programs(),
-            // A panic while holding the lock left the object as it was; reading is still safe.
-            Err(poisoned) => poisoned.into_inner().loaded_programs(),
-        };
+        let pods = self
+            .pods
+            .as_ref()
+            .map(|pods| pods.interfaces())
+            .unwrap_or_default();
+        // A panic while holding the lock left the object as it was; reading is still safe.
+        let probes = self
+            .probes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pod_interfaces = pods
+            .into_iter()
+            .map(|pod| {
+                let counts = tc_counter::read(&probes, pod.host_ifindex).unwrap_or_default();
+                (pod, counts)
+            })
+            .collect();
         NodeFacts {
-            programs,
+            programs: probes.loaded_programs(),
+            pod_interfaces,
             ..self.fixed.clone()
         }
     }

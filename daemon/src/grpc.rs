@@ -631,6 +631,18 @@ fn trace_result(report: TraceReport) -> pb::TraceResult {
 impl From<NodeFacts> for pb::NodeFacts {
     fn from(facts: NodeFacts) -> Self {
         Self {
+            pod_interfaces: facts
+                .pod_interfaces
+                .into_iter()
+                .map(|(pod, counts)| pb::PodInterface {
+                    host_interface: pod.host_interface,
+                    host_ifindex: pod.host_ifindex,
+                    netns: pod.netns.display().to_string(),
+                    ips: pod.ips.iter().map(ToString::to_string).collect(),
+                    packets_from_pod: counts.ingress.packets,
+                    packets_to_pod: counts.egress.packets,
+                })
+                .collect(),
             node_name: facts.node_name,
             kernel_release: facts.kernel_release,
             daemon_version: facts.daemon_version,

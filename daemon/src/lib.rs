@@ -8,6 +8,7 @@
 //! - [`tc_counter`]: per-interface packet counters on TCX links.
 //! - [`mounts`]: tracefs in a private mount namespace when the host has none.
 //! - [`netns`]: running a piece of work inside another network namespace.
+//! - [`pods`]: which host-side veth is which pod's, kept current; counters on each.
 //! - [`stages`]: per-stage kernel latency, connect times and retransmits of a run's flows.
 //! - [`facts`]: the node's identity and what it found, as served by `GetNodeFacts`.
 //! - [`conntrack`]: the node's conntrack table through ctnetlink, and the capacity model.
@@ -28,6 +29,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod mounts;
 pub mod netns;
+pub mod pods;
 pub mod probes;
 pub mod runs;
 pub mod server;

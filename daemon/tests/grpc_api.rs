@@ -46,6 +46,7 @@ fn facts() -> NodeFacts {
             program_type: "sched_cls".to_owned(),
             kernel_id: 17,
         }],
+        pod_interfaces: Vec::new(),
     }
 }
 

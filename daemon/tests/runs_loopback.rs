@@ -25,6 +25,7 @@ impl FactsSource for NoFacts {
             pid: 0,
             capabilities: Vec::new(),
             programs: Vec::new(),
+            pod_interfaces: Vec::new(),
         }
     }
 }

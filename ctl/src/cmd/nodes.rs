@@ -37,6 +37,23 @@ pub struct NodeReport {
     pub capabilities: Vec<CapabilityReport>,
     /// What sonded holds loaded.
     pub programs: Vec<ProgramReport>,
+    /// The pods sonded found behind the node's veths (packet counters attached to each).
+    pub pod_interfaces: Vec<PodReport>,
+}
+
+/// A pod's interface as its node's daemon mapped it.
+#[derive(Debug, Serialize)]
+pub struct PodReport {
+    /// The host-side veth.
+    pub host_interface: String,
+    /// The pod's network namespace.
+    pub netns: String,
+    /// The pod's addresses.
+    pub ips: Vec<String>,
+    /// Packets from the pod (the veth's ingress) since the counters were attached.
+    pub packets_from_pod: u64,
+    /// Packets to the pod (the veth's egress).
+    pub packets_to_pod: u64,
 }
 
 /// One capability of a node.
@@ -166,6 +183,17 @@ impl NodeReport {
                     name: program.name,
                     program_type: program.program_type,
                     kernel_id: program.kernel_id,
+                })
+                .collect(),
+            pod_interfaces: facts
+                .pod_interfaces
+                .into_iter()
+                .map(|pod| PodReport {
+                    host_interface: pod.host_interface,
+                    netns: pod.netns,
+                    ips: pod.ips,
+                    packets_from_pod: pod.packets_from_pod,
+                    packets_to_pod: pod.packets_to_pod,
                 })
                 .collect(),
         }

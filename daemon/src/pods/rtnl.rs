@@ -1,0 +1,191 @@
+//! The few rtnetlink requests the pod mapping needs, in the namespace the socket was opened
+//! in: links (name, kind, peer), addresses, and the id a namespace has here.
+
+use std::{io, net::IpAddr, os::fd::AsRawFd};
+
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    address::{AddressAttribute, AddressMessage},
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+    nsid::{NsidAttribute, NsidMessage},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+/// `RTNLGRP_LINK`: links created, changed, removed.
+pub const GROUP_LINK: u32 = 1;
+
+/// One network interface of the socket's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Its index.
+    pub index: u32,
+    /// Its name.
+    pub name: String,
+    /// Whether it is one end of a veth pair.
+    pub veth: bool,
+    /// The peer's index, in the peer's namespace (`IFLA_LINK`).
+    pub peer_index: Option<u32>,
+    /// The peer's namespace, as an id of this namespace's (`IFLA_LINK_NETNSID`); `None` when
+    /// the peer is here too.
+    pub peer_netnsid: Option<i32>,
+}
+
+/// An rtnetlink socket in the namespace of the thread that opened it.
+#[derive(Debug)]
+pub struct Rtnl {
+    socket: Socket,
+    sequence: u32,
+    buffer: Vec<u8>,
+}
+
+impl Rtnl {
+    /// Opens a socket for requests in the calling thread's namespace.
+    pub fn open() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Self {
+            socket,
+            sequence: 0,
+            buffer: vec![0; 1 << 16],
+        })
+    }
+
+    /// Every link.
+    pub fn links(&mut self) -> io::Result<Vec<Link>> {
+        let mut links = Vec::new();
+        let request = RouteNetlinkMessage::GetLink(LinkMessage::default());
+        self.request(request, NLM_F_REQUEST | NLM_F_DUMP, |message| {
+            if let RouteNetlinkMessage::NewLink(link) = message {
+                links.push(link_of(&link));
+            }
+        })?;
+        Ok(links)
+    }
+
+    /// Every address, with the index of its interface.
+    pub fn addresses(&mut self) -> io::Result<Vec<(u32, IpAddr)>> {
+        let mut addresses = Vec::new();
+        let request = RouteNetlinkMessage::GetAddress(AddressMessage::default());
+        self.request(request, NLM_F_REQUEST | NLM_F_DUMP, |message| {
+            if let RouteNetlinkMessage::NewAddress(address) = message {
+                for attribute in &address.attributes {
+                    if let AddressAttribute::Address(ip) = attribute {
+                        addresses.push((address.header.index, *ip));
+                    }
+                }
+            }
+        })?;
+        Ok(addresses)
+    }
+
+    /// The id this namespace gives the namespace `fd` refers to, if it has given it one.
+    pub fn nsid_of(&mut self, fd: &impl AsRawFd) -> io::Result<Option<i32>> {
+        let mut found = None;
+        let mut message = NsidMessage::default();
+        let fd = u32::try_from(fd.as_raw_fd()).map_err(io::Error::other)?;
+        message.attributes.push(NsidAttribute::Fd(fd));
+        self.request(
+            RouteNetlinkMessage::GetNsId(message),
+            NLM_F_REQUEST,
+            |reply| {
+                if let RouteNetlinkMessage::NewNsId(reply) = reply {
+                    for attribute in &reply.attributes {
+                        if let NsidAttribute::Id(id) = attribute {
+                            found = (*id >= 0).then_some(*id);
+                        }
+                    }
+                }
+            },
+        )?;
+        Ok(found)
+    }
+
+    fn request(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        mut each: impl FnMut(RouteNetlinkMessage),
+    ) -> io::Result<()> {
+        self.sequence = self.sequence.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.sequence;
+        let mut request = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
+        request.finalize();
+        let mut bytes = vec![0; request.buffer_len()];
+        request.serialize(&mut bytes);
+        self.socket.send(&bytes, 0)?;
+        let is_dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        loop {
+            let length = self.socket.recv(&mut &mut self.buffer[..], 0)?;
+            let mut offset = 0;
+            while offset < length {
+                let frame = &self.buffer[offset..length];
+                let size = NetlinkBuffer::new_checked(frame).map_err(invalid)?.length() as usize;
+                let message =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(frame).map_err(invalid)?;
+                offset += size.next_multiple_of(4).max(16);
+                if message.header.sequence_number != self.sequence {
+                    continue;
+                }
+                match message.payload {
+                    NetlinkPayload::InnerMessage(inner) => {
+                        each(inner);
+                        if !is_dump {
+                            return Ok(());
+                        }
+                    }
+                    NetlinkPayload::Done(_) => return Ok(()),
+                    NetlinkPayload::Error(error) => {
+                        return match error.code {
+                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                            None => Ok(()),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// A socket that receives link events (new, changed, removed) in the calling thread's
+/// namespace; `recv` on it blocks until one comes.
+pub fn link_events() -> io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.add_membership(GROUP_LINK)?;
+    Ok(socket)
+}
+
+fn invalid(err: netlink_packet_core::DecodeError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, err.to_string())
+}
+
+fn link_of(message: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: message.header.index,
+        name: String::new(),
+        veth: false,
+        peer_index: None,
+        peer_netnsid: None,
+    };
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::IfName(name) => link.name.clone_from(name),
+            LinkAttribute::Link(index) => link.peer_index = Some(*index),
+            LinkAttribute::LinkNetNsId(id) => link.peer_netnsid = Some(*id),
+            LinkAttribute::LinkInfo(infos) => {
+                link.veth = infos
+                    .iter()
+                    .any(|info| matches!(info, LinkInfo::Kind(InfoKind::Veth)));
+            }
+            _ => {}
+        }
+    }
+    link
+}
