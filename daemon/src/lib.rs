@@ -28,6 +28,7 @@ pub mod generators;
 pub mod grpc;
 pub mod metrics;
 pub mod mounts;
+pub mod netlink;
 pub mod netns;
 pub mod pods;
 pub mod probes;

@@ -7,17 +7,15 @@
 
 use std::{io, time::Instant};
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-    Nla as _,
-};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, Nla as _};
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
     conntrack::{ConntrackAttribute, ConntrackMessage, ProtoInfo, ProtoInfoTCP, ProtoTuple, Tuple},
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use super::{Census, KernelCounters, TableSize};
+use crate::netlink::Requester;
 
 /// `IPCTNL_MSG_CT_GET_STATS_CPU`: one message per CPU with its counters.
 const GET_STATS_CPU: u8 = 4;
@@ -42,21 +40,14 @@ const STATS_CHAIN_TOOLONG: u16 = 15;
 /// namespace for life, whichever namespace the thread using it is in later).
 #[derive(Debug)]
 pub struct Ctnetlink {
-    socket: Socket,
-    sequence: u32,
-    buffer: Vec<u8>,
+    requests: Requester,
 }
 
 impl Ctnetlink {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Self> {
-        let mut socket = Socket::new(NETLINK_NETFILTER)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
         Ok(Self {
-            socket,
-            sequence: 0,
-            buffer: vec![0; 1 << 16],
+            requests: Requester::open(NETLINK_NETFILTER)?,
         })
     }
 
@@ -118,14 +109,13 @@ impl Ctnetlink {
         Ok(census)
     }
 
-    /// Sends one request and hands every answer to `each` until the kernel is done.
+    /// Sends one of ctnetlink's requests (no attributes) and hands every answer to `each`.
     fn request(
         &mut self,
         message_type: u8,
         flags: u16,
-        mut each: impl FnMut(NetfilterMessage),
+        each: impl FnMut(NetfilterMessage),
     ) -> io::Result<()> {
-        self.sequence = self.sequence.wrapping_add(1);
         let inner = ConntrackMessage::Other {
             message_type,
             attributes: Vec::new(),
@@ -134,53 +124,8 @@ impl Ctnetlink {
             NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0),
             inner,
         );
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        header.sequence_number = self.sequence;
-        let mut request = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(body));
-        request.finalize();
-        let mut bytes = vec![0; request.buffer_len()];
-        request.serialize(&mut bytes);
-        self.socket.send(&bytes, 0)?;
-
-        let is_dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        loop {
-            let mut filled = &mut self.buffer[..];
-            let length = self.socket.recv(&mut filled, 0)?;
-            let mut offset = 0;
-            while offset < length {
-                let datagram = &self.buffer[offset..length];
-                let frame = NetlinkBuffer::new_checked(datagram).map_err(invalid)?;
-                let frame_length = frame.length() as usize;
-                let message =
-                    NetlinkMessage::<NetfilterMessage>::deserialize(datagram).map_err(invalid)?;
-                offset += frame_length.next_multiple_of(4).max(16);
-                if message.header.sequence_number != self.sequence {
-                    continue;
-                }
-                match message.payload {
-                    NetlinkPayload::InnerMessage(inner) => {
-                        each(inner);
-                        if !is_dump {
-                            return Ok(());
-                        }
-                    }
-                    NetlinkPayload::Done(_) => return Ok(()),
-                    NetlinkPayload::Error(error) => {
-                        return match error.code {
-                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-                            None => Ok(()),
-                        };
-                    }
-                    _ => {}
-                }
-            }
-        }
+        self.requests.request(body, flags, each)
     }
-}
-
-fn invalid(err: netlink_packet_core::DecodeError) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, err.to_string())
 }
 
 /// The u32 attributes of a statistics message.

@@ -3,16 +3,16 @@
 
 use std::{io, net::IpAddr, os::fd::AsRawFd};
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
     link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
     nsid::{NsidAttribute, NsidMessage},
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
+
+use crate::netlink::Requester;
 
 /// `RTNLGRP_LINK`: links created, changed, removed.
 pub const GROUP_LINK: u32 = 1;
@@ -36,21 +36,14 @@ pub struct Link {
 /// An rtnetlink socket in the namespace of the thread that opened it.
 #[derive(Debug)]
 pub struct Rtnl {
-    socket: Socket,
-    sequence: u32,
-    buffer: Vec<u8>,
+    requests: Requester,
 }
 
 impl Rtnl {
     /// Opens a socket for requests in the calling thread's namespace.
     pub fn open() -> io::Result<Self> {
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
         Ok(Self {
-            socket,
-            sequence: 0,
-            buffer: vec![0; 1 << 16],
+            requests: Requester::open(NETLINK_ROUTE)?,
         })
     }
 
@@ -58,11 +51,12 @@ impl Rtnl {
     pub fn links(&mut self) -> io::Result<Vec<Link>> {
         let mut links = Vec::new();
         let request = RouteNetlinkMessage::GetLink(LinkMessage::default());
-        self.request(request, NLM_F_REQUEST | NLM_F_DUMP, |message| {
-            if let RouteNetlinkMessage::NewLink(link) = message {
-                links.push(link_of(&link));
-            }
-        })?;
+        self.requests
+            .request(request, NLM_F_REQUEST | NLM_F_DUMP, |message| {
+                if let RouteNetlinkMessage::NewLink(link) = message {
+                    links.push(link_of(&link));
+                }
+            })?;
         Ok(links)
     }
 
@@ -70,15 +64,16 @@ impl Rtnl {
     pub fn addresses(&mut self) -> io::Result<Vec<(u32, IpAddr)>> {
         let mut addresses = Vec::new();
         let request = RouteNetlinkMessage::GetAddress(AddressMessage::default());
-        self.request(request, NLM_F_REQUEST | NLM_F_DUMP, |message| {
-            if let RouteNetlinkMessage::NewAddress(address) = message {
-                for attribute in &address.attributes {
-                    if let AddressAttribute::Address(ip) = attribute {
-                        addresses.push((address.header.index, *ip));
+        self.requests
+            .request(request, NLM_F_REQUEST | NLM_F_DUMP, |message| {
+                if let RouteNetlinkMessage::NewAddress(address) = message {
+                    for attribute in &address.attributes {
+                        if let AddressAttribute::Address(ip) = attribute {
+                            addresses.push((address.header.index, *ip));
+                        }
                     }
                 }
-            }
-        })?;
+            })?;
         Ok(addresses)
     }
 
@@ -88,7 +83,7 @@ impl Rtnl {
         let mut message = NsidMessage::default();
         let fd = u32::try_from(fd.as_raw_fd()).map_err(io::Error::other)?;
         message.attributes.push(NsidAttribute::Fd(fd));
-        self.request(
+        self.requests.request(
             RouteNetlinkMessage::GetNsId(message),
             NLM_F_REQUEST,
             |reply| {
@@ -103,54 +98,6 @@ impl Rtnl {
         )?;
         Ok(found)
     }
-
-    fn request(
-        &mut self,
-        message: RouteNetlinkMessage,
-        flags: u16,
-        mut each: impl FnMut(RouteNetlinkMessage),
-    ) -> io::Result<()> {
-        self.sequence = self.sequence.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        header.sequence_number = self.sequence;
-        let mut request = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
-        request.finalize();
-        let mut bytes = vec![0; request.buffer_len()];
-        request.serialize(&mut bytes);
-        self.socket.send(&bytes, 0)?;
-        let is_dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        loop {
-            let length = self.socket.recv(&mut &mut self.buffer[..], 0)?;
-            let mut offset = 0;
-            while offset < length {
-                let frame = &self.buffer[offset..length];
-                let size = NetlinkBuffer::new_checked(frame).map_err(invalid)?.length() as usize;
-                let message =
-                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(frame).map_err(invalid)?;
-                offset += size.next_multiple_of(4).max(16);
-                if message.header.sequence_number != self.sequence {
-                    continue;
-                }
-                match message.payload {
-                    NetlinkPayload::InnerMessage(inner) => {
-                        each(inner);
-                        if !is_dump {
-                            return Ok(());
-                        }
-                    }
-                    NetlinkPayload::Done(_) => return Ok(()),
-                    NetlinkPayload::Error(error) => {
-                        return match error.code {
-                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-                            None => Ok(()),
-                        };
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
 }
 
 /// A socket that receives link events (new, changed, removed) in the calling thread's
@@ -160,10 +107,6 @@ pub fn link_events() -> io::Result<Socket> {
     socket.bind_auto()?;
     socket.add_membership(GROUP_LINK)?;
     Ok(socket)
-}
-
-fn invalid(err: netlink_packet_core::DecodeError) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, err.to_string())
 }
 
 fn link_of(message: &LinkMessage) -> Link {
