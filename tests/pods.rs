@@ -189,3 +189,120 @@ fn each_daemon_maps_exactly_its_pods_and_follows_new_ones() {
     run("ip", &["netns", "del", &extra]);
     wait_for(&lab, "node1", &expected(&lab, "node1"));
 }
+
+/// A tcp-rr spec for `duration_ms`.
+fn rr_spec(duration_ms: u64) -> sonde_proto::v1::RunSpec {
+    use sonde_proto::v1 as pb;
+    pb::RunSpec {
+        kind: pb::RunKind::TcpRr as i32,
+        duration_ms,
+        warmup_ms: 0,
+        parallel: 1,
+        request_size: 64,
+        response_size: 64,
+        rate: 0.0,
+        direction: pb::Direction::ClientToServer as i32,
+        plain_io: false,
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn a_run_names_its_pods_by_ip_as_the_daemons_mapped_them() {
+    use sonde_proto::v1::{self as pb, client_event::Event};
+    require_root();
+    let lab = Lab::up(&["--nodes", "2", "--pods-per-node", "1"]);
+    wait_for(&lab, "node1", &expected(&lab, "node1"));
+    wait_for(&lab, "node2", &expected(&lab, "node2"));
+    let (pod1, pod2) = (lab.ip("pod1"), lab.ip("pod2"));
+    let agent = |node: &str| -> sonde_ctl::agent::AgentAddr {
+        lab.inventory
+            .node(node)
+            .expect("node")
+            .agent
+            .parse()
+            .expect("agent address")
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let timeout = Duration::from_secs(5);
+        let mut node1 = sonde_ctl::agent::connect(&agent("node1"), timeout)
+            .await
+            .expect("node1");
+        let mut node2 = sonde_ctl::agent::connect(&agent("node2"), timeout)
+            .await
+            .expect("node2");
+        let prepare = |netns: String| pb::PrepareServerRequest {
+            trace: None,
+            run_id: "by-ip".to_owned(),
+            spec: Some(rr_spec(500)),
+            netns,
+            port: 0,
+            lease_ms: 0,
+            token: Vec::new(),
+        };
+        // A pod that is not on the node is refused, with the pods it has.
+        let status = node2
+            .prepare_server(prepare(format!("pod-ip:{pod1}")))
+            .await
+            .expect_err("pod1 is not on node2");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            format!("netns: no pod with IP {pod1} on this node (its pods: {pod2})")
+        );
+        // Server in pod2 and client in pod1, each named by its IP.
+        let prepared = node2
+            .prepare_server(prepare(format!("pod-ip:{pod2}")))
+            .await
+            .expect("prepare in pod2")
+            .into_inner();
+        let mut stream = node1
+            .start_client(pb::StartClientRequest {
+                trace: None,
+                run_id: "by-ip".to_owned(),
+                spec: Some(rr_spec(500)),
+                netns: format!("pod-ip:{pod1}"),
+                target_ip: pod2.clone(),
+                target_port: prepared.port,
+                token: prepared.token,
+                target_path: String::new(),
+            })
+            .await
+            .expect("start in pod1")
+            .into_inner();
+        let client = loop {
+            match stream
+                .message()
+                .await
+                .expect("stream")
+                .and_then(|e| e.event)
+            {
+                Some(Event::Progress(_)) => {}
+                Some(Event::Result(result)) => break result,
+                None => panic!("no result"),
+            }
+        };
+        let server = node2
+            .finish_server(pb::FinishServerRequest {
+                run_id: "by-ip".to_owned(),
+            })
+            .await
+            .expect("finish")
+            .into_inner()
+            .result
+            .expect("server result");
+        assert!(client.errors.is_empty(), "{:?}", client.errors);
+        assert!(client.messages > 0);
+        assert_eq!(client.local_ip, pod1, "the client ran in pod1");
+        // The server listens on every address of its namespace: that pod2's address reached it
+        // says it is pod2's.
+        assert_eq!(
+            server.messages, client.messages,
+            "pod2 served every request"
+        );
+    });
+}

@@ -74,6 +74,37 @@ impl<S: FactsSource> AgentService<S> {
         self
     }
 
+    /// The namespace a request names: a path, or `pod-ip:ADDRESS` for one of this node's pods
+    /// as the daemon mapped them.
+    fn netns_of(&self, text: &str) -> Result<Option<std::path::PathBuf>, Status> {
+        let Some(address) = text.strip_prefix("pod-ip:") else {
+            return Ok(netns_path("netns", text)?);
+        };
+        let ip: std::net::IpAddr = address.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "netns: {address:?} in pod-ip: is not an IP address"
+            ))
+        })?;
+        let pods = self.source.node_facts().pod_interfaces;
+        pods.iter()
+            .find(|(pod, _)| pod.ips.contains(&ip))
+            .map(|(pod, _)| Some(pod.netns.clone()))
+            .ok_or_else(|| {
+                let known: Vec<String> = pods
+                    .iter()
+                    .flat_map(|(pod, _)| pod.ips.iter().map(ToString::to_string))
+                    .collect();
+                Status::invalid_argument(format!(
+                    "netns: no pod with IP {ip} on this node (its pods: {})",
+                    if known.is_empty() {
+                        "none found".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+            })
+    }
+
     fn watcher(&self) -> Option<Arc<Watcher>> {
         self.conntrack.as_ref().ok().cloned()
     }
@@ -170,7 +201,7 @@ impl<S: FactsSource> Agent for AgentService<S> {
     ) -> Result<Response<pb::PrepareServerResponse>, Status> {
         let request = request.into_inner();
         let spec = spec_of(request.spec.as_ref())?;
-        let netns = netns_path("netns", &request.netns)?;
+        let netns = self.netns_of(&request.netns)?;
         let port = u16::try_from(request.port)
             .map_err(|_| Status::invalid_argument("port: must be 0 to 65535"))?;
         let lease = (request.lease_ms > 0).then(|| Duration::from_millis(request.lease_ms));
@@ -238,7 +269,7 @@ impl<S: FactsSource> Agent for AgentService<S> {
     ) -> Result<Response<Self::StartClientStream>, Status> {
         let request = request.into_inner();
         let spec = spec_of(request.spec.as_ref())?;
-        let netns = netns_path("netns", &request.netns)?;
+        let netns = self.netns_of(&request.netns)?;
         let target = if spec.kind.is_intra_pod() {
             let path = std::path::PathBuf::from(&request.target_path);
             if !(generators::local::is_run_path(&path) && path.exists()) {
