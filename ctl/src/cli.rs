@@ -419,6 +419,45 @@ pub enum RunOutput {
 /// A payload sweep: the sizes in bytes (an alias so clap takes it as one value).
 pub type Sweep = Vec<u64>;
 
+/// Where a run's ends must be, and the Kubernetes cluster they are named in.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PlacementArgs {
+    /// Resolve pod/NAMESPACE/NAME, node/NAME and service/NAMESPACE/NAME in this Kubernetes
+    /// cluster: sonde's daemons are found by label and dialled at their pod IPs.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The namespace sonde's daemons run in (with --kubeconfig).
+    #[arg(long, default_value = crate::cluster::manifests::DEFAULT_NAMESPACE)]
+    pub sonde_namespace: String,
+
+    /// Refuse the run unless both ends are on one node.
+    #[arg(long, conflicts_with_all = ["cross_node", "cross_zone"])]
+    pub same_node: bool,
+
+    /// Refuse the run unless the ends are on two nodes.
+    #[arg(long, conflicts_with = "cross_zone")]
+    pub cross_node: bool,
+
+    /// Refuse the run unless the ends are in two zones.
+    #[arg(long)]
+    pub cross_zone: bool,
+}
+
+impl PlacementArgs {
+    /// The placement asked for, if any.
+    pub fn wanted(&self) -> Option<crate::cluster::placement::Placement> {
+        use crate::cluster::placement::Placement;
+        [
+            (self.same_node, Placement::SameNode),
+            (self.cross_node, Placement::CrossNode),
+            (self.cross_zone, Placement::CrossZone),
+        ]
+        .into_iter()
+        .find_map(|(asked, placement)| asked.then_some(placement))
+    }
+}
+
 /// Flags of `sondectl run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -426,13 +465,19 @@ pub struct RunArgs {
     #[arg(value_enum)]
     pub kind: RunKindArg,
 
-    /// Where the client runs: pod/NAME, node/NAME, or a daemon's HOST:PORT.
+    /// Where the client runs: pod/NAME, node/NAME, or a daemon's HOST:PORT (with
+    /// --kubeconfig: pod/NAMESPACE/NAME or node/NAME).
     #[arg(long)]
     pub from: EndpointRef,
 
-    /// Where the server runs: pod/NAME, node/NAME, service/NAME, or a daemon's HOST:PORT.
+    /// Where the server runs: pod/NAME, node/NAME, service/NAME, or a daemon's HOST:PORT (with
+    /// --kubeconfig: pod/NAMESPACE/NAME, node/NAME or service/NAMESPACE/NAME).
     #[arg(long)]
     pub to: EndpointRef,
+
+    /// The cluster and the placement the ends must have.
+    #[command(flatten)]
+    pub placement: PlacementArgs,
 
     /// Measured part of each measurement (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]

@@ -18,11 +18,11 @@ use crate::{agent::AgentAddr, lab::Inventory};
 /// What the user wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndpointRef {
-    /// `pod/NAME`.
+    /// `pod/NAME` (lab) or `pod/NAMESPACE/NAME` (Kubernetes).
     Pod(String),
     /// `node/NAME`.
     Node(String),
-    /// `service/NAME`.
+    /// `service/NAME` (lab) or `service/NAMESPACE/NAME` (Kubernetes).
     Service(String),
     /// A daemon's address.
     Agent(AgentAddr),
@@ -32,23 +32,34 @@ impl FromStr for EndpointRef {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let named = |kind: &str, name: &str| {
-            if name.is_empty() || name.contains('/') {
+        // NAME, or NAMESPACE/NAME where a Kubernetes namespace applies (pods and Services).
+        let named = |kind: &str, name: &str, namespaced: bool| {
+            let parts: Vec<&str> = name.split('/').collect();
+            let fits = match parts.as_slice() {
+                [one] => !one.is_empty(),
+                [namespace, one] => namespaced && !namespace.is_empty() && !one.is_empty(),
+                _ => false,
+            };
+            if fits {
+                Ok(name.to_owned())
+            } else if namespaced {
+                Err(format!(
+                    "invalid endpoint {text:?}: {kind}/NAME or {kind}/NAMESPACE/NAME"
+                ))
+            } else {
                 Err(format!(
                     "invalid endpoint {text:?}: {kind}/NAME needs a name"
                 ))
-            } else {
-                Ok(name.to_owned())
             }
         };
         if let Some(name) = text.strip_prefix("pod/") {
-            return named("pod", name).map(Self::Pod);
+            return named("pod", name, true).map(Self::Pod);
         }
         if let Some(name) = text.strip_prefix("node/") {
-            return named("node", name).map(Self::Node);
+            return named("node", name, false).map(Self::Node);
         }
         if let Some(name) = text.strip_prefix("service/") {
-            return named("service", name).map(Self::Service);
+            return named("service", name, true).map(Self::Service);
         }
         text.parse::<AgentAddr>().map(Self::Agent).map_err(|_| {
             format!(
@@ -91,6 +102,9 @@ pub struct Place {
     /// its node's bridge, as kube-proxy does. The probes must follow that flow too.
     #[serde(skip)]
     pub hairpin_source: Option<IpAddr>,
+    /// The node's zone (Kubernetes `topology.kubernetes.io/zone`), for placement checks.
+    #[serde(skip)]
+    pub zone: Option<String>,
 }
 
 /// The receiving end of a run.
@@ -192,6 +206,7 @@ fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Res
                 host_interface: Some(pod.host_veth.clone()),
                 uplink: Some(crate::lab::inventory::ETH0.to_owned()),
                 hairpin_source: Some(IpAddr::V4(node.gateway)),
+                zone: None,
             })
         }
         EndpointRef::Node(name) => {
@@ -209,6 +224,7 @@ fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Res
                 host_interface: None,
                 uplink: Some(crate::lab::inventory::ETH0.to_owned()),
                 hairpin_source: None,
+                zone: None,
             })
         }
         EndpointRef::Agent(addr) => Ok(Place {
@@ -223,6 +239,7 @@ fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Res
             host_interface: None,
             uplink: None,
             hairpin_source: None,
+            zone: None,
         }),
         EndpointRef::Service(_) => bail!("a Service is not a place a generator runs"),
     }
@@ -263,7 +280,18 @@ mod tests {
             "127.0.0.1:7470".parse(),
             Ok(EndpointRef::Agent(_))
         ));
-        for bad in ["pod/", "thing/x", "pod/a/b", "nowhere"] {
+        assert_eq!(
+            "pod/perf/client-0".parse(),
+            Ok(EndpointRef::Pod("perf/client-0".to_owned()))
+        );
+        for bad in [
+            "pod/",
+            "thing/x",
+            "pod/a/b/c",
+            "pod//b",
+            "node/a/b",
+            "nowhere",
+        ] {
             let err = bad.parse::<EndpointRef>().expect_err(bad);
             assert!(err.contains("endpoint"), "{bad}: {err}");
         }

@@ -37,6 +37,9 @@ struct Cluster {
     nodes: Vec<NodeSpec>,
     /// (pod, node, ready) of every sonde daemon.
     daemons: Vec<(String, String, bool)>,
+    /// (name, node, ip) of the workload pods in namespace `perf`; the `web-*` ones are behind
+    /// Service `web`.
+    workloads: Vec<(String, String, String)>,
 }
 
 fn node(name: &str, zone: Option<&str>, labels: &[(&str, &str)]) -> Node {
@@ -145,7 +148,7 @@ fn answer(cluster: &Cluster, call: &Call) -> (u16, serde_json::Value) {
                 .iter()
                 .enumerate()
                 .map(|(i, (name, node, ready))| {
-                    daemon_pod(name, node, &format!("10.0.0.{}", i + 1), *ready)
+                    daemon_pod(name, node, &format!("127.0.2.{}", i + 1), *ready)
                 })
                 .collect();
             (200, list("PodList", &pods))
@@ -173,6 +176,83 @@ fn answer(cluster: &Cluster, call: &Call) -> (u16, serde_json::Value) {
                 .collect();
             (200, list("NodeList", &nodes))
         }
+        ("GET", path) if path.starts_with("/api/v1/namespaces/perf/pods/") => {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            match cluster.workloads.iter().find(|(pod, _, _)| pod == name) {
+                Some((pod, node, ip)) => {
+                    let mut found = daemon_pod(pod, node, ip, true);
+                    found.metadata.namespace = Some("perf".to_owned());
+                    found.metadata.labels = None;
+                    if let Some(spec) = found.spec.as_mut() {
+                        spec.host_network = None;
+                    }
+                    (200, serde_json::to_value(found).expect("pod JSON"))
+                }
+                None => not_found(),
+            }
+        }
+        ("GET", "/api/v1/namespaces/perf/services/web") => {
+            let service = k8s_openapi::api::core::v1::Service {
+                metadata: ObjectMeta {
+                    name: Some("web".to_owned()),
+                    namespace: Some("perf".to_owned()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(k8s_openapi::api::core::v1::ServiceSpec {
+                    cluster_ip: Some("10.96.0.10".to_owned()),
+                    ports: Some(vec![k8s_openapi::api::core::v1::ServicePort {
+                        port: 80,
+                        target_port: Some(
+                            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080),
+                        ),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            (200, serde_json::to_value(service).expect("service JSON"))
+        }
+        ("GET", "/apis/discovery.k8s.io/v1/namespaces/perf/endpointslices") => {
+            use k8s_openapi::api::{
+                core::v1::ObjectReference,
+                discovery::v1::{Endpoint, EndpointConditions, EndpointSlice},
+            };
+            assert!(
+                selector.contains("kubernetes.io/service-name=web"),
+                "{selector}"
+            );
+            let slice = EndpointSlice {
+                metadata: ObjectMeta {
+                    name: Some("web-abc".to_owned()),
+                    namespace: Some("perf".to_owned()),
+                    ..ObjectMeta::default()
+                },
+                address_type: "IPv4".to_owned(),
+                endpoints: cluster
+                    .workloads
+                    .iter()
+                    .filter(|(pod, _, _)| pod.starts_with("web-"))
+                    .map(|(pod, node, ip)| Endpoint {
+                        addresses: vec![ip.clone()],
+                        conditions: Some(EndpointConditions {
+                            ready: Some(true),
+                            ..Default::default()
+                        }),
+                        node_name: Some(node.clone()),
+                        target_ref: Some(ObjectReference {
+                            kind: Some("Pod".to_owned()),
+                            name: Some(pod.clone()),
+                            namespace: Some("perf".to_owned()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ports: None,
+            };
+            (200, list("EndpointSliceList", &[slice]))
+        }
         ("PATCH", _) => (
             200,
             serde_json::from_str(&call.body).expect("an applied object is JSON"),
@@ -184,14 +264,18 @@ fn answer(cluster: &Cluster, call: &Call) -> (u16, serde_json::Value) {
                 "status": "Success", "code": 200,
             }),
         ),
-        _ => (
-            404,
-            serde_json::json!({
-                "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
-                "reason": "NotFound", "code": 404, "message": "not served by the fake",
-            }),
-        ),
+        _ => not_found(),
     }
+}
+
+fn not_found() -> (u16, serde_json::Value) {
+    (
+        404,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": "not served by the fake",
+        }),
+    )
 }
 
 /// A fake API server on loopback; returns its address and the calls it records.
@@ -325,6 +409,11 @@ fn two_zones() -> Cluster {
             ("sonded-x2".to_owned(), "n2".to_owned(), true),
             ("sonded-x3".to_owned(), "n3".to_owned(), true),
         ],
+        workloads: vec![
+            ("client".to_owned(), "n1".to_owned(), "127.0.1.1".to_owned()),
+            ("web-a".to_owned(), "n2".to_owned(), "127.0.1.2".to_owned()),
+            ("web-b".to_owned(), "n3".to_owned(), "127.0.1.3".to_owned()),
+        ],
     }
 }
 
@@ -350,9 +439,9 @@ async fn nodes_lists_the_daemons_with_their_zones() {
     assert_eq!(
         seen,
         [
-            ("n1".into(), "zone-a".into(), "10.0.0.1".into(), true),
-            ("n2".into(), "zone-a".into(), "10.0.0.2".into(), true),
-            ("n3".into(), "zone-b".into(), "10.0.0.3".into(), true),
+            ("n1".into(), "zone-a".into(), "127.0.2.1".into(), true),
+            ("n2".into(), "zone-a".into(), "127.0.2.2".into(), true),
+            ("n3".into(), "zone-b".into(), "127.0.2.3".into(), true),
         ]
     );
     assert_eq!(daemons[0]["node_labels"]["agenttype"], "client");
@@ -464,4 +553,77 @@ async fn deploy_applies_every_object_in_order_and_undeploy_deletes_them() {
     reversed.reverse();
     assert_eq!(paths, reversed);
     assert!(deleted.iter().all(|c| c.method == "DELETE"));
+}
+
+#[tokio::test]
+async fn runs_between_kubernetes_endpoints_are_placed_as_asked_or_refused() {
+    let (addr, calls) = serve(two_zones()).await;
+    let config = kubeconfig(addr);
+    // client on n1 (zone-a), web-a on n2 (zone-a): not across zones, and not on one node.
+    for (flag, expected) in [
+        (
+            "--cross-zone",
+            "--cross-zone: both ends are in zone zone-a (n1 and n2)",
+        ),
+        (
+            "--same-node",
+            "--same-node: the client is on n1 and the server on n2",
+        ),
+    ] {
+        let (code, _stdout, stderr) = sondectl(args(
+            &format!("run tcp-rr --from pod/perf/client --to pod/perf/web-a {flag}"),
+            &config,
+        ))
+        .await;
+        assert_eq!(code, 1, "{flag}: {stderr}");
+        assert!(stderr.contains(expected), "{flag}: {stderr}");
+    }
+    // Through the Service: web-b (n3, zone-b) passes --cross-zone, web-a (n2) does not.
+    let (code, _stdout, stderr) = sondectl(args(
+        "run tcp-rr --from pod/perf/client --to service/perf/web --cross-zone",
+        &config,
+    ))
+    .await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("(n1 and n2)"), "{stderr}");
+    // Placed as asked, the run goes to the daemons at their pod IPs: none listens here, so it
+    // fails there, after resolving the pods through the API.
+    calls.lock().expect("calls").clear();
+    let (code, _stdout, stderr) = sondectl(args(
+        "run tcp-rr --from pod/perf/client --to service/perf/web --cross-node --duration 1s \
+         --timeout 1s",
+        &config,
+    ))
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("127.0.2.2:7470") || stderr.contains("127.0.2.3:7470"),
+        "{stderr}"
+    );
+    let paths: Vec<String> = calls
+        .lock()
+        .expect("calls")
+        .iter()
+        .map(|c| c.path.clone())
+        .collect();
+    for path in [
+        "/api/v1/namespaces/perf/pods/client",
+        "/api/v1/namespaces/perf/services/web",
+        "/apis/discovery.k8s.io/v1/namespaces/perf/endpointslices",
+        "/api/v1/namespaces/perf/pods/web-a",
+        "/api/v1/namespaces/perf/pods/web-b",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == path),
+            "{path} not asked: {paths:?}"
+        );
+    }
+    // Without a namespace, a Kubernetes pod is refused with what to write.
+    let (code, _stdout, stderr) = sondectl(args(
+        "run tcp-rr --from pod/client --to pod/perf/web-a",
+        &config,
+    ))
+    .await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("pod/NAMESPACE/NAME"), "{stderr}");
 }

@@ -4,10 +4,12 @@
 //! - [`manifests`]: the objects in `deploy/kubernetes`, embedded, with the user's options.
 //! - [`apply`]: `sondectl deploy` and `undeploy`.
 //! - [`discover`]: the daemons, their nodes and zones, for `sondectl nodes --kubeconfig`.
+//! - [`endpoints`]: pods, nodes and Services named in a run, resolved through the API.
 //! - [`placement`]: same-node, cross-node and cross-zone checks and picks.
 
 pub mod apply;
 pub mod discover;
+pub mod endpoints;
 pub mod manifests;
 pub mod placement;
 

@@ -18,8 +18,31 @@ pub enum Placement {
     CrossZone,
 }
 
+/// Where one end of a run is: its node and the node's zone.
+#[derive(Debug, Clone, Copy)]
+pub struct End<'a> {
+    /// The node.
+    pub node: &'a str,
+    /// The node's zone, when labelled.
+    pub zone: Option<&'a str>,
+}
+
+impl<'a> From<&'a Daemon> for End<'a> {
+    fn from(daemon: &'a Daemon) -> Self {
+        Self {
+            node: &daemon.node,
+            zone: daemon.zone.as_deref(),
+        }
+    }
+}
+
 /// Checks that `client` and `server` are placed as asked.
 pub fn check(placement: Placement, client: &Daemon, server: &Daemon) -> anyhow::Result<()> {
+    check_ends(placement, client.into(), server.into())
+}
+
+/// Checks that the two ends of a run are placed as asked.
+pub fn check_ends(placement: Placement, client: End<'_>, server: End<'_>) -> anyhow::Result<()> {
     match placement {
         Placement::SameNode if client.node != server.node => bail!(
             "--same-node: the client is on {} and the server on {}",
@@ -29,7 +52,7 @@ pub fn check(placement: Placement, client: &Daemon, server: &Daemon) -> anyhow::
         Placement::CrossNode if client.node == server.node => {
             bail!("--cross-node: both ends are on {}", client.node)
         }
-        Placement::CrossZone => match (&client.zone, &server.zone) {
+        Placement::CrossZone => match (client.zone, server.zone) {
             (Some(a), Some(b)) if a != b => Ok(()),
             (Some(a), Some(_)) => bail!(
                 "--cross-zone: both ends are in zone {a} ({} and {})",

@@ -6,7 +6,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use sonde_proto::v1 as pb;
 
 use crate::{
@@ -45,15 +45,68 @@ pub fn check_complete(report: &RunReport) -> anyhow::Result<()> {
     )
 }
 
+/// Refuses a run whose ends are not where the user asked: every server against the client.
+fn check_placement(
+    wanted: crate::cluster::placement::Placement,
+    source: &endpoint::Place,
+    destination: &endpoint::Destination,
+) -> anyhow::Result<()> {
+    use crate::cluster::placement::{End, check_ends};
+    let end = |place: &endpoint::Place| -> anyhow::Result<(String, Option<String>)> {
+        let node = place.node.clone().with_context(|| {
+            format!(
+                "placement needs to know the nodes, and {} is a daemon address",
+                place.agent
+            )
+        })?;
+        Ok((node, place.zone.clone()))
+    };
+    let (client_node, client_zone) = end(source)?;
+    for server in &destination.servers {
+        let (server_node, server_zone) = end(server)?;
+        check_ends(
+            wanted,
+            End {
+                node: &client_node,
+                zone: client_zone.as_deref(),
+            },
+            End {
+                node: &server_node,
+                zone: server_zone.as_deref(),
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// Resolves the endpoints, runs every measurement `args` asks for (Ctrl-C stops both sides)
 /// and returns the report, complete or not.
 pub async fn measure(args: RunArgs) -> anyhow::Result<RunReport> {
     if !(args.rate.is_finite() && args.rate >= 0.0) {
         bail!("--rate must be 0 (as fast as possible) or a positive number of messages per second");
     }
-    let lab = Inventory::load(&args.lab).ok();
-    let source = endpoint::resolve_source(&args.from, lab.as_ref())?;
-    let destination = endpoint::resolve_destination(&args.to, lab.as_ref())?;
+    let (source, destination) = match &args.placement.kubeconfig {
+        Some(kubeconfig) => {
+            let client = crate::cluster::client(Some(kubeconfig)).await?;
+            let cluster =
+                crate::cluster::endpoints::Cluster::new(client, &args.placement.sonde_namespace)
+                    .await?;
+            (
+                cluster.source(&args.from).await?,
+                cluster.destination(&args.to).await?,
+            )
+        }
+        None => {
+            let lab = Inventory::load(&args.lab).ok();
+            (
+                endpoint::resolve_source(&args.from, lab.as_ref())?,
+                endpoint::resolve_destination(&args.to, lab.as_ref())?,
+            )
+        }
+    };
+    if let Some(wanted) = args.placement.wanted() {
+        check_placement(wanted, &source, &destination)?;
+    }
     let path = endpoint::path_kind(&args.from, &args.to, &source, &destination);
     let (kind, default_size) = (args.kind.proto(), args.kind.default_size());
     if args.kind.is_intra_pod()

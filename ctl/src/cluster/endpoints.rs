@@ -1,0 +1,255 @@
+//! A run's endpoints named in Kubernetes, resolved through the API server to the daemon on the
+//! right node, the pod it runs in and the address traffic goes to:
+//!
+//! - `pod/NAMESPACE/NAME`: the daemon on the pod's node runs the side inside the pod (named to
+//!   it by the pod's address, which it maps to the pod's namespace itself); host-network pods
+//!   run in the daemon's own namespace.
+//! - `node/NAME`: the node's host network, where its daemon is.
+//! - `service/NAMESPACE/NAME` (`--to`): a ClusterIP Service: a server in every ready pod behind
+//!   it (from its EndpointSlices), traffic to the ClusterIP; a headless Service resolves to its
+//!   first ready pod, as a client's DNS lookup would.
+
+use std::net::IpAddr;
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::{
+    api::{
+        core::v1::{Pod, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use kube::{Api, Client, api::ListParams};
+
+use super::discover::{self, Daemon};
+use crate::endpoint::{Destination, EndpointRef, Place};
+
+/// The port sonde's daemons serve gRPC on (the DaemonSet's `grpc` port, host network).
+pub const DAEMON_PORT: u16 = 7470;
+
+/// The daemons of a cluster, by node, and the client to ask more.
+pub struct Cluster {
+    client: Client,
+    daemons: Vec<Daemon>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("daemons", &self.daemons)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Finds sonde's daemons in `namespace` ("" for the default).
+    pub async fn new(client: Client, namespace: &str) -> anyhow::Result<Self> {
+        let namespace = if namespace.is_empty() {
+            super::manifests::DEFAULT_NAMESPACE
+        } else {
+            namespace
+        };
+        let daemons = discover::daemons(&client, namespace, "").await?;
+        if daemons.is_empty() {
+            bail!("no sonde daemons in namespace {namespace} (deploy them with `sondectl deploy`)");
+        }
+        Ok(Self { client, daemons })
+    }
+
+    /// The client end.
+    pub async fn source(&self, endpoint: &EndpointRef) -> anyhow::Result<Place> {
+        match endpoint {
+            EndpointRef::Service(_) => {
+                bail!("--from cannot be a Service: traffic starts in a pod or on a node")
+            }
+            _ => self.place(endpoint).await,
+        }
+    }
+
+    /// The server end.
+    pub async fn destination(&self, endpoint: &EndpointRef) -> anyhow::Result<Destination> {
+        let EndpointRef::Service(name) = endpoint else {
+            let place = self.place(endpoint).await?;
+            let ip = place
+                .ip
+                .with_context(|| format!("{endpoint} has no IP address traffic could go to"))?;
+            return Ok(Destination {
+                servers: vec![place],
+                ip,
+                port: None,
+                server_port: None,
+            });
+        };
+        let (namespace, name) = namespaced(name, "service")?;
+        let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        let service = services
+            .get(name)
+            .await
+            .with_context(|| format!("getting Service {namespace}/{name}"))?;
+        let spec = service.spec.unwrap_or_default();
+        let port = spec
+            .ports
+            .as_ref()
+            .and_then(|ports| ports.first())
+            .with_context(|| format!("Service {namespace}/{name} has no port"))?;
+        let target_port = match &port.target_port {
+            Some(IntOrString::Int(number)) => u16::try_from(*number).ok(),
+            None => u16::try_from(port.port).ok(),
+            Some(IntOrString::String(named)) => bail!(
+                "Service {namespace}/{name} targets the named port {named:?}: sonde's servers need a number"
+            ),
+        };
+        let pods = self.ready_pods(namespace, name).await?;
+        if pods.is_empty() {
+            bail!("Service {namespace}/{name} has no ready pod behind it");
+        }
+        let mut servers = Vec::new();
+        for pod in &pods {
+            servers.push(
+                self.place(&EndpointRef::Pod(format!("{namespace}/{pod}")))
+                    .await?,
+            );
+        }
+        match spec.cluster_ip.as_deref() {
+            None | Some("None") | Some("") => {
+                // Headless: the name resolves to the pods themselves.
+                let first = servers.swap_remove(0);
+                let ip = first.ip.context("a pod without an address")?;
+                Ok(Destination {
+                    servers: vec![first],
+                    ip,
+                    port: None,
+                    server_port: None,
+                })
+            }
+            Some(cluster_ip) => Ok(Destination {
+                servers,
+                ip: cluster_ip
+                    .parse()
+                    .with_context(|| format!("ClusterIP {cluster_ip:?}"))?,
+                port: u16::try_from(port.port).ok(),
+                server_port: target_port,
+            }),
+        }
+    }
+
+    /// The names of the ready pods behind a Service, from its EndpointSlices.
+    async fn ready_pods(&self, namespace: &str, service: &str) -> anyhow::Result<Vec<String>> {
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), namespace);
+        let selector = format!("kubernetes.io/service-name={service}");
+        let slices = slices
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .with_context(|| format!("listing the EndpointSlices of {namespace}/{service}"))?;
+        let mut pods: Vec<String> = slices
+            .items
+            .iter()
+            .flat_map(|slice| &slice.endpoints)
+            .filter(|endpoint| {
+                endpoint
+                    .conditions
+                    .as_ref()
+                    .and_then(|c| c.ready)
+                    .unwrap_or(true)
+            })
+            .filter_map(|endpoint| {
+                let target = endpoint.target_ref.as_ref()?;
+                (target.kind.as_deref() == Some("Pod")).then(|| target.name.clone())?
+            })
+            .collect();
+        pods.sort();
+        pods.dedup();
+        Ok(pods)
+    }
+
+    /// Where a pod or node end runs.
+    async fn place(&self, endpoint: &EndpointRef) -> anyhow::Result<Place> {
+        match endpoint {
+            EndpointRef::Pod(name) => {
+                let (namespace, name) = namespaced(name, "pod")?;
+                let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+                let pod = pods
+                    .get(name)
+                    .await
+                    .with_context(|| format!("getting pod {namespace}/{name}"))?;
+                let spec = pod.spec.unwrap_or_default();
+                let node = spec
+                    .node_name
+                    .with_context(|| format!("pod {namespace}/{name} is not scheduled yet"))?;
+                let ip: IpAddr = pod
+                    .status
+                    .and_then(|status| status.pod_ip)
+                    .with_context(|| format!("pod {namespace}/{name} has no IP yet"))?
+                    .parse()
+                    .context("the pod's IP")?;
+                let daemon = self.daemon_on(&node)?;
+                let host_network = spec.host_network.unwrap_or(false);
+                Ok(Place {
+                    agent: agent_of(daemon)?,
+                    node: Some(node.clone()),
+                    pod: Some(format!("{namespace}/{name}")),
+                    netns: if host_network {
+                        String::new()
+                    } else {
+                        format!("pod-ip:{ip}")
+                    },
+                    ip: Some(ip),
+                    host_interface: None,
+                    uplink: None,
+                    hairpin_source: None,
+                    zone: daemon.zone.clone(),
+                })
+            }
+            EndpointRef::Node(node) => {
+                let daemon = self.daemon_on(node)?;
+                Ok(Place {
+                    agent: agent_of(daemon)?,
+                    node: Some(node.clone()),
+                    pod: None,
+                    netns: String::new(),
+                    ip: daemon.pod_ip.as_deref().and_then(|ip| ip.parse().ok()),
+                    host_interface: None,
+                    uplink: None,
+                    hairpin_source: None,
+                    zone: daemon.zone.clone(),
+                })
+            }
+            EndpointRef::Agent(_) => bail!(
+                "{endpoint}: with --kubeconfig, name pods (pod/NAMESPACE/NAME) and nodes (node/NAME)"
+            ),
+            EndpointRef::Service(_) => bail!("a Service is not a place a generator runs"),
+        }
+    }
+
+    fn daemon_on(&self, node: &str) -> anyhow::Result<&Daemon> {
+        let daemon = self
+            .daemons
+            .iter()
+            .find(|daemon| daemon.node == node)
+            .with_context(|| format!("no sonde daemon on node {node}"))?;
+        if !daemon.ready {
+            bail!(
+                "the sonde daemon on node {node} ({}) is not ready",
+                daemon.pod
+            );
+        }
+        Ok(daemon)
+    }
+}
+
+/// `NAMESPACE/NAME` split; Kubernetes endpoints need both.
+fn namespaced<'a>(name: &'a str, kind: &str) -> anyhow::Result<(&'a str, &'a str)> {
+    name.split_once('/')
+        .with_context(|| format!("with --kubeconfig, name the {kind} as {kind}/NAMESPACE/NAME"))
+}
+
+fn agent_of(daemon: &Daemon) -> anyhow::Result<String> {
+    let ip = daemon
+        .pod_ip
+        .as_deref()
+        .with_context(|| format!("the sonde daemon on {} has no IP yet", daemon.node))?;
+    Ok(match ip.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]:{DAEMON_PORT}"),
+        _ => format!("{ip}:{DAEMON_PORT}"),
+    })
+}
