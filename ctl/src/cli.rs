@@ -177,6 +177,10 @@ pub struct ConntrackRampArgs {
     #[arg(long)]
     pub to: EndpointRef,
 
+    /// The cluster and the placement the ends must have (as for `run`).
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+
     /// The first step's rate, connections per second.
     #[arg(long, default_value_t = 250.0, allow_negative_numbers = true)]
     pub start_rate: f64,
@@ -238,6 +242,10 @@ pub struct TraceArgs {
     /// Where its server runs: pod/NAME, node/NAME, service/NAME, or a daemon's HOST:PORT.
     #[arg(long)]
     pub to: EndpointRef,
+
+    /// The cluster and the placement the ends must have (as for `run`).
+    #[command(flatten)]
+    pub placement: PlacementArgs,
 
     /// The probe flow's protocol.
     #[arg(long, value_enum, default_value_t = TraceProtocol::Tcp)]

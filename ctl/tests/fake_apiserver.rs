@@ -618,6 +618,19 @@ async fn runs_between_kubernetes_endpoints_are_placed_as_asked_or_refused() {
             "{path} not asked: {paths:?}"
         );
     }
+    // `trace` and `conntrack ramp` take the same cluster and placement.
+    for command in ["trace", "conntrack ramp --ceiling 1000"] {
+        let (code, _stdout, stderr) = sondectl(args(
+            &format!("{command} --from pod/perf/client --to pod/perf/web-a --cross-zone"),
+            &config,
+        ))
+        .await;
+        assert_eq!(code, 1, "{command}: {stderr}");
+        assert!(
+            stderr.contains("--cross-zone: both ends are in zone zone-a"),
+            "{command}: {stderr}"
+        );
+    }
     // Without a namespace, a Kubernetes pod is refused with what to write.
     let (code, _stdout, stderr) = sondectl(args(
         "run tcp-rr --from pod/client --to pod/perf/web-a",

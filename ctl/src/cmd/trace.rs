@@ -42,7 +42,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         kind,
         from: args.from,
         to: args.to,
-        placement: crate::cli::PlacementArgs::default(),
+        placement: args.placement,
         duration: args.duration,
         warmup: std::time::Duration::from_millis(500),
         repetitions: 1,

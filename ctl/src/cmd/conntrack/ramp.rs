@@ -197,7 +197,7 @@ fn step_args(args: &ConntrackRampArgs, rate: f64) -> RunArgs {
         kind: RunKindArg::TcpCrr,
         from: args.from.clone(),
         to: args.to.clone(),
-        placement: crate::cli::PlacementArgs::default(),
+        placement: args.placement.clone(),
         duration: args.step,
         warmup: Duration::ZERO,
         repetitions: 1,
