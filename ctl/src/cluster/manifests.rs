@@ -3,6 +3,7 @@
 
 use anyhow::{Context as _, bail};
 use kube::api::DynamicObject;
+use serde::Deserialize as _;
 
 /// The files, in the order they are applied (the namespace first).
 pub const FILES: [(&str, &str); 5] = [
@@ -62,8 +63,6 @@ pub fn shipped() -> anyhow::Result<Vec<DynamicObject>> {
     }
     Ok(objects)
 }
-
-use serde::Deserialize as _;
 
 /// The objects with the user's options applied.
 pub fn objects(options: &Options) -> anyhow::Result<Vec<DynamicObject>> {
