@@ -120,6 +120,29 @@ pub struct Destination {
     pub server_port: Option<u16>,
 }
 
+impl Destination {
+    /// A single server at `place`, reached at its own address (`endpoint` names it in errors).
+    pub fn at(place: Place, endpoint: &EndpointRef) -> anyhow::Result<Self> {
+        let ip = place
+            .ip
+            .with_context(|| format!("{endpoint} has no IP address traffic could go to"))?;
+        Ok(Self {
+            servers: vec![place],
+            ip,
+            port: None,
+            server_port: None,
+        })
+    }
+}
+
+/// Refuses a Service as the client end: traffic starts in a pod or on a node.
+pub fn check_source(endpoint: &EndpointRef) -> anyhow::Result<()> {
+    if let EndpointRef::Service(_) = endpoint {
+        bail!("--from cannot be a Service: traffic starts in a pod or on a node");
+    }
+    Ok(())
+}
+
 /// How traffic gets from one end to the other, for reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -136,12 +159,8 @@ pub enum PathKind {
 
 /// Resolves the client end.
 pub fn resolve_source(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Result<Place> {
-    match endpoint {
-        EndpointRef::Service(_) => {
-            bail!("--from cannot be a Service: traffic starts in a pod or on a node")
-        }
-        _ => resolve_place(endpoint, lab),
-    }
+    check_source(endpoint)?;
+    resolve_place(endpoint, lab)
 }
 
 /// Resolves the server end.
@@ -169,16 +188,7 @@ pub fn resolve_destination(
             server_port: Some(service.target_port),
         });
     }
-    let place = resolve_place(endpoint, lab)?;
-    let ip = place
-        .ip
-        .with_context(|| format!("{endpoint} has no IP address traffic could go to"))?;
-    Ok(Destination {
-        servers: vec![place],
-        ip,
-        port: None,
-        server_port: None,
-    })
+    Destination::at(resolve_place(endpoint, lab)?, endpoint)
 }
 
 fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Result<Place> {

@@ -85,14 +85,14 @@ impl<S: FactsSource> AgentService<S> {
                 "netns: {address:?} in pod-ip: is not an IP address"
             ))
         })?;
-        let pods = self.source.node_facts().pod_interfaces;
+        let pods = self.source.pod_interfaces();
         pods.iter()
-            .find(|(pod, _)| pod.ips.contains(&ip))
-            .map(|(pod, _)| Some(pod.netns.clone()))
+            .find(|pod| pod.ips.contains(&ip))
+            .map(|pod| Some(pod.netns.clone()))
             .ok_or_else(|| {
                 let known: Vec<String> = pods
                     .iter()
-                    .flat_map(|(pod, _)| pod.ips.iter().map(ToString::to_string))
+                    .flat_map(|pod| pod.ips.iter().map(ToString::to_string))
                     .collect();
                 Status::invalid_argument(format!(
                     "netns: no pod with IP {ip} on this node (its pods: {})",

@@ -58,27 +58,14 @@ impl Cluster {
 
     /// The client end.
     pub async fn source(&self, endpoint: &EndpointRef) -> anyhow::Result<Place> {
-        match endpoint {
-            EndpointRef::Service(_) => {
-                bail!("--from cannot be a Service: traffic starts in a pod or on a node")
-            }
-            _ => self.place(endpoint).await,
-        }
+        crate::endpoint::check_source(endpoint)?;
+        self.place(endpoint).await
     }
 
     /// The server end.
     pub async fn destination(&self, endpoint: &EndpointRef) -> anyhow::Result<Destination> {
         let EndpointRef::Service(name) = endpoint else {
-            let place = self.place(endpoint).await?;
-            let ip = place
-                .ip
-                .with_context(|| format!("{endpoint} has no IP address traffic could go to"))?;
-            return Ok(Destination {
-                servers: vec![place],
-                ip,
-                port: None,
-                server_port: None,
-            });
+            return Destination::at(self.place(endpoint).await?, endpoint);
         };
         let (namespace, name) = namespaced(name, "service")?;
         let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
@@ -113,14 +100,7 @@ impl Cluster {
         match spec.cluster_ip.as_deref() {
             None | Some("None") | Some("") => {
                 // Headless: the name resolves to the pods themselves.
-                let first = servers.swap_remove(0);
-                let ip = first.ip.context("a pod without an address")?;
-                Ok(Destination {
-                    servers: vec![first],
-                    ip,
-                    port: None,
-                    server_port: None,
-                })
+                Destination::at(servers.swap_remove(0), endpoint)
             }
             Some(cluster_ip) => Ok(Destination {
                 servers,
