@@ -5,9 +5,10 @@ use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 use sonde_proto::v1::agent_client::AgentClient;
 use tonic::transport::{Channel, Endpoint};
 
-/// A daemon's gRPC address: `HOST:PORT` (`[v6]:PORT` for IPv6 literals), or `unix:PATH` for a
-/// daemon listening on a Unix socket (the lab's). Checked when parsed, so that a typo is refused
-/// before anything is dialled.
+/// A daemon's gRPC address: `HOST:PORT` (`[v6]:PORT` for IPv6 literals), `unix:PATH` for a
+/// daemon listening on a Unix socket (the lab's), or `port-forward:NAMESPACE/POD:PORT` for a
+/// daemon in a cluster reached through the API server. Checked when parsed, so that a typo is
+/// refused before anything is dialled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentAddr {
     /// Over TCP.
@@ -19,6 +20,15 @@ pub enum AgentAddr {
     },
     /// Over a Unix socket.
     Unix(PathBuf),
+    /// Through the Kubernetes API server's port-forward of a daemon's pod.
+    PortForward {
+        /// The pod's namespace.
+        namespace: String,
+        /// The daemon's pod.
+        pod: String,
+        /// The daemon's gRPC port inside the pod.
+        port: u16,
+    },
 }
 
 impl FromStr for AgentAddr {
@@ -26,8 +36,32 @@ impl FromStr for AgentAddr {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let bad = |why: &str| {
-            format!("invalid agent address {text:?}: {why} (expected HOST:PORT or unix:PATH)")
+            format!("invalid agent address {text:?}: {why} (expected HOST:PORT, unix:PATH or port-forward:NAMESPACE/POD:PORT)")
         };
+        let valid_port = |port: &str| match port.parse::<u16>() {
+            Ok(0) | Err(_) => Err(bad("port must be a number from 1 to 65535")),
+            Ok(port) => Ok(port),
+        };
+        if let Some(target) = text.strip_prefix("port-forward:") {
+            let (pod, port) = target.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+            let (namespace, pod) = pod
+                .split_once('/')
+                .ok_or_else(|| bad("a port-forward names NAMESPACE/POD"))?;
+            let valid_name = |name: &str| {
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c))
+            };
+            if !valid_name(namespace) || !valid_name(pod) {
+                return Err(bad("namespace and pod must be Kubernetes names"));
+            }
+            return Ok(Self::PortForward {
+                namespace: namespace.to_owned(),
+                pod: pod.to_owned(),
+                port: valid_port(port)?,
+            });
+        }
         if let Some(path) = text.strip_prefix("unix:") {
             if !path.starts_with('/') {
                 return Err(bad("a Unix socket path must be absolute"));
@@ -52,11 +86,10 @@ impl FromStr for AgentAddr {
         if host.is_empty() || !host.chars().all(valid_host_char) {
             return Err(bad("bad host"));
         }
-        let port = match port.parse::<u16>() {
-            Ok(0) | Err(_) => return Err(bad("port must be a number from 1 to 65535")),
-            Ok(port) => port,
-        };
-        Ok(Self::Tcp { host, port })
+        Ok(Self::Tcp {
+            host,
+            port: valid_port(port)?,
+        })
     }
 }
 
@@ -66,6 +99,11 @@ impl fmt::Display for AgentAddr {
             Self::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
             Self::Tcp { host, port } => write!(f, "{host}:{port}"),
             Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::PortForward {
+                namespace,
+                pod,
+                port,
+            } => write!(f, "port-forward:{namespace}/{pod}:{port}"),
         }
     }
 }
@@ -96,9 +134,34 @@ pub async fn connect(addr: &AgentAddr, timeout: Duration) -> anyhow::Result<Agen
                 }))
                 .await
         }
+        AgentAddr::PortForward {
+            namespace,
+            pod,
+            port,
+        } => {
+            let channel =
+                crate::cluster::portforward::channel(namespace, pod, *port, timeout).await?;
+            return Ok(AgentClient::new(channel));
+        }
     }
     .map_err(|err| anyhow::anyhow!("cannot connect: {}", error_chain(&err)))?;
     Ok(AgentClient::new(channel))
+}
+
+/// A failed call on one line: the daemon's own message, followed, when the connection itself
+/// failed (tonic then says only "transport error"), by what broke it.
+pub fn status_text(status: &tonic::Status) -> String {
+    match std::error::Error::source(status) {
+        Some(cause) => {
+            let causes = error_chain(cause);
+            if causes.contains(status.message()) {
+                causes
+            } else {
+                format!("{}: {causes}", status.message())
+            }
+        }
+        None => status.message().to_owned(),
+    }
 }
 
 /// A transport or call error with its causes on one line (tonic's top-level message alone is
@@ -127,6 +190,7 @@ mod tests {
             "node-a.example:1",
             "[::1]:7470",
             "unix:/run/sonde/lab/node1.sock",
+            "port-forward:sonde/sonded-x1:7470",
         ] {
             let addr: AgentAddr = text.parse().expect(text);
             assert_eq!(addr.to_string(), text);
@@ -145,10 +209,13 @@ mod tests {
             ("a b:7470", "bad host"),
             ("http://x:7470", "no scheme"),
             ("unix:relative.sock", "absolute"),
+            ("port-forward:sonded-x1:7470", "NAMESPACE/POD"),
+            ("port-forward:sonde/Sonded:7470", "Kubernetes names"),
+            ("port-forward:sonde/sonded-x1:0", "port must be"),
         ] {
             let err = text.parse::<AgentAddr>().expect_err(text);
             assert!(err.contains(why), "{text}: {err}");
-            assert!(err.contains("HOST:PORT or unix:PATH"), "{text}: {err}");
+            assert!(err.contains("HOST:PORT, unix:PATH or port-forward:"), "{text}: {err}");
         }
     }
 }

@@ -431,13 +431,23 @@ pub type Sweep = Vec<u64>;
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct PlacementArgs {
     /// Resolve pod/NAMESPACE/NAME, node/NAME and service/NAMESPACE/NAME in this Kubernetes
-    /// cluster: sonde's daemons are found by label and dialled at their pod IPs.
+    /// cluster: sonde's daemons are found by label and reached as --reach says.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
 
     /// The namespace sonde's daemons run in (with --kubeconfig).
     #[arg(long, default_value = crate::cluster::manifests::DEFAULT_NAMESPACE)]
     pub sonde_namespace: String,
+
+    /// How to reach the daemons (with --kubeconfig): at their pod IPs, or through the API
+    /// server's port-forward; auto is the pod IP inside the cluster, port-forward outside.
+    #[arg(long, value_enum, default_value_t, requires = "kubeconfig")]
+    pub reach: crate::cluster::portforward::Reach,
+
+    /// Only run on nodes matching this label selector (with --kubeconfig), e.g.
+    /// node-lifecycle=on-demand: an end on another node is refused.
+    #[arg(long, default_value = "", requires = "kubeconfig")]
+    pub node_selector: String,
 
     /// Refuse the run unless both ends are on one node.
     #[arg(long, conflicts_with_all = ["cross_node", "cross_zone"])]

@@ -244,7 +244,7 @@ fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Res
             netns: String::new(),
             ip: match addr {
                 AgentAddr::Tcp { host, .. } => host.parse().ok(),
-                AgentAddr::Unix(_) => None,
+                AgentAddr::Unix(_) | AgentAddr::PortForward { .. } => None,
             },
             host_interface: None,
             uplink: None,

@@ -24,7 +24,7 @@ fn a_bad_agent_address_is_one_line_and_exit_2() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("sondectl: "), "{stderr}");
     assert!(
-        stderr.contains("expected HOST:PORT or unix:PATH"),
+        stderr.contains("expected HOST:PORT, unix:PATH or port-forward:"),
         "{stderr}"
     );
 }

@@ -21,6 +21,8 @@ pub struct Daemon {
     pub node_labels: BTreeMap<String, String>,
     /// The daemon's pod.
     pub pod: String,
+    /// The pod's namespace (sonde's).
+    pub namespace: String,
     /// Its IP (the node's, with host networking): where sondectl dials it.
     pub pod_ip: Option<String>,
     /// Whether the pod is Ready (its gRPC health check passes).
@@ -73,6 +75,7 @@ pub async fn daemons(
                 node_labels,
                 node,
                 pod: pod.metadata.name.unwrap_or_default(),
+                namespace: namespace.to_owned(),
                 pod_ip: status.pod_ip,
                 ready,
             })

@@ -21,8 +21,14 @@ use k8s_openapi::{
 };
 use kube::{Api, Client, api::ListParams};
 
-use super::discover::{self, Daemon};
-use crate::endpoint::{Destination, EndpointRef, Place};
+use super::{
+    discover::{self, Daemon},
+    portforward::Reach,
+};
+use crate::{
+    agent::AgentAddr,
+    endpoint::{Destination, EndpointRef, Place},
+};
 
 /// The port sonde's daemons serve gRPC on (the DaemonSet's `grpc` port, host network).
 pub const DAEMON_PORT: u16 = 7470;
@@ -31,6 +37,10 @@ pub const DAEMON_PORT: u16 = 7470;
 pub struct Cluster {
     client: Client,
     daemons: Vec<Daemon>,
+    /// The label selector the daemons' nodes were chosen by ("" for all).
+    node_selector: String,
+    /// How the daemons are dialled.
+    reach: Reach,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -42,18 +52,40 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    /// Finds sonde's daemons in `namespace` ("" for the default).
-    pub async fn new(client: Client, namespace: &str) -> anyhow::Result<Self> {
+    /// Finds sonde's daemons in `namespace` ("" for the default) on the nodes matching
+    /// `node_selector` ("" for all), to be reached as `reach` says.
+    pub async fn new(
+        client: Client,
+        namespace: &str,
+        node_selector: &str,
+        reach: Reach,
+    ) -> anyhow::Result<Self> {
         let namespace = if namespace.is_empty() {
             super::manifests::DEFAULT_NAMESPACE
         } else {
             namespace
         };
-        let daemons = discover::daemons(&client, namespace, "").await?;
+        let daemons = discover::daemons(&client, namespace, node_selector).await?;
         if daemons.is_empty() {
-            bail!("no sonde daemons in namespace {namespace} (deploy them with `sondectl deploy`)");
+            let on = if node_selector.is_empty() {
+                String::new()
+            } else {
+                format!(" on nodes matching {node_selector}")
+            };
+            bail!(
+                "no sonde daemons in namespace {namespace}{on} (deploy them with `sondectl deploy`)"
+            );
         }
-        Ok(Self { client, daemons })
+        let reach = reach.resolved();
+        if reach == Reach::PortForward {
+            super::portforward::use_client(&client);
+        }
+        Ok(Self {
+            client,
+            daemons,
+            node_selector: node_selector.to_owned(),
+            reach,
+        })
     }
 
     /// The client end.
@@ -165,7 +197,7 @@ impl Cluster {
                 let daemon = self.daemon_on(&node)?;
                 let host_network = spec.host_network.unwrap_or(false);
                 Ok(Place {
-                    agent: agent_of(daemon)?,
+                    agent: self.agent_of(daemon)?,
                     node: Some(node.clone()),
                     pod: Some(format!("{namespace}/{name}")),
                     netns: if host_network {
@@ -183,7 +215,7 @@ impl Cluster {
             EndpointRef::Node(node) => {
                 let daemon = self.daemon_on(node)?;
                 Ok(Place {
-                    agent: agent_of(daemon)?,
+                    agent: self.agent_of(daemon)?,
                     node: Some(node.clone()),
                     pod: None,
                     netns: String::new(),
@@ -206,7 +238,12 @@ impl Cluster {
             .daemons
             .iter()
             .find(|daemon| daemon.node == node)
-            .with_context(|| format!("no sonde daemon on node {node}"))?;
+            .with_context(|| match self.node_selector.as_str() {
+                "" => format!("no sonde daemon on node {node}"),
+                selector => format!(
+                    "no sonde daemon on node {node} among the nodes matching --node-selector {selector}"
+                ),
+            })?;
         if !daemon.ready {
             bail!(
                 "the sonde daemon on node {node} ({}) is not ready",
@@ -223,13 +260,24 @@ fn namespaced<'a>(name: &'a str, kind: &str) -> anyhow::Result<(&'a str, &'a str
         .with_context(|| format!("with --kubeconfig, name the {kind} as {kind}/NAMESPACE/NAME"))
 }
 
-fn agent_of(daemon: &Daemon) -> anyhow::Result<String> {
-    let ip = daemon
-        .pod_ip
-        .as_deref()
-        .with_context(|| format!("the sonde daemon on {} has no IP yet", daemon.node))?;
-    Ok(match ip.parse::<IpAddr>() {
-        Ok(IpAddr::V6(v6)) => format!("[{v6}]:{DAEMON_PORT}"),
-        _ => format!("{ip}:{DAEMON_PORT}"),
-    })
+impl Cluster {
+    /// The address a daemon is dialled at.
+    fn agent_of(&self, daemon: &Daemon) -> anyhow::Result<String> {
+        if self.reach == Reach::PortForward {
+            let agent = AgentAddr::PortForward {
+                namespace: daemon.namespace.clone(),
+                pod: daemon.pod.clone(),
+                port: DAEMON_PORT,
+            };
+            return Ok(agent.to_string());
+        }
+        let ip = daemon
+            .pod_ip
+            .as_deref()
+            .with_context(|| format!("the sonde daemon on {} has no IP yet", daemon.node))?;
+        Ok(match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]:{DAEMON_PORT}"),
+            _ => format!("{ip}:{DAEMON_PORT}"),
+        })
+    }
 }

@@ -6,12 +6,14 @@
 //! - [`discover`]: the daemons, their nodes and zones, for `sondectl nodes --kubeconfig`.
 //! - [`endpoints`]: pods, nodes and Services named in a run, resolved through the API.
 //! - [`placement`]: same-node, cross-node and cross-zone checks and picks.
+//! - [`portforward`]: daemons reached through the API server from outside the cluster.
 
 pub mod apply;
 pub mod discover;
 pub mod endpoints;
 pub mod manifests;
 pub mod placement;
+pub mod portforward;
 
 use anyhow::Context as _;
 

@@ -146,7 +146,7 @@ async fn status(args: &LabName) -> anyhow::Result<()> {
                     .get_node_facts(sonde_proto::v1::GetNodeFactsRequest {})
                     .await
                     .map(|_| ())
-                    .map_err(|status| status.message().to_owned()),
+                    .map_err(|status| agent::status_text(&status)),
                 Err(err) => Err(format!("{err:#}")),
             },
             Err(err) => Err(err),

@@ -88,9 +88,13 @@ pub async fn measure(args: RunArgs) -> anyhow::Result<RunReport> {
     let (source, destination) = match &args.placement.kubeconfig {
         Some(kubeconfig) => {
             let client = crate::cluster::client(Some(kubeconfig)).await?;
-            let cluster =
-                crate::cluster::endpoints::Cluster::new(client, &args.placement.sonde_namespace)
-                    .await?;
+            let cluster = crate::cluster::endpoints::Cluster::new(
+                client,
+                &args.placement.sonde_namespace,
+                &args.placement.node_selector,
+                args.placement.reach,
+            )
+            .await?;
             (
                 cluster.source(&args.from).await?,
                 cluster.destination(&args.to).await?,

@@ -58,7 +58,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             trace: None,
         })
         .await
-        .map_err(|status| anyhow::anyhow!("{} refused: {}", place.agent, status.message()))?
+        .map_err(|status| anyhow::anyhow!("{} refused: {}", place.agent, agent::status_text(&status)))?
         .into_inner();
     let token: String = prepared.token.iter().map(|b| format!("{b:02x}")).collect();
     let ready = serde_json::json!({
@@ -78,7 +78,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let result = client
         .finish_server(pb::FinishServerRequest { run_id })
         .await
-        .map_err(|status| anyhow::anyhow!("finishing: {}", status.message()))?
+        .map_err(|status| anyhow::anyhow!("finishing: {}", agent::status_text(&status)))?
         .into_inner()
         .result
         .unwrap_or_default();

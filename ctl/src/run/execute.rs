@@ -293,7 +293,7 @@ pub async fn measure(
                 anyhow::anyhow!(
                     "{} refused the server side: {}",
                     place_name(server),
-                    status.message()
+                    agent::status_text(&status)
                 )
             }),
             Err(err) => Err(err),
@@ -361,7 +361,7 @@ pub async fn measure(
                     run_id: run_id.clone(),
                 })
                 .await
-                .map_err(|status| anyhow::anyhow!("{}", status.message())),
+                .map_err(|status| anyhow::anyhow!("{}", agent::status_text(&status))),
             Err(err) => Err(err),
         };
         match finished {
@@ -481,14 +481,14 @@ async fn run_client(
     let mut stream = client
         .start_client(call)
         .await
-        .map_err(|status| anyhow::anyhow!("refused: {}", status.message()))?
+        .map_err(|status| anyhow::anyhow!("refused: {}", agent::status_text(&status)))?
         .into_inner();
     let bar = progress_bar(plan, size, total);
     let result = loop {
         let event = stream
             .message()
             .await
-            .map_err(|status| anyhow::anyhow!("the stream broke: {}", status.message()))?;
+            .map_err(|status| anyhow::anyhow!("the stream broke: {}", agent::status_text(&status)))?;
         match event.and_then(|e| e.event) {
             Some(pb::client_event::Event::Progress(progress)) => {
                 if let Some(bar) = &bar {

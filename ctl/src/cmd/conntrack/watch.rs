@@ -91,7 +91,7 @@ pub async fn run(args: ConntrackWatchArgs) -> anyhow::Result<()> {
             },
             Err(status) => {
                 failed += 1;
-                eprintln!("sondectl: {node}: {}", status.message());
+                eprintln!("sondectl: {node}: {}", agent::status_text(&status));
             }
         }
     }
@@ -114,7 +114,7 @@ pub async fn open(
     let stream = client
         .watch_conntrack(*request)
         .await
-        .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
+        .map_err(|status| anyhow::anyhow!("{}", agent::status_text(&status)))?;
     Ok(stream.into_inner())
 }
 

@@ -1,0 +1,176 @@
+//! Reaching the daemons from outside the cluster: every gRPC connection to a daemon is a
+//! port-forward through the API server (the kubelet connects to the daemon's port inside its
+//! pod, as `kubectl port-forward` does), so sondectl needs nothing but its kubeconfig.
+//!
+//! One port-forward carries one TCP connection. tonic opens one HTTP/2 connection per daemon
+//! and reconnects through a fresh port-forward if it breaks. The API server hop adds its own
+//! round trip to every call, so the clock offset between two nodes is estimated with a wider
+//! uncertainty than from inside the cluster; the run's own traffic is unaffected (it flows
+//! between the pods).
+
+use std::{
+    pin::Pin,
+    sync::OnceLock,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, Client};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
+use tonic::transport::{Channel, Endpoint};
+
+/// How sondectl reaches the daemons of a cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Reach {
+    /// Port-forward when sondectl runs outside the cluster, the pod IP inside it.
+    #[default]
+    Auto,
+    /// Dial each daemon at its pod IP (the node's address: the DaemonSet uses host networking).
+    PodIp,
+    /// Through the API server's port-forward of each daemon's pod.
+    PortForward,
+}
+
+impl Reach {
+    /// `Auto` decided: inside a pod (the API server's address is in the environment, as
+    /// Kubernetes sets it in every container) the pod IPs are reachable; outside, they may not
+    /// be.
+    pub fn resolved(self) -> Self {
+        match self {
+            Self::Auto if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Self::PodIp,
+            Self::Auto => Self::PortForward,
+            other => other,
+        }
+    }
+}
+
+/// The client port-forwards go through, set once per sondectl process by whoever resolved the
+/// cluster's daemons.
+static CLIENT: OnceLock<Client> = OnceLock::new();
+
+/// Makes `client` the one port-forwarded daemons are reached through.
+pub fn use_client(client: &Client) {
+    // A second cluster in one process is not a thing sondectl does: keep the first.
+    let _ = CLIENT.set(client.clone());
+}
+
+/// A gRPC channel to port `port` of pod `namespace/pod`, each connection a fresh port-forward.
+pub async fn channel(
+    namespace: &str,
+    pod: &str,
+    port: u16,
+    timeout: Duration,
+) -> anyhow::Result<Channel> {
+    let client = CLIENT
+        .get()
+        .context("a port-forwarded daemon needs the cluster's kubeconfig (--kubeconfig)")?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let target = format!("{namespace}/{pod}");
+    let pod = pod.to_owned();
+    // The URI is required by HTTP/2 but unused: the connector asks the API server.
+    Endpoint::from_static("http://sonded.port-forward")
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let (pods, pod) = (pods.clone(), pod.clone());
+            async move { forward(&pods, &pod, port).await }
+        }))
+        .await
+        .map_err(|err| {
+            anyhow::anyhow!(
+                "no port-forward to {target}:{port} through the API server: {}",
+                crate::agent::error_chain(&err)
+            )
+        })
+}
+
+/// One port-forwarded connection, up once the daemon has spoken: a gRPC server sends its
+/// HTTP/2 settings as soon as it accepts, so a kubelet that could not reach the daemon (its
+/// reason arrives on the port's error channel) fails the connection with that reason rather
+/// than a bare broken pipe later.
+async fn forward(
+    pods: &Api<Pod>,
+    pod: &str,
+    port: u16,
+) -> std::io::Result<hyper_util::rt::TokioIo<Forwarded>> {
+    let mut forwarder = pods
+        .portforward(pod, &[port])
+        .await
+        .map_err(std::io::Error::other)?;
+    let mut stream = forwarder
+        .take_stream(port)
+        .ok_or_else(|| std::io::Error::other("the port-forward has no stream for the port"))?;
+    let error = forwarder
+        .take_error(port)
+        .ok_or_else(|| std::io::Error::other("the port-forward has no error channel"))?;
+    // The forwarder's task carries the bytes until either end closes; it needs no handle.
+    drop(forwarder);
+    let kubelet = |reason: String| std::io::Error::other(format!("kubelet: {reason}"));
+    let mut first = vec![0u8; 16 * 1024];
+    tokio::pin!(error);
+    let mut error_open = true;
+    let read = loop {
+        tokio::select! {
+            read = stream.read(&mut first) => break read?,
+            reason = &mut error, if error_open => match reason {
+                Some(reason) => return Err(kubelet(reason)),
+                None => error_open = false,
+            },
+        }
+    };
+    if read == 0 {
+        // Closed before a word: the reason, if the kubelet gave one, is on its way.
+        return Err(match error_open {
+            true => error.await.map(kubelet),
+            false => None,
+        }
+        .unwrap_or_else(|| std::io::Error::other("the port-forward closed at once")));
+    }
+    first.truncate(read);
+    Ok(hyper_util::rt::TokioIo::new(Forwarded {
+        first,
+        stream,
+    }))
+}
+
+/// A port-forwarded stream, with the first bytes already read from it put back in front.
+struct Forwarded {
+    first: Vec<u8>,
+    stream: tokio::io::DuplexStream,
+}
+
+impl AsyncRead for Forwarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.first.is_empty() {
+            return Pin::new(&mut self.stream).poll_read(cx, buf);
+        }
+        let n = self.first.len().min(buf.remaining());
+        buf.put_slice(&self.first[..n]);
+        self.first.drain(..n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Forwarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,491 @@
+//! sondectl's Kubernetes code against a local fake API server that answers with real
+//! Kubernetes JSON (built from k8s-openapi types), records every call and port-forwards as a
+//! kubelet does:
+//!
+//! - discovery lists the daemons with their zones, and placement picks across zones or refuses;
+//! - `deploy` sends the expected server-side applies in order and `undeploy` deletes them in
+//!   reverse;
+//! - runs between `pod/`, `node/` and `service/` endpoints are placed as asked or refused;
+//! - in the lab (privileged), the fake describes the lab as a cluster and port-forwards to its
+//!   real daemons: a run named in Kubernetes terms goes through the API server's port-forward,
+//!   the daemons map the pods by IP, and the kernel breakdown has every stage.
+
+use sonde_integration::{
+    fake_apiserver::{
+        FakeApiServer, FakeCluster, FakeDaemon, FakeNode, FakePod, FakeService, Forward,
+    },
+    lab::{Lab, sondectl},
+    require_root,
+};
+
+/// Runs sondectl with `words` and the fake's kubeconfig (off the runtime's threads) and
+/// returns (exit code, stdout, stderr).
+async fn sondectl_k8s(words: &str, server: &FakeApiServer) -> (i32, String, String) {
+    let mut args: Vec<String> = words.split_whitespace().map(str::to_owned).collect();
+    args.push("--kubeconfig".to_owned());
+    args.push(server.kubeconfig().display().to_string());
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = sondectl(&args);
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    })
+    .await
+    .expect("join")
+}
+
+fn strings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Three nodes in two zones, a daemon on each (at 127.0.2.N, where none listens), a client
+/// pod and two `web` pods behind Service `web`.
+fn two_zones() -> FakeCluster {
+    let node = |name: &str, zone: &str, agent: &str| FakeNode {
+        name: name.to_owned(),
+        zone: Some(zone.to_owned()),
+        labels: strings(&[("agenttype", agent)]),
+    };
+    let daemon = |n: u8| FakeDaemon {
+        pod: format!("sonded-x{n}"),
+        node: format!("n{n}"),
+        ip: format!("127.0.2.{n}"),
+        ready: true,
+        forward: None,
+    };
+    let pod = |name: &str, node: &str, ip: &str| FakePod {
+        name: name.to_owned(),
+        node: node.to_owned(),
+        ip: ip.to_owned(),
+    };
+    FakeCluster {
+        nodes: vec![
+            node("n1", "zone-a", "client"),
+            node("n2", "zone-a", "server"),
+            node("n3", "zone-b", "server"),
+        ],
+        daemons: (1..=3).map(daemon).collect(),
+        pods: vec![
+            pod("client", "n1", "127.0.1.1"),
+            pod("web-a", "n2", "127.0.1.2"),
+            pod("web-b", "n3", "127.0.1.3"),
+        ],
+        services: vec![FakeService {
+            name: "web".to_owned(),
+            cluster_ip: "127.0.3.10".to_owned(),
+            port: 80,
+            target_port: 8080,
+            pods: vec!["web-a".to_owned(), "web-b".to_owned()],
+        }],
+    }
+}
+
+#[tokio::test]
+async fn nodes_lists_the_daemons_with_their_zones() {
+    let server = FakeApiServer::start(two_zones()).await;
+    let (code, stdout, stderr) = sondectl_k8s("nodes -o json", &server).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let daemons = report["daemons"].as_array().expect("daemons");
+    let seen: Vec<(String, String, String, bool)> = daemons
+        .iter()
+        .map(|d| {
+            (
+                d["node"].as_str().unwrap_or_default().to_owned(),
+                d["zone"].as_str().unwrap_or_default().to_owned(),
+                d["pod_ip"].as_str().unwrap_or_default().to_owned(),
+                d["ready"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("n1".into(), "zone-a".into(), "127.0.2.1".into(), true),
+            ("n2".into(), "zone-a".into(), "127.0.2.2".into(), true),
+            ("n3".into(), "zone-b".into(), "127.0.2.3".into(), true),
+        ]
+    );
+    assert_eq!(daemons[0]["node_labels"]["agenttype"], "client");
+    assert_eq!(
+        server.paths(),
+        ["/api/v1/namespaces/sonde/pods", "/api/v1/nodes"]
+    );
+
+    // Restricted to labelled nodes (the selector goes to the API server).
+    let (code, stdout, stderr) =
+        sondectl_k8s("nodes -o json --node-selector agenttype=server", &server).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let nodes: Vec<&str> = report["daemons"]
+        .as_array()
+        .expect("daemons")
+        .iter()
+        .filter_map(|d| d["node"].as_str())
+        .collect();
+    assert_eq!(nodes, ["n2", "n3"]);
+}
+
+#[tokio::test]
+async fn cross_zone_picks_two_zones_and_refuses_one() {
+    let server = FakeApiServer::start(two_zones()).await;
+    let (code, stdout, stderr) = sondectl_k8s("nodes -o json --pick cross-zone", &server).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(report["pick"]["client"], "n1");
+    assert_eq!(
+        report["pick"]["server"], "n3",
+        "the first node in another zone"
+    );
+
+    let mut one_zone = two_zones();
+    one_zone.nodes.pop();
+    one_zone.daemons.pop();
+    let server = FakeApiServer::start(one_zone).await;
+    let (code, _stdout, stderr) = sondectl_k8s("nodes --pick cross-zone", &server).await;
+    assert_eq!(code, 1, "refused: {stderr}");
+    assert!(
+        stderr.contains("--cross-zone needs ready daemons in two zones; found 1 (zone-a)"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn deploy_applies_every_object_in_order_and_undeploy_deletes_them() {
+    let server = FakeApiServer::start(two_zones()).await;
+    let (code, stdout, stderr) = sondectl_k8s(
+        "deploy --image registry.example/sonded:t --node-selector agenttype=server",
+        &server,
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), 6, "{stdout}");
+    let applied = server.calls();
+    let expected = [
+        "/api/v1/namespaces/sonde",
+        "/api/v1/namespaces/sonde/serviceaccounts/sonded",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles/sonde-reader",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/sonde-reader",
+        "/apis/apps/v1/namespaces/sonde/daemonsets/sonded",
+        "/api/v1/namespaces/sonde/services/sonded",
+    ];
+    assert_eq!(server.paths(), expected);
+    for call in &applied {
+        assert_eq!(call.method, "PATCH");
+        assert_eq!(
+            call.content_type, "application/apply-patch+yaml",
+            "server-side apply"
+        );
+        assert!(
+            call.query.contains("fieldManager=sondectl"),
+            "{}",
+            call.query
+        );
+        assert!(call.query.contains("force=true"), "{}", call.query);
+    }
+    let daemonset: k8s_openapi::api::apps::v1::DaemonSet =
+        serde_json::from_str(&applied[4].body).expect("a DaemonSet");
+    let pod = daemonset
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod spec");
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("registry.example/sonded:t")
+    );
+    assert_eq!(
+        pod.node_selector
+            .and_then(|s| s.get("agenttype").cloned())
+            .as_deref(),
+        Some("server")
+    );
+
+    server.clear_calls();
+    let (code, _stdout, stderr) = sondectl_k8s("undeploy", &server).await;
+    assert_eq!(code, 0, "{stderr}");
+    let mut reversed = expected.to_vec();
+    reversed.reverse();
+    assert_eq!(server.paths(), reversed);
+    assert!(server.calls().iter().all(|c| c.method == "DELETE"));
+}
+
+#[tokio::test]
+async fn runs_between_kubernetes_endpoints_are_placed_as_asked_or_refused() {
+    let server = FakeApiServer::start(two_zones()).await;
+    // client on n1 (zone-a), web-a on n2 (zone-a): not across zones, and not on one node.
+    for (flag, expected) in [
+        (
+            "--cross-zone",
+            "--cross-zone: both ends are in zone zone-a (n1 and n2)",
+        ),
+        (
+            "--same-node",
+            "--same-node: the client is on n1 and the server on n2",
+        ),
+        (
+            "--node-selector agenttype=server",
+            "no sonde daemon on node n1 among the nodes matching --node-selector agenttype=server",
+        ),
+    ] {
+        let (code, _stdout, stderr) = sondectl_k8s(
+            &format!("run tcp-rr --from pod/perf/client --to pod/perf/web-a {flag}"),
+            &server,
+        )
+        .await;
+        assert_eq!(code, 1, "{flag}: {stderr}");
+        assert!(stderr.contains(expected), "{flag}: {stderr}");
+    }
+    // Through the Service: web-b (n3, zone-b) passes --cross-zone, web-a (n2) does not.
+    let (code, _stdout, stderr) = sondectl_k8s(
+        "run tcp-rr --from pod/perf/client --to service/perf/web --cross-zone",
+        &server,
+    )
+    .await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("(n1 and n2)"), "{stderr}");
+    // Placed as asked and reached at pod IPs, the run goes to the daemons there: none
+    // listens here, so it fails there, after resolving the pods through the API.
+    server.clear_calls();
+    let (code, _stdout, stderr) = sondectl_k8s(
+        "run tcp-rr --from pod/perf/client --to service/perf/web --cross-node --duration 1s \
+         --timeout 1s --reach pod-ip",
+        &server,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("127.0.2.2:7470") || stderr.contains("127.0.2.3:7470"),
+        "{stderr}"
+    );
+    let paths = server.paths();
+    for path in [
+        "/api/v1/namespaces/perf/pods/client",
+        "/api/v1/namespaces/perf/services/web",
+        "/apis/discovery.k8s.io/v1/namespaces/perf/endpointslices",
+        "/api/v1/namespaces/perf/pods/web-a",
+        "/api/v1/namespaces/perf/pods/web-b",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == path),
+            "{path} not asked: {paths:?}"
+        );
+    }
+    // `trace` and `conntrack ramp` take the same cluster and placement.
+    for command in ["trace", "conntrack ramp --ceiling 1000"] {
+        let (code, _stdout, stderr) = sondectl_k8s(
+            &format!("{command} --from pod/perf/client --to pod/perf/web-a --cross-zone"),
+            &server,
+        )
+        .await;
+        assert_eq!(code, 1, "{command}: {stderr}");
+        assert!(
+            stderr.contains("--cross-zone: both ends are in zone zone-a"),
+            "{command}: {stderr}"
+        );
+    }
+    // Without a namespace, a Kubernetes pod is refused with what to write.
+    let (code, _stdout, stderr) =
+        sondectl_k8s("run tcp-rr --from pod/client --to pod/perf/web-a", &server).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("pod/NAMESPACE/NAME"), "{stderr}");
+}
+
+#[tokio::test]
+async fn outside_the_cluster_daemons_are_reached_through_port_forward() {
+    let server = FakeApiServer::start(two_zones()).await;
+    // Outside a pod, auto means port-forward. The fake's kubelet finds nothing listening in
+    // the daemons' pods: the run fails naming the port-forward, after asking for it.
+    let (code, _stdout, stderr) = sondectl_k8s(
+        "run tcp-rr --from pod/perf/client --to pod/perf/web-a --duration 1s --timeout 2s",
+        &server,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("sonde/sonded-x1:7470") || stderr.contains("sonde/sonded-x2:7470"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("127.0.2."), "no pod IP dialled: {stderr}");
+    // The kubelet's reason, from the port's error channel.
+    assert!(
+        stderr.contains("kubelet: error forwarding port 7470") && stderr.contains("refused"),
+        "{stderr}"
+    );
+    let forwards: Vec<_> = server
+        .calls()
+        .into_iter()
+        .filter(|c| c.path.ends_with("/portforward"))
+        .collect();
+    assert!(!forwards.is_empty(), "{:?}", server.paths());
+    for call in &forwards {
+        assert_eq!(call.method, "GET");
+        assert!(call.query.contains("ports=7470"), "{}", call.query);
+        assert!(
+            call.path.starts_with("/api/v1/namespaces/sonde/pods/sonded-x"),
+            "{}",
+            call.path
+        );
+    }
+    // --reach needs a cluster to reach.
+    let output = tokio::task::spawn_blocking(|| {
+        sondectl(&[
+            "run",
+            "tcp-rr",
+            "--from",
+            "pod/pod1",
+            "--to",
+            "pod/pod2",
+            "--reach",
+            "port-forward",
+        ])
+    })
+    .await
+    .expect("join");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--kubeconfig"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The lab as a Kubernetes cluster: its nodes in two zones, its daemons as pods whose
+/// port-forwards reach their real sockets, its pods in namespace `perf`, Service `web`.
+fn lab_as_cluster(lab: &Lab) -> FakeCluster {
+    let inventory = &lab.inventory;
+    FakeCluster {
+        nodes: inventory
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| FakeNode {
+                name: node.name.clone(),
+                zone: Some(format!("zone-{}", i + 1)),
+                labels: Vec::new(),
+            })
+            .collect(),
+        daemons: inventory
+            .nodes
+            .iter()
+            .map(|node| FakeDaemon {
+                pod: format!("sonded-{}", node.name),
+                node: node.name.clone(),
+                ip: node.ip.to_string(),
+                ready: true,
+                forward: Some(Forward::Unix(
+                    node.agent
+                        .strip_prefix("unix:")
+                        .expect("the lab's daemons listen on Unix sockets")
+                        .into(),
+                )),
+            })
+            .collect(),
+        pods: inventory
+            .pods
+            .iter()
+            .map(|pod| FakePod {
+                name: pod.name.clone(),
+                node: pod.node.clone(),
+                ip: pod.ip.to_string(),
+            })
+            .collect(),
+        services: inventory
+            .services
+            .iter()
+            .map(|service| FakeService {
+                name: service.name.clone(),
+                cluster_ip: service.cluster_ip.to_string(),
+                port: service.port,
+                target_port: service.target_port,
+                pods: service.endpoints.clone(),
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+async fn a_run_named_in_kubernetes_terms_goes_through_port_forward_to_the_lab() {
+    require_root();
+    let lab = tokio::task::spawn_blocking(|| Lab::up(&["--service", "web=80:8080"]))
+        .await
+        .expect("lab up");
+    let server = FakeApiServer::start(lab_as_cluster(&lab)).await;
+
+    // Across nodes and zones, pod to pod, with the kernel breakdown.
+    let (code, stdout, stderr) = sondectl_k8s(
+        "run tcp-rr --from pod/perf/pod1 --to pod/perf/pod3 --cross-zone --duration 1500ms \
+         --warmup 300ms -o json",
+        &server,
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let measurement = &doc["measurements"][0];
+    assert!(
+        measurement["messages_per_second"].as_f64().unwrap_or(0.0) > 100.0,
+        "{measurement}"
+    );
+    // The client ran inside pod1, named to its daemon by the pod's IP.
+    assert_eq!(measurement["client"]["local_ip"], lab.ip("pod1"));
+    let forwarded: Vec<String> = server
+        .calls()
+        .into_iter()
+        .filter(|c| c.path.ends_with("/portforward"))
+        .map(|c| c.path)
+        .collect();
+    for pod in ["sonded-node1", "sonded-node2"] {
+        let path = format!("/api/v1/namespaces/sonde/pods/{pod}/portforward");
+        assert!(forwarded.contains(&path), "{path}: {forwarded:?}");
+    }
+    // Every stage of both directions, as in a lab run: the daemons found the pods' veths and
+    // their uplinks themselves.
+    let directions = measurement["kernel"]["directions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no breakdown: {measurement}"));
+    assert_eq!(directions.len(), 2, "{measurement}");
+    for direction in directions {
+        let names: Vec<&str> = direction["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .filter(|s| s["latency"]["samples"].as_u64().unwrap_or(0) > 0)
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "sender stack",
+                "sender node",
+                "wire",
+                "receiver node",
+                "receiver stack"
+            ],
+            "{direction}"
+        );
+    }
+
+    // Through the Service's ClusterIP, to its pods.
+    let (code, stdout, stderr) = sondectl_k8s(
+        "run tcp-crr --from pod/perf/pod1 --to service/perf/web --duration 1s --warmup 200ms \
+         -o json",
+        &server,
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(doc["path"], "service", "{doc}");
+    assert!(
+        doc["measurements"][0]["messages_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 10.0,
+        "{doc}"
+    );
+}

@@ -1,0 +1,609 @@
+//! A local fake Kubernetes API server: it answers with real Kubernetes JSON (built from
+//! k8s-openapi types), records every call, and port-forwards like a kubelet (the WebSocket
+//! `v4.channel.k8s.io` protocol) to wherever a test says a daemon's pod really listens.
+//!
+//! It serves what sondectl asks: the daemons' pods (by label) and the nodes (by label
+//! selector), workload pods, Services and their EndpointSlices, server-side applies (echoed),
+//! deletes, and port-forwards of the daemons' pods.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::{SinkExt as _, StreamExt as _};
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::{
+    api::{
+        core::v1::{
+            Node, ObjectReference, Pod, PodCondition, PodSpec, PodStatus, Service, ServicePort,
+            ServiceSpec,
+        },
+        discovery::v1::{Endpoint, EndpointConditions, EndpointSlice},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, handshake::derive_accept_key, protocol::Role},
+};
+
+/// The namespace the fake's sonde daemons run in.
+pub const SONDE_NAMESPACE: &str = "sonde";
+/// The namespace of its workload pods and Services.
+pub const WORKLOAD_NAMESPACE: &str = "perf";
+
+/// One request the fake server received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// GET, PATCH, DELETE, ...
+    pub method: String,
+    /// The URI's path.
+    pub path: String,
+    /// The URI's query, undecoded.
+    pub query: String,
+    /// The Content-Type header.
+    pub content_type: String,
+    /// The body, as text.
+    pub body: String,
+}
+
+/// A node: its name, zone and labels.
+#[derive(Debug, Clone)]
+pub struct FakeNode {
+    /// Its name.
+    pub name: String,
+    /// `topology.kubernetes.io/zone`, if labelled.
+    pub zone: Option<String>,
+    /// Its other labels.
+    pub labels: Vec<(String, String)>,
+}
+
+/// Where a port-forward to a daemon's pod really goes.
+#[derive(Debug, Clone)]
+pub enum Forward {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket (the lab's daemons).
+    Unix(PathBuf),
+}
+
+/// A sonde daemon's pod.
+#[derive(Debug, Clone)]
+pub struct FakeDaemon {
+    /// The pod's name.
+    pub pod: String,
+    /// Its node.
+    pub node: String,
+    /// Its IP (the node's: host networking).
+    pub ip: String,
+    /// Whether it is Ready.
+    pub ready: bool,
+    /// Where its port-forward connects; `None` answers like a kubelet whose connection to
+    /// the pod's port is refused.
+    pub forward: Option<Forward>,
+}
+
+/// A workload pod in namespace [`WORKLOAD_NAMESPACE`].
+#[derive(Debug, Clone)]
+pub struct FakePod {
+    /// Its name.
+    pub name: String,
+    /// Its node.
+    pub node: String,
+    /// Its IP.
+    pub ip: String,
+}
+
+/// A ClusterIP Service in namespace [`WORKLOAD_NAMESPACE`].
+#[derive(Debug, Clone)]
+pub struct FakeService {
+    /// Its name.
+    pub name: String,
+    /// Its ClusterIP.
+    pub cluster_ip: String,
+    /// The port on the ClusterIP.
+    pub port: u16,
+    /// The port on the pods.
+    pub target_port: u16,
+    /// The pods behind it (ready endpoints).
+    pub pods: Vec<String>,
+}
+
+/// The cluster the fake server describes.
+#[derive(Debug, Clone, Default)]
+pub struct FakeCluster {
+    /// Every node.
+    pub nodes: Vec<FakeNode>,
+    /// Every sonde daemon.
+    pub daemons: Vec<FakeDaemon>,
+    /// The workload pods.
+    pub pods: Vec<FakePod>,
+    /// The Services.
+    pub services: Vec<FakeService>,
+}
+
+/// A running fake API server.
+#[derive(Debug)]
+pub struct FakeApiServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    calls: Arc<Mutex<Vec<Call>>>,
+    kubeconfig: PathBuf,
+}
+
+impl FakeApiServer {
+    /// Serves `cluster` on a loopback port, on the current tokio runtime.
+    pub async fn start(cluster: FakeCluster) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&calls);
+        let cluster = Arc::new(cluster);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (cluster, recorded) = (Arc::clone(&cluster), Arc::clone(&recorded));
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        handle(Arc::clone(&cluster), Arc::clone(&recorded), request)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        let kubeconfig = std::env::temp_dir().join(format!(
+            "sonde-kubeconfig-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+             current-context: fake\nusers:\n- name: fake\n  user:\n    token: not-a-secret\n"
+        );
+        std::fs::write(&kubeconfig, text).expect("write kubeconfig");
+        Self {
+            addr,
+            calls,
+            kubeconfig,
+        }
+    }
+
+    /// A kubeconfig file pointing at the server (removed with it).
+    pub fn kubeconfig(&self) -> &std::path::Path {
+        &self.kubeconfig
+    }
+
+    /// The calls received so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().expect("calls").clone()
+    }
+
+    /// Forgets the calls received so far.
+    pub fn clear_calls(&self) {
+        self.calls.lock().expect("calls").clear();
+    }
+
+    /// The paths asked so far, in order.
+    pub fn paths(&self) -> Vec<String> {
+        self.calls().into_iter().map(|call| call.path).collect()
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+    }
+}
+
+async fn handle(
+    cluster: Arc<FakeCluster>,
+    recorded: Arc<Mutex<Vec<Call>>>,
+    mut request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let upgrade = hyper::upgrade::on(&mut request);
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let call = Call {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        content_type: header("content-type"),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    recorded.lock().expect("calls").push(call.clone());
+    let key = header("sec-websocket-key");
+    if call.path.ends_with("/portforward") && !key.is_empty() {
+        if let Some(response) = port_forward(&cluster, &call, &key, &header, upgrade) {
+            return Ok(response);
+        }
+    }
+    let (status, json) = answer(&cluster, &call);
+    let mut response = Response::new(Full::new(Bytes::from(json.to_string())));
+    *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().expect("header"));
+    Ok(response)
+}
+
+/// Accepts a port-forward of a daemon's pod as the API server and kubelet do, and carries its
+/// bytes to the daemon's real address. `None` when the pod or port is not one to forward.
+fn port_forward(
+    cluster: &FakeCluster,
+    call: &Call,
+    key: &str,
+    header: &dyn Fn(&str) -> String,
+    upgrade: hyper::upgrade::OnUpgrade,
+) -> Option<Response<Full<Bytes>>> {
+    let pod = call
+        .path
+        .strip_prefix(&format!("/api/v1/namespaces/{SONDE_NAMESPACE}/pods/"))?
+        .strip_suffix("/portforward")?;
+    let daemon = cluster.daemons.iter().find(|d| d.pod == pod)?.clone();
+    let ports = call
+        .query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ports="))
+        .map(percent_decoded)?;
+    let port: u16 = ports.parse().ok()?;
+    assert!(
+        header("sec-websocket-protocol").contains("v4.channel.k8s.io"),
+        "a port-forward speaks the v4 channel protocol"
+    );
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        carry(socket, daemon, port).await;
+    });
+    Response::builder()
+        .status(hyper::StatusCode::SWITCHING_PROTOCOLS)
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+        .header("sec-websocket-protocol", "v4.channel.k8s.io")
+        .body(Full::new(Bytes::new()))
+        .ok()
+}
+
+/// The kubelet's side of one port-forward: channel 0 carries data, channel 1 errors, and each
+/// opens with the port number (2 bytes, little-endian).
+async fn carry<S>(mut socket: WebSocketStream<S>, daemon: FakeDaemon, port: u16)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let [low, high] = port.to_le_bytes();
+    for channel in [0u8, 1] {
+        if socket
+            .send(Message::binary(vec![channel, low, high]))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let target: Result<Box<dyn Duplex>, std::io::Error> = match &daemon.forward {
+        Some(Forward::Tcp(addr)) => tokio::net::TcpStream::connect(addr)
+            .await
+            .map(|s| Box::new(s) as Box<dyn Duplex>),
+        Some(Forward::Unix(path)) => tokio::net::UnixStream::connect(path)
+            .await
+            .map(|s| Box::new(s) as Box<dyn Duplex>),
+        None => Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+    };
+    let mut target = match target {
+        Ok(target) => target,
+        Err(err) => {
+            let mut message = vec![1u8];
+            message.extend_from_slice(
+                format!(
+                    "error forwarding port {port} to pod {}: dial tcp4 127.0.0.1:{port}: {err}",
+                    daemon.pod
+                )
+                .as_bytes(),
+            );
+            let _ = socket.send(Message::binary(message)).await;
+            // Like the kubelet, close once the client has had its say (its first bytes are
+            // on their way as soon as it connects): closing first would race them.
+            let _ = tokio::time::timeout(Duration::from_secs(2), socket.next()).await;
+            let _ = socket.close(None).await;
+            return;
+        }
+    };
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            message = socket.next() => match message {
+                Some(Ok(Message::Binary(bytes))) if bytes.first() == Some(&0) => {
+                    if target.write_all(&bytes[1..]).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+            read = target.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let mut message = Vec::with_capacity(n + 1);
+                    message.push(0);
+                    message.extend_from_slice(&buffer[..n]);
+                    if socket.send(Message::binary(message)).await.is_err() {
+                        break;
+                    }
+                }
+            },
+        }
+    }
+    let _ = socket.close(None).await;
+}
+
+/// A byte stream both ways.
+trait Duplex: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Duplex for T {}
+
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        ..ObjectMeta::default()
+    }
+}
+
+fn node(spec: &FakeNode) -> Node {
+    let mut labels: BTreeMap<String, String> = spec.labels.iter().cloned().collect();
+    labels.insert("kubernetes.io/hostname".to_owned(), spec.name.clone());
+    if let Some(zone) = &spec.zone {
+        labels.insert("topology.kubernetes.io/zone".to_owned(), zone.clone());
+    }
+    Node {
+        metadata: ObjectMeta {
+            labels: Some(labels),
+            ..meta(&spec.name, None)
+        },
+        ..Node::default()
+    }
+}
+
+fn pod(name: &str, namespace: &str, node: &str, ip: &str, ready: bool) -> Pod {
+    Pod {
+        metadata: meta(name, Some(namespace)),
+        spec: Some(PodSpec {
+            node_name: Some(node.to_owned()),
+            ..PodSpec::default()
+        }),
+        status: Some(PodStatus {
+            pod_ip: Some(ip.to_owned()),
+            phase: Some("Running".to_owned()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".to_owned(),
+                status: if ready { "True" } else { "False" }.to_owned(),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        }),
+    }
+}
+
+fn daemon_pod(daemon: &FakeDaemon) -> Pod {
+    let mut found = pod(
+        &daemon.pod,
+        SONDE_NAMESPACE,
+        &daemon.node,
+        &daemon.ip,
+        daemon.ready,
+    );
+    found.metadata.labels = Some(
+        [
+            ("app.kubernetes.io/name", "sonde"),
+            ("app.kubernetes.io/component", "agent"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+    );
+    if let Some(spec) = found.spec.as_mut() {
+        spec.host_network = Some(true);
+    }
+    found
+}
+
+fn list<T: serde::Serialize>(kind: &str, items: &[T]) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": kind,
+        "metadata": { "resourceVersion": "1" },
+        "items": items,
+    })
+}
+
+/// A query value with its %XX escapes decoded.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn json<T: serde::Serialize>(object: &T) -> (u16, serde_json::Value) {
+    (200, serde_json::to_value(object).expect("JSON"))
+}
+
+/// Answers like an API server.
+fn answer(cluster: &FakeCluster, call: &Call) -> (u16, serde_json::Value) {
+    let selector = call
+        .query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("labelSelector="))
+        .map(percent_decoded)
+        .unwrap_or_default();
+    let wanted: Vec<(&str, &str)> = selector
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .collect();
+    let sonde_pods = format!("/api/v1/namespaces/{SONDE_NAMESPACE}/pods");
+    let workload_pod = format!("/api/v1/namespaces/{WORKLOAD_NAMESPACE}/pods/");
+    let service = format!("/api/v1/namespaces/{WORKLOAD_NAMESPACE}/services/");
+    let slices = format!("/apis/discovery.k8s.io/v1/namespaces/{WORKLOAD_NAMESPACE}/endpointslices");
+    match (call.method.as_str(), call.path.as_str()) {
+        ("GET", path) if path == sonde_pods => {
+            assert!(
+                selector.contains("app.kubernetes.io/name=sonde"),
+                "{selector}"
+            );
+            let pods: Vec<Pod> = cluster.daemons.iter().map(daemon_pod).collect();
+            (200, list("PodList", &pods))
+        }
+        ("GET", "/api/v1/nodes") => {
+            let nodes: Vec<Node> = cluster
+                .nodes
+                .iter()
+                .map(node)
+                .filter(|node| {
+                    let labels = node.metadata.labels.clone().unwrap_or_default();
+                    wanted
+                        .iter()
+                        .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+                })
+                .collect();
+            (200, list("NodeList", &nodes))
+        }
+        ("GET", path) if path.starts_with(&workload_pod) => {
+            let name = &path[workload_pod.len()..];
+            match cluster.pods.iter().find(|p| p.name == name) {
+                Some(found) => json(&pod(
+                    &found.name,
+                    WORKLOAD_NAMESPACE,
+                    &found.node,
+                    &found.ip,
+                    true,
+                )),
+                None => not_found(),
+            }
+        }
+        ("GET", path) if path.starts_with(&service) => {
+            let name = &path[service.len()..];
+            match cluster.services.iter().find(|s| s.name == name) {
+                Some(found) => json(&Service {
+                    metadata: meta(&found.name, Some(WORKLOAD_NAMESPACE)),
+                    spec: Some(ServiceSpec {
+                        cluster_ip: Some(found.cluster_ip.clone()),
+                        ports: Some(vec![ServicePort {
+                            port: i32::from(found.port),
+                            target_port: Some(IntOrString::Int(i32::from(found.target_port))),
+                            ..ServicePort::default()
+                        }]),
+                        ..ServiceSpec::default()
+                    }),
+                    ..Service::default()
+                }),
+                None => not_found(),
+            }
+        }
+        ("GET", path) if path == slices => {
+            let name = selector
+                .strip_prefix("kubernetes.io/service-name=")
+                .unwrap_or_else(|| panic!("EndpointSlices by Service: {selector}"));
+            let items: Vec<EndpointSlice> = cluster
+                .services
+                .iter()
+                .filter(|s| s.name == name)
+                .map(|found| EndpointSlice {
+                    metadata: meta(&format!("{name}-abc"), Some(WORKLOAD_NAMESPACE)),
+                    address_type: "IPv4".to_owned(),
+                    endpoints: cluster
+                        .pods
+                        .iter()
+                        .filter(|p| found.pods.contains(&p.name))
+                        .map(|p| Endpoint {
+                            addresses: vec![p.ip.clone()],
+                            conditions: Some(EndpointConditions {
+                                ready: Some(true),
+                                ..EndpointConditions::default()
+                            }),
+                            node_name: Some(p.node.clone()),
+                            target_ref: Some(ObjectReference {
+                                kind: Some("Pod".to_owned()),
+                                name: Some(p.name.clone()),
+                                namespace: Some(WORKLOAD_NAMESPACE.to_owned()),
+                                ..ObjectReference::default()
+                            }),
+                            ..Endpoint::default()
+                        })
+                        .collect(),
+                    ports: None,
+                })
+                .collect();
+            (200, list("EndpointSliceList", &items))
+        }
+        ("PATCH", _) => (
+            200,
+            serde_json::from_str(&call.body).expect("an applied object is JSON"),
+        ),
+        ("DELETE", _) => (
+            200,
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Status", "metadata": {},
+                "status": "Success", "code": 200,
+            }),
+        ),
+        _ => not_found(),
+    }
+}
+
+fn not_found() -> (u16, serde_json::Value) {
+    (
+        404,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": "not served by the fake",
+        }),
+    )
+}
