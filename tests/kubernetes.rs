@@ -327,7 +327,8 @@ async fn outside_the_cluster_daemons_are_reached_through_port_forward() {
         assert_eq!(call.method, "GET");
         assert!(call.query.contains("ports=7470"), "{}", call.query);
         assert!(
-            call.path.starts_with("/api/v1/namespaces/sonde/pods/sonded-x"),
+            call.path
+                .starts_with("/api/v1/namespaces/sonde/pods/sonded-x"),
             "{}",
             call.path
         );

@@ -36,7 +36,9 @@ impl FromStr for AgentAddr {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let bad = |why: &str| {
-            format!("invalid agent address {text:?}: {why} (expected HOST:PORT, unix:PATH or port-forward:NAMESPACE/POD:PORT)")
+            format!(
+                "invalid agent address {text:?}: {why} (expected HOST:PORT, unix:PATH or port-forward:NAMESPACE/POD:PORT)"
+            )
         };
         let valid_port = |port: &str| match port.parse::<u16>() {
             Ok(0) | Err(_) => Err(bad("port must be a number from 1 to 65535")),
@@ -215,7 +217,10 @@ mod tests {
         ] {
             let err = text.parse::<AgentAddr>().expect_err(text);
             assert!(err.contains(why), "{text}: {err}");
-            assert!(err.contains("HOST:PORT, unix:PATH or port-forward:"), "{text}: {err}");
+            assert!(
+                err.contains("HOST:PORT, unix:PATH or port-forward:"),
+                "{text}: {err}"
+            );
         }
     }
 }

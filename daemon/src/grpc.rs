@@ -105,6 +105,44 @@ impl<S: FactsSource> AgentService<S> {
             })
     }
 
+    /// A trace request with the interfaces the caller left to this daemon: the veth of a pod
+    /// named by `pod-ip:`, and the uplink toward `uplink_toward` (`ip route get` in the
+    /// daemon's namespace, the node's). A Kubernetes caller knows neither.
+    fn with_interfaces(
+        &self,
+        netns: &str,
+        trace: Option<pb::TraceRequest>,
+    ) -> Result<Option<pb::TraceRequest>, Status> {
+        let Some(mut trace) = trace else {
+            return Ok(None);
+        };
+        if trace.pod_interface.is_empty()
+            && let Some(address) = netns.strip_prefix("pod-ip:")
+            && let Ok(ip) = address.parse::<std::net::IpAddr>()
+            && let Some(pod) = self
+                .source
+                .pod_interfaces()
+                .into_iter()
+                .find(|pod| pod.ips.contains(&ip))
+        {
+            trace.pod_interface = pod.host_interface;
+        }
+        if trace.uplink_interface.is_empty() && !trace.uplink_toward.is_empty() {
+            let toward: std::net::IpAddr = trace.uplink_toward.parse().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "trace.uplink_toward: {:?} is not an IP address",
+                    trace.uplink_toward
+                ))
+            })?;
+            let device = crate::pods::rtnl::Rtnl::open()
+                .and_then(|mut rtnl| rtnl.route_device(toward))
+                .map_err(|err| Status::internal(format!("routing {toward}: {err}")))?;
+            // No route out (the other side is local after all): no uplink stage.
+            trace.uplink_interface = device.unwrap_or_default();
+        }
+        Ok(Some(trace))
+    }
+
     fn watcher(&self) -> Option<Arc<Watcher>> {
         self.conntrack.as_ref().ok().cloned()
     }
@@ -199,9 +237,10 @@ impl<S: FactsSource> Agent for AgentService<S> {
         &self,
         request: Request<pb::PrepareServerRequest>,
     ) -> Result<Response<pb::PrepareServerResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         let spec = spec_of(request.spec.as_ref())?;
         let netns = self.netns_of(&request.netns)?;
+        request.trace = self.with_interfaces(&request.netns, request.trace.take())?;
         let port = u16::try_from(request.port)
             .map_err(|_| Status::invalid_argument("port: must be 0 to 65535"))?;
         let lease = (request.lease_ms > 0).then(|| Duration::from_millis(request.lease_ms));
@@ -267,9 +306,10 @@ impl<S: FactsSource> Agent for AgentService<S> {
         &self,
         request: Request<pb::StartClientRequest>,
     ) -> Result<Response<Self::StartClientStream>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         let spec = spec_of(request.spec.as_ref())?;
         let netns = self.netns_of(&request.netns)?;
+        request.trace = self.with_interfaces(&request.netns, request.trace.take())?;
         let target = if spec.kind.is_intra_pod() {
             let path = std::path::PathBuf::from(&request.target_path);
             if !(generators::local::is_run_path(&path) && path.exists()) {

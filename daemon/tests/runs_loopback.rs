@@ -576,6 +576,7 @@ async fn trace_requests_are_checked_field_by_field() {
                     pod_interface: pod_interface.to_owned(),
                     uplink_interface: String::new(),
                     sample_one_in,
+                    uplink_toward: String::new(),
                 }),
                 ..Default::default()
             })
@@ -584,6 +585,26 @@ async fn trace_requests_are_checked_field_by_field() {
         assert_eq!(status.code(), Code::InvalidArgument, "{field}");
         assert!(status.message().starts_with(field), "{}", status.message());
     }
+    // The other side an uplink is looked up toward must be an address.
+    let status = client
+        .prepare_server(pb::PrepareServerRequest {
+            run_id: "traced".to_owned(),
+            spec: Some(spec(pb::RunKind::TcpRr, 100, 1, 1)),
+            trace: Some(pb::TraceRequest {
+                flows: vec![flow("127.0.0.1", "tcp")],
+                uplink_toward: "node2".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("uplink_toward");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("trace.uplink_toward"),
+        "{}",
+        status.message()
+    );
     // A well-formed request to a daemon without tracing (this one has no eBPF) is refused as
     // such, and leaves no server side behind.
     let status = client

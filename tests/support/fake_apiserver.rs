@@ -241,10 +241,11 @@ async fn handle(
     };
     recorded.lock().expect("calls").push(call.clone());
     let key = header("sec-websocket-key");
-    if call.path.ends_with("/portforward") && !key.is_empty() {
-        if let Some(response) = port_forward(&cluster, &call, &key, &header, upgrade) {
-            return Ok(response);
-        }
+    if call.path.ends_with("/portforward")
+        && !key.is_empty()
+        && let Some(response) = port_forward(&cluster, &call, &key, &header, upgrade)
+    {
+        return Ok(response);
     }
     let (status, json) = answer(&cluster, &call);
     let mut response = Response::new(Full::new(Bytes::from(json.to_string())));
@@ -491,7 +492,8 @@ fn answer(cluster: &FakeCluster, call: &Call) -> (u16, serde_json::Value) {
     let sonde_pods = format!("/api/v1/namespaces/{SONDE_NAMESPACE}/pods");
     let workload_pod = format!("/api/v1/namespaces/{WORKLOAD_NAMESPACE}/pods/");
     let service = format!("/api/v1/namespaces/{WORKLOAD_NAMESPACE}/services/");
-    let slices = format!("/apis/discovery.k8s.io/v1/namespaces/{WORKLOAD_NAMESPACE}/endpointslices");
+    let slices =
+        format!("/apis/discovery.k8s.io/v1/namespaces/{WORKLOAD_NAMESPACE}/endpointslices");
     match (call.method.as_str(), call.path.as_str()) {
         ("GET", path) if path == sonde_pods => {
             assert!(

@@ -120,6 +120,7 @@ mod tests {
             zone: zone.map(str::to_owned),
             node_labels: Default::default(),
             pod: format!("sonded-{node}"),
+            namespace: "sonde".to_owned(),
             pod_ip: Some("10.0.0.1".to_owned()),
             ready,
         }

@@ -129,10 +129,7 @@ async fn forward(
         .unwrap_or_else(|| std::io::Error::other("the port-forward closed at once")));
     }
     first.truncate(read);
-    Ok(hyper_util::rt::TokioIo::new(Forwarded {
-        first,
-        stream,
-    }))
+    Ok(hyper_util::rt::TokioIo::new(Forwarded { first, stream }))
 }
 
 /// A port-forwarded stream, with the first bytes already read from it put back in front.

@@ -150,7 +150,9 @@ async fn ask(addr: &AgentAddr, timeout: std::time::Duration) -> anyhow::Result<N
     let response = client
         .get_node_facts(pb::GetNodeFactsRequest {})
         .await
-        .map_err(|status| anyhow::anyhow!("GetNodeFacts failed: {}", agent::status_text(&status)))?;
+        .map_err(|status| {
+            anyhow::anyhow!("GetNodeFacts failed: {}", agent::status_text(&status))
+        })?;
     let facts = response
         .into_inner()
         .facts

@@ -58,7 +58,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             trace: None,
         })
         .await
-        .map_err(|status| anyhow::anyhow!("{} refused: {}", place.agent, agent::status_text(&status)))?
+        .map_err(|status| {
+            anyhow::anyhow!("{} refused: {}", place.agent, agent::status_text(&status))
+        })?
         .into_inner();
     let token: String = prepared.token.iter().map(|b| format!("{b:02x}")).collect();
     let ready = serde_json::json!({

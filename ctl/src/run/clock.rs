@@ -51,7 +51,9 @@ async fn sample(
         let answer = client
             .get_clock(pb::GetClockRequest {})
             .await
-            .map_err(|status| anyhow::anyhow!("{agent}: GetClock: {}", crate::agent::status_text(&status)))?
+            .map_err(|status| {
+                anyhow::anyhow!("{agent}: GetClock: {}", crate::agent::status_text(&status))
+            })?
             .into_inner();
         let received = base.elapsed().as_nanos() as i64;
         let half_rtt = ((received - sent) / 2) as u64;

@@ -95,6 +95,7 @@ impl Plan {
             } else {
                 server.uplink.clone().unwrap_or_default()
             },
+            uplink_toward: uplink_toward(server, server.agent != self.source.agent, client_ip),
             sample_one_in: self.trace_sampling(),
         })
     }
@@ -127,14 +128,18 @@ impl Plan {
                 }
             }
         }
-        let remote = servers.iter().any(|(s, _)| s.agent != self.source.agent);
+        let remote = servers.iter().find(|(s, _)| s.agent != self.source.agent);
         Some(pb::TraceRequest {
             flows,
             pod_interface: self.source.host_interface.clone().unwrap_or_default(),
-            uplink_interface: if remote {
+            uplink_interface: if remote.is_some() {
                 self.source.uplink.clone().unwrap_or_default()
             } else {
                 String::new()
+            },
+            uplink_toward: match remote.and_then(|(server, _)| server.ip) {
+                Some(ip) => uplink_toward(&self.source, true, ip),
+                None => String::new(),
             },
             sample_one_in: self.trace_sampling(),
         })
@@ -452,6 +457,16 @@ pub async fn measure(
 }
 
 /// The node name of a server daemon, for reports.
+/// The other side's address, for a daemon to find its uplink by, when the side's place does
+/// not name the uplink (a Kubernetes node, whose interfaces only its daemon knows).
+fn uplink_toward(place: &Place, remote: bool, other: std::net::IpAddr) -> String {
+    if remote && place.uplink.is_none() {
+        other.to_string()
+    } else {
+        String::new()
+    }
+}
+
 fn node_of(plan: &Plan, agent: &str) -> String {
     plan.destination
         .servers
@@ -485,10 +500,9 @@ async fn run_client(
         .into_inner();
     let bar = progress_bar(plan, size, total);
     let result = loop {
-        let event = stream
-            .message()
-            .await
-            .map_err(|status| anyhow::anyhow!("the stream broke: {}", agent::status_text(&status)))?;
+        let event = stream.message().await.map_err(|status| {
+            anyhow::anyhow!("the stream broke: {}", agent::status_text(&status))
+        })?;
         match event.and_then(|e| e.event) {
             Some(pb::client_event::Event::Progress(progress)) => {
                 if let Some(bar) = &bar {

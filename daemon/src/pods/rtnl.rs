@@ -1,14 +1,16 @@
 //! The few rtnetlink requests the pod mapping needs, in the namespace the socket was opened
-//! in: links (name, kind, peer), addresses, and the id a namespace has here.
+//! in: links (name, kind, peer), addresses, the id a namespace has here, and the interface a
+//! destination is routed out of.
 
 use std::{io, net::IpAddr, os::fd::AsRawFd};
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::{
-    RouteNetlinkMessage,
+    AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
     link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
     nsid::{NsidAttribute, NsidMessage},
+    route::{RouteAddress, RouteAttribute, RouteMessage},
 };
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 
@@ -75,6 +77,51 @@ impl Rtnl {
                 }
             })?;
         Ok(addresses)
+    }
+
+    /// The name of the interface this namespace routes packets for `to` out of (`ip route get`):
+    /// a node's uplink toward another node's pods. `None` for a local address or no route.
+    pub fn route_device(&mut self, to: IpAddr) -> io::Result<Option<String>> {
+        let mut message = RouteMessage::default();
+        message.header.address_family = match to {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        message.header.destination_prefix_length = if to.is_ipv4() { 32 } else { 128 };
+        message
+            .attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(to)));
+        let mut index = None;
+        let answered = self.requests.request(
+            RouteNetlinkMessage::GetRoute(message),
+            NLM_F_REQUEST,
+            |reply| {
+                if let RouteNetlinkMessage::NewRoute(route) = reply {
+                    index = route
+                        .attributes
+                        .iter()
+                        .find_map(|attribute| match attribute {
+                            RouteAttribute::Oif(index) => Some(*index),
+                            _ => None,
+                        });
+                }
+            },
+        );
+        match answered {
+            Ok(()) => {}
+            // No route to it: nothing to name.
+            Err(err) if err.raw_os_error() == Some(libc::ENETUNREACH) => return Ok(None),
+            Err(err) => return Err(err),
+        }
+        let Some(index) = index else {
+            return Ok(None);
+        };
+        let name = self
+            .links()?
+            .into_iter()
+            .find(|link| link.index == index)
+            .map(|link| link.name);
+        Ok(name.filter(|name| name != "lo"))
     }
 
     /// The id this namespace gives the namespace `fd` refers to, if it has given it one.
