@@ -490,3 +490,180 @@ async fn a_run_named_in_kubernetes_terms_goes_through_port_forward_to_the_lab() 
         "{doc}"
     );
 }
+
+/// A `sonded --kubernetes` in a lab node's namespace, beside the lab's own daemon, watching
+/// the fake API server for that node's pods; killed on drop.
+struct NamingDaemon {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl NamingDaemon {
+    fn start(lab: &Lab, node: &str, kubeconfig: &std::path::Path) -> Self {
+        let socket =
+            std::env::temp_dir().join(format!("sonde-t{}-k8s-{node}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let netns = &lab.inventory.node(node).expect("node").netns;
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", netns])
+            .arg(sonde_integration::workspace_bin("sonded"))
+            .args(["--node-name", node, "--kubernetes", "--log", "warn"])
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("sonded starts");
+        Self { child, socket }
+    }
+
+    /// (veth, pod name) of each pod it maps, once `wanted` holds of them (10 s at most).
+    fn named_pods(&self, wanted: impl Fn(&[(String, String)]) -> bool) -> Vec<(String, String)> {
+        let agent = format!("unix:{}", self.socket.display());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let output = sondectl(&["nodes", "--agents", &agent, "-o", "json"]);
+            let named: Vec<(String, String)> =
+                serde_json::from_slice::<serde_json::Value>(&output.stdout)
+                    .ok()
+                    .and_then(|report| report["nodes"][0]["pod_interfaces"].as_array().cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| {
+                        (
+                            p["host_interface"].as_str().unwrap_or_default().to_owned(),
+                            p["pod"].as_str().unwrap_or("-").to_owned(),
+                        )
+                    })
+                    .collect();
+            if wanted(&named) {
+                return named;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon names {named:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for NamingDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+async fn a_daemon_names_its_pods_from_a_watch_and_follows_new_ones() {
+    require_root();
+    let lab = tokio::task::spawn_blocking(|| Lab::up(&["--nodes", "2", "--pods-per-node", "2"]))
+        .await
+        .expect("lab up");
+    let node1 = lab.netns_path("node1");
+    let server = FakeApiServer::start_in(lab_as_cluster(&lab), Some(&node1)).await;
+    let kubeconfig = server.kubeconfig().to_path_buf();
+    let lab = std::sync::Arc::new(lab);
+    let shared = std::sync::Arc::clone(&lab);
+    let (daemon, named) = tokio::task::spawn_blocking(move || {
+        let daemon = NamingDaemon::start(&shared, "node1", &kubeconfig);
+        let named = daemon.named_pods(|named| {
+            named.len() == 2 && named.iter().all(|(_, pod)| pod.starts_with("perf/"))
+        });
+        (daemon, named)
+    })
+    .await
+    .expect("named");
+    // Exactly node1's pods, each veth with its own pod's name.
+    let mut expected: Vec<(String, String)> = lab
+        .inventory
+        .pods
+        .iter()
+        .filter(|pod| pod.node == "node1")
+        .map(|pod| (pod.host_veth.clone(), format!("perf/{}", pod.name)))
+        .collect();
+    let mut named = named;
+    named.sort();
+    expected.sort();
+    assert_eq!(named, expected);
+    // It listed and watched the pods of its node, and only those.
+    let asked: Vec<_> = server
+        .calls()
+        .into_iter()
+        .filter(|c| c.path == "/api/v1/pods")
+        .collect();
+    assert!(
+        asked
+            .iter()
+            .all(|c| c.query.contains("fieldSelector=spec.nodeName%3Dnode1")),
+        "{asked:?}"
+    );
+    assert!(
+        asked.iter().any(|c| c.query.contains("watch=true")),
+        "{asked:?}"
+    );
+
+    // A pod that comes later: its veth appears in the kernel, then the API reports it running.
+    let late = format!("{}late", sonde_ctl::lab::inventory::netns_prefix(&lab.name));
+    let node = lab.inventory.node("node1").expect("node1").clone();
+    let late_ip = std::net::Ipv4Addr::from(u32::from(node.pod_cidr.network()) + 98);
+    // Named with the lab's prefix: `lab down` removes it with the rest.
+    for args in [
+        vec!["netns", "add", &late],
+        vec![
+            "link",
+            "add",
+            "vethlate",
+            "netns",
+            &node.netns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &late,
+        ],
+        vec![
+            "-n",
+            &node.netns,
+            "link",
+            "set",
+            "vethlate",
+            "master",
+            "cni0",
+            "up",
+        ],
+        vec!["-n", &late, "link", "set", "eth0", "up"],
+    ] {
+        sonde_integration::run("ip", &args);
+    }
+    let address = format!("{late_ip}/24");
+    sonde_integration::run("ip", &["-n", &late, "addr", "add", &address, "dev", "eth0"]);
+    server.add_pod(FakePod {
+        name: "late".to_owned(),
+        node: "node1".to_owned(),
+        ip: late_ip.to_string(),
+    });
+    let named = tokio::task::spawn_blocking(move || {
+        daemon.named_pods(|named| {
+            named
+                .iter()
+                .any(|(veth, pod)| veth == "vethlate" && pod == "perf/late")
+        })
+    })
+    .await
+    .expect("late pod named");
+    assert_eq!(named.len(), 3, "{named:?}");
+    // The watch delivered it: the pods were listed once, and never again.
+    let lists = server
+        .calls()
+        .into_iter()
+        .filter(|c| c.path == "/api/v1/pods" && !c.query.contains("watch=true"))
+        .count();
+    assert_eq!(lists, 1);
+}

@@ -81,6 +81,20 @@ fn check_daemonset(daemonset: &DaemonSet) {
             .expect("gRPC probe");
         assert_eq!(grpc.port, 7470, "the gRPC health service");
     }
+    // The daemon knows its node (from the downward API) and names its pods from a watch.
+    let env = container.env.as_deref().unwrap_or_default();
+    let node_from = env
+        .iter()
+        .find(|var| var.name == "SONDE_NODE_NAME")
+        .and_then(|var| var.value_from.as_ref())
+        .and_then(|from| from.field_ref.as_ref())
+        .map(|field| field.field_path.as_str());
+    assert_eq!(node_from, Some("spec.nodeName"));
+    let kubernetes = env.iter().find(|var| var.name == "SONDE_KUBERNETES");
+    assert_eq!(
+        kubernetes.and_then(|var| var.value.as_deref()),
+        Some("true")
+    );
 }
 
 #[test]

@@ -29,6 +29,11 @@ pub struct Config {
     #[arg(long, env = "SONDE_NODE_NAME")]
     pub node_name: Option<String>,
 
+    /// Name the node's pods by watching them on the Kubernetes API server (the pod's service
+    /// account in a cluster, else $KUBECONFIG); needs the node's name.
+    #[arg(long, env = "SONDE_KUBERNETES", requires = "node_name")]
+    pub kubernetes: bool,
+
     /// How long to wait for in-flight calls when asked to stop, in seconds.
     #[arg(long, env = "SONDE_DRAIN_SECONDS", default_value_t = 5)]
     pub drain_seconds: u64,

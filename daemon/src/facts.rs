@@ -63,6 +63,8 @@ pub struct Node {
     pub tracer: Option<Arc<Tracer>>,
     /// The pods' veths and their counters; `None` when they cannot be mapped (logged).
     pods: Option<Arc<crate::pods::PodProbes>>,
+    /// The pods' names, when the daemon watches the API server.
+    pod_names: std::sync::OnceLock<Arc<crate::pods::names::PodNames>>,
 }
 
 impl Node {
@@ -107,16 +109,36 @@ impl Node {
             probes,
             tracer,
             pods,
+            pod_names: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Names the node's pods from a watch on the API server through `client` (on the current
+    /// tokio runtime); each change to them also makes the veth mapping look again.
+    pub fn name_pods(&self, client: kube::Client) {
+        let pods = self.pods.clone();
+        let names = crate::pods::names::PodNames::start(client, &self.fixed.node_name, move || {
+            if let Some(pods) = pods.clone() {
+                tokio::task::spawn_blocking(move || pods.refresh());
+            }
+        });
+        let _ = self.pod_names.set(names);
     }
 }
 
 impl FactsSource for Node {
     fn pod_interfaces(&self) -> Vec<crate::pods::PodInterface> {
-        self.pods
+        let mut pods = self
+            .pods
             .as_ref()
             .map(|pods| pods.interfaces())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(names) = self.pod_names.get() {
+            for pod in &mut pods {
+                pod.pod = pod.ips.iter().find_map(|ip| names.name_of(*ip));
+            }
+        }
+        pods
     }
 
     fn node_facts(&self) -> NodeFacts {

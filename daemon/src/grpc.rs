@@ -712,6 +712,7 @@ impl From<NodeFacts> for pb::NodeFacts {
                     ips: pod.ips.iter().map(ToString::to_string).collect(),
                     packets_from_pod: counts.ingress.packets,
                     packets_to_pod: counts.egress.packets,
+                    pod: pod.pod.unwrap_or_default(),
                 })
                 .collect(),
             node_name: facts.node_name,

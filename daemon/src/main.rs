@@ -101,6 +101,13 @@ fn run(config: Config) -> anyhow::Result<()> {
                 .context("starting the node")??
         };
         let node = Arc::new(node);
+        if config.kubernetes {
+            let client = kube::Client::try_default()
+                .await
+                .context("--kubernetes: no in-cluster service account and no usable kubeconfig")?;
+            node.name_pods(client);
+            tracing::info!(node = config.node_name(), "naming pods from the API server");
+        }
         // In the daemon's own network namespace: the node's.
         let conntrack = tokio::task::spawn_blocking(Watcher::open)
             .await

@@ -17,7 +17,8 @@ use std::{
 
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::{
@@ -131,34 +132,65 @@ pub struct FakeCluster {
     pub services: Vec<FakeService>,
 }
 
+/// The fake's state, shared by its connections.
+#[derive(Debug)]
+struct State {
+    cluster: Mutex<FakeCluster>,
+    calls: Mutex<Vec<Call>>,
+    /// Changes to workload pods, for watches: (node, `{"type", "object"}` line).
+    events: tokio::sync::broadcast::Sender<(String, String)>,
+    /// The latest resource version (lists are at 1).
+    version: std::sync::atomic::AtomicU64,
+}
+
 /// A running fake API server.
 #[derive(Debug)]
 pub struct FakeApiServer {
     /// Where it listens.
     pub addr: SocketAddr,
-    calls: Arc<Mutex<Vec<Call>>>,
+    state: Arc<State>,
     kubeconfig: PathBuf,
 }
 
 impl FakeApiServer {
     /// Serves `cluster` on a loopback port, on the current tokio runtime.
     pub async fn start(cluster: FakeCluster) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        Self::start_in(cluster, None).await
+    }
+
+    /// Serves `cluster` on a loopback port of the network namespace `netns` (a lab node's, for
+    /// a daemon there to reach), or of the test's own.
+    pub async fn start_in(cluster: FakeCluster, netns: Option<&std::path::Path>) -> Self {
+        let netns = netns.map(std::path::Path::to_path_buf);
+        let listener = std::thread::spawn(move || {
+            if let Some(netns) = netns {
+                let file = std::fs::File::open(&netns).expect("the namespace");
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            }
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.set_nonblocking(true).expect("non-blocking");
+            listener
+        })
+        .join()
+        .expect("binding thread");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
         let addr = listener.local_addr().expect("addr");
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let recorded = Arc::clone(&calls);
-        let cluster = Arc::new(cluster);
+        let state = Arc::new(State {
+            cluster: Mutex::new(cluster),
+            calls: Mutex::new(Vec::new()),
+            events: tokio::sync::broadcast::channel(64).0,
+            version: std::sync::atomic::AtomicU64::new(1),
+        });
+        let shared = Arc::clone(&state);
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (cluster, recorded) = (Arc::clone(&cluster), Arc::clone(&recorded));
+                let state = Arc::clone(&shared);
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
-                        handle(Arc::clone(&cluster), Arc::clone(&recorded), request)
+                        handle(Arc::clone(&state), request)
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -180,9 +212,32 @@ impl FakeApiServer {
         std::fs::write(&kubeconfig, text).expect("write kubeconfig");
         Self {
             addr,
-            calls,
+            state,
             kubeconfig,
         }
+    }
+
+    /// Adds a workload pod, as the scheduler and kubelet would (running, with its IP), and
+    /// tells the watches of its node.
+    pub fn add_pod(&self, pod: FakePod) {
+        let mut object = workload_pod(&pod);
+        // Every change has a newer resource version; a watch resumes from the last it saw.
+        object.metadata.resource_version = Some(format!(
+            "{}",
+            self.state
+                .version
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1
+        ));
+        let object = serde_json::to_value(object).expect("pod JSON");
+        let event = serde_json::json!({ "type": "ADDED", "object": object }).to_string();
+        self.state
+            .cluster
+            .lock()
+            .expect("cluster")
+            .pods
+            .push(pod.clone());
+        let _ = self.state.events.send((pod.node, event));
     }
 
     /// A kubeconfig file pointing at the server (removed with it).
@@ -192,12 +247,12 @@ impl FakeApiServer {
 
     /// The calls received so far.
     pub fn calls(&self) -> Vec<Call> {
-        self.calls.lock().expect("calls").clone()
+        self.state.calls.lock().expect("calls").clone()
     }
 
     /// Forgets the calls received so far.
     pub fn clear_calls(&self) {
-        self.calls.lock().expect("calls").clear();
+        self.state.calls.lock().expect("calls").clear();
     }
 
     /// The paths asked so far, in order.
@@ -212,11 +267,13 @@ impl Drop for FakeApiServer {
     }
 }
 
+/// A response body: whole, or a watch's stream of events.
+type Body = BoxBody<Bytes, Infallible>;
+
 async fn handle(
-    cluster: Arc<FakeCluster>,
-    recorded: Arc<Mutex<Vec<Call>>>,
+    state: Arc<State>,
     mut request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Body>, Infallible> {
     let upgrade = hyper::upgrade::on(&mut request);
     let (parts, body) = request.into_parts();
     let body = body
@@ -239,7 +296,8 @@ async fn handle(
         content_type: header("content-type"),
         body: String::from_utf8_lossy(&body).into_owned(),
     };
-    recorded.lock().expect("calls").push(call.clone());
+    state.calls.lock().expect("calls").push(call.clone());
+    let cluster = state.cluster.lock().expect("cluster").clone();
     let key = header("sec-websocket-key");
     if call.path.ends_with("/portforward")
         && !key.is_empty()
@@ -247,8 +305,11 @@ async fn handle(
     {
         return Ok(response);
     }
+    if call.path == "/api/v1/pods" && query(&call, "watch").as_deref() == Some("true") {
+        return Ok(watch(&state, &call));
+    }
     let (status, json) = answer(&cluster, &call);
-    let mut response = Response::new(Full::new(Bytes::from(json.to_string())));
+    let mut response = Response::new(Full::new(Bytes::from(json.to_string())).boxed());
     *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
     response
         .headers_mut()
@@ -264,7 +325,7 @@ fn port_forward(
     key: &str,
     header: &dyn Fn(&str) -> String,
     upgrade: hyper::upgrade::OnUpgrade,
-) -> Option<Response<Full<Bytes>>> {
+) -> Option<Response<Body>> {
     let pod = call
         .path
         .strip_prefix(&format!("/api/v1/namespaces/{SONDE_NAMESPACE}/pods/"))?
@@ -294,8 +355,50 @@ fn port_forward(
         .header("connection", "Upgrade")
         .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
         .header("sec-websocket-protocol", "v4.channel.k8s.io")
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(Bytes::new()).boxed())
         .ok()
+}
+
+/// A query parameter, decoded.
+fn query(call: &Call, name: &str) -> Option<String> {
+    call.query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
+        .map(percent_decoded)
+}
+
+/// The node a `fieldSelector=spec.nodeName=NODE` asks for.
+fn node_asked(call: &Call) -> Option<String> {
+    query(call, "fieldSelector")?
+        .strip_prefix("spec.nodeName=")
+        .map(str::to_owned)
+}
+
+/// A watch of the pods on a node: the changes made after it started, one JSON event a line,
+/// for as long as the client stays.
+fn watch(state: &State, call: &Call) -> Response<Body> {
+    let node = node_asked(call);
+    let events = state.events.subscribe();
+    let lines = futures::stream::unfold(events, move |mut events| {
+        let node = node.clone();
+        async move {
+            loop {
+                match events.recv().await {
+                    Ok((on, line)) if node.as_ref().is_none_or(|node| *node == on) => {
+                        let frame = Frame::data(Bytes::from(format!("{line}\n")));
+                        return Some((Ok::<_, Infallible>(frame), events));
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(lines)));
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().expect("header"));
+    response
 }
 
 /// The kubelet's side of one port-forward: channel 0 carries data, channel 1 errors, and each
@@ -378,6 +481,7 @@ fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_owned()),
         namespace: namespace.map(str::to_owned),
+        resource_version: Some("1".to_owned()),
         ..ObjectMeta::default()
     }
 }
@@ -415,6 +519,16 @@ fn pod(name: &str, namespace: &str, node: &str, ip: &str, ready: bool) -> Pod {
             ..PodStatus::default()
         }),
     }
+}
+
+fn workload_pod(found: &FakePod) -> Pod {
+    pod(
+        &found.name,
+        WORKLOAD_NAMESPACE,
+        &found.node,
+        &found.ip,
+        true,
+    )
 }
 
 fn daemon_pod(daemon: &FakeDaemon) -> Pod {
@@ -490,7 +604,7 @@ fn answer(cluster: &FakeCluster, call: &Call) -> (u16, serde_json::Value) {
         .filter_map(|pair| pair.split_once('='))
         .collect();
     let sonde_pods = format!("/api/v1/namespaces/{SONDE_NAMESPACE}/pods");
-    let workload_pod = format!("/api/v1/namespaces/{WORKLOAD_NAMESPACE}/pods/");
+    let one_pod = format!("/api/v1/namespaces/{WORKLOAD_NAMESPACE}/pods/");
     let service = format!("/api/v1/namespaces/{WORKLOAD_NAMESPACE}/services/");
     let slices =
         format!("/apis/discovery.k8s.io/v1/namespaces/{WORKLOAD_NAMESPACE}/endpointslices");
@@ -501,6 +615,25 @@ fn answer(cluster: &FakeCluster, call: &Call) -> (u16, serde_json::Value) {
                 "{selector}"
             );
             let pods: Vec<Pod> = cluster.daemons.iter().map(daemon_pod).collect();
+            (200, list("PodList", &pods))
+        }
+        ("GET", "/api/v1/pods") => {
+            // Every pod on a node (the daemons' own watch): workloads and daemons.
+            let node = node_asked(call);
+            let on_node = |on: &str| node.as_deref().is_none_or(|node| node == on);
+            let mut pods: Vec<Pod> = cluster
+                .pods
+                .iter()
+                .filter(|p| on_node(&p.node))
+                .map(workload_pod)
+                .collect();
+            pods.extend(
+                cluster
+                    .daemons
+                    .iter()
+                    .filter(|d| on_node(&d.node))
+                    .map(daemon_pod),
+            );
             (200, list("PodList", &pods))
         }
         ("GET", "/api/v1/nodes") => {
@@ -517,16 +650,10 @@ fn answer(cluster: &FakeCluster, call: &Call) -> (u16, serde_json::Value) {
                 .collect();
             (200, list("NodeList", &nodes))
         }
-        ("GET", path) if path.starts_with(&workload_pod) => {
-            let name = &path[workload_pod.len()..];
+        ("GET", path) if path.starts_with(&one_pod) => {
+            let name = &path[one_pod.len()..];
             match cluster.pods.iter().find(|p| p.name == name) {
-                Some(found) => json(&pod(
-                    &found.name,
-                    WORKLOAD_NAMESPACE,
-                    &found.node,
-                    &found.ip,
-                    true,
-                )),
+                Some(found) => json(&workload_pod(found)),
                 None => not_found(),
             }
         }

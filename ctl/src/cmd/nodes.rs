@@ -6,7 +6,8 @@
 //!
 //! JSON schema (`-o json`): `{"nodes": [NodeReport], "errors": [{"agent", "error"}]}` where a
 //! `NodeReport` is `{agent, node_name, kernel_release, daemon_version, pid, started_at_unix_ns,
-//! capabilities: [{name, available, detail}], programs: [{name, program_type, kernel_id}]}`.
+//! capabilities: [{name, available, detail}], programs: [{name, program_type, kernel_id}],
+//! pod_interfaces: [{host_interface, netns, ips, packets_from_pod, packets_to_pod, pod?}]}`.
 
 use serde::Serialize;
 use sonde_proto::v1 as pb;
@@ -54,6 +55,10 @@ pub struct PodReport {
     pub packets_from_pod: u64,
     /// Packets to the pod (the veth's egress).
     pub packets_to_pod: u64,
+    /// The pod's `NAMESPACE/NAME`, when its daemon watches the API server (`sonded
+    /// --kubernetes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 /// One capability of a node.
@@ -196,6 +201,7 @@ impl NodeReport {
                     ips: pod.ips,
                     packets_from_pod: pod.packets_from_pod,
                     packets_to_pod: pod.packets_to_pod,
+                    pod: (!pod.pod.is_empty()).then_some(pod.pod),
                 })
                 .collect(),
         }

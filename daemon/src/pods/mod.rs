@@ -6,7 +6,9 @@
 //! they come and go, and the packet counters are attached to exactly those veths.
 //!
 //! - [`rtnl`]: the rtnetlink requests.
+//! - [`names`]: the pods' names, from the API server, when the daemon runs in Kubernetes.
 
+pub mod names;
 pub mod rtnl;
 
 use std::{
@@ -35,6 +37,8 @@ pub struct PodInterface {
     pub netns: PathBuf,
     /// The addresses of the pod's end.
     pub ips: Vec<IpAddr>,
+    /// The pod's `NAMESPACE/NAME`, when the daemon watches the API server.
+    pub pod: Option<String>,
 }
 
 /// Finds the pods behind the calling thread's namespace's veths.
@@ -85,6 +89,7 @@ pub fn discover() -> io::Result<Vec<PodInterface>> {
                     host_ifindex: veth.index,
                     netns: path.clone(),
                     ips,
+                    pod: None,
                 });
             }
         }
