@@ -459,17 +459,7 @@ async fn a_run_named_in_kubernetes_terms_goes_through_port_forward_to_the_lab() 
             .filter(|s| s["latency"]["samples"].as_u64().unwrap_or(0) > 0)
             .filter_map(|s| s["name"].as_str())
             .collect();
-        assert_eq!(
-            names,
-            [
-                "sender stack",
-                "sender node",
-                "wire",
-                "receiver node",
-                "receiver stack"
-            ],
-            "{direction}"
-        );
+        assert_eq!(names, sonde_integration::CROSS_NODE_STAGES, "{direction}");
     }
 
     // Through the Service's ClusterIP, to its pods.
@@ -608,42 +598,7 @@ async fn a_daemon_names_its_pods_from_a_watch_and_follows_new_ones() {
     );
 
     // A pod that comes later: its veth appears in the kernel, then the API reports it running.
-    let late = format!("{}late", sonde_ctl::lab::inventory::netns_prefix(&lab.name));
-    let node = lab.inventory.node("node1").expect("node1").clone();
-    let late_ip = std::net::Ipv4Addr::from(u32::from(node.pod_cidr.network()) + 98);
-    // Named with the lab's prefix: `lab down` removes it with the rest.
-    for args in [
-        vec!["netns", "add", &late],
-        vec![
-            "link",
-            "add",
-            "vethlate",
-            "netns",
-            &node.netns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &late,
-        ],
-        vec![
-            "-n",
-            &node.netns,
-            "link",
-            "set",
-            "vethlate",
-            "master",
-            "cni0",
-            "up",
-        ],
-        vec!["-n", &late, "link", "set", "eth0", "up"],
-    ] {
-        sonde_integration::run("ip", &args);
-    }
-    let address = format!("{late_ip}/24");
-    sonde_integration::run("ip", &["-n", &late, "addr", "add", &address, "dev", "eth0"]);
+    let (_, late_ip) = lab.add_pod("late", "node1", 98);
     server.add_pod(FakePod {
         name: "late".to_owned(),
         node: "node1".to_owned(),

@@ -126,57 +126,7 @@ fn each_daemon_maps_exactly_its_pods_and_follows_new_ones() {
     );
 
     // A pod added by hand, after the daemons started: node1's daemon finds it, node2's not.
-    let extra = format!(
-        "{}extra",
-        sonde_ctl::lab::inventory::netns_prefix(&lab.name)
-    );
-    let node1_netns = lab.inventory.node("node1").expect("node1").netns.clone();
-    let cidr = lab.inventory.node("node1").expect("node1").pod_cidr;
-    let extra_ip = std::net::Ipv4Addr::from(u32::from(cidr.network()) + 99);
-    run("ip", &["netns", "add", &extra]);
-    run(
-        "ip",
-        &[
-            "link",
-            "add",
-            "vethextra",
-            "netns",
-            &node1_netns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &extra,
-        ],
-    );
-    run(
-        "ip",
-        &[
-            "-n",
-            &node1_netns,
-            "link",
-            "set",
-            "vethextra",
-            "master",
-            "cni0",
-            "up",
-        ],
-    );
-    run("ip", &["-n", &extra, "link", "set", "eth0", "up"]);
-    run(
-        "ip",
-        &[
-            "-n",
-            &extra,
-            "addr",
-            "add",
-            &format!("{extra_ip}/24"),
-            "dev",
-            "eth0",
-        ],
-    );
+    let (extra, extra_ip) = lab.add_pod("extra", "node1", 99);
     node1.insert((
         "vethextra".to_owned(),
         format!("/run/netns/{extra}"),

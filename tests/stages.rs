@@ -100,16 +100,7 @@ fn tcp_rr_breakdown_on_one_node_and_across_nodes() {
     check_path(&same, &["sender stack", "node", "receiver stack"]);
 
     let cross = breakdown(&lab, &["--from", "pod/pod1", "--to", "pod/pod3"]);
-    check_path(
-        &cross,
-        &[
-            "sender stack",
-            "sender node",
-            "wire",
-            "receiver node",
-            "receiver stack",
-        ],
-    );
+    check_path(&cross, &sonde_integration::CROSS_NODE_STAGES);
     // Lab nodes share a kernel: one clock, no error bar.
     assert_eq!(cross["kernel"]["clock"]["method"], "same-kernel");
     for (name, _, _, error) in stages(&cross, "client-to-server") {
@@ -221,16 +212,7 @@ fn trace_prints_only_the_breakdown_of_a_light_flow() {
             .iter()
             .filter_map(|s| s["name"].as_str())
             .collect();
-        assert_eq!(
-            names,
-            [
-                "sender stack",
-                "sender node",
-                "wire",
-                "receiver node",
-                "receiver stack"
-            ]
-        );
+        assert_eq!(names, sonde_integration::CROSS_NODE_STAGES);
         for stage in direction["stages"].as_array().expect("stages") {
             // About 500 requests/s for 1 s: the light flow, every packet followed.
             let samples = stage["latency"]["samples"].as_u64().expect("samples");

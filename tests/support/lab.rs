@@ -87,6 +87,57 @@ impl Lab {
         )
     }
 
+    /// A pod made by hand after the lab is up, as a CNI would make it: namespace `NAME` (with
+    /// the lab's prefix, so that `lab down` removes it), a veth `vethNAME` on `node`'s bridge,
+    /// and the `host`th address of the node's pod range. Returns its namespace and address.
+    pub fn add_pod(&self, name: &str, node: &str, host: u32) -> (String, std::net::Ipv4Addr) {
+        let node = self.inventory.node(node).expect("node");
+        let netns = format!(
+            "{}{name}",
+            sonde_ctl::lab::inventory::netns_prefix(&self.name)
+        );
+        let veth = format!("veth{name}");
+        let ip = std::net::Ipv4Addr::from(u32::from(node.pod_cidr.network()) + host);
+        let address = format!("{ip}/24");
+        run("ip", &["netns", "add", &netns]);
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &veth,
+                "netns",
+                &node.netns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &netns,
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                &node.netns,
+                "link",
+                "set",
+                &veth,
+                "master",
+                "cni0",
+                "up",
+            ],
+        );
+        run("ip", &["-n", &netns, "link", "set", "eth0", "up"]);
+        run(
+            "ip",
+            &["-n", &netns, "addr", "add", &address, "dev", "eth0"],
+        );
+        (netns, ip)
+    }
+
     /// sondectl with `SONDE_LAB` set to this lab.
     pub fn sondectl(&self, args: &[&str]) -> Output {
         Command::new(workspace_bin("sondectl"))

@@ -13,6 +13,15 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+/// The stages of one direction of a cross-node run's kernel breakdown, in order.
+pub const CROSS_NODE_STAGES: [&str; 5] = [
+    "sender stack",
+    "sender node",
+    "wire",
+    "receiver node",
+    "receiver stack",
+];
+
 /// Fails the test with a clear message unless it runs as root.
 pub fn require_root() {
     assert!(
