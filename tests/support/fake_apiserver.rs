@@ -438,8 +438,9 @@ where
                 .as_bytes(),
             );
             let _ = socket.send(Message::binary(message)).await;
-            // Like the kubelet, close once the client has had its say (its first bytes are
-            // on their way as soon as it connects): closing first would race them.
+            // Close once the client has spoken or closed (2 s at most): a client that sent
+            // its first bytes before the reason arrived must not find the socket closed
+            // under them before it reads the reason.
             let _ = tokio::time::timeout(Duration::from_secs(2), socket.next()).await;
             let _ = socket.close(None).await;
             return;

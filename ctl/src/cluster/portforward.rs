@@ -121,7 +121,10 @@ async fn forward(
         }
     };
     if read == 0 {
-        // Closed before a word: the reason, if the kubelet gave one, is on its way.
+        // Closed before a word: the reason, if the kubelet gave one, is on its way. Our end
+        // goes first, so that the forwarder finishes (and the error channel answers, if only
+        // with nothing) rather than waiting for us.
+        drop(stream);
         return Err(match error_open {
             true => error.await.map(kubelet),
             false => None,
