@@ -333,6 +333,20 @@ async fn outside_the_cluster_daemons_are_reached_through_port_forward() {
             call.path
         );
     }
+    // `conntrack watch` watches every ready daemon of the cluster, the same way.
+    server.clear_calls();
+    let (code, _stdout, stderr) =
+        sondectl_k8s("conntrack watch --count 1 --timeout 2s", &server).await;
+    assert_ne!(code, 0);
+    for node in ["n1", "n2", "n3"] {
+        assert!(stderr.contains(&format!("sondectl: {node}: ")), "{stderr}");
+    }
+    let forwarded = server
+        .paths()
+        .into_iter()
+        .filter(|path| path.ends_with("/portforward"))
+        .count();
+    assert!(forwarded >= 3, "{:?}", server.paths());
     // --reach needs a cluster to reach.
     let output = tokio::task::spawn_blocking(|| {
         sondectl(&[
@@ -479,6 +493,22 @@ async fn a_run_named_in_kubernetes_terms_goes_through_port_forward_to_the_lab() 
             > 10.0,
         "{doc}"
     );
+
+    // Every node's conntrack table, watched through the port-forwards.
+    let (code, stdout, stderr) = sondectl_k8s(
+        "conntrack watch --count 1 --interval 200ms --no-census -o json",
+        &server,
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let mut nodes: Vec<String> = stdout
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("a JSON line"))
+        .inspect(|sample| assert!(sample["max"].as_u64().unwrap_or(0) > 0, "{sample}"))
+        .filter_map(|sample| sample["node"].as_str().map(str::to_owned))
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["node1", "node2"]);
 }
 
 /// A `sonded --kubernetes` in a lab node's namespace, beside the lab's own daemon, watching

@@ -114,13 +114,23 @@ pub enum ConntrackCommand {
 /// Flags of `sondectl conntrack watch`.
 #[derive(Debug, clap::Args)]
 pub struct ConntrackWatchArgs {
-    /// Daemons to watch, as HOST:PORT or unix:PATH. Without it, the lab's daemons.
-    #[arg(long, env = "SONDE_AGENTS", value_delimiter = ',')]
+    /// Daemons to watch, as HOST:PORT or unix:PATH. Without it, the lab's daemons (or the
+    /// cluster's, with --kubeconfig).
+    #[arg(
+        long,
+        env = "SONDE_AGENTS",
+        value_delimiter = ',',
+        conflicts_with = "kubeconfig"
+    )]
     pub agents: Vec<AgentAddr>,
 
-    /// Only these lab nodes (comma-separated).
+    /// Only these nodes (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub nodes: Vec<String>,
+
+    /// Watch the nodes of a Kubernetes cluster instead.
+    #[command(flatten)]
+    pub cluster: KubernetesArgs,
 
     /// Between samples (100ms to 60s).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
@@ -427,11 +437,12 @@ pub enum RunOutput {
 /// A payload sweep: the sizes in bytes (an alias so clap takes it as one value).
 pub type Sweep = Vec<u64>;
 
-/// Where a run's ends must be, and the Kubernetes cluster they are named in.
+/// A Kubernetes cluster whose sonde daemons a command works with, and how to reach them.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct PlacementArgs {
-    /// Resolve pod/NAMESPACE/NAME, node/NAME and service/NAMESPACE/NAME in this Kubernetes
-    /// cluster: sonde's daemons are found by label and reached as --reach says.
+pub struct KubernetesArgs {
+    /// Work with the sonde daemons of this Kubernetes cluster (found by label through the API
+    /// server, reached as --reach says); ends are named pod/NAMESPACE/NAME, node/NAME and
+    /// service/NAMESPACE/NAME.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
 
@@ -444,10 +455,18 @@ pub struct PlacementArgs {
     #[arg(long, value_enum, default_value_t, requires = "kubeconfig")]
     pub reach: crate::cluster::portforward::Reach,
 
-    /// Only run on nodes matching this label selector (with --kubeconfig), e.g.
-    /// node-lifecycle=on-demand: an end on another node is refused.
+    /// Only nodes matching this label selector (with --kubeconfig), e.g.
+    /// node-lifecycle=on-demand: a run's end on another node is refused.
     #[arg(long, default_value = "", requires = "kubeconfig")]
     pub node_selector: String,
+}
+
+/// Where a run's ends must be, and the Kubernetes cluster they are named in.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PlacementArgs {
+    /// The cluster, if the ends are named in one.
+    #[command(flatten)]
+    pub cluster: KubernetesArgs,
 
     /// Refuse the run unless both ends are on one node.
     #[arg(long, conflicts_with_all = ["cross_node", "cross_zone"])]

@@ -88,6 +88,27 @@ impl Cluster {
         })
     }
 
+    /// The daemons of the cluster `args` names (its kubeconfig, else the environment's).
+    pub async fn connect(args: &crate::cli::KubernetesArgs) -> anyhow::Result<Self> {
+        let client = super::client(args.kubeconfig.as_deref()).await?;
+        Self::new(
+            client,
+            &args.sonde_namespace,
+            &args.node_selector,
+            args.reach,
+        )
+        .await
+    }
+
+    /// Every ready daemon, by node, with the address it is reached at.
+    pub fn agents(&self) -> anyhow::Result<Vec<(String, String)>> {
+        self.daemons
+            .iter()
+            .filter(|daemon| daemon.ready)
+            .map(|daemon| Ok((daemon.node.clone(), self.agent_of(daemon)?)))
+            .collect()
+    }
+
     /// The client end.
     pub async fn source(&self, endpoint: &EndpointRef) -> anyhow::Result<Place> {
         crate::endpoint::check_source(endpoint)?;

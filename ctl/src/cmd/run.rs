@@ -85,16 +85,10 @@ pub async fn measure(args: RunArgs) -> anyhow::Result<RunReport> {
     if !(args.rate.is_finite() && args.rate >= 0.0) {
         bail!("--rate must be 0 (as fast as possible) or a positive number of messages per second");
     }
-    let (source, destination) = match &args.placement.kubeconfig {
-        Some(kubeconfig) => {
-            let client = crate::cluster::client(Some(kubeconfig)).await?;
-            let cluster = crate::cluster::endpoints::Cluster::new(
-                client,
-                &args.placement.sonde_namespace,
-                &args.placement.node_selector,
-                args.placement.reach,
-            )
-            .await?;
+    let (source, destination) = match &args.placement.cluster.kubeconfig {
+        Some(_) => {
+            let cluster =
+                crate::cluster::endpoints::Cluster::connect(&args.placement.cluster).await?;
             (
                 cluster.source(&args.from).await?,
                 cluster.destination(&args.to).await?,

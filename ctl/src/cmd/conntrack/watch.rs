@@ -53,13 +53,41 @@ pub fn targets(agents: &[AgentAddr], nodes: &[String], lab: &str) -> anyhow::Res
         .collect()
 }
 
+/// The ready daemons of a Kubernetes cluster (restricted to `nodes`).
+async fn cluster_targets(
+    cluster: &crate::cli::KubernetesArgs,
+    nodes: &[String],
+) -> anyhow::Result<Vec<Watched>> {
+    let agents = crate::cluster::endpoints::Cluster::connect(cluster)
+        .await?
+        .agents()?;
+    for name in nodes {
+        if !agents.iter().any(|(node, _)| node == name) {
+            bail!("no ready sonde daemon on node {name:?}");
+        }
+    }
+    agents
+        .into_iter()
+        .filter(|(node, _)| nodes.is_empty() || nodes.contains(node))
+        .map(|(node, agent)| {
+            Ok(Watched {
+                node,
+                agent: agent.parse().map_err(anyhow::Error::msg)?,
+            })
+        })
+        .collect()
+}
+
 /// Runs `sondectl conntrack watch`.
 pub async fn run(args: ConntrackWatchArgs) -> anyhow::Result<()> {
     let interval_ms = u64::try_from(args.interval.as_millis()).unwrap_or(u64::MAX);
     if !(100..=60_000).contains(&interval_ms) {
         bail!("--interval must be 100ms to 60s");
     }
-    let watched = targets(&args.agents, &args.nodes, &args.lab)?;
+    let watched = match args.cluster.kubeconfig {
+        Some(_) => cluster_targets(&args.cluster, &args.nodes).await?,
+        None => targets(&args.agents, &args.nodes, &args.lab)?,
+    };
     let request = pb::WatchConntrackRequest {
         interval_ms,
         count: args.count,
