@@ -456,7 +456,6 @@ pub async fn measure(
     measurement
 }
 
-/// The node name of a server daemon, for reports.
 /// The other side's address, for a daemon to find its uplink by, when the side's place does
 /// not name the uplink (a Kubernetes node, whose interfaces only its daemon knows).
 fn uplink_toward(place: &Place, remote: bool, other: std::net::IpAddr) -> String {
@@ -467,6 +466,7 @@ fn uplink_toward(place: &Place, remote: bool, other: std::net::IpAddr) -> String
     }
 }
 
+/// The node name of a server daemon, for reports.
 fn node_of(plan: &Plan, agent: &str) -> String {
     plan.destination
         .servers
