@@ -3,7 +3,8 @@
 //!
 //! Each comparison runs sonde and the reference tool in turn, `PAIRS` times interleaved, each
 //! run dropping its first second (sonde's warm-up, iperf3's `-O 1`), and reports medians,
-//! ranges and the ratio of the medians (above 1.0: sonde is faster). Release builds only.
+//! ranges and the ratio of the medians (above 1.0: sonde is faster), and for throughput the CPU
+//! per GB each tool used, read from a cgroup per tool (see `cgroup`). Release builds only.
 //!
 //! sonde moves stream payload with sendfile/splice and UDP with GSO by default; the
 //! `--plain-io` rows compare like for like (one syscall per message, as iperf3 does).
@@ -25,7 +26,10 @@ const SECONDS: u64 = 4;
 /// The lab the benchmark builds and removes.
 const LAB: &str = "bench";
 
+mod cgroup;
 mod probes;
+
+use cgroup::CpuGroup;
 
 /// Which benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -37,7 +41,7 @@ pub enum Suite {
     Probes,
 }
 
-/// One figure from one run, and its CPU cost when the tool reports it.
+/// One figure from one run, and, for throughput runs, its CPU per GB by cgroup.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     value: f64,
@@ -84,6 +88,15 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
         .spawn()
         .context("qperf server")?;
     std::thread::sleep(Duration::from_millis(500));
+    // Each side's CPU by cgroup: the lab's two daemons (sonde's generators are their
+    // threads), and the reference tools' servers and clients.
+    let sonde_cpu = CpuGroup::create("sonde-bench-sonde")?;
+    for pid in daemon_pids()? {
+        sonde_cpu.add(pid)?;
+    }
+    let reference_cpu = CpuGroup::create("sonde-bench-reference")?;
+    reference_cpu.add(iperf_server.id())?;
+    reference_cpu.add(qperf_server.id())?;
     let secs = (SECONDS + 1).to_string();
     // wrk needs a sonde HTTP server it can address: `sondectl serve` holds one open in pod3
     // (sonde's own client gets a fresh server of the same code in the same pod).
@@ -195,8 +208,8 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         for pair in 0..PAIRS {
-            match sonde_sample(sondectl, &sonde, reader).and_then(|(s, _)| {
-                let r = reference_sample(tool, &reference, reader)?;
+            match sonde_sample(sondectl, &sonde, reader, &sonde_cpu).and_then(|(s, _)| {
+                let r = reference_sample(tool, &reference, reader, &reference_cpu)?;
                 Ok((s, r))
             }) {
                 Ok((s, r)) => {
@@ -254,7 +267,8 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
         };
         if let (Some(o), Some(t)) = (cpu(ours), cpu(theirs)) {
             println!(
-                "    CPU s/GB  sonde {o:.3}  {tool} {t:.3}  ratio {:.3} (below 1.0: sonde cheaper)",
+                "    CPU s/GB (cgroup)  sonde {o:.3}  {tool} {t:.3}  ratio {:.3} (below 1.0: \
+                 sonde cheaper)",
                 o / t
             );
         }
@@ -329,6 +343,61 @@ fn in_pod(pod: &str, program: &str, args: &[&str]) -> Command {
     command
 }
 
+/// CPU and wall time over one invocation of a tool.
+struct Metered<'a> {
+    cpu: &'a CpuGroup,
+    cpu_at_start: f64,
+    started: std::time::Instant,
+}
+
+impl<'a> Metered<'a> {
+    fn start(cpu: &'a CpuGroup) -> anyhow::Result<Self> {
+        Ok(Self {
+            cpu,
+            cpu_at_start: cpu.seconds()?,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// (CPU seconds, wall seconds) since the start.
+    fn stop(self) -> anyhow::Result<(f64, f64)> {
+        Ok((
+            self.cpu.seconds()? - self.cpu_at_start,
+            self.started.elapsed().as_secs_f64(),
+        ))
+    }
+}
+
+/// CPU seconds per GB moved, for a whole invocation (setup and the dropped first second
+/// included, for both tools alike) whose payload is taken to flow at the measured rate
+/// throughout: the same reading for sonde and the reference, so their ratio is fair.
+fn per_gigabyte(cpu_seconds: f64, wall_seconds: f64, bits_per_second: f64) -> f64 {
+    let gigabytes = bits_per_second / 8.0 * wall_seconds / 1e9;
+    if gigabytes > 0.0 {
+        cpu_seconds / gigabytes
+    } else {
+        f64::NAN
+    }
+}
+
+/// The PIDs of the bench lab's daemons.
+fn daemon_pids() -> anyhow::Result<Vec<u32>> {
+    let inventory = std::fs::read_to_string(format!("/run/sonde/lab/{LAB}/inventory.json"))
+        .context("reading the bench lab's inventory")?;
+    let inventory: Value = serde_json::from_str(&inventory)?;
+    let pids: Vec<u32> = inventory["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|node| node["daemon_pid"].as_u64())
+        .filter_map(|pid| u32::try_from(pid).ok())
+        .collect();
+    if pids.is_empty() {
+        bail!("the bench lab's inventory names no daemon PID");
+    }
+    Ok(pids)
+}
+
 fn pod_ip(sondectl: &str, pod: &str) -> anyhow::Result<String> {
     let inventory = std::fs::read_to_string(format!("/run/sonde/lab/{LAB}/inventory.json"))
         .context("reading the bench lab's inventory")?;
@@ -347,11 +416,14 @@ fn sonde_sample(
     sondectl: &str,
     args: &[String],
     reader: Reader,
+    cpu: &CpuGroup,
 ) -> anyhow::Result<(Sample, Value)> {
+    let metered = Metered::start(cpu)?;
     let output = Command::new(sondectl)
         .args(args)
         .output()
         .context("sondectl run")?;
+    let (cpu_seconds, wall_seconds) = metered.stop()?;
     if !output.status.success() {
         bail!(
             "sondectl run failed: {}",
@@ -367,11 +439,8 @@ fn sonde_sample(
         }
     }
     .context("figure missing from sondectl's JSON")?;
-    // CPU per GB over the measured part: both sides' generator threads / payload received.
-    let cpu = m["cpu"]["client_seconds"].as_f64().unwrap_or(0.0)
-        + m["cpu"]["server_seconds"].as_f64().unwrap_or(0.0);
-    let gb = value / 8.0 * SECONDS as f64 / 1e9;
-    let cpu_seconds_per_gb = matches!(reader, Reader::Throughput).then(|| cpu / gb);
+    let cpu_seconds_per_gb = matches!(reader, Reader::Throughput)
+        .then(|| per_gigabyte(cpu_seconds, wall_seconds, value));
     Ok((
         Sample {
             value,
@@ -381,11 +450,25 @@ fn sonde_sample(
     ))
 }
 
-fn reference_sample(tool: &str, args: &[String], reader: Reader) -> anyhow::Result<Sample> {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let output = in_pod("pod1", tool, &args)
+fn reference_sample(
+    tool: &str,
+    args: &[String],
+    reader: Reader,
+    cpu: &CpuGroup,
+) -> anyhow::Result<Sample> {
+    // The client joins the group before it starts: a shell writes its PID, then becomes it.
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "echo $$ > \"$1\" && shift && exec \"$@\"", "sh"])
+        .arg(cpu.procs())
+        .args(["ip", "netns", "exec", &format!("sonde-{LAB}-pod1"), tool])
+        .args(args)
+        .stdin(Stdio::null());
+    let metered = Metered::start(cpu)?;
+    let output = command
         .output()
         .with_context(|| format!("running {tool}"))?;
+    let (cpu_seconds, wall_seconds) = metered.stop()?;
     if !output.status.success() {
         bail!(
             "{tool} failed: {}{}",
@@ -401,16 +484,9 @@ fn reference_sample(tool: &str, args: &[String], reader: Reader) -> anyhow::Resu
             let value = received["bits_per_second"]
                 .as_f64()
                 .context("iperf3 bits_per_second")?;
-            let seconds = received["seconds"].as_f64().unwrap_or(SECONDS as f64);
-            let bytes = received["bytes"].as_f64().unwrap_or(0.0);
-            let cpu = &doc["end"]["cpu_utilization_percent"];
-            let cpu_seconds = (cpu["host_total"].as_f64().unwrap_or(0.0)
-                + cpu["remote_total"].as_f64().unwrap_or(0.0))
-                / 100.0
-                * seconds;
             Ok(Sample {
                 value,
-                cpu_seconds_per_gb: (bytes > 0.0).then(|| cpu_seconds / (bytes / 1e9)),
+                cpu_seconds_per_gb: Some(per_gigabyte(cpu_seconds, wall_seconds, value)),
             })
         }
         Reader::Datagrams => {

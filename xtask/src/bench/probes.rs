@@ -13,7 +13,7 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use super::{PAIRS, Reader, sonde_args, sonde_sample, stats};
+use super::{CpuGroup, PAIRS, Reader, daemon_pids, sonde_args, sonde_sample, stats};
 use crate::shell::step;
 
 /// Per-packet cost targets above the empty classifier, ns.
@@ -68,8 +68,15 @@ pub fn traced_throughput(sondectl: &str) -> anyhow::Result<()> {
     ));
     let traced_args = sonde_args("tcp-stream", &[]);
     let plain_args = sonde_args("tcp-stream", &["--no-trace"]);
+    // The daemons' whole CPU (generators, probes' event reading), by cgroup.
+    let cpu = CpuGroup::create("sonde-bench-probes")?;
+    for pid in daemon_pids()? {
+        cpu.add(pid)?;
+    }
     let mut traced = Vec::new();
     let mut plain = Vec::new();
+    let mut traced_cpu = Vec::new();
+    let mut plain_cpu = Vec::new();
     for pair in 0..PAIRS {
         // Alternate which goes first, so that a drift of the machine favours neither.
         let order = if pair % 2 == 0 {
@@ -83,7 +90,7 @@ pub fn traced_throughput(sondectl: &str) -> anyhow::Result<()> {
             } else {
                 &plain_args
             };
-            let (sample, doc) = sonde_sample(sondectl, args, Reader::Throughput)?;
+            let (sample, doc) = sonde_sample(sondectl, args, Reader::Throughput, &cpu)?;
             let events = doc["measurements"][0]["kernel"]["events"].as_u64();
             if with_probes {
                 let events = events.context("a traced run without a kernel breakdown")?;
@@ -91,11 +98,13 @@ pub fn traced_throughput(sondectl: &str) -> anyhow::Result<()> {
                     bail!("the traced run saw no events: the probes were not attached");
                 }
                 traced.push(sample.value);
+                traced_cpu.extend(sample.cpu_seconds_per_gb);
             } else {
                 if events.is_some() {
                     bail!("a --no-trace run reported kernel events");
                 }
                 plain.push(sample.value);
+                plain_cpu.extend(sample.cpu_seconds_per_gb);
             }
         }
         println!(
@@ -123,6 +132,14 @@ pub fn traced_throughput(sondectl: &str) -> anyhow::Result<()> {
     println!(
         "    ratio     {:.3} (target >= {THROUGHPUT_TARGET})",
         tm / pm
+    );
+    let (tc, pc) = (
+        stats(traced_cpu.into_iter()).0,
+        stats(plain_cpu.into_iter()).0,
+    );
+    println!(
+        "    CPU s/GB (cgroup, both daemons)  traced {tc:.3}  untraced {pc:.3}  ratio {:.3}",
+        tc / pc
     );
     Ok(())
 }
