@@ -128,21 +128,19 @@ impl Node {
 
 impl FactsSource for Node {
     fn pod_interfaces(&self) -> Vec<crate::pods::PodInterface> {
-        let mut pods = self
-            .pods
+        self.pods
             .as_ref()
             .map(|pods| pods.interfaces())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    fn node_facts(&self) -> NodeFacts {
+        let mut pods = self.pod_interfaces();
         if let Some(names) = self.pod_names.get() {
             for pod in &mut pods {
                 pod.pod = pod.ips.iter().find_map(|ip| names.name_of(*ip));
             }
         }
-        pods
-    }
-
-    fn node_facts(&self) -> NodeFacts {
-        let pods = self.pod_interfaces();
         // A panic while holding the lock left the object as it was; reading is still safe.
         let probes = self
             .probes

@@ -27,6 +27,7 @@ use crate::{
         measure::{Counters, SideResult, monotonic_ns},
         wire::Token,
     },
+    pods::PodInterface,
     runs::{
         RunError, Runs, netns_path,
         policy::TargetPolicy,
@@ -75,10 +76,13 @@ impl<S: FactsSource> AgentService<S> {
     }
 
     /// The namespace a request names: a path, or `pod-ip:ADDRESS` for one of this node's pods
-    /// as the daemon mapped them.
-    fn netns_of(&self, text: &str) -> Result<Option<std::path::PathBuf>, Status> {
+    /// as the daemon mapped them (returned too, for its veth).
+    fn netns_of(
+        &self,
+        text: &str,
+    ) -> Result<(Option<std::path::PathBuf>, Option<PodInterface>), Status> {
         let Some(address) = text.strip_prefix("pod-ip:") else {
-            return Ok(netns_path("netns", text)?);
+            return Ok((netns_path("netns", text)?, None));
         };
         let ip: std::net::IpAddr = address.parse().map_err(|_| {
             Status::invalid_argument(format!(
@@ -86,44 +90,35 @@ impl<S: FactsSource> AgentService<S> {
             ))
         })?;
         let pods = self.source.pod_interfaces();
-        pods.iter()
-            .find(|pod| pod.ips.contains(&ip))
-            .map(|pod| Some(pod.netns.clone()))
-            .ok_or_else(|| {
-                let known: Vec<String> = pods
-                    .iter()
-                    .flat_map(|pod| pod.ips.iter().map(ToString::to_string))
-                    .collect();
-                Status::invalid_argument(format!(
-                    "netns: no pod with IP {ip} on this node (its pods: {})",
-                    if known.is_empty() {
-                        "none found".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ))
-            })
+        let known: Vec<String> = pods
+            .iter()
+            .flat_map(|pod| pod.ips.iter().map(ToString::to_string))
+            .collect();
+        match pods.into_iter().find(|pod| pod.ips.contains(&ip)) {
+            Some(pod) => Ok((Some(pod.netns.clone()), Some(pod))),
+            None => Err(Status::invalid_argument(format!(
+                "netns: no pod with IP {ip} on this node (its pods: {})",
+                if known.is_empty() {
+                    "none found".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ))),
+        }
     }
 
-    /// A trace request with the interfaces the caller left to this daemon: the veth of a pod
-    /// named by `pod-ip:`, and the uplink toward `uplink_toward` (`ip route get` in the
+    /// A trace request with the interfaces the caller left to this daemon: the veth of `pod`
+    /// (named by `pod-ip:`), and the uplink toward `uplink_toward` (`ip route get` in the
     /// daemon's namespace, the node's). A Kubernetes caller knows neither.
     fn with_interfaces(
-        &self,
-        netns: &str,
+        pod: Option<PodInterface>,
         trace: Option<pb::TraceRequest>,
     ) -> Result<Option<pb::TraceRequest>, Status> {
         let Some(mut trace) = trace else {
             return Ok(None);
         };
         if trace.pod_interface.is_empty()
-            && let Some(address) = netns.strip_prefix("pod-ip:")
-            && let Ok(ip) = address.parse::<std::net::IpAddr>()
-            && let Some(pod) = self
-                .source
-                .pod_interfaces()
-                .into_iter()
-                .find(|pod| pod.ips.contains(&ip))
+            && let Some(pod) = pod
         {
             trace.pod_interface = pod.host_interface;
         }
@@ -239,8 +234,8 @@ impl<S: FactsSource> Agent for AgentService<S> {
     ) -> Result<Response<pb::PrepareServerResponse>, Status> {
         let mut request = request.into_inner();
         let spec = spec_of(request.spec.as_ref())?;
-        let netns = self.netns_of(&request.netns)?;
-        request.trace = self.with_interfaces(&request.netns, request.trace.take())?;
+        let (netns, pod) = self.netns_of(&request.netns)?;
+        request.trace = Self::with_interfaces(pod, request.trace.take())?;
         let port = u16::try_from(request.port)
             .map_err(|_| Status::invalid_argument("port: must be 0 to 65535"))?;
         let lease = (request.lease_ms > 0).then(|| Duration::from_millis(request.lease_ms));
@@ -308,8 +303,8 @@ impl<S: FactsSource> Agent for AgentService<S> {
     ) -> Result<Response<Self::StartClientStream>, Status> {
         let mut request = request.into_inner();
         let spec = spec_of(request.spec.as_ref())?;
-        let netns = self.netns_of(&request.netns)?;
-        request.trace = self.with_interfaces(&request.netns, request.trace.take())?;
+        let (netns, pod) = self.netns_of(&request.netns)?;
+        request.trace = Self::with_interfaces(pod, request.trace.take())?;
         let target = if spec.kind.is_intra_pod() {
             let path = std::path::PathBuf::from(&request.target_path);
             if !(generators::local::is_run_path(&path) && path.exists()) {
