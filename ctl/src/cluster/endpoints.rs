@@ -54,7 +54,7 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Finds sonde's daemons in `namespace` ("" for the default) on the nodes matching
     /// `node_selector` ("" for all), to be reached as `reach` says.
-    pub async fn new(
+    async fn new(
         client: Client,
         namespace: &str,
         node_selector: &str,
@@ -101,7 +101,7 @@ impl Cluster {
     }
 
     /// Every ready daemon, by node, with the address it is reached at.
-    pub fn agents(&self) -> anyhow::Result<Vec<(String, String)>> {
+    pub fn agents(&self) -> anyhow::Result<Vec<(String, AgentAddr)>> {
         self.daemons
             .iter()
             .filter(|daemon| daemon.ready)
@@ -218,7 +218,7 @@ impl Cluster {
                 let daemon = self.daemon_on(&node)?;
                 let host_network = spec.host_network.unwrap_or(false);
                 Ok(Place {
-                    agent: self.agent_of(daemon)?,
+                    agent: self.agent_of(daemon)?.to_string(),
                     node: Some(node.clone()),
                     pod: Some(format!("{namespace}/{name}")),
                     netns: if host_network {
@@ -236,7 +236,7 @@ impl Cluster {
             EndpointRef::Node(node) => {
                 let daemon = self.daemon_on(node)?;
                 Ok(Place {
-                    agent: self.agent_of(daemon)?,
+                    agent: self.agent_of(daemon)?.to_string(),
                     node: Some(node.clone()),
                     pod: None,
                     netns: String::new(),
@@ -252,6 +252,27 @@ impl Cluster {
             ),
             EndpointRef::Service(_) => bail!("a Service is not a place a generator runs"),
         }
+    }
+
+    /// The address a daemon is dialled at.
+    fn agent_of(&self, daemon: &Daemon) -> anyhow::Result<AgentAddr> {
+        if self.reach == Reach::PortForward {
+            return Ok(AgentAddr::PortForward {
+                namespace: daemon.namespace.clone(),
+                pod: daemon.pod.clone(),
+                port: DAEMON_PORT,
+            });
+        }
+        let ip: IpAddr = daemon
+            .pod_ip
+            .as_deref()
+            .with_context(|| format!("the sonde daemon on {} has no IP yet", daemon.node))?
+            .parse()
+            .with_context(|| format!("the IP of the sonde daemon on {}", daemon.node))?;
+        Ok(AgentAddr::Tcp {
+            host: ip.to_string(),
+            port: DAEMON_PORT,
+        })
     }
 
     fn daemon_on(&self, node: &str) -> anyhow::Result<&Daemon> {
@@ -279,26 +300,4 @@ impl Cluster {
 fn namespaced<'a>(name: &'a str, kind: &str) -> anyhow::Result<(&'a str, &'a str)> {
     name.split_once('/')
         .with_context(|| format!("with --kubeconfig, name the {kind} as {kind}/NAMESPACE/NAME"))
-}
-
-impl Cluster {
-    /// The address a daemon is dialled at.
-    fn agent_of(&self, daemon: &Daemon) -> anyhow::Result<String> {
-        if self.reach == Reach::PortForward {
-            let agent = AgentAddr::PortForward {
-                namespace: daemon.namespace.clone(),
-                pod: daemon.pod.clone(),
-                port: DAEMON_PORT,
-            };
-            return Ok(agent.to_string());
-        }
-        let ip = daemon
-            .pod_ip
-            .as_deref()
-            .with_context(|| format!("the sonde daemon on {} has no IP yet", daemon.node))?;
-        Ok(match ip.parse::<IpAddr>() {
-            Ok(IpAddr::V6(v6)) => format!("[{v6}]:{DAEMON_PORT}"),
-            _ => format!("{ip}:{DAEMON_PORT}"),
-        })
-    }
 }

@@ -66,16 +66,11 @@ async fn cluster_targets(
             bail!("no ready sonde daemon on node {name:?}");
         }
     }
-    agents
+    Ok(agents
         .into_iter()
         .filter(|(node, _)| nodes.is_empty() || nodes.contains(node))
-        .map(|(node, agent)| {
-            Ok(Watched {
-                node,
-                agent: agent.parse().map_err(anyhow::Error::msg)?,
-            })
-        })
-        .collect()
+        .map(|(node, agent)| Watched { node, agent })
+        .collect())
 }
 
 /// Runs `sondectl conntrack watch`.
