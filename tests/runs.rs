@@ -56,7 +56,16 @@ fn f64_at(value: &serde_json::Value, pointer: &str) -> f64 {
 #[ignore = "privileged: needs root; run by cargo xtask test"]
 fn every_generator_runs_across_nodes_and_through_a_service() {
     require_root();
-    let lab = Lab::up(&["--service", "web=80:8080", "--service", "dgram=90:9090/udp"]);
+    // Two zones: node1 (pod1) in zone-a, node2 (pod3) in zone-b; every pod-IP run is placed
+    // --cross-zone, and the result names both zones.
+    let lab = Lab::up(&[
+        "--zones",
+        "2",
+        "--service",
+        "web=80:8080",
+        "--service",
+        "dgram=90:9090/udp",
+    ]);
     for (kind, service) in [
         ("tcp-stream", "web"),
         ("tcp-rr", "web"),
@@ -84,9 +93,16 @@ fn every_generator_runs_across_nodes_and_through_a_service() {
             if kind == "udp-stream" {
                 args.extend_from_slice(&["--rate", "20000"]);
             }
+            if to == "pod/pod3" {
+                args.push("--cross-zone");
+            }
             let (doc, ok) = run_json(&lab, &args);
             assert!(ok, "{what}: {}", doc["errors"]);
             assert_eq!(doc["complete"], true, "{what}");
+            assert_eq!(doc["from"]["places"][0]["zone"], "zone-a", "{what}");
+            if to == "pod/pod3" {
+                assert_eq!(doc["to"]["places"][0]["zone"], "zone-b", "{what}");
+            }
             assert_eq!(
                 doc["path"],
                 if to.starts_with("service") {
@@ -121,6 +137,22 @@ fn every_generator_runs_across_nodes_and_through_a_service() {
             assert_eq!(m["client"]["local_ip"], lab.ip("pod1"), "{what}");
         }
     }
+    // pod1 and pod2 share node1, so zone-a: --cross-zone refuses before anything runs.
+    let output = lab.sondectl(&[
+        "run",
+        "tcp-rr",
+        "--from",
+        "pod/pod1",
+        "--to",
+        "pod/pod2",
+        "--cross-zone",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--cross-zone: both ends are in zone zone-a (node1 and node1)"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -681,6 +681,10 @@ pub struct LabUpArgs {
     #[arg(long, default_value_t = 2)]
     pub pods_per_node: u8,
 
+    /// Zones the nodes are spread over, round robin (node1 in zone-a, node2 in zone-b, ...).
+    #[arg(long, default_value_t = 1)]
+    pub zones: u8,
+
     /// A ClusterIP Service: NAME=PORT[:TARGET_PORT][/tcp|/udp][@POD,POD...] (all pods if none
     /// given). Repeatable.
     #[arg(long = "service")]

@@ -102,8 +102,8 @@ pub struct Place {
     /// its node's bridge, as kube-proxy does. The probes must follow that flow too.
     #[serde(skip)]
     pub hairpin_source: Option<IpAddr>,
-    /// The node's zone (Kubernetes `topology.kubernetes.io/zone`), for placement checks.
-    #[serde(skip)]
+    /// The node's zone (Kubernetes `topology.kubernetes.io/zone`, or the lab's), for placement
+    /// checks and so that a result says whether it crossed zones.
     pub zone: Option<String>,
 }
 
@@ -216,7 +216,7 @@ fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Res
                 host_interface: Some(pod.host_veth.clone()),
                 uplink: Some(crate::lab::inventory::ETH0.to_owned()),
                 hairpin_source: Some(IpAddr::V4(node.gateway)),
-                zone: None,
+                zone: node.zone.clone(),
             })
         }
         EndpointRef::Node(name) => {
@@ -234,7 +234,7 @@ fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Res
                 host_interface: None,
                 uplink: Some(crate::lab::inventory::ETH0.to_owned()),
                 hairpin_source: None,
-                zone: None,
+                zone: node.zone.clone(),
             })
         }
         EndpointRef::Agent(addr) => Ok(Place {

@@ -85,6 +85,7 @@ async fn up(args: LabUpArgs) -> anyhow::Result<()> {
         name: args.lab.name.clone(),
         nodes: args.nodes,
         pods_per_node: args.pods_per_node,
+        zones: args.zones,
         pod_cidr: args.pod_cidr,
         node_cidr: args.node_cidr,
         service_cidr: args.service_cidr,
@@ -197,10 +198,19 @@ async fn status(args: &LabName) -> anyhow::Result<()> {
 
 /// The inventory as three tables: nodes, pods, Services.
 fn render(inventory: &Inventory) -> String {
-    let mut nodes = output::table(&["NODE", "NAMESPACE", "IP", "POD CIDR", "AGENT", "PID"]);
+    let mut nodes = output::table(&[
+        "NODE",
+        "ZONE",
+        "NAMESPACE",
+        "IP",
+        "POD CIDR",
+        "AGENT",
+        "PID",
+    ]);
     for node in &inventory.nodes {
         nodes.add_row([
             node.name.clone(),
+            node.zone.clone().unwrap_or_else(|| "-".to_owned()),
             node.netns.clone(),
             node.ip.to_string(),
             node.pod_cidr.to_string(),

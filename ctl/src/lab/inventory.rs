@@ -67,6 +67,9 @@ pub struct Node {
     pub log: PathBuf,
     /// sonded's process ID, once started.
     pub daemon_pid: Option<u32>,
+    /// Its zone (`topology.kubernetes.io/zone` in a cluster).
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 /// A pod: a network namespace joined to its node's bridge by a veth pair.
@@ -145,6 +148,7 @@ impl Inventory {
                 ),
                 log: state_dir.join(format!("{name}.log")),
                 daemon_pid: None,
+                zone: Some(spec.zone_of(n)),
                 name,
             });
         }
@@ -253,6 +257,7 @@ mod tests {
             name: "t1".to_owned(),
             nodes: 2,
             pods_per_node: 2,
+            zones: 1,
             pod_cidr: "10.244.0.0/16".parse().expect("cidr"),
             node_cidr: "10.250.0.0/24".parse().expect("cidr"),
             service_cidr: "10.96.0.0/24".parse().expect("cidr"),
@@ -301,6 +306,7 @@ mod tests {
             name: "abcdefgh".to_owned(),
             nodes: super::super::spec::MAX_NODES,
             pods_per_node: super::super::spec::MAX_PODS_PER_NODE,
+            zones: 1,
             pod_cidr: "10.244.0.0/16".parse().expect("cidr"),
             node_cidr: "10.250.0.0/24".parse().expect("cidr"),
             service_cidr: "10.96.0.0/24".parse().expect("cidr"),

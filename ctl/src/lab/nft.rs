@@ -98,6 +98,7 @@ mod tests {
             name: "t".to_owned(),
             nodes: 2,
             pods_per_node: 1,
+            zones: 1,
             pod_cidr: "10.244.0.0/16".parse().expect("cidr"),
             node_cidr: "10.250.0.0/24".parse().expect("cidr"),
             service_cidr: "10.96.0.0/24".parse().expect("cidr"),

@@ -20,6 +20,9 @@ pub struct LabSpec {
     pub nodes: u8,
     /// How many pods on each node.
     pub pods_per_node: u8,
+    /// How many zones the nodes are spread over, round robin (node 1 in `zone-a`, node 2 in
+    /// the next zone, ...), so that cross-zone placement can be tried without a cluster.
+    pub zones: u8,
     /// The pods' range; node N (1-based) gets the N-th /24 inside it.
     pub pod_cidr: Ipv4Net,
     /// The underlay joining the nodes' uplinks (a /24: node N is .(10+N)).
@@ -97,6 +100,12 @@ impl LabSpec {
                 "--pods-per-node must be from 1 to {MAX_PODS_PER_NODE}"
             ));
         }
+        if !(1..=self.nodes).contains(&self.zones) {
+            return Err(format!(
+                "--zones must be from 1 to the number of nodes ({})",
+                self.nodes
+            ));
+        }
         if self.pod_cidr.prefix_len() > 16 {
             return Err(format!(
                 "--pod-cidr {} must be a /16 or larger (one /24 per node)",
@@ -151,6 +160,12 @@ impl LabSpec {
             }
         }
         Ok(())
+    }
+
+    /// The zone of node `n` (1-based): `zone-a`, `zone-b`, ... round robin.
+    pub fn zone_of(&self, n: u8) -> String {
+        let letter = char::from(b'a' + (n - 1) % self.zones.max(1));
+        format!("zone-{letter}")
     }
 
     /// Pod names in order: node 1's pods first.
@@ -272,6 +287,7 @@ mod tests {
             name: "lab".to_owned(),
             nodes: 2,
             pods_per_node: 2,
+            zones: 1,
             pod_cidr: "10.244.0.0/16".parse().expect("cidr"),
             node_cidr: "10.250.0.0/24".parse().expect("cidr"),
             service_cidr: "10.96.0.0/24".parse().expect("cidr"),
@@ -325,11 +341,31 @@ mod tests {
     }
 
     #[test]
+    fn nodes_take_zones_round_robin() {
+        let mut spec = spec();
+        spec.nodes = 5;
+        spec.zones = 2;
+        assert_eq!(spec.validate(), Ok(()));
+        let zones: Vec<String> = (1..=5).map(|n| spec.zone_of(n)).collect();
+        assert_eq!(zones, ["zone-a", "zone-b", "zone-a", "zone-b", "zone-a"]);
+        spec.zones = 1;
+        assert_eq!(spec.zone_of(4), "zone-a");
+    }
+
+    #[test]
     fn bad_specs_are_refused_with_the_reason() {
         type Change = fn(&mut LabSpec);
-        let cases: [(Change, &str); 7] = [
+        let cases: [(Change, &str); 9] = [
             (|s| s.name = "My-Lab".to_owned(), "lower-case"),
             (|s| s.nodes = 0, "--nodes"),
+            (
+                |s| s.zones = 0,
+                "--zones must be from 1 to the number of nodes (2)",
+            ),
+            (
+                |s| s.zones = 3,
+                "--zones must be from 1 to the number of nodes (2)",
+            ),
             (|s| s.pods_per_node = 33, "--pods-per-node"),
             (
                 |s| s.pod_cidr = "10.244.0.0/24".parse().expect("cidr"),

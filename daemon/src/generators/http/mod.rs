@@ -1,5 +1,6 @@
 //! `http` and `http-crr`: HTTP/1.1 GET requests answered with `response_size` bytes, on
-//! keep-alive connections or with a new connection per request (hyper on both sides).
+//! keep-alive connections or with a new connection per request: hyper serves, and the client
+//! writes one prepared request per exchange and parses the answer itself ([`connection`]).
 //!
 //! Each side runs one current-thread async runtime per OS thread (as many threads as cores,
 //! at most one per connection), on threads placed in the endpoint's network namespace. The
@@ -19,7 +20,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty, Full};
+use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 
@@ -30,8 +31,9 @@ use super::{
 };
 use crate::runs::spec::{Kind, RunSpec};
 
-/// How long a client waits for a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+mod connection;
+
+use connection::Connection;
 
 /// The header that carries the run's token.
 pub const TOKEN_HEADER: &str = "x-sonde-token";
@@ -231,31 +233,14 @@ struct Flow<'a> {
     rate: Option<f64>,
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-
-async fn connect(target: SocketAddr) -> Result<Sender, String> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target))
-        .await
-        .map_err(|_| format!("connecting to {target} timed out"))?
-        .map_err(|err| format!("connecting to {target}: {err}"))?;
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|err| format!("HTTP handshake with {target}: {err}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
-}
-
 impl Flow<'_> {
     async fn run(self) -> ThreadResult {
         let mut result = ThreadResult::new();
         let keep_alive = self.spec.kind == Kind::Http;
         let mut kept = None;
         if keep_alive {
-            match connect(self.target).await {
-                Ok(sender) => kept = Some(sender),
+            match Connection::open(self.target).await {
+                Ok(connection) => kept = Some(connection),
                 Err(err) => {
                     result.error(err);
                     return result;
@@ -263,7 +248,9 @@ impl Flow<'_> {
             }
             result.connections = 1;
         }
-        let host = self.target.to_string();
+        let request = connection::request(&self.target.to_string(), TOKEN_HEADER, self.token);
+        // An exchange the server never answers ends with the run, not after it.
+        let deadline = self.window.end + POLL * 10;
         let interval = self.rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
         let mut next = self.window.start;
         while !self.stop.load(Ordering::Relaxed) {
@@ -280,18 +267,17 @@ impl Flow<'_> {
             if intended >= self.window.end {
                 break;
             }
-            let mut fresh = None;
-            let sender = match &mut kept {
-                Some(sender) => Ok(sender),
-                None => connect(self.target)
-                    .await
-                    .map(|sender| fresh.insert(sender)),
+            let exchange = async {
+                let mut fresh = None;
+                let connection = match &mut kept {
+                    Some(connection) => connection,
+                    None => fresh.insert(Connection::open(self.target).await?),
+                };
+                connection.exchange(&request).await
             };
-            let outcome = match sender {
-                Ok(sender) => exchange(sender, &host, self.token).await,
-                Err(err) => Err(err),
-            };
-            drop(fresh);
+            let outcome = tokio::time::timeout_at(deadline.into(), exchange)
+                .await
+                .unwrap_or_else(|_| Err("no answer before the run's end".to_owned()));
             let done = Instant::now();
             match outcome {
                 Ok(bytes) => {
@@ -317,32 +303,4 @@ impl Flow<'_> {
         }
         result
     }
-}
-
-/// One request and its whole response; the response body's length.
-async fn exchange(sender: &mut Sender, host: &str, token: &str) -> Result<u64, String> {
-    let request = Request::get("/")
-        .header(hyper::header::HOST, host)
-        .header(TOKEN_HEADER, token)
-        .body(Empty::<Bytes>::new())
-        .map_err(|err| format!("building the request: {err}"))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|err| format!("request: {err}"))?;
-    if response.status() != StatusCode::OK {
-        return Err(format!(
-            "the peer is not a sonde server for this run (HTTP {})",
-            response.status()
-        ));
-    }
-    let mut body = response.into_body();
-    let mut bytes = 0_u64;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|err| format!("response body: {err}"))?;
-        if let Some(data) = frame.data_ref() {
-            bytes += data.len() as u64;
-        }
-    }
-    Ok(bytes)
 }
