@@ -27,6 +27,7 @@ const SECONDS: u64 = 4;
 const LAB: &str = "bench";
 
 mod cgroup;
+mod idle;
 mod probes;
 
 use cgroup::CpuGroup;
@@ -34,7 +35,8 @@ use cgroup::CpuGroup;
 /// Which benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
-    /// tcp-stream vs iperf3 (1 and 4 streams), udp-stream 64 B vs iperf3, tcp-rr vs qperf.
+    /// tcp-stream vs iperf3 (1 and 4 streams), udp-stream 64 B vs iperf3, http vs wrk, tcp-rr
+    /// vs qperf (with idle CPUs halting, and polling).
     Generators,
     /// The stage probes: ns per packet in the kernel (BPF_PROG_TEST_RUN), and tcp-stream
     /// traced vs not.
@@ -49,7 +51,7 @@ struct Sample {
 }
 
 /// Runs the benchmark.
-pub fn run(suite: Suite) -> anyhow::Result<()> {
+pub fn run(suite: Suite, only: &[String]) -> anyhow::Result<()> {
     if !shell::is_root() {
         bail!("the benchmark builds a lab: run it as root");
     }
@@ -70,7 +72,7 @@ pub fn run(suite: Suite) -> anyhow::Result<()> {
     step("lab: 2 nodes x 2 pods; the path is pod1 (node1) -> pod3 (node2)");
     shell::run(&sondectl, &["lab", "up", "--name", LAB])?;
     let result = match suite {
-        Suite::Generators => compare_all(&sondectl),
+        Suite::Generators => compare_all(&sondectl, only),
         Suite::Probes => probes::traced_throughput(&sondectl),
     };
     step("remove the lab");
@@ -78,7 +80,7 @@ pub fn run(suite: Suite) -> anyhow::Result<()> {
     result
 }
 
-fn compare_all(sondectl: &str) -> anyhow::Result<()> {
+fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {
     let server_ip = pod_ip(sondectl, "pod3")?;
     let mut iperf_server = in_pod("pod3", "iperf3", &["-s"])
         .spawn()
@@ -143,6 +145,7 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
             sonde_args("tcp-stream", &[]),
             iperf3_args(&[]),
             Reader::Throughput,
+            Idle::Default,
         ),
         Comparison(
             "tcp-stream, 1 stream, --plain-io (bit/s)",
@@ -150,6 +153,7 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
             sonde_args("tcp-stream", &["--plain-io"]),
             iperf3_args(&[]),
             Reader::Throughput,
+            Idle::Default,
         ),
         Comparison(
             "tcp-stream, 4 streams (bit/s)",
@@ -157,6 +161,7 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
             sonde_args("tcp-stream", &["--parallel", "4"]),
             iperf3_args(&["-P", "4"]),
             Reader::Throughput,
+            Idle::Default,
         ),
         Comparison(
             "udp-stream, 64 B datagrams (received/s)",
@@ -164,6 +169,7 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
             sonde_args("udp-stream", &["--size", "64"]),
             iperf3_args(&["-u", "-l", "64", "-b", "0"]),
             Reader::Datagrams,
+            Idle::Default,
         ),
         Comparison(
             "udp-stream, 64 B datagrams, --plain-io (received/s)",
@@ -171,6 +177,7 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
             sonde_args("udp-stream", &["--size", "64", "--plain-io"]),
             iperf3_args(&["-u", "-l", "64", "-b", "0"]),
             Reader::Datagrams,
+            Idle::Default,
         ),
         Comparison(
             "http, 10 keep-alive connections (requests/s)",
@@ -185,6 +192,7 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
                 http_url,
             ],
             Reader::Requests,
+            Idle::Default,
         ),
         Comparison(
             "tcp-rr, 1 B (transactions/s)",
@@ -197,14 +205,35 @@ fn compare_all(sondectl: &str) -> anyhow::Result<()> {
                 "tcp_lat".into(),
             ],
             Reader::Transactions,
+            Idle::Default,
+        ),
+        Comparison(
+            "tcp-rr, 1 B, idle CPUs polling (transactions/s)",
+            "qperf",
+            sonde_args("tcp-rr", &["--size", "1"]),
+            vec![
+                "-t".into(),
+                SECONDS.to_string(),
+                server_ip.clone(),
+                "tcp_lat".into(),
+            ],
+            Reader::Transactions,
+            Idle::Polling,
         ),
     ];
+    let comparisons = comparisons.into_iter().filter(|Comparison(name, ..)| {
+        only.is_empty() || only.iter().any(|word| name.contains(word.as_str()))
+    });
     let mut rows = Vec::new();
     let mut failure = None;
-    for Comparison(name, tool, sonde, reference, reader) in comparisons {
+    for Comparison(name, tool, sonde, reference, reader, idle) in comparisons {
         step(&format!(
             "{name}: sonde vs {tool}, {PAIRS} interleaved pairs"
         ));
+        let _polling = match idle {
+            Idle::Polling => Some(idle::IdlePolling::hold()?),
+            Idle::Default => None,
+        };
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         for pair in 0..PAIRS {
@@ -301,9 +330,25 @@ fn sonde_args(kind: &str, extra: &[&str]) -> Vec<String> {
     args
 }
 
-/// A comparison: its name, the reference tool, sondectl's arguments, the tool's arguments, and
-/// how to read the figure.
-struct Comparison(&'static str, &'static str, Vec<String>, Vec<String>, Reader);
+/// A comparison: its name, the reference tool, sondectl's arguments, the tool's arguments, how
+/// to read the figure, and the CPUs' idle state both tools run in.
+struct Comparison(
+    &'static str,
+    &'static str,
+    Vec<String>,
+    Vec<String>,
+    Reader,
+    Idle,
+);
+
+/// What idle CPUs do during a comparison (see `idle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Idle {
+    /// Whatever the machine does (here: halt, woken by the hypervisor).
+    Default,
+    /// Poll: no wake-up cost, for either tool.
+    Polling,
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Reader {

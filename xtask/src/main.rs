@@ -32,6 +32,10 @@ enum Task {
         /// Which benchmark.
         #[arg(value_enum)]
         suite: bench::Suite,
+        /// Only the comparisons whose name contains one of these words (generators), as
+        /// `--only http,tcp-rr`.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -40,7 +44,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::Test(args) => test::run(&args),
         Task::Demo => demo::run(),
-        Task::Bench { suite } => bench::run(suite),
+        Task::Bench { suite, only } => bench::run(suite, &only),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
