@@ -58,7 +58,9 @@ pub mod side {
 
 /// What an [`Event`] reports.
 pub mod event_kind {
-    /// A packet passed a point; `value` is its IP payload length.
+    /// A packet passed a point; `value`, when not 0, is how long before it the sending
+    /// socket was handed the data this segment carries (the [`super::point::SOCKET_SEND`]
+    /// stamp, sent with the first point's record rather than as one of its own).
     pub const STAMP: u8 = 0;
     /// A connection of the flow was established; `value` is the connect time in ns
     /// (SYN_SENT to ESTABLISHED, saturating at `u32::MAX`).

@@ -149,17 +149,13 @@ pub fn stamp(ctx: &TcContext, at: u8) {
     // SAFETY: `skb` is the context pointer the kernel passed; reading a scalar field of
     // `__sk_buff` is what the verifier allows for TC programs.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if sent_ns != 0 && sent_ns <= now {
-        emit(
-            &who,
-            event_kind::STAMP,
-            point::SOCKET_SEND,
-            sent_ns,
-            packet.id,
-            0,
-            0,
-        );
-    }
+    // The socket send this segment carries rides in the same record (one ring-buffer write
+    // per point, not two), as its distance back from this point.
+    let since_send = if sent_ns != 0 && sent_ns <= now {
+        (now - sent_ns).min(u64::from(u32::MAX)) as u32
+    } else {
+        0
+    };
     emit(
         &who,
         event_kind::STAMP,
@@ -167,14 +163,34 @@ pub fn stamp(ctx: &TcContext, at: u8) {
         now,
         packet.id,
         ifindex,
-        packet.payload,
+        since_send,
     );
     remember(ctx, &who, packet.id, at, now);
 }
 
 /// Records `ctx`'s skb as `who`'s packet `id`, last seen at `at`, until the kernel frees it.
+///
+/// A packet's first point on a node (its pod's veth on the way out, the uplink on the way
+/// in) inserts it; a later point finds the entry the first one made and moves its point in
+/// place, which costs a lookup instead of an LRU insertion (the dearest thing a followed
+/// packet does, see `sonded probe-cost`). A packet that skipped its first point (host
+/// network) is inserted there.
 #[inline(always)]
 fn remember(ctx: &TcContext, who: &Who, id: u32, at: u8, ts_ns: u64) {
+    let skb = ctx.skb.skb as u64;
+    if (at == point::NODE_OUT || at == point::POD_IN)
+        && let Some(mark) = IN_FLIGHT.get_ptr_mut(&skb)
+    {
+        // SAFETY: a valid entry of the map, plain data; a concurrent reader sees either
+        // point, both of which name a place this packet has been.
+        unsafe {
+            if (*mark).flow == who.flow && (*mark).id == id && (*mark).direction == who.direction {
+                (*mark).point = at;
+                (*mark).ts_ns = ts_ns;
+                return;
+            }
+        }
+    }
     let mark = Mark {
         ts_ns,
         flow: who.flow,
@@ -186,7 +202,7 @@ fn remember(ctx: &TcContext, who: &Who, id: u32, at: u8, ts_ns: u64) {
     };
     // The context pointer is the kernel's `struct sk_buff *`, the address the skb
     // tracepoints report as `skbaddr`.
-    let _ = IN_FLIGHT.insert(ctx.skb.skb as u64, mark, 0);
+    let _ = IN_FLIGHT.insert(skb, mark, 0);
 }
 
 /// Stamps the application's read of a delivered packet (`skb:skb_copy_datagram_iovec`).
@@ -254,8 +270,12 @@ pub fn dropped(ctx: &TracePointContext) {
 /// soon reused, is not taken for it.
 #[inline(always)]
 pub fn consumed(ctx: &TracePointContext) {
-    if let Some(skb) = skb_address(ctx) {
-        let _ = IN_FLIGHT.remove(skb);
+    // Every skb the kernel frees passes here: a lookup (lock-free) first, and the delete,
+    // which locks its bucket, only for the few that are followed.
+    if let Some(skb) = skb_address(ctx)
+        && IN_FLIGHT.get_ptr(&skb).is_some()
+    {
+        let _ = IN_FLIGHT.remove(&skb);
     }
 }
 

@@ -147,27 +147,15 @@ impl Collector {
         self.events += 1;
         match event.kind {
             event_kind::STAMP => {
-                let at = usize::from(event.point);
-                if at >= point::COUNT {
+                if usize::from(event.point) >= point::COUNT {
                     return;
                 }
                 let key = packet_key(event.direction, event.client_port, event.id);
-                let full = self.packets.len() >= MAX_PACKETS;
-                match self.packets.get_mut(&key) {
-                    Some(stamps) => {
-                        // The first stamp wins: a retransmitted segment keeps its first pass.
-                        if stamps[at] == 0 {
-                            stamps[at] = event.ts_ns;
-                        }
-                    }
-                    None if full => self.packets_over_cap += 1,
-                    None => {
-                        let mut stamps = [0; point::COUNT];
-                        stamps[at] = event.ts_ns;
-                        self.packets.insert(key, stamps);
-                        self.seen += 1;
-                    }
+                if event.value != 0 {
+                    let sent = event.ts_ns.saturating_sub(u64::from(event.value));
+                    self.stamp(key, point::SOCKET_SEND, sent);
                 }
+                self.stamp(key, event.point, event.ts_ns);
                 let last = self.last_point[usize::from(event.direction & 1)];
                 if event.point == last
                     && let Some(stamps) = self.packets.remove(&key)
@@ -194,6 +182,27 @@ impl Collector {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Notes that packet `key` passed point `at` at `ts_ns`.
+    fn stamp(&mut self, key: u64, at: u8, ts_ns: u64) {
+        let at = usize::from(at);
+        let full = self.packets.len() >= MAX_PACKETS;
+        match self.packets.get_mut(&key) {
+            Some(stamps) => {
+                // The first stamp wins: a retransmitted segment keeps its first pass.
+                if stamps[at] == 0 {
+                    stamps[at] = ts_ns;
+                }
+            }
+            None if full => self.packets_over_cap += 1,
+            None => {
+                let mut stamps = [0; point::COUNT];
+                stamps[at] = ts_ns;
+                self.packets.insert(key, stamps);
+                self.seen += 1;
+            }
         }
     }
 
@@ -298,8 +307,11 @@ mod tests {
         for (i, id) in [7_u32, 8].into_iter().enumerate() {
             let base = 10_000 * (i as u64 + 1);
             let dir = direction::TO_SERVER;
-            collector.record(&stamp(point::SOCKET_SEND, dir, 40000, id, base));
-            collector.record(&stamp(point::POD_OUT, dir, 40000, id, base + 100));
+            // The socket send rides in the first point's record: 100 ns before it.
+            collector.record(&Event {
+                value: 100,
+                ..stamp(point::POD_OUT, dir, 40000, id, base + 100)
+            });
             // No NODE_OUT for packet 8: its stage runs from POD_OUT to NODE_IN.
             if id == 7 {
                 collector.record(&stamp(point::NODE_OUT, dir, 40000, id, base + 300));
@@ -309,7 +321,7 @@ mod tests {
         // Before the window: ignored.
         collector.record(&stamp(point::POD_OUT, 0, 40000, 9, 999));
         let collected = collector.finish();
-        assert_eq!(collected.events, 7);
+        assert_eq!(collected.events, 5);
         assert_eq!(collected.packets, 2);
         let summary: Vec<(u8, u8, u64, u64)> = collected
             .stages
