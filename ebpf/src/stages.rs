@@ -89,8 +89,6 @@ struct Packet {
     protocol: u8,
     /// TCP sequence number, or sonde's UDP sequence number.
     id: u32,
-    /// IP payload length minus the transport header.
-    payload: u32,
     /// A TCP SYN (connection set-up, no data): remembered for drops, never stamped.
     syn: bool,
 }
@@ -179,7 +177,7 @@ pub fn stamp(ctx: &TcContext, at: u8) {
 fn remember(ctx: &TcContext, who: &Who, id: u32, at: u8, ts_ns: u64) {
     let skb = ctx.skb.skb as u64;
     if (at == point::NODE_OUT || at == point::POD_IN)
-        && let Some(mark) = IN_FLIGHT.get_ptr_mut(&skb)
+        && let Some(mark) = IN_FLIGHT.get_ptr_mut(skb)
     {
         // SAFETY: a valid entry of the map, plain data; a concurrent reader sees either
         // point, both of which name a place this packet has been.
@@ -273,9 +271,9 @@ pub fn consumed(ctx: &TracePointContext) {
     // Every skb the kernel frees passes here: a lookup (lock-free) first, and the delete,
     // which locks its bucket, only for the few that are followed.
     if let Some(skb) = skb_address(ctx)
-        && IN_FLIGHT.get_ptr(&skb).is_some()
+        && IN_FLIGHT.get_ptr(skb).is_some()
     {
-        let _ = IN_FLIGHT.remove(&skb);
+        let _ = IN_FLIGHT.remove(skb);
     }
 }
 
@@ -671,7 +669,7 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         (a, b) => a.min(b) - 1,
     };
     let mut syn = false;
-    let (id, payload) = if layout.protocol == IPPROTO_TCP {
+    let id = if layout.protocol == IPPROTO_TCP {
         let tcp = bytes::<14>(ctx, layout.l4)?;
         let header = usize::from(tcp[12] >> 4) * 4;
         let payload = layout.l4_len.checked_sub(header)?;
@@ -679,7 +677,7 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         if header < 20 || (payload == 0 && !syn) {
             return None;
         }
-        (be32(&tcp, 4), payload)
+        be32(&tcp, 4)
     } else {
         // The UDP header and the start of sonde's data header: magic, flags, sequence.
         let udp = bytes::<24>(ctx, layout.l4)?;
@@ -687,7 +685,7 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         if payload < 16 || udp[8..12] != UDP_DATA_MAGIC {
             return None;
         }
-        (be32(&udp, 20), payload)
+        be32(&udp, 20)
     };
     // A packet of a sampled stream that is not in the sample stops here, before the flow
     // lookup: the port's sampling is the densest of its flows', so none of them follows it.
@@ -716,7 +714,6 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         dport,
         protocol: layout.protocol,
         id,
-        payload: payload as u32,
         syn,
     })
 }
