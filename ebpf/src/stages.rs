@@ -3,6 +3,8 @@
 //! Every program here fails open: whatever it finds, the packet goes on unchanged. A packet that
 //! is not part of a traced run costs a header parse and one or two array reads.
 
+use core::ptr::{read_volatile, write_volatile};
+
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::map,
@@ -30,31 +32,30 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SONDE_SEND_TS")]
 static SEND_TS: Array<u64> = Array::with_max_entries(MAX_FLOWS * 2, 0);
 
-/// Followed packets by skb address, from the first point that stamped them until the kernel
-/// frees them: a drop (`skb:kfree_skb`) is attributed by it, and a packet delivered to a pod
-/// is stamped again when the application reads it. Entries go when the skb is consumed or
-/// dropped; the LRU evicts what slipped through. Its updates are the costliest part of a
-/// followed packet (see `sonded probe-cost`), so each CPU keeps its own LRU lists
-/// (`BPF_F_NO_COMMON_LRU`): an insertion takes no lock another CPU holds.
+/// Followed packets in flight, by skb address, from the first point that stamped them until
+/// the kernel frees them: a drop (`skb:kfree_skb`) is attributed by it, and a packet delivered
+/// to a pod is stamped again when the application reads it.
+///
+/// An array indexed by the address's slot, not a hash map: the skb tracepoints see every skb
+/// the node frees or reads, where a hash lookup cost hundreds of ns on a busy node (cache and
+/// TLB misses), and an LRU insertion at each followed packet's first point cost ~130 ns more
+/// than a lookup (`sonded probe-cost`). A slot is an address computation and a compare. skbs
+/// are 256-byte slab objects, so the slots map 16 MiB of them one to one; two followed skbs in
+/// flight at once in one slot (16 MiB apart) cost the older one its later stamps: a missing
+/// sample, never a wrong one, since every slot names its skb.
 #[map(name = "SONDE_SKBS")]
-static IN_FLIGHT: LruHashMap<u64, Mark> = LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU);
+static IN_FLIGHT: Array<InFlight> = Array::with_max_entries(SKB_SLOTS, 0);
 
-/// `BPF_F_NO_COMMON_LRU` (uapi/linux/bpf.h).
-const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
-
-/// Slots of skb addresses that a followed packet has used, one byte each, in front of
-/// `IN_FLIGHT` for the skb tracepoints, which see every skb the node frees or reads: a clear
-/// slot says "not followed" with one array read, where the hash lookup it saves costs hundreds
-/// of ns on a busy node (cache and TLB misses). A slot is set when a packet is remembered and
-/// never cleared: skbs come from a slab, so the addresses in use are few, and a slot shared
-/// with a followed skb costs only the lookup that every skb paid before. A byte, not a bit:
-/// a plain store cannot lose another CPU's update.
-#[map(name = "SONDE_SKB_SLOTS")]
-static FOLLOWED_SLOTS: Array<u8> = Array::with_max_entries(SKB_SLOTS, 0);
-
-/// Slots in `FOLLOWED_SLOTS` (a power of two): skbs are 256-byte slab objects, so 16 MiB of
-/// them map one to one.
+/// Slots in `IN_FLIGHT` (a power of two).
 const SKB_SLOTS: u32 = 1 << 16;
+
+/// One slot of `IN_FLIGHT`: the skb it holds (0: none) and what is known of its packet.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InFlight {
+    skb: u64,
+    mark: Mark,
+}
 
 /// The slot of an skb address.
 #[inline(always)]
@@ -62,12 +63,48 @@ fn skb_slot(skb: u64) -> u32 {
     ((skb >> 8) as u32) & (SKB_SLOTS - 1)
 }
 
-/// Whether `skb` may be in `IN_FLIGHT` (false: certainly not).
+/// Holds `mark` for `skb` in its slot. The address is written last (after zero), so a reader
+/// that finds it the same before and after reading the mark has read a whole one.
 #[inline(always)]
-fn may_be_followed(skb: u64) -> bool {
-    FOLLOWED_SLOTS
-        .get(skb_slot(skb))
-        .is_none_or(|slot| *slot != 0)
+fn hold(skb: u64, mark: Mark) {
+    let Some(slot) = IN_FLIGHT.get_ptr_mut(skb_slot(skb)) else {
+        return;
+    };
+    // SAFETY: a valid slot of the array; volatile keeps the stores in this order.
+    unsafe {
+        write_volatile(&raw mut (*slot).skb, 0);
+        write_volatile(&raw mut (*slot).mark, mark);
+        write_volatile(&raw mut (*slot).skb, skb);
+    }
+}
+
+/// The slot holding `skb`, and its mark, if `skb` is followed.
+#[inline(always)]
+fn held(skb: u64) -> Option<(*mut InFlight, Mark)> {
+    let slot = IN_FLIGHT.get_ptr_mut(skb_slot(skb))?;
+    // SAFETY: a valid slot of the array; see `hold` for the order.
+    unsafe {
+        if read_volatile(&raw const (*slot).skb) != skb {
+            return None;
+        }
+        let mark = read_volatile(&raw const (*slot).mark);
+        if read_volatile(&raw const (*slot).skb) != skb {
+            return None;
+        }
+        Some((slot, mark))
+    }
+}
+
+/// Lets `skb`'s slot go (its packet was read, dropped or freed).
+#[inline(always)]
+fn release(slot: *mut InFlight, skb: u64) {
+    // SAFETY: `slot` came from `held`. Another skb may have taken the slot since (a
+    // collision): it is then left alone.
+    unsafe {
+        if read_volatile(&raw const (*slot).skb) == skb {
+            write_volatile(&raw mut (*slot).skb, 0);
+        }
+    }
 }
 
 /// What the daemon learnt of this kernel's tracepoints (`sonde_common::maps::TRACEPOINT_CONF`).
@@ -200,57 +237,53 @@ pub fn stamp(ctx: &TcContext, at: u8) {
 
 /// Records `ctx`'s skb as `who`'s packet `id`, last seen at `at`, until the kernel frees it.
 ///
-/// A packet's first point on a node (its pod's veth on the way out, the uplink on the way
-/// in) inserts it; a later point finds the entry the first one made and moves its point in
-/// place, which costs a lookup instead of an LRU insertion (the dearest thing a followed
-/// packet does, see `sonded probe-cost`). A packet that skipped its first point (host
-/// network) is inserted there.
+/// A later point of a packet on a node (the uplink on the way out, the pod's veth on the way
+/// in) finds the slot its first point filled and moves its point in place.
 #[inline(always)]
 fn remember(ctx: &TcContext, who: &Who, id: u32, at: u8, ts_ns: u64) {
-    let skb = ctx.skb.skb as u64;
-    if (at == point::NODE_OUT || at == point::POD_IN)
-        && let Some(mark) = IN_FLIGHT.get_ptr_mut(skb)
-    {
-        // SAFETY: a valid entry of the map, plain data; a concurrent reader sees either
-        // point, both of which name a place this packet has been.
-        unsafe {
-            if (*mark).flow == who.flow && (*mark).id == id && (*mark).direction == who.direction {
-                (*mark).point = at;
-                (*mark).ts_ns = ts_ns;
-                return;
-            }
-        }
-    }
-    let mark = Mark {
-        ts_ns,
-        flow: who.flow,
-        id,
-        client_port: who.client_port,
-        direction: who.direction,
-        point: at,
-        pad: [0; 4],
-    };
     // The context pointer is the kernel's `struct sk_buff *`, the address the skb
-    // tracepoints report as `skbaddr`.
-    // The verifier allows no arithmetic on a context pointer: its value is read back as a
-    // plain number to find the slot.
+    // tracepoints report as `skbaddr`. The verifier allows no arithmetic on a context
+    // pointer: its value is read back as a plain number.
+    let pointer = ctx.skb.skb as u64;
     // SAFETY: reads 8 bytes of this program's own stack.
-    let address = unsafe { bpf_probe_read_kernel(&raw const skb) }.unwrap_or(0);
-    if let Some(slot) = FOLLOWED_SLOTS.get_ptr_mut(skb_slot(address)) {
-        // SAFETY: a valid array slot; a byte store.
-        unsafe { *slot = 1 };
+    let Ok(skb) = (unsafe { bpf_probe_read_kernel(&raw const pointer) }) else {
+        return;
+    };
+    if (at == point::NODE_OUT || at == point::POD_IN)
+        && let Some((slot, mark)) = held(skb)
+        && mark.flow == who.flow
+        && mark.id == id
+        && mark.direction == who.direction
+    {
+        // SAFETY: a valid slot; a reader sees the old point or the new one, both places
+        // this packet has been.
+        unsafe {
+            write_volatile(&raw mut (*slot).mark.point, at);
+            write_volatile(&raw mut (*slot).mark.ts_ns, ts_ns);
+        }
+        return;
     }
-    let _ = IN_FLIGHT.insert(skb, mark, 0);
+    hold(
+        skb,
+        Mark {
+            ts_ns,
+            flow: who.flow,
+            id,
+            client_port: who.client_port,
+            direction: who.direction,
+            point: at,
+            pad: [0; 4],
+        },
+    );
 }
 
 /// Stamps the application's read of a delivered packet (`skb:skb_copy_datagram_iovec`).
 #[inline(always)]
 pub fn socket_read(ctx: &TracePointContext) {
-    let Some(skb) = skb_address(ctx).filter(|skb| may_be_followed(*skb)) else {
+    let Some(skb) = skb_address(ctx) else {
         return;
     };
-    // SAFETY: the value is plain data copied out before the entry is removed.
-    let Some(mark) = (unsafe { IN_FLIGHT.get(skb) }).copied() else {
+    let Some((slot, mark)) = held(skb) else {
         return;
     };
     // Only a packet this node delivered: its last point was the pod's veth (or the uplink,
@@ -258,7 +291,7 @@ pub fn socket_read(ctx: &TracePointContext) {
     if mark.point != point::POD_IN && mark.point != point::NODE_IN {
         return;
     }
-    let _ = IN_FLIGHT.remove(skb);
+    release(slot, skb);
     let now = unsafe { bpf_ktime_get_ns() };
     let who = Who {
         flow: mark.flow,
@@ -279,14 +312,13 @@ pub fn socket_read(ctx: &TracePointContext) {
 /// A followed packet was dropped (`skb:kfree_skb`): reports it with the kernel's reason.
 #[inline(always)]
 pub fn dropped(ctx: &TracePointContext) {
-    let Some(skb) = skb_address(ctx).filter(|skb| may_be_followed(*skb)) else {
+    let Some(skb) = skb_address(ctx) else {
         return;
     };
-    // SAFETY: plain data copied out before the entry is removed.
-    let Some(mark) = (unsafe { IN_FLIGHT.get(skb) }).copied() else {
+    let Some((slot, mark)) = held(skb) else {
         return;
     };
-    let _ = IN_FLIGHT.remove(skb);
+    release(slot, skb);
     let offset = CONF.get(CONF_DROP_REASON_OFFSET).copied().unwrap_or(0);
     if offset == 0 || offset > 64 {
         return;
@@ -308,12 +340,11 @@ pub fn dropped(ctx: &TracePointContext) {
 /// soon reused, is not taken for it.
 #[inline(always)]
 pub fn consumed(ctx: &TracePointContext) {
-    // Every skb the kernel frees passes here: the slot filter first, then a lookup
-    // (lock-free), and the delete, which locks its bucket, only for the few that are followed.
-    if let Some(skb) = skb_address(ctx).filter(|skb| may_be_followed(*skb))
-        && IN_FLIGHT.get_ptr(skb).is_some()
+    // Every skb the kernel frees passes here: a slot's address and a compare.
+    if let Some(skb) = skb_address(ctx)
+        && let Some((slot, _)) = held(skb)
     {
-        let _ = IN_FLIGHT.remove(skb);
+        release(slot, skb);
     }
 }
 
