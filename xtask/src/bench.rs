@@ -7,7 +7,9 @@
 //! per GB each tool used, read from a cgroup per tool (see `cgroup`). Release builds only.
 //!
 //! sonde moves stream payload with sendfile/splice and UDP with GSO by default; the
-//! `--plain-io` rows compare like for like (one syscall per message, as iperf3 does).
+//! `--plain-io` rows compare like for like (one syscall per message, as iperf3 does). sonde
+//! runs with `--no-trace`: the reference tools trace nothing, and what sonde's probes cost
+//! is `bench probes`' figure.
 
 use std::{
     process::{Command, Stdio},
@@ -81,6 +83,7 @@ pub fn run(suite: Suite, only: &[String]) -> anyhow::Result<()> {
 }
 
 fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {
+    println!("    sonde runs --no-trace (the probes' cost: cargo xtask bench probes)");
     let server_ip = pod_ip(sondectl, "pod3")?;
     let mut iperf_server = in_pod("pod3", "iperf3", &["-s"])
         .spawn()
@@ -142,7 +145,7 @@ fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {
         Comparison(
             "tcp-stream, 1 stream (bit/s)",
             "iperf3",
-            sonde_args("tcp-stream", &[]),
+            generator_args("tcp-stream", &[]),
             iperf3_args(&[]),
             Reader::Throughput,
             Idle::Default,
@@ -150,7 +153,7 @@ fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {
         Comparison(
             "tcp-stream, 1 stream, --plain-io (bit/s)",
             "iperf3",
-            sonde_args("tcp-stream", &["--plain-io"]),
+            generator_args("tcp-stream", &["--plain-io"]),
             iperf3_args(&[]),
             Reader::Throughput,
             Idle::Default,
@@ -158,7 +161,7 @@ fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {
         Comparison(
             "tcp-stream, 4 streams (bit/s)",
             "iperf3",
-            sonde_args("tcp-stream", &["--parallel", "4"]),
+            generator_args("tcp-stream", &["--parallel", "4"]),
             iperf3_args(&["-P", "4"]),
             Reader::Throughput,
             Idle::Default,
@@ -166,7 +169,7 @@ fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {
         Comparison(
             "udp-stream, 64 B datagrams (received/s)",
             "iperf3",
-            sonde_args("udp-stream", &["--size", "64"]),
+            generator_args("udp-stream", &["--size", "64"]),
             iperf3_args(&["-u", "-l", "64", "-b", "0"]),
             Reader::Datagrams,
             Idle::Default,
@@ -174,7 +177,7 @@ fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {
         Comparison(
             "udp-stream, 64 B datagrams, --plain-io (received/s)",
             "iperf3",
-            sonde_args("udp-stream", &["--size", "64", "--plain-io"]),
+            generator_args("udp-stream", &["--size", "64", "--plain-io"]),
             iperf3_args(&["-u", "-l", "64", "-b", "0"]),
             Reader::Datagrams,
             Idle::Default,
@@ -182,7 +185,7 @@ fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {
         Comparison(
             "http, 10 keep-alive connections (requests/s)",
             "wrk",
-            sonde_args("http", &["--parallel", "10"]),
+            generator_args("http", &["--parallel", "10"]),
             vec![
                 "-t2".into(),
                 "-c10".into(),
@@ -197,7 +200,7 @@ fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {
         Comparison(
             "tcp-rr, 1 B (transactions/s)",
             "qperf",
-            sonde_args("tcp-rr", &["--size", "1"]),
+            generator_args("tcp-rr", &["--size", "1"]),
             vec![
                 "-t".into(),
                 SECONDS.to_string(),
@@ -210,7 +213,7 @@ fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {
         Comparison(
             "tcp-rr, 1 B, idle CPUs polling (transactions/s)",
             "qperf",
-            sonde_args("tcp-rr", &["--size", "1"]),
+            generator_args("tcp-rr", &["--size", "1"]),
             vec![
                 "-t".into(),
                 SECONDS.to_string(),
@@ -306,6 +309,12 @@ fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {
         Some(failure) => bail!("benchmark incomplete: {failure}"),
         None => Ok(()),
     }
+}
+
+/// sondectl's arguments for a generator comparison: `--no-trace`, since the reference tools
+/// trace nothing; what the probes cost is `bench probes`' figure.
+fn generator_args(kind: &str, extra: &[&str]) -> Vec<String> {
+    sonde_args(kind, &[extra, &["--no-trace"]].concat())
 }
 
 /// sondectl's arguments for a run of `kind` on the benchmark's path, as JSON.

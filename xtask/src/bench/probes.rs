@@ -6,14 +6,18 @@
 //!    above that floor: 30 ns for a packet of no run, 150 ns for a traced one.
 //! 2. On a real path: tcp-stream pod1 -> pod3 traced (every probe attached) and with
 //!    `--no-trace` (none attached), in interleaved pairs whose order alternates. Target: the
-//!    traced throughput at least 0.98 of the untraced.
+//!    traced throughput at least 0.98 of the untraced. The same for 1-byte tcp-rr, where every
+//!    packet is followed (no target; with idle CPUs halting and polling).
 
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use super::{CpuGroup, PAIRS, Reader, daemon_pids, sonde_args, sonde_sample, stats};
+use super::{
+    CpuGroup, Idle, PAIRS, Reader, daemon_pids, idle::IdlePolling, show, sonde_args, sonde_sample,
+    stats,
+};
 use crate::shell::step;
 
 /// Per-packet cost targets above the empty classifier, ns.
@@ -61,13 +65,47 @@ pub fn kernel_costs(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Part 2: tcp-stream with every probe attached against none, interleaved.
+/// Part 2: runs with every probe attached against none, interleaved: a stream (the target),
+/// and 1-byte request/response, where every packet is followed, with idle CPUs halting and
+/// polling (see `idle`).
 pub fn traced_throughput(sondectl: &str) -> anyhow::Result<()> {
+    compare(
+        sondectl,
+        ("tcp-stream", &[]),
+        Reader::Throughput,
+        Idle::Default,
+    )?;
+    for idle in [Idle::Default, Idle::Polling] {
+        compare(
+            sondectl,
+            ("tcp-rr", &["--size", "1"]),
+            Reader::Transactions,
+            idle,
+        )?;
+    }
+    Ok(())
+}
+
+fn compare(
+    sondectl: &str,
+    (kind, extra): (&str, &[&str]),
+    reader: Reader,
+    idle: Idle,
+) -> anyhow::Result<()> {
+    let state = match idle {
+        Idle::Default => "",
+        Idle::Polling => ", idle CPUs polling",
+    };
     step(&format!(
-        "tcp-stream pod1 -> pod3: traced vs --no-trace, {PAIRS} interleaved pairs"
+        "{kind} {} pod1 -> pod3{state}: traced vs --no-trace, {PAIRS} interleaved pairs",
+        extra.join(" ")
     ));
-    let traced_args = sonde_args("tcp-stream", &[]);
-    let plain_args = sonde_args("tcp-stream", &["--no-trace"]);
+    let _polling = match idle {
+        Idle::Polling => Some(IdlePolling::hold()?),
+        Idle::Default => None,
+    };
+    let traced_args = sonde_args(kind, extra);
+    let plain_args = sonde_args(kind, &[extra, &["--no-trace"]].concat());
     // The daemons' whole CPU (generators, probes' event reading), by cgroup.
     let cpu = CpuGroup::create("sonde-bench-probes")?;
     for pid in daemon_pids()? {
@@ -90,7 +128,7 @@ pub fn traced_throughput(sondectl: &str) -> anyhow::Result<()> {
             } else {
                 &plain_args
             };
-            let (sample, doc) = sonde_sample(sondectl, args, Reader::Throughput, &cpu)?;
+            let (sample, doc) = sonde_sample(sondectl, args, reader, &cpu)?;
             let events = doc["measurements"][0]["kernel"]["events"].as_u64();
             if with_probes {
                 let events = events.context("a traced run without a kernel breakdown")?;
@@ -108,38 +146,42 @@ pub fn traced_throughput(sondectl: &str) -> anyhow::Result<()> {
             }
         }
         println!(
-            "    pair {}: traced {:.2} Gbit/s | untraced {:.2} Gbit/s",
+            "    pair {}: traced {} | untraced {}",
             pair + 1,
-            traced[pair] / 1e9,
-            plain[pair] / 1e9
+            show(traced[pair], reader),
+            show(plain[pair], reader)
         );
     }
     let (tm, tlo, thi) = stats(traced.iter().copied());
     let (pm, plo, phi) = stats(plain.iter().copied());
-    step("results (median [min - max])");
     println!(
-        "    traced    {:.2} Gbit/s [{:.2} - {:.2}]",
-        tm / 1e9,
-        tlo / 1e9,
-        thi / 1e9
-    );
-    println!(
-        "    untraced  {:.2} Gbit/s [{:.2} - {:.2}]",
-        pm / 1e9,
-        plo / 1e9,
-        phi / 1e9
+        "    traced    {} [{} - {}]",
+        show(tm, reader),
+        show(tlo, reader),
+        show(thi, reader)
     );
     println!(
-        "    ratio     {:.3} (target >= {THROUGHPUT_TARGET})",
-        tm / pm
+        "    untraced  {} [{} - {}]",
+        show(pm, reader),
+        show(plo, reader),
+        show(phi, reader)
     );
-    let (tc, pc) = (
-        stats(traced_cpu.into_iter()).0,
-        stats(plain_cpu.into_iter()).0,
-    );
-    println!(
-        "    CPU s/GB (cgroup, both daemons)  traced {tc:.3}  untraced {pc:.3}  ratio {:.3}",
-        tc / pc
-    );
+    match reader {
+        Reader::Throughput => println!(
+            "    ratio     {:.3} (target >= {THROUGHPUT_TARGET})",
+            tm / pm
+        ),
+        _ => println!("    ratio     {:.3}", tm / pm),
+    }
+    if !traced_cpu.is_empty() && !plain_cpu.is_empty() {
+        let (tc, pc) = (
+            stats(traced_cpu.into_iter()).0,
+            stats(plain_cpu.into_iter()).0,
+        );
+        println!(
+            "    CPU s/GB (cgroup, both daemons)  traced {tc:.3}  untraced {pc:.3}  ratio {:.3}",
+            tc / pc
+        );
+    }
     Ok(())
 }
