@@ -113,7 +113,15 @@ fn tcp_rr_breakdown_on_one_node_and_across_nodes() {
             .expect("connect")
             >= 1
     );
-    // Every hook is named, and the probes' cost is reported for both nodes.
+    // Every hook is named (the send hook too: every send is stamped), and the probes' cost
+    // is reported for both nodes.
+    let hooks = cross["kernel"]["hooks"].to_string();
+    for node in ["node1", "node2"] {
+        assert!(
+            hooks.contains(&format!("{node}: tp_btf:tcp_sendmsg_locked")),
+            "{hooks}"
+        );
+    }
     let programs = cross["kernel"]["programs"].as_array().expect("programs");
     for node in ["node1", "node2"] {
         assert!(
@@ -280,6 +288,10 @@ fn a_stream_is_sampled_the_same_way_on_both_nodes() {
     let kernel = &document["measurements"][0]["kernel"];
     let notes = kernel["notes"].to_string();
     assert!(notes.contains("1 packet in 16"), "{notes}");
+    // A sampled stream's sends are not stamped: the send hook stays detached.
+    let hooks = kernel["hooks"].to_string();
+    assert!(hooks.contains("tracepoint:skb:consume_skb"), "{hooks}");
+    assert!(!hooks.contains("tcp_sendmsg_locked"), "{hooks}");
     let data = kernel["directions"]
         .as_array()
         .expect("directions")

@@ -61,8 +61,14 @@ enum SocketHook {
     Btf(&'static str),
 }
 
+/// The hook that stamps a socket's sends. Only runs that follow every packet use it (a
+/// sampled stream's send time is socket-buffer queueing), and a stream pays for it on every
+/// send: it is attached only while such a run is traced (`bench probes` measured a stream at
+/// 0.83 of its untraced throughput with it attached, 0.93 without).
+const SEND_HOOK: &str = "sonde_sock_send";
+
 const SOCKET_HOOKS: [(&str, SocketHook); 6] = [
-    ("sonde_sock_send", SocketHook::Btf("tcp_sendmsg_locked")),
+    (SEND_HOOK, SocketHook::Btf("tcp_sendmsg_locked")),
     (
         "sonde_sock_read",
         SocketHook::Tracepoint("skb", "skb_copy_datagram_iovec"),
@@ -152,6 +158,9 @@ pub struct Hooks {
     tc: HashMap<TcUse, (SchedClassifierLink, u32)>,
     sockets: Vec<SocketLink>,
     socket_users: u32,
+    /// The send hook's link, while `send_users` traced runs stamp sends.
+    send: Option<SocketLink>,
+    send_users: u32,
     /// Held while any run is traced: the kernel counts program run time only then.
     stats: Option<OwnedFd>,
 }
@@ -181,6 +190,8 @@ impl Hooks {
             tc: HashMap::new(),
             sockets: Vec::new(),
             socket_users: 0,
+            send: None,
+            send_users: 0,
             stats: None,
         })
     }
@@ -232,10 +243,11 @@ impl Hooks {
         }
     }
 
-    /// Attaches the socket hooks (or counts one more user); returns the hooks in use and
-    /// notes on those missing.
-    pub fn attach_sockets(&mut self) -> (Vec<String>, Vec<String>) {
+    /// Attaches the socket hooks (or counts one more user), the send hook only when
+    /// `stamp_sends`; returns the hooks in use and notes on those missing.
+    pub fn attach_sockets(&mut self, stamp_sends: bool) -> (Vec<String>, Vec<String>) {
         let mut notes = self.load_notes.clone();
+        let mut probes = lock(&self.probes);
         if self.socket_users == 0 {
             self.stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                 Ok(fd) => Some(fd),
@@ -244,8 +256,7 @@ impl Hooks {
                     None
                 }
             };
-            let mut probes = lock(&self.probes);
-            for (name, hook) in &self.socket_loaded {
+            for (name, hook) in self.socket_loaded.iter().filter(|(n, _)| *n != SEND_HOOK) {
                 match attach_socket(&mut probes, name, *hook) {
                     Ok(link) => self.sockets.push(link),
                     Err(reason) => {
@@ -255,16 +266,36 @@ impl Hooks {
             }
         }
         self.socket_users += 1;
+        let send = self.socket_loaded.iter().find(|(n, _)| *n == SEND_HOOK);
+        if stamp_sends && let Some((name, hook)) = send {
+            if self.send_users == 0 {
+                match attach_socket(&mut probes, name, *hook) {
+                    Ok(link) => self.send = Some(link),
+                    Err(reason) => {
+                        notes.push(format!("{}: not attached: {reason}", describe(*hook)))
+                    }
+                }
+            }
+            self.send_users += 1;
+        }
         let hooks = self
             .socket_loaded
             .iter()
+            .filter(|(name, _)| stamp_sends || *name != SEND_HOOK)
             .map(|(_, hook)| describe(*hook))
             .collect();
         (hooks, notes)
     }
 
-    /// Drops one user of the socket hooks; the last one detaches them.
-    pub fn release_sockets(&mut self) {
+    /// Drops one user of the socket hooks (`stamp_sends` as it attached them); the last one
+    /// detaches them.
+    pub fn release_sockets(&mut self, stamp_sends: bool) {
+        if stamp_sends && self.send_users > 0 {
+            self.send_users -= 1;
+            if self.send_users == 0 {
+                self.send = None;
+            }
+        }
         self.socket_users = self.socket_users.saturating_sub(1);
         if self.socket_users == 0 {
             self.sockets.clear();

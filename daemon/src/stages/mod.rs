@@ -240,8 +240,10 @@ impl Tracer {
                 trace.hooks.push(format!("tc:{} {iface}", role.name()));
             }
         }
-        let (sockets, notes) = hooks.attach_sockets();
-        trace.sockets = true;
+        // A sampled stream's sends are not stamped (see `hooks::SEND_HOOK`).
+        let stamp_sends = spec.sample_shift == 0;
+        let (sockets, notes) = hooks.attach_sockets(stamp_sends);
+        trace.sockets = Some(stamp_sends);
         trace.hooks.extend(sockets);
         trace.notes.extend(notes);
         if self.drop_format.is_none() {
@@ -450,8 +452,9 @@ pub struct RunTrace {
     lost_before: u64,
     hooks: Vec<String>,
     notes: Vec<String>,
-    /// Whether this trace holds the socket hooks (one of their users).
-    sockets: bool,
+    /// Whether this trace holds the socket hooks (one of their users), and if so whether it
+    /// holds the send hook too.
+    sockets: Option<bool>,
 }
 
 impl RunTrace {
@@ -467,7 +470,7 @@ impl RunTrace {
             lost_before: 0,
             hooks: Vec::new(),
             notes: Vec::new(),
-            sockets: false,
+            sockets: None,
         }
     }
 
@@ -541,8 +544,8 @@ impl Drop for RunTrace {
         for used in self.attached.drain(..) {
             hooks.release_tc(used);
         }
-        if self.sockets {
-            hooks.release_sockets();
+        if let Some(stamp_sends) = self.sockets {
+            hooks.release_sockets(stamp_sends);
         }
     }
 }
