@@ -141,7 +141,7 @@ fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         args
     };
-    let comparisons: Vec<Comparison> = vec![
+    let mut comparisons: Vec<Comparison> = vec![
         Comparison(
             "tcp-stream, 1 stream (bit/s)",
             "iperf3",
@@ -197,33 +197,33 @@ fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {
             Reader::Requests,
             Idle::Default,
         ),
-        Comparison(
-            "tcp-rr, 1 B (transactions/s)",
-            "qperf",
-            generator_args("tcp-rr", &["--size", "1"]),
-            vec![
-                "-t".into(),
-                SECONDS.to_string(),
-                server_ip.clone(),
-                "tcp_lat".into(),
-            ],
-            Reader::Transactions,
-            Idle::Default,
-        ),
-        Comparison(
-            "tcp-rr, 1 B, idle CPUs polling (transactions/s)",
-            "qperf",
-            generator_args("tcp-rr", &["--size", "1"]),
-            vec![
-                "-t".into(),
-                SECONDS.to_string(),
-                server_ip.clone(),
-                "tcp_lat".into(),
-            ],
-            Reader::Transactions,
-            Idle::Polling,
-        ),
     ];
+    // qperf's tcp_lat, in both idle states.
+    let qperf_args = vec![
+        "-t".into(),
+        SECONDS.to_string(),
+        server_ip.clone(),
+        "tcp_lat".into(),
+    ];
+    comparisons.extend(
+        [
+            ("tcp-rr, 1 B (transactions/s)", Idle::Default),
+            (
+                "tcp-rr, 1 B, idle CPUs polling (transactions/s)",
+                Idle::Polling,
+            ),
+        ]
+        .map(|(name, idle)| {
+            Comparison(
+                name,
+                "qperf",
+                generator_args("tcp-rr", &["--size", "1"]),
+                qperf_args.clone(),
+                Reader::Transactions,
+                idle,
+            )
+        }),
+    );
     let comparisons = comparisons.into_iter().filter(|Comparison(name, ..)| {
         only.is_empty() || only.iter().any(|word| name.contains(word.as_str()))
     });
