@@ -1,5 +1,7 @@
 //! Blocking socket I/O that a run can stop: every socket has a short timeout (the poll
-//! interval), and these loops retry through it until done, stopped, or past a deadline.
+//! interval), and these loops retry through it until done, stopped, or past a deadline. The
+//! clock is read only when a call timed out or came back short: a message that goes through
+//! in one call (every request/response message) costs none.
 
 use std::{
     io::{self, Read, Write},
@@ -28,13 +30,22 @@ pub fn write_all(
     deadline: Instant,
 ) -> Result<(), Interrupted> {
     while !buf.is_empty() {
-        if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+        if stop.load(Ordering::Relaxed) {
             return Err(Interrupted::Stopped);
         }
         match socket.write(buf) {
             Ok(0) => return Err(Interrupted::Closed),
-            Ok(n) => buf = &buf[n..],
-            Err(err) if is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {}
+            Ok(n) => {
+                buf = &buf[n..];
+                if !buf.is_empty() && Instant::now() >= deadline {
+                    return Err(Interrupted::Stopped);
+                }
+            }
+            Err(err) if is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {
+                if Instant::now() >= deadline {
+                    return Err(Interrupted::Stopped);
+                }
+            }
             Err(err) if closed(&err) => return Err(Interrupted::Closed),
             Err(err) => return Err(Interrupted::Failed(err)),
         }
@@ -51,13 +62,22 @@ pub fn read_exact(
 ) -> Result<(), Interrupted> {
     let mut filled = 0;
     while filled < buf.len() {
-        if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+        if stop.load(Ordering::Relaxed) {
             return Err(Interrupted::Stopped);
         }
         match socket.read(&mut buf[filled..]) {
             Ok(0) => return Err(Interrupted::Closed),
-            Ok(n) => filled += n,
-            Err(err) if is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {}
+            Ok(n) => {
+                filled += n;
+                if filled < buf.len() && Instant::now() >= deadline {
+                    return Err(Interrupted::Stopped);
+                }
+            }
+            Err(err) if is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {
+                if Instant::now() >= deadline {
+                    return Err(Interrupted::Stopped);
+                }
+            }
             Err(err) if closed(&err) => return Err(Interrupted::Closed),
             Err(err) => return Err(Interrupted::Failed(err)),
         }
@@ -123,5 +143,59 @@ impl Pacer {
             }
             None => Instant::now(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Write as _,
+        os::unix::net::UnixStream,
+        sync::{Arc, atomic::AtomicBool},
+        time::Duration,
+    };
+
+    use super::*;
+
+    fn pair() -> (UnixStream, UnixStream) {
+        let (a, b) = UnixStream::pair().expect("socket pair");
+        a.set_read_timeout(Some(Duration::from_millis(10)))
+            .expect("timeout");
+        (a, b)
+    }
+
+    #[test]
+    fn a_stalled_read_ends_at_the_deadline_and_a_stop_at_once() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (mut reader, mut writer) = pair();
+        writer.write_all(b"ab").expect("write");
+        let mut buf = [0_u8; 4];
+        let began = Instant::now();
+        let outcome = read_exact(
+            &mut reader,
+            &mut buf,
+            &stop,
+            began + Duration::from_millis(50),
+        );
+        assert!(matches!(outcome, Err(Interrupted::Stopped)), "{outcome:?}");
+        assert!(began.elapsed() >= Duration::from_millis(50));
+        stop.store(true, Ordering::Relaxed);
+        let far = Instant::now() + Duration::from_secs(60);
+        let outcome = read_exact(&mut reader, &mut buf, &stop, far);
+        assert!(matches!(outcome, Err(Interrupted::Stopped)), "{outcome:?}");
+    }
+
+    #[test]
+    fn a_message_that_arrives_whole_is_read_and_a_closed_peer_is_told() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (mut reader, mut writer) = pair();
+        writer.write_all(b"abcd").expect("write");
+        let mut buf = [0_u8; 4];
+        let far = Instant::now() + Duration::from_secs(60);
+        read_exact(&mut reader, &mut buf, &stop, far).expect("read");
+        assert_eq!(&buf, b"abcd");
+        drop(writer);
+        let outcome = read_exact(&mut reader, &mut buf, &stop, far);
+        assert!(matches!(outcome, Err(Interrupted::Closed)), "{outcome:?}");
     }
 }

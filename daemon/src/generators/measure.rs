@@ -124,6 +124,11 @@ impl ThreadResult {
         }
     }
 
+    /// Whether the CPU clock has started (the measured part has begun for this thread).
+    pub fn cpu_running(&self) -> bool {
+        self.cpu_from.is_some()
+    }
+
     /// Stops the CPU clock: `cpu` is the thread's CPU time since it started (zero if it never
     /// did).
     pub fn stop_cpu(&mut self) {

@@ -145,11 +145,13 @@ pub(super) fn respond(
     let mut served = 0;
     while served < limit {
         match read_exact(stream, &mut request, stop, far) {
-            Ok(()) => {
+            // The clock is read only until the warm-up is over.
+            Ok(()) if !result.cpu_running() => {
                 let now = Instant::now();
                 let first = *first_request.get_or_insert(now);
                 result.cpu_starts_if(now >= first + spec.warmup);
             }
+            Ok(()) => {}
             Err(Interrupted::Failed(err)) => {
                 result.error(format!("read request: {err}"));
                 return;
