@@ -115,6 +115,7 @@ fn compare(
     let mut plain = Vec::new();
     let mut traced_cpu = Vec::new();
     let mut plain_cpu = Vec::new();
+    let mut last_traced = None;
     for pair in 0..PAIRS {
         // Alternate which goes first, so that a drift of the machine favours neither.
         let order = if pair % 2 == 0 {
@@ -137,6 +138,7 @@ fn compare(
                 }
                 traced.push(sample.value);
                 traced_cpu.extend(sample.cpu_seconds_per_gb);
+                last_traced = Some(doc);
             } else {
                 if events.is_some() {
                     bail!("a --no-trace run reported kernel events");
@@ -173,6 +175,9 @@ fn compare(
         ),
         _ => println!("    ratio     {:.3}", tm / pm),
     }
+    if let Some(doc) = &last_traced {
+        print_program_costs(doc);
+    }
     if !traced_cpu.is_empty() && !plain_cpu.is_empty() {
         let (tc, pc) = (
             stats(traced_cpu.into_iter()).0,
@@ -184,4 +189,34 @@ fn compare(
         );
     }
     Ok(())
+}
+
+/// What each program cost on the real path in the last traced run, by the kernel's own BPF
+/// statistics (which add their clock reads): ns per invocation, and invocations per second
+/// over the warm-up and the measured part (the statistics cover both).
+fn print_program_costs(doc: &Value) {
+    let measurement = &doc["measurements"][0];
+    let seconds = doc["spec"]["duration_seconds"].as_f64().unwrap_or(0.0)
+        + doc["spec"]["warmup_seconds"].as_f64().unwrap_or(0.0);
+    let Some(programs) = measurement["kernel"]["programs"].as_array() else {
+        return;
+    };
+    println!("    last traced run, per program (kernel BPF statistics):");
+    for program in programs {
+        let invocations = program["invocations"].as_f64().unwrap_or(0.0);
+        if invocations < 1000.0 {
+            continue;
+        }
+        println!(
+            "      {:<6} {:<18} {:>7.0} ns/invocation {:>9.0}/s",
+            program["node"].as_str().unwrap_or("?"),
+            program["name"].as_str().unwrap_or("?"),
+            program["ns_per_invocation"].as_f64().unwrap_or(f64::NAN),
+            if seconds > 0.0 {
+                invocations / seconds
+            } else {
+                f64::NAN
+            },
+        );
+    }
 }
