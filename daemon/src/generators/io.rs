@@ -35,19 +35,14 @@ pub fn write_all(
         }
         match socket.write(buf) {
             Ok(0) => return Err(Interrupted::Closed),
-            Ok(n) => {
-                buf = &buf[n..];
-                if !buf.is_empty() && Instant::now() >= deadline {
-                    return Err(Interrupted::Stopped);
-                }
-            }
-            Err(err) if is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {
-                if Instant::now() >= deadline {
-                    return Err(Interrupted::Stopped);
-                }
-            }
+            Ok(n) => buf = &buf[n..],
+            Err(err) if is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) if closed(&err) => return Err(Interrupted::Closed),
             Err(err) => return Err(Interrupted::Failed(err)),
+        }
+        // A short write or a timeout: only then is the clock read.
+        if !buf.is_empty() && Instant::now() >= deadline {
+            return Err(Interrupted::Stopped);
         }
     }
     Ok(())
@@ -67,19 +62,14 @@ pub fn read_exact(
         }
         match socket.read(&mut buf[filled..]) {
             Ok(0) => return Err(Interrupted::Closed),
-            Ok(n) => {
-                filled += n;
-                if filled < buf.len() && Instant::now() >= deadline {
-                    return Err(Interrupted::Stopped);
-                }
-            }
-            Err(err) if is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {
-                if Instant::now() >= deadline {
-                    return Err(Interrupted::Stopped);
-                }
-            }
+            Ok(n) => filled += n,
+            Err(err) if is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) if closed(&err) => return Err(Interrupted::Closed),
             Err(err) => return Err(Interrupted::Failed(err)),
+        }
+        // A short read or a timeout: only then is the clock read.
+        if filled < buf.len() && Instant::now() >= deadline {
+            return Err(Interrupted::Stopped);
         }
     }
     Ok(())

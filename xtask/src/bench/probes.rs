@@ -71,14 +71,16 @@ pub fn kernel_costs(root: &Path) -> anyhow::Result<()> {
 pub fn traced_throughput(sondectl: &str) -> anyhow::Result<()> {
     compare(
         sondectl,
-        ("tcp-stream", &[]),
+        "tcp-stream",
+        &[],
         Reader::Throughput,
         Idle::Default,
     )?;
     for idle in [Idle::Default, Idle::Polling] {
         compare(
             sondectl,
-            ("tcp-rr", &["--size", "1"]),
+            "tcp-rr",
+            &["--size", "1"],
             Reader::Transactions,
             idle,
         )?;
@@ -88,7 +90,8 @@ pub fn traced_throughput(sondectl: &str) -> anyhow::Result<()> {
 
 fn compare(
     sondectl: &str,
-    (kind, extra): (&str, &[&str]),
+    kind: &str,
+    extra: &[&str],
     reader: Reader,
     idle: Idle,
 ) -> anyhow::Result<()> {
