@@ -2,7 +2,8 @@
 //! crafted packets: IPv4 and IPv6, TCP and UDP, VLAN tags, IP options, extension headers,
 //! fragments, truncated packets and random bytes. Every packet must pass (the probe fails open),
 //! and exactly the packets of a traced flow must be stamped, with the identity (direction,
-//! client port, TCP sequence or sonde's UDP sequence) the packet carries.
+//! client port, TCP sequence or sonde's UDP sequence) the packet carries. Every stamp reaches
+//! the collector, however many pass through the programs' per-CPU event batches.
 
 use std::{
     collections::BTreeSet,
@@ -14,7 +15,7 @@ use etherparse::{
     IpFragOffset, IpHeaders, IpNumber, Ipv4Header, Ipv6Extensions, Ipv6FragmentHeader, Ipv6Header,
     Ipv6RawExtHeader, PacketBuilder, VlanId,
 };
-use sonde_common::stages::{direction, point, side};
+use sonde_common::stages::{BATCH_EVENTS, direction, point, side};
 use sonde_daemon::{
     probes::Probes,
     stages::{TracedFlow, Tracer},
@@ -120,6 +121,21 @@ fn ipv4_header(options: &[u8]) -> Ipv4Header {
         .expect("IPv4 header");
     header.options = options.try_into().expect("IPv4 options");
     header
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn every_stamp_arrives_through_full_and_partial_batches() {
+    require_root();
+    let tracer = tracer();
+    // Many full batches and a partial one: the full ones leave as they fill, the partial one
+    // when the trace finishes and flushes every CPU.
+    let count = BATCH_EVENTS as u32 * 40 + 7;
+    let packets: Vec<Vec<u8>> = (0..count).map(|i| tcp4(5000 + i * 100, 64)).collect();
+    let expected: BTreeSet<Stamp> = (0..count)
+        .map(|i| (direction::TO_SERVER, CLIENT_PORT, 5000 + i * 100))
+        .collect();
+    assert_eq!(stamps_of(&tracer, &packets), expected);
 }
 
 #[test]

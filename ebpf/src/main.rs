@@ -99,6 +99,16 @@ pub fn sonde_sock_send(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// Writes this CPU's gathered events to the ring buffer: the daemon runs it on every CPU
+/// (`BPF_PROG_TEST_RUN`, never attached) before it reads the buffer. Returns 0 when it found
+/// the batch in use (try again), 1 otherwise. Written out rather than with `#[raw_tracepoint]`,
+/// whose expansion drops the function's return value.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "raw_tp")]
+pub fn sonde_flush(_ctx: *mut core::ffi::c_void) -> u32 {
+    stages::flush()
+}
+
 /// Drops of the runs' packets, with the kernel's reason (`skb:kfree_skb`).
 #[tracepoint]
 pub fn sonde_drop(ctx: TracePointContext) -> u32 {

@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TcContext, TracePointContext},
 };
 use sonde_common::stages::{
-    CONF_DROP_REASON_OFFSET, EVENTS_BYTES, Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS,
-    direction, event_kind, point, sampled, side,
+    BATCH_EVENTS, Batch, CONF_BATCH_EVENTS, CONF_DROP_REASON_OFFSET, EVENTS_BYTES, Event, FlowInfo,
+    FlowKey, LOST_EVENTS, MAX_FLOWS, direction, event_kind, point, sampled, side,
 };
 
 #[map(name = "SONDE_FLOWS")]
@@ -24,6 +24,10 @@ static SERVER_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 
 #[map(name = "SONDE_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Each CPU's events on their way to `EVENTS` (see `sonde_common::stages::Batch`).
+#[map(name = "SONDE_BATCHES")]
+static BATCHES: PerCpuArray<Batch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SONDE_STAGE_CNT")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -106,6 +110,11 @@ fn release(slot: *mut InFlight, skb: u64) {
         }
     }
 }
+
+/// A per-CPU word through which a classifier reads its skb's address as a number (see
+/// `remember`).
+#[map(name = "SONDE_SCRATCH")]
+static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// What the daemon learnt of this kernel's tracepoints (`sonde_common::maps::TRACEPOINT_CONF`).
 #[map(name = "SONDE_TP_CONF")]
@@ -243,11 +252,15 @@ pub fn stamp(ctx: &TcContext, at: u8) {
 fn remember(ctx: &TcContext, who: &Who, id: u32, at: u8, ts_ns: u64) {
     // The context pointer is the kernel's `struct sk_buff *`, the address the skb
     // tracepoints report as `skbaddr`. The verifier allows no arithmetic on a context
-    // pointer: its value is read back as a plain number.
-    let pointer = ctx.skb.skb as u64;
-    // SAFETY: reads 8 bytes of this program's own stack.
-    let Ok(skb) = (unsafe { bpf_probe_read_kernel(&raw const pointer) }) else {
+    // pointer, but a privileged program (CAP_PERFMON, which the daemon has) may store one in
+    // a map: read back from there it is a plain number. Cheaper than a helper call.
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
+    };
+    // SAFETY: a per-CPU slot, this program's alone while it runs.
+    let skb = unsafe {
+        write_volatile(scratch, ctx.skb.skb as u64);
+        read_volatile(scratch)
     };
     if (at == point::NODE_OUT || at == point::POD_IN)
         && let Some((slot, mark)) = held(skb)
@@ -576,6 +589,7 @@ struct Who {
     client_port: u16,
 }
 
+/// Gathers one event in this CPU's batch; a full batch goes to the ring buffer.
 #[inline(always)]
 fn emit(who: &Who, kind: u8, at: u8, ts_ns: u64, id: u32, ifindex: u32, value: u32) {
     let event = Event {
@@ -591,19 +605,106 @@ fn emit(who: &Who, kind: u8, at: u8, ts_ns: u64, id: u32, ifindex: u32, value: u
         client_port: who.client_port,
         pad2: 0,
     };
-    // Waking the reader on every event costs an interrupt each (a VM exit on virtual
-    // machines): it polls on a timer instead, and is woken only when the buffer fills up.
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > u64::from(EVENTS_BYTES / 4) {
+    let Some(batch) = BATCHES.get_ptr_mut(0) else {
+        write_one(&event);
+        return;
+    };
+    if CONF.get(CONF_BATCH_EVENTS).copied() != Some(1) {
+        write_one(&event);
+        return;
+    }
+    // SAFETY: this CPU's batch. Only a program on this CPU touches it, and one that
+    // interrupts this one (a tracepoint in an interrupt, the daemon's flush) finds it busy
+    // and leaves it alone: volatile keeps `busy` around the writes in program order, which
+    // is all a single CPU needs.
+    unsafe {
+        if read_volatile(&raw const (*batch).busy) != 0 {
+            write_one(&event);
+            return;
+        }
+        write_volatile(&raw mut (*batch).busy, 1);
+        let count = read_volatile(&raw const (*batch).count) as usize;
+        // Always below BATCH_EVENTS (a full batch is written out at once); the check is
+        // for the verifier.
+        if count < BATCH_EVENTS {
+            write_volatile(&raw mut (*batch).events[count], event);
+            // The record carries the count: it is written before the batch goes out.
+            write_volatile(&raw mut (*batch).count, count as u32 + 1);
+            if count + 1 == BATCH_EVENTS {
+                write_batch(batch, BATCH_EVENTS as u32);
+                write_volatile(&raw mut (*batch).count, 0);
+            }
+        } else {
+            write_volatile(&raw mut (*batch).count, 0);
+        }
+        write_volatile(&raw mut (*batch).busy, 0);
+    }
+}
+
+/// Writes this CPU's gathered events to the ring buffer now (run on each CPU by the daemon
+/// before it reads the buffer). Returns 0 when the batch was busy (this interrupted a program
+/// filling it: try again), 1 otherwise.
+#[inline(always)]
+pub fn flush() -> u32 {
+    let Some(batch) = BATCHES.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: as in `emit`.
+    unsafe {
+        if read_volatile(&raw const (*batch).busy) != 0 {
+            return 0;
+        }
+        let count = read_volatile(&raw const (*batch).count);
+        if count != 0 {
+            write_batch(batch, count);
+            write_volatile(&raw mut (*batch).count, 0);
+        }
+    }
+    1
+}
+
+/// Writes `batch` (`count` events) to the ring buffer as one record.
+///
+/// # Safety
+/// `batch` must be this CPU's, held busy or found idle by the caller.
+#[inline(always)]
+unsafe fn write_batch(batch: *mut Batch, count: u32) {
+    // SAFETY: the caller holds the batch.
+    if EVENTS
+        .output::<Batch>(unsafe { &*batch }, wakeup())
+        .is_err()
+    {
+        lost(u64::from(count));
+    }
+}
+
+/// Writes one event to the ring buffer as a record of its own.
+#[inline(always)]
+fn write_one(event: &Event) {
+    if EVENTS.output::<Event>(event, wakeup()).is_err() {
+        lost(1);
+    }
+}
+
+/// The ring-buffer flags of a write. Waking the reader on every write costs an interrupt each
+/// (a VM exit on virtual machines): it polls on a timer instead, and is woken only when the
+/// buffer fills up.
+#[inline(always)]
+fn wakeup() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) > u64::from(EVENTS_BYTES / 4) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
-    };
-    if EVENTS.output::<Event>(&event, flags).is_err() {
-        // A full ring buffer loses the event; userspace reports the count with the run.
-        if let Some(lost) = COUNTERS.get_ptr_mut(LOST_EVENTS) {
-            // SAFETY: a per-CPU slot, written only by this CPU with preemption disabled.
-            unsafe { *lost += 1 };
-        }
+    }
+}
+
+/// Counts events a full ring buffer refused; userspace reports the count with the run.
+#[inline(always)]
+fn lost(events: u64) {
+    if let Some(lost) = COUNTERS.get_ptr_mut(LOST_EVENTS) {
+        // SAFETY: a per-CPU slot; a program that interrupts this one could lose an increment
+        // of a count that only says "some were lost".
+        unsafe { *lost += events };
     }
 }
 

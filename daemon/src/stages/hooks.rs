@@ -12,8 +12,8 @@ use std::{
 };
 
 use aya::programs::{
-    Program, TcAttachType, TestRun as _, TestRunOptions, TestRunResult, tc::SchedClassifierLink,
-    tp_btf::BtfTracePointLink, trace_point::TracePointLink,
+    Program, RawTracePointRunOptions, TcAttachType, TestRun as _, TestRunOptions, TestRunResult,
+    tc::SchedClassifierLink, tp_btf::BtfTracePointLink, trace_point::TracePointLink,
 };
 
 use super::lock;
@@ -100,6 +100,14 @@ pub const TC_PROGRAMS: [&str; 4] = [
 /// against.
 pub const FLOOR_PROGRAM: &str = "sonde_tc_nop";
 
+/// The program that writes a CPU's gathered events to the ring buffer, run on each CPU before
+/// the buffer is read (see `sonde_common::stages::Batch`).
+const FLUSH_PROGRAM: &str = "sonde_flush";
+
+/// Tries at flushing a CPU whose batch is in use (a program on it is filling it): each try is
+/// an interrupt that lands at another moment.
+const FLUSH_TRIES: u32 = 3;
+
 /// A use of one classifier on one interface, returned to [`Hooks::release_tc`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TcUse {
@@ -163,6 +171,9 @@ pub struct Hooks {
     send_users: u32,
     /// Held while any run is traced: the kernel counts program run time only then.
     stats: Option<OwnedFd>,
+    /// The CPUs whose event batches are flushed before each read; empty when the flush
+    /// program could not be loaded (the programs then write every event directly).
+    flush_cpus: Vec<u32>,
 }
 
 impl Hooks {
@@ -183,10 +194,20 @@ impl Hooks {
                 }
             }
         }
+        let flush_cpus = match load_flush(&mut lock(&probes)) {
+            Ok(cpus) => cpus,
+            Err(reason) => {
+                tracing::info!(
+                    "events are written one by one: their flush cannot run here: {reason}"
+                );
+                Vec::new()
+            }
+        };
         Ok(Self {
             probes,
             socket_loaded,
             load_notes,
+            flush_cpus,
             tc: HashMap::new(),
             sockets: Vec::new(),
             socket_users: 0,
@@ -334,6 +355,39 @@ impl Hooks {
             })
     }
 
+    /// Whether the programs gather events in per-CPU batches ([`Hooks::flush_batches`] can
+    /// empty them).
+    pub fn batches_events(&self) -> bool {
+        !self.flush_cpus.is_empty()
+    }
+
+    /// Writes every CPU's gathered events to the ring buffer (runs the flush program on each
+    /// CPU). A CPU whose batch stays in use through every try keeps its events until the
+    /// next flush, or until its batch fills.
+    pub fn flush_batches(&self) {
+        let probes = lock(&self.probes);
+        let Some(Program::RawTracePoint(program)) = probes.program(FLUSH_PROGRAM) else {
+            return;
+        };
+        for cpu in &self.flush_cpus {
+            for _ in 0..FLUSH_TRIES {
+                let options = RawTracePointRunOptions {
+                    cpu: Some(*cpu),
+                    ..RawTracePointRunOptions::default()
+                };
+                match program.test_run(options) {
+                    // 0: the batch was in use.
+                    Ok(result) if result.return_value == 0 => std::thread::yield_now(),
+                    Ok(_) => break,
+                    Err(err) => {
+                        tracing::warn!(cpu, "flushing a CPU's events failed: {}", chain(&err));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// Run counts and times of every stage program so far.
     pub fn costs(&self) -> Vec<ProgramCost> {
         let probes = lock(&self.probes);
@@ -376,6 +430,27 @@ fn load_socket(
         _ => return Err(format!("{name} has an unexpected program type")),
     };
     outcome.map_err(|err| chain(&err))
+}
+
+/// Loads the flush program and checks it runs here (`BPF_PROG_TEST_RUN` of raw tracepoint
+/// programs on a chosen CPU came with Linux 5.10): the CPUs to flush.
+fn load_flush(probes: &mut Probes) -> Result<Vec<u32>, String> {
+    let cpus = aya::util::online_cpus().map_err(|(what, err)| format!("{what}: {err}"))?;
+    let program = probes
+        .program_mut(FLUSH_PROGRAM)
+        .map_err(|err| chain(&err))?;
+    let Program::RawTracePoint(program) = program else {
+        return Err(format!("{FLUSH_PROGRAM} has an unexpected program type"));
+    };
+    program.load().map_err(|err| chain(&err))?;
+    for cpu in &cpus {
+        let options = RawTracePointRunOptions {
+            cpu: Some(*cpu),
+            ..RawTracePointRunOptions::default()
+        };
+        program.test_run(options).map_err(|err| chain(&err))?;
+    }
+    Ok(cpus)
 }
 
 fn attach_socket(

@@ -15,6 +15,7 @@
 pub mod collect;
 pub mod cost;
 pub mod drops;
+pub mod events;
 pub mod hooks;
 
 use std::{
@@ -25,14 +26,16 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use events::EventReader;
 use sonde_common::{
     maps,
     stages::{
-        CONF_DROP_REASON_OFFSET, Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, MAX_SAMPLE_SHIFT,
+        CONF_BATCH_EVENTS, CONF_DROP_REASON_OFFSET, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS,
+        MAX_SAMPLE_SHIFT,
     },
 };
 
-use crate::{Error, Result, probes::Probes};
+use crate::{Error, Result, generators::measure::monotonic_ns, probes::Probes};
 use collect::{Collected, Collector};
 use drops::DropFormat;
 use hooks::{Hooks, ProgramCost};
@@ -118,7 +121,7 @@ type Dispatch = HashMap<u32, Vec<Arc<Mutex<Collector>>>>;
 pub struct Tracer {
     hooks: Mutex<Hooks>,
     registry: Mutex<Registry>,
-    events: Mutex<RingBuf<MapData>>,
+    events: Mutex<EventReader>,
     dispatch: Mutex<Dispatch>,
     boot_id: String,
     /// This kernel's drop reasons; `None` when the tracepoint's format could not be read.
@@ -175,7 +178,7 @@ impl Tracer {
     /// the kernel's BTF, so this runs at start while it is parsed) and starts the events reader.
     pub fn new(probes: Arc<Mutex<Probes>>, btf: Option<&aya::Btf>) -> Result<Arc<Self>> {
         let drop_format = DropFormat::read();
-        let (registry, events, conf) = {
+        let (registry, events, mut conf) = {
             let mut guard = lock(&probes);
             let map_error = |name| move |source| Error::Map { name, source };
             let flows = BpfHashMap::try_from(take_map(&mut guard, maps::FLOWS)?)
@@ -205,10 +208,17 @@ impl Tracer {
             (registry, events, conf)
         };
         let hooks = Hooks::load(probes, btf)?;
+        if hooks.batches_events() {
+            conf.set(CONF_BATCH_EVENTS, 1, 0)
+                .map_err(|source| Error::Map {
+                    name: maps::TRACEPOINT_CONF,
+                    source,
+                })?;
+        }
         let tracer = Arc::new(Self {
             hooks: Mutex::new(hooks),
             registry: Mutex::new(registry),
-            events: Mutex::new(events),
+            events: Mutex::new(EventReader::new(events)),
             dispatch: Mutex::new(HashMap::new()),
             boot_id: boot_id(),
             drop_format,
@@ -315,7 +325,7 @@ impl Tracer {
 
     /// Reads events until the daemon exits; wakes only when the kernel has some.
     fn read_events(&self) {
-        let fd = lock(&self.events).as_fd().as_raw_fd();
+        let fd = lock(&self.events).ring().as_fd().as_raw_fd();
         loop {
             let mut pollfd = libc::pollfd {
                 fd,
@@ -324,10 +334,11 @@ impl Tracer {
             };
             // The kernel wakes us only when the buffer is a quarter full (see the programs):
             // poll often while runs are traced, rarely when idle.
-            let timeout_ms = if lock(&self.dispatch).is_empty() {
-                IDLE_POLL_MS
-            } else {
+            let tracing = !lock(&self.dispatch).is_empty();
+            let timeout_ms = if tracing {
                 TRACING_POLL_MS
+            } else {
+                IDLE_POLL_MS
             };
             // SAFETY: one valid pollfd; the ring buffer (and its fd) lives as long as `self`.
             let ready = unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
@@ -337,28 +348,50 @@ impl Tracer {
                 tracing::error!("polling the events ring buffer failed: tracing stops");
                 return;
             }
-            self.drain();
+            // Idle, only the buffer is emptied: batches left by a finished run hold events of
+            // no one, and flushing them costs an interrupt per CPU.
+            self.drain(if tracing {
+                Drain::Window
+            } else {
+                Drain::RingOnly
+            });
         }
     }
 
-    /// Hands every event waiting in the ring buffer to its collectors.
-    fn drain(&self) {
-        let mut events = lock(&self.events);
-        let dispatch = lock(&self.dispatch);
-        while let Some(item) = events.next() {
-            if item.len() < size_of::<Event>() {
-                continue;
+    /// Hands the events the kernel has to their collectors, in time order (see [`events`]).
+    fn drain(&self, how: Drain) {
+        let before_ns = match how {
+            Drain::RingOnly => None,
+            Drain::Window | Drain::Everything => {
+                // The programs' clock (`bpf_ktime_get_ns` is CLOCK_MONOTONIC).
+                let now = monotonic_ns();
+                lock(&self.hooks).flush_batches();
+                (how == Drain::Window).then_some(now)
             }
-            // SAFETY: the kernel wrote an `Event` (plain integers, any bit pattern is valid);
-            // ring buffer records are 8-byte aligned but read unaligned to be safe.
-            let event = unsafe { item.as_ptr().cast::<Event>().read_unaligned() };
+        };
+        let mut events = lock(&self.events);
+        let ready = events.read(before_ns);
+        let dispatch = lock(&self.dispatch);
+        for event in &ready {
             if let Some(collectors) = dispatch.get(&event.flow) {
                 for collector in collectors {
-                    lock(collector).record(&event);
+                    lock(collector).record(event);
                 }
             }
         }
     }
+}
+
+/// How much of the kernel's events a read takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// What the ring buffer holds, without flushing the CPUs' batches.
+    RingOnly,
+    /// Every CPU's events stamped before the read began; later ones wait for the next read,
+    /// in case a stamp of the same packet is still in another CPU's batch.
+    Window,
+    /// Every event, at the end of a run.
+    Everything,
 }
 
 impl Registry {
@@ -476,7 +509,7 @@ impl RunTrace {
 
     /// Stops tracing and reports what was seen.
     pub fn finish(mut self) -> TraceReport {
-        self.tracer.drain();
+        self.tracer.drain(Drain::Everything);
         let collector = std::mem::replace(&mut *lock(&self.collector), Collector::new(0, 0));
         let programs = hooks::since(&lock(&self.tracer.hooks).costs(), &self.baseline);
         let events_lost = lock(&self.tracer.registry)
