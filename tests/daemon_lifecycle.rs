@@ -117,14 +117,15 @@ fn reported_program_ids(node: &serde_json::Value) -> Vec<u32> {
         names,
         [
             "sonde_connect",
-            "sonde_consume",
             "sonde_drop",
+            "sonde_flush",
+            "sonde_free",
             "sonde_node_in",
             "sonde_node_out",
             "sonde_pod_in",
             "sonde_pod_out",
+            "sonde_read",
             "sonde_retransmit",
-            "sonde_sock_read",
             "sonde_sock_send",
             "sonde_tc_egress",
             "sonde_tc_ingress"

@@ -290,7 +290,7 @@ fn a_stream_is_sampled_the_same_way_on_both_nodes() {
     assert!(notes.contains("1 packet in 16"), "{notes}");
     // A sampled stream's sends are not stamped: the send hook stays detached.
     let hooks = kernel["hooks"].to_string();
-    assert!(hooks.contains("tracepoint:skb:consume_skb"), "{hooks}");
+    assert!(hooks.contains("tp_btf:consume_skb"), "{hooks}");
     assert!(!hooks.contains("tcp_sendmsg_locked"), "{hooks}");
     let data = kernel["directions"]
         .as_array()

@@ -27,8 +27,9 @@ pub enum Tracefs {
     MountedPrivately,
 }
 
-/// Makes tracefs available to this process. Must run while the process is single-threaded
-/// (before the async runtime starts): `unshare(CLONE_NEWNS)` refuses multi-threaded callers.
+/// Makes tracefs available to the calling thread and the threads it starts afterwards (a new
+/// mount namespace is the calling thread's alone): `sonded` calls it before its async runtime
+/// starts.
 pub fn ensure_tracefs() -> Result<Tracefs, String> {
     for path in [TRACEFS, TRACEFS_LEGACY] {
         if is_populated(Path::new(path)) {

@@ -85,10 +85,24 @@ pub fn sonde_pod_in(ctx: TcContext) -> i32 {
     TCX_NEXT
 }
 
-/// The application read a packet (`skb:skb_copy_datagram_iovec`).
+/// The application read a packet (`skb_copy_datagram_iovec`). BTF tracepoints (tp_btf) run
+/// the program straight from the tracepoint with its arguments; the classic tracepoint
+/// variants (`_tp`), for kernels without BTF, first fill the tracepoint's record, which costs
+/// more on hooks that see every skb of the node.
+#[btf_tracepoint(function = "skb_copy_datagram_iovec")]
+pub fn sonde_read(ctx: BtfTracePointContext) -> i32 {
+    if let Some(skb) = stages::skb_argument(&ctx) {
+        stages::socket_read(skb);
+    }
+    0
+}
+
+/// [`sonde_read`] from the classic tracepoint (`skb:skb_copy_datagram_iovec`).
 #[tracepoint]
-pub fn sonde_sock_read(ctx: TracePointContext) -> u32 {
-    stages::socket_read(&ctx);
+pub fn sonde_read_tp(ctx: TracePointContext) -> u32 {
+    if let Some(skb) = stages::skb_address(&ctx) {
+        stages::socket_read(skb);
+    }
     0
 }
 
@@ -109,17 +123,41 @@ pub fn sonde_flush(_ctx: *mut core::ffi::c_void) -> u32 {
     stages::flush()
 }
 
-/// Drops of the runs' packets, with the kernel's reason (`skb:kfree_skb`).
-#[tracepoint]
-pub fn sonde_drop(ctx: TracePointContext) -> u32 {
-    stages::dropped(&ctx);
+/// Drops of the runs' packets, with the kernel's reason (`kfree_skb`: skb, location, reason
+/// since Linux 5.17; on older kernels this does not load and the classic variant is used).
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn sonde_drop(ctx: BtfTracePointContext) -> i32 {
+    if let Some(skb) = stages::skb_argument(&ctx) {
+        // Argument 2 of `kfree_skb` is its `enum skb_drop_reason`.
+        stages::dropped(skb, || Some(ctx.arg::<u64>(2) as u32));
+    }
     0
 }
 
-/// The runs' packets freed normally (`skb:consume_skb`).
+/// [`sonde_drop`] from the classic tracepoint (`skb:kfree_skb`).
 #[tracepoint]
-pub fn sonde_consume(ctx: TracePointContext) -> u32 {
-    stages::consumed(&ctx);
+pub fn sonde_drop_tp(ctx: TracePointContext) -> u32 {
+    if let Some(skb) = stages::skb_address(&ctx) {
+        stages::dropped(skb, || stages::drop_reason(&ctx));
+    }
+    0
+}
+
+/// The runs' packets freed normally (`consume_skb`).
+#[btf_tracepoint(function = "consume_skb")]
+pub fn sonde_free(ctx: BtfTracePointContext) -> i32 {
+    if let Some(skb) = stages::skb_argument(&ctx) {
+        stages::consumed(skb);
+    }
+    0
+}
+
+/// [`sonde_free`] from the classic tracepoint (`skb:consume_skb`).
+#[tracepoint]
+pub fn sonde_free_tp(ctx: TracePointContext) -> u32 {
+    if let Some(skb) = stages::skb_address(&ctx) {
+        stages::consumed(skb);
+    }
     0
 }
 

@@ -251,16 +251,9 @@ pub fn stamp(ctx: &TcContext, at: u8) {
 #[inline(always)]
 fn remember(ctx: &TcContext, who: &Who, id: u32, at: u8, ts_ns: u64) {
     // The context pointer is the kernel's `struct sk_buff *`, the address the skb
-    // tracepoints report as `skbaddr`. The verifier allows no arithmetic on a context
-    // pointer, but a privileged program (CAP_PERFMON, which the daemon has) may store one in
-    // a map: read back from there it is a plain number. Cheaper than a helper call.
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+    // tracepoints report.
+    let Some(skb) = address_of(ctx.skb.skb) else {
         return;
-    };
-    // SAFETY: a per-CPU slot, this program's alone while it runs.
-    let skb = unsafe {
-        write_volatile(scratch, ctx.skb.skb as u64);
-        read_volatile(scratch)
     };
     if (at == point::NODE_OUT || at == point::POD_IN)
         && let Some((slot, mark)) = held(skb)
@@ -290,12 +283,29 @@ fn remember(ctx: &TcContext, who: &Who, id: u32, at: u8, ts_ns: u64) {
     );
 }
 
-/// Stamps the application's read of a delivered packet (`skb:skb_copy_datagram_iovec`).
+/// A kernel pointer's address as a plain number, to compute its slot in `IN_FLIGHT`.
+///
+/// The verifier allows no arithmetic on a context or BTF pointer, but a privileged program
+/// (CAP_PERFMON, which the daemon has) may store one in a map: read back from there it is a
+/// number. Cheaper than a helper call. The word is this CPU's, and its old value is put back:
+/// a program that interrupts this one between the write and the read (an interrupt runs to
+/// its end before this one goes on) leaves the word as it found it.
 #[inline(always)]
-pub fn socket_read(ctx: &TracePointContext) {
-    let Some(skb) = skb_address(ctx) else {
-        return;
-    };
+fn address_of<T>(pointer: *const T) -> Option<u64> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's word of a per-CPU array.
+    unsafe {
+        let old = read_volatile(scratch);
+        write_volatile(scratch, pointer as u64);
+        let address = read_volatile(scratch);
+        write_volatile(scratch, old);
+        Some(address)
+    }
+}
+
+/// Stamps the application's read of a delivered packet (`skb_copy_datagram_iovec`).
+#[inline(always)]
+pub fn socket_read(skb: u64) {
     let Some((slot, mark)) = held(skb) else {
         return;
     };
@@ -322,22 +332,15 @@ pub fn socket_read(ctx: &TracePointContext) {
     );
 }
 
-/// A followed packet was dropped (`skb:kfree_skb`): reports it with the kernel's reason.
+/// A followed packet was dropped (`kfree_skb`): reports it with the kernel's reason, which
+/// `reason` reads when the skb is followed.
 #[inline(always)]
-pub fn dropped(ctx: &TracePointContext) {
-    let Some(skb) = skb_address(ctx) else {
-        return;
-    };
+pub fn dropped(skb: u64, reason: impl FnOnce() -> Option<u32>) {
     let Some((slot, mark)) = held(skb) else {
         return;
     };
     release(slot, skb);
-    let offset = CONF.get(CONF_DROP_REASON_OFFSET).copied().unwrap_or(0);
-    if offset == 0 || offset > 64 {
-        return;
-    }
-    // SAFETY: the daemon read this offset of `reason` from the tracepoint's format.
-    let Ok(reason) = (unsafe { ctx.read_at::<u32>(offset as usize) }) else {
+    let Some(reason) = reason() else {
         return;
     };
     let who = Who {
@@ -349,24 +352,41 @@ pub fn dropped(ctx: &TracePointContext) {
     emit(&who, event_kind::DROP, mark.point, now, mark.id, 0, reason);
 }
 
-/// A followed packet was freed normally (`skb:consume_skb`): forgets it, so that its address,
+/// The drop reason in the classic `skb:kfree_skb` tracepoint's record, at the offset the
+/// daemon read from its format (it moved between kernels); `None` when unknown.
+#[inline(always)]
+pub fn drop_reason(ctx: &TracePointContext) -> Option<u32> {
+    let offset = CONF.get(CONF_DROP_REASON_OFFSET).copied().unwrap_or(0);
+    if offset == 0 || offset > 64 {
+        return None;
+    }
+    // SAFETY: the daemon read this offset of `reason` from the tracepoint's format.
+    unsafe { ctx.read_at::<u32>(offset as usize) }.ok()
+}
+
+/// A followed packet was freed normally (`consume_skb`): forgets it, so that its address,
 /// soon reused, is not taken for it.
 #[inline(always)]
-pub fn consumed(ctx: &TracePointContext) {
+pub fn consumed(skb: u64) {
     // Every skb the kernel frees passes here: a slot's address and a compare.
-    if let Some(skb) = skb_address(ctx)
-        && let Some((slot, _)) = held(skb)
-    {
+    if let Some((slot, _)) = held(skb) {
         release(slot, skb);
     }
 }
 
-/// The `skbaddr` of an skb tracepoint's record (offset 8 in `skb:kfree_skb`, `consume_skb`
-/// and `skb_copy_datagram_iovec` alike).
+/// The `skbaddr` of a classic skb tracepoint's record (offset 8 in `skb:kfree_skb`,
+/// `consume_skb` and `skb_copy_datagram_iovec` alike).
 #[inline(always)]
-fn skb_address(ctx: &TracePointContext) -> Option<u64> {
+pub fn skb_address(ctx: &TracePointContext) -> Option<u64> {
     // SAFETY: every tracepoint this is called from has `skbaddr` at offset 8 (see formats).
     unsafe { ctx.read_at::<u64>(8) }.ok()
+}
+
+/// The skb pointer a BTF tracepoint passes as its first argument, as a number.
+#[inline(always)]
+pub fn skb_argument(ctx: &BtfTracePointContext) -> Option<u64> {
+    let skb: *const u8 = ctx.arg(0);
+    address_of(skb)
 }
 
 /// The leading fields of the kernel's `struct sock_common`, stable since IPv4 sockets began.

@@ -67,26 +67,43 @@ enum SocketHook {
 /// 0.83 of its untraced throughput with it attached, 0.93 without).
 const SEND_HOOK: &str = "sonde_sock_send";
 
-const SOCKET_HOOKS: [(&str, SocketHook); 6] = [
-    (SEND_HOOK, SocketHook::Btf("tcp_sendmsg_locked")),
-    (
-        "sonde_sock_read",
-        SocketHook::Tracepoint("skb", "skb_copy_datagram_iovec"),
-    ),
-    (
+/// The socket hooks, each with the programs that can serve it, best first: a BTF tracepoint
+/// runs its program straight from the kernel's tracepoint call, where a classic tracepoint
+/// first fills its record (tens of ns on `consume_skb` and `kfree_skb`, which see every skb
+/// the node frees). The classic ones serve kernels without BTF.
+const SOCKET_HOOKS: [&[(&str, SocketHook)]; 6] = [
+    &[(SEND_HOOK, SocketHook::Btf("tcp_sendmsg_locked"))],
+    &[
+        ("sonde_read", SocketHook::Btf("skb_copy_datagram_iovec")),
+        (
+            "sonde_read_tp",
+            SocketHook::Tracepoint("skb", "skb_copy_datagram_iovec"),
+        ),
+    ],
+    &[(
         "sonde_connect",
         SocketHook::Tracepoint("sock", "inet_sock_set_state"),
-    ),
-    (
+    )],
+    &[(
         "sonde_retransmit",
         SocketHook::Tracepoint("tcp", "tcp_retransmit_skb"),
-    ),
-    ("sonde_drop", SocketHook::Tracepoint("skb", "kfree_skb")),
-    (
-        "sonde_consume",
-        SocketHook::Tracepoint("skb", "consume_skb"),
-    ),
+    )],
+    &[
+        ("sonde_drop", SocketHook::Btf("kfree_skb")),
+        ("sonde_drop_tp", SocketHook::Tracepoint("skb", "kfree_skb")),
+    ],
+    &[
+        ("sonde_free", SocketHook::Btf("consume_skb")),
+        (
+            "sonde_free_tp",
+            SocketHook::Tracepoint("skb", "consume_skb"),
+        ),
+    ],
 ];
+
+/// The drop hook's classic variant, which reads the drop reason at the offset the
+/// tracepoint's format gives.
+pub const CLASSIC_DROP_HOOK: &str = "sonde_drop_tp";
 
 /// The stage classifiers, in path order.
 pub const TC_PROGRAMS: [&str; 4] = [
@@ -185,12 +202,21 @@ impl Hooks {
         {
             let mut guard = lock(&probes);
             tc_counter::load_classifiers(&mut guard, &TC_PROGRAMS)?;
-            for (name, hook) in SOCKET_HOOKS {
-                match load_socket(&mut guard, name, hook, btf) {
-                    Ok(()) => socket_loaded.push((name, hook)),
-                    Err(reason) => {
-                        load_notes.push(format!("{}: not available: {reason}", describe(hook)))
+            for choices in SOCKET_HOOKS {
+                let mut failed = Vec::new();
+                for (name, hook) in choices {
+                    match load_socket(&mut guard, name, *hook, btf) {
+                        Ok(()) => {
+                            socket_loaded.push((*name, *hook));
+                            break;
+                        }
+                        Err(reason) => failed.push(format!("{}: {reason}", describe(*hook))),
                     }
+                }
+                if failed.len() == choices.len() {
+                    load_notes.push(format!("not available: {}", failed.join("; ")));
+                } else if !failed.is_empty() {
+                    tracing::info!("socket hook fallback: {}", failed.join("; "));
                 }
             }
         }
@@ -355,6 +381,14 @@ impl Hooks {
             })
     }
 
+    /// Whether drops are followed by the classic `skb:kfree_skb` tracepoint, whose drop
+    /// reason is read at the offset its format gives.
+    pub fn drops_by_classic_tracepoint(&self) -> bool {
+        self.socket_loaded
+            .iter()
+            .any(|(name, _)| *name == CLASSIC_DROP_HOOK)
+    }
+
     /// Whether the programs gather events in per-CPU batches ([`Hooks::flush_batches`] can
     /// empty them).
     pub fn batches_events(&self) -> bool {
@@ -394,7 +428,11 @@ impl Hooks {
         TC_PROGRAMS
             .iter()
             .copied()
-            .chain(SOCKET_HOOKS.iter().map(|(name, _)| *name))
+            .chain(
+                SOCKET_HOOKS
+                    .iter()
+                    .flat_map(|choices| choices.iter().map(|(name, _)| *name)),
+            )
             .filter_map(|name| {
                 let info = probes.program(name)?.info().ok()?;
                 Some(ProgramCost {

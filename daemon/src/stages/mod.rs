@@ -257,10 +257,13 @@ impl Tracer {
         trace.hooks.extend(sockets);
         trace.notes.extend(notes);
         if self.drop_format.is_none() {
-            trace.notes.push(
+            // The format gives the reasons' names, and the classic tracepoint's reason offset.
+            trace.notes.push(if hooks.drops_by_classic_tracepoint() {
                 "drops not followed: the skb:kfree_skb tracepoint's format could not be read"
-                    .to_owned(),
-            );
+            } else {
+                "drop reasons are numbers: the skb:kfree_skb tracepoint's format could not be read"
+            }
+            .to_owned());
         }
         trace.baseline = hooks.costs();
         drop(hooks);

@@ -1,0 +1,132 @@
+//! The socket hooks come in two variants: BTF tracepoints (tp_btf, where the kernel has BTF)
+//! and classic tracepoints (everywhere else). This kernel has both, so both are tested: each
+//! variant must follow a traced packet to its drop and name the kernel's drop reason.
+//!
+//! The drop is real: `BPF_PROG_TEST_RUN` hands the classifier a packet in an skb that the
+//! kernel frees with `kfree_skb` when the run ends (reason `NOT_SPECIFIED`).
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::{Arc, Mutex},
+};
+
+use etherparse::PacketBuilder;
+use sonde_common::stages::{point, side};
+use sonde_daemon::{
+    probes::Probes,
+    stages::{TraceReport, TraceSpec, TracedFlow, Tracer},
+};
+use sonde_integration::require_root;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 241, 0, 1);
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 241, 1, 1);
+const SERVER_PORT: u16 = 5202;
+const CLIENT_PORT: u16 = 40002;
+const PACKETS: u32 = 5;
+
+/// Runs [`drop_test_packets`] on a thread of its own, which mounts tracefs (where classic
+/// tracepoints are found) in a mount namespace of its own when the machine has none mounted,
+/// as `sonded` does at start.
+fn on_a_thread_with_tracefs(with_btf: bool) -> TraceReport {
+    std::thread::spawn(move || {
+        sonde_daemon::mounts::ensure_tracefs().expect("tracefs for this thread");
+        let btf = with_btf.then(|| aya::Btf::from_sys_fs().expect("this kernel has BTF"));
+        drop_test_packets(btf.as_ref())
+    })
+    .join()
+    .expect("the test thread")
+}
+
+/// Traces one flow with the socket hooks attached (no interface), runs `PACKETS` of its
+/// segments through the uplink's egress classifier and reports.
+fn drop_test_packets(btf: Option<&aya::Btf>) -> TraceReport {
+    let probes = Probes::load_with_btf(btf).expect("load sonde's eBPF object");
+    let tracer = Tracer::new(Arc::new(Mutex::new(probes)), btf).expect("start the tracer");
+    let spec = TraceSpec {
+        flows: vec![TracedFlow {
+            client: IpAddr::V4(CLIENT),
+            server: IpAddr::V4(SERVER),
+            server_port: SERVER_PORT,
+            protocol: 6,
+        }],
+        pod_interface: None,
+        uplink_interface: None,
+        sample_shift: 0,
+    };
+    let trace = tracer
+        .trace(&spec, side::CLIENT, 0)
+        .expect("trace the flow");
+    for seq in 0..PACKETS {
+        let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(CLIENT.octets(), SERVER.octets(), 64)
+            .tcp(CLIENT_PORT, SERVER_PORT, 1000 + seq * 100, 1024)
+            .ack(1);
+        let mut packet = Vec::new();
+        builder
+            .write(&mut packet, &[0x5a; 100])
+            .expect("build a packet");
+        tracer
+            .test_run("sonde_node_out", &packet, 1)
+            .expect("run the classifier");
+    }
+    trace.finish()
+}
+
+fn assert_dropped(report: &TraceReport) {
+    let drops: Vec<_> = report
+        .drops
+        .iter()
+        .map(|d| (d.reason.as_str(), d.point, d.count))
+        .collect();
+    assert_eq!(
+        drops,
+        [("NOT_SPECIFIED", point::NODE_OUT, u64::from(PACKETS))],
+        "hooks: {:?}, notes: {:?}",
+        report.hooks,
+        report.notes
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn btf_tracepoints_follow_a_packet_to_its_drop() {
+    require_root();
+    let report = on_a_thread_with_tracefs(true);
+    for hook in [
+        "tp_btf:kfree_skb",
+        "tp_btf:consume_skb",
+        "tp_btf:skb_copy_datagram_iovec",
+    ] {
+        assert!(report.hooks.iter().any(|h| h == hook), "{:?}", report.hooks);
+    }
+    assert_dropped(&report);
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn classic_tracepoints_serve_a_kernel_without_btf() {
+    require_root();
+    let report = on_a_thread_with_tracefs(false);
+    for hook in [
+        "tracepoint:skb:kfree_skb",
+        "tracepoint:skb:consume_skb",
+        "tracepoint:skb:skb_copy_datagram_iovec",
+    ] {
+        assert!(report.hooks.iter().any(|h| h == hook), "{:?}", report.hooks);
+    }
+    assert!(
+        !report.hooks.iter().any(|h| h.starts_with("tp_btf:")),
+        "{:?}",
+        report.hooks
+    );
+    // The send hook exists only as a BTF tracepoint: its absence is said.
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("tcp_sendmsg_locked")),
+        "{:?}",
+        report.notes
+    );
+    assert_dropped(&report);
+}
