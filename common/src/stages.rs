@@ -189,8 +189,9 @@ pub const MAX_FLOWS: u32 = 4096;
 pub const LOST_EVENTS: u32 = 0;
 
 /// Size of the events ring buffer, in bytes (a power of two, a multiple of the page size).
-/// Userspace maps it (twice over), so it counts in the idle daemon's RSS: 1 MiB holds
-/// 200 ms of a fast tcp-rr at 32 bytes an event, ten times the reader's 20 ms poll.
+/// Userspace maps it (twice over), so it counts in the idle daemon's RSS: 1 MiB holds about
+/// 150 ms of a fast tcp-rr's events (32 bytes each), and the programs wake the reader when
+/// it is a quarter full.
 pub const EVENTS_BYTES: u32 = 1 << 20;
 
 const _: () = assert!(size_of::<FlowKey>() == 36);

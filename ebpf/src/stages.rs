@@ -111,8 +111,8 @@ fn release(slot: *mut InFlight, skb: u64) {
     }
 }
 
-/// A per-CPU word through which a classifier reads its skb's address as a number (see
-/// `remember`).
+/// A per-CPU word through which a program reads its skb's address as a number (see
+/// `address_of`).
 #[map(name = "SONDE_SCRATCH")]
 static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
@@ -655,6 +655,7 @@ fn emit(who: &Who, kind: u8, at: u8, ts_ns: u64, id: u32, ifindex: u32, value: u
                 write_volatile(&raw mut (*batch).count, 0);
             }
         } else {
+            write_one(&event);
             write_volatile(&raw mut (*batch).count, 0);
         }
         write_volatile(&raw mut (*batch).busy, 0);
@@ -676,8 +677,12 @@ pub fn flush() -> u32 {
         }
         let count = read_volatile(&raw const (*batch).count);
         if count != 0 {
+            // Held busy while it goes out: run on the daemon's own CPU, this can be
+            // interrupted by a packet's softirq.
+            write_volatile(&raw mut (*batch).busy, 1);
             write_batch(batch, count);
             write_volatile(&raw mut (*batch).count, 0);
+            write_volatile(&raw mut (*batch).busy, 0);
         }
     }
     1

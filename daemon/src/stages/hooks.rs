@@ -188,9 +188,8 @@ pub struct Hooks {
     send_users: u32,
     /// Held while any run is traced: the kernel counts program run time only then.
     stats: Option<OwnedFd>,
-    /// The CPUs whose event batches are flushed before each read; empty when the flush
-    /// program could not be loaded (the programs then write every event directly).
-    flush_cpus: Vec<u32>,
+    /// Whether the flush program runs here; if not, the programs write every event directly.
+    batching: bool,
 }
 
 impl Hooks {
@@ -220,20 +219,20 @@ impl Hooks {
                 }
             }
         }
-        let flush_cpus = match load_flush(&mut lock(&probes)) {
-            Ok(cpus) => cpus,
+        let batching = match load_flush(&mut lock(&probes)) {
+            Ok(()) => true,
             Err(reason) => {
                 tracing::info!(
                     "events are written one by one: their flush cannot run here: {reason}"
                 );
-                Vec::new()
+                false
             }
         };
         Ok(Self {
             probes,
             socket_loaded,
             load_notes,
-            flush_cpus,
+            batching,
             tc: HashMap::new(),
             sockets: Vec::new(),
             socket_users: 0,
@@ -392,18 +391,29 @@ impl Hooks {
     /// Whether the programs gather events in per-CPU batches ([`Hooks::flush_batches`] can
     /// empty them).
     pub fn batches_events(&self) -> bool {
-        !self.flush_cpus.is_empty()
+        self.batching
     }
 
-    /// Writes every CPU's gathered events to the ring buffer (runs the flush program on each
-    /// CPU). A CPU whose batch stays in use through every try keeps its events until the
+    /// Writes every online CPU's gathered events to the ring buffer (runs the flush program
+    /// on each). A CPU whose batch stays in use through every try keeps its events until the
     /// next flush, or until its batch fills.
     pub fn flush_batches(&self) {
+        if !self.batching {
+            return;
+        }
+        // Read each time: a CPU brought online since has a batch too.
+        let cpus = match aya::util::online_cpus() {
+            Ok(cpus) => cpus,
+            Err((what, err)) => {
+                tracing::warn!("reading the online CPUs ({what}) failed: {err}");
+                return;
+            }
+        };
         let probes = lock(&self.probes);
         let Some(Program::RawTracePoint(program)) = probes.program(FLUSH_PROGRAM) else {
             return;
         };
-        for cpu in &self.flush_cpus {
+        for cpu in &cpus {
             for _ in 0..FLUSH_TRIES {
                 let options = RawTracePointRunOptions {
                     cpu: Some(*cpu),
@@ -471,8 +481,8 @@ fn load_socket(
 }
 
 /// Loads the flush program and checks it runs here (`BPF_PROG_TEST_RUN` of raw tracepoint
-/// programs on a chosen CPU came with Linux 5.10): the CPUs to flush.
-fn load_flush(probes: &mut Probes) -> Result<Vec<u32>, String> {
+/// programs on a chosen CPU came with Linux 5.10).
+fn load_flush(probes: &mut Probes) -> Result<(), String> {
     let cpus = aya::util::online_cpus().map_err(|(what, err)| format!("{what}: {err}"))?;
     let program = probes
         .program_mut(FLUSH_PROGRAM)
@@ -488,7 +498,7 @@ fn load_flush(probes: &mut Probes) -> Result<Vec<u32>, String> {
         };
         program.test_run(options).map_err(|err| chain(&err))?;
     }
-    Ok(cpus)
+    Ok(())
 }
 
 fn attach_socket(
