@@ -30,6 +30,7 @@ const LAB: &str = "bench";
 
 mod cgroup;
 mod idle;
+mod pin;
 mod probes;
 
 use cgroup::CpuGroup;

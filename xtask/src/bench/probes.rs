@@ -6,8 +6,11 @@
 //!    above that floor: 30 ns for a packet of no run, 150 ns for a traced one.
 //! 2. On a real path: tcp-stream pod1 -> pod3 traced (every probe attached) and with
 //!    `--no-trace` (none attached), in interleaved pairs whose order alternates. Target: the
-//!    traced throughput at least 0.98 of the untraced. The same for 1-byte tcp-rr, where every
-//!    packet is followed (no target; with idle CPUs halting and polling).
+//!    traced throughput at least 0.98 of the untraced. Twice: as the scheduler places the
+//!    daemons on the machine's CPUs, and with both on one CPU, where the ratio is the probes'
+//!    share of the CPU per byte without the two-CPU placement's noise (see `pin`). The same for
+//!    1-byte tcp-rr, where every packet is followed (no target; with idle CPUs halting and
+//!    polling).
 
 use std::path::Path;
 
@@ -15,8 +18,8 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use super::{
-    CpuGroup, Idle, PAIRS, Reader, daemon_pids, idle::IdlePolling, show, sonde_args, sonde_sample,
-    stats,
+    CpuGroup, Idle, PAIRS, Reader, daemon_pids, idle::IdlePolling, pin::OneCpu, show, sonde_args,
+    sonde_sample, stats,
 };
 use crate::shell::step;
 
@@ -69,23 +72,34 @@ pub fn kernel_costs(root: &Path) -> anyhow::Result<()> {
 /// and 1-byte request/response, where every packet is followed, with idle CPUs halting and
 /// polling (see `idle`).
 pub fn traced_throughput(sondectl: &str) -> anyhow::Result<()> {
-    compare(
-        sondectl,
-        "tcp-stream",
-        &[],
-        Reader::Throughput,
-        Idle::Default,
-    )?;
+    for cpus in [Cpus::All, Cpus::One] {
+        compare(
+            sondectl,
+            "tcp-stream",
+            &[],
+            Reader::Throughput,
+            (Idle::Default, cpus),
+        )?;
+    }
     for idle in [Idle::Default, Idle::Polling] {
         compare(
             sondectl,
             "tcp-rr",
             &["--size", "1"],
             Reader::Transactions,
-            idle,
+            (idle, Cpus::All),
         )?;
     }
     Ok(())
+}
+
+/// Where the lab's daemons run during a comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cpus {
+    /// Wherever the scheduler puts them.
+    All,
+    /// All on one CPU (see `pin`).
+    One,
 }
 
 fn compare(
@@ -93,11 +107,13 @@ fn compare(
     kind: &str,
     extra: &[&str],
     reader: Reader,
-    idle: Idle,
+    (idle, cpus): (Idle, Cpus),
 ) -> anyhow::Result<()> {
-    let state = match idle {
-        Idle::Default => "",
-        Idle::Polling => ", idle CPUs polling",
+    let state = match (idle, cpus) {
+        (Idle::Default, Cpus::All) => "",
+        (Idle::Polling, Cpus::All) => ", idle CPUs polling",
+        (Idle::Default, Cpus::One) => ", both daemons on one CPU",
+        (Idle::Polling, Cpus::One) => ", idle CPUs polling, both daemons on one CPU",
     };
     step(&format!(
         "{kind} {} pod1 -> pod3{state}: traced vs --no-trace, {PAIRS} interleaved pairs",
@@ -106,6 +122,10 @@ fn compare(
     let _polling = match idle {
         Idle::Polling => Some(IdlePolling::hold()?),
         Idle::Default => None,
+    };
+    let _one_cpu = match cpus {
+        Cpus::One => Some(OneCpu::hold(&daemon_pids()?)?),
+        Cpus::All => None,
     };
     let traced_args = sonde_args(kind, extra);
     let plain_args = sonde_args(kind, &[extra, &["--no-trace"]].concat());
