@@ -3,7 +3,8 @@
 //! variant must follow a traced packet to its drop and name the kernel's drop reason.
 //!
 //! The drop is real: `BPF_PROG_TEST_RUN` hands the classifier a packet in an skb that the
-//! kernel frees with `kfree_skb` when the run ends (reason `NOT_SPECIFIED`).
+//! kernel frees with `kfree_skb` when the run ends (reason `NOT_SPECIFIED`). The programs'
+//! own run counters are checked on the way.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -72,6 +73,21 @@ fn drop_test_packets(btf: Option<&aya::Btf>) -> TraceReport {
     trace.finish()
 }
 
+/// The classifier counted its own runs exactly, and the kernel's statistics (on for the
+/// first tenth of a second of tracing, when these packets ran) timed no more runs than that.
+fn assert_counted(report: &TraceReport) {
+    let classifier = report
+        .programs
+        .iter()
+        .find(|p| p.name == "sonde_node_out")
+        .expect("the classifier's cost");
+    assert_eq!(classifier.invocations, u64::from(PACKETS), "{classifier:?}");
+    assert!(
+        classifier.timed_invocations <= classifier.invocations,
+        "{classifier:?}"
+    );
+}
+
 fn assert_dropped(report: &TraceReport) {
     let drops: Vec<_> = report
         .drops
@@ -100,6 +116,7 @@ fn btf_tracepoints_follow_a_packet_to_its_drop() {
         assert!(report.hooks.iter().any(|h| h == hook), "{:?}", report.hooks);
     }
     assert_dropped(&report);
+    assert_counted(&report);
 }
 
 #[test]
@@ -129,4 +146,5 @@ fn classic_tracepoints_serve_a_kernel_without_btf() {
         report.notes
     );
     assert_dropped(&report);
+    assert_counted(&report);
 }

@@ -37,6 +37,49 @@ pub mod point {
     pub const COUNT: usize = 6;
 }
 
+/// Each stage program's slot in the run counters ([`crate::maps::PROGRAM_RUNS`]).
+pub mod runs {
+    /// `sonde_pod_out`.
+    pub const POD_OUT: u32 = 0;
+    /// `sonde_pod_in`.
+    pub const POD_IN: u32 = 1;
+    /// `sonde_node_out`.
+    pub const NODE_OUT: u32 = 2;
+    /// `sonde_node_in`.
+    pub const NODE_IN: u32 = 3;
+    /// `sonde_sock_send`.
+    pub const SEND: u32 = 4;
+    /// `sonde_read` and `sonde_read_tp` (one of them is loaded).
+    pub const READ: u32 = 5;
+    /// `sonde_drop` and `sonde_drop_tp`.
+    pub const DROP: u32 = 6;
+    /// `sonde_free` and `sonde_free_tp`.
+    pub const FREE: u32 = 7;
+    /// `sonde_connect`.
+    pub const CONNECT: u32 = 8;
+    /// `sonde_retransmit`.
+    pub const RETRANSMIT: u32 = 9;
+    /// Slots in the map.
+    pub const SLOTS: u32 = 16;
+
+    /// The slot of a stage program, by name.
+    pub fn slot(program: &str) -> Option<u32> {
+        Some(match program {
+            "sonde_pod_out" => POD_OUT,
+            "sonde_pod_in" => POD_IN,
+            "sonde_node_out" => NODE_OUT,
+            "sonde_node_in" => NODE_IN,
+            "sonde_sock_send" => SEND,
+            "sonde_read" | "sonde_read_tp" => READ,
+            "sonde_drop" | "sonde_drop_tp" => DROP,
+            "sonde_free" | "sonde_free_tp" => FREE,
+            "sonde_connect" => CONNECT,
+            "sonde_retransmit" => RETRANSMIT,
+            _ => return None,
+        })
+    }
+}
+
 /// Which way a packet goes within its flow.
 pub mod direction {
     /// From the client to the server (requests, forward streams).

@@ -676,6 +676,7 @@ fn trace_result(report: TraceReport) -> pb::TraceResult {
                 name: cost.name.to_owned(),
                 invocations: cost.invocations,
                 run_time_ns: cost.run_time_ns,
+                timed_invocations: cost.timed_invocations,
             })
             .collect(),
         hooks: report.hooks,

@@ -28,7 +28,10 @@ use aya_ebpf::{
         TracePointContext,
     },
 };
-use sonde_common::{counters::direction, stages::point};
+use sonde_common::{
+    counters::direction,
+    stages::{point, runs},
+};
 
 /// Counts packets arriving on the interface it is attached to.
 #[classifier]
@@ -59,6 +62,7 @@ pub fn sonde_redirect(ctx: TcContext) -> i32 {
 /// Stamps a run's packets leaving their pod (TC ingress, host side of the pod's veth).
 #[classifier]
 pub fn sonde_pod_out(ctx: TcContext) -> i32 {
+    stages::ran(runs::POD_OUT);
     stages::stamp(&ctx, point::POD_OUT);
     TCX_NEXT
 }
@@ -66,6 +70,7 @@ pub fn sonde_pod_out(ctx: TcContext) -> i32 {
 /// Stamps a run's packets leaving the node (TC egress on the uplink).
 #[classifier]
 pub fn sonde_node_out(ctx: TcContext) -> i32 {
+    stages::ran(runs::NODE_OUT);
     stages::stamp(&ctx, point::NODE_OUT);
     TCX_NEXT
 }
@@ -73,6 +78,7 @@ pub fn sonde_node_out(ctx: TcContext) -> i32 {
 /// Stamps a run's packets reaching the node (TC ingress on the uplink).
 #[classifier]
 pub fn sonde_node_in(ctx: TcContext) -> i32 {
+    stages::ran(runs::NODE_IN);
     stages::stamp(&ctx, point::NODE_IN);
     TCX_NEXT
 }
@@ -81,6 +87,7 @@ pub fn sonde_node_in(ctx: TcContext) -> i32 {
 /// remembers them until the application reads them.
 #[classifier]
 pub fn sonde_pod_in(ctx: TcContext) -> i32 {
+    stages::ran(runs::POD_IN);
     stages::stamp(&ctx, point::POD_IN);
     TCX_NEXT
 }
@@ -91,6 +98,7 @@ pub fn sonde_pod_in(ctx: TcContext) -> i32 {
 /// more on hooks that see every skb of the node.
 #[btf_tracepoint(function = "skb_copy_datagram_iovec")]
 pub fn sonde_read(ctx: BtfTracePointContext) -> i32 {
+    stages::ran(runs::READ);
     if let Some(skb) = stages::skb_argument(&ctx) {
         stages::socket_read(skb);
     }
@@ -100,6 +108,7 @@ pub fn sonde_read(ctx: BtfTracePointContext) -> i32 {
 /// [`sonde_read`] from the classic tracepoint (`skb:skb_copy_datagram_iovec`).
 #[tracepoint]
 pub fn sonde_read_tp(ctx: TracePointContext) -> u32 {
+    stages::ran(runs::READ);
     if let Some(skb) = stages::skb_address(&ctx) {
         stages::socket_read(skb);
     }
@@ -109,6 +118,7 @@ pub fn sonde_read_tp(ctx: TracePointContext) -> u32 {
 /// The application handed data to a TCP socket.
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn sonde_sock_send(ctx: BtfTracePointContext) -> i32 {
+    stages::ran(runs::SEND);
     stages::socket_send(&ctx);
     0
 }
@@ -127,6 +137,7 @@ pub fn sonde_flush(_ctx: *mut core::ffi::c_void) -> u32 {
 /// since Linux 5.17; on older kernels this does not load and the classic variant is used).
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn sonde_drop(ctx: BtfTracePointContext) -> i32 {
+    stages::ran(runs::DROP);
     if let Some(skb) = stages::skb_argument(&ctx) {
         // Argument 2 of `kfree_skb` is its `enum skb_drop_reason`.
         stages::dropped(skb, || Some(ctx.arg::<u64>(2) as u32));
@@ -137,6 +148,7 @@ pub fn sonde_drop(ctx: BtfTracePointContext) -> i32 {
 /// [`sonde_drop`] from the classic tracepoint (`skb:kfree_skb`).
 #[tracepoint]
 pub fn sonde_drop_tp(ctx: TracePointContext) -> u32 {
+    stages::ran(runs::DROP);
     if let Some(skb) = stages::skb_address(&ctx) {
         stages::dropped(skb, || stages::drop_reason(&ctx));
     }
@@ -146,6 +158,7 @@ pub fn sonde_drop_tp(ctx: TracePointContext) -> u32 {
 /// The runs' packets freed normally (`consume_skb`).
 #[btf_tracepoint(function = "consume_skb")]
 pub fn sonde_free(ctx: BtfTracePointContext) -> i32 {
+    stages::ran(runs::FREE);
     if let Some(skb) = stages::skb_argument(&ctx) {
         stages::consumed(skb);
     }
@@ -155,6 +168,7 @@ pub fn sonde_free(ctx: BtfTracePointContext) -> i32 {
 /// [`sonde_free`] from the classic tracepoint (`skb:consume_skb`).
 #[tracepoint]
 pub fn sonde_free_tp(ctx: TracePointContext) -> u32 {
+    stages::ran(runs::FREE);
     if let Some(skb) = stages::skb_address(&ctx) {
         stages::consumed(skb);
     }
@@ -164,6 +178,7 @@ pub fn sonde_free_tp(ctx: TracePointContext) -> u32 {
 /// Connect times of the runs' TCP connections (`sock:inet_sock_set_state`).
 #[tracepoint]
 pub fn sonde_connect(ctx: TracePointContext) -> u32 {
+    stages::ran(runs::CONNECT);
     stages::connect_state(&ctx);
     0
 }
@@ -171,6 +186,7 @@ pub fn sonde_connect(ctx: TracePointContext) -> u32 {
 /// Retransmissions on the runs' TCP connections (`tcp:tcp_retransmit_skb`).
 #[tracepoint]
 pub fn sonde_retransmit(ctx: TracePointContext) -> u32 {
+    stages::ran(runs::RETRANSMIT);
     stages::retransmit(&ctx);
     0
 }

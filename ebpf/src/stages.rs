@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use sonde_common::stages::{
     BATCH_EVENTS, Batch, CONF_BATCH_EVENTS, CONF_DROP_REASON_OFFSET, EVENTS_BYTES, Event, FlowInfo,
-    FlowKey, LOST_EVENTS, MAX_FLOWS, direction, event_kind, point, sampled, side,
+    FlowKey, LOST_EVENTS, MAX_FLOWS, direction, event_kind, point, runs, sampled, side,
 };
 
 #[map(name = "SONDE_FLOWS")]
@@ -115,6 +115,20 @@ fn release(slot: *mut InFlight, skb: u64) {
 /// `address_of`).
 #[map(name = "SONDE_SCRATCH")]
 static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// How often each stage program ran (`sonde_common::maps::PROGRAM_RUNS`).
+#[map(name = "SONDE_RUNS")]
+static RUNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(runs::SLOTS, 0);
+
+/// Counts one run of the program in `slot` (`sonde_common::stages::runs`): a per-CPU add,
+/// where the kernel's statistics cost two clock reads a run.
+#[inline(always)]
+pub fn ran(slot: u32) {
+    if let Some(count) = RUNS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's counter; an interrupting program could lose one increment.
+        unsafe { *count += 1 };
+    }
+}
 
 /// What the daemon learnt of this kernel's tracepoints (`sonde_common::maps::TRACEPOINT_CONF`).
 #[map(name = "SONDE_TP_CONF")]

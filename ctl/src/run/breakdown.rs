@@ -109,8 +109,11 @@ pub struct ProgramReport {
     pub name: String,
     /// Times it ran.
     pub invocations: u64,
-    /// Mean time per run, ns.
-    pub ns_per_invocation: f64,
+    /// Runs the kernel's BPF statistics timed (they are on for part of the run: on, they
+    /// cost every run two clock reads).
+    pub timed_invocations: u64,
+    /// Mean time per timed run, ns; `None` when no run was timed.
+    pub ns_per_invocation: Option<f64>,
 }
 
 /// One side's trace and where it came from.
@@ -210,12 +213,16 @@ pub fn build(
                 notes.push(note);
             }
         }
-        programs.extend(side.trace.programs.iter().map(|p| ProgramReport {
-            node: side.node.to_owned(),
-            name: p.name.clone(),
-            invocations: p.invocations,
-            ns_per_invocation: p.run_time_ns as f64 / p.invocations.max(1) as f64,
-        }));
+        programs.extend(
+            side.trace.programs.iter().map(|p| ProgramReport {
+                node: side.node.to_owned(),
+                name: p.name.clone(),
+                invocations: p.invocations,
+                timed_invocations: p.timed_invocations,
+                ns_per_invocation: (p.timed_invocations > 0)
+                    .then(|| p.run_time_ns as f64 / p.timed_invocations as f64),
+            }),
+        );
     }
     Breakdown {
         clock,

@@ -705,12 +705,14 @@ pub fn kernel_table(m: &Measurement, kernel: &super::breakdown::Breakdown, per: 
         .programs
         .iter()
         .map(|p| {
+            let each = p
+                .ns_per_invocation
+                .map_or_else(|| "?".to_owned(), |ns| format!("{ns:.0}"));
             format!(
-                "{}:{} {}x{:.0}ns",
+                "{}:{} {}x{each}ns",
                 p.node,
                 p.name.trim_start_matches("sonde_"),
                 p.invocations,
-                p.ns_per_invocation
             )
         })
         .collect();

@@ -7,7 +7,6 @@
 
 use std::{
     collections::HashMap,
-    os::fd::OwnedFd,
     sync::{Arc, Mutex},
 };
 
@@ -16,7 +15,10 @@ use aya::programs::{
     tc::SchedClassifierLink, tp_btf::BtfTracePointLink, trace_point::TracePointLink,
 };
 
-use super::lock;
+use aya::maps::{MapData, PerCpuArray};
+use sonde_common::{maps, stages::runs};
+
+use super::{lock, stats::StatsSampler};
 use crate::{Error, Result, error::chain, probes::Probes, tc_counter};
 
 /// What a traced interface is on the path.
@@ -132,14 +134,17 @@ pub struct TcUse {
     program: &'static str,
 }
 
-/// What a program cost: kernel BPF statistics.
+/// What a program cost: its own run count, and the kernel's BPF statistics over the windows
+/// they were on (see `stats`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgramCost {
     /// The program's name.
     pub name: &'static str,
     /// Times it ran.
     pub invocations: u64,
-    /// Total time it ran, ns.
+    /// Runs the kernel's statistics timed.
+    pub timed_invocations: u64,
+    /// Total time of the timed runs, ns.
     pub run_time_ns: u64,
 }
 
@@ -153,6 +158,9 @@ pub fn since(now: &[ProgramCost], before: &[ProgramCost]) -> Vec<ProgramCost> {
                 invocations: cost
                     .invocations
                     .saturating_sub(base.map_or(0, |b| b.invocations)),
+                timed_invocations: cost
+                    .timed_invocations
+                    .saturating_sub(base.map_or(0, |b| b.timed_invocations)),
                 run_time_ns: cost
                     .run_time_ns
                     .saturating_sub(base.map_or(0, |b| b.run_time_ns)),
@@ -173,6 +181,15 @@ impl std::fmt::Debug for SocketLink {
     }
 }
 
+/// The programs' own run counters (`PROGRAM_RUNS`).
+struct RunCounters(PerCpuArray<MapData, u64>);
+
+impl std::fmt::Debug for RunCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunCounters")
+    }
+}
+
 /// The stage programs and their attachments.
 #[derive(Debug)]
 pub struct Hooks {
@@ -186,8 +203,11 @@ pub struct Hooks {
     /// The send hook's link, while `send_users` traced runs stamp sends.
     send: Option<SocketLink>,
     send_users: u32,
-    /// Held while any run is traced: the kernel counts program run time only then.
-    stats: Option<OwnedFd>,
+    /// Held while any run is traced: the kernel times program runs only then, and only
+    /// part of the time (see `stats`).
+    stats: Option<StatsSampler>,
+    /// The programs' own run counters (`PROGRAM_RUNS`); `None` if the map was missing.
+    runs: Option<RunCounters>,
     /// Whether the flush program runs here; if not, the programs write every event directly.
     batching: bool,
 }
@@ -219,6 +239,10 @@ impl Hooks {
                 }
             }
         }
+        let runs = lock(&probes)
+            .take_map(maps::PROGRAM_RUNS)
+            .and_then(|map| PerCpuArray::try_from(map).ok())
+            .map(RunCounters);
         let batching = match load_flush(&mut lock(&probes)) {
             Ok(()) => true,
             Err(reason) => {
@@ -233,6 +257,7 @@ impl Hooks {
             socket_loaded,
             load_notes,
             batching,
+            runs,
             tc: HashMap::new(),
             sockets: Vec::new(),
             socket_users: 0,
@@ -295,10 +320,10 @@ impl Hooks {
         let mut notes = self.load_notes.clone();
         let mut probes = lock(&self.probes);
         if self.socket_users == 0 {
-            self.stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-                Ok(fd) => Some(fd),
-                Err(err) => {
-                    notes.push(format!("program costs unavailable: {}", chain(&err)));
+            self.stats = match StatsSampler::start() {
+                Ok(sampler) => Some(sampler),
+                Err(reason) => {
+                    notes.push(format!("program times unavailable: {reason}"));
                     None
                 }
             };
@@ -447,11 +472,23 @@ impl Hooks {
                 let info = probes.program(name)?.info().ok()?;
                 Some(ProgramCost {
                     name,
-                    invocations: info.run_count(),
+                    invocations: self.runs_of(name),
+                    timed_invocations: info.run_count(),
                     run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
                 })
             })
             .collect()
+    }
+
+    /// How often `program` ran on every CPU, by its own counter.
+    fn runs_of(&self, program: &str) -> u64 {
+        let (Some(runs), Some(slot)) = (&self.runs, runs::slot(program)) else {
+            return 0;
+        };
+        runs.0
+            .get(&slot, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
     }
 }
 
@@ -533,13 +570,14 @@ mod tests {
         let cost = |name, invocations, run_time_ns| ProgramCost {
             name,
             invocations,
+            timed_invocations: invocations / 10,
             run_time_ns,
         };
         let before = [cost("a", 10, 1000), cost("b", 5, 500)];
-        let now = [cost("a", 30, 3000), cost("b", 5, 500), cost("c", 2, 90)];
+        let now = [cost("a", 30, 3000), cost("b", 5, 500), cost("c", 20, 90)];
         assert_eq!(
             since(&now, &before),
-            vec![cost("a", 20, 2000), cost("c", 2, 90)]
+            vec![cost("a", 20, 2000), cost("c", 20, 90)]
         );
     }
 }

@@ -17,6 +17,7 @@ pub mod cost;
 pub mod drops;
 pub mod events;
 pub mod hooks;
+pub mod stats;
 
 use std::{
     collections::HashMap,
