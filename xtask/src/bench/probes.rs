@@ -214,9 +214,10 @@ fn compare(
     Ok(())
 }
 
-/// What each program cost on the real path in the last traced run, by the kernel's own BPF
-/// statistics (which add their clock reads): ns per invocation, and invocations per second
-/// over the warm-up and the measured part (the statistics cover both).
+/// What each program cost on the real path in the last traced run: ns per invocation by the
+/// kernel's own BPF statistics (on 100 ms in every second, and adding their clock reads to
+/// what they time), and invocations per second by the programs' own counters, over the
+/// warm-up and the measured part (the trace covers both).
 fn print_program_costs(doc: &Value) {
     let measurement = &doc["measurements"][0];
     let seconds = doc["spec"]["duration_seconds"].as_f64().unwrap_or(0.0)
@@ -224,7 +225,7 @@ fn print_program_costs(doc: &Value) {
     let Some(programs) = measurement["kernel"]["programs"].as_array() else {
         return;
     };
-    println!("    last traced run, per program (kernel BPF statistics):");
+    println!("    last traced run, per program (ns: kernel BPF statistics, timed runs):");
     for program in programs {
         let invocations = program["invocations"].as_f64().unwrap_or(0.0);
         if invocations < 1000.0 {
