@@ -80,7 +80,7 @@ pub fn measure(tracer: &Arc<Tracer>, rounds: u32) -> Result<Costs> {
             foreign_ns += run.duration.as_nanos() as u64;
             let run = tracer.test_run(program, &traced, TRACED_BATCH)?;
             traced_ns += run.duration.as_nanos() as u64;
-            tracer.drain(super::Drain::Everything);
+            tracer.drain(super::Drain::Final);
         }
         probes.push(ProbeCost {
             program,

@@ -420,41 +420,48 @@ impl Hooks {
     }
 
     /// Writes every online CPU's gathered events to the ring buffer (runs the flush program
-    /// on each). A CPU whose batch stays in use through every try keeps its events until the
-    /// next flush, or until its batch fills.
-    pub fn flush_batches(&self) {
+    /// on each). Returns false when a CPU's batch stayed in use through every try: it keeps
+    /// its events until the next flush, or until it fills. (A CPU the flush cannot run on at
+    /// all is logged and passed over: waiting for it would stop every read.)
+    pub fn flush_batches(&self) -> bool {
         if !self.batching {
-            return;
+            return true;
         }
         // Read each time: a CPU brought online since has a batch too.
         let cpus = match aya::util::online_cpus() {
             Ok(cpus) => cpus,
             Err((what, err)) => {
                 tracing::warn!("reading the online CPUs ({what}) failed: {err}");
-                return;
+                return true;
             }
         };
         let probes = lock(&self.probes);
         let Some(Program::RawTracePoint(program)) = probes.program(FLUSH_PROGRAM) else {
-            return;
+            return true;
         };
-        for cpu in &cpus {
-            for _ in 0..FLUSH_TRIES {
+        // Every CPU is flushed, whatever the others did (`fold`, not the short-circuiting
+        // `all`).
+        cpus.iter().fold(true, |all, cpu| {
+            let flushed = (0..FLUSH_TRIES).any(|_| {
                 let options = RawTracePointRunOptions {
                     cpu: Some(*cpu),
                     ..RawTracePointRunOptions::default()
                 };
                 match program.test_run(options) {
                     // 0: the batch was in use.
-                    Ok(result) if result.return_value == 0 => std::thread::yield_now(),
-                    Ok(_) => break,
+                    Ok(result) if result.return_value == 0 => {
+                        std::thread::yield_now();
+                        false
+                    }
+                    Ok(_) => true,
                     Err(err) => {
                         tracing::warn!(cpu, "flushing a CPU's events failed: {}", chain(&err));
-                        break;
+                        true
                     }
                 }
-            }
-        }
+            });
+            all & flushed
+        })
     }
 
     /// Run counts and times of every stage program so far.

@@ -24,6 +24,7 @@ use std::{
     net::IpAddr,
     os::fd::{AsFd as _, AsRawFd as _},
     sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
 };
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
@@ -366,11 +367,32 @@ impl Tracer {
     fn drain(&self, how: Drain) {
         let before_ns = match how {
             Drain::RingOnly => None,
-            Drain::Window | Drain::Everything => {
+            Drain::Window | Drain::Final => {
                 // The programs' clock (`bpf_ktime_get_ns` is CLOCK_MONOTONIC).
                 let now = monotonic_ns();
-                lock(&self.hooks).flush_batches();
-                (how == Drain::Window).then_some(now)
+                let rounds = if how == Drain::Final {
+                    FINAL_FLUSHES
+                } else {
+                    1
+                };
+                let mut flushed = false;
+                for round in 0..rounds {
+                    if round > 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    flushed = lock(&self.hooks).flush_batches();
+                    if flushed {
+                        break;
+                    }
+                }
+                // A CPU whose batch stayed busy may hold a stamp older than `now`, whose
+                // packet's later stamps are read already: then nothing is handed on until a
+                // read that flushes every CPU (at the end of a run, what there is goes).
+                Some(if flushed || how == Drain::Final {
+                    now
+                } else {
+                    0
+                })
             }
         };
         let mut events = lock(&self.events);
@@ -389,14 +411,18 @@ impl Tracer {
 /// How much of the kernel's events a read takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Drain {
-    /// What the ring buffer holds, without flushing the CPUs' batches.
+    /// What the ring buffer holds, without flushing the CPUs' batches (no run is traced).
     RingOnly,
     /// Every CPU's events stamped before the read began; later ones wait for the next read,
-    /// in case a stamp of the same packet is still in another CPU's batch.
+    /// in case a stamp of the same packet is still on its way from another CPU.
     Window,
-    /// Every event, at the end of a run.
-    Everything,
+    /// The same at the end of a run, flushing harder: the events stamped after the read
+    /// began are of packets still in flight as tracing stopped, whose stamps are partial.
+    Final,
 }
+
+/// Flushes tried, 1 ms apart, at the end of a run while a CPU's batch is busy.
+const FINAL_FLUSHES: u32 = 10;
 
 impl Registry {
     fn add(&mut self, key: FlowKey, used: Use) -> Result<u32> {
@@ -513,7 +539,7 @@ impl RunTrace {
 
     /// Stops tracing and reports what was seen.
     pub fn finish(mut self) -> TraceReport {
-        self.tracer.drain(Drain::Everything);
+        self.tracer.drain(Drain::Final);
         let collector = std::mem::replace(&mut *lock(&self.collector), Collector::new(0, 0));
         let programs = hooks::since(&lock(&self.tracer.hooks).costs(), &self.baseline);
         let events_lost = lock(&self.tracer.registry)
