@@ -353,8 +353,9 @@ impl Tracer {
                 tracing::error!("polling the events ring buffer failed: tracing stops");
                 return;
             }
-            // Idle, only the buffer is emptied: batches left by a finished run hold events of
-            // no one, and flushing them costs an interrupt per CPU.
+            // Idle when it went to sleep, only the buffer is emptied: flushing costs an
+            // interrupt per CPU. A run that started meanwhile gets its events at the next
+            // read, flushed and in order.
             self.drain(if tracing {
                 Drain::Window
             } else {
@@ -366,7 +367,10 @@ impl Tracer {
     /// Hands the events the kernel has to their collectors, in time order (see [`events`]).
     fn drain(&self, how: Drain) {
         let before_ns = match how {
-            Drain::RingOnly => None,
+            // Nothing is handed on without a flush: a run that started meanwhile would get
+            // one CPU's stamps before another's earlier ones. (With no run traced the
+            // programs write nothing; this only empties the buffer around a run's start.)
+            Drain::RingOnly => Some(0),
             Drain::Window | Drain::Final => {
                 // The programs' clock (`bpf_ktime_get_ns` is CLOCK_MONOTONIC).
                 let now = monotonic_ns();
@@ -411,7 +415,8 @@ impl Tracer {
 /// How much of the kernel's events a read takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Drain {
-    /// What the ring buffer holds, without flushing the CPUs' batches (no run is traced).
+    /// Empties the ring buffer into the waiting events, without flushing the CPUs' batches
+    /// and without handing anything on (no run was traced when the reader went to sleep).
     RingOnly,
     /// Every CPU's events stamped before the read began; later ones wait for the next read,
     /// in case a stamp of the same packet is still on its way from another CPU.
