@@ -208,8 +208,10 @@ pub struct Hooks {
     stats: Option<StatsSampler>,
     /// The programs' own run counters (`PROGRAM_RUNS`); `None` if the map was missing.
     runs: Option<RunCounters>,
-    /// Whether the flush program runs here; if not, the programs write every event directly.
-    batching: bool,
+    /// Every CPU the kernel may bring up (a per-CPU map's slots), whose event batches are
+    /// flushed before each read; empty when the flush program cannot run here (the programs
+    /// then write every event directly).
+    flush_cpus: Vec<u32>,
 }
 
 impl Hooks {
@@ -243,20 +245,15 @@ impl Hooks {
             .take_map(maps::PROGRAM_RUNS)
             .and_then(|map| PerCpuArray::try_from(map).ok())
             .map(RunCounters);
-        let batching = match load_flush(&mut lock(&probes)) {
-            Ok(()) => true,
-            Err(reason) => {
-                tracing::info!(
-                    "events are written one by one: their flush cannot run here: {reason}"
-                );
-                false
-            }
-        };
+        let flush_cpus = load_flush(&mut lock(&probes)).unwrap_or_else(|reason| {
+            tracing::info!("events are written one by one: their flush cannot run here: {reason}");
+            Vec::new()
+        });
         Ok(Self {
             probes,
             socket_loaded,
             load_notes,
-            batching,
+            flush_cpus,
             runs,
             tc: HashMap::new(),
             sockets: Vec::new(),
@@ -416,48 +413,32 @@ impl Hooks {
     /// Whether the programs gather events in per-CPU batches ([`Hooks::flush_batches`] can
     /// empty them).
     pub fn batches_events(&self) -> bool {
-        self.batching
+        !self.flush_cpus.is_empty()
     }
 
-    /// Writes every online CPU's gathered events to the ring buffer (runs the flush program
-    /// on each). Returns false when a CPU's batch stayed in use through every try: it keeps
-    /// its events until the next flush, or until it fills. (A CPU the flush cannot run on at
-    /// all is logged and passed over: waiting for it would stop every read.)
+    /// Writes every CPU's gathered events to the ring buffer (runs the flush program on
+    /// each). Returns false when a CPU's batch stayed in use through every try: it keeps its
+    /// events until the next flush, or until it fills. An offline CPU runs no program and is
+    /// passed over; so is one the flush fails on otherwise (logged: waiting for it would stop
+    /// every read).
     pub fn flush_batches(&self) -> bool {
-        if !self.batching {
-            return true;
-        }
-        // Read each time: a CPU brought online since has a batch too.
-        let cpus = match aya::util::online_cpus() {
-            Ok(cpus) => cpus,
-            Err((what, err)) => {
-                tracing::warn!("reading the online CPUs ({what}) failed: {err}");
-                return true;
-            }
-        };
         let probes = lock(&self.probes);
         let Some(Program::RawTracePoint(program)) = probes.program(FLUSH_PROGRAM) else {
             return true;
         };
         // Every CPU is flushed, whatever the others did (`fold`, not the short-circuiting
         // `all`).
-        cpus.iter().fold(true, |all, cpu| {
-            let flushed = (0..FLUSH_TRIES).any(|_| {
-                let options = RawTracePointRunOptions {
-                    cpu: Some(*cpu),
-                    ..RawTracePointRunOptions::default()
-                };
-                match program.test_run(options) {
-                    // 0: the batch was in use.
-                    Ok(result) if result.return_value == 0 => {
-                        std::thread::yield_now();
-                        false
-                    }
-                    Ok(_) => true,
-                    Err(err) => {
-                        tracing::warn!(cpu, "flushing a CPU's events failed: {}", chain(&err));
-                        true
-                    }
+        self.flush_cpus.iter().fold(true, |all, cpu| {
+            let flushed = (0..FLUSH_TRIES).any(|_| match flush_on(program, *cpu) {
+                Ok(true) => true,
+                Ok(false) => {
+                    std::thread::yield_now();
+                    false
+                }
+                Err(err) if err.raw_os_error() == Some(libc::ENXIO) => true,
+                Err(err) => {
+                    tracing::warn!(cpu, "flushing a CPU's events failed: {err}");
+                    true
                 }
             });
             all & flushed
@@ -525,9 +506,10 @@ fn load_socket(
 }
 
 /// Loads the flush program and checks it runs here (`BPF_PROG_TEST_RUN` of raw tracepoint
-/// programs on a chosen CPU came with Linux 5.10).
-fn load_flush(probes: &mut Probes) -> Result<(), String> {
-    let cpus = aya::util::online_cpus().map_err(|(what, err)| format!("{what}: {err}"))?;
+/// programs on a chosen CPU came with Linux 5.10): the CPUs to flush.
+fn load_flush(probes: &mut Probes) -> Result<Vec<u32>, String> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, err)| format!("{what}: {err}"))?;
+    let cpus: Vec<u32> = (0..u32::try_from(cpus).map_err(|err| err.to_string())?).collect();
     let program = probes
         .program_mut(FLUSH_PROGRAM)
         .map_err(|err| chain(&err))?;
@@ -535,14 +517,23 @@ fn load_flush(probes: &mut Probes) -> Result<(), String> {
         return Err(format!("{FLUSH_PROGRAM} has an unexpected program type"));
     };
     program.load().map_err(|err| chain(&err))?;
-    for cpu in &cpus {
-        let options = RawTracePointRunOptions {
-            cpu: Some(*cpu),
-            ..RawTracePointRunOptions::default()
-        };
-        program.test_run(options).map_err(|err| chain(&err))?;
+    // CPU 0 is online whenever the machine runs.
+    flush_on(program, 0).map_err(|err| err.to_string())?;
+    Ok(cpus)
+}
+
+/// Runs the flush program on `cpu`: whether the batch was free (and is now written out).
+fn flush_on(program: &aya::programs::RawTracePoint, cpu: u32) -> std::io::Result<bool> {
+    let options = RawTracePointRunOptions {
+        cpu: Some(cpu),
+        ..RawTracePointRunOptions::default()
+    };
+    match program.test_run(options) {
+        // 0: the batch was in use.
+        Ok(result) => Ok(result.return_value != 0),
+        Err(aya::programs::ProgramError::SyscallError(err)) => Err(err.io_error),
+        Err(err) => Err(std::io::Error::other(chain(&err))),
     }
-    Ok(())
 }
 
 fn attach_socket(
