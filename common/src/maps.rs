@@ -23,7 +23,7 @@ pub const REDIRECTS: &str = "SONDE_REDIRECT";
 /// Array of `u32` the daemon fills at start with what the programs cannot know at build time
 /// (tracepoint field offsets of this kernel).
 pub const TRACEPOINT_CONF: &str = "SONDE_TP_CONF";
-/// Per-CPU array of `u64`: how often each stage program ran (index: `stages::runs`). The
-/// kernel's own BPF statistics count runs only while they are on, and they are on only part of
-/// a run (see the daemon's `stages::hooks`).
+/// Array of `u64`: how often each stage program ran on each CPU (index:
+/// `stages::runs::index`). The kernel's own BPF statistics count runs only while they are on,
+/// and they are on only part of a run (see the daemon's `stages::hooks`).
 pub const PROGRAM_RUNS: &str = "SONDE_RUNS";

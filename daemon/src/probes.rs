@@ -5,6 +5,7 @@
 //! daemon exits, however it exits (TCX and perf links are not pinned).
 
 use aya::{Btf, Ebpf, EbpfLoader, programs::Program};
+use sonde_common::{maps, stages::runs};
 
 use crate::{Error, Result};
 
@@ -38,8 +39,18 @@ impl Probes {
 
     /// As [`Probes::load`], with the kernel's BTF already parsed (it is large: parse it once).
     pub fn load_with_btf(btf: Option<&Btf>) -> Result<Self> {
-        let ebpf = EbpfLoader::new()
-            .btf(btf)
+        let mut loader = EbpfLoader::new();
+        loader.btf(btf);
+        // The run counters hold every CPU the kernel may bring up (see `stages::runs`); where
+        // that cannot be read, the object's default size stands.
+        if let Some(entries) = aya::util::nr_cpus()
+            .ok()
+            .and_then(|cpus| u32::try_from(cpus).ok())
+            .and_then(|cpus| cpus.checked_mul(runs::SLOTS))
+        {
+            loader.map_max_entries(maps::PROGRAM_RUNS, entries);
+        }
+        let ebpf = loader
             .load(OBJECT)
             .map_err(|source| Error::LoadObject { source })?;
         Ok(Self { ebpf })

@@ -6,7 +6,7 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TcContext, TracePointContext},
@@ -116,15 +116,23 @@ fn release(slot: *mut InFlight, skb: u64) {
 #[map(name = "SONDE_SCRATCH")]
 static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// How often each stage program ran (`sonde_common::maps::PROGRAM_RUNS`).
+/// How often each stage program ran on each CPU (`sonde_common::maps::PROGRAM_RUNS`; the
+/// daemon sizes it for the machine's CPUs). Memory-mappable, so page-aligned: each CPU's
+/// slots fill lines of their own.
 #[map(name = "SONDE_RUNS")]
-static RUNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(runs::SLOTS, 0);
+static RUNS: Array<u64> = Array::with_max_entries(runs::SLOTS * runs::DEFAULT_CPUS, BPF_F_MMAPABLE);
 
-/// Counts one run of the program in `slot` (`sonde_common::stages::runs`): a per-CPU add,
-/// where the kernel's statistics cost two clock reads a run.
+/// `BPF_F_MMAPABLE` (uapi/linux/bpf.h).
+const BPF_F_MMAPABLE: u32 = 1024;
+
+/// Counts one run of the program in `slot` (`sonde_common::stages::runs`): an add to this
+/// CPU's counter, where the kernel's statistics cost two clock reads a run. The CPU number
+/// is a per-CPU variable the verifier reads inline.
 #[inline(always)]
 pub fn ran(slot: u32) {
-    if let Some(count) = RUNS.get_ptr_mut(slot) {
+    // SAFETY: a helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    if let Some(count) = RUNS.get_ptr_mut(runs::index(cpu, slot)) {
         // SAFETY: this CPU's counter; an interrupting program could lose one increment.
         unsafe { *count += 1 };
     }

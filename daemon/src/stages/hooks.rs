@@ -15,7 +15,7 @@ use aya::programs::{
     tc::SchedClassifierLink, tp_btf::BtfTracePointLink, trace_point::TracePointLink,
 };
 
-use aya::maps::{MapData, PerCpuArray};
+use aya::maps::{Array, MapData};
 use sonde_common::{maps, stages::runs};
 
 use super::{lock, stats::StatsSampler};
@@ -181,8 +181,8 @@ impl std::fmt::Debug for SocketLink {
     }
 }
 
-/// The programs' own run counters (`PROGRAM_RUNS`).
-struct RunCounters(PerCpuArray<MapData, u64>);
+/// The programs' own run counters (`PROGRAM_RUNS`), and how many CPUs the map holds.
+struct RunCounters(Array<MapData, u64>, u32);
 
 impl std::fmt::Debug for RunCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -243,8 +243,11 @@ impl Hooks {
         }
         let runs = lock(&probes)
             .take_map(maps::PROGRAM_RUNS)
-            .and_then(|map| PerCpuArray::try_from(map).ok())
-            .map(RunCounters);
+            .and_then(|map| Array::try_from(map).ok())
+            .map(|map| {
+                let cpus = map.len() / runs::SLOTS;
+                RunCounters(map, cpus)
+            });
         let flush_cpus = load_flush(&mut lock(&probes)).unwrap_or_else(|reason| {
             tracing::info!("events are written one by one: their flush cannot run here: {reason}");
             Vec::new()
@@ -473,10 +476,9 @@ impl Hooks {
         let (Some(runs), Some(slot)) = (&self.runs, runs::slot(program)) else {
             return 0;
         };
-        runs.0
-            .get(&slot, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+        (0..runs.1)
+            .filter_map(|cpu| runs.0.get(&runs::index(cpu, slot), 0).ok())
+            .sum()
     }
 }
 
