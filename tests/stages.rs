@@ -1,7 +1,7 @@
 //! The kernel breakdown in the lab: every stage of a `tcp-rr` present and non-negative on one
 //! node and across nodes, the kernel's share no larger than the application's latency, the
-//! clock estimator against the lab's known zero offset, and no program or link left behind by
-//! a daemon killed with SIGKILL.
+//! clock estimator against the lab's known zero offset, a pod's packet counter that stamps
+//! while traced, and no program or link left behind by a daemon killed with SIGKILL.
 
 use std::{
     process::{Command, Stdio},
@@ -460,23 +460,87 @@ fn drops_are_counted_once_with_the_kernels_reason() {
     assert!(retransmits >= dropped_by_nft, "{retransmits} retransmits");
 }
 
-/// Kernel IDs of the programs node1's daemon holds, as it reports them.
-fn programs_of_node1(lab: &Lab) -> Vec<u64> {
-    let output = lab.sondectl(&["nodes", "-o", "json"]);
-    let nodes: serde_json::Value = serde_json::from_slice(&output.stdout).expect("nodes JSON");
-    let node1 = nodes["nodes"]
+/// What node1's daemon reports of itself (`sondectl nodes`).
+fn node1_facts(lab: &Lab) -> serde_json::Value {
+    let nodes = json_of(lab, &["nodes", "-o", "json"]);
+    nodes["nodes"]
         .as_array()
         .expect("nodes")
         .iter()
         .find(|n| n["node_name"] == "node1")
         .expect("node1")
-        .clone();
-    node1["programs"]
+        .clone()
+}
+
+/// Kernel IDs of the programs node1's daemon holds, as it reports them.
+fn programs_of_node1(lab: &Lab) -> Vec<u64> {
+    programs_named(&node1_facts(lab), |_| true)
+}
+
+/// Kernel IDs of the programs in `facts` whose name passes `wanted`.
+fn programs_named(facts: &serde_json::Value, wanted: impl Fn(&str) -> bool) -> Vec<u64> {
+    facts["programs"]
         .as_array()
         .expect("programs")
         .iter()
+        .filter(|p| wanted(p["name"].as_str().expect("name")))
         .map(|p| p["kernel_id"].as_u64().expect("kernel_id"))
         .collect()
+}
+
+/// Packets node1's counter has seen leave the pod behind `veth`.
+fn packets_from_pod(lab: &Lab, veth: &str) -> u64 {
+    let facts = node1_facts(lab);
+    facts["pod_interfaces"]
+        .as_array()
+        .expect("pod_interfaces")
+        .iter()
+        .find(|p| p["host_interface"] == veth)
+        .unwrap_or_else(|| panic!("no {veth} in {facts}"))["packets_from_pod"]
+        .as_u64()
+        .expect("packets_from_pod")
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn a_pods_counter_stamps_while_traced_and_counts_throughout() {
+    require_root();
+    let lab = Lab::up(&[]);
+    let facts = node1_facts(&lab);
+    let counted = programs_named(&facts, |name| name.ends_with("_counted"));
+    let plain = programs_named(&facts, |name| name.starts_with("sonde_tc_"));
+    assert_eq!((counted.len(), plain.len()), (2, 2), "{facts}");
+    // Idle: node1's two pods have the plain counter, ingress and egress.
+    assert_eq!((still_held(&counted).1, still_held(&plain).1), (0, 4));
+    let before = packets_from_pod(&lab, "vethpod1");
+
+    let cross = breakdown(&lab, &["--from", "pod/pod1", "--to", "pod/pod3"]);
+    // The stamps of the counter's links make the whole path, as the stage classifiers do.
+    check_path(&cross, &sonde_integration::CROSS_NODE_STAGES);
+    let hooks = cross["kernel"]["hooks"].to_string();
+    assert!(
+        hooks.contains("node1: tc:pod vethpod1 (in the packet counter's links)"),
+        "{hooks}"
+    );
+    let programs = cross["kernel"]["programs"].as_array().expect("programs");
+    let runs_on_node1 = |name: &str| {
+        programs
+            .iter()
+            .find(|p| p["node"] == "node1" && p["name"] == name)
+            .and_then(|p| p["invocations"].as_u64())
+    };
+    assert_eq!(runs_on_node1("sonde_pod_out"), None, "{programs:?}");
+    let stamped = runs_on_node1("sonde_pod_out_counted").expect("the counted program ran");
+    assert!(stamped > 100, "{stamped}");
+
+    // Every packet the counting stamper saw was counted: the counter never stopped.
+    let counted_packets = packets_from_pod(&lab, "vethpod1") - before;
+    assert!(
+        counted_packets >= stamped,
+        "{counted_packets} packets counted, {stamped} stamped"
+    );
+    // The run over, the plain counters are back in the same links.
+    assert_eq!((still_held(&counted).1, still_held(&plain).1), (0, 4));
 }
 
 /// (programs still loaded, links still attached) among `ids`.

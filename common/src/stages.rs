@@ -59,6 +59,10 @@ pub mod runs {
     pub const CONNECT: u32 = 8;
     /// `sonde_retransmit`.
     pub const RETRANSMIT: u32 = 9;
+    /// `sonde_pod_out_counted`.
+    pub const POD_OUT_COUNTED: u32 = 10;
+    /// `sonde_pod_in_counted`.
+    pub const POD_IN_COUNTED: u32 = 11;
     /// Slots per CPU: 128 bytes, two cache lines of their own (the map is page-aligned), so
     /// that no two CPUs write one line.
     pub const SLOTS: u32 = 16;
@@ -87,6 +91,8 @@ pub mod runs {
             "sonde_free" | "sonde_free_tp" => FREE,
             "sonde_connect" => CONNECT,
             "sonde_retransmit" => RETRANSMIT,
+            "sonde_pod_out_counted" => POD_OUT_COUNTED,
+            "sonde_pod_in_counted" => POD_IN_COUNTED,
             _ => return None,
         })
     }

@@ -104,6 +104,9 @@ impl Node {
                 None
             }
         };
+        if let (Some(tracer), Some(pods)) = (&tracer, &pods) {
+            tracer.use_pod_counters(Arc::clone(pods));
+        }
         Ok(Self {
             fixed,
             probes,

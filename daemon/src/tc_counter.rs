@@ -33,10 +33,65 @@ pub struct CounterAttachment {
     pub iface: String,
     /// The interface's index in the namespace it was attached in (the map key).
     pub ifindex: u32,
-    /// Held only to keep the ingress link alive.
-    _ingress: SchedClassifierLink,
-    /// Held only to keep the egress link alive.
-    _egress: SchedClassifierLink,
+    /// The ingress link (`None` only if a program swap failed and the kernel dropped it).
+    ingress: Option<SchedClassifierLink>,
+    /// The egress link, likewise.
+    egress: Option<SchedClassifierLink>,
+}
+
+/// The programs that count and also stamp a traced pod's packets (see `stages::hooks`): in
+/// the counter's links while a run is traced through the pod.
+pub const COUNTED_STAGE_PROGRAMS: (&str, &str) = ("sonde_pod_out_counted", "sonde_pod_in_counted");
+
+impl CounterAttachment {
+    /// Puts `programs` (ingress, egress) in the counter's links, in one atomic update each:
+    /// no packet goes uncounted or is counted twice. Both programs must count as the
+    /// counters do. After an error the attachment may have lost a link, or run one program
+    /// of each pair: drop it and attach anew.
+    pub fn run(
+        &mut self,
+        probes: &mut Probes,
+        (ingress, egress): (&'static str, &'static str),
+    ) -> Result<()> {
+        load_classifiers(probes, &[ingress, egress])?;
+        self.ingress = Some(swap(probes, ingress, self.ingress.take(), &self.iface)?);
+        self.egress = Some(swap(probes, egress, self.egress.take(), &self.iface)?);
+        Ok(())
+    }
+
+    /// Puts the plain counters back in the links.
+    pub fn count_only(&mut self, probes: &mut Probes) -> Result<()> {
+        self.run(probes, (INGRESS_PROGRAM, EGRESS_PROGRAM))
+    }
+}
+
+/// Moves `link` to the program `name` (`BPF_LINK_UPDATE`: the kernel swaps the program in
+/// place, keeping the link's position among the interface's programs).
+fn swap(
+    probes: &mut Probes,
+    name: &'static str,
+    link: Option<SchedClassifierLink>,
+    iface: &str,
+) -> Result<SchedClassifierLink> {
+    let program_error = |action: String| {
+        move |source| Error::Program {
+            action,
+            program: name,
+            source,
+        }
+    };
+    let link = link.ok_or_else(|| Error::NotAttached {
+        name: iface.to_owned(),
+    })?;
+    let classifier = classifier(probes, name)?;
+    let id = classifier
+        .attach_to_link(link)
+        .map_err(program_error(format!(
+            "swap into the counter link on {iface}"
+        )))?;
+    classifier
+        .take_link(id)
+        .map_err(program_error("take link of".to_owned()))
 }
 
 /// Packets and bytes counted on one interface since the counter was first attached to it.
@@ -84,8 +139,8 @@ pub fn attach(probes: &mut Probes, iface: &str) -> Result<CounterAttachment> {
     Ok(CounterAttachment {
         iface: iface.to_owned(),
         ifindex,
-        _ingress: ingress,
-        _egress: egress,
+        ingress: Some(ingress),
+        egress: Some(egress),
     })
 }
 

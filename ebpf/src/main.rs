@@ -92,6 +92,26 @@ pub fn sonde_pod_in(ctx: TcContext) -> i32 {
     TCX_NEXT
 }
 
+/// [`sonde_tc_ingress`] and [`sonde_pod_out`] in one program: while a run is traced through a
+/// pod whose veth has the packet counter, the counter's link runs this instead (an atomic link
+/// update), so that each packet pays one program call on that hook, not two.
+#[classifier]
+pub fn sonde_pod_out_counted(ctx: TcContext) -> i32 {
+    tc_counter::count(&ctx, direction::INGRESS);
+    stages::ran(runs::POD_OUT_COUNTED);
+    stages::stamp(&ctx, point::POD_OUT);
+    TCX_NEXT
+}
+
+/// [`sonde_tc_egress`] and [`sonde_pod_in`] in one program (see [`sonde_pod_out_counted`]).
+#[classifier]
+pub fn sonde_pod_in_counted(ctx: TcContext) -> i32 {
+    tc_counter::count(&ctx, direction::EGRESS);
+    stages::ran(runs::POD_IN_COUNTED);
+    stages::stamp(&ctx, point::POD_IN);
+    TCX_NEXT
+}
+
 /// The application read a packet (`skb_copy_datagram_iovec`). BTF tracepoints (tp_btf) run
 /// the program straight from the tracepoint with its arguments; the classic tracepoint
 /// variants (`_tp`), for kernels without BTF, first fill the tracepoint's record, which costs

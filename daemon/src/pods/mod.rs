@@ -203,6 +203,51 @@ impl PodProbes {
         }
     }
 
+    /// Makes the counter on `iface` (a pod's host-side veth) stamp a traced run's packets as
+    /// well, until the returned guard is dropped: one program per packet on that hook instead
+    /// of the counter and the stage classifier one after the other. `None` when no counter is
+    /// attached there, or the swap failed (logged; the counter is then attached anew): the
+    /// caller attaches the stage classifiers on their own.
+    pub fn stage(self: &Arc<Self>, iface: &str) -> Option<CounterStage> {
+        let swapped = self.with_counter(iface, |attachment, probes| {
+            attachment.run(probes, tc_counter::COUNTED_STAGE_PROGRAMS)
+        })?;
+        swapped.then(|| CounterStage {
+            pods: Arc::clone(self),
+            iface: iface.to_owned(),
+        })
+    }
+
+    /// Runs `change` on the counter attached to `iface`: `None` if there is none, else
+    /// whether it succeeded. A counter that a failed change left without a link is detached
+    /// and attached anew.
+    fn with_counter(
+        &self,
+        iface: &str,
+        change: impl FnOnce(&mut tc_counter::CounterAttachment, &mut Probes) -> crate::Result<()>,
+    ) -> Option<bool> {
+        let outcome = {
+            let mut attached = self.attached.lock().ok()?;
+            let (&index, (_, attachment)) = attached
+                .iter_mut()
+                .find(|(_, (pod, _))| pod.host_interface == iface)?;
+            let outcome = {
+                let mut probes = self.probes.lock().ok()?;
+                change(attachment, &mut probes)
+            };
+            if let Err(err) = &outcome {
+                tracing::warn!(veth = iface, %err, "swapping the counter's program failed");
+                attached.remove(&index);
+            }
+            outcome
+        };
+        if outcome.is_err() {
+            // Detached above; whatever it ran, the counter comes back plain.
+            self.refresh();
+        }
+        Some(outcome.is_ok())
+    }
+
     /// Waits for link events; after each burst, looks again at once and once more a second
     /// later (a new pod's address is set after its veth appears).
     fn follow(&self, events: &netlink_sys::Socket) {
@@ -224,6 +269,22 @@ impl PodProbes {
                 self.refresh();
             }
         }
+    }
+}
+
+/// A pod's counter that stamps a traced run's packets too (see [`PodProbes::stage`]); dropping
+/// it puts the plain counter back.
+#[derive(Debug)]
+pub struct CounterStage {
+    pods: Arc<PodProbes>,
+    iface: String,
+}
+
+impl Drop for CounterStage {
+    fn drop(&mut self) {
+        self.pods.with_counter(&self.iface, |attachment, probes| {
+            attachment.count_only(probes)
+        });
     }
 }
 

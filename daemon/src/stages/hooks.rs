@@ -19,7 +19,13 @@ use aya::maps::{Array, MapData};
 use sonde_common::{maps, stages::runs};
 
 use super::{lock, stats::StatsSampler};
-use crate::{Error, Result, error::chain, probes::Probes, tc_counter};
+use crate::{
+    Error, Result,
+    error::chain,
+    pods::{CounterStage, PodProbes},
+    probes::Probes,
+    tc_counter,
+};
 
 /// What a traced interface is on the path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +140,22 @@ pub struct TcUse {
     program: &'static str,
 }
 
+impl TcUse {
+    /// Whether a pod's packet counter does the stamping (see [`Hooks::attach_tc`]).
+    pub fn in_counter(&self) -> bool {
+        self.program == tc_counter::COUNTED_STAGE_PROGRAMS.0
+    }
+}
+
+/// What holds a traced interface's stamping in place; dropping it undoes it.
+#[derive(Debug)]
+enum TcHold {
+    /// A stage classifier's own link.
+    Link(#[allow(dead_code)] SchedClassifierLink),
+    /// A pod's counter, running the program that counts and stamps.
+    Counter(#[allow(dead_code)] CounterStage),
+}
+
 /// What a program cost: its own run count, and the kernel's BPF statistics over the windows
 /// they were on (see `stats`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +219,9 @@ pub struct Hooks {
     /// Socket programs that loaded, and why the others did not.
     socket_loaded: Vec<(&'static str, SocketHook)>,
     load_notes: Vec<String>,
-    tc: HashMap<TcUse, (SchedClassifierLink, u32)>,
+    tc: HashMap<TcUse, (TcHold, u32)>,
+    /// The pods' counters, which stamp a traced pod's packets themselves when they can.
+    pods: Option<Arc<PodProbes>>,
     sockets: Vec<SocketLink>,
     socket_users: u32,
     /// The send hook's link, while `send_users` traced runs stamp sends.
@@ -223,6 +247,8 @@ impl Hooks {
         {
             let mut guard = lock(&probes);
             tc_counter::load_classifiers(&mut guard, &TC_PROGRAMS)?;
+            let (counted_out, counted_in) = tc_counter::COUNTED_STAGE_PROGRAMS;
+            tc_counter::load_classifiers(&mut guard, &[counted_out, counted_in])?;
             for choices in SOCKET_HOOKS {
                 let mut failed = Vec::new();
                 for (name, hook) in choices {
@@ -259,6 +285,7 @@ impl Hooks {
             flush_cpus,
             runs,
             tc: HashMap::new(),
+            pods: None,
             sockets: Vec::new(),
             socket_users: 0,
             send: None,
@@ -267,12 +294,24 @@ impl Hooks {
         })
     }
 
-    /// Attaches the classifiers of `role` to `iface` (or counts one more user).
+    /// Lets the pods' packet counters stamp traced pods' packets (see [`Hooks::attach_tc`]).
+    pub fn use_pod_counters(&mut self, pods: Arc<PodProbes>) {
+        self.pods = Some(pods);
+    }
+
+    /// Attaches the classifiers of `role` to `iface` (or counts one more user). A pod's veth
+    /// with sonde's packet counter gets no classifier of its own: the counter's links run a
+    /// program that counts and stamps, while the interface is traced.
     pub fn attach_tc(&mut self, iface: &str, role: Role) -> Result<Vec<TcUse>> {
         if nix::net::if_::if_nametoindex(iface).is_err() {
             return Err(Error::NoSuchInterface {
                 name: iface.to_owned(),
             });
+        }
+        if role == Role::Pod
+            && let Some(used) = self.stage_in_counter(iface)
+        {
+            return Ok(vec![used]);
         }
         let mut used = Vec::new();
         for (program, attach_type) in role.programs() {
@@ -289,7 +328,7 @@ impl Hooks {
                 };
                 match attached {
                     Ok(link) => {
-                        self.tc.insert(key.clone(), (link, 1));
+                        self.tc.insert(key.clone(), (TcHold::Link(link), 1));
                     }
                     Err(err) => {
                         for used in used {
@@ -302,6 +341,29 @@ impl Hooks {
             used.push(key);
         }
         Ok(used)
+    }
+
+    /// Has the counter on `iface` stamp as well (or counts one more user of it): `None` when
+    /// there is no counter there, or the stage classifiers serve the interface already.
+    fn stage_in_counter(&mut self, iface: &str) -> Option<TcUse> {
+        let key = TcUse {
+            iface: iface.to_owned(),
+            program: tc_counter::COUNTED_STAGE_PROGRAMS.0,
+        };
+        if let Some((_, users)) = self.tc.get_mut(&key) {
+            *users += 1;
+            return Some(key);
+        }
+        let own = TcUse {
+            iface: iface.to_owned(),
+            program: Role::Pod.programs()[0].0,
+        };
+        if self.tc.contains_key(&own) {
+            return None;
+        }
+        let stage = self.pods.as_ref()?.stage(iface)?;
+        self.tc.insert(key.clone(), (TcHold::Counter(stage), 1));
+        Some(key)
     }
 
     /// Drops one user of a classifier; the last one detaches it.
@@ -451,9 +513,11 @@ impl Hooks {
     /// Run counts and times of every stage program so far.
     pub fn costs(&self) -> Vec<ProgramCost> {
         let probes = lock(&self.probes);
+        let (counted_out, counted_in) = tc_counter::COUNTED_STAGE_PROGRAMS;
         TC_PROGRAMS
             .iter()
             .copied()
+            .chain([counted_out, counted_in])
             .chain(
                 SOCKET_HOOKS
                     .iter()

@@ -237,6 +237,12 @@ impl Tracer {
         Ok(tracer)
     }
 
+    /// Lets the pods' packet counters stamp traced pods' packets, one program per packet on
+    /// those hooks instead of two (see `hooks::Hooks::attach_tc`).
+    pub fn use_pod_counters(&self, pods: Arc<crate::pods::PodProbes>) {
+        lock(&self.hooks).use_pod_counters(pods);
+    }
+
     /// Starts tracing one side of a run: `sides` are the [`side`] bits this node holds, and
     /// events before `from_ns` (CLOCK_MONOTONIC) are the warm-up's.
     pub fn trace(self: &Arc<Self>, spec: &TraceSpec, sides: u8, from_ns: u64) -> Result<RunTrace> {
@@ -248,8 +254,15 @@ impl Tracer {
             (&spec.uplink_interface, hooks::Role::Uplink),
         ] {
             if let Some(iface) = iface {
-                trace.attached.extend(hooks.attach_tc(iface, role)?);
-                trace.hooks.push(format!("tc:{} {iface}", role.name()));
+                let used = hooks.attach_tc(iface, role)?;
+                trace
+                    .hooks
+                    .push(if used.iter().any(hooks::TcUse::in_counter) {
+                        format!("tc:{} {iface} (in the packet counter's links)", role.name())
+                    } else {
+                        format!("tc:{} {iface}", role.name())
+                    });
+                trace.attached.extend(used);
             }
         }
         // A sampled stream's sends are not stamped (see `hooks::SEND_HOOK`).
