@@ -73,25 +73,29 @@ fn swap(
     link: Option<SchedClassifierLink>,
     iface: &str,
 ) -> Result<SchedClassifierLink> {
-    let program_error = |action: String| {
-        move |source| Error::Program {
-            action,
-            program: name,
-            source,
-        }
-    };
     let link = link.ok_or_else(|| Error::NotAttached {
         name: iface.to_owned(),
     })?;
     let classifier = classifier(probes, name)?;
-    let id = classifier
-        .attach_to_link(link)
-        .map_err(program_error(format!(
-            "swap into the counter link on {iface}"
-        )))?;
+    let id = classifier.attach_to_link(link).map_err(program_error(
+        name,
+        format!("swap into the counter link on {iface}"),
+    ))?;
     classifier
         .take_link(id)
-        .map_err(program_error("take link of".to_owned()))
+        .map_err(program_error(name, "take link of".to_owned()))
+}
+
+/// The error of `action` on the program `name`.
+fn program_error(
+    name: &'static str,
+    action: String,
+) -> impl FnOnce(ProgramError) -> Error {
+    move |source| Error::Program {
+        action,
+        program: name,
+        source,
+    }
 }
 
 /// Packets and bytes counted on one interface since the counter was first attached to it.
@@ -190,13 +194,6 @@ pub(crate) fn attach_tcx(
     iface: &str,
     attach_type: TcAttachType,
 ) -> Result<SchedClassifierLink> {
-    let program_error = |action: String| {
-        move |source| Error::Program {
-            action,
-            program: name,
-            source,
-        }
-    };
     let classifier = classifier(probes, name)?;
     let link_id = classifier
         .attach_with_options(
@@ -204,10 +201,11 @@ pub(crate) fn attach_tcx(
             attach_type,
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         )
-        .map_err(program_error(format!(
-            "attach (TCX) to {iface} {attach_type:?}"
-        )))?;
+        .map_err(program_error(
+            name,
+            format!("attach (TCX) to {iface} {attach_type:?}"),
+        ))?;
     classifier
         .take_link(link_id)
-        .map_err(program_error("take link of".to_owned()))
+        .map_err(program_error(name, "take link of".to_owned()))
 }

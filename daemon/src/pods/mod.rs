@@ -219,8 +219,8 @@ impl PodProbes {
     }
 
     /// Runs `change` on the counter attached to `iface`: `None` if there is none, else
-    /// whether it succeeded. A counter that a failed change left without a link is detached
-    /// and attached anew.
+    /// whether it succeeded. A counter whose change failed (it may have lost a link, or run
+    /// one program of the pair) is detached and attached anew, plain.
     fn with_counter(
         &self,
         iface: &str,
