@@ -87,10 +87,7 @@ fn swap(
 }
 
 /// The error of `action` on the program `name`.
-fn program_error(
-    name: &'static str,
-    action: String,
-) -> impl FnOnce(ProgramError) -> Error {
+fn program_error(name: &'static str, action: String) -> impl FnOnce(ProgramError) -> Error {
     move |source| Error::Program {
         action,
         program: name,
