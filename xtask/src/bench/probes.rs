@@ -239,7 +239,7 @@ fn print_program_costs(doc: &Value) {
             continue;
         }
         println!(
-            "      {:<6} {:<18} {:>7.0} ns/invocation {:>9.0}/s",
+            "      {:<6} {:<22} {:>7.0} ns/invocation {:>9.0}/s",
             program["node"].as_str().unwrap_or("?"),
             program["name"].as_str().unwrap_or("?"),
             program["ns_per_invocation"].as_f64().unwrap_or(f64::NAN),
