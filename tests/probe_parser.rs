@@ -3,7 +3,8 @@
 //! fragments, truncated packets and random bytes. Every packet must pass (the probe fails open),
 //! and exactly the packets of a traced flow must be stamped, with the identity (direction,
 //! client port, TCP sequence or sonde's UDP sequence) the packet carries. Every stamp reaches
-//! the collector, however many pass through the programs' per-CPU event batches.
+//! the collector, however many pass through the programs' per-CPU event batches. The programs
+//! a pod's packet counter runs while traced (count and stamp) pass the same checks.
 
 use std::{
     collections::BTreeSet,
@@ -18,7 +19,7 @@ use etherparse::{
 use sonde_common::stages::{BATCH_EVENTS, direction, point, side};
 use sonde_daemon::{
     probes::Probes,
-    stages::{TracedFlow, Tracer},
+    stages::{TracedFlow, Tracer, collect::Collected},
 };
 use sonde_integration::require_root;
 
@@ -70,23 +71,27 @@ fn flows() -> Vec<TracedFlow> {
 /// A stamp as the collector keys it: direction, client port, packet id.
 type Stamp = (u8, u16, u32);
 
-/// Runs every packet through the classifier once; returns the stamps the run's collector got.
-fn stamps_of(tracer: &Arc<Tracer>, packets: &[Vec<u8>]) -> BTreeSet<Stamp> {
+/// Runs every packet through `program` once, each must go on; returns what the run's collector
+/// got.
+fn run_through(tracer: &Arc<Tracer>, program: &str, packets: &[Vec<u8>]) -> Collected {
     let trace = tracer
         .follow(&flows(), side::CLIENT)
         .expect("register the flows");
     for packet in packets {
         let run = tracer
-            .test_run(PROGRAM, packet, 1)
+            .test_run(program, packet, 1)
             .unwrap_or_else(|err| panic!("test run of {} bytes: {err:?}", packet.len()));
         assert_eq!(
             run.return_value, TCX_NEXT,
-            "the probe must let every packet go on ({packet:02x?})"
+            "{program} must let every packet go on ({packet:02x?})"
         );
     }
-    let report = trace.finish();
-    report
-        .collected
+    trace.finish().collected
+}
+
+/// Runs every packet through the classifier once; returns the stamps the run's collector got.
+fn stamps_of(tracer: &Arc<Tracer>, packets: &[Vec<u8>]) -> BTreeSet<Stamp> {
+    run_through(tracer, PROGRAM, packets)
         .uplink
         .iter()
         .filter(|stamps| stamps.point == point::NODE_OUT)
@@ -387,23 +392,7 @@ fn random_bytes_and_corrupted_headers_always_pass() {
     require_root();
     let tracer = tracer();
     let mut rng = fastrand::Rng::with_seed(0x5d0de);
-    let mut packets = Vec::new();
-    // Pure noise, some of it posing as IPv4 or IPv6 with VLAN tags.
-    for i in 0..2000 {
-        // At least an Ethernet and an IPv6 header: the harness refuses shorter IP frames.
-        let len = rng.usize(54..300);
-        let mut packet: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
-        match i % 4 {
-            0 => packet[12..14].copy_from_slice(&[0x08, 0x00]),
-            1 => packet[12..14].copy_from_slice(&[0x86, 0xdd]),
-            2 => {
-                packet[12..14].copy_from_slice(&[0x81, 0x00]);
-                packet[16..18].copy_from_slice(&[0x08, 0x00]);
-            }
-            _ => {}
-        }
-        packets.push(packet);
-    }
+    let mut packets = noise(&mut rng, 2000);
     // A traced packet with one to four bytes corrupted (lengths, versions, offsets...).
     for _ in 0..2000 {
         let mut packet = tcp4(rng.u32(..), rng.usize(0..200));
@@ -417,4 +406,49 @@ fn random_bytes_and_corrupted_headers_always_pass() {
     let stamps = stamps_of(&tracer, &packets[..2000]);
     assert!(stamps.is_empty(), "noise was stamped: {stamps:?}");
     let _ = stamps_of(&tracer, &packets[2000..]);
+}
+
+/// The programs a pod's packet counter runs while traced count and stamp in one: they let
+/// noise pass unstamped, and stamp each traced packet once.
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn the_counters_stamping_programs_pass_everything_and_stamp_traced_packets() {
+    require_root();
+    let tracer = tracer();
+    let mut rng = fastrand::Rng::with_seed(0xc047);
+    let noise = noise(&mut rng, 500);
+    let traced: Vec<Vec<u8>> = (0..100).map(|i| tcp4(1000 + i * 1448, 100)).collect();
+    for program in ["sonde_pod_out_counted", "sonde_pod_in_counted"] {
+        assert_eq!(
+            run_through(&tracer, program, &noise).packets,
+            0,
+            "{program}"
+        );
+        assert_eq!(
+            run_through(&tracer, program, &traced).packets,
+            100,
+            "{program}"
+        );
+    }
+}
+
+/// `count` frames of random bytes, some posing as IPv4 or IPv6 with VLAN tags.
+fn noise(rng: &mut fastrand::Rng, count: usize) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| {
+            // At least an Ethernet and an IPv6 header: the harness refuses shorter IP frames.
+            let len = rng.usize(54..300);
+            let mut packet: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            match i % 4 {
+                0 => packet[12..14].copy_from_slice(&[0x08, 0x00]),
+                1 => packet[12..14].copy_from_slice(&[0x86, 0xdd]),
+                2 => {
+                    packet[12..14].copy_from_slice(&[0x81, 0x00]);
+                    packet[16..18].copy_from_slice(&[0x08, 0x00]);
+                }
+                _ => {}
+            }
+            packet
+        })
+        .collect()
 }

@@ -440,10 +440,11 @@ impl Hooks {
     /// how the parsers and their cost are checked without sending any traffic. The result's
     /// duration is the mean per run.
     pub fn test_run(&self, program: &str, packet: &[u8], repeat: u32) -> Result<TestRunResult> {
+        let (counted_out, counted_in) = tc_counter::COUNTED_STAGE_PROGRAMS;
         let name = TC_PROGRAMS
             .iter()
-            .chain([&FLOOR_PROGRAM])
             .copied()
+            .chain([FLOOR_PROGRAM, counted_out, counted_in])
             .find(|name| *name == program)
             .ok_or(Error::MissingProgram {
                 name: "(not a stage classifier)",
