@@ -41,18 +41,14 @@ pub struct CounterAttachment {
 
 /// The programs that count and also stamp a traced pod's packets (see `stages::hooks`): in
 /// the counter's links while a run is traced through the pod.
-pub const COUNTED_STAGE_PROGRAMS: (&str, &str) = ("sonde_pod_out_counted", "sonde_pod_in_counted");
+pub const COUNTED_STAGE_PROGRAMS: [&str; 2] = ["sonde_pod_out_counted", "sonde_pod_in_counted"];
 
 impl CounterAttachment {
-    /// Puts `programs` (ingress, egress) in the counter's links, in one atomic update each:
+    /// Puts `programs` ([ingress, egress]) in the counter's links, in one atomic update each:
     /// no packet goes uncounted or is counted twice. Both programs must count as the
     /// counters do. After an error the attachment may have lost a link, or run one program
     /// of each pair: drop it and attach anew.
-    pub fn run(
-        &mut self,
-        probes: &mut Probes,
-        (ingress, egress): (&'static str, &'static str),
-    ) -> Result<()> {
+    pub fn run(&mut self, probes: &mut Probes, [ingress, egress]: [&'static str; 2]) -> Result<()> {
         load_classifiers(probes, &[ingress, egress])?;
         self.ingress = Some(swap(probes, ingress, self.ingress.take(), &self.iface)?);
         self.egress = Some(swap(probes, egress, self.egress.take(), &self.iface)?);
@@ -61,7 +57,7 @@ impl CounterAttachment {
 
     /// Puts the plain counters back in the links.
     pub fn count_only(&mut self, probes: &mut Probes) -> Result<()> {
-        self.run(probes, (INGRESS_PROGRAM, EGRESS_PROGRAM))
+        self.run(probes, [INGRESS_PROGRAM, EGRESS_PROGRAM])
     }
 }
 

@@ -6,6 +6,7 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -121,9 +122,6 @@ static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// slots fill lines of their own.
 #[map(name = "SONDE_RUNS")]
 static RUNS: Array<u64> = Array::with_max_entries(runs::SLOTS * runs::DEFAULT_CPUS, BPF_F_MMAPABLE);
-
-/// `BPF_F_MMAPABLE` (uapi/linux/bpf.h).
-const BPF_F_MMAPABLE: u32 = 1024;
 
 /// Counts one run of the program in `slot` (`sonde_common::stages::runs`): an add to this
 /// CPU's counter, where the kernel's statistics cost two clock reads a run. The CPU number

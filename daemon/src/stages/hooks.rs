@@ -121,6 +121,13 @@ pub const TC_PROGRAMS: [&str; 4] = [
     "sonde_node_in",
 ];
 
+/// Every stage classifier: those attached on their own, and those a pod's counter runs.
+fn stage_classifiers() -> impl Iterator<Item = &'static str> {
+    TC_PROGRAMS
+        .into_iter()
+        .chain(tc_counter::COUNTED_STAGE_PROGRAMS)
+}
+
 /// A classifier that does nothing: what any classifier costs, the floor probe costs are read
 /// against.
 pub const FLOOR_PROGRAM: &str = "sonde_tc_nop";
@@ -143,7 +150,7 @@ pub struct TcUse {
 impl TcUse {
     /// Whether a pod's packet counter does the stamping (see [`Hooks::attach_tc`]).
     pub fn in_counter(&self) -> bool {
-        self.program == tc_counter::COUNTED_STAGE_PROGRAMS.0
+        self.program == tc_counter::COUNTED_STAGE_PROGRAMS[0]
     }
 }
 
@@ -203,8 +210,8 @@ impl std::fmt::Debug for SocketLink {
     }
 }
 
-/// The programs' own run counters (`PROGRAM_RUNS`), and how many CPUs the map holds.
-struct RunCounters(Array<MapData, u64>, u32);
+/// The programs' own run counters (`PROGRAM_RUNS`).
+struct RunCounters(Array<MapData, u64>);
 
 impl std::fmt::Debug for RunCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -247,8 +254,7 @@ impl Hooks {
         {
             let mut guard = lock(&probes);
             tc_counter::load_classifiers(&mut guard, &TC_PROGRAMS)?;
-            let (counted_out, counted_in) = tc_counter::COUNTED_STAGE_PROGRAMS;
-            tc_counter::load_classifiers(&mut guard, &[counted_out, counted_in])?;
+            tc_counter::load_classifiers(&mut guard, &tc_counter::COUNTED_STAGE_PROGRAMS)?;
             for choices in SOCKET_HOOKS {
                 let mut failed = Vec::new();
                 for (name, hook) in choices {
@@ -270,10 +276,7 @@ impl Hooks {
         let runs = lock(&probes)
             .take_map(maps::PROGRAM_RUNS)
             .and_then(|map| Array::try_from(map).ok())
-            .map(|map| {
-                let cpus = map.len() / runs::SLOTS;
-                RunCounters(map, cpus)
-            });
+            .map(RunCounters);
         let flush_cpus = load_flush(&mut lock(&probes)).unwrap_or_else(|reason| {
             tracing::info!("events are written one by one: their flush cannot run here: {reason}");
             Vec::new()
@@ -348,7 +351,7 @@ impl Hooks {
     fn stage_in_counter(&mut self, iface: &str) -> Option<TcUse> {
         let key = TcUse {
             iface: iface.to_owned(),
-            program: tc_counter::COUNTED_STAGE_PROGRAMS.0,
+            program: tc_counter::COUNTED_STAGE_PROGRAMS[0],
         };
         if let Some((_, users)) = self.tc.get_mut(&key) {
             *users += 1;
@@ -440,11 +443,8 @@ impl Hooks {
     /// how the parsers and their cost are checked without sending any traffic. The result's
     /// duration is the mean per run.
     pub fn test_run(&self, program: &str, packet: &[u8], repeat: u32) -> Result<TestRunResult> {
-        let (counted_out, counted_in) = tc_counter::COUNTED_STAGE_PROGRAMS;
-        let name = TC_PROGRAMS
-            .iter()
-            .copied()
-            .chain([FLOOR_PROGRAM, counted_out, counted_in])
+        let name = stage_classifiers()
+            .chain([FLOOR_PROGRAM])
             .find(|name| *name == program)
             .ok_or(Error::MissingProgram {
                 name: "(not a stage classifier)",
@@ -514,11 +514,7 @@ impl Hooks {
     /// Run counts and times of every stage program so far.
     pub fn costs(&self) -> Vec<ProgramCost> {
         let probes = lock(&self.probes);
-        let (counted_out, counted_in) = tc_counter::COUNTED_STAGE_PROGRAMS;
-        TC_PROGRAMS
-            .iter()
-            .copied()
-            .chain([counted_out, counted_in])
+        stage_classifiers()
             .chain(
                 SOCKET_HOOKS
                     .iter()
@@ -541,7 +537,8 @@ impl Hooks {
         let (Some(runs), Some(slot)) = (&self.runs, runs::slot(program)) else {
             return 0;
         };
-        (0..runs.1)
+        // The map holds `runs::SLOTS` entries for each CPU the daemon sized it for.
+        (0..runs.0.len() / runs::SLOTS)
             .filter_map(|cpu| runs.0.get(&runs::index(cpu, slot), 0).ok())
             .sum()
     }
