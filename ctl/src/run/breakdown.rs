@@ -295,7 +295,14 @@ fn drops(sides: &[SideTrace<'_>]) -> Vec<DropReport> {
     reports
 }
 
+/// The longest a packet may take on the wire; beyond it two stamps of one name are two
+/// packets (the daemons' own limit for a stage on one node).
+const MAX_WIRE_NS: i64 = 1_000_000_000;
+
 /// The wire stage of `direction`: stamps at the senders' uplinks joined with the receivers'.
+///
+/// A name (client port and TCP sequence number) comes back every 4 GiB a flow sends, every
+/// 1.7 s at 20 Gbit/s: each sent stamp is joined with the arrival of its name nearest in time.
 fn wire(
     senders: &[SideTrace<'_>],
     receivers: &[SideTrace<'_>],
@@ -303,39 +310,41 @@ fn wire(
     clock: &ClockOffset,
     client_node: &str,
 ) -> Option<StageReport> {
-    let stamps = |sides: &[SideTrace<'_>], point: PathPoint| -> HashMap<u64, (u64, bool)> {
+    // Each stamp in the client's clock: the servers' are shifted by the offset.
+    let stamps = |sides: &[SideTrace<'_>], point: PathPoint| -> Vec<(u64, i64)> {
         sides
             .iter()
             .flat_map(|side| {
+                let shift = if side.node == client_node {
+                    0
+                } else {
+                    clock.offset_ns
+                };
                 side.trace
                     .uplink_stamps
                     .iter()
                     .filter(move |s| s.direction == direction && s.point == point as i32)
                     .flat_map(move |s| {
-                        let is_client = side.node == client_node;
                         s.keys
                             .iter()
                             .zip(&s.ts_ns)
-                            .map(move |(key, ts)| (*key, (*ts, is_client)))
+                            .map(move |(key, ts)| (*key, *ts as i64 - shift))
                     })
             })
             .collect()
     };
-    let out = stamps(senders, PathPoint::NodeOut);
-    let arrived = stamps(receivers, PathPoint::NodeIn);
-    // Each stamp in the client's clock: the servers' are shifted by the offset.
-    let in_client_clock = |(ts, is_client): (u64, bool)| {
-        if is_client {
-            ts as i64
-        } else {
-            ts as i64 - clock.offset_ns
-        }
-    };
-    let mut samples: Vec<i64> = out
-        .iter()
+    let mut arrived: HashMap<u64, Vec<i64>> = HashMap::new();
+    for (key, ts) in stamps(receivers, PathPoint::NodeIn) {
+        arrived.entry(key).or_default().push(ts);
+    }
+    for times in arrived.values_mut() {
+        times.sort_unstable();
+    }
+    let mut samples: Vec<i64> = stamps(senders, PathPoint::NodeOut)
+        .into_iter()
         .filter_map(|(key, sent)| {
-            let got = arrived.get(key)?;
-            Some(in_client_clock(*got) - in_client_clock(*sent))
+            let took = nearest(arrived.get(&key)?, sent)? - sent;
+            (took.abs() <= MAX_WIRE_NS).then_some(took)
         })
         .collect();
     if samples.is_empty() {
@@ -351,6 +360,17 @@ fn wire(
         latency: Summary::of_sorted(&samples),
         error_ns: clock.error_ns,
     })
+}
+
+/// The time in `sorted` nearest to `at`.
+fn nearest(sorted: &[i64], at: i64) -> Option<i64> {
+    let after = sorted.partition_point(|&ts| ts < at);
+    let later = sorted.get(after).copied();
+    let earlier = after.checked_sub(1).and_then(|i| sorted.get(i)).copied();
+    match (earlier, later) {
+        (Some(e), Some(l)) => Some(if at - e <= l - at { e } else { l }),
+        (e, l) => e.or(l),
+    }
 }
 
 impl Summary {
@@ -458,6 +478,50 @@ mod tests {
         assert_eq!((wire.latency.samples, wire.latency.p50_ns), (2, 5_000));
         assert_eq!(wire.error_ns, 40_000);
         assert_eq!(breakdown.kernel_mean_ns, 5_000.0);
+    }
+
+    #[test]
+    fn a_name_that_comes_back_is_joined_with_its_arrival_nearest_in_time() {
+        // One sequence number sent three times, 1.7 s apart (a 20 Gbit/s flow wrapping), in
+        // both clocks the same; the arrivals listed out of order, and one with no send.
+        let wrap = 1_700_000_000;
+        let client = trace_with_uplink(
+            0,
+            PathPoint::NodeOut,
+            &[(5, 1_000), (5, wrap + 1_000), (5, 2 * wrap + 1_000)],
+        );
+        let server = trace_with_uplink(
+            0,
+            PathPoint::NodeIn,
+            &[
+                (5, 2 * wrap + 4_000),
+                (5, 3_000),
+                (5, wrap + 3_500),
+                (5, 3 * wrap + 1_000),
+            ],
+        );
+        let breakdown = build(
+            SideTrace {
+                node: "a",
+                trace: &client,
+            },
+            &[SideTrace {
+                node: "b",
+                trace: &server,
+            }],
+            ClockOffset {
+                offset_ns: 0,
+                error_ns: 0,
+                method: "same-kernel",
+            },
+            None,
+        );
+        let wire = &breakdown.directions[0].stages[0].latency;
+        assert_eq!(wire.samples, 3);
+        assert_eq!((wire.p50_ns, wire.max_ns), (2_500, 3_000));
+        assert_eq!(nearest(&[], 5), None);
+        assert_eq!(nearest(&[10, 20], 14), Some(10));
+        assert_eq!(nearest(&[10, 20], 16), Some(20));
     }
 
     #[test]

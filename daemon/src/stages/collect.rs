@@ -18,6 +18,18 @@ pub const MAX_UPLINK_STAMPS: usize = 50_000;
 /// The longest a packet may take between two points on one node. A longer gap is not a kernel
 /// stage but a stale match (an skb address reused after its packet was merged away).
 const MAX_STAGE_NS: u64 = 1_000_000_000;
+/// A packet stamped again at a point it already passed, this long after its latest stamp, is
+/// another packet with the same name: a TCP sequence number comes back every 4 GiB (every
+/// 1.7 s at 20 Gbit/s). Nearer, it is the same packet passing again (a fast retransmission),
+/// and its first pass stands.
+const NEW_PASS_NS: u64 = 100_000_000;
+/// How often, in event time, packets that can no longer make a stage are let go.
+const SWEEP_EVERY_NS: u64 = 250_000_000;
+
+/// A packet's latest stamp.
+fn latest(stamps: &[u64; point::COUNT]) -> u64 {
+    stamps.iter().copied().max().unwrap_or(0)
+}
 
 /// The key naming one packet on every node: direction, client port, packet id.
 pub fn packet_key(direction: u8, client_port: u16, id: u32) -> u64 {
@@ -100,6 +112,8 @@ pub struct Collector {
     /// Per packet still on its way, the time of each point (0: not stamped there).
     packets: HashMap<u64, [u64; point::COUNT]>,
     packets_over_cap: u64,
+    /// When, in event time, to let go of packets whose latest stamp is older than a stage.
+    next_sweep_ns: u64,
     /// Packets stamped at least once.
     seen: u64,
     stages: HashMap<(u8, u8, u8), Stage>,
@@ -128,6 +142,7 @@ impl Collector {
             last_point: [last(side::SERVER), last(side::CLIENT)],
             packets: HashMap::new(),
             packets_over_cap: 0,
+            next_sweep_ns: from_ns.saturating_add(SWEEP_EVERY_NS),
             seen: 0,
             stages: HashMap::new(),
             uplink: HashMap::new(),
@@ -149,6 +164,9 @@ impl Collector {
             event_kind::STAMP => {
                 if usize::from(event.point) >= point::COUNT {
                     return;
+                }
+                if event.ts_ns >= self.next_sweep_ns {
+                    self.sweep(event.ts_ns);
                 }
                 let key = packet_key(event.direction, event.client_port, event.id);
                 if event.value != 0 {
@@ -185,11 +203,36 @@ impl Collector {
         }
     }
 
+    /// Settles the packets whose latest stamp is more than a stage's longest before `now_ns`:
+    /// no later stamp could join them. Bounds what is held when the last point never comes
+    /// (a receiver that splices, whose reads pass no hook).
+    fn sweep(&mut self, now_ns: u64) {
+        self.next_sweep_ns = now_ns.saturating_add(SWEEP_EVERY_NS);
+        let horizon = now_ns.saturating_sub(MAX_STAGE_NS);
+        let done: Vec<(u64, [u64; point::COUNT])> = self
+            .packets
+            .extract_if(|_, stamps| latest(stamps) < horizon)
+            .collect();
+        for (key, stamps) in done {
+            self.settle(key, &stamps);
+        }
+    }
+
     /// Notes that packet `key` passed point `at` at `ts_ns`.
     fn stamp(&mut self, key: u64, at: u8, ts_ns: u64) {
         let at = usize::from(at);
         let full = self.packets.len() >= MAX_PACKETS;
         match self.packets.get_mut(&key) {
+            Some(stamps)
+                if stamps[at..].iter().any(|&ts| ts != 0)
+                    && ts_ns.saturating_sub(latest(stamps)) > NEW_PASS_NS =>
+            {
+                // Another packet by the same name: the one held is done.
+                let done = std::mem::replace(stamps, [0; point::COUNT]);
+                stamps[at] = ts_ns;
+                self.seen += 1;
+                self.settle(key, &done);
+            }
             Some(stamps) => {
                 // The first stamp wins: a retransmitted segment keeps its first pass.
                 if stamps[at] == 0 {
@@ -357,6 +400,47 @@ mod tests {
         let collected = collector.finish();
         assert_eq!(collected.stages.len(), 1);
         assert_eq!(collected.stages[0].sum_ns, 500);
+    }
+
+    #[test]
+    fn a_name_that_comes_back_after_a_sequence_wrap_is_another_packet() {
+        // A receiver that splices: its last point (the read) never comes.
+        let mut collector = Collector::new(0, side::SERVER);
+        let dir = direction::TO_SERVER;
+        // The same sequence number 1.7 s apart (4 GiB at 20 Gbit/s), and a fast
+        // retransmission of the second 50 µs after it.
+        for base in [1_000_000, 1_701_000_000] {
+            collector.record(&stamp(point::NODE_IN, dir, 7, 42, base));
+            collector.record(&stamp(point::POD_IN, dir, 7, 42, base + 800));
+        }
+        collector.record(&stamp(point::NODE_IN, dir, 7, 42, 1_701_050_000));
+        let collected = collector.finish();
+        assert_eq!(collected.packets, 2);
+        let stage = &collected.stages[0];
+        assert_eq!((stage.from, stage.to), (point::NODE_IN, point::POD_IN));
+        assert_eq!((stage.latency.len(), stage.sum_ns), (2, 1600));
+        assert_eq!(collected.uplink[0].keys.len(), 2);
+    }
+
+    #[test]
+    fn packets_whose_last_point_never_comes_are_let_go_after_a_stage_s_longest() {
+        let mut collector = Collector::new(0, side::SERVER);
+        let dir = direction::TO_SERVER;
+        // 3 s of packets every 1 ms, each seen at the uplink and the pod, never read.
+        for id in 1..=3000_u32 {
+            let base = u64::from(id) * 1_000_000;
+            collector.record(&stamp(point::NODE_IN, dir, 7, id, base));
+            collector.record(&stamp(point::POD_IN, dir, 7, id, base + 500));
+            assert!(
+                collector.packets.len() <= 1300,
+                "{} held at {id}",
+                collector.packets.len()
+            );
+        }
+        let collected = collector.finish();
+        assert_eq!(collected.packets, 3000);
+        assert_eq!(collected.stages[0].latency.len(), 3000);
+        assert_eq!(collected.stages[0].sum_ns, 3000 * 500);
     }
 
     #[test]
