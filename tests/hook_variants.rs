@@ -15,7 +15,7 @@ use etherparse::PacketBuilder;
 use sonde_common::stages::{point, side};
 use sonde_daemon::{
     probes::Probes,
-    stages::{TraceReport, TraceSpec, TracedFlow, Tracer},
+    stages::{TraceReport, TraceSpec, TracedFlow, Tracer, Ways},
 };
 use sonde_integration::require_root;
 
@@ -53,6 +53,7 @@ fn drop_test_packets(btf: Option<&aya::Btf>) -> TraceReport {
         pod_interface: None,
         uplink_interface: None,
         sample_shift: 0,
+        ways: Ways::Both,
     };
     let trace = tracer
         .trace(&spec, side::CLIENT, 0)

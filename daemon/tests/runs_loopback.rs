@@ -538,11 +538,13 @@ async fn trace_requests_are_checked_field_by_field() {
         server_port: 0,
         protocol: protocol.to_owned(),
     };
+    let tcp = || vec![flow("127.0.0.1", "tcp")];
     let cases = [
-        (Vec::new(), "", 0, "trace.flows"),
+        (Vec::new(), "", 0, 0, "trace.flows"),
         (
             vec![flow("not-an-ip", "tcp")],
             "",
+            0,
             0,
             "trace.flows.client_ip",
         ),
@@ -550,23 +552,15 @@ async fn trace_requests_are_checked_field_by_field() {
             vec![flow("127.0.0.1", "sctp")],
             "",
             0,
+            0,
             "trace.flows.protocol",
         ),
-        (
-            vec![flow("127.0.0.1", "tcp")],
-            "a/b",
-            0,
-            "trace.pod_interface",
-        ),
-        (vec![flow("127.0.0.1", "tcp")], "", 3, "trace.sample_one_in"),
-        (
-            vec![flow("127.0.0.1", "tcp")],
-            "",
-            2048,
-            "trace.sample_one_in",
-        ),
+        (tcp(), "a/b", 0, 0, "trace.pod_interface"),
+        (tcp(), "", 3, 0, "trace.sample_one_in"),
+        (tcp(), "", 2048, 0, "trace.sample_one_in"),
+        (tcp(), "", 1, 7, "trace.ways"),
     ];
-    for (flows, pod_interface, sample_one_in, field) in cases {
+    for (flows, pod_interface, sample_one_in, ways, field) in cases {
         let status = client
             .prepare_server(pb::PrepareServerRequest {
                 run_id: "traced".to_owned(),
@@ -577,6 +571,7 @@ async fn trace_requests_are_checked_field_by_field() {
                     uplink_interface: String::new(),
                     sample_one_in,
                     uplink_toward: String::new(),
+                    ways,
                 }),
                 ..Default::default()
             })

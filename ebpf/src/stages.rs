@@ -896,8 +896,13 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         }
         be32(&tcp, 4)
     } else {
-        // The UDP header and the start of sonde's data header: magic, flags, sequence.
-        let udp = bytes::<24>(ctx, layout.l4)?;
+        // The UDP header and the start of sonde's data header: magic, flags, sequence. A UDP
+        // GSO packet (a batch of datagrams that crosses the stack as one) holds only its
+        // headers in the linear part: its first datagram's header is copied out instead.
+        let udp = match bytes::<24>(ctx, layout.l4) {
+            Some(udp) => udp,
+            None => ctx.load::<[u8; 24]>(layout.l4).ok()?,
+        };
         let payload = usize::from(be16(&udp, 4)).checked_sub(8)?;
         if payload < 16 || udp[8..12] != UDP_DATA_MAGIC {
             return None;

@@ -97,6 +97,7 @@ impl Plan {
             },
             uplink_toward: uplink_toward(server, server.agent != self.source.agent, client_ip),
             sample_one_in: self.trace_sampling(),
+            ways: self.traced_ways() as i32,
         })
     }
 
@@ -142,6 +143,7 @@ impl Plan {
                 None => String::new(),
             },
             sample_one_in: self.trace_sampling(),
+            ways: self.traced_ways() as i32,
         })
     }
 
@@ -163,6 +165,20 @@ impl Plan {
             pb::RunKind::TcpStream => 16,
             pb::RunKind::UdpStream => 64,
             _ => 1,
+        }
+    }
+
+    /// Which way the followed packets go: a one-way stream's ACKs are never stamped, so the
+    /// uplinks need only the classifier its data passes.
+    fn traced_ways(&self) -> pb::TracedWays {
+        match (self.kind, self.direction) {
+            (pb::RunKind::TcpStream | pb::RunKind::UdpStream, pb::Direction::ClientToServer) => {
+                pb::TracedWays::ToServer
+            }
+            (pb::RunKind::TcpStream | pb::RunKind::UdpStream, pb::Direction::ServerToClient) => {
+                pb::TracedWays::ToClient
+            }
+            _ => pb::TracedWays::Both,
         }
     }
 

@@ -45,7 +45,8 @@ impl Role {
         }
     }
 
-    /// (program, attach point) pairs for this role.
+    /// (program, attach point) pairs for this role: the one that stamps packets leaving the
+    /// node, then the one for packets arriving.
     fn programs(self) -> [(&'static str, TcAttachType); 2] {
         match self {
             Self::Pod => [
@@ -57,6 +58,22 @@ impl Role {
                 ("sonde_node_in", TcAttachType::Ingress),
             ],
         }
+    }
+}
+
+/// Which of a node's two directions a run's followed packets take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Passes {
+    /// Packets leaving the node (its pod's veth ingress, its uplink's egress).
+    pub leaving: bool,
+    /// Packets arriving (its uplink's ingress, its pod's veth egress).
+    pub arriving: bool,
+}
+
+impl Passes {
+    /// Both directions.
+    pub fn both(self) -> bool {
+        self.leaving && self.arriving
     }
 }
 
@@ -304,8 +321,10 @@ impl Hooks {
 
     /// Attaches the classifiers of `role` to `iface` (or counts one more user). A pod's veth
     /// with sonde's packet counter gets no classifier of its own: the counter's links run a
-    /// program that counts and stamps, while the interface is traced.
-    pub fn attach_tc(&mut self, iface: &str, role: Role) -> Result<Vec<TcUse>> {
+    /// program that counts and stamps, while the interface is traced. An uplink gets only the
+    /// classifiers of the directions in `passes`; a pod's veth gets both (its counter's two
+    /// links are switched together, and a separate classifier must never stamp beside them).
+    pub fn attach_tc(&mut self, iface: &str, role: Role, passes: Passes) -> Result<Vec<TcUse>> {
         if nix::net::if_::if_nametoindex(iface).is_err() {
             return Err(Error::NoSuchInterface {
                 name: iface.to_owned(),
@@ -317,7 +336,15 @@ impl Hooks {
             return Ok(vec![used]);
         }
         let mut used = Vec::new();
-        for (program, attach_type) in role.programs() {
+        let [leaving, arriving] = role.programs();
+        let wanted = match role {
+            Role::Pod => vec![leaving, arriving],
+            Role::Uplink => [(leaving, passes.leaving), (arriving, passes.arriving)]
+                .into_iter()
+                .filter_map(|(program, wanted)| wanted.then_some(program))
+                .collect(),
+        };
+        for (program, attach_type) in wanted {
             let key = TcUse {
                 iface: iface.to_owned(),
                 program,

@@ -53,6 +53,38 @@ pub struct TraceSpec {
     pub uplink_interface: Option<String>,
     /// Packets are followed 1 in 2^`sample_shift`.
     pub sample_shift: u8,
+    /// Which way the followed packets go.
+    pub ways: Ways,
+}
+
+/// Which way a run's followed packets go: a one-way stream's uplinks need only the classifier
+/// its data passes (the other way carries only ACKs, never stamped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Ways {
+    /// Both ways.
+    #[default]
+    Both,
+    /// Client to server only.
+    ToServer,
+    /// Server to client only.
+    ToClient,
+}
+
+impl Ways {
+    /// Which of a node's two directions carry followed packets, for a node holding `sides`:
+    /// (leaving the node, arriving at it).
+    pub fn on_node(self, sides: u8) -> hooks::Passes {
+        use sonde_common::stages::side::{CLIENT, SERVER};
+        let (sends, receives) = match self {
+            Self::Both => (true, true),
+            Self::ToServer => (sides & CLIENT != 0, sides & SERVER != 0),
+            Self::ToClient => (sides & SERVER != 0, sides & CLIENT != 0),
+        };
+        hooks::Passes {
+            leaving: sends,
+            arriving: receives,
+        }
+    }
 }
 
 /// A flow by its server endpoint.
@@ -249,19 +281,25 @@ impl Tracer {
         let mut trace = RunTrace::empty(self, from_ns, sides);
         // Interfaces first: a wrong name is refused before anything is registered.
         let mut hooks = lock(&self.hooks);
+        let passes = spec.ways.on_node(sides);
         for (iface, role) in [
             (&spec.pod_interface, hooks::Role::Pod),
             (&spec.uplink_interface, hooks::Role::Uplink),
         ] {
             if let Some(iface) = iface {
-                let used = hooks.attach_tc(iface, role)?;
-                trace
-                    .hooks
-                    .push(if used.iter().any(hooks::TcUse::in_counter) {
-                        format!("tc:{} {iface} (in the packet counter's links)", role.name())
+                let used = hooks.attach_tc(iface, role, passes)?;
+                let how = if used.iter().any(hooks::TcUse::in_counter) {
+                    " (in the packet counter's links)"
+                } else if role == hooks::Role::Uplink && !passes.both() {
+                    if passes.leaving {
+                        " (egress only: the run's packets leave here)"
                     } else {
-                        format!("tc:{} {iface}", role.name())
-                    });
+                        " (ingress only: the run's packets arrive here)"
+                    }
+                } else {
+                    ""
+                };
+                trace.hooks.push(format!("tc:{} {iface}{how}", role.name()));
                 trace.attached.extend(used);
             }
         }
@@ -742,9 +780,21 @@ impl TraceSpec {
                 ));
             }
         };
+        let ways = match sonde_proto::v1::TracedWays::try_from(request.ways) {
+            Ok(sonde_proto::v1::TracedWays::Both) => Ways::Both,
+            Ok(sonde_proto::v1::TracedWays::ToServer) => Ways::ToServer,
+            Ok(sonde_proto::v1::TracedWays::ToClient) => Ways::ToClient,
+            Err(_) => {
+                return Err(invalid(
+                    "trace.ways",
+                    format!("{} is not a TracedWays value", request.ways),
+                ));
+            }
+        };
         Ok(Self {
             flows,
             sample_shift,
+            ways,
             pod_interface: iface("trace.pod_interface", &request.pod_interface)?,
             uplink_interface: iface("trace.uplink_interface", &request.uplink_interface)?,
         })
