@@ -38,6 +38,28 @@ fn breakdown(lab: &Lab, args: &[&str]) -> serde_json::Value {
     json_of(lab, &full)["measurements"][0].clone()
 }
 
+/// Runs a traced stream of `kind` (tcp-stream, udp-stream) from pod1 to pod3, on two nodes,
+/// and returns its document.
+fn cross_node_stream(lab: &Lab, kind: &str, duration: &str) -> serde_json::Value {
+    json_of(
+        lab,
+        &[
+            "run",
+            kind,
+            "--from",
+            "pod/pod1",
+            "--to",
+            "pod/pod3",
+            "--duration",
+            duration,
+            "--warmup",
+            "300ms",
+            "-o",
+            "json",
+        ],
+    )
+}
+
 /// (name, samples, p50, error) of each stage of `direction`.
 fn stages(measurement: &serde_json::Value, direction: &str) -> Vec<(String, u64, i64, u64)> {
     let directions = measurement["kernel"]["directions"]
@@ -268,23 +290,7 @@ fn trace_prints_only_the_breakdown_of_a_light_flow() {
 fn a_stream_is_sampled_the_same_way_on_both_nodes() {
     require_root();
     let lab = Lab::up(&[]);
-    let document = json_of(
-        &lab,
-        &[
-            "run",
-            "tcp-stream",
-            "--from",
-            "pod/pod1",
-            "--to",
-            "pod/pod3",
-            "--duration",
-            "3s",
-            "--warmup",
-            "300ms",
-            "-o",
-            "json",
-        ],
-    );
+    let document = cross_node_stream(&lab, "tcp-stream", "3s");
     let kernel = &document["measurements"][0]["kernel"];
     let notes = kernel["notes"].to_string();
     assert!(notes.contains("1 packet in 16"), "{notes}");
@@ -365,23 +371,7 @@ fn a_stream_is_sampled_the_same_way_on_both_nodes() {
 fn a_udp_stream_sent_in_gso_batches_is_followed() {
     require_root();
     let lab = Lab::up(&[]);
-    let document = json_of(
-        &lab,
-        &[
-            "run",
-            "udp-stream",
-            "--from",
-            "pod/pod1",
-            "--to",
-            "pod/pod3",
-            "--duration",
-            "1s",
-            "--warmup",
-            "300ms",
-            "-o",
-            "json",
-        ],
-    );
+    let document = cross_node_stream(&lab, "udp-stream", "1s");
     let measurement = &document["measurements"][0];
     // A batch of datagrams crosses the stack as one packet whose payload is not in the
     // classifiers' direct view: the first datagram's header is read all the same.

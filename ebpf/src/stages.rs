@@ -761,15 +761,17 @@ fn mapped(v4: [u8; 4]) -> [u8; 16] {
     ]
 }
 
-/// A copy of the `N` bytes at `offset` in the packet, if its linear data holds them.
+/// A copy of the `N` bytes at `offset` in the packet, if it holds them.
 ///
 /// One bounds check and one read per header: the verifier follows a check only on the pointer
-/// it was made with, so every header is fetched whole.
+/// it was made with, so every header is fetched whole. Bytes beyond the linear data (a UDP GSO
+/// batch holds only its headers there, not its first datagram's) are copied out with
+/// `bpf_skb_load_bytes`, which fails for bytes beyond the packet.
 #[inline(always)]
 fn bytes<const N: usize>(ctx: &TcContext, offset: usize) -> Option<[u8; N]> {
     let ptr = ctx.data() + offset;
     if ptr + N > ctx.data_end() {
-        return None;
+        return ctx.load::<[u8; N]>(offset).ok();
     }
     // SAFETY: the bounds were checked just above; packet data may be unaligned.
     Some(unsafe { (ptr as *const [u8; N]).read_unaligned() })
@@ -896,13 +898,8 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         }
         be32(&tcp, 4)
     } else {
-        // The UDP header and the start of sonde's data header: magic, flags, sequence. A UDP
-        // GSO packet (a batch of datagrams that crosses the stack as one) holds only its
-        // headers in the linear part: its first datagram's header is copied out instead.
-        let udp = match bytes::<24>(ctx, layout.l4) {
-            Some(udp) => udp,
-            None => ctx.load::<[u8; 24]>(layout.l4).ok()?,
-        };
+        // The UDP header and the start of sonde's data header: magic, flags, sequence.
+        let udp = bytes::<24>(ctx, layout.l4)?;
         let payload = usize::from(be16(&udp, 4)).checked_sub(8)?;
         if payload < 16 || udp[8..12] != UDP_DATA_MAGIC {
             return None;

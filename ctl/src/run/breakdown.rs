@@ -443,25 +443,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_wire_is_joined_by_key_and_corrected_by_the_offset_with_its_error() {
-        // The server's clock runs 1 ms ahead of the client's.
-        let client = trace_with_uplink(
-            0,
-            PathPoint::NodeOut,
-            &[(1, 10_000), (2, 20_000), (3, 30_000)],
-        );
-        let server = trace_with_uplink(
-            0,
-            PathPoint::NodeIn,
-            &[(1, 1_015_000), (2, 1_025_000), (9, 1_099_000)],
-        );
-        let clock = ClockOffset {
-            offset_ns: 1_000_000,
-            error_ns: 40_000,
-            method: "ntp-style",
-        };
-        let breakdown = build(
+    /// The breakdown of a client that sent `sent` and a server that got `arrived` (both
+    /// `(key, ts)`, client to server).
+    fn across(sent: &[(u64, u64)], arrived: &[(u64, u64)], clock: ClockOffset) -> Breakdown {
+        let client = trace_with_uplink(0, PathPoint::NodeOut, sent);
+        let server = trace_with_uplink(0, PathPoint::NodeIn, arrived);
+        build(
             SideTrace {
                 node: "a",
                 trace: &client,
@@ -472,6 +459,21 @@ mod tests {
             }],
             clock,
             None,
+        )
+    }
+
+    #[test]
+    fn the_wire_is_joined_by_key_and_corrected_by_the_offset_with_its_error() {
+        // The server's clock runs 1 ms ahead of the client's.
+        let clock = ClockOffset {
+            offset_ns: 1_000_000,
+            error_ns: 40_000,
+            method: "ntp-style",
+        };
+        let breakdown = across(
+            &[(1, 10_000), (2, 20_000), (3, 30_000)],
+            &[(1, 1_015_000), (2, 1_025_000), (9, 1_099_000)],
+            clock,
         );
         let wire = &breakdown.directions[0].stages[0];
         assert_eq!(wire.name, "wire");
@@ -485,36 +487,15 @@ mod tests {
         // One sequence number sent three times, 1.7 s apart (a 20 Gbit/s flow wrapping), in
         // both clocks the same; the arrivals listed out of order, and one with no send.
         let wrap = 1_700_000_000;
-        let client = trace_with_uplink(
-            0,
-            PathPoint::NodeOut,
+        let breakdown = across(
             &[(5, 1_000), (5, wrap + 1_000), (5, 2 * wrap + 1_000)],
-        );
-        let server = trace_with_uplink(
-            0,
-            PathPoint::NodeIn,
             &[
                 (5, 2 * wrap + 4_000),
                 (5, 3_000),
                 (5, wrap + 3_500),
                 (5, 3 * wrap + 1_000),
             ],
-        );
-        let breakdown = build(
-            SideTrace {
-                node: "a",
-                trace: &client,
-            },
-            &[SideTrace {
-                node: "b",
-                trace: &server,
-            }],
-            ClockOffset {
-                offset_ns: 0,
-                error_ns: 0,
-                method: "same-kernel",
-            },
-            None,
+            ClockOffset::SAME_KERNEL,
         );
         let wire = &breakdown.directions[0].stages[0].latency;
         assert_eq!(wire.samples, 3);

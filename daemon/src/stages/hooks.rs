@@ -71,9 +71,13 @@ pub struct Passes {
 }
 
 impl Passes {
-    /// Both directions.
-    pub fn both(self) -> bool {
-        self.leaving && self.arriving
+    /// How an uplink classifying only these directions is described in the hook list.
+    pub fn uplink_note(self) -> &'static str {
+        match (self.leaving, self.arriving) {
+            (true, false) => " (egress only: the run's packets leave here)",
+            (false, true) => " (ingress only: the run's packets arrive here)",
+            _ => "",
+        }
     }
 }
 
@@ -336,15 +340,8 @@ impl Hooks {
             return Ok(vec![used]);
         }
         let mut used = Vec::new();
-        let [leaving, arriving] = role.programs();
-        let wanted = match role {
-            Role::Pod => vec![leaving, arriving],
-            Role::Uplink => [(leaving, passes.leaving), (arriving, passes.arriving)]
-                .into_iter()
-                .filter_map(|(program, wanted)| wanted.then_some(program))
-                .collect(),
-        };
-        for (program, attach_type) in wanted {
+        let wanted = [passes.leaving, passes.arriving].map(|pass| pass || role == Role::Pod);
+        for ((program, attach_type), _) in role.programs().into_iter().zip(wanted).filter(|p| p.1) {
             let key = TcUse {
                 iface: iface.to_owned(),
                 program,

@@ -71,18 +71,22 @@ pub enum Ways {
 }
 
 impl Ways {
-    /// Which of a node's two directions carry followed packets, for a node holding `sides`:
-    /// (leaving the node, arriving at it).
+    /// Which of a node's two directions carry followed packets, for a node holding `sides`.
     pub fn on_node(self, sides: u8) -> hooks::Passes {
         use sonde_common::stages::side::{CLIENT, SERVER};
-        let (sends, receives) = match self {
-            Self::Both => (true, true),
-            Self::ToServer => (sides & CLIENT != 0, sides & SERVER != 0),
-            Self::ToClient => (sides & SERVER != 0, sides & CLIENT != 0),
+        let (sender, receiver) = match self {
+            Self::Both => {
+                return hooks::Passes {
+                    leaving: true,
+                    arriving: true,
+                };
+            }
+            Self::ToServer => (CLIENT, SERVER),
+            Self::ToClient => (SERVER, CLIENT),
         };
         hooks::Passes {
-            leaving: sends,
-            arriving: receives,
+            leaving: sides & sender != 0,
+            arriving: sides & receiver != 0,
         }
     }
 }
@@ -288,16 +292,12 @@ impl Tracer {
         ] {
             if let Some(iface) = iface {
                 let used = hooks.attach_tc(iface, role, passes)?;
-                let how = if used.iter().any(hooks::TcUse::in_counter) {
-                    " (in the packet counter's links)"
-                } else if role == hooks::Role::Uplink && !passes.both() {
-                    if passes.leaving {
-                        " (egress only: the run's packets leave here)"
-                    } else {
-                        " (ingress only: the run's packets arrive here)"
+                let how = match role {
+                    _ if used.iter().any(hooks::TcUse::in_counter) => {
+                        " (in the packet counter's links)"
                     }
-                } else {
-                    ""
+                    hooks::Role::Uplink => passes.uplink_note(),
+                    hooks::Role::Pod => "",
                 };
                 trace.hooks.push(format!("tc:{} {iface}{how}", role.name()));
                 trace.attached.extend(used);
