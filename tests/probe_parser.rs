@@ -16,10 +16,10 @@ use etherparse::{
     IpFragOffset, IpHeaders, IpNumber, Ipv4Header, Ipv6Extensions, Ipv6FragmentHeader, Ipv6Header,
     Ipv6RawExtHeader, PacketBuilder, VlanId,
 };
-use sonde_common::stages::{BATCH_EVENTS, direction, point, side};
+use sonde_common::stages::{BATCH_EVENTS, direction, point, sampled, side};
 use sonde_daemon::{
     probes::Probes,
-    stages::{TracedFlow, Tracer, collect::Collected},
+    stages::{TracedFlow, Tracer, collect::Collected, cost},
 };
 use sonde_integration::require_root;
 
@@ -74,8 +74,18 @@ type Stamp = (u8, u16, u32);
 /// Runs every packet through `program` once, each must go on; returns what the run's collector
 /// got.
 fn run_through(tracer: &Arc<Tracer>, program: &str, packets: &[Vec<u8>]) -> Collected {
+    run_sampled(tracer, program, packets, 0)
+}
+
+/// [`run_through`] with the flows followed 1 packet in 2^`sample_shift`.
+fn run_sampled(
+    tracer: &Arc<Tracer>,
+    program: &str,
+    packets: &[Vec<u8>],
+    sample_shift: u8,
+) -> Collected {
     let trace = tracer
-        .follow(&flows(), side::CLIENT)
+        .follow(&flows(), side::CLIENT, sample_shift)
         .expect("register the flows");
     for packet in packets {
         let run = tracer
@@ -91,7 +101,12 @@ fn run_through(tracer: &Arc<Tracer>, program: &str, packets: &[Vec<u8>]) -> Coll
 
 /// Runs every packet through the classifier once; returns the stamps the run's collector got.
 fn stamps_of(tracer: &Arc<Tracer>, packets: &[Vec<u8>]) -> BTreeSet<Stamp> {
-    run_through(tracer, PROGRAM, packets)
+    uplink_stamps(&run_through(tracer, PROGRAM, packets))
+}
+
+/// The stamps a collector got at the uplink's outward point.
+fn uplink_stamps(collected: &Collected) -> BTreeSet<Stamp> {
+    collected
         .uplink
         .iter()
         .filter(|stamps| stamps.point == point::NODE_OUT)
@@ -430,6 +445,49 @@ fn the_counters_stamping_programs_pass_everything_and_stamp_traced_packets() {
             "{program}"
         );
     }
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn a_sampled_flow_is_stamped_exactly_at_the_packets_its_sampling_picks() {
+    require_root();
+    let tracer = tracer();
+    // Sequence numbers as a stream's advance: by a segment's length, across a wrap.
+    let seqs: Vec<u32> = (0..4000_u32)
+        .map(|i| (u32::MAX - 500_000).wrapping_add(i * 1448))
+        .collect();
+    let packets: Vec<Vec<u8>> = seqs.iter().map(|seq| tcp4(*seq, 64)).collect();
+    let shift = 4;
+    let expected: BTreeSet<Stamp> = seqs
+        .iter()
+        .filter(|seq| sampled(**seq, shift))
+        .map(|seq| (direction::TO_SERVER, CLIENT_PORT, *seq))
+        .collect();
+    // About 1 in 16 (250 of 4000), and not all or none by accident.
+    assert!(
+        (150..350).contains(&expected.len()),
+        "{} sampled",
+        expected.len()
+    );
+    let collected = run_sampled(&tracer, PROGRAM, &packets, shift);
+    assert_eq!(uplink_stamps(&collected), expected);
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn the_cost_measurement_packets_take_the_paths_they_are_named_for() {
+    require_root();
+    let tracer = tracer();
+    let costs = cost::measure(&tracer, 1).expect("measure the probes' costs");
+    assert_eq!(costs.probes.len(), 4);
+    for probe in &costs.probes {
+        for ns in [probe.foreign_ns, probe.traced_ns, probe.unsampled_ns] {
+            assert!(ns.is_finite() && ns > 0.0, "{probe:?}");
+        }
+    }
+    // Every traced packet is stamped, at every classifier (4096 runs each); no unsampled one.
+    assert_eq!(costs.traced_events, 4 * 4096);
+    assert_eq!(costs.unsampled_events, 0);
 }
 
 /// `count` frames of random bytes, some posing as IPv4 or IPv6 with VLAN tags.

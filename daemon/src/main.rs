@@ -162,6 +162,14 @@ fn probe_cost(rounds: u32, json: bool) -> anyhow::Result<()> {
     let probes = sonde_daemon::probes::Probes::load_with_btf(btf.as_ref())?;
     let tracer = Tracer::new(Arc::new(std::sync::Mutex::new(probes)), btf.as_ref())?;
     let costs = cost::measure(&tracer, rounds)?;
+    if costs.traced_events == 0 || costs.unsampled_events > 0 {
+        anyhow::bail!(
+            "the crafted packets did not take the paths measured: {} events from traced \
+             packets (want some), {} from unsampled ones (want none)",
+            costs.traced_events,
+            costs.unsampled_events
+        );
+    }
     if json {
         let probes: Vec<_> = costs
             .probes
@@ -171,6 +179,7 @@ fn probe_cost(rounds: u32, json: bool) -> anyhow::Result<()> {
                     "program": cost.program,
                     "foreign_ns": cost.foreign_ns,
                     "traced_ns": cost.traced_ns,
+                    "unsampled_ns": cost.unsampled_ns,
                 })
             })
             .collect();
@@ -182,17 +191,20 @@ fn probe_cost(rounds: u32, json: bool) -> anyhow::Result<()> {
             costs.floor_ns
         );
         println!(
-            "{:<16} {:>10} {:>10} {:>14} {:>14}",
-            "probe", "foreign", "traced", "foreign-floor", "traced-floor"
+            "{:<16} {:>10} {:>10} {:>10}   (above the floor: foreign, traced, unsampled)",
+            "probe", "foreign", "traced", "unsampled"
         );
         for cost in &costs.probes {
+            let above = |ns: f64| ns - costs.floor_ns;
             println!(
-                "{:<16} {:>10.1} {:>10.1} {:>14.1} {:>14.1}",
+                "{:<16} {:>10.1} {:>10.1} {:>10.1}   ({:.1}, {:.1}, {:.1})",
                 cost.program,
                 cost.foreign_ns,
                 cost.traced_ns,
-                cost.foreign_ns - costs.floor_ns,
-                cost.traced_ns - costs.floor_ns
+                cost.unsampled_ns,
+                above(cost.foreign_ns),
+                above(cost.traced_ns),
+                above(cost.unsampled_ns),
             );
         }
     }

@@ -2,9 +2,10 @@
 //! it on a crafted packet many times and reports the mean. No traffic is sent, and kernel BPF
 //! statistics stay off (their own clock reads would be counted in).
 //!
-//! Two packets per classifier: one of a flow no run traces (what every other packet on the
-//! node pays: a header parse and one or two array reads) and one of a traced flow (parse,
-//! lookups, a ring-buffer record).
+//! Three packets per classifier: one of a flow no run traces (what every other packet on the
+//! node pays: a header parse and one or two array reads), one of a traced flow (parse,
+//! lookups, a ring-buffer record), and one of a sampled flow that its sampling passes over
+//! (parse and lookups, no record): what most of a traced stream's packets pay.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -12,7 +13,7 @@ use std::{
 };
 
 use etherparse::PacketBuilder;
-use sonde_common::stages::side;
+use sonde_common::stages::{sampled, side};
 
 use super::{
     TracedFlow, Tracer,
@@ -28,6 +29,10 @@ pub struct Costs {
     pub floor_ns: f64,
     /// The stage classifiers, in path order.
     pub probes: Vec<ProbeCost>,
+    /// Events the traced packets gave (every run of every classifier stamps one).
+    pub traced_events: u64,
+    /// Events the unsampled packets gave: 0, or their cost is not what it says.
+    pub unsampled_events: u64,
 }
 
 /// One classifier's cost per packet, the floor included.
@@ -39,6 +44,8 @@ pub struct ProbeCost {
     pub foreign_ns: f64,
     /// Mean ns per packet of a traced flow.
     pub traced_ns: f64,
+    /// Mean ns per packet of a sampled flow, not one of its followed packets.
+    pub unsampled_ns: f64,
 }
 
 /// Runs per batch of traced packets: each emits an event, and the events reader must keep the
@@ -52,21 +59,36 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const SERVER_PORT: u16 = 5201;
 const CLIENT_PORT: u16 = 40000;
+/// The sampled flow's server port, and its sampling: 1 packet in 16, as sondectl samples a
+/// `tcp-stream`.
+const SAMPLED_PORT: u16 = SERVER_PORT + 2;
+const SAMPLE_SHIFT: u8 = 4;
 
-/// Measures every stage classifier over `rounds` rounds (each: 100 000 foreign packets and
-/// 4096 traced ones) and returns the mean cost of each.
+/// Measures every stage classifier over `rounds` rounds (each: 100 000 foreign packets,
+/// 4096 traced ones and 100 000 unsampled ones) and returns the mean cost of each.
 pub fn measure(tracer: &Arc<Tracer>, rounds: u32) -> Result<Costs> {
     let rounds = rounds.max(1);
-    let flow = TracedFlow {
+    let flow = |server_port| TracedFlow {
         client: IpAddr::V4(CLIENT),
         server: IpAddr::V4(SERVER),
-        server_port: SERVER_PORT,
+        server_port,
         protocol: 6,
     };
-    let traced = tcp_segment(CLIENT, SERVER, CLIENT_PORT, SERVER_PORT, 64);
+    let traced = tcp_segment(CLIENT, SERVER, (CLIENT_PORT, SERVER_PORT), 1, 64);
     // Same addresses, a port no run uses: the common case on a busy node.
-    let foreign = tcp_segment(CLIENT, SERVER, CLIENT_PORT, SERVER_PORT + 1, 64);
-    let trace = tracer.follow(&[flow], side::CLIENT | side::SERVER)?;
+    let foreign = tcp_segment(CLIENT, SERVER, (CLIENT_PORT, SERVER_PORT + 1), 1, 64);
+    // The first sequence number the sampled flow's sampling passes over.
+    let unsampled_seq = (1..).find(|seq| !sampled(*seq, SAMPLE_SHIFT)).unwrap_or(1);
+    let unsampled = tcp_segment(
+        CLIENT,
+        SERVER,
+        (CLIENT_PORT, SAMPLED_PORT),
+        unsampled_seq,
+        64,
+    );
+    let both = side::CLIENT | side::SERVER;
+    let trace = tracer.follow(&[flow(SERVER_PORT)], both, 0)?;
+    let thinned = tracer.follow(&[flow(SAMPLED_PORT)], both, SAMPLE_SHIFT)?;
     let mut floor_ns = 0_u64;
     for _ in 0..rounds {
         let run = tracer.test_run(FLOOR_PROGRAM, &foreign, FOREIGN_BATCH)?;
@@ -74,38 +96,46 @@ pub fn measure(tracer: &Arc<Tracer>, rounds: u32) -> Result<Costs> {
     }
     let mut probes = Vec::new();
     for program in TC_PROGRAMS {
-        let (mut foreign_ns, mut traced_ns) = (0_u64, 0_u64);
+        let (mut foreign_ns, mut traced_ns, mut unsampled_ns) = (0_u64, 0_u64, 0_u64);
         for _ in 0..rounds {
             let run = tracer.test_run(program, &foreign, FOREIGN_BATCH)?;
             foreign_ns += run.duration.as_nanos() as u64;
             let run = tracer.test_run(program, &traced, TRACED_BATCH)?;
             traced_ns += run.duration.as_nanos() as u64;
             tracer.drain(super::Drain::Final);
+            let run = tracer.test_run(program, &unsampled, FOREIGN_BATCH)?;
+            unsampled_ns += run.duration.as_nanos() as u64;
         }
+        let mean = |total: u64| total as f64 / f64::from(rounds);
         probes.push(ProbeCost {
             program,
-            foreign_ns: foreign_ns as f64 / f64::from(rounds),
-            traced_ns: traced_ns as f64 / f64::from(rounds),
+            foreign_ns: mean(foreign_ns),
+            traced_ns: mean(traced_ns),
+            unsampled_ns: mean(unsampled_ns),
         });
     }
-    drop(trace);
+    let unsampled_events = thinned.finish().collected.events;
+    let traced_events = trace.finish().collected.events;
     Ok(Costs {
         floor_ns: floor_ns as f64 / f64::from(rounds),
         probes,
+        traced_events,
+        unsampled_events,
     })
 }
 
-/// An Ethernet + IPv4 + TCP data segment (PSH, ACK) carrying `payload` zero bytes.
+/// An Ethernet + IPv4 + TCP data segment (PSH, ACK) between `ports` (client, server) with
+/// sequence number `seq`, carrying `payload` zero bytes.
 fn tcp_segment(
     client: Ipv4Addr,
     server: Ipv4Addr,
-    client_port: u16,
-    server_port: u16,
+    (client_port, server_port): (u16, u16),
+    seq: u32,
     payload: usize,
 ) -> Vec<u8> {
     let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
         .ipv4(client.octets(), server.octets(), 64)
-        .tcp(client_port, server_port, 1, 65535)
+        .tcp(client_port, server_port, seq, 65535)
         .psh()
         .ack(1);
     let data = vec![0_u8; payload];

@@ -335,12 +335,18 @@ impl Tracer {
     }
 
     /// Registers `flows` without attaching anything, so that packets handed to the classifiers
-    /// by [`Tracer::test_run`] are stamped: for parser tests and cost measurements.
-    pub fn follow(self: &Arc<Self>, flows: &[TracedFlow], sides: u8) -> Result<RunTrace> {
+    /// by [`Tracer::test_run`] are stamped (1 in 2^`sample_shift`, as a run samples them): for
+    /// parser tests and cost measurements.
+    pub fn follow(
+        self: &Arc<Self>,
+        flows: &[TracedFlow],
+        sides: u8,
+        sample_shift: u8,
+    ) -> Result<RunTrace> {
         let mut trace = RunTrace::empty(self, 0, sides);
         let used = Use {
             sides,
-            sample_shift: 0,
+            sample_shift: sample_shift.min(MAX_SAMPLE_SHIFT),
         };
         self.register(&mut trace, flows, used)?;
         Ok(trace)

@@ -1,13 +1,14 @@
 //! `cargo xtask bench probes`: what the stage probes cost.
 //!
 //! 1. In the kernel, per packet: `sonded probe-cost` runs each classifier on a crafted packet
-//!    with `BPF_PROG_TEST_RUN` (a packet of no run, and a traced run's packet), next to an
-//!    empty classifier, whose cost (the harness and the call) every classifier pays. Targets,
-//!    above that floor: 30 ns for a packet of no run, 150 ns for a traced one.
+//!    with `BPF_PROG_TEST_RUN` (a packet of no run, a traced run's packet, and a packet of a
+//!    sampled run that its sampling passes over, as most of a stream's are), next to an empty
+//!    classifier, whose cost (the harness and the call) every classifier pays. Targets, above
+//!    that floor: 30 ns for a packet of no run, 150 ns for a run's packet.
 //! 2. On a real path: tcp-stream pod1 -> pod3 traced (every probe attached) and with
 //!    `--no-trace` (none attached), in interleaved pairs whose order alternates. Target: the
 //!    traced throughput at least 0.98 of the untraced, read as the median of the pairs'
-//!    ratios (the ratio of the medians is printed too). Twice: as the scheduler places the
+//!    ratios, with its 95% confidence interval (the ratio of the medians is printed too). Twice: as the scheduler places the
 //!    daemons on the machine's CPUs, and with both on one CPU, where the ratio is the probes'
 //!    share of the CPU per byte without the two-CPU placement's noise (see `pin`). The same for
 //!    1-byte tcp-rr, where every packet is followed (no target; with idle CPUs halting and
@@ -29,9 +30,13 @@ const FOREIGN_TARGET_NS: f64 = 30.0;
 const TRACED_TARGET_NS: f64 = 150.0;
 /// Throughput traced / untraced at least this.
 const THROUGHPUT_TARGET: f64 = 0.98;
-/// Interleaved pairs per comparison: more than the generator comparisons' [`super::PAIRS`], since the
-/// effect sought (a few percent) is smaller than a single run's spread on this machine.
-const PROBE_PAIRS: usize = 10;
+/// Interleaved pairs per comparison: more than the generator comparisons' [`super::PAIRS`],
+/// since the effect sought (a few percent) is smaller than a single run's spread on this
+/// machine (two-vCPU stream pairs' ratios spread over 0.72-1.22); 20 pairs give the median a
+/// 95% interval of about +-0.05 there.
+const PROBE_PAIRS: usize = 20;
+/// The confidence of the interval printed around a median of pairs' ratios.
+const CONFIDENCE: f64 = 0.95;
 
 /// Part 1: `sonded probe-cost`, printed against the targets.
 pub fn kernel_costs(root: &Path) -> anyhow::Result<()> {
@@ -50,24 +55,31 @@ pub fn kernel_costs(root: &Path) -> anyhow::Result<()> {
     let floor = costs["floor_ns"].as_f64().context("floor_ns")?;
     println!("    empty classifier (harness + call): {floor:.1} ns; figures below are above it");
     println!(
-        "    {:<16} {:>14} {:>14}",
-        "probe", "no-run packet", "traced packet"
+        "    {:<16} {:>14} {:>14} {:>14}",
+        "probe", "no-run packet", "traced packet", "unsampled"
     );
     let verdict = |ns: f64, target: f64| if ns <= target { "ok" } else { "OVER" };
     for probe in costs["probes"].as_array().context("probes")? {
-        let foreign = probe["foreign_ns"].as_f64().unwrap_or(f64::NAN) - floor;
-        let traced = probe["traced_ns"].as_f64().unwrap_or(f64::NAN) - floor;
+        let above = |field: &str| probe[field].as_f64().unwrap_or(f64::NAN) - floor;
+        let (foreign, traced, unsampled) = (
+            above("foreign_ns"),
+            above("traced_ns"),
+            above("unsampled_ns"),
+        );
         println!(
-            "    {:<16} {:>8.1} ns {:<4} {:>8.1} ns {:<4}",
+            "    {:<16} {:>8.1} ns {:<4} {:>8.1} ns {:<4} {:>8.1} ns {:<4}",
             probe["program"].as_str().unwrap_or("?"),
             foreign,
             verdict(foreign, FOREIGN_TARGET_NS),
             traced,
             verdict(traced, TRACED_TARGET_NS),
+            unsampled,
+            verdict(unsampled, TRACED_TARGET_NS),
         );
     }
     println!(
-        "    targets: no-run packet <= {FOREIGN_TARGET_NS} ns, traced packet <= {TRACED_TARGET_NS} ns"
+        "    targets: no-run packet <= {FOREIGN_TARGET_NS} ns, a run's packet (traced, \
+         unsampled) <= {TRACED_TARGET_NS} ns; unsampled: 1 in 16 followed, as a tcp-stream"
     );
     Ok(())
 }
@@ -198,13 +210,20 @@ fn compare(
     // Each pair ran back to back: its ratio is free of the machine's drift over the
     // comparison, and the median of the pairs' ratios is proof against a pair gone astray
     // (a neighbour's burst on the host).
-    let (rm, rlo, rhi) = stats(traced.iter().zip(&plain).map(|(t, p)| t / p));
+    let ratios: Vec<f64> = traced.iter().zip(&plain).map(|(t, p)| t / p).collect();
+    let (rm, rlo, rhi) = stats(ratios.iter().copied());
     let target = match reader {
         Reader::Throughput => format!(" (target >= {THROUGHPUT_TARGET})"),
         _ => String::new(),
     };
     println!("    ratio     {:.3} of the medians", tm / pm);
     println!("    ratio     {rm:.3} median of the pairs' ratios [{rlo:.3} - {rhi:.3}]{target}");
+    if let Some((low, high, confidence)) = median_interval(&ratios, CONFIDENCE) {
+        println!(
+            "              {:.0}% interval of that median: {low:.3} - {high:.3}",
+            confidence * 100.0
+        );
+    }
     if let Some(doc) = &last_traced {
         print_program_costs(doc);
     }
@@ -249,5 +268,53 @@ fn print_program_costs(doc: &Value) {
                 f64::NAN
             },
         );
+    }
+}
+
+/// A distribution-free confidence interval for the median of `values`: the order statistics
+/// `x(k)` and `x(n+1-k)` for the largest `k` whose interval still covers the median with at
+/// least `confidence` (the count of values below the median is Binomial(n, 1/2)). Returns the
+/// bounds and their exact coverage; `None` when `values` are too few for that confidence.
+fn median_interval(values: &[f64], confidence: f64) -> Option<(f64, f64, f64)> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    // P(B <= j) for B ~ Binomial(n, 1/2), j = 0, 1, ...
+    let mut tail = Vec::with_capacity(n + 1);
+    let (mut term, mut sum) = (0.5_f64.powi(i32::try_from(n).ok()?), 0.0);
+    for j in 0..=n {
+        sum += term;
+        tail.push(sum);
+        term *= (n - j) as f64 / (j + 1) as f64;
+    }
+    // x(k) .. x(n+1-k) misses the median with probability 2 P(B <= k-1).
+    let k = (1..=n / 2)
+        .take_while(|k| 1.0 - 2.0 * tail[k - 1] >= confidence)
+        .last()?;
+    Some((sorted[k - 1], sorted[n - k], 1.0 - 2.0 * tail[k - 1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_interval;
+
+    #[test]
+    fn the_median_interval_takes_the_textbook_order_statistics() {
+        // n = 20 at 95%: x(6) and x(15), coverage 1 - 2 P(B <= 5) = 0.9586.
+        let values: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        let (low, high, coverage) = median_interval(&values, 0.95).expect("an interval");
+        assert_eq!((low, high), (6.0, 15.0));
+        assert!((coverage - 0.9586).abs() < 1e-4, "coverage {coverage}");
+        // n = 10: x(2) and x(9), coverage 0.9785.
+        let values: Vec<f64> = (1..=10).map(f64::from).collect();
+        let (low, high, _) = median_interval(&values, 0.95).expect("an interval");
+        assert_eq!((low, high), (2.0, 9.0));
+    }
+
+    #[test]
+    fn too_few_values_have_no_interval() {
+        // Five values cover the median with at most 1 - 2/32 = 0.9375 < 0.95.
+        assert_eq!(median_interval(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.95), None);
+        assert_eq!(median_interval(&[], 0.95), None);
     }
 }
