@@ -13,7 +13,8 @@ use sonde_common::stages::{Event, event_kind, point, side};
 /// Packets of one run a collector follows at once (a packet is let go as soon as it reached
 /// the last point this node can see); beyond that, new ones are counted, not followed.
 pub const MAX_PACKETS: usize = 100_000;
-/// Uplink stamps kept per direction and point, for the cross-node join.
+/// Uplink stamps kept per direction and point, for the cross-node join; once full, they are
+/// thinned by half (see [`UplinkStamps::keeps`]), so a long run's are spread over all of it.
 pub const MAX_UPLINK_STAMPS: usize = 50_000;
 /// The longest a packet may take between two points on one node. A longer gap is not a kernel
 /// stage but a stale match (an skb address reused after its packet was merged away).
@@ -62,6 +63,44 @@ pub struct UplinkStamps {
     pub keys: Vec<u64>,
     /// When each was stamped (CLOCK_MONOTONIC, ns).
     pub ts_ns: Vec<u64>,
+    /// Times the stamps were thinned by half for want of room: 1 packet in 2^`thinned` kept.
+    pub thinned: u8,
+}
+
+impl UplinkStamps {
+    /// Whether the stamp of packet `name` is kept at the current thinning. Decided by a hash
+    /// of the name, the same on every node, so that the sending and the receiving node keep
+    /// the same packets and the cross-node join still pairs them (the node thinned more keeps
+    /// a subset of the other's); independent of the id sampling that chose the packets.
+    fn keeps(&self, name: u64) -> bool {
+        self.thinned == 0 || mix(name) >> (64 - u32::from(self.thinned.min(63))) == 0
+    }
+
+    /// Keeps a stamp if there is room at the current thinning, and thins when full.
+    fn keep(&mut self, name: u64, ts_ns: u64) {
+        if !self.keeps(name) {
+            return;
+        }
+        self.keys.push(name);
+        self.ts_ns.push(ts_ns);
+        while self.keys.len() >= MAX_UPLINK_STAMPS && self.thinned < 63 {
+            self.thinned += 1;
+            let (keys, ts_ns) = self
+                .keys
+                .iter()
+                .zip(&self.ts_ns)
+                .filter(|(name, _)| self.keeps(**name))
+                .unzip();
+            (self.keys, self.ts_ns) = (keys, ts_ns);
+        }
+    }
+}
+
+/// A 64-bit mix (splitmix64's finalizer): every bit of `x` moves every bit of the result.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Drops of one reason, after one point.
@@ -286,10 +325,7 @@ impl Collector {
                         point: at,
                         ..UplinkStamps::default()
                     });
-                if stamps.keys.len() < MAX_UPLINK_STAMPS {
-                    stamps.keys.push(key & 0xffff_ffff_ffff);
-                    stamps.ts_ns.push(ts);
-                }
+                stamps.keep(key & 0xffff_ffff_ffff, ts);
             }
         }
     }
@@ -441,6 +477,48 @@ mod tests {
         assert_eq!(collected.packets, 3000);
         assert_eq!(collected.stages[0].latency.len(), 3000);
         assert_eq!(collected.stages[0].sum_ns, 3000 * 500);
+    }
+
+    #[test]
+    fn a_long_run_s_uplink_stamps_are_thinned_over_all_of_it_alike_on_both_nodes() {
+        let dir = direction::TO_SERVER;
+        let mut sender = Collector::new(0, side::CLIENT);
+        let mut receiver = Collector::new(0, side::SERVER);
+        // 3.5 times the room, one packet every 100 us (a second's worth, held until let go,
+        // is within what the receiving node follows at once); the receiver misses every 50th.
+        let count = (MAX_UPLINK_STAMPS as u32) * 7 / 2;
+        for id in 1..=count {
+            let ts = u64::from(id) * 100_000;
+            sender.record(&stamp(point::NODE_OUT, dir, 7, id, ts));
+            if id % 50 != 0 {
+                receiver.record(&stamp(point::NODE_IN, dir, 7, id, ts + 2_000));
+            }
+        }
+        let (sent, arrived) = (sender.finish().uplink, receiver.finish().uplink);
+        let (sent, arrived) = (&sent[0], &arrived[0]);
+        for stamps in [sent, arrived] {
+            // Thinned twice: a quarter of 3.5 times the room is left, 0.875 of it.
+            assert_eq!(stamps.thinned, 2);
+            let kept = stamps.keys.len() as f64 / MAX_UPLINK_STAMPS as f64;
+            assert!((0.8..0.95).contains(&kept), "kept {kept}");
+            // From all of the run, not its start: a tenth of the stamps in each tenth.
+            let end = u64::from(count) * 100_000;
+            for tenth in 0..10 {
+                let (from, to) = (end * tenth / 10, end * (tenth + 1) / 10);
+                let share = stamps
+                    .ts_ns
+                    .iter()
+                    .filter(|ts| (from..to).contains(*ts))
+                    .count() as f64
+                    / stamps.keys.len() as f64;
+                assert!((0.08..0.12).contains(&share), "tenth {tenth}: {share}");
+            }
+        }
+        // The same packets kept on both nodes: every arrival kept was kept as sent too.
+        let sent_names: std::collections::HashSet<u64> = sent.keys.iter().copied().collect();
+        assert!(arrived.keys.iter().all(|name| sent_names.contains(name)));
+        let paired = arrived.keys.len() as f64 / sent.keys.len() as f64;
+        assert!((0.97..1.0).contains(&paired), "paired {paired}");
     }
 
     #[test]

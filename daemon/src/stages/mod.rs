@@ -634,6 +634,15 @@ impl RunTrace {
                 collect::MAX_PACKETS
             ));
         }
+        if let Some(thinned) = collected.uplink.iter().map(|stamps| stamps.thinned).max()
+            && thinned > 0
+        {
+            notes.push(format!(
+                "uplink stamps for the wire stage: 1 followed packet in {} kept, the same ones \
+                 on every node (a long run's, spread over all of it)",
+                1_u64 << thinned
+            ));
+        }
         TraceReport {
             collected,
             events_lost,
