@@ -74,8 +74,8 @@ fn drop_test_packets(btf: Option<&aya::Btf>) -> TraceReport {
     trace.finish()
 }
 
-/// The classifier counted its own runs exactly, and the kernel's statistics (on for the
-/// first tenth of a second of tracing, when these packets ran) timed no more runs than that.
+/// The classifier counted its own runs exactly, and the kernel's statistics (on for a tenth
+/// of each second of the wall clock, whenever these packets ran) timed no more runs than that.
 fn assert_counted(report: &TraceReport) {
     let classifier = report
         .programs

@@ -143,6 +143,13 @@ pub const CONF_DROP_REASON_OFFSET: u32 = 0;
 /// every event is written to the ring buffer directly.
 pub const CONF_BATCH_EVENTS: u32 = 1;
 
+/// Index in the tracepoint configuration array of the stamping window's number. A sampled
+/// stream is stamped in windows (the skb hooks are detached between them, so a followed skb
+/// freed meanwhile leaves its slot behind): a slot holds the window it was filled in, and one
+/// from an earlier window is never taken for the skb now at its address. The daemon moves the
+/// number on before each window opens; it stays put while stamping is continuous.
+pub const CONF_WINDOW: u32 = 2;
+
 /// Key of the flow map: a run's flow as seen from its server endpoint.
 ///
 /// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`) so one map serves both families.

@@ -13,8 +13,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TcContext, TracePointContext},
 };
 use sonde_common::stages::{
-    BATCH_EVENTS, Batch, CONF_BATCH_EVENTS, CONF_DROP_REASON_OFFSET, EVENTS_BYTES, Event, FlowInfo,
-    FlowKey, LOST_EVENTS, MAX_FLOWS, direction, event_kind, point, runs, sampled, side,
+    BATCH_EVENTS, Batch, CONF_BATCH_EVENTS, CONF_DROP_REASON_OFFSET, CONF_WINDOW, EVENTS_BYTES,
+    Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, direction, event_kind, point, runs, sampled,
+    side,
 };
 
 #[map(name = "SONDE_FLOWS")]
@@ -68,13 +69,21 @@ fn skb_slot(skb: u64) -> u32 {
     ((skb >> 8) as u32) & (SKB_SLOTS - 1)
 }
 
-/// Holds `mark` for `skb` in its slot. The address is written last (after zero), so a reader
-/// that finds it the same before and after reading the mark has read a whole one.
+/// The stamping window now open (see `CONF_WINDOW`).
 #[inline(always)]
-fn hold(skb: u64, mark: Mark) {
+fn window() -> u32 {
+    CONF.get(CONF_WINDOW).copied().unwrap_or(0)
+}
+
+/// Holds `mark` for `skb` in its slot, in the window now open. The address is written last
+/// (after zero), so a reader that finds it the same before and after reading the mark has read
+/// a whole one.
+#[inline(always)]
+fn hold(skb: u64, mut mark: Mark) {
     let Some(slot) = IN_FLIGHT.get_ptr_mut(skb_slot(skb)) else {
         return;
     };
+    mark.window = window();
     // SAFETY: a valid slot of the array; volatile keeps the stores in this order.
     unsafe {
         write_volatile(&raw mut (*slot).skb, 0);
@@ -83,12 +92,13 @@ fn hold(skb: u64, mark: Mark) {
     }
 }
 
-/// The slot holding `skb`, and its mark, if `skb` is followed.
+/// The slot holding `skb`, and its mark, if `skb` is followed: held in this window, since a
+/// slot left from an earlier one may name an skb freed while the hooks were detached.
 #[inline(always)]
 fn held(skb: u64) -> Option<(*mut InFlight, Mark)> {
     let slot = IN_FLIGHT.get_ptr_mut(skb_slot(skb))?;
     // SAFETY: a valid slot of the array; see `hold` for the order.
-    unsafe {
+    let mark = unsafe {
         if read_volatile(&raw const (*slot).skb) != skb {
             return None;
         }
@@ -96,8 +106,9 @@ fn held(skb: u64) -> Option<(*mut InFlight, Mark)> {
         if read_volatile(&raw const (*slot).skb) != skb {
             return None;
         }
-        Some((slot, mark))
-    }
+        mark
+    };
+    (mark.window == window()).then_some((slot, mark))
 }
 
 /// Lets `skb`'s slot go (its packet was read, dropped or freed).
@@ -155,7 +166,8 @@ pub struct Mark {
     direction: u8,
     /// The last point that stamped the packet.
     point: u8,
-    pad: [u8; 4],
+    /// The stamping window it was held in (see `held`).
+    window: u32,
 }
 
 const ETH_HLEN: usize = 14;
@@ -298,7 +310,7 @@ fn remember(ctx: &TcContext, who: &Who, id: u32, at: u8, ts_ns: u64) {
             client_port: who.client_port,
             direction: who.direction,
             point: at,
-            pad: [0; 4],
+            window: 0,
         },
     );
 }
@@ -488,7 +500,7 @@ pub fn connect_state(ctx: &TracePointContext) {
                 client_port: 0,
                 direction: dir,
                 point: 0,
-                pad: [0; 4],
+                window: 0,
             };
             let _ = CONNECTING.insert(sk, mark, 0);
         }

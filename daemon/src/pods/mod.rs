@@ -218,6 +218,15 @@ impl PodProbes {
         })
     }
 
+    /// Whether a counter is attached to `iface` (which [`PodProbes::stage`] could swap).
+    pub fn counts(&self, iface: &str) -> bool {
+        self.attached.lock().is_ok_and(|attached| {
+            attached
+                .values()
+                .any(|(pod, _)| pod.host_interface == iface)
+        })
+    }
+
     /// Runs `change` on the counter attached to `iface`: `None` if there is none, else
     /// whether it succeeded. A counter whose change failed (it may have lost a link, or run
     /// one program of the pair) is detached and attached anew, plain.

@@ -3,7 +3,8 @@
 //! TC classifiers are attached per interface and shared by the runs that use it (counted, so
 //! that two runs through one uplink do not attach it twice). Socket tracepoints are global:
 //! attached with the first traced run and detached with the last, so an idle daemon costs
-//! nothing in the kernel's hot paths. Kernel BPF statistics are enabled over the same span.
+//! nothing in the kernel's hot paths. While every traced run samples, the classifiers and the
+//! skb hooks come and go with the stamping windows (`super::windows`).
 
 use std::{
     collections::HashMap,
@@ -16,9 +17,12 @@ use aya::programs::{
 };
 
 use aya::maps::{Array, MapData};
-use sonde_common::{maps, stages::runs};
+use sonde_common::{
+    maps,
+    stages::{CONF_BATCH_EVENTS, CONF_WINDOW, runs},
+};
 
-use super::{lock, stats::StatsSampler};
+use super::lock;
 use crate::{
     Error, Result,
     error::chain,
@@ -130,6 +134,18 @@ const SOCKET_HOOKS: [&[(&str, SocketHook)]; 6] = [
     ],
 ];
 
+/// The socket hooks that follow packets (an application's read, a drop, a free): detached
+/// between stamping windows with the classifiers. Connects and retransmits are followed
+/// throughout.
+const WINDOWED_SOCKET_PROGRAMS: [&str; 6] = [
+    "sonde_read",
+    "sonde_read_tp",
+    "sonde_drop",
+    "sonde_drop_tp",
+    "sonde_free",
+    "sonde_free_tp",
+];
+
 /// The drop hook's classic variant, which reads the drop reason at the offset the
 /// tracepoint's format gives.
 pub const CLASSIC_DROP_HOOK: &str = "sonde_drop_tp";
@@ -231,6 +247,15 @@ impl std::fmt::Debug for SocketLink {
     }
 }
 
+/// The programs' configuration (`TRACEPOINT_CONF`).
+struct ProgramConf(Array<MapData, u32>);
+
+impl std::fmt::Debug for ProgramConf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgramConf")
+    }
+}
+
 /// The programs' own run counters (`PROGRAM_RUNS`).
 struct RunCounters(Array<MapData, u64>);
 
@@ -247,17 +272,22 @@ pub struct Hooks {
     /// Socket programs that loaded, and why the others did not.
     socket_loaded: Vec<(&'static str, SocketHook)>,
     load_notes: Vec<String>,
-    tc: HashMap<TcUse, (TcHold, u32)>,
+    /// Each classifier in use, what holds it in place (`None` between stamping windows), and
+    /// its users.
+    tc: HashMap<TcUse, (Option<TcHold>, u32)>,
     /// The pods' counters, which stamp a traced pod's packets themselves when they can.
     pods: Option<Arc<PodProbes>>,
-    sockets: Vec<SocketLink>,
+    sockets: Vec<(&'static str, SocketLink)>,
     socket_users: u32,
     /// The send hook's link, while `send_users` traced runs stamp sends.
     send: Option<SocketLink>,
     send_users: u32,
-    /// Held while any run is traced: the kernel times program runs only then, and only
-    /// part of the time (see `stats`).
-    stats: Option<StatsSampler>,
+    /// Traced runs that follow every packet: while there is one, stamping never pauses.
+    continuous_users: u32,
+    /// The stamping windows' state (see `super::windows`).
+    windows: WindowState,
+    /// The programs' configuration, where the window's number is kept (`CONF_WINDOW`).
+    conf: ProgramConf,
     /// The programs' own run counters (`PROGRAM_RUNS`); `None` if the map was missing.
     runs: Option<RunCounters>,
     /// Every CPU the kernel may bring up (a per-CPU map's slots), whose event batches are
@@ -266,10 +296,40 @@ pub struct Hooks {
     flush_cpus: Vec<u32>,
 }
 
+/// Where the stamping windows stand.
+#[derive(Debug, Default)]
+struct WindowState {
+    /// Between two windows: the classifiers and `WINDOWED_SOCKET_PROGRAMS` are detached.
+    paused: bool,
+    /// The socket hooks detached by the pause, attached again when the next window opens.
+    detached: Vec<&'static str>,
+    /// The number of the window open now, as the programs read it.
+    number: u32,
+    /// Windows closed so far.
+    closed: u64,
+    /// Attachments that failed at a window's opening (their classifier or hook then misses
+    /// the window; the next one tries again).
+    failed: u64,
+}
+
+/// What [`Hooks::windows`] reports: how many windows closed and how many re-attachments
+/// failed, so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WindowCounts {
+    /// Windows closed.
+    pub closed: u64,
+    /// Re-attachments that failed.
+    pub failed: u64,
+}
+
 impl Hooks {
     /// Loads every stage program. The classifiers must load; a socket program that does not
     /// (no BTF, a kernel without that tracepoint) becomes a note in every traced result.
-    pub fn load(probes: Arc<Mutex<Probes>>, btf: Option<&aya::Btf>) -> Result<Self> {
+    pub fn load(
+        probes: Arc<Mutex<Probes>>,
+        btf: Option<&aya::Btf>,
+        mut conf: Array<MapData, u32>,
+    ) -> Result<Self> {
         let mut socket_loaded = Vec::new();
         let mut load_notes = Vec::new();
         {
@@ -302,6 +362,13 @@ impl Hooks {
             tracing::info!("events are written one by one: their flush cannot run here: {reason}");
             Vec::new()
         });
+        if !flush_cpus.is_empty() {
+            conf.set(CONF_BATCH_EVENTS, 1, 0)
+                .map_err(|source| Error::Map {
+                    name: maps::TRACEPOINT_CONF,
+                    source,
+                })?;
+        }
         Ok(Self {
             probes,
             socket_loaded,
@@ -314,7 +381,9 @@ impl Hooks {
             socket_users: 0,
             send: None,
             send_users: 0,
-            stats: None,
+            continuous_users: 0,
+            windows: WindowState::default(),
+            conf: ProgramConf(conf),
         })
     }
 
@@ -348,6 +417,9 @@ impl Hooks {
             };
             if let Some((_, users)) = self.tc.get_mut(&key) {
                 *users += 1;
+            } else if self.windows.paused {
+                // Attached when the next window opens.
+                self.tc.insert(key.clone(), (None, 1));
             } else {
                 let attached = {
                     let mut probes = lock(&self.probes);
@@ -355,7 +427,7 @@ impl Hooks {
                 };
                 match attached {
                     Ok(link) => {
-                        self.tc.insert(key.clone(), (TcHold::Link(link), 1));
+                        self.tc.insert(key.clone(), (Some(TcHold::Link(link)), 1));
                     }
                     Err(err) => {
                         for used in used {
@@ -388,9 +460,124 @@ impl Hooks {
         if self.tc.contains_key(&own) {
             return None;
         }
-        let stage = self.pods.as_ref()?.stage(iface)?;
-        self.tc.insert(key.clone(), (TcHold::Counter(stage), 1));
+        let pods = self.pods.as_ref()?;
+        let hold = if self.windows.paused {
+            // Swapped when the next window opens.
+            pods.counts(iface).then_some(None)?
+        } else {
+            Some(TcHold::Counter(pods.stage(iface)?))
+        };
+        self.tc.insert(key.clone(), (hold, 1));
         Some(key)
+    }
+
+    /// Holds `used`'s classifier in place again, when a window opens.
+    fn reattach_tc(&self, used: &TcUse) -> Result<TcHold, String> {
+        if used.in_counter() {
+            let pods = self.pods.as_ref().ok_or("no pod counters")?;
+            return pods
+                .stage(&used.iface)
+                .map(TcHold::Counter)
+                .ok_or_else(|| "the pod's counter is gone or could not stamp".to_owned());
+        }
+        let attach_type = [Role::Pod, Role::Uplink]
+            .iter()
+            .flat_map(|role| role.programs())
+            .find(|(program, _)| *program == used.program)
+            .map(|(_, attach_type)| attach_type)
+            .ok_or("not a stage classifier")?;
+        let mut probes = lock(&self.probes);
+        tc_counter::attach_tcx(&mut probes, used.program, &used.iface, attach_type)
+            .map(TcHold::Link)
+            .map_err(|err| chain(&err))
+    }
+
+    /// Opens or closes the stamping window (see `super::windows`). It closes only while
+    /// every traced run samples; a run that follows every packet keeps it open.
+    pub fn set_window(&mut self, open: bool) {
+        let pause = !open && self.socket_users > 0 && self.continuous_users == 0;
+        if pause && !self.windows.paused {
+            self.pause();
+        } else if !pause && self.windows.paused {
+            self.resume();
+        }
+    }
+
+    /// Windows closed and re-attachments failed so far.
+    pub fn windows(&self) -> WindowCounts {
+        WindowCounts {
+            closed: self.windows.closed,
+            failed: self.windows.failed,
+        }
+    }
+
+    /// Closes the window: the classifiers come off first (nothing new is followed), then the
+    /// skb hooks. A followed skb freed meanwhile leaves its slot behind; the next window's
+    /// number voids it.
+    fn pause(&mut self) {
+        for (hold, _) in self.tc.values_mut() {
+            *hold = None;
+        }
+        let mut detached = Vec::new();
+        self.sockets.retain(|(name, _)| {
+            let windowed = WINDOWED_SOCKET_PROGRAMS.contains(name);
+            if windowed {
+                detached.push(*name);
+            }
+            !windowed
+        });
+        self.windows.detached = detached;
+        self.windows.paused = true;
+        self.windows.closed += 1;
+    }
+
+    /// Opens the next window: its number first, then the skb hooks (every slot a classifier
+    /// fills is watched until its skb ends), then the classifiers.
+    fn resume(&mut self) {
+        self.windows.paused = false;
+        self.windows.number = self.windows.number.wrapping_add(1);
+        if let Err(err) = self.conf.0.set(CONF_WINDOW, self.windows.number, 0) {
+            // The slots of the last window stay valid: the hooks stay off rather than risk
+            // taking an skb for another.
+            tracing::warn!("moving the stamping window on failed: {}", chain(&err));
+            self.windows.paused = true;
+            self.windows.failed += 1;
+            return;
+        }
+        for name in std::mem::take(&mut self.windows.detached) {
+            let Some((_, hook)) = self.socket_loaded.iter().find(|(n, _)| *n == name) else {
+                continue;
+            };
+            match attach_socket(&mut lock(&self.probes), name, *hook) {
+                Ok(link) => self.sockets.push((name, link)),
+                Err(reason) => {
+                    tracing::warn!("{}: not attached again: {reason}", describe(*hook));
+                    self.windows.failed += 1;
+                }
+            }
+        }
+        let waiting: Vec<TcUse> = self
+            .tc
+            .iter()
+            .filter(|(_, (hold, _))| hold.is_none())
+            .map(|(used, _)| used.clone())
+            .collect();
+        for used in waiting {
+            let hold = self.reattach_tc(&used);
+            if let Some((slot, _)) = self.tc.get_mut(&used) {
+                match hold {
+                    Ok(hold) => *slot = Some(hold),
+                    Err(reason) => {
+                        tracing::warn!(
+                            iface = used.iface,
+                            "{}: not attached again: {reason}",
+                            used.program
+                        );
+                        self.windows.failed += 1;
+                    }
+                }
+            }
+        }
     }
 
     /// Drops one user of a classifier; the last one detaches it.
@@ -407,18 +594,17 @@ impl Hooks {
     /// `stamp_sends`; returns the hooks in use and notes on those missing.
     pub fn attach_sockets(&mut self, stamp_sends: bool) -> (Vec<String>, Vec<String>) {
         let mut notes = self.load_notes.clone();
+        if stamp_sends {
+            self.continuous_users += 1;
+            if self.windows.paused {
+                self.resume();
+            }
+        }
         let mut probes = lock(&self.probes);
         if self.socket_users == 0 {
-            self.stats = match StatsSampler::start() {
-                Ok(sampler) => Some(sampler),
-                Err(reason) => {
-                    notes.push(format!("program times unavailable: {reason}"));
-                    None
-                }
-            };
             for (name, hook) in self.socket_loaded.iter().filter(|(n, _)| *n != SEND_HOOK) {
                 match attach_socket(&mut probes, name, *hook) {
-                    Ok(link) => self.sockets.push(link),
+                    Ok(link) => self.sockets.push((name, link)),
                     Err(reason) => {
                         notes.push(format!("{}: not attached: {reason}", describe(*hook)))
                     }
@@ -450,17 +636,26 @@ impl Hooks {
     /// Drops one user of the socket hooks (`stamp_sends` as it attached them); the last one
     /// detaches them.
     pub fn release_sockets(&mut self, stamp_sends: bool) {
-        if stamp_sends && self.send_users > 0 {
-            self.send_users -= 1;
-            if self.send_users == 0 {
-                self.send = None;
+        if stamp_sends {
+            self.continuous_users = self.continuous_users.saturating_sub(1);
+            if self.send_users > 0 {
+                self.send_users -= 1;
+                if self.send_users == 0 {
+                    self.send = None;
+                }
             }
         }
         self.socket_users = self.socket_users.saturating_sub(1);
         if self.socket_users == 0 {
             self.sockets.clear();
-            self.stats = None;
+            self.windows.detached.clear();
+            self.windows.paused = false;
         }
+    }
+
+    /// Whether no run is traced (the windows can stop).
+    pub fn idle(&self) -> bool {
+        self.socket_users == 0
     }
 
     /// Runs a stage classifier on `packet` in the kernel (`BPF_PROG_TEST_RUN`), `repeat` times:

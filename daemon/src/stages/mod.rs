@@ -11,6 +11,7 @@
 //! # Layout
 //! - [`collect`]: events to per-packet stamps to stage latencies (pure).
 //! - [`hooks`]: the programs, loaded once, attached while someone needs them.
+//! - [`windows`]: when a sampled stream is stamped (a tenth of each second).
 
 pub mod collect;
 pub mod cost;
@@ -18,6 +19,7 @@ pub mod drops;
 pub mod events;
 pub mod hooks;
 pub mod stats;
+pub mod windows;
 
 use std::{
     collections::HashMap,
@@ -32,8 +34,7 @@ use events::EventReader;
 use sonde_common::{
     maps,
     stages::{
-        CONF_BATCH_EVENTS, CONF_DROP_REASON_OFFSET, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS,
-        MAX_SAMPLE_SHIFT,
+        CONF_DROP_REASON_OFFSET, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, MAX_SAMPLE_SHIFT,
     },
 };
 
@@ -164,8 +165,9 @@ pub struct Tracer {
     boot_id: String,
     /// This kernel's drop reasons; `None` when the tracepoint's format could not be read.
     drop_format: Option<DropFormat>,
-    /// Held open: the programs refer to it (and its fd is what they were loaded with).
-    _conf: Array<MapData, u32>,
+    /// Opens and closes the stamping windows while any run is traced. Locked before `hooks`
+    /// wherever both are, and never dropped under `hooks` (its thread takes that lock).
+    windows: Mutex<Option<windows::Windows>>,
 }
 
 /// One trace's use of a flow key: the sides it holds here and how it samples.
@@ -216,7 +218,7 @@ impl Tracer {
     /// the kernel's BTF, so this runs at start while it is parsed) and starts the events reader.
     pub fn new(probes: Arc<Mutex<Probes>>, btf: Option<&aya::Btf>) -> Result<Arc<Self>> {
         let drop_format = DropFormat::read();
-        let (registry, events, mut conf) = {
+        let (registry, events, conf) = {
             let mut guard = lock(&probes);
             let map_error = |name| move |source| Error::Map { name, source };
             let flows = BpfHashMap::try_from(take_map(&mut guard, maps::FLOWS)?)
@@ -245,14 +247,7 @@ impl Tracer {
             };
             (registry, events, conf)
         };
-        let hooks = Hooks::load(probes, btf)?;
-        if hooks.batches_events() {
-            conf.set(CONF_BATCH_EVENTS, 1, 0)
-                .map_err(|source| Error::Map {
-                    name: maps::TRACEPOINT_CONF,
-                    source,
-                })?;
-        }
+        let hooks = Hooks::load(probes, btf, conf)?;
         let tracer = Arc::new(Self {
             hooks: Mutex::new(hooks),
             registry: Mutex::new(registry),
@@ -260,7 +255,7 @@ impl Tracer {
             dispatch: Mutex::new(HashMap::new()),
             boot_id: boot_id(),
             drop_format,
-            _conf: conf,
+            windows: Mutex::new(None),
         });
         let reader = Arc::clone(&tracer);
         std::thread::Builder::new()
@@ -283,6 +278,7 @@ impl Tracer {
     /// events before `from_ns` (CLOCK_MONOTONIC) are the warm-up's.
     pub fn trace(self: &Arc<Self>, spec: &TraceSpec, sides: u8, from_ns: u64) -> Result<RunTrace> {
         let mut trace = RunTrace::empty(self, from_ns, sides);
+        let mut windows = lock(&self.windows);
         // Interfaces first: a wrong name is refused before anything is registered.
         let mut hooks = lock(&self.hooks);
         let passes = spec.ways.on_node(sides);
@@ -319,7 +315,24 @@ impl Tracer {
             .to_owned());
         }
         trace.baseline = hooks.costs();
+        trace.windows_before = hooks.windows();
         drop(hooks);
+        if windows.is_none() {
+            match windows::Windows::start(Arc::downgrade(self)) {
+                Ok(started) => {
+                    if let Some(reason) = &started.stats_unavailable {
+                        trace
+                            .notes
+                            .push(format!("program times unavailable: {reason}"));
+                    }
+                    *windows = Some(started);
+                }
+                Err(err) => trace.notes.push(format!(
+                    "stamping windows not kept (stamping throughout): {err}"
+                )),
+            }
+        }
+        drop(windows);
         if spec.sample_shift > 0 {
             trace.notes.push(format!(
                 "1 packet in {} followed (sampled by packet id, the same ones on every node)",
@@ -580,6 +593,8 @@ pub struct RunTrace {
     /// Whether this trace holds the socket hooks (one of their users), and if so whether it
     /// holds the send hook too.
     sockets: Option<bool>,
+    /// The stamping windows' counts when the trace began.
+    windows_before: hooks::WindowCounts,
 }
 
 impl RunTrace {
@@ -596,6 +611,7 @@ impl RunTrace {
             hooks: Vec::new(),
             notes: Vec::new(),
             sockets: None,
+            windows_before: hooks::WindowCounts::default(),
         }
     }
 
@@ -603,7 +619,11 @@ impl RunTrace {
     pub fn finish(mut self) -> TraceReport {
         self.tracer.drain(Drain::Final);
         let collector = std::mem::replace(&mut *lock(&self.collector), Collector::new(0, 0));
-        let programs = hooks::since(&lock(&self.tracer.hooks).costs(), &self.baseline);
+        let (costs, windows) = {
+            let hooks = lock(&self.tracer.hooks);
+            (hooks.costs(), hooks.windows())
+        };
+        let programs = hooks::since(&costs, &self.baseline);
         let events_lost = lock(&self.tracer.registry)
             .lost_total()
             .saturating_sub(self.lost_before);
@@ -611,6 +631,22 @@ impl RunTrace {
         if events_lost > 0 {
             notes.push(format!(
                 "{events_lost} events lost (the ring buffer was full): stages are from a sample"
+            ));
+        }
+        if windows.closed > self.windows_before.closed {
+            notes.push(format!(
+                "stamped in windows, {} ms of every {} s on the wall clock (the same on every \
+                 node); between them the uplinks' classifiers and the skb hooks were detached \
+                 and the pods' counters only counted",
+                windows::OPEN.as_millis(),
+                windows::PERIOD.as_secs()
+            ));
+        }
+        if windows.failed > self.windows_before.failed {
+            notes.push(format!(
+                "{} attachments failed as windows opened (see the daemon's log): those \
+                 windows miss some stamps",
+                windows.failed - self.windows_before.failed
             ));
         }
         let mut collected = collector.finish();
@@ -674,12 +710,20 @@ impl Drop for RunTrace {
                 registry.remove(key, *used);
             }
         }
-        let mut hooks = lock(&self.tracer.hooks);
-        for used in self.attached.drain(..) {
-            hooks.release_tc(used);
-        }
-        if let Some(stamp_sends) = self.sockets {
-            hooks.release_sockets(stamp_sends);
+        let mut windows = lock(&self.tracer.windows);
+        let idle = {
+            let mut hooks = lock(&self.tracer.hooks);
+            for used in self.attached.drain(..) {
+                hooks.release_tc(used);
+            }
+            if let Some(stamp_sends) = self.sockets {
+                hooks.release_sockets(stamp_sends);
+            }
+            hooks.idle()
+        };
+        if idle {
+            // Joins the windows' thread: `hooks` is not held here.
+            windows.take();
         }
     }
 }
