@@ -60,6 +60,17 @@ fn cross_node_stream(lab: &Lab, kind: &str, duration: &str) -> serde_json::Value
     )
 }
 
+/// Times `program` ran on `node`, by a traced result's `kernel` section (0: never).
+fn runs_of(kernel: &serde_json::Value, node: &str, program: &str) -> u64 {
+    kernel["programs"]
+        .as_array()
+        .expect("programs")
+        .iter()
+        .filter(|p| p["node"] == node && p["name"] == program)
+        .map(|p| p["invocations"].as_u64().expect("invocations"))
+        .sum()
+}
+
 /// (name, samples, p50, error) of each stage of `direction`.
 fn stages(measurement: &serde_json::Value, direction: &str) -> Vec<(String, u64, i64, u64)> {
     let directions = measurement["kernel"]["directions"]
@@ -309,15 +320,7 @@ fn a_stream_is_sampled_the_same_way_on_both_nodes() {
         hooks.contains("egress only") && hooks.contains("ingress only"),
         "{hooks}"
     );
-    let runs = |node: &str, program: &str| {
-        kernel["programs"]
-            .as_array()
-            .expect("programs")
-            .iter()
-            .filter(|p| p["node"] == node && p["name"] == program)
-            .map(|p| p["invocations"].as_u64().expect("invocations"))
-            .sum::<u64>()
-    };
+    let runs = |node: &str, program: &str| runs_of(kernel, node, program);
     assert!(runs("node1", "sonde_node_out") > 1000 && runs("node2", "sonde_node_in") > 1000);
     assert_eq!(
         (
@@ -560,6 +563,15 @@ fn programs_named(facts: &serde_json::Value, wanted: impl Fn(&str) -> bool) -> V
         .collect()
 }
 
+/// Kernel IDs of node1's counter programs: (those that stamp too, the plain ones).
+fn counter_programs(lab: &Lab) -> (Vec<u64>, Vec<u64>) {
+    let facts = node1_facts(lab);
+    (
+        programs_named(&facts, |name| name.ends_with("_counted")),
+        programs_named(&facts, |name| name.starts_with("sonde_tc_")),
+    )
+}
+
 /// Packets node1's counter has seen leave the pod behind `veth`.
 fn packets_from_pod(lab: &Lab, veth: &str) -> u64 {
     let facts = node1_facts(lab);
@@ -578,10 +590,8 @@ fn packets_from_pod(lab: &Lab, veth: &str) -> u64 {
 fn a_pods_counter_stamps_while_traced_and_counts_throughout() {
     require_root();
     let lab = Lab::up(&[]);
-    let facts = node1_facts(&lab);
-    let counted = programs_named(&facts, |name| name.ends_with("_counted"));
-    let plain = programs_named(&facts, |name| name.starts_with("sonde_tc_"));
-    assert_eq!((counted.len(), plain.len()), (2, 2), "{facts}");
+    let (counted, plain) = counter_programs(&lab);
+    assert_eq!((counted.len(), plain.len()), (2, 2));
     // Idle: node1's two pods have the plain counter, ingress and egress.
     assert_eq!((still_held(&counted).1, still_held(&plain).1), (0, 4));
     let before = packets_from_pod(&lab, "vethpod1");
@@ -594,15 +604,9 @@ fn a_pods_counter_stamps_while_traced_and_counts_throughout() {
         hooks.contains("node1: tc:pod vethpod1 (in the packet counter's links)"),
         "{hooks}"
     );
-    let programs = cross["kernel"]["programs"].as_array().expect("programs");
-    let runs_on_node1 = |name: &str| {
-        programs
-            .iter()
-            .find(|p| p["node"] == "node1" && p["name"] == name)
-            .and_then(|p| p["invocations"].as_u64())
-    };
-    assert_eq!(runs_on_node1("sonde_pod_out"), None, "{programs:?}");
-    let stamped = runs_on_node1("sonde_pod_out_counted").expect("the counted program ran");
+    let runs_on_node1 = |name: &str| runs_of(&cross["kernel"], "node1", name);
+    assert_eq!(runs_on_node1("sonde_pod_out"), 0, "{}", cross["kernel"]);
+    let stamped = runs_on_node1("sonde_pod_out_counted");
     assert!(stamped > 100, "{stamped}");
 
     // Every packet the counting stamper saw was counted: the counter never stopped.
@@ -620,9 +624,7 @@ fn a_pods_counter_stamps_while_traced_and_counts_throughout() {
 fn a_sampled_stream_is_stamped_only_in_windows_and_counted_throughout() {
     require_root();
     let lab = Lab::up(&[]);
-    let facts = node1_facts(&lab);
-    let counted = programs_named(&facts, |name| name.ends_with("_counted"));
-    let plain = programs_named(&facts, |name| name.starts_with("sonde_tc_"));
+    let (counted, plain) = counter_programs(&lab);
     let before = packets_from_pod(&lab, "vethpod1");
 
     let document = cross_node_stream(&lab, "tcp-stream", "3s");
@@ -635,15 +637,7 @@ fn a_sampled_stream_is_stamped_only_in_windows_and_counted_throughout() {
             "{notes}"
         );
     }
-    let runs = |node: &str, program: &str| {
-        kernel["programs"]
-            .as_array()
-            .expect("programs")
-            .iter()
-            .filter(|p| p["node"] == node && p["name"] == program)
-            .map(|p| p["invocations"].as_u64().expect("invocations"))
-            .sum::<u64>()
-    };
+    let runs = |node: &str, program: &str| runs_of(kernel, node, program);
     // Between windows the pod's counter counted without stamping: the program that stamps
     // ran for about a tenth of the packets the counter saw (every one, were it continuous).
     let sent = packets_from_pod(&lab, "vethpod1") - before;
