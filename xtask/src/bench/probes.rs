@@ -5,10 +5,11 @@
 //!    sampled run that its sampling passes over, as most of a stream's are), next to an empty
 //!    classifier, whose cost (the harness and the call) every classifier pays. Targets, above
 //!    that floor: 30 ns for a packet of no run, 150 ns for a run's packet.
-//! 2. On a real path: tcp-stream pod1 -> pod3 traced (every probe attached) and with
-//!    `--no-trace` (none attached), in interleaved pairs whose order alternates. Target: the
-//!    traced throughput at least 0.98 of the untraced, read as the median of the pairs'
-//!    ratios, with its 95% confidence interval (the ratio of the medians is printed too).
+//! 2. On a real path: tcp-stream pod1 -> pod3 traced (every probe attached, in the stamping
+//!    windows a sampled stream gets) and with `--no-trace` (none attached), in interleaved
+//!    pairs whose order alternates. Target: the traced throughput at least 0.98 of the
+//!    untraced, read as the median of the pairs' ratios, with its 95% confidence interval
+//!    (the ratio of the medians is printed too).
 //!    Twice: as the scheduler places the daemons on the machine's CPUs, and with both on one
 //!    CPU, where the ratio is the probes' share of the CPU per byte without the two-CPU
 //!    placement's noise (see `pin`). The same for 1-byte tcp-rr, where every packet is
