@@ -323,8 +323,10 @@ pub struct WindowCounts {
 }
 
 impl Hooks {
-    /// Loads every stage program. The classifiers must load; a socket program that does not
-    /// (no BTF, a kernel without that tracepoint) becomes a note in every traced result.
+    /// Loads every stage program, and keeps `conf`, the programs' configuration (whether
+    /// they batch events, the stamping window's number). The classifiers must load; a socket
+    /// program that does not (no BTF, a kernel without that tracepoint) becomes a note in
+    /// every traced result.
     pub fn load(
         probes: Arc<Mutex<Probes>>,
         btf: Option<&aya::Btf>,
@@ -362,6 +364,7 @@ impl Hooks {
             tracing::info!("events are written one by one: their flush cannot run here: {reason}");
             Vec::new()
         });
+        // The programs gather events in per-CPU batches only where the flush can empty them.
         if !flush_cpus.is_empty() {
             conf.set(CONF_BATCH_EVENTS, 1, 0)
                 .map_err(|source| Error::Map {
@@ -693,12 +696,6 @@ impl Hooks {
         self.socket_loaded
             .iter()
             .any(|(name, _)| *name == CLASSIC_DROP_HOOK)
-    }
-
-    /// Whether the programs gather events in per-CPU batches ([`Hooks::flush_batches`] can
-    /// empty them).
-    pub fn batches_events(&self) -> bool {
-        !self.flush_cpus.is_empty()
     }
 
     /// Writes every CPU's gathered events to the ring buffer (runs the flush program on

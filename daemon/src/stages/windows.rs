@@ -53,6 +53,7 @@ pub struct Windows {
 impl Windows {
     /// Starts the thread that opens and closes `tracer`'s windows.
     pub fn start(tracer: Weak<Tracer>) -> std::io::Result<Self> {
+        // A first try says whether the statistics can be on at all.
         let stats_unavailable = stats::enable().err();
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = Arc::clone(&stop);
