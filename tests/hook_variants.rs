@@ -11,11 +11,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use etherparse::PacketBuilder;
 use sonde_common::stages::{point, side};
 use sonde_daemon::{
     probes::Probes,
-    stages::{TraceReport, TraceSpec, TracedFlow, Tracer, Ways},
+    stages::{TraceReport, TraceSpec, TracedFlow, Tracer, Ways, cost::tcp_segment},
 };
 use sonde_integration::require_root;
 
@@ -59,14 +58,13 @@ fn drop_test_packets(btf: Option<&aya::Btf>) -> TraceReport {
         .trace(&spec, side::CLIENT, 0)
         .expect("trace the flow");
     for seq in 0..PACKETS {
-        let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4(CLIENT.octets(), SERVER.octets(), 64)
-            .tcp(CLIENT_PORT, SERVER_PORT, 1000 + seq * 100, 1024)
-            .ack(1);
-        let mut packet = Vec::new();
-        builder
-            .write(&mut packet, &[0x5a; 100])
-            .expect("build a packet");
+        let packet = tcp_segment(
+            CLIENT,
+            SERVER,
+            (CLIENT_PORT, SERVER_PORT),
+            1000 + seq * 100,
+            100,
+        );
         tracer
             .test_run("sonde_node_out", &packet, 1)
             .expect("run the classifier");

@@ -14,12 +14,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use etherparse::PacketBuilder;
 use sonde_common::stages::{sampled, side};
 use sonde_daemon::{
     probes::Probes,
     stages::{
         RunTrace, TraceReport, TraceSpec, TracedFlow, Tracer, Ways,
+        cost::tcp_segment,
         windows::{OPEN, PERIOD},
     },
 };
@@ -65,14 +65,7 @@ fn ids(batch: usize, followed: bool) -> Vec<u32> {
 /// Runs segments `ids` of the sampled flow through the uplink's egress classifier.
 fn send(tracer: &Tracer, ids: &[u32]) {
     for id in ids {
-        let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4(CLIENT.octets(), SERVER.octets(), 64)
-            .tcp(CLIENT_PORT, SAMPLED_PORT, *id, 1024)
-            .ack(1);
-        let mut packet = Vec::new();
-        builder
-            .write(&mut packet, &[0x5a; 100])
-            .expect("build a packet");
+        let packet = tcp_segment(CLIENT, SERVER, (CLIENT_PORT, SAMPLED_PORT), *id, 100);
         tracer
             .test_run("sonde_node_out", &packet, 1)
             .expect("run the classifier");

@@ -125,8 +125,9 @@ pub fn measure(tracer: &Arc<Tracer>, rounds: u32) -> Result<Costs> {
 }
 
 /// An Ethernet + IPv4 + TCP data segment (PSH, ACK) between `ports` (client, server) with
-/// sequence number `seq`, carrying `payload` zero bytes.
-fn tcp_segment(
+/// sequence number `seq`, carrying `payload` zero bytes: what the cost measurement and the
+/// tests hand the classifiers (`Tracer::test_run`).
+pub fn tcp_segment(
     client: Ipv4Addr,
     server: Ipv4Addr,
     (client_port, server_port): (u16, u16),
