@@ -81,7 +81,7 @@ impl Drop for Windows {
 }
 
 /// Opens and closes the windows at their edges until told to stop.
-fn keep(tracer: &Weak<Tracer>, stop: &(Mutex<bool>, Condvar), with_stats: bool) {
+fn keep(tracer: &Weak<Tracer>, stop: &(Mutex<bool>, Condvar), mut with_stats: bool) {
     let mut statistics: Option<OwnedFd> = None;
     loop {
         let now = SystemTime::now()
@@ -96,11 +96,14 @@ fn keep(tracer: &Weak<Tracer>, stop: &(Mutex<bool>, Condvar), with_stats: bool) 
         if !open {
             statistics = None;
         } else if with_stats && statistics.is_none() {
-            statistics = stats::enable()
-                .inspect_err(|reason| {
-                    tracing::warn!("turning the BPF statistics on failed: {reason}")
-                })
-                .ok();
+            match stats::enable() {
+                Ok(fd) => statistics = Some(fd),
+                Err(reason) => {
+                    // Once, not at every window: the runs go on without program times.
+                    tracing::warn!("turning the BPF statistics on failed: {reason}");
+                    with_stats = false;
+                }
+            }
         }
         if wait(stop, left) {
             return;
