@@ -336,7 +336,8 @@ fn a_stream_is_sampled_the_same_way_on_both_nodes() {
         .find(|d| d["direction"] == "client-to-server")
         .expect("the data direction");
     let stages = data["stages"].as_array().expect("stages");
-    // The wire stage joins the two nodes' stamps: only packets both sampled can join.
+    // The wire stage joins the two nodes' stamps: only packets both sampled can join. The
+    // windows open at the same moment on both nodes, so nearly all do.
     let wire = stages
         .iter()
         .find(|s| s["name"] == "wire")
@@ -347,7 +348,7 @@ fn a_stream_is_sampled_the_same_way_on_both_nodes() {
         sender["latency"]["samples"].as_u64().expect("samples"),
     );
     assert!(
-        wire_n * 10 >= sender_n * 8 && wire_n > 100,
+        wire_n * 10 >= sender_n * 9 && wire_n > 100,
         "wire {wire_n} against sender {sender_n}, {bytes} bytes"
     );
     // One kernel, one clock: nothing arrives before it left, nor a second later.

@@ -1,6 +1,7 @@
 //! A sampled run is stamped in windows, 100 ms of every second of the wall clock: between
-//! them its skb hooks are detached. A run that follows every packet keeps them attached, for
-//! the sampled runs beside it too.
+//! them its skb hooks are detached, and just before one they are attached with stamping held
+//! back. A run that follows every packet keeps them attached and stamping, for the sampled
+//! runs beside it too.
 //!
 //! Observed through drops: `BPF_PROG_TEST_RUN` hands the uplink's classifier a packet in an
 //! skb that the kernel frees with `kfree_skb` when the run ends, so a followed packet run in
@@ -20,7 +21,7 @@ use sonde_daemon::{
     stages::{
         RunTrace, TraceReport, TraceSpec, TracedFlow, Tracer, Ways,
         cost::tcp_segment,
-        windows::{OPEN, PERIOD},
+        windows::{LEAD, OPEN, PERIOD},
     },
 };
 use sonde_integration::require_root;
@@ -95,15 +96,19 @@ fn send_between(tracer: &Tracer, at: Duration, by: Duration, ids: &[u32]) -> boo
     done >= at && done < by
 }
 
-/// Runs `PACKETS` followed segments between two windows, then in a window `PACKETS` that
-/// are not followed and `PACKETS` that are, and reports the sampled trace.
+/// Runs `PACKETS` followed segments between two windows, `PACKETS` more just before the
+/// next window opens, then in the window `PACKETS` that are not followed and `PACKETS` that
+/// are, and reports the sampled trace.
 fn between_then_in_a_window(tracer: &Arc<Tracer>, sampled_trace: RunTrace) -> TraceReport {
-    // Well after a window closed (at 100 ms), and well within one (opened at 0 ms, with
-    // time for its hooks to be attached again).
-    let closed = (Duration::from_millis(400), Duration::from_millis(900));
-    let open = (Duration::from_millis(40), OPEN - Duration::from_millis(10));
+    let ms = Duration::from_millis;
+    // Well after a window closed (at 100 ms); late in the lead before the next, when its
+    // hooks are attached (at 950 ms) but stamping is held back; and well within the window
+    // (opened at 0 ms).
+    let closed = (ms(400), ms(900));
+    let ready = (PERIOD - LEAD + ms(25), PERIOD - ms(2));
+    let open = (ms(40), OPEN - ms(10));
     let mut batch = 0;
-    for ((at, by), passed_over) in [(closed, false), (open, true)] {
+    for ((at, by), passed_over) in [(closed, false), (ready, false), (open, true)] {
         let packets = |batch| {
             let mut packets = if passed_over {
                 ids(batch, false)
@@ -145,7 +150,8 @@ fn with_tracer(test: impl FnOnce(&Arc<Tracer>) + Send + 'static) {
 fn a_sampled_runs_skb_hooks_are_off_between_windows() {
     with_tracer(|tracer| {
         let report = between_then_in_a_window(tracer, trace(tracer, SAMPLED_PORT, SAMPLE_SHIFT));
-        // Only the followed packets run in the window were seen dropped.
+        // Only the followed packets run in the window were seen dropped: not those run
+        // between windows (hooks off), nor those run just before one (stamping held back).
         assert_eq!(drops(&report), PACKETS as u64, "{:?}", report.drops);
         assert!(
             report
@@ -162,12 +168,15 @@ fn a_sampled_runs_skb_hooks_are_off_between_windows() {
 #[ignore = "privileged: needs root; run by cargo xtask test"]
 fn a_run_following_every_packet_keeps_the_hooks_on_for_all() {
     with_tracer(|tracer| {
-        let sampled_trace = trace(tracer, SAMPLED_PORT, SAMPLE_SHIFT);
+        // The run that follows every packet first: the windows' thread may close a window
+        // the moment a sampled run alone starts it.
         let every_packet = trace(tracer, EVERY_PACKET_PORT, 0);
+        let sampled_trace = trace(tracer, SAMPLED_PORT, SAMPLE_SHIFT);
         let report = between_then_in_a_window(tracer, sampled_trace);
         drop(every_packet);
-        // Both batches were seen dropped: the hooks never came off.
-        assert_eq!(drops(&report), 2 * PACKETS as u64, "{:?}", report.drops);
+        // Every followed batch was seen dropped: the hooks never came off, nor was stamping
+        // held back.
+        assert_eq!(drops(&report), 3 * PACKETS as u64, "{:?}", report.drops);
         assert!(
             !report.notes.iter().any(|n| n.contains("windows")),
             "{:?}",

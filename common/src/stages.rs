@@ -150,6 +150,13 @@ pub const CONF_BATCH_EVENTS: u32 = 1;
 /// number on before each window opens; it stays put while stamping is continuous.
 pub const CONF_WINDOW: u32 = 2;
 
+/// Index in the tracepoint configuration array of the switch that holds stamping back
+/// (nonzero): the classifiers then stamp nothing, as if detached. A window's hooks are
+/// attached ahead of its opening (an attachment can take a good part of a window on a busy
+/// node) and it opens at its moment on the wall clock when the daemon clears the switch, a
+/// map write, so that every node stamps from the same moment.
+pub const CONF_HELD_BACK: u32 = 3;
+
 /// Key of the flow map: a run's flow as seen from its server endpoint.
 ///
 /// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`) so one map serves both families.

@@ -13,9 +13,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TcContext, TracePointContext},
 };
 use sonde_common::stages::{
-    BATCH_EVENTS, Batch, CONF_BATCH_EVENTS, CONF_DROP_REASON_OFFSET, CONF_WINDOW, EVENTS_BYTES,
-    Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, direction, event_kind, point, runs, sampled,
-    side,
+    BATCH_EVENTS, Batch, CONF_BATCH_EVENTS, CONF_DROP_REASON_OFFSET, CONF_HELD_BACK, CONF_WINDOW,
+    EVENTS_BYTES, Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, direction, event_kind, point,
+    runs, sampled, side,
 };
 
 #[map(name = "SONDE_FLOWS")]
@@ -207,6 +207,10 @@ struct Packet {
 /// address until the kernel frees it (for drops, and for the application's read).
 #[inline(always)]
 pub fn stamp(ctx: &TcContext, at: u8) {
+    if CONF.get(CONF_HELD_BACK).copied().unwrap_or(0) != 0 {
+        // Attached ahead of a window that has not opened yet (or just closed).
+        return;
+    }
     let Some(packet) = parse(ctx) else {
         return;
     };

@@ -19,10 +19,10 @@ use aya::programs::{
 use aya::maps::{Array, MapData};
 use sonde_common::{
     maps,
-    stages::{CONF_BATCH_EVENTS, CONF_WINDOW, runs},
+    stages::{CONF_BATCH_EVENTS, CONF_HELD_BACK, CONF_WINDOW, runs},
 };
 
-use super::lock;
+use super::{lock, windows::Phase};
 use crate::{
     Error, Result,
     error::chain,
@@ -305,11 +305,16 @@ struct WindowState {
     detached: Vec<&'static str>,
     /// The number of the window open now, as the programs read it.
     number: u32,
+    /// Stamping is held back (`CONF_HELD_BACK`): the hooks may be attached, the window is
+    /// not open.
+    held_back: bool,
     /// Windows closed so far.
     closed: u64,
     /// Attachments that failed at a window's opening (their classifier or hook then misses
     /// the window; the next one tries again).
     failed: u64,
+    /// Windows that opened late (see `super::windows::LATE`).
+    late: u64,
 }
 
 /// What [`Hooks::windows`] reports: how many windows closed and how many re-attachments
@@ -320,6 +325,8 @@ pub struct WindowCounts {
     pub closed: u64,
     /// Re-attachments that failed.
     pub failed: u64,
+    /// Windows that opened late.
+    pub late: u64,
 }
 
 impl Hooks {
@@ -495,14 +502,53 @@ impl Hooks {
             .map_err(|err| chain(&err))
     }
 
-    /// Opens or closes the stamping window (see `super::windows`). It closes only while
-    /// every traced run samples; a run that follows every packet keeps it open.
-    pub fn set_window(&mut self, open: bool) {
-        let pause = !open && self.socket_users > 0 && self.continuous_users == 0;
-        if pause && !self.windows.paused {
+    /// Moves the stamping windows to `phase` (see `super::windows`): the hooks come off
+    /// between windows, and stamping is held back until a window opens. Only while every
+    /// traced run samples; a run that follows every packet keeps stamping on.
+    pub fn set_window(&mut self, phase: Phase) {
+        let windowed = self.windowed();
+        let attached = !windowed || phase != Phase::Closed;
+        let stamping = !windowed || phase == Phase::Open;
+        // Stamping stops before the hooks come off, and starts after they are on.
+        if !stamping {
+            self.hold_back(true);
+        }
+        if !attached && !self.windows.paused {
             self.pause();
-        } else if !pause && self.windows.paused {
+        } else if attached && self.windows.paused {
             self.resume();
+        }
+        if stamping {
+            self.hold_back(false);
+        }
+    }
+
+    /// Whether the stamping windows apply: every traced run samples.
+    fn windowed(&self) -> bool {
+        self.socket_users > 0 && self.continuous_users == 0
+    }
+
+    /// Counts a window that opened late, if the windows apply.
+    pub fn window_late(&mut self) {
+        if self.windowed() {
+            self.windows.late += 1;
+        }
+    }
+
+    /// Holds stamping back, or lets it go (`CONF_HELD_BACK`).
+    fn hold_back(&mut self, held: bool) {
+        if self.windows.held_back == held {
+            return;
+        }
+        match self.conf.0.set(CONF_HELD_BACK, u32::from(held), 0) {
+            Ok(()) => self.windows.held_back = held,
+            Err(err) => {
+                tracing::warn!(
+                    "holding stamping back or letting it go failed: {}",
+                    chain(&err)
+                );
+                self.windows.failed += 1;
+            }
         }
     }
 
@@ -511,6 +557,7 @@ impl Hooks {
         WindowCounts {
             closed: self.windows.closed,
             failed: self.windows.failed,
+            late: self.windows.late,
         }
     }
 
@@ -602,6 +649,7 @@ impl Hooks {
             if self.windows.paused {
                 self.resume();
             }
+            self.hold_back(false);
         }
         let mut probes = lock(&self.probes);
         if self.socket_users == 0 {
@@ -653,6 +701,7 @@ impl Hooks {
             self.sockets.clear();
             self.windows.detached.clear();
             self.windows.paused = false;
+            self.hold_back(false);
         }
     }
 

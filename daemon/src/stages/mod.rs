@@ -325,6 +325,12 @@ impl Tracer {
                             .notes
                             .push(format!("program times unavailable: {reason}"));
                     }
+                    if let Some(reason) = &started.not_prompt {
+                        trace.notes.push(format!(
+                            "stamping windows kept at an ordinary priority ({reason}): on a \
+                             busy node they may open late"
+                        ));
+                    }
                     *windows = Some(started);
                 }
                 Err(err) => trace.notes.push(format!(
@@ -640,6 +646,14 @@ impl RunTrace {
                  and the pods' counters only counted",
                 windows::OPEN.as_millis(),
                 windows::PERIOD.as_secs()
+            ));
+        }
+        if windows.late > self.windows_before.late {
+            notes.push(format!(
+                "{} windows opened more than {} ms late (the node was busy): their first \
+                 packets were not stamped",
+                windows.late - self.windows_before.late,
+                windows::LATE.as_millis()
             ));
         }
         if windows.failed > self.windows_before.failed {

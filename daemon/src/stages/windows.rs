@@ -12,11 +12,17 @@
 //! packet (`tcp-rr` and the like) keeps stamping throughout, and so do the sampled runs
 //! beside it.
 //!
-//! The kernel's BPF statistics (see `super::stats`) are on during the same windows.
+//! A window's hooks are attached [`LEAD`] ahead of it, with stamping held back (a TCX
+//! attachment waits for an RCU grace period: 7-20 ms on a node busy with a stream, measured
+//! here), and the window opens on time by a map write. The thread that keeps the windows runs
+//! at a real-time priority where it may: on a node whose CPUs a stream keeps busy, an
+//! ordinary thread woke up to 60 ms late, and the two nodes' windows overlapped little.
+//!
+//! The kernel's BPF statistics (see `super::stats`) are on while the hooks are attached.
 
 use std::{
     os::fd::OwnedFd,
-    sync::{Arc, Condvar, Mutex, Weak},
+    sync::{Arc, Condvar, Mutex, Weak, mpsc},
     thread::JoinHandle,
     time::{Duration, SystemTime},
 };
@@ -27,17 +33,34 @@ use super::{Tracer, lock, stats};
 pub const OPEN: Duration = Duration::from_millis(100);
 /// A window opens at the start of each period of the wall clock.
 pub const PERIOD: Duration = Duration::from_secs(1);
+/// How long before a window opens its hooks are attached.
+pub const LEAD: Duration = Duration::from_millis(50);
+/// A window that opens later than this after its moment is counted late.
+pub const LATE: Duration = Duration::from_millis(5);
 
-/// Whether a window is open at `at` (wall-clock time since the Unix epoch), and how long
-/// until it opens or closes.
-pub fn phase(at: Duration) -> (bool, Duration) {
+/// Where the windows stand at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Between windows: the hooks are detached.
+    Closed,
+    /// Just before a window: the hooks are attached, stamping is held back.
+    Ready,
+    /// In a window: stamping.
+    Open,
+}
+
+/// The phase at `at` (wall-clock time since the Unix epoch), how far into it, and how long
+/// until the next one.
+pub fn phase(at: Duration) -> (Phase, Duration, Duration) {
     let into = at.as_nanos() % PERIOD.as_nanos();
     // Less than a period: fits.
     let into = Duration::from_nanos(into as u64);
     if into < OPEN {
-        (true, OPEN - into)
+        (Phase::Open, into, OPEN - into)
+    } else if into < PERIOD - LEAD {
+        (Phase::Closed, into - OPEN, PERIOD - LEAD - into)
     } else {
-        (false, PERIOD - into)
+        (Phase::Ready, into - (PERIOD - LEAD), PERIOD - into)
     }
 }
 
@@ -48,6 +71,9 @@ pub struct Windows {
     thread: Option<JoinHandle<()>>,
     /// Why the kernel's statistics cannot be turned on, if they cannot.
     pub stats_unavailable: Option<String>,
+    /// Why the windows' thread runs at an ordinary priority (its windows may open late on a
+    /// busy node), if it does.
+    pub not_prompt: Option<String>,
 }
 
 impl Windows {
@@ -58,14 +84,38 @@ impl Windows {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = Arc::clone(&stop);
         let with_stats = stats_unavailable.is_none();
+        let (priority_tx, priority_rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("sonde-windows".to_owned())
-            .spawn(move || keep(&tracer, &flag, with_stats))?;
+            .spawn(move || {
+                let _ = priority_tx.send(prompt());
+                keep(&tracer, &flag, with_stats);
+            })?;
+        let not_prompt = match priority_rx.recv() {
+            Ok(priority) => priority.err(),
+            Err(_) => Some("the windows' thread ended".to_owned()),
+        };
+        if let Some(reason) = &not_prompt {
+            tracing::warn!("stamping windows kept at an ordinary priority: {reason}");
+        }
         Ok(Self {
             stop,
             thread: Some(thread),
             stats_unavailable,
+            not_prompt,
         })
+    }
+}
+
+/// Puts the calling thread at the lowest real-time priority, so that it wakes at a window's
+/// edge even when a stream keeps every CPU busy. It sleeps all but a few milliseconds a second.
+fn prompt() -> Result<(), String> {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: a plain system call on the calling thread (pid 0) with a valid parameter.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().to_string())
     }
 }
 
@@ -83,17 +133,25 @@ impl Drop for Windows {
 /// Opens and closes the windows at their edges until told to stop.
 fn keep(tracer: &Weak<Tracer>, stop: &(Mutex<bool>, Condvar), mut with_stats: bool) {
     let mut statistics: Option<OwnedFd> = None;
+    // The first window may be one a run started in: not late.
+    let mut first = true;
     loop {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let (open, left) = phase(now);
+        let (at, _, _) = phase(wall_clock());
         let Some(tracer) = tracer.upgrade() else {
             return;
         };
-        lock(&tracer.hooks).set_window(open);
+        let mut hooks = lock(&tracer.hooks);
+        hooks.set_window(at);
+        // After the change: how late a window opened, and how long until the next edge.
+        let (now, into, left) = phase(wall_clock());
+        if at == Phase::Open && now == Phase::Open && into > LATE && !first {
+            tracing::debug!("stamping window opened {} ms late", into.as_millis());
+            hooks.window_late();
+        }
+        drop(hooks);
         drop(tracer);
-        if !open {
+        first = false;
+        if at == Phase::Closed {
             statistics = None;
         } else if with_stats && statistics.is_none() {
             match stats::enable() {
@@ -109,6 +167,13 @@ fn keep(tracer: &Weak<Tracer>, stop: &(Mutex<bool>, Condvar), mut with_stats: bo
             return;
         }
     }
+}
+
+/// The wall-clock time since the Unix epoch.
+fn wall_clock() -> Duration {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// Waits `time` or until stopped; whether it was stopped.
@@ -127,15 +192,24 @@ mod tests {
     #[test]
     fn windows_open_for_a_tenth_of_each_second_of_the_wall_clock() {
         let at = |ms: u64| phase(Duration::from_millis(1_700_000_000_000 + ms));
-        assert_eq!(at(0), (true, OPEN));
-        assert_eq!(at(40), (true, Duration::from_millis(60)));
-        assert_eq!(at(100), (false, Duration::from_millis(900)));
-        assert_eq!(at(999), (false, Duration::from_millis(1)));
-        assert_eq!(at(1000), (true, OPEN));
-        // Over any stretch of whole periods, exactly a tenth is open, whatever its start.
-        for start in [0, 37, 100, 555] {
-            let open = (start..start + 3000).filter(|ms| at(*ms).0).count();
-            assert_eq!(open, 300, "from {start} ms");
+        let ms = Duration::from_millis;
+        assert_eq!(at(0), (Phase::Open, ms(0), OPEN));
+        assert_eq!(at(40), (Phase::Open, ms(40), ms(60)));
+        assert_eq!(at(100), (Phase::Closed, ms(0), ms(850)));
+        assert_eq!(at(949), (Phase::Closed, ms(849), ms(1)));
+        assert_eq!(at(950), (Phase::Ready, ms(0), LEAD));
+        assert_eq!(at(999), (Phase::Ready, ms(49), ms(1)));
+        assert_eq!(at(1000), (Phase::Open, ms(0), OPEN));
+        // Over any stretch of whole periods, exactly a tenth is open, whatever its start, and
+        // the hooks are attached the lead longer.
+        for start in [0, 37, 100, 555, 960] {
+            let count = |phase| {
+                (start..start + 3000)
+                    .filter(|ms| at(*ms).0 == phase)
+                    .count()
+            };
+            assert_eq!(count(Phase::Open), 300, "from {start} ms");
+            assert_eq!(count(Phase::Ready), 150, "from {start} ms");
         }
     }
 }
