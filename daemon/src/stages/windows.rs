@@ -18,7 +18,8 @@
 //! at a real-time priority where it may: on a node whose CPUs a stream keeps busy, an
 //! ordinary thread woke up to 60 ms late, and the two nodes' windows overlapped little.
 //!
-//! The kernel's BPF statistics (see `super::stats`) are on while the hooks are attached.
+//! The kernel's BPF statistics (see `super::stats`) are on while a window is open: every
+//! stamping run of a sampled stream's programs is timed.
 
 use std::{
     os::fd::OwnedFd,
@@ -140,20 +141,8 @@ fn keep(tracer: &Weak<Tracer>, stop: &(Mutex<bool>, Condvar), mut with_stats: bo
         let Some(tracer) = tracer.upgrade() else {
             return;
         };
-        let mut hooks = lock(&tracer.hooks);
-        hooks.set_window(at);
-        // After the change: how late a window opened, and how long until the next edge.
-        let (now, into, left) = phase(wall_clock());
-        if at == Phase::Open && now == Phase::Open && into > LATE && !first {
-            tracing::debug!("stamping window opened {} ms late", into.as_millis());
-            hooks.window_late();
-        }
-        drop(hooks);
-        drop(tracer);
-        first = false;
-        if at == Phase::Closed {
-            statistics = None;
-        } else if with_stats && statistics.is_none() {
+        // The statistics go on before stamping starts, and off after it stops.
+        if at == Phase::Open && with_stats && statistics.is_none() {
             match stats::enable() {
                 Ok(fd) => statistics = Some(fd),
                 Err(reason) => {
@@ -162,6 +151,22 @@ fn keep(tracer: &Weak<Tracer>, stop: &(Mutex<bool>, Condvar), mut with_stats: bo
                     with_stats = false;
                 }
             }
+        }
+        let mut hooks = lock(&tracer.hooks);
+        hooks.set_window(at);
+        // After the change: how late a window opened, and how long until the next edge (at
+        // once if the change outlasted its phase: attaching took longer than the lead).
+        let (now, into, left) = phase(wall_clock());
+        let left = if now == at { left } else { Duration::ZERO };
+        if at == Phase::Open && now == Phase::Open && into > LATE && !first {
+            tracing::debug!("stamping window opened {} ms late", into.as_millis());
+            hooks.window_late();
+        }
+        drop(hooks);
+        drop(tracer);
+        first = false;
+        if at != Phase::Open {
+            statistics = None;
         }
         if wait(stop, left) {
             return;
