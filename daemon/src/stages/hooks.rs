@@ -317,13 +317,13 @@ struct WindowState {
     late: u64,
 }
 
-/// What [`Hooks::windows`] reports: how many windows closed and how many re-attachments
-/// failed, so far.
+/// What [`Hooks::windows`] reports: how many windows closed, how many re-attachments (or
+/// switches of stamping) failed, and how many windows opened late, so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WindowCounts {
     /// Windows closed.
     pub closed: u64,
-    /// Re-attachments that failed.
+    /// Re-attachments, or switches of stamping, that failed.
     pub failed: u64,
     /// Windows that opened late.
     pub late: u64,
@@ -552,7 +552,7 @@ impl Hooks {
         }
     }
 
-    /// Windows closed and re-attachments failed so far.
+    /// Windows closed, failures and late openings so far.
     pub fn windows(&self) -> WindowCounts {
         WindowCounts {
             closed: self.windows.closed,

@@ -658,8 +658,8 @@ impl RunTrace {
         }
         if windows.failed > self.windows_before.failed {
             notes.push(format!(
-                "{} attachments failed as windows opened (see the daemon's log): those \
-                 windows miss some stamps",
+                "{} attachments or switches failed as windows opened or closed (see the \
+                 daemon's log): those windows miss some stamps",
                 windows.failed - self.windows_before.failed
             ));
         }
