@@ -64,7 +64,14 @@ fn check_daemonset(daemonset: &DaemonSet) {
     added.sort();
     assert_eq!(
         added,
-        ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"]
+        [
+            "BPF",
+            "NET_ADMIN",
+            "PERFMON",
+            "SYS_ADMIN",
+            "SYS_NICE",
+            "SYS_PTRACE"
+        ]
     );
     let resources = container.resources.as_ref().expect("resources");
     for set in [&resources.requests, &resources.limits] {
@@ -112,7 +119,14 @@ fn every_file_is_a_valid_object_and_the_daemonset_is_least_privilege() {
     // Every added capability has a comment on the line above saying why.
     let raw = text("daemonset.yaml");
     let lines: Vec<&str> = raw.lines().collect();
-    for capability in ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"] {
+    for capability in [
+        "BPF",
+        "PERFMON",
+        "NET_ADMIN",
+        "SYS_ADMIN",
+        "SYS_PTRACE",
+        "SYS_NICE",
+    ] {
         let at = lines
             .iter()
             .position(|line| line.trim() == format!("- {capability}"))
