@@ -604,7 +604,12 @@ pub enum LabCommand {
 #[derive(Debug, clap::Args)]
 pub struct LabFillArgs {
     /// The lab's name.
-    #[arg(long = "name", env = "SONDE_LAB", default_value = "lab")]
+    #[arg(
+        long = "name",
+        visible_alias = "lab",
+        env = "SONDE_LAB",
+        default_value = "lab"
+    )]
     pub name: String,
 
     /// The node whose table to fill.
@@ -630,7 +635,12 @@ pub struct LabFillArgs {
 #[derive(Debug, clap::Args)]
 pub struct LabDelayArgs {
     /// The lab's name.
-    #[arg(long = "name", env = "SONDE_LAB", default_value = "lab")]
+    #[arg(
+        long = "name",
+        visible_alias = "lab",
+        env = "SONDE_LAB",
+        default_value = "lab"
+    )]
     pub name: String,
 
     /// The sending node: its frames to `--to` are delayed.
@@ -658,7 +668,12 @@ pub struct LabDelayArgs {
 #[derive(Debug, clap::Args)]
 pub struct LabName {
     /// The lab's name (1 to 8 lower-case letters or digits).
-    #[arg(long = "name", env = "SONDE_LAB", default_value = "lab")]
+    #[arg(
+        long = "name",
+        visible_alias = "lab",
+        env = "SONDE_LAB",
+        default_value = "lab"
+    )]
     pub name: String,
 
     /// Output format.
@@ -818,6 +833,41 @@ mod tests {
         assert_eq!(args.agents.len(), 2);
         assert_eq!(args.agents[1].to_string(), "node-b:7470");
         assert_eq!(args.output, OutputFormat::Json);
+    }
+
+    #[test]
+    fn lab_commands_take_the_lab_as_runs_name_it() {
+        for line in [
+            &["sondectl", "lab", "down", "--lab", "n13"][..],
+            &["sondectl", "lab", "down", "--name", "n13"][..],
+            &[
+                "sondectl", "lab", "delay", "--lab", "n13", "--from", "node1", "--to", "node2",
+                "--delay", "5ms",
+            ][..],
+            &[
+                "sondectl",
+                "lab",
+                "conntrack-fill",
+                "--lab",
+                "n13",
+                "--node",
+                "node1",
+                "--flows",
+                "10",
+            ][..],
+        ] {
+            let cli = Cli::try_parse_from(line).expect("valid command line");
+            let Command::Lab(lab) = cli.command else {
+                panic!("not a lab command");
+            };
+            let name = match lab {
+                LabCommand::Down(args) | LabCommand::Status(args) => args.name,
+                LabCommand::Delay(args) => args.name,
+                LabCommand::ConntrackFill(args) => args.name,
+                LabCommand::Up(_) => panic!("not lab up"),
+            };
+            assert_eq!(name, "n13", "{line:?}");
+        }
     }
 
     #[test]
