@@ -298,6 +298,13 @@ fn a_client_daemon_killed_mid_run_keeps_what_was_measured_and_says_which_side_fa
             > 1 << 20,
         "{m}"
     );
+    // The client's own live progress until it died is kept too: what it sent, over the
+    // measured time its progress covered (killed 1.5 s in, reported every 0.5 s).
+    let until = &m["until_failure"];
+    let seconds = f64_at(until, "/measured_seconds");
+    assert!((0.4..=1.6).contains(&seconds), "{until}");
+    assert!(until["bytes"].as_u64().expect("bytes") > 1 << 20, "{until}");
+    assert!(f64_at(until, "/bits_per_second") > 0.0, "{until}");
     let errors = doc["errors"].to_string();
     assert!(errors.contains("client side on pod/pod1"), "{errors}");
     let stderr = String::from_utf8_lossy(&output.stderr);

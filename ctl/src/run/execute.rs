@@ -336,6 +336,7 @@ pub async fn measure(
 
     // Phase 2: the client side, if every server is ready.
     let mut client_result = None;
+    let mut live = report::LiveCounts::default();
     if errors.is_empty()
         && let Some(port) = port
     {
@@ -357,7 +358,7 @@ pub async fn measure(
                 None
             },
         };
-        match run_client(plan, agents, request, size).await {
+        match run_client(plan, agents, request, size, &mut live).await {
             Ok(result) => client_result = Some(result),
             Err(err) => errors.push(format!(
                 "client side on {}: {err:#}",
@@ -408,6 +409,9 @@ pub async fn measure(
     };
     let mut measurement =
         report::measurement(&sample, client_result.as_ref(), server.as_ref(), errors);
+    if client_result.is_none() {
+        measurement.until_failure = live.until_failure();
+    }
     // Each node's table once: the client's node first (its side spans the whole run).
     let sides = client_result
         .iter()
@@ -497,12 +501,14 @@ fn node_label(place: &Place) -> String {
     place.node.clone().unwrap_or_else(|| place.agent.clone())
 }
 
-/// Streams a client side: progress to the bar, then its result.
+/// Streams a client side: progress to the bar and into `live` (what is left of the
+/// measurement if the side fails), then its result.
 async fn run_client(
     plan: &Plan,
     agents: &mut Agents,
     request: pb::StartClientRequest,
     size: u64,
+    live: &mut report::LiveCounts,
 ) -> anyhow::Result<pb::SideResult> {
     let mut client = agents.get(&plan.source.agent, plan.timeout).await?;
     let total = plan.warmup + plan.duration;
@@ -521,6 +527,7 @@ async fn run_client(
         })?;
         match event.and_then(|e| e.event) {
             Some(pb::client_event::Event::Progress(progress)) => {
+                live.add(&progress, plan.warmup);
                 if let Some(bar) = &bar {
                     let seconds = progress.interval_ms.max(1) as f64 / 1000.0;
                     bar.set_position(progress.elapsed_ms.min(total.as_millis() as u64));

@@ -10,6 +10,7 @@ use hdrhistogram::{
 };
 use serde::Serialize;
 use sonde_proto::v1 as pb;
+use std::time::Duration;
 
 use super::sizes::human;
 use crate::endpoint::{PathKind, Place};
@@ -88,9 +89,11 @@ pub struct Measurement {
     pub response_size_bytes: Option<u64>,
     /// 1-based repetition.
     pub repetition: u32,
-    /// Goodput at the receiver(s), bits per second (payload only).
+    /// Goodput at the receiver(s), bits per second (payload only); 0 when the side that
+    /// measures it failed (see `complete`, `errors` and `until_failure`).
     pub throughput_bits_per_second: f64,
-    /// Transactions (RR), writes (TCP stream) or datagrams received (UDP stream) per second.
+    /// Transactions (RR), writes (TCP stream) or datagrams received (UDP stream) per second;
+    /// 0 when the side that measures it failed.
     pub messages_per_second: f64,
     /// Latency of transactions (RR kinds), from the intended send time in rate mode.
     pub latency: Option<Latency>,
@@ -113,6 +116,58 @@ pub struct Measurement {
     pub complete: bool,
     /// What went wrong in this measurement.
     pub errors: Vec<String>,
+    /// When the client side failed half-way: what it reported live until then, so that a
+    /// broken measurement still says what it moved.
+    pub until_failure: Option<UntilFailure>,
+}
+
+/// What a client side reported in its live progress over the measured part of a measurement
+/// (warm-up left out), until it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct UntilFailure {
+    /// Measured time the progress covered.
+    pub measured_seconds: f64,
+    /// Payload bytes the client moved (sent plus received).
+    pub bytes: u64,
+    /// Messages completed (transactions, writes, datagrams).
+    pub messages: u64,
+    /// `bytes` over `measured_seconds`, in bits per second.
+    pub bits_per_second: f64,
+    /// `messages` over `measured_seconds`.
+    pub messages_per_second: f64,
+}
+
+/// The counts of a client side's live progress over the measured part, kept while it runs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LiveCounts {
+    measured_ms: u64,
+    bytes: u64,
+    messages: u64,
+}
+
+impl LiveCounts {
+    /// Counts one progress message, when its interval lies wholly after the warm-up.
+    pub fn add(&mut self, progress: &pb::Progress, warmup: Duration) {
+        let warmup_ms = u64::try_from(warmup.as_millis()).unwrap_or(u64::MAX);
+        if progress.elapsed_ms.saturating_sub(progress.interval_ms) < warmup_ms {
+            return;
+        }
+        self.measured_ms += progress.interval_ms;
+        self.bytes += progress.bytes;
+        self.messages += progress.messages;
+    }
+
+    /// What the progress said, if it covered any measured time.
+    pub fn until_failure(&self) -> Option<UntilFailure> {
+        let seconds = self.measured_ms as f64 / 1e3;
+        (self.measured_ms > 0).then(|| UntilFailure {
+            measured_seconds: seconds,
+            bytes: self.bytes,
+            messages: self.messages,
+            bits_per_second: self.bytes as f64 * 8.0 / seconds,
+            messages_per_second: self.messages as f64 / seconds,
+        })
+    }
 }
 
 /// Latency summary and the histogram it came from.
@@ -492,6 +547,7 @@ pub fn measurement(
         conntrack: Vec::new(),
         complete: client.is_some() && server.is_some() && errors.is_empty(),
         errors,
+        until_failure: None,
     }
 }
 
@@ -544,11 +600,22 @@ pub fn table(report: &RunReport) -> String {
             }
             _ => human(m.size_bytes),
         };
+        let cpu = |side: Option<&SideReport>, seconds: f64| {
+            side.map_or_else(|| "-".to_owned(), |_| format!("{seconds:.2}"))
+        };
+        // A failed side's zero is not a figure.
+        let figure = |value: f64, show: fn(f64) -> String| {
+            if value == 0.0 && !m.complete {
+                "-".to_owned()
+            } else {
+                show(value)
+            }
+        };
         table.add_row([
             size,
             m.repetition.to_string(),
-            bits(m.throughput_bits_per_second),
-            format!("{:.0}", m.messages_per_second),
+            figure(m.throughput_bits_per_second, bits),
+            figure(m.messages_per_second, |v| format!("{v:.0}")),
             latency(|l| l.p50_ns),
             latency(|l| l.p90_ns),
             latency(|l| l.p99_ns),
@@ -560,9 +627,14 @@ pub fn table(report: &RunReport) -> String {
                 .unwrap_or_else(|| "-".to_owned()),
             m.tcp
                 .as_ref()
+                .filter(|_| m.client.is_some() || m.server.is_some())
                 .map(|t| t.retransmits.to_string())
                 .unwrap_or_else(|| "-".to_owned()),
-            format!("{:.2}/{:.2}s", m.cpu.client_seconds, m.cpu.server_seconds),
+            format!(
+                "{}/{}s",
+                cpu(m.client.as_ref(), m.cpu.client_seconds),
+                cpu(m.server.as_ref(), m.cpu.server_seconds)
+            ),
         ]);
     }
     let mut text = format!(
@@ -601,6 +673,18 @@ pub fn table(report: &RunReport) -> String {
                 table.drop,
                 table.early_drop,
                 if table.events_lost { " (events lost: new is low)" } else { "" },
+            ));
+        }
+    }
+    for m in &report.measurements {
+        if let Some(until) = &m.until_failure {
+            text.push_str(&format!(
+                "{} #{} until it failed: the client reported {}, {:.0} msg/s over {:.1}s measured (its live progress; not a complete measurement)\n",
+                human(m.size_bytes),
+                m.repetition,
+                bits(until.bits_per_second),
+                until.messages_per_second,
+                until.measured_seconds,
             ));
         }
     }
@@ -804,4 +888,131 @@ pub fn csv(report: &RunReport) -> anyhow::Result<String> {
         ])?;
     }
     Ok(String::from_utf8(writer.into_inner()?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(elapsed_ms: u64, bytes: u64, messages: u64) -> pb::Progress {
+        pb::Progress {
+            elapsed_ms,
+            warmup: false,
+            bytes,
+            messages,
+            interval_ms: 500,
+        }
+    }
+
+    #[test]
+    fn live_counts_keep_only_intervals_after_the_warm_up() {
+        let mut live = LiveCounts::default();
+        assert_eq!(live.until_failure(), None, "nothing measured yet");
+        let warmup = Duration::from_millis(1000);
+        // 0.5-1.0 s is warm-up; 0.7-1.2 s straddles its end; 1.2-1.7 s and 1.7-2.2 s count.
+        live.add(&progress(1000, 1_000_000, 10), warmup);
+        live.add(
+            &pb::Progress {
+                interval_ms: 500,
+                ..progress(1200, 7, 7)
+            },
+            warmup,
+        );
+        assert_eq!(live.until_failure(), None, "warm-up only");
+        live.add(&progress(1700, 250_000_000, 100), warmup);
+        live.add(&progress(2200, 250_000_000, 300), warmup);
+        let until = live.until_failure().expect("a second measured");
+        assert_eq!(until.measured_seconds, 1.0);
+        assert_eq!(until.bytes, 500_000_000);
+        assert_eq!(until.messages, 400);
+        assert_eq!(until.bits_per_second, 4e9);
+        assert_eq!(until.messages_per_second, 400.0);
+    }
+
+    fn report(client: Option<&pb::SideResult>, live: LiveCounts) -> RunReport {
+        let sample = Sample {
+            shape: Shape::StreamForward,
+            transport: Transport::Tcp,
+            size: 131_072,
+            response_size: None,
+            repetition: 1,
+        };
+        let failed = client.is_none();
+        let mut m = measurement(&sample, client, None, vec!["client side: gone".to_owned()]);
+        if failed {
+            m.until_failure = live.until_failure();
+        }
+        let end = |name: &str| EndReport {
+            endpoint: name.to_owned(),
+            places: Vec::new(),
+            ip: None,
+            kernels: Vec::new(),
+        };
+        RunReport {
+            schema: SCHEMA,
+            sonde_version: "test",
+            started_at_unix_seconds: 0,
+            kind: "tcp-stream".to_owned(),
+            from: end("pod/pod1"),
+            to: end("pod/pod3"),
+            path: PathKind::PodIp,
+            spec: SpecReport {
+                duration_seconds: 6.0,
+                warmup_seconds: 0.0,
+                parallel: 1,
+                rate: 0.0,
+                direction: "forward".to_owned(),
+                plain_io: false,
+                repetitions: 1,
+                sizes_bytes: vec![131_072],
+            },
+            measurements: vec![m],
+            complete: false,
+            errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_failed_side_shows_no_figure_but_what_its_progress_said() {
+        let mut live = LiveCounts::default();
+        live.add(&progress(500, 1_250_000_000, 9_000), Duration::ZERO);
+        let text = table(&report(None, live));
+        let row = text
+            .lines()
+            .find(|line| line.starts_with("128KiB"))
+            .expect("the measurement's row");
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[2..4], ["-", "-"], "{text}");
+        assert_eq!(cells[cells.len() - 2..], ["-", "-/-s"], "{text}");
+        assert!(
+            text.contains(
+                "128KiB #1 until it failed: the client reported 20.00 Gbit/s, 18000 msg/s over 0.5s measured"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(report(None, live)).expect("JSON");
+        assert_eq!(
+            json["measurements"][0]["until_failure"]["bytes"],
+            1_250_000_000
+        );
+    }
+
+    #[test]
+    fn a_side_that_finished_keeps_its_figures_and_no_progress_line() {
+        let client = pb::SideResult {
+            measured_ns: 1_000_000_000,
+            messages: 5,
+            ..Default::default()
+        };
+        let text = table(&report(Some(&client), LiveCounts::default()));
+        let row = text
+            .lines()
+            .find(|line| line.starts_with("128KiB"))
+            .expect("the measurement's row");
+        // No server result: its throughput is not a figure, the client's message rate is.
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[2..4], ["-", "5"], "{text}");
+        assert_eq!(cells[cells.len() - 2..], ["0", "0.00/-s"], "{text}");
+        assert!(!text.contains("until it failed"), "{text}");
+    }
 }
