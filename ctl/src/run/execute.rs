@@ -407,11 +407,13 @@ pub async fn measure(
         response_size,
         repetition,
     };
-    let mut measurement =
-        report::measurement(&sample, client_result.as_ref(), server.as_ref(), errors);
-    if client_result.is_none() {
-        measurement.until_failure = live.until_failure();
-    }
+    let mut measurement = report::measurement(
+        &sample,
+        client_result.as_ref(),
+        server.as_ref(),
+        &live,
+        errors,
+    );
     // Each node's table once: the client's node first (its side spans the whole run).
     let sides = client_result
         .iter()

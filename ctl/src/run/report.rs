@@ -413,11 +413,13 @@ pub struct Sample {
     pub repetition: u32,
 }
 
-/// Builds a measurement from the two sides' results (either may be missing after a failure).
+/// Builds a measurement from the two sides' results (either may be missing after a failure)
+/// and, for a client side that failed, what its live progress said.
 pub fn measurement(
     sample: &Sample,
     client: Option<&pb::SideResult>,
     server: Option<&pb::SideResult>,
+    live: &LiveCounts,
     errors: Vec<String>,
 ) -> Measurement {
     let Sample {
@@ -547,7 +549,7 @@ pub fn measurement(
         conntrack: Vec::new(),
         complete: client.is_some() && server.is_some() && errors.is_empty(),
         errors,
-        until_failure: None,
+        until_failure: client.is_none().then(|| live.until_failure()).flatten(),
     }
 }
 
@@ -937,11 +939,13 @@ mod tests {
             response_size: None,
             repetition: 1,
         };
-        let failed = client.is_none();
-        let mut m = measurement(&sample, client, None, vec!["client side: gone".to_owned()]);
-        if failed {
-            m.until_failure = live.until_failure();
-        }
+        let m = measurement(
+            &sample,
+            client,
+            None,
+            &live,
+            vec!["client side: gone".to_owned()],
+        );
         let end = |name: &str| EndReport {
             endpoint: name.to_owned(),
             places: Vec::new(),
@@ -972,16 +976,21 @@ mod tests {
         }
     }
 
+    /// The cells of the table's one measurement row.
+    fn row_cells(text: &str) -> Vec<&str> {
+        text.lines()
+            .find(|line| line.starts_with("128KiB"))
+            .expect("the measurement's row")
+            .split_whitespace()
+            .collect()
+    }
+
     #[test]
     fn a_failed_side_shows_no_figure_but_what_its_progress_said() {
         let mut live = LiveCounts::default();
         live.add(&progress(500, 1_250_000_000, 9_000), Duration::ZERO);
         let text = table(&report(None, live));
-        let row = text
-            .lines()
-            .find(|line| line.starts_with("128KiB"))
-            .expect("the measurement's row");
-        let cells: Vec<&str> = row.split_whitespace().collect();
+        let cells = row_cells(&text);
         assert_eq!(cells[2..4], ["-", "-"], "{text}");
         assert_eq!(cells[cells.len() - 2..], ["-", "-/-s"], "{text}");
         assert!(
@@ -1004,13 +1013,12 @@ mod tests {
             messages: 5,
             ..Default::default()
         };
-        let text = table(&report(Some(&client), LiveCounts::default()));
-        let row = text
-            .lines()
-            .find(|line| line.starts_with("128KiB"))
-            .expect("the measurement's row");
+        // Progress came in too, but the side's own result is the figure.
+        let mut live = LiveCounts::default();
+        live.add(&progress(500, 1_000, 5), Duration::ZERO);
+        let text = table(&report(Some(&client), live));
         // No server result: its throughput is not a figure, the client's message rate is.
-        let cells: Vec<&str> = row.split_whitespace().collect();
+        let cells = row_cells(&text);
         assert_eq!(cells[2..4], ["-", "5"], "{text}");
         assert_eq!(cells[cells.len() - 2..], ["0", "0.00/-s"], "{text}");
         assert!(!text.contains("until it failed"), "{text}");
