@@ -89,12 +89,12 @@ pub struct Measurement {
     pub response_size_bytes: Option<u64>,
     /// 1-based repetition.
     pub repetition: u32,
-    /// Goodput at the receiver(s), bits per second (payload only); 0 when the side that
-    /// measures it failed (see `complete`, `errors` and `until_failure`).
-    pub throughput_bits_per_second: f64,
+    /// Goodput at the receiver(s), bits per second (payload only); none when a side it is
+    /// measured at failed (see `complete`, `errors` and `until_failure`).
+    pub throughput_bits_per_second: Option<f64>,
     /// Transactions (RR), writes (TCP stream) or datagrams received (UDP stream) per second;
-    /// 0 when the side that measures it failed.
-    pub messages_per_second: f64,
+    /// none when a side it is measured at failed.
+    pub messages_per_second: Option<f64>,
     /// Latency of transactions (RR kinds), from the intended send time in rate mode.
     pub latency: Option<Latency>,
     /// TCP facts (TCP kinds).
@@ -429,45 +429,35 @@ pub fn measurement(
         response_size,
         repetition,
     } = *sample;
-    let seconds = |side: Option<&pb::SideResult>| side.map_or(0.0, |s| s.measured_ns as f64 / 1e9);
+    // A figure needs the sides it is read from: none (null, `-`) when one of them failed.
+    let seconds = |side: &pb::SideResult| side.measured_ns as f64 / 1e9;
     let rate = |amount: f64, secs: f64| if secs > 0.0 { amount / secs } else { 0.0 };
     let received_bits = |side: Option<&pb::SideResult>| {
-        rate(
-            side.map_or(0.0, |s| s.bytes_received as f64 * 8.0),
-            seconds(side),
-        )
+        side.map(|s| rate(s.bytes_received as f64 * 8.0, seconds(s)))
     };
+    let messages =
+        |side: Option<&pb::SideResult>| side.map(|s| rate(s.messages as f64, seconds(s)));
     let (throughput, messages_per_second) = match shape {
-        Shape::StreamForward => (
-            received_bits(server),
-            rate(client.map_or(0.0, |c| c.messages as f64), seconds(client)),
-        ),
-        Shape::StreamReverse => (
-            received_bits(client),
-            rate(server.map_or(0.0, |s| s.messages as f64), seconds(server)),
-        ),
+        Shape::StreamForward => (received_bits(server), messages(client)),
+        Shape::StreamReverse => (received_bits(client), messages(server)),
         Shape::StreamBoth => (
-            received_bits(server) + received_bits(client),
-            rate(client.map_or(0.0, |c| c.messages as f64), seconds(client)),
+            received_bits(server)
+                .zip(received_bits(client))
+                .map(|(there, back)| there + back),
+            messages(client),
         ),
         Shape::RequestResponse => (
-            rate(
-                client.map_or(0.0, |c| (c.bytes_sent + c.bytes_received) as f64 * 8.0),
-                seconds(client),
-            ),
-            rate(client.map_or(0.0, |c| c.messages as f64), seconds(client)),
+            client.map(|c| rate((c.bytes_sent + c.bytes_received) as f64 * 8.0, seconds(c))),
+            messages(client),
         ),
         // Datagrams received per second of the sender's measured window.
-        Shape::Datagrams => (
-            rate(
-                server.map_or(0.0, |s| s.bytes_received as f64 * 8.0),
-                seconds(client),
-            ),
-            rate(
-                server.map_or(0.0, |s| s.udp_received as f64),
-                seconds(client),
-            ),
-        ),
+        Shape::Datagrams => {
+            let both = server.zip(client);
+            (
+                both.map(|(s, c)| rate(s.bytes_received as f64 * 8.0, seconds(c))),
+                both.map(|(s, c)| rate(s.udp_received as f64, seconds(c))),
+            )
+        }
     };
     let latency = client
         .and_then(|c| decode_histogram(&c.latency_histogram))
@@ -605,13 +595,8 @@ pub fn table(report: &RunReport) -> String {
         let cpu = |side: Option<&SideReport>, seconds: f64| {
             side.map_or_else(|| "-".to_owned(), |_| format!("{seconds:.2}"))
         };
-        // A failed side's zero is not a figure.
-        let figure = |value: f64, show: fn(f64) -> String| {
-            if value == 0.0 && !m.complete {
-                "-".to_owned()
-            } else {
-                show(value)
-            }
+        let figure = |value: Option<f64>, show: fn(f64) -> String| {
+            value.map_or_else(|| "-".to_owned(), show)
         };
         table.add_row([
             size,
@@ -870,8 +855,12 @@ pub fn csv(report: &RunReport) -> anyhow::Result<String> {
                 .map(|r| r.to_string())
                 .unwrap_or_default(),
             m.repetition.to_string(),
-            format!("{:.0}", m.throughput_bits_per_second),
-            format!("{:.1}", m.messages_per_second),
+            m.throughput_bits_per_second
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_default(),
+            m.messages_per_second
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or_default(),
             latency(|l| l.p50_ns),
             latency(|l| l.p90_ns),
             latency(|l| l.p99_ns),
@@ -931,7 +920,11 @@ mod tests {
         assert_eq!(until.messages_per_second, 400.0);
     }
 
-    fn report(client: Option<&pb::SideResult>, live: LiveCounts) -> RunReport {
+    fn report(
+        client: Option<&pb::SideResult>,
+        server: Option<&pb::SideResult>,
+        live: LiveCounts,
+    ) -> RunReport {
         let sample = Sample {
             shape: Shape::StreamForward,
             transport: Transport::Tcp,
@@ -942,7 +935,7 @@ mod tests {
         let m = measurement(
             &sample,
             client,
-            None,
+            server,
             &live,
             vec!["client side: gone".to_owned()],
         );
@@ -989,7 +982,7 @@ mod tests {
     fn a_failed_side_shows_no_figure_but_what_its_progress_said() {
         let mut live = LiveCounts::default();
         live.add(&progress(500, 1_250_000_000, 9_000), Duration::ZERO);
-        let text = table(&report(None, live));
+        let text = table(&report(None, None, live));
         let cells = row_cells(&text);
         assert_eq!(cells[2..4], ["-", "-"], "{text}");
         assert_eq!(cells[cells.len() - 2..], ["-", "-/-s"], "{text}");
@@ -999,11 +992,23 @@ mod tests {
             ),
             "{text}"
         );
-        let json = serde_json::to_value(report(None, live)).expect("JSON");
-        assert_eq!(
-            json["measurements"][0]["until_failure"]["bytes"],
-            1_250_000_000
-        );
+        let json = serde_json::to_value(report(None, None, live)).expect("JSON");
+        let m = &json["measurements"][0];
+        assert_eq!(m["until_failure"]["bytes"], 1_250_000_000);
+        assert!(m["throughput_bits_per_second"].is_null(), "{m}");
+        assert!(m["messages_per_second"].is_null(), "{m}");
+    }
+
+    #[test]
+    fn a_side_that_measured_nothing_gives_a_zero_though_the_other_failed() {
+        // The server side received nothing before the client failed: that zero is a figure.
+        let server = pb::SideResult {
+            measured_ns: 1_000_000_000,
+            ..Default::default()
+        };
+        let text = table(&report(None, Some(&server), LiveCounts::default()));
+        let cells = row_cells(&text);
+        assert_eq!(cells[2..5], ["0", "bit/s", "-"], "{text}");
     }
 
     #[test]
@@ -1016,7 +1021,7 @@ mod tests {
         // Progress came in too, but the side's own result is the figure.
         let mut live = LiveCounts::default();
         live.add(&progress(500, 1_000, 5), Duration::ZERO);
-        let text = table(&report(Some(&client), live));
+        let text = table(&report(Some(&client), None, live));
         // No server result: its throughput is not a figure, the client's message rate is.
         let cells = row_cells(&text);
         assert_eq!(cells[2..4], ["-", "5"], "{text}");

@@ -225,7 +225,9 @@ fn step_of(rate: f64, run: &RunReport) -> Step {
     }
     Step {
         offered_per_s: rate,
-        achieved_per_s: measurement.map_or(0.0, |m| m.messages_per_second),
+        achieved_per_s: measurement
+            .and_then(|m| m.messages_per_second)
+            .unwrap_or(0.0),
         p99_ns: measurement.and_then(|m| m.latency.as_ref().map(|l| l.p99_ns)),
         errors,
         conntrack: measurement.map_or_else(Vec::new, |m| {
