@@ -8,6 +8,8 @@
 //! - [`lab`]: the lab, a cluster of network namespaces on one machine.
 //! - [`cluster`]: Kubernetes: the manifests, deploying them, finding the daemons.
 //! - [`endpoint`]: what `--from`/`--to` name, resolved to daemons, namespaces, addresses.
+//! - [`engine`]: the run engine: a session of daemon connections, clock offsets and runs in
+//!   flight, executing plans.
 //! - [`run`]: planning, executing and reporting runs.
 //! - [`output`]: output formats shared by the subcommands.
 
@@ -16,6 +18,7 @@ pub mod cli;
 pub mod cluster;
 pub mod cmd;
 pub mod endpoint;
+pub mod engine;
 pub mod lab;
 pub mod output;
 pub mod run;

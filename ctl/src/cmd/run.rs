@@ -1,28 +1,25 @@
 //! `sondectl run KIND --from A --to B`.
 
-use std::{
-    io::IsTerminal as _,
-    sync::Mutex,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{io::IsTerminal as _, sync::Arc};
 
 use anyhow::{Context as _, bail};
 use sonde_proto::v1 as pb;
 
 use crate::{
-    cli::{DirectionArg, RunArgs, RunOutput},
+    cli::{DirectionArg, PlacementArgs, RunArgs, RunOutput},
     endpoint,
+    engine::{self, Session},
     lab::Inventory,
     run::{
-        execute::{self, Agents, InFlight, Plan},
-        report::{self, EndReport, RunReport, SpecReport},
+        execute::{Ends, Plan},
+        report::{self, RunReport},
     },
 };
 
 /// Runs `sondectl run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let output = args.output;
-    let report = measure(args).await?;
+    let report = measure(&plan(&args).await?).await;
     match output {
         RunOutput::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         RunOutput::Csv => print!("{}", report::csv(&report)?),
@@ -79,50 +76,55 @@ fn check_placement(
     Ok(())
 }
 
-/// Resolves the endpoints, runs every measurement `args` asks for (Ctrl-C stops both sides)
-/// and returns the report, complete or not.
-pub async fn measure(args: RunArgs) -> anyhow::Result<RunReport> {
-    if !(args.rate.is_finite() && args.rate >= 0.0) {
-        bail!("--rate must be 0 (as fast as possible) or a positive number of messages per second");
-    }
-    let (source, destination) = match &args.placement.cluster.kubeconfig {
+/// The ends of a run, resolved in the lab or the cluster the flags name, with their placement
+/// checked.
+pub async fn resolve_ends(
+    from: &endpoint::EndpointRef,
+    to: &endpoint::EndpointRef,
+    placement: &PlacementArgs,
+    lab: &str,
+) -> anyhow::Result<Ends> {
+    let (source, destination) = match &placement.cluster.kubeconfig {
         Some(_) => {
-            let cluster =
-                crate::cluster::endpoints::Cluster::connect(&args.placement.cluster).await?;
-            (
-                cluster.source(&args.from).await?,
-                cluster.destination(&args.to).await?,
-            )
+            let cluster = crate::cluster::endpoints::Cluster::connect(&placement.cluster).await?;
+            (cluster.source(from).await?, cluster.destination(to).await?)
         }
         None => {
-            let lab = Inventory::load(&args.lab).ok();
+            let lab = Inventory::load(lab).ok();
             (
-                endpoint::resolve_source(&args.from, lab.as_ref())?,
-                endpoint::resolve_destination(&args.to, lab.as_ref())?,
+                endpoint::resolve_source(from, lab.as_ref())?,
+                endpoint::resolve_destination(to, lab.as_ref())?,
             )
         }
     };
-    if let Some(wanted) = args.placement.wanted() {
+    if let Some(wanted) = placement.wanted() {
         check_placement(wanted, &source, &destination)?;
     }
-    let path = endpoint::path_kind(&args.from, &args.to, &source, &destination);
-    let (kind, default_size) = (args.kind.proto(), args.kind.default_size());
-    if args.kind.is_intra_pod()
-        && !(destination.servers.len() == 1 && destination.servers[0] == source)
-    {
-        bail!(
-            "{} is an intra-pod baseline: --from and --to must be the same pod (or node)",
-            args.kind.name()
-        );
+    let path = endpoint::path_kind(from, to, &source, &destination);
+    Ok(Ends {
+        from: from.to_string(),
+        to: to.to_string(),
+        source,
+        destination,
+        path,
+    })
+}
+
+/// The plan `sondectl run` asks for: its ends resolved, every size of its sweep.
+pub async fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
+    if !(args.rate.is_finite() && args.rate >= 0.0) {
+        bail!("--rate must be 0 (as fast as possible) or a positive number of messages per second");
     }
+    let ends = resolve_ends(&args.from, &args.to, &args.placement, &args.lab).await?;
+    let mut plan = Plan::between(args.kind, ends, args.timeout)?;
     let rr = args.kind.is_request_response();
-    let sizes: Vec<(u64, Option<u64>)> = match &args.sizes {
+    plan.sizes = match &args.sizes {
         Some(sweep) => sweep
             .iter()
             .map(|&size| (size, rr.then_some(size)))
             .collect(),
         None => {
-            let size = args.size.unwrap_or(default_size);
+            let size = args.size.unwrap_or(args.kind.default_size());
             let request = if rr {
                 args.request_size.unwrap_or(size)
             } else {
@@ -132,106 +134,29 @@ pub async fn measure(args: RunArgs) -> anyhow::Result<RunReport> {
             vec![(request, response)]
         }
     };
-    let direction = match args.direction {
+    plan.direction = match args.direction {
         DirectionArg::Forward => pb::Direction::ClientToServer,
         DirectionArg::Reverse => pb::Direction::ServerToClient,
         DirectionArg::Both => pb::Direction::Both,
     };
-    let plan = Plan {
-        kind,
-        duration: args.duration,
-        warmup: args.warmup,
-        parallel: args.parallel,
-        rate: args.rate,
-        direction,
-        plain_io: args.plain_io,
-        sizes,
-        repetitions: args.repetitions,
-        source,
-        destination,
-        timeout: args.timeout,
-        progress: args.output == RunOutput::Table && std::io::stderr().is_terminal(),
-        trace: !args.no_trace,
-        estimate_clock: args.estimate_clock,
-    };
+    plan.duration = args.duration;
+    plan.warmup = args.warmup;
+    plan.parallel = args.parallel;
+    plan.rate = args.rate;
+    plan.plain_io = args.plain_io;
+    plan.repetitions = args.repetitions;
+    plan.progress = args.output == RunOutput::Table && std::io::stderr().is_terminal();
+    plan.trace = !args.no_trace;
+    plan.estimate_clock = args.estimate_clock;
+    Ok(plan)
+}
 
-    let mut agents = Agents::default();
-    let to_places: Vec<_> = plan.destination.servers.iter().collect();
-    let report_from = EndReport {
-        endpoint: args.from.to_string(),
-        places: vec![plan.source.clone()],
-        ip: plan.source.ip.map(|ip| ip.to_string()),
-        kernels: execute::kernels(&[&plan.source], &mut agents, plan.timeout).await,
-    };
-    let report_to = EndReport {
-        endpoint: args.to.to_string(),
-        places: plan.destination.servers.clone(),
-        ip: Some(plan.destination.ip.to_string()),
-        kernels: execute::kernels(&to_places, &mut agents, plan.timeout).await,
-    };
-    let mut report = RunReport {
-        schema: report::SCHEMA,
-        sonde_version: env!("CARGO_PKG_VERSION"),
-        started_at_unix_seconds: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default(),
-        kind: args.kind.name().to_owned(),
-        from: report_from,
-        to: report_to,
-        path,
-        spec: SpecReport {
-            duration_seconds: plan.duration.as_secs_f64(),
-            warmup_seconds: plan.warmup.as_secs_f64(),
-            parallel: plan.parallel,
-            rate: plan.rate,
-            direction: format!("{:?}", args.direction).to_lowercase(),
-            plain_io: args.plain_io,
-            repetitions: plan.repetitions,
-            sizes_bytes: plan.sizes.iter().map(|(size, _)| *size).collect(),
-        },
-        measurements: Vec::new(),
-        complete: false,
-        errors: Vec::new(),
-    };
-
-    let in_flight = Mutex::new(InFlight::default());
-    let cancelled = {
-        let all = async {
-            for size_index in 0..plan.sizes.len() {
-                for repetition in 1..=plan.repetitions {
-                    let measurement =
-                        execute::measure(&plan, &mut agents, size_index, repetition, &in_flight)
-                            .await;
-                    report.measurements.push(measurement);
-                }
-            }
-        };
-        tokio::select! {
-            () = all => false,
-            _ = tokio::signal::ctrl_c() => true,
-        }
-    };
-    if cancelled {
-        let flight = in_flight.lock().map(|f| f.clone()).unwrap_or_default();
-        execute::cancel(flight, &mut agents, plan.timeout).await;
-        report
-            .errors
-            .push("cancelled (Ctrl-C): both sides were stopped".to_owned());
-    }
-    for m in &report.measurements {
-        report.errors.extend(m.errors.iter().map(|e| {
-            format!(
-                "{} #{}: {e}",
-                crate::run::sizes::human(m.size_bytes),
-                m.repetition
-            )
-        }));
-    }
-    let planned = plan.sizes.len() * plan.repetitions as usize;
-    report.complete = !cancelled
-        && report.measurements.len() == planned
-        && report.measurements.iter().all(|m| m.complete);
-
-    Ok(report)
+/// Runs `plan` on a session of its own, which Ctrl-C cancels: the report keeps what was
+/// measured until then.
+pub async fn measure(plan: &Plan) -> RunReport {
+    let session = Arc::new(Session::new(plan.timeout));
+    let ctrl_c = engine::cancel_on_ctrl_c(&session);
+    let report = session.run(plan).await;
+    ctrl_c.abort();
+    report
 }

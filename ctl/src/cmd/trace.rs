@@ -8,11 +8,11 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use crate::{
-    cli::{DirectionArg, RunArgs, RunKindArg, RunOutput, TraceArgs, TraceProtocol},
+    cli::{RunKindArg, TraceArgs, TraceProtocol},
     cmd::run as runs,
     endpoint::PathKind,
     output::OutputFormat,
-    run::{breakdown::Breakdown, report, sizes::human},
+    run::{breakdown::Breakdown, execute::Plan, report, sizes::human},
 };
 
 /// What `sondectl trace -o json` prints.
@@ -38,29 +38,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         TraceProtocol::Tcp => RunKindArg::TcpRr,
         TraceProtocol::Udp => RunKindArg::UdpRr,
     };
-    let run_args = RunArgs {
-        kind,
-        from: args.from,
-        to: args.to,
-        placement: args.placement,
-        duration: args.duration,
-        warmup: std::time::Duration::from_millis(500),
-        repetitions: 1,
-        parallel: 1,
-        rate: args.rate,
-        size: Some(args.size),
-        request_size: None,
-        response_size: None,
-        sizes: None,
-        direction: DirectionArg::Forward,
-        plain_io: false,
-        no_trace: false,
-        estimate_clock: args.estimate_clock,
-        lab: args.lab,
-        output: RunOutput::Json,
-        timeout: args.timeout,
-    };
-    let result = runs::measure(run_args).await?;
+    let ends = runs::resolve_ends(&args.from, &args.to, &args.placement, &args.lab).await?;
+    let mut plan = Plan::between(kind, ends, args.timeout)?;
+    plan.duration = args.duration;
+    plan.warmup = std::time::Duration::from_millis(500);
+    plan.rate = args.rate;
+    plan.sizes = vec![(args.size, Some(args.size))];
+    plan.estimate_clock = args.estimate_clock;
+    let result = runs::measure(&plan).await;
     let measurement = result
         .measurements
         .first()

@@ -5,12 +5,12 @@
 //! daemon, keeping the fastest, whose midpoint is the best guess of when the daemon read its
 //! clock; the error bar is half of each fastest round trip, summed.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use sonde_proto::v1 as pb;
 
-use super::execute::Agents;
+use crate::engine::Session;
 
 /// Round trips per daemon.
 const SAMPLES: usize = 32;
@@ -38,23 +38,25 @@ impl ClockOffset {
 /// The fastest of [`SAMPLES`] round trips: (daemon clock minus controller clock, half the round
 /// trip), both ns; and the daemon's boot ID.
 async fn sample(
-    agents: &mut Agents,
+    session: &Session,
     agent: &str,
     base: Instant,
-    timeout: Duration,
 ) -> anyhow::Result<(i64, u64, String)> {
-    let mut client = agents.get(agent, timeout).await?;
+    let mut client = session.agent(agent).await?;
     let mut best: Option<(i64, u64)> = None;
     let mut boot_id = String::new();
     for _ in 0..SAMPLES {
         let sent = base.elapsed().as_nanos() as i64;
-        let answer = client
-            .get_clock(pb::GetClockRequest {})
-            .await
-            .map_err(|status| {
-                anyhow::anyhow!("{agent}: GetClock: {}", crate::agent::status_text(&status))
-            })?
-            .into_inner();
+        let answer =
+            tokio::time::timeout(session.timeout(), client.get_clock(pb::GetClockRequest {}))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("{agent}: GetClock: no answer in {:?}", session.timeout())
+                })?
+                .map_err(|status| {
+                    anyhow::anyhow!("{agent}: GetClock: {}", crate::agent::status_text(&status))
+                })?
+                .into_inner();
         let received = base.elapsed().as_nanos() as i64;
         let half_rtt = ((received - sent) / 2) as u64;
         let offset = answer.monotonic_ns as i64 - (sent + received) / 2;
@@ -70,18 +72,17 @@ async fn sample(
 /// The server daemon's clock relative to the client daemon's. `estimate` forces the
 /// NTP-style estimate even on one kernel (to check the estimator against a known zero).
 pub async fn offset(
-    agents: &mut Agents,
+    session: &Session,
     client: &str,
     server: &str,
     estimate: bool,
-    timeout: Duration,
 ) -> anyhow::Result<ClockOffset> {
     if client == server && !estimate {
         return Ok(ClockOffset::SAME_KERNEL);
     }
     let base = Instant::now();
-    let (client_offset, client_error, client_boot) = sample(agents, client, base, timeout).await?;
-    let (server_offset, server_error, server_boot) = sample(agents, server, base, timeout).await?;
+    let (client_offset, client_error, client_boot) = sample(session, client, base).await?;
+    let (server_offset, server_error, server_boot) = sample(session, server, base).await?;
     if client_boot == server_boot && !client_boot.is_empty() && !estimate {
         return Ok(ClockOffset::SAME_KERNEL);
     }

@@ -2,15 +2,10 @@
 //! the client side, finish the server side(s). Whatever was measured is kept when something
 //! fails half-way, and the failure is reported with the side it happened on.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::time::Duration;
 
-use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use sonde_proto::v1::{self as pb, agent_client::AgentClient};
-use tonic::transport::Channel;
+use sonde_proto::v1 as pb;
 
 use super::{
     breakdown, clock,
@@ -19,6 +14,7 @@ use super::{
 use crate::{
     agent,
     endpoint::{Destination, Place},
+    engine::Session,
 };
 
 /// Everything a run needs, resolved.
@@ -26,6 +22,14 @@ use crate::{
 pub struct Plan {
     /// The generator.
     pub kind: pb::RunKind,
+    /// Its name, as users type it and reports show it.
+    pub kind_name: &'static str,
+    /// The client end as the user named it (`pod/pod1`), for the report.
+    pub from: String,
+    /// The server end as the user named it.
+    pub to: String,
+    /// How traffic gets from one end to the other.
+    pub path: crate::endpoint::PathKind,
     /// Measured part per measurement.
     pub duration: Duration,
     /// Warm-up per measurement.
@@ -56,7 +60,62 @@ pub struct Plan {
     pub estimate_clock: bool,
 }
 
+/// The two ends of a run, resolved, with how users named them.
+#[derive(Debug, Clone)]
+pub struct Ends {
+    /// The client end as the user named it (`pod/pod1`).
+    pub from: String,
+    /// The server end as the user named it.
+    pub to: String,
+    /// Where the client runs.
+    pub source: Place,
+    /// Where the servers run and where traffic goes.
+    pub destination: Destination,
+    /// How traffic gets from one to the other.
+    pub path: crate::endpoint::PathKind,
+}
+
 impl Plan {
+    /// One measurement of `kind` between `ends` with the defaults of `sondectl run` (10 s, 1 s
+    /// of warm-up, one connection, as fast as possible, the kind's default size, traced); the
+    /// caller changes what it needs. Refuses an intra-pod kind between two places.
+    pub fn between(
+        kind: crate::cli::RunKindArg,
+        ends: Ends,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        if kind.is_intra_pod()
+            && !(ends.destination.servers.len() == 1 && ends.destination.servers[0] == ends.source)
+        {
+            anyhow::bail!(
+                "{} is an intra-pod baseline: --from and --to must be the same pod (or node)",
+                kind.name()
+            );
+        }
+        let size = kind.default_size();
+        Ok(Self {
+            kind: kind.proto(),
+            kind_name: kind.name(),
+            from: ends.from,
+            to: ends.to,
+            path: ends.path,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(1),
+            parallel: 1,
+            rate: 0.0,
+            direction: pb::Direction::ClientToServer,
+            plain_io: false,
+            sizes: vec![(size, kind.is_request_response().then_some(size))],
+            repetitions: 1,
+            source: ends.source,
+            destination: ends.destination,
+            timeout,
+            progress: false,
+            trace: true,
+            estimate_clock: false,
+        })
+    }
+
     /// Whether the run's packets are traced: asked for, and a kind that crosses the network.
     fn traced(&self) -> bool {
         self.trace
@@ -207,59 +266,48 @@ impl Plan {
     }
 }
 
-/// Connections to the daemons a run uses, opened once.
-#[derive(Debug, Default)]
-pub struct Agents {
-    clients: HashMap<String, AgentClient<Channel>>,
-}
-
-impl Agents {
-    /// The client for `addr`, connecting on first use.
-    pub async fn get(
-        &mut self,
-        addr: &str,
-        timeout: Duration,
-    ) -> anyhow::Result<AgentClient<Channel>> {
-        if let Some(client) = self.clients.get(addr) {
-            return Ok(client.clone());
-        }
-        let parsed = addr.parse().map_err(anyhow::Error::msg)?;
-        let client = agent::connect(&parsed, timeout)
-            .await
-            .with_context(|| format!("agent {addr}"))?;
-        self.clients.insert(addr.to_owned(), client.clone());
-        Ok(client)
-    }
-}
-
-/// A run ID: time-based and unique enough for one controller's runs on a daemon.
-fn run_id(size_index: usize, repetition: u32) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("r{nanos:x}-{size_index}-{repetition}")
-}
-
-/// The run currently in flight, for cancellation.
-#[derive(Debug, Default, Clone)]
-pub struct InFlight {
-    /// Its ID.
-    pub run_id: String,
-    /// Daemons holding a side of it.
-    pub agents: Vec<String>,
-}
-
-/// Runs one measurement. Never fails as a whole: failures are recorded in the measurement.
+/// Runs one measurement, or returns `None` if the session is cancelled meanwhile (both sides
+/// are then asked to stop). Never fails otherwise: failures are recorded in the measurement.
 pub async fn measure(
     plan: &Plan,
-    agents: &mut Agents,
+    session: &Session,
     size_index: usize,
     repetition: u32,
-    in_flight: &std::sync::Mutex<InFlight>,
+) -> Option<Measurement> {
+    if session.is_cancelled() {
+        return None;
+    }
+    let run_id = session.run_id(&format!("{size_index}-{repetition}"));
+    let agents: Vec<String> = plan
+        .destination
+        .servers
+        .iter()
+        .map(|s| s.agent.clone())
+        .chain([plan.source.agent.clone()])
+        .collect();
+    session.in_flight(&run_id, agents.clone());
+    let cancellation = session.cancellation();
+    let measurement = tokio::select! {
+        measurement = measure_run(plan, session, &run_id, size_index, repetition) => Some(measurement),
+        () = cancellation.cancelled() => None,
+    };
+    if measurement.is_none() {
+        session.cancel_run(&run_id, &agents).await;
+    }
+    session.landed(&run_id);
+    measurement
+}
+
+/// The three phases of one measurement under `run_id`.
+async fn measure_run(
+    plan: &Plan,
+    session: &Session,
+    run_id: &str,
+    size_index: usize,
+    repetition: u32,
 ) -> Measurement {
+    let run_id = run_id.to_owned();
     let (size, response_size) = plan.sizes[size_index];
-    let run_id = run_id(size_index, repetition);
     let spec = pb::RunSpec {
         kind: plan.kind as i32,
         duration_ms: u64::try_from(plan.duration.as_millis()).unwrap_or(u64::MAX),
@@ -272,18 +320,6 @@ pub async fn measure(
         plain_io: plan.plain_io,
     };
     let mut errors = Vec::new();
-    if let Ok(mut flight) = in_flight.lock() {
-        *flight = InFlight {
-            run_id: run_id.clone(),
-            agents: plan
-                .destination
-                .servers
-                .iter()
-                .map(|s| s.agent.clone())
-                .chain([plan.source.agent.clone()])
-                .collect(),
-        };
-    }
 
     // Phase 1: every server side.
     let token: Vec<u8> = {
@@ -309,7 +345,7 @@ pub async fn measure(
                 None
             },
         };
-        let answer = match agents.get(&server.agent, plan.timeout).await {
+        let answer = match session.agent(&server.agent).await {
             Ok(mut client) => client.prepare_server(request).await.map_err(|status| {
                 anyhow::anyhow!(
                     "{} refused the server side: {}",
@@ -358,7 +394,7 @@ pub async fn measure(
                 None
             },
         };
-        match run_client(plan, agents, request, size, &mut live).await {
+        match run_client(plan, session, request, size, &mut live).await {
             Ok(result) => client_result = Some(result),
             Err(err) => errors.push(format!(
                 "client side on {}: {err:#}",
@@ -377,7 +413,7 @@ pub async fn measure(
             continue;
         }
         finished_agents.push(&server.agent);
-        let finished = match agents.get(&server.agent, plan.timeout).await {
+        let finished = match session.agent(&server.agent).await {
             Ok(mut client) => client
                 .finish_server(pb::FinishServerRequest {
                     run_id: run_id.clone(),
@@ -395,9 +431,6 @@ pub async fn measure(
             }
             Err(err) => errors.push(format!("server side on {}: {err:#}", place_name(server))),
         }
-    }
-    if let Ok(mut flight) = in_flight.lock() {
-        *flight = InFlight::default();
     }
     let server = report::merge_sides(&server_results);
     let sample = report::Sample {
@@ -442,14 +475,9 @@ pub async fn measure(
             .collect();
         let clock = match server_agents.iter().find(|a| **a != plan.source.agent) {
             Some(server_agent) => {
-                clock::offset(
-                    agents,
-                    &plan.source.agent,
-                    server_agent,
-                    plan.estimate_clock,
-                    plan.timeout,
-                )
-                .await
+                session
+                    .clock(&plan.source.agent, server_agent, plan.estimate_clock)
+                    .await
             }
             None => Ok(clock::ClockOffset::SAME_KERNEL),
         };
@@ -507,12 +535,12 @@ fn node_label(place: &Place) -> String {
 /// measurement if the side fails), then its result.
 async fn run_client(
     plan: &Plan,
-    agents: &mut Agents,
+    session: &Session,
     request: pb::StartClientRequest,
     size: u64,
     live: &mut report::LiveCounts,
 ) -> anyhow::Result<pb::SideResult> {
-    let mut client = agents.get(&plan.source.agent, plan.timeout).await?;
+    let mut client = session.agent(&plan.source.agent).await?;
     let total = plan.warmup + plan.duration;
     // No deadline of the channel's on a stream that lasts the run: give it the run's length.
     let mut call = tonic::Request::new(request);
@@ -569,32 +597,4 @@ fn place_name(place: &Place) -> String {
         (None, Some(node)) => format!("node/{node}"),
         (None, None) => place.agent.clone(),
     }
-}
-
-/// Asks every daemon of the run in flight to cancel it (Ctrl-C).
-pub async fn cancel(flight: InFlight, agents: &mut Agents, timeout: Duration) {
-    for addr in flight.agents {
-        if let Ok(mut client) = agents.get(&addr, timeout).await {
-            let _ = client
-                .cancel_run(pb::CancelRunRequest {
-                    run_id: flight.run_id.clone(),
-                })
-                .await;
-        }
-    }
-}
-
-/// The facts of the daemons at both ends (names, kernels), best effort.
-pub async fn kernels(places: &[&Place], agents: &mut Agents, timeout: Duration) -> Vec<String> {
-    let mut kernels = Vec::new();
-    for place in places {
-        if let Ok(mut client) = agents.get(&place.agent, timeout).await
-            && let Ok(facts) = client.get_node_facts(pb::GetNodeFactsRequest {}).await
-            && let Some(facts) = facts.into_inner().facts
-            && !kernels.contains(&facts.kernel_release)
-        {
-            kernels.push(facts.kernel_release);
-        }
-    }
-    kernels
 }

@@ -7,17 +7,19 @@
 //! `--max-steps`, so it is always bounded. It changes no setting, so there is nothing to
 //! restore; the TIME_WAIT entries it leaves expire on the kernel's own timeout.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::bail;
 use serde::Serialize;
 
 use crate::{
-    cli::{ConntrackRampArgs, DirectionArg, RampStop, RunArgs, RunKindArg, RunOutput},
+    cli::{ConntrackRampArgs, RampStop, RunKindArg},
     cmd::run as runs,
+    engine::{self, Session},
     output::OutputFormat,
     run::{
         breakdown::DropReport,
+        execute::{Ends, Plan},
         report::{ConntrackReport, RunReport, nanos},
     },
 };
@@ -137,6 +139,11 @@ pub async fn run(args: ConntrackRampArgs) -> anyhow::Result<()> {
         totals: Vec::new(),
         changed: Vec::new(),
     };
+    let ends = runs::resolve_ends(&args.from, &args.to, &args.placement, &args.lab).await?;
+    let base = step_plan(&args, ends)?;
+    // One session for every step: one connection per daemon, Ctrl-C stops the step running.
+    let session = Arc::new(Session::new(args.timeout));
+    let ctrl_c = engine::cancel_on_ctrl_c(&session);
     let mut rate = args.start_rate;
     let mut failure = None;
     for index in 1..=args.max_steps as usize {
@@ -151,15 +158,13 @@ pub async fn run(args: ConntrackRampArgs) -> anyhow::Result<()> {
             "step {index}: tcp-crr at {rate:.0} connections/s for {:?}",
             args.step
         );
-        let measured = runs::measure(step_args(&args, rate)).await;
-        let run = match measured {
-            Ok(run) => run,
-            Err(err) => {
-                // Keep what the earlier steps measured; say what failed.
-                failure = Some(format!("step {index} at {rate:.0}/s failed: {err:#}"));
-                break;
-            }
-        };
+        let mut plan = base.clone();
+        plan.rate = rate;
+        let run = session.run(&plan).await;
+        if session.is_cancelled() {
+            failure = Some(format!("step {index} at {rate:.0}/s: cancelled (Ctrl-C)"));
+            break;
+        }
         let step = step_of(rate, &run);
         let hit = first_hit(&stops, &step);
         report.steps.push(step);
@@ -181,6 +186,7 @@ pub async fn run(args: ConntrackRampArgs) -> anyhow::Result<()> {
     if report.knee.is_none() && failure.is_none() {
         report.knee = Some(unhit(&report, "max-steps"));
     }
+    ctrl_c.abort();
     report.totals = totals(&report.steps);
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -192,29 +198,16 @@ pub async fn run(args: ConntrackRampArgs) -> anyhow::Result<()> {
     }
 }
 
-fn step_args(args: &ConntrackRampArgs, rate: f64) -> RunArgs {
-    RunArgs {
-        kind: RunKindArg::TcpCrr,
-        from: args.from.clone(),
-        to: args.to.clone(),
-        placement: args.placement.clone(),
-        duration: args.step,
-        warmup: Duration::ZERO,
-        repetitions: 1,
-        parallel: args.parallel,
-        rate,
-        size: Some(1),
-        request_size: None,
-        response_size: None,
-        sizes: None,
-        direction: DirectionArg::Forward,
-        plain_io: false,
-        no_trace: !args.trace,
-        estimate_clock: false,
-        lab: args.lab.clone(),
-        output: RunOutput::Json,
-        timeout: args.timeout,
-    }
+/// The plan every step shares (its rate set per step): 1-byte tcp-crr for `--step`, no
+/// warm-up, traced only with `--trace`.
+fn step_plan(args: &ConntrackRampArgs, ends: Ends) -> anyhow::Result<Plan> {
+    let mut plan = Plan::between(RunKindArg::TcpCrr, ends, args.timeout)?;
+    plan.duration = args.step;
+    plan.warmup = Duration::ZERO;
+    plan.parallel = args.parallel;
+    plan.sizes = vec![(1, Some(1))];
+    plan.trace = args.trace;
+    Ok(plan)
 }
 
 fn step_of(rate: f64, run: &RunReport) -> Step {
