@@ -32,6 +32,10 @@ pub enum Command {
     Lab(LabCommand),
     /// Measure between two endpoints with a native generator.
     Run(RunArgs),
+    /// Measure a fleet: a scenario file's tests over its nodes, topology, placement classes
+    /// and paths, packed into rounds so that no node is loaded twice at once.
+    #[command(subcommand)]
+    Scenario(crate::cmd::scenario::ScenarioCommand),
     /// Prepare a server side and keep it serving, for a client of your own (curl, wrk).
     Serve(ServeArgs),
     /// Where the time goes between two endpoints: a light request/response flow, traced in
@@ -332,7 +336,10 @@ pub struct ServeArgs {
 }
 
 /// The generators `sondectl run` drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum RunKindArg {
     /// Bulk TCP throughput.
     TcpStream,
@@ -413,7 +420,10 @@ impl RunKindArg {
 }
 
 /// Stream direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum DirectionArg {
     /// Client to server.
     Forward,
@@ -767,7 +777,7 @@ pub struct NodesArgs {
 }
 
 /// As [`parse_duration`], also accepting zero.
-fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
     if text.trim().trim_end_matches(['m', 's']).parse::<f64>() == Ok(0.0) {
         return Ok(Duration::ZERO);
     }
@@ -775,7 +785,7 @@ fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
 }
 
 /// Parses "500ms", "3s", "2m" or a bare number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

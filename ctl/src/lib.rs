@@ -11,6 +11,7 @@
 //! - [`engine`]: the run engine: a session of daemon connections, clock offsets and runs in
 //!   flight, executing plans.
 //! - [`run`]: planning, executing and reporting runs.
+//! - [`scenario`]: fleet measurements: scenario files, their expansion into rounds, run-sets.
 //! - [`output`]: output formats shared by the subcommands.
 
 pub mod agent;
@@ -22,3 +23,4 @@ pub mod engine;
 pub mod lab;
 pub mod output;
 pub mod run;
+pub mod scenario;

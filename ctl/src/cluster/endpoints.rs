@@ -100,6 +100,11 @@ impl Cluster {
         .await
     }
 
+    /// The daemons found, ready or not.
+    pub fn daemons(&self) -> &[Daemon] {
+        &self.daemons
+    }
+
     /// Every ready daemon, by node, with the address it is reached at.
     pub fn agents(&self) -> anyhow::Result<Vec<(String, AgentAddr)>> {
         self.daemons

@@ -5,6 +5,7 @@ pub mod deploy;
 pub mod lab;
 pub mod nodes;
 pub mod run;
+pub mod scenario;
 pub mod serve;
 pub mod trace;
 
@@ -16,6 +17,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Nodes(args) => nodes::run(args).await,
         Command::Lab(command) => lab::run(command).await,
         Command::Run(args) => run::run(args).await,
+        Command::Scenario(command) => scenario::run(command).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Trace(args) => trace::run(args).await,
         Command::Conntrack(command) => conntrack::run(command).await,

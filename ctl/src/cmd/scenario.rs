@@ -1,0 +1,198 @@
+//! `sondectl scenario validate|plan|run FILE`: a scenario file checked, expanded into
+//! measurements and rounds, or run.
+
+use std::{io::IsTerminal as _, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    cli::KubernetesArgs,
+    engine::{self, Session},
+    lab::Inventory,
+    output::OutputFormat,
+    scenario::{
+        Expansion, Fleet, Scenario,
+        execute::{self, RunSet, Target},
+        render,
+    },
+};
+
+/// `sondectl scenario` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ScenarioCommand {
+    /// Check a scenario file (docs/schema/scenario.v1.json) without reaching any node.
+    Validate(ValidateArgs),
+    /// Print the measurements a scenario expands to and the rounds they run in; runs nothing.
+    Plan(ScenarioArgs),
+    /// Run a scenario: its rounds one after the other, the measurements of a round at once.
+    Run(RunArgs),
+}
+
+/// Flags of `sondectl scenario validate`.
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// The scenario file (YAML or JSON).
+    pub file: PathBuf,
+}
+
+/// Where a scenario runs, and how it is printed.
+#[derive(Debug, clap::Args)]
+pub struct ScenarioArgs {
+    /// The scenario file (YAML or JSON).
+    pub file: PathBuf,
+
+    /// The lab whose nodes the scenario uses (unless --kubeconfig).
+    #[arg(long, env = "SONDE_LAB", default_value = "lab")]
+    pub lab: String,
+
+    /// The cluster whose nodes the scenario uses.
+    #[command(flatten)]
+    pub cluster: KubernetesArgs,
+
+    /// Output format (json: the plan, or the run-set document docs/schema/run-set.v1.json).
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// How long to wait for a daemon to answer a call.
+    #[arg(long, default_value = "5s", value_parser = crate::cli::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Flags of `sondectl scenario run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The scenario, where it runs, and the output.
+    #[command(flatten)]
+    pub scenario: ScenarioArgs,
+
+    /// An earlier run-set of this scenario (`-o json`): its complete measurements are kept as
+    /// they are, and only the others run.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+}
+
+/// Runs `sondectl scenario ...`.
+pub async fn run(command: ScenarioCommand) -> anyhow::Result<()> {
+    match command {
+        ScenarioCommand::Validate(args) => {
+            let scenario = Scenario::load(&args.file)
+                .with_context(|| format!("{} is not a valid scenario", args.file.display()))?;
+            let tests = scenario.tests()?;
+            println!(
+                "{}: scenario {} is valid ({} test{})",
+                args.file.display(),
+                scenario.name,
+                tests.len(),
+                if tests.len() == 1 { "" } else { "s" }
+            );
+            Ok(())
+        }
+        ScenarioCommand::Plan(args) => {
+            let (scenario, expansion, _) = prepare(&args).await?;
+            match args.output {
+                OutputFormat::Json => {
+                    let plan = serde_json::json!({
+                        "scenario": scenario,
+                        "expansion": expansion,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&plan)?);
+                }
+                OutputFormat::Table => print!("{}", render::plan_table(&scenario.name, &expansion)),
+            }
+            Ok(())
+        }
+        ScenarioCommand::Run(args) => run_scenario(args).await,
+    }
+}
+
+/// The scenario, its expansion over the fleet the flags name, and where to resolve its ends.
+async fn prepare(args: &ScenarioArgs) -> anyhow::Result<(Scenario, Expansion, Target)> {
+    let scenario = Scenario::load(&args.file)
+        .with_context(|| format!("{} is not a valid scenario", args.file.display()))?;
+    let (fleet, target, kubernetes) = match &args.cluster.kubeconfig {
+        Some(_) => {
+            let cluster = crate::cluster::endpoints::Cluster::connect(&args.cluster).await?;
+            let fleet = Fleet::from_daemons(cluster.daemons());
+            (fleet, Target::Cluster(Box::new(cluster)), true)
+        }
+        None => {
+            let lab = Inventory::load(&args.lab).with_context(|| {
+                format!(
+                    "scenario {} runs in a lab or a cluster: no lab {:?} is up (`sondectl lab up`, or --kubeconfig)",
+                    scenario.name, args.lab
+                )
+            })?;
+            (Fleet::from_lab(&lab), Target::Lab(lab), false)
+        }
+    };
+    let expansion = crate::scenario::expand(&scenario, &fleet, kubernetes)?;
+    Ok((scenario, expansion, target))
+}
+
+async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
+    let (scenario, expansion, target) = prepare(&args.scenario).await?;
+    if expansion.measurements.is_empty() {
+        bail!(
+            "scenario {} expands to no measurement here ({} skipped; `sondectl scenario plan` says why)",
+            scenario.name,
+            expansion.skipped.len()
+        );
+    }
+    let resume_from: Option<RunSet> = match &args.resume {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let earlier: RunSet = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a run-set document (sondectl scenario run -o json)",
+                    path.display()
+                )
+            })?;
+            if earlier.scenario.name != scenario.name {
+                bail!(
+                    "{} is a run of scenario {}, not {}",
+                    path.display(),
+                    earlier.scenario.name,
+                    scenario.name
+                );
+            }
+            Some(earlier)
+        }
+        None => None,
+    };
+    let session = Arc::new(Session::new(args.scenario.timeout));
+    let ctrl_c = engine::cancel_on_ctrl_c(&session);
+    let progress = args.scenario.output == OutputFormat::Table && std::io::stderr().is_terminal();
+    let mut set = execute::run(
+        &session,
+        &target,
+        &scenario,
+        &expansion,
+        resume_from.as_ref(),
+        progress,
+    )
+    .await;
+    ctrl_c.abort();
+    set.origin = match &target {
+        Target::Lab(lab) => format!("lab {}", lab.name),
+        Target::Cluster(_) => "cluster".to_owned(),
+    };
+    match args.scenario.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&set)?),
+        OutputFormat::Table => print!("{}", render::table(&set)),
+    }
+    if !set.complete {
+        let failed = set
+            .measurements
+            .iter()
+            .filter(|r| r.status != execute::Status::Complete)
+            .count();
+        bail!(
+            "scenario {}: {failed} of {} measurements did not complete; {}",
+            scenario.name,
+            set.measurements.len(),
+            set.errors.first().cloned().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
