@@ -187,6 +187,7 @@ fn a_run_names_its_pods_by_ip_as_the_daemons_mapped_them() {
             .expect("node2");
         let prepare = |netns: String| pb::PrepareServerRequest {
             trace: None,
+            reservation_id: String::new(),
             run_id: "by-ip".to_owned(),
             spec: Some(rr_spec(500)),
             netns,
@@ -213,6 +214,7 @@ fn a_run_names_its_pods_by_ip_as_the_daemons_mapped_them() {
         let mut stream = node1
             .start_client(pb::StartClientRequest {
                 trace: None,
+                reservation_id: String::new(),
                 run_id: "by-ip".to_owned(),
                 spec: Some(rr_spec(500)),
                 netns: format!("pod-ip:{pod1}"),

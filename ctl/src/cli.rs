@@ -588,6 +588,11 @@ pub struct RunArgs {
     #[arg(short, long, value_enum, default_value_t = RunOutput::Table)]
     pub output: RunOutput,
 
+    /// How long a measurement waits for its nodes when someone else's measurement holds
+    /// them (reservations on the daemons), before it gives up naming the holder.
+    #[arg(long, default_value = "60s", value_parser = parse_duration_or_zero)]
+    pub wait: Duration,
+
     /// How long to wait for a daemon to answer a call.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,

@@ -319,3 +319,124 @@ async fn clock_offsets_are_cached_per_pair_of_daemons() {
     assert_eq!(forced.method, "ntp-style");
     assert_eq!(session.clocks_cached(), 1);
 }
+
+/// Run holds a daemon recorded: (holder session, class, started, ended).
+async fn holds(daemon: &Daemon) -> Vec<(String, i32, u64, u64)> {
+    let mut client =
+        sonde_proto::v1::agent_client::AgentClient::connect(format!("http://{}", daemon.addr))
+            .await
+            .expect("connect");
+    client
+        .list_reservations(sonde_proto::v1::ListReservationsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .runs
+        .into_iter()
+        .map(|run| {
+            (
+                run.holder.map(|h| h.session).unwrap_or_default(),
+                run.class,
+                run.started_at_unix_ms,
+                run.ended_at_unix_ms,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_measurement_waits_for_nodes_another_session_holds_and_says_for_whom() {
+    let (a, b) = (daemon("a").await, daemon("b").await);
+    let first = Session::new(Duration::from_secs(2)).for_scenario("first");
+    let second = Session::new(Duration::from_secs(2));
+    let stream = plan(
+        RunKindArg::TcpStream,
+        &a.addr,
+        &b.addr,
+        Duration::from_millis(1200),
+    );
+    let rr = plan(
+        RunKindArg::TcpRr,
+        &b.addr,
+        &a.addr,
+        Duration::from_millis(300),
+    );
+    let late_rr = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        second.run(&rr).await
+    };
+    let (streamed, waited) = tokio::join!(first.run(&stream), late_rr);
+    assert!(streamed.complete, "{:?}", streamed.errors);
+    assert!(waited.complete, "{:?}", waited.errors);
+    assert!(
+        waited.waited_seconds > 0.5,
+        "waited {}",
+        waited.waited_seconds
+    );
+    let why = waited.waits.join("; ");
+    assert!(
+        why.contains(first.id()) && why.contains("scenario first") && why.contains("exclusive"),
+        "{why}"
+    );
+    // The daemons' own records: the two sessions never held a node at once.
+    for daemon in [&a, &b] {
+        let runs = holds(daemon).await;
+        assert_eq!(runs.len(), 2, "one side of each run per daemon");
+        let of = |session: &str| {
+            runs.iter()
+                .find(|run| run.0 == session)
+                .unwrap_or_else(|| panic!("no hold of {session}"))
+        };
+        let (s, r) = (of(first.id()), of(second.id()));
+        assert!(
+            r.2 >= s.3,
+            "rr started {} before the stream ended {}",
+            r.2,
+            s.3
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_measurement_that_waits_too_long_fails_naming_the_holder() {
+    let (a, b) = (daemon("a").await, daemon("b").await);
+    let holder = Session::new(Duration::from_secs(2)).for_scenario("holder");
+    let impatient = Session::new(Duration::from_secs(2)).with_max_wait(Duration::from_millis(300));
+    let held = holder
+        .reserve(
+            std::slice::from_ref(&a.addr),
+            sonde_ctl::scenario::spec::Class::Exclusive,
+            Duration::from_secs(30),
+            "a long stream",
+        )
+        .await
+        .expect("reserve");
+    let report = impatient
+        .run(&plan(
+            RunKindArg::TcpCrr,
+            &a.addr,
+            &b.addr,
+            Duration::from_millis(200),
+        ))
+        .await;
+    assert!(!report.complete);
+    let errors = report.errors.join("; ");
+    assert!(
+        errors.contains("held by someone else") && errors.contains("scenario holder"),
+        "{errors}"
+    );
+    assert!(errors.contains("a long stream"), "{errors}");
+    // Nothing ran on either daemon.
+    assert!(holds(&a).await.is_empty() && holds(&b).await.is_empty());
+    // Released, the node is free again.
+    holder.release(&held).await;
+    let after = impatient
+        .run(&plan(
+            RunKindArg::TcpCrr,
+            &a.addr,
+            &b.addr,
+            Duration::from_millis(200),
+        ))
+        .await;
+    assert!(after.complete, "{:?}", after.errors);
+}

@@ -28,10 +28,11 @@ use crate::{
         wire::Token,
     },
     pods::PodInterface,
+    reservations::{self, Reservations},
     runs::{
         RunError, Runs, netns_path,
         policy::TargetPolicy,
-        spec::{InvalidSpec, RunSpec},
+        spec::{self, InvalidSpec, RunSpec},
     },
     stages::{RunTrace, TraceReport, TraceSpec, Tracer},
 };
@@ -54,6 +55,8 @@ pub struct AgentService<S> {
     conntrack: Result<Arc<Watcher>, String>,
     /// The table when each prepared server side started, for its result's delta.
     conntrack_at_prepare: Arc<Mutex<HashMap<String, conntrack::Sample>>>,
+    /// Who holds this node, so that measurements never collide on it.
+    reservations: Arc<Reservations>,
 }
 
 impl<S: FactsSource> AgentService<S> {
@@ -66,7 +69,13 @@ impl<S: FactsSource> AgentService<S> {
             tracer: None,
             conntrack: Err("not watched by this daemon".to_owned()),
             conntrack_at_prepare: Arc::default(),
+            reservations: Arc::default(),
         }
+    }
+
+    /// This daemon's reservations (shared with whatever else reports them).
+    pub fn reservations(&self) -> Arc<Reservations> {
+        Arc::clone(&self.reservations)
     }
 
     /// Lets the service read the node's conntrack table (or say why it cannot).
@@ -198,6 +207,10 @@ impl From<RunError> for Status {
                 source: Error::TooManyFlows { .. },
             } => Status::resource_exhausted(message),
             RunError::NoTracing => Status::failed_precondition(message),
+            RunError::Reserved(reservations::Refusal::TooMany) => {
+                Status::resource_exhausted(message)
+            }
+            RunError::Reserved(_) => Status::failed_precondition(message),
             RunError::Prepare { .. } | RunError::Trace { .. } => Status::internal(message),
         }
     }
@@ -252,6 +265,17 @@ impl<S: FactsSource> Agent for AgentService<S> {
             // Checked before anything is bound; the port is filled in once known.
             TraceSpec::from_request(trace, 1)?;
         }
+        spec::check_run_id(&request.run_id).map_err(RunError::from)?;
+        let hold = self
+            .reservations
+            .admit(
+                &request.run_id,
+                "server",
+                spec.kind.name(),
+                &request.reservation_id,
+                spec.kind.class(),
+            )
+            .map_err(RunError::from)?;
         let runs = Arc::clone(&self.runs);
         let tracer = self.tracer.clone();
         let run_id = request.run_id.clone();
@@ -264,6 +288,7 @@ impl<S: FactsSource> Agent for AgentService<S> {
                 port,
                 lease,
                 token,
+                Some(hold),
                 |port| {
                     start_trace(
                         tracer.as_ref(),
@@ -339,6 +364,16 @@ impl<S: FactsSource> Agent for AgentService<S> {
             Status::invalid_argument("token: must be the 16 bytes PrepareServer returned")
         })?;
         let guard = self.runs.client(&request.run_id)?;
+        let hold = self
+            .reservations
+            .admit(
+                &request.run_id,
+                "client",
+                spec.kind.name(),
+                &request.reservation_id,
+                spec.kind.class(),
+            )
+            .map_err(RunError::from)?;
         let trace = start_trace(
             self.tracer.as_ref(),
             request.trace.as_ref(),
@@ -349,7 +384,11 @@ impl<S: FactsSource> Agent for AgentService<S> {
         tracing::info!(run_id = request.run_id, target = ?target, traced = trace.is_some(), "client side started");
         let (tx, rx) = mpsc::channel(16);
         let conntrack = self.watcher();
-        let observers = Observers { trace, conntrack };
+        let observers = Observers {
+            trace,
+            conntrack,
+            hold,
+        };
         tokio::spawn(drive_client(
             guard, spec, netns, target, token, observers, tx,
         ));
@@ -416,6 +455,78 @@ impl<S: FactsSource> Agent for AgentService<S> {
         }))
     }
 
+    async fn reserve(
+        &self,
+        request: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
+        let request = request.into_inner();
+        let holder = holder_of(request.holder.as_ref())?;
+        let class = class_of(request.class)?;
+        let lease = Duration::from_millis(request.lease_ms);
+        if lease.is_zero() || lease > reservations::MAX_LEASE {
+            return Err(Status::invalid_argument(format!(
+                "lease_ms: must be 1 to {} (milliseconds), got {}",
+                reservations::MAX_LEASE.as_millis(),
+                request.lease_ms
+            )));
+        }
+        if request.purpose.len() > 256 {
+            return Err(Status::invalid_argument(
+                "purpose: at most 256 bytes of words",
+            ));
+        }
+        let granted = self
+            .reservations
+            .reserve(holder, class, lease, request.purpose)
+            .map_err(RunError::from)?;
+        Ok(Response::new(pb::ReserveResponse {
+            reservation_id: granted.id,
+            expires_at_unix_ms: granted.expires_at_unix_ms,
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let found = self
+            .reservations
+            .release(&request.into_inner().reservation_id);
+        Ok(Response::new(pb::ReleaseResponse { found }))
+    }
+
+    async fn list_reservations(
+        &self,
+        _request: Request<pb::ListReservationsRequest>,
+    ) -> Result<Response<pb::ListReservationsResponse>, Status> {
+        let (held, runs) = self.reservations.list();
+        Ok(Response::new(pb::ListReservationsResponse {
+            held: held
+                .into_iter()
+                .map(|r| pb::Reservation {
+                    reservation_id: r.id,
+                    holder: Some(holder_message(r.holder)),
+                    class: class_message(r.class) as i32,
+                    purpose: r.purpose,
+                    granted_at_unix_ms: r.granted_at_unix_ms,
+                    expires_at_unix_ms: r.expires_at_unix_ms,
+                })
+                .collect(),
+            runs: runs
+                .into_iter()
+                .map(|run| pb::RunHold {
+                    run_id: run.run_id,
+                    side: run.side.to_owned(),
+                    holder: Some(holder_message(run.holder)),
+                    class: class_message(run.class) as i32,
+                    started_at_unix_ms: run.started_at_unix_ms,
+                    ended_at_unix_ms: run.ended_at_unix_ms,
+                    kind: run.kind,
+                })
+                .collect(),
+        }))
+    }
+
     type WatchConntrackStream = ReceiverStream<Result<pb::ConntrackSample, Status>>;
 
     async fn watch_conntrack(
@@ -440,6 +551,61 @@ impl<S: FactsSource> Agent for AgentService<S> {
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(watch_conntrack(watcher, request, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// A reservation's holder, checked.
+fn holder_of(holder: Option<&pb::Holder>) -> Result<reservations::Holder, Status> {
+    let holder = holder.ok_or_else(|| Status::invalid_argument("holder: missing"))?;
+    let session_ok = !holder.session.is_empty()
+        && holder.session.len() <= 64
+        && holder
+            .session
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c));
+    if !session_ok {
+        return Err(Status::invalid_argument(format!(
+            "holder.session: {:?} must be 1 to 64 characters of [A-Za-z0-9._:-]",
+            holder.session
+        )));
+    }
+    if holder.user.len() > 128 || holder.scenario.len() > 64 {
+        return Err(Status::invalid_argument(
+            "holder: user at most 128 bytes, scenario at most 64",
+        ));
+    }
+    Ok(reservations::Holder {
+        session: holder.session.clone(),
+        user: holder.user.clone(),
+        scenario: holder.scenario.clone(),
+    })
+}
+
+fn holder_message(holder: reservations::Holder) -> pb::Holder {
+    pb::Holder {
+        session: holder.session,
+        user: holder.user,
+        scenario: holder.scenario,
+    }
+}
+
+/// A reservation's class, checked.
+fn class_of(class: i32) -> Result<reservations::Class, Status> {
+    match pb::ReservationClass::try_from(class) {
+        Ok(pb::ReservationClass::Exclusive) => Ok(reservations::Class::Exclusive),
+        Ok(pb::ReservationClass::Normal) => Ok(reservations::Class::Normal),
+        Ok(pb::ReservationClass::Background) => Ok(reservations::Class::Background),
+        _ => Err(Status::invalid_argument(
+            "class: must be EXCLUSIVE, NORMAL or BACKGROUND",
+        )),
+    }
+}
+
+fn class_message(class: reservations::Class) -> pb::ReservationClass {
+    match class {
+        reservations::Class::Exclusive => pb::ReservationClass::Exclusive,
+        reservations::Class::Normal => pb::ReservationClass::Normal,
+        reservations::Class::Background => pb::ReservationClass::Background,
     }
 }
 
@@ -510,6 +676,8 @@ struct Observers {
     trace: Option<RunTrace>,
     /// The node's conntrack table, for the side's delta.
     conntrack: Option<Arc<Watcher>>,
+    /// The side's hold of the node, ended when the side ends.
+    hold: reservations::HoldGuard,
 }
 
 /// Runs a client side on blocking threads and feeds its progress and result to the stream.
@@ -526,6 +694,7 @@ async fn drive_client(
     let Observers {
         mut trace,
         conntrack,
+        hold,
     } = observers;
     let conntrack_start = conntrack_sample(conntrack.clone()).await;
     let counters = Arc::new(Counters::default());
@@ -590,6 +759,7 @@ async fn drive_client(
         }
     }
     drop(guard);
+    drop(hold);
 }
 
 /// A histogram as HdrHistogram's V2 deflate encoding (empty when it holds nothing).

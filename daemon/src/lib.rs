@@ -14,6 +14,7 @@
 //! - [`conntrack`]: the node's conntrack table through ctnetlink, and the capacity model.
 //! - [`metrics`]: the Prometheus endpoint.
 //! - [`generators`]: native traffic generators (TCP stream/RR/CRR, UDP stream/RR).
+//! - [`reservations`]: who holds this node in which class, so measurements never collide.
 //! - [`runs`]: the runs a daemon holds, their limits, leases and target policy.
 //! - [`grpc`]: the thin `sonde.v1` adapter over the above.
 //! - [`server`]: binds, serves, and shuts down within a deadline.
@@ -32,6 +33,7 @@ pub mod netlink;
 pub mod netns;
 pub mod pods;
 pub mod probes;
+pub mod reservations;
 pub mod runs;
 pub mod server;
 pub mod stages;

@@ -77,6 +77,7 @@ async fn prepare(
     client
         .prepare_server(pb::PrepareServerRequest {
             trace: None,
+            reservation_id: String::new(),
             run_id: run_id.to_owned(),
             spec: Some(spec),
             netns: String::new(),
@@ -119,6 +120,7 @@ async fn start(
     let mut stream = client
         .start_client(pb::StartClientRequest {
             trace: None,
+            reservation_id: String::new(),
             run_id: run_id.to_owned(),
             spec: Some(spec),
             netns: String::new(),
@@ -337,6 +339,7 @@ async fn bad_requests_get_the_right_status_naming_the_field() {
     let (mut client, _) = daemon().await;
     let prepare_with = |spec: pb::RunSpec, run_id: &str, netns: &str| pb::PrepareServerRequest {
         trace: None,
+        reservation_id: String::new(),
         run_id: run_id.to_owned(),
         spec: Some(spec),
         netns: netns.to_owned(),
@@ -390,6 +393,7 @@ async fn targets_outside_the_policy_are_refused_before_any_traffic() {
     let status = client
         .start_client(pb::StartClientRequest {
             trace: None,
+            reservation_id: String::new(),
             run_id: "far".to_owned(),
             spec: Some(spec(pb::RunKind::TcpStream, 100, 1024, 0)),
             netns: String::new(),
@@ -415,6 +419,7 @@ async fn intra_pod_clients_only_go_where_a_server_side_was_prepared() {
         let status = client
             .start_client(pb::StartClientRequest {
                 trace: None,
+                reservation_id: String::new(),
                 run_id: "fs".to_owned(),
                 spec: Some(spec(pb::RunKind::FsRr, 100, 1, 1)),
                 netns: String::new(),
@@ -440,6 +445,7 @@ async fn a_lease_ends_a_server_side_whose_controller_vanished() {
     let status = client
         .prepare_server(pb::PrepareServerRequest {
             trace: None,
+            reservation_id: String::new(),
             run_id: "lease".to_owned(),
             spec: Some(spec(pb::RunKind::TcpRr, 100, 1, 1)),
             netns: String::new(),
@@ -468,6 +474,7 @@ async fn cancel_and_a_vanished_controller_stop_a_client_side() {
     let prepared = prepare(&mut client, "long", long).await;
     let request = |run_id: &str| pb::StartClientRequest {
         trace: None,
+        reservation_id: String::new(),
         run_id: run_id.to_owned(),
         spec: Some(long),
         netns: String::new(),
@@ -658,5 +665,140 @@ async fn conntrack_watch_requests_are_checked() {
         status.message().contains("conntrack cannot be read"),
         "{}",
         status.message()
+    );
+}
+
+#[tokio::test]
+async fn reservations_are_checked_and_refuse_runs_of_others_naming_the_holder() {
+    let (mut client, _runs) = daemon().await;
+    let holder = |session: &str| pb::Holder {
+        session: session.to_owned(),
+        user: "alice@ctl".to_owned(),
+        scenario: "mesh".to_owned(),
+    };
+    let reserve = |holder: Option<pb::Holder>, class: pb::ReservationClass, lease_ms: u64| {
+        pb::ReserveRequest {
+            holder,
+            class: class as i32,
+            lease_ms,
+            purpose: "tcp-stream pod/a -> pod/b".to_owned(),
+        }
+    };
+    for (request, field) in [
+        (
+            reserve(None, pb::ReservationClass::Exclusive, 1000),
+            "holder",
+        ),
+        (
+            reserve(Some(holder("")), pb::ReservationClass::Exclusive, 1000),
+            "holder.session",
+        ),
+        (
+            reserve(Some(holder("a")), pb::ReservationClass::Unspecified, 1000),
+            "class",
+        ),
+        (
+            reserve(Some(holder("a")), pb::ReservationClass::Exclusive, 0),
+            "lease_ms",
+        ),
+    ] {
+        let status = client.reserve(request).await.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(status.message().starts_with(field), "{}", status.message());
+    }
+    let held = client
+        .reserve(reserve(
+            Some(holder("alice")),
+            pb::ReservationClass::Exclusive,
+            60_000,
+        ))
+        .await
+        .expect("reserve")
+        .into_inner();
+    // Someone else's reservation, and a run under none, are refused with the holder named.
+    let status = client
+        .reserve(reserve(
+            Some(holder("bob")),
+            pb::ReservationClass::Normal,
+            1000,
+        ))
+        .await
+        .expect_err("held");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("alice@ctl"),
+        "{}",
+        status.message()
+    );
+    let status = client
+        .prepare_server(pb::PrepareServerRequest {
+            run_id: "unreserved".to_owned(),
+            spec: Some(spec(pb::RunKind::TcpRr, 200, 1, 1)),
+            ..Default::default()
+        })
+        .await
+        .expect_err("node held exclusive");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("scenario mesh"),
+        "{}",
+        status.message()
+    );
+    // A run naming a reservation the node does not hold is refused too.
+    let status = client
+        .prepare_server(pb::PrepareServerRequest {
+            run_id: "forged".to_owned(),
+            spec: Some(spec(pb::RunKind::TcpRr, 200, 1, 1)),
+            reservation_id: "rsv-0-0".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("not held");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().starts_with("reservation_id"),
+        "{}",
+        status.message()
+    );
+    // Under the reservation it runs, and the daemon records when it held the node.
+    let prepared = client
+        .prepare_server(pb::PrepareServerRequest {
+            run_id: "reserved".to_owned(),
+            spec: Some(spec(pb::RunKind::TcpRr, 200, 1, 1)),
+            reservation_id: held.reservation_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("under the reservation")
+        .into_inner();
+    assert!(prepared.port > 0);
+    client
+        .cancel_run(pb::CancelRunRequest {
+            run_id: "reserved".to_owned(),
+        })
+        .await
+        .expect("cancel");
+    let list = client
+        .list_reservations(pb::ListReservationsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.held.len(), 1);
+    assert_eq!(list.runs.len(), 1);
+    let run = &list.runs[0];
+    assert_eq!(
+        run.holder.as_ref().map(|h| h.session.as_str()),
+        Some("alice")
+    );
+    assert!(run.ended_at_unix_ms >= run.started_at_unix_ms && run.ended_at_unix_ms > 0);
+    assert!(
+        client
+            .release(pb::ReleaseRequest {
+                reservation_id: held.reservation_id,
+            })
+            .await
+            .expect("release")
+            .into_inner()
+            .found
     );
 }

@@ -7,7 +7,8 @@
 //! JSON schema (`-o json`): `{"nodes": [NodeReport], "errors": [{"agent", "error"}]}` where a
 //! `NodeReport` is `{agent, node_name, kernel_release, daemon_version, pid, started_at_unix_ns,
 //! capabilities: [{name, available, detail}], programs: [{name, program_type, kernel_id}],
-//! pod_interfaces: [{host_interface, netns, ips, packets_from_pod, packets_to_pod, pod?}]}`.
+//! pod_interfaces: [{host_interface, netns, ips, packets_from_pod, packets_to_pod, pod?}],
+//! reservations: [{class, user, session, scenario, purpose, expires_at_unix_ms}]}`.
 
 use serde::Serialize;
 use sonde_proto::v1 as pb;
@@ -40,6 +41,25 @@ pub struct NodeReport {
     pub programs: Vec<ProgramReport>,
     /// The pods sonded found behind the node's veths (packet counters attached to each).
     pub pod_interfaces: Vec<PodReport>,
+    /// Reservations of the node held now (empty from a daemon without reservations).
+    pub reservations: Vec<ReservationReport>,
+}
+
+/// A reservation a daemon holds.
+#[derive(Debug, Serialize)]
+pub struct ReservationReport {
+    /// `exclusive`, `normal` or `background`.
+    pub class: String,
+    /// Who: `user@host`.
+    pub user: String,
+    /// The holder's session.
+    pub session: String,
+    /// Its scenario, if any.
+    pub scenario: String,
+    /// What for.
+    pub purpose: String,
+    /// When it ends unless released, ms since the Unix epoch.
+    pub expires_at_unix_ms: u64,
 }
 
 /// A pod's interface as its node's daemon mapped it.
@@ -162,7 +182,37 @@ async fn ask(addr: &AgentAddr, timeout: std::time::Duration) -> anyhow::Result<N
         .into_inner()
         .facts
         .ok_or_else(|| anyhow::anyhow!("GetNodeFacts answered without facts"))?;
-    Ok(NodeReport::new(addr, facts))
+    let mut report = NodeReport::new(addr, facts);
+    // An older daemon has no reservations: it answers Unimplemented, and shows none.
+    if let Ok(list) = client
+        .list_reservations(pb::ListReservationsRequest {})
+        .await
+    {
+        report.reservations = list
+            .into_inner()
+            .held
+            .into_iter()
+            .map(|held| {
+                let holder = held.holder.unwrap_or_default();
+                ReservationReport {
+                    class: pb::ReservationClass::try_from(held.class)
+                        .map(|class| {
+                            class
+                                .as_str_name()
+                                .trim_start_matches("RESERVATION_CLASS_")
+                                .to_lowercase()
+                        })
+                        .unwrap_or_default(),
+                    user: holder.user,
+                    session: holder.session,
+                    scenario: holder.scenario,
+                    purpose: held.purpose,
+                    expires_at_unix_ms: held.expires_at_unix_ms,
+                }
+            })
+            .collect();
+    }
+    Ok(report)
 }
 
 impl NodeReport {
@@ -204,6 +254,7 @@ impl NodeReport {
                     pod: (!pod.pod.is_empty()).then_some(pod.pod),
                 })
                 .collect(),
+            reservations: Vec::new(),
         }
     }
 }
@@ -264,6 +315,36 @@ fn render_table(nodes: &[NodeReport]) -> String {
             text.push_str(&line);
             text.push('\n');
         }
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let mut reservations = output::table(&[
+        "NODE", "RESERVED", "BY", "SESSION", "SCENARIO", "FOR", "LEFT",
+    ]);
+    let mut any = false;
+    for node in nodes {
+        for held in &node.reservations {
+            any = true;
+            reservations.add_row([
+                node.node_name.clone(),
+                held.class.clone(),
+                held.user.clone(),
+                held.session.clone(),
+                held.scenario.clone(),
+                held.purpose.clone(),
+                format!(
+                    "{:.0}s",
+                    held.expires_at_unix_ms.saturating_sub(now_ms) as f64 / 1000.0
+                ),
+            ]);
+        }
+    }
+    if any {
+        text.push('\n');
+        text.push_str(&output::trim_lines(&reservations));
+        text.push('\n');
     }
     text
 }

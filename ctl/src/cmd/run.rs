@@ -19,7 +19,7 @@ use crate::{
 /// Runs `sondectl run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let output = args.output;
-    let report = measure(&plan(&args).await?).await;
+    let report = measure(&plan(&args).await?, args.wait).await;
     match output {
         RunOutput::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         RunOutput::Csv => print!("{}", report::csv(&report)?),
@@ -152,9 +152,9 @@ pub async fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
 }
 
 /// Runs `plan` on a session of its own, which Ctrl-C cancels: the report keeps what was
-/// measured until then.
-pub async fn measure(plan: &Plan) -> RunReport {
-    let session = Arc::new(Session::new(plan.timeout));
+/// measured until then. A measurement waits at most `max_wait` for nodes others hold.
+pub async fn measure(plan: &Plan, max_wait: std::time::Duration) -> RunReport {
+    let session = Arc::new(Session::new(plan.timeout).with_max_wait(max_wait));
     let ctrl_c = engine::cancel_on_ctrl_c(&session);
     let report = session.run(plan).await;
     ctrl_c.abort();

@@ -69,6 +69,11 @@ pub struct RunArgs {
     /// they are, and only the others run.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+
+    /// How long a measurement waits for nodes someone else's measurement holds before it is
+    /// recorded as failed, naming the holder.
+    #[arg(long, default_value = "10m", value_parser = crate::cli::parse_duration)]
+    pub wait: Duration,
 }
 
 /// Runs `sondectl scenario ...`.
@@ -160,7 +165,11 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let session = Arc::new(Session::new(args.scenario.timeout));
+    let session = Arc::new(
+        Session::new(args.scenario.timeout)
+            .for_scenario(&scenario.name)
+            .with_max_wait(args.wait),
+    );
     let ctrl_c = engine::cancel_on_ctrl_c(&session);
     let progress = args.scenario.output == OutputFormat::Table && std::io::stderr().is_terminal();
     let mut set = execute::run(

@@ -56,6 +56,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or(u64::MAX),
             token: Vec::new(),
             trace: None,
+            reservation_id: String::new(),
         })
         .await
         .map_err(|status| {

@@ -13,6 +13,7 @@ use crate::{
     endpoint::PathKind,
     output::OutputFormat,
     run::{breakdown::Breakdown, execute::Plan, report, sizes::human},
+    scenario::spec::Class,
 };
 
 /// What `sondectl trace -o json` prints.
@@ -45,7 +46,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     plan.rate = args.rate;
     plan.sizes = vec![(args.size, Some(args.size))];
     plan.estimate_clock = args.estimate_clock;
-    let result = runs::measure(&plan).await;
+    // A light flow: it may run beside anyone's measurement, as pScheduler's background class.
+    plan.class = Class::Background;
+    let result = runs::measure(&plan, crate::engine::session::DEFAULT_MAX_WAIT).await;
     let measurement = result
         .measurements
         .first()

@@ -5,7 +5,9 @@
 //!
 //! # Layout
 //! - [`session`]: the session itself.
+//! - [`reserve`]: reserving a measurement's nodes on their daemons, waiting for others.
 
+pub mod reserve;
 pub mod session;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -64,11 +66,21 @@ impl Session {
             measurements: Vec::new(),
             complete: false,
             errors: Vec::new(),
+            waited_seconds: 0.0,
+            waits: Vec::new(),
         };
         'sizes: for size_index in 0..plan.sizes.len() {
             for repetition in 1..=plan.repetitions {
                 match execute::measure(plan, self, size_index, repetition).await {
-                    Some(measurement) => report.measurements.push(measurement),
+                    Some(measured) => {
+                        report.waited_seconds += measured.waited.as_secs_f64();
+                        for wait in measured.waits {
+                            if !report.waits.contains(&wait) {
+                                report.waits.push(wait);
+                            }
+                        }
+                        report.measurements.push(measured.measurement);
+                    }
                     None => break 'sizes,
                 }
             }

@@ -25,6 +25,9 @@ use crate::{
 /// trips, which a mesh of short measurements would otherwise pay for every pair every time.
 pub const CLOCK_MAX_AGE: Duration = Duration::from_secs(120);
 
+/// How long a measurement waits for nodes someone else holds, unless told otherwise.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60);
+
 /// One controller's working state: everything the commands that measure share, so that none
 /// of them reconnects, re-estimates a clock or loses track of a run it started.
 ///
@@ -49,6 +52,12 @@ pub struct Session {
     id: String,
     /// Run IDs handed out, so that concurrent measurements never share one.
     next_run: AtomicU64,
+    /// Who runs this session (`user@host`), named in the reservations it holds.
+    user: String,
+    /// The scenario the session runs, if any, named in its reservations.
+    scenario: String,
+    /// How long a measurement waits for nodes others hold before it gives up.
+    max_wait: Duration,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -72,6 +81,42 @@ impl Session {
             in_flight: Mutex::default(),
             id: format!("s{:x}{:x}", std::process::id(), nanos & 0xffff_ffff),
             next_run: AtomicU64::new(0),
+            user: format!(
+                "{}@{}",
+                std::env::var("USER").unwrap_or_else(|_| "root".to_owned()),
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|name| name.into_string().ok())
+                    .unwrap_or_default()
+            ),
+            scenario: String::new(),
+            max_wait: DEFAULT_MAX_WAIT,
+        }
+    }
+
+    /// The same session, naming `scenario` in its reservations.
+    pub fn for_scenario(mut self, scenario: &str) -> Self {
+        scenario.clone_into(&mut self.scenario);
+        self
+    }
+
+    /// The same session, waiting at most `max_wait` for nodes others hold.
+    pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// How long a measurement waits for its nodes.
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+
+    /// This session as a reservation's holder.
+    pub fn holder(&self) -> pb::Holder {
+        pb::Holder {
+            session: self.id.clone(),
+            user: self.user.clone(),
+            scenario: self.scenario.clone(),
         }
     }
 

@@ -14,7 +14,11 @@ use super::{
 use crate::{
     agent,
     endpoint::{Destination, Place},
-    engine::Session,
+    engine::{
+        Session,
+        reserve::{ReserveError, Reserved},
+    },
+    scenario::spec::Class,
 };
 
 /// Everything a run needs, resolved.
@@ -58,6 +62,8 @@ pub struct Plan {
     pub trace: bool,
     /// Estimate the clock offset even when both daemons share a kernel.
     pub estimate_clock: bool,
+    /// How it loads its nodes, for their reservations.
+    pub class: Class,
 }
 
 /// The two ends of a run, resolved, with how users named them.
@@ -113,6 +119,7 @@ impl Plan {
             progress: false,
             trace: true,
             estimate_clock: false,
+            class: Class::of_kind(kind),
         })
     }
 
@@ -253,7 +260,7 @@ impl Plan {
         }
     }
 
-    fn transport(&self) -> report::Transport {
+    pub(crate) fn transport(&self) -> report::Transport {
         match self.kind {
             pb::RunKind::TcpStream
             | pb::RunKind::TcpRr
@@ -266,14 +273,26 @@ impl Plan {
     }
 }
 
-/// Runs one measurement, or returns `None` if the session is cancelled meanwhile (both sides
-/// are then asked to stop). Never fails otherwise: failures are recorded in the measurement.
+/// One measurement, and how long it waited for its nodes.
+#[derive(Debug)]
+pub struct Measured {
+    /// What it measured (or why it could not).
+    pub measurement: Measurement,
+    /// Time spent waiting for nodes others held.
+    pub waited: Duration,
+    /// Whom it waited for.
+    pub waits: Vec<String>,
+}
+
+/// Runs one measurement under a reservation of its nodes, or returns `None` if the session is
+/// cancelled meanwhile (both sides are then asked to stop). Never fails otherwise: failures
+/// are recorded in the measurement.
 pub async fn measure(
     plan: &Plan,
     session: &Session,
     size_index: usize,
     repetition: u32,
-) -> Option<Measurement> {
+) -> Option<Measured> {
     if session.is_cancelled() {
         return None;
     }
@@ -285,17 +304,58 @@ pub async fn measure(
         .map(|s| s.agent.clone())
         .chain([plan.source.agent.clone()])
         .collect();
+    let lease = plan.warmup + plan.duration + plan.timeout * 4 + Duration::from_secs(30);
+    let purpose = format!("{} {} -> {}", plan.kind_name, plan.from, plan.to);
+    let reserved = match session.reserve(&agents, plan.class, lease, &purpose).await {
+        Ok(reserved) => reserved,
+        Err(ReserveError::Cancelled) => return None,
+        Err(err) => {
+            let (size, response_size) = plan.sizes[size_index];
+            let sample = report::Sample {
+                shape: plan.shape(),
+                transport: plan.transport(),
+                size,
+                response_size,
+                repetition,
+            };
+            let waits = match &err {
+                ReserveError::Refused { why, .. } => {
+                    vec![why.clone()]
+                }
+                _ => Vec::new(),
+            };
+            return Some(Measured {
+                measurement: report::measurement(
+                    &sample,
+                    None,
+                    None,
+                    &report::LiveCounts::default(),
+                    vec![format!("{err}")],
+                ),
+                waited: match &err {
+                    ReserveError::Refused { waited, .. } => *waited,
+                    _ => Duration::ZERO,
+                },
+                waits,
+            });
+        }
+    };
     session.in_flight(&run_id, agents.clone());
     let cancellation = session.cancellation();
     let measurement = tokio::select! {
-        measurement = measure_run(plan, session, &run_id, size_index, repetition) => Some(measurement),
+        measurement = measure_run(plan, session, &run_id, &reserved, size_index, repetition) => Some(measurement),
         () = cancellation.cancelled() => None,
     };
     if measurement.is_none() {
         session.cancel_run(&run_id, &agents).await;
     }
     session.landed(&run_id);
-    measurement
+    session.release(&reserved).await;
+    measurement.map(|measurement| Measured {
+        measurement,
+        waited: reserved.waited,
+        waits: reserved.waits.clone(),
+    })
 }
 
 /// The three phases of one measurement under `run_id`.
@@ -303,6 +363,7 @@ async fn measure_run(
     plan: &Plan,
     session: &Session,
     run_id: &str,
+    reserved: &Reserved,
     size_index: usize,
     repetition: u32,
 ) -> Measurement {
@@ -344,6 +405,7 @@ async fn measure_run(
             } else {
                 None
             },
+            reservation_id: reserved.id_at(&server.agent),
         };
         let answer = match session.agent(&server.agent).await {
             Ok(mut client) => client.prepare_server(request).await.map_err(|status| {
@@ -393,6 +455,7 @@ async fn measure_run(
             } else {
                 None
             },
+            reservation_id: reserved.id_at(&plan.source.agent),
         };
         match run_client(plan, session, request, size, &mut live).await {
             Ok(result) => client_result = Some(result),

@@ -44,6 +44,12 @@ pub struct RunReport {
     pub complete: bool,
     /// What went wrong, one line each.
     pub errors: Vec<String>,
+    /// Time its measurements waited for nodes held by someone else, s (absent when none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub waited_seconds: f64,
+    /// Whom they waited for, one line per holder (absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waits: Vec<String>,
 }
 
 /// One end of the run.
@@ -881,6 +887,10 @@ pub fn csv(report: &RunReport) -> anyhow::Result<String> {
     Ok(String::from_utf8(writer.into_inner()?)?)
 }
 
+fn is_zero(value: &f64) -> bool {
+    *value == 0.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -966,6 +976,8 @@ mod tests {
             measurements: vec![m],
             complete: false,
             errors: Vec::new(),
+            waited_seconds: 0.0,
+            waits: Vec::new(),
         }
     }
 

@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// The run-set document's schema name.
-pub const SCHEMA: &str = "sonde.run-set.v1";
+pub const SCHEMA: &str = "sonde.run-set/v1";
 
 /// One scenario run: `docs/schema/run-set.v1.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -260,8 +260,9 @@ pub fn scenario_hash(scenario: &Scenario) -> String {
 }
 
 /// A plan for one run of `test` between `ends`.
-fn plan_of(test: &Test, ends: Ends, timeout: Duration) -> anyhow::Result<Plan> {
+fn plan_of(test: &Test, class: Class, ends: Ends, timeout: Duration) -> anyhow::Result<Plan> {
     let mut plan = Plan::between(test.kind, ends, timeout)?;
+    plan.class = class;
     plan.duration = test.duration;
     plan.warmup = test.warmup;
     plan.sizes = test.sizes.clone();
@@ -350,7 +351,7 @@ async fn measure(
     let mut plans = Vec::new();
     for (from, to) in &planned.ends {
         match target.ends(from, to).await {
-            Ok(ends) => match plan_of(test, ends, session.timeout()) {
+            Ok(ends) => match plan_of(test, planned.class, ends, session.timeout()) {
                 Ok(plan) => plans.push(plan),
                 Err(err) => record.errors.push(format!("{from} -> {to}: {err:#}")),
             },
@@ -366,6 +367,12 @@ async fn measure(
     record.ended_at_unix_ms = Some(now_ms());
     let cancelled = session.is_cancelled();
     for report in &reports {
+        record.waited_seconds = record.waited_seconds.max(report.waited_seconds);
+        for wait in &report.waits {
+            if !record.waits.contains(wait) {
+                record.waits.push(wait.clone());
+            }
+        }
         record.errors.extend(
             report
                 .errors

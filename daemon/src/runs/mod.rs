@@ -21,6 +21,7 @@ use std::{
 
 use crate::{
     generators::{Server, measure::Stop, wire::Token},
+    reservations::HoldGuard,
     stages::RunTrace,
 };
 use spec::RunSpec;
@@ -75,6 +76,10 @@ pub enum RunError {
     /// Tracing was asked for and this daemon has none.
     #[error("this daemon cannot trace runs: its stage programs did not load (see its log)")]
     NoTracing,
+    /// The node is reserved by someone else in a conflicting class, or the run named a
+    /// reservation this node does not hold.
+    #[error(transparent)]
+    Reserved(#[from] crate::reservations::Refusal),
 }
 
 /// A held server side.
@@ -83,6 +88,8 @@ struct Held {
     server: Server,
     trace: Option<RunTrace>,
     deadline: Instant,
+    /// The side's hold of the node, recorded as ended when the side is let go.
+    _hold: Option<HoldGuard>,
 }
 
 /// The daemon's runs.
@@ -118,6 +125,7 @@ impl Runs {
         port: u16,
         lease: Option<Duration>,
         token: Option<Token>,
+        hold: Option<HoldGuard>,
         trace: impl FnOnce(u16) -> Result<Option<RunTrace>, RunError>,
     ) -> Result<(u16, Option<PathBuf>, Token), RunError> {
         spec::check_run_id(run_id)?;
@@ -161,6 +169,7 @@ impl Runs {
                 server,
                 trace,
                 deadline: Instant::now() + lease,
+                _hold: hold,
             });
         Ok(answer)
     }
