@@ -401,14 +401,19 @@ mod tests {
         ));
         assert!(node.release(&a.id));
         assert!(!node.release(&a.id));
-        // a's second (normal) reservation is still there: b's exclusive is refused, normal is not.
+        // a's second (normal) reservation is still there, and a's exclusive run still runs.
+        assert!(
+            node.reserve(holder("b"), Class::Normal, lease, "rr".into())
+                .is_err()
+        );
+        drop(guard);
+        // With the run over, b's exclusive is refused (a's normal), normal is not.
         assert!(
             node.reserve(holder("b"), Class::Exclusive, lease, "x".into())
                 .is_err()
         );
         node.reserve(holder("b"), Class::Normal, lease, "rr".into())
             .expect("normal beside normal");
-        drop(guard);
         let (_, runs) = node.list();
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].holder.session, "a");
