@@ -117,8 +117,9 @@ fn holds(lab: &Lab) -> BTreeMap<String, Vec<(String, i32, u64, u64)>> {
 fn assert_no_collision(lab: &Lab) -> usize {
     let exclusive = pb::ReservationClass::Exclusive as i32;
     let normal = pb::ReservationClass::Normal as i32;
-    let conflict = |a: i32, b: i32| (a == exclusive && (b == exclusive || b == normal))
-        || (a == normal && b == exclusive);
+    let conflict = |a: i32, b: i32| {
+        (a == exclusive && (b == exclusive || b == normal)) || (a == normal && b == exclusive)
+    };
     let mut checked = 0;
     for (node, runs) in holds(lab) {
         checked += runs.len();
@@ -163,7 +164,10 @@ fn a_mesh_of_six_nodes_in_two_zones_measures_thirty_pairs_in_ten_rounds() {
         assert!(m["headline"]["p50_ns"].as_u64().expect("p50") > 0);
     }
     // 3 nodes per zone: 18 pairs cross zones, 12 stay in one.
-    let cross_zone = all.iter().filter(|m| m["placement"] == "cross-zone").count();
+    let cross_zone = all
+        .iter()
+        .filter(|m| m["placement"] == "cross-zone")
+        .count();
     assert_eq!(cross_zone, 18);
     // Measurements of one round never shared a node while they ran.
     for (i, a) in all.iter().enumerate() {
@@ -173,7 +177,12 @@ fn a_mesh_of_six_nodes_in_two_zones_measures_thirty_pairs_in_ten_rounds() {
                 .any(|n| *n == &b["from_node"] || *n == &b["to_node"]);
             let overlap = ms(&a["started_at_unix_ms"]) < ms(&b["ended_at_unix_ms"])
                 && ms(&b["started_at_unix_ms"]) < ms(&a["ended_at_unix_ms"]);
-            assert!(!(shared && overlap), "{} and {} overlapped", a["key"], b["key"]);
+            assert!(
+                !(shared && overlap),
+                "{} and {} overlapped",
+                a["key"],
+                b["key"]
+            );
         }
     }
     let wall = (ms(&set["ended_at_unix_ms"]) - ms(&set["started_at_unix_ms"])) as f64 / 1000.0;
@@ -185,7 +194,10 @@ fn a_mesh_of_six_nodes_in_two_zones_measures_thirty_pairs_in_ten_rounds() {
         "mesh of 6 nodes: 30 measurements in 10 rounds, {wall:.1} s; one at a time they took {serial:.1} s (ratio {:.2})",
         serial / wall
     );
-    assert!(wall < serial, "rounds ({wall} s) no faster than serial ({serial} s)");
+    assert!(
+        wall < serial,
+        "rounds ({wall} s) no faster than serial ({serial} s)"
+    );
     assert!(assert_no_collision(&lab) >= 60);
 }
 
@@ -231,7 +243,10 @@ fn a_matrix_of_placement_classes_and_paths_measures_each_combination() {
                 m["placement"].as_str().unwrap_or_default().to_owned(),
                 m["path"].as_str().unwrap_or_default().to_owned(),
                 m["ends"][0]["to"].as_str().unwrap_or_default().to_owned(),
-                m["results"][0]["path"].as_str().unwrap_or_default().to_owned(),
+                m["results"][0]["path"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
             )
         })
         .collect();
@@ -252,11 +267,20 @@ fn a_matrix_of_placement_classes_and_paths_measures_each_combination() {
     assert_eq!(got, expected);
     let skipped = set["plan"]["skipped"].as_array().expect("skipped");
     assert_eq!(skipped.len(), 1, "{skipped:?}");
-    assert!(skipped[0]["why"].as_str().unwrap_or_default().contains("loopback"));
+    assert!(
+        skipped[0]["why"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("loopback")
+    );
     // The table's summary has a row per class and path.
     let table = lab.sondectl(&["scenario", "run", &file.to_string_lossy()]);
     let text = String::from_utf8_lossy(&table.stdout);
-    for row in ["same-node   service", "cross-zone  host", "cross-node  pod-ip"] {
+    for row in [
+        "same-node   service",
+        "cross-zone  host",
+        "cross-node  pod-ip",
+    ] {
         assert!(text.contains(row), "{row} in:\n{text}");
     }
 }
@@ -353,14 +377,28 @@ fn scenarios_and_a_hand_run_started_together_never_share_a_node() {
     let scenario = spawn(&long);
     std::thread::sleep(Duration::from_millis(1500));
     let refused = lab.sondectl(&[
-        "run", "tcp-stream", "--from", "pod/pod2", "--to", "pod/pod1", "--duration", "1s",
-        "--warmup", "0", "--wait", "0", "--no-trace",
+        "run",
+        "tcp-stream",
+        "--from",
+        "pod/pod2",
+        "--to",
+        "pod/pod1",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0",
+        "--wait",
+        "0",
+        "--no-trace",
     ]);
     let _ = scenario.wait_with_output();
     assert_eq!(refused.status.code(), Some(1));
     let text = String::from_utf8_lossy(&refused.stdout).to_string()
         + &String::from_utf8_lossy(&refused.stderr);
-    assert!(text.contains("held exclusive by") && text.contains("scenario long"), "{text}");
+    assert!(
+        text.contains("held exclusive by") && text.contains("scenario long"),
+        "{text}"
+    );
 
     let checked = assert_no_collision(&lab);
     assert!(checked >= 2 * 8 + 2 * 2 + 2, "{checked} run sides recorded");
@@ -394,7 +432,11 @@ fn a_fan_in_through_a_limited_pod_shares_the_limit_and_measures_how_fairly() {
         "-o",
         "json",
     ]);
-    assert!(alone.status.success(), "{}", String::from_utf8_lossy(&alone.stderr));
+    assert!(
+        alone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&alone.stderr)
+    );
     let alone: serde_json::Value = serde_json::from_slice(&alone.stdout).expect("result");
     let one = alone["measurements"][0]["throughput_bits_per_second"]
         .as_f64()
@@ -405,11 +447,17 @@ fn a_fan_in_through_a_limited_pod_shares_the_limit_and_measures_how_fairly() {
          tests: [{kind: tcp-stream, direction: reverse, duration: 3s, trace: false}]\n",
     );
     let (set, output) = scenario_run(&lab, &file, &[]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let all = measurements(&set);
     assert_eq!(all.len(), 1);
     let fan_in = &all[0]["fan_in"];
-    let aggregate = fan_in["aggregate_bits_per_second"].as_f64().expect("aggregate");
+    let aggregate = fan_in["aggregate_bits_per_second"]
+        .as_f64()
+        .expect("aggregate");
     let shares = fan_in["shares"].as_array().expect("shares");
     assert_eq!(shares.len(), 4);
     let jain = fan_in["jain_index"].as_f64().expect("jain");
@@ -423,10 +471,16 @@ fn a_fan_in_through_a_limited_pod_shares_the_limit_and_measures_how_fairly() {
             .map(|s| format!("{:.1}%", s["fraction"].as_f64().unwrap_or_default() * 100.0))
             .collect::<Vec<_>>()
     );
-    assert!((aggregate / one - 1.0).abs() <= 0.02, "{aggregate} vs {one}");
+    assert!(
+        (aggregate / one - 1.0).abs() <= 0.02,
+        "{aggregate} vs {one}"
+    );
     assert!((80e6..=105e6).contains(&aggregate), "{aggregate}");
     assert!(jain > 0.25 && jain <= 1.0);
-    let sum: f64 = shares.iter().map(|s| s["fraction"].as_f64().unwrap_or_default()).sum();
+    let sum: f64 = shares
+        .iter()
+        .map(|s| s["fraction"].as_f64().unwrap_or_default())
+        .sum();
     assert!((sum - 1.0).abs() < 1e-9);
 }
 
@@ -465,8 +519,7 @@ fn a_daemon_killed_mid_scenario_fails_its_measurements_and_resume_runs_only_thos
     check_schemas(&set);
     let all = measurements(&set);
     assert_eq!(all.len(), 12, "every planned measurement is recorded");
-    let failed: Vec<&serde_json::Value> =
-        all.iter().filter(|m| m["status"] == "failed").collect();
+    let failed: Vec<&serde_json::Value> = all.iter().filter(|m| m["status"] == "failed").collect();
     assert!(!failed.is_empty());
     for m in &failed {
         assert!(

@@ -86,6 +86,12 @@ pub struct DeployArgs {
     #[arg(long, value_delimiter = ',', value_parser = crate::cluster::manifests::parse_label)]
     pub node_selector: Vec<(String, String)>,
 
+    /// Also deploy the measurement endpoints: an unprivileged pod on every node (the sonded
+    /// image sleeping), a ClusterIP Service and a headless Service selecting them, so that
+    /// scenarios over pod IPs have an end on every node.
+    #[arg(long)]
+    pub endpoints: bool,
+
     /// Print what would be applied, and apply nothing (no cluster needed).
     #[arg(long)]
     pub dry_run: bool,

@@ -233,3 +233,129 @@ fn the_dry_run_prints_the_same_objects_with_the_options() {
     );
     let _: Service = typed(&objects[5]);
 }
+
+#[test]
+fn endpoints_are_an_unprivileged_daemonset_a_cluster_ip_and_a_headless_service() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sondectl"))
+        .args([
+            "deploy",
+            "--dry-run",
+            "-o",
+            "yaml",
+            "--endpoints",
+            "--namespace",
+            "perf",
+            "--image",
+            "registry.example/sonded:test",
+            "--node-selector",
+            "agenttype=server",
+        ])
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("sondectl runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let objects = documents(&String::from_utf8(output.stdout).expect("UTF-8"));
+    let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "DaemonSet",
+            "Service",
+            "DaemonSet",
+            "Service",
+            "Service"
+        ]
+    );
+    // The daemons are as without --endpoints.
+    check_daemonset(&typed(&objects[4]));
+    let endpoints: DaemonSet = typed(&objects[6]);
+    assert_eq!(endpoints.metadata.namespace.as_deref(), Some("perf"));
+    let spec = endpoints.spec.expect("spec");
+    let labels = spec.selector.match_labels.clone().expect("selector");
+    assert_eq!(
+        labels
+            .get("app.kubernetes.io/component")
+            .map(String::as_str),
+        Some("endpoint")
+    );
+    let pod = spec.template.spec.expect("pod spec");
+    // An ordinary pod: its own network namespace, no host anything, no token, no privilege.
+    assert_ne!(pod.host_network, Some(true));
+    assert_ne!(pod.host_pid, Some(true));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(
+        pod.security_context
+            .as_ref()
+            .and_then(|s| s.run_as_non_root),
+        Some(true)
+    );
+    assert!(
+        pod.tolerations
+            .as_ref()
+            .expect("tolerations")
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists"))
+    );
+    assert_eq!(
+        pod.node_selector
+            .as_ref()
+            .and_then(|s| s.get("agenttype"))
+            .map(String::as_str),
+        Some("server"),
+        "on the daemons' nodes"
+    );
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some("registry.example/sonded:test")
+    );
+    assert_eq!(container.args.as_deref(), Some(&["sleep".to_owned()][..]));
+    let security = container
+        .security_context
+        .as_ref()
+        .expect("securityContext");
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    let capabilities = security.capabilities.as_ref().expect("capabilities");
+    assert_eq!(capabilities.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    assert!(capabilities.add.is_none());
+    assert!(
+        container
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .is_some()
+    );
+    // A ClusterIP Service and a headless one, both selecting the endpoint pods.
+    let cluster_ip: Service = typed(&objects[7]);
+    let headless: Service = typed(&objects[8]);
+    for service in [&cluster_ip, &headless] {
+        assert_eq!(service.metadata.namespace.as_deref(), Some("perf"));
+        let selector = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .expect("selector");
+        assert_eq!(Some(&selector), spec.selector.match_labels.as_ref());
+    }
+    assert_eq!(
+        cluster_ip
+            .spec
+            .as_ref()
+            .and_then(|s| s.cluster_ip.as_deref()),
+        None,
+        "a ClusterIP is assigned"
+    );
+    assert_eq!(
+        headless.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()),
+        Some("None")
+    );
+}

@@ -69,6 +69,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Holds a measurement endpoint pod open and does nothing else until SIGTERM or SIGINT:
+    /// the command of `sondectl deploy --endpoints`' unprivileged pods, so that the pod IP,
+    /// Service and headless paths exist on every node (the node's daemon runs the generators
+    /// inside the pod's network namespace). No second image to pull.
+    Sleep,
     /// The lab's delay line, run by `sondectl lab delay` in the lab's underlay namespace:
     /// IP frames arriving on one port for one MAC are held, then sent out of another port.
     #[command(hide = true)]

@@ -20,6 +20,16 @@ use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    if let Some(Command::Sleep) = config.command {
+        // Before anything else: an endpoint pod has no privileges, no tracefs, no logging.
+        return match sleep_until_stopped() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("sonded sleep: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -58,7 +68,7 @@ fn main() -> ExitCode {
             };
             Some(("delay-line", run_delay_line(&spec)))
         }
-        None => None,
+        Some(Command::Sleep) | None => None,
     };
     if let Some((name, outcome)) = one_off {
         return match outcome {
@@ -223,4 +233,14 @@ fn run_delay_line(spec: &delay_line::DelaySpec) -> anyhow::Result<()> {
         serde_json::json!({ "frames": carried.frames, "mean_late_us": carried.mean_late_us })
     );
     Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT, doing nothing: one thread, no runtime, a few hundred KiB.
+fn sleep_until_stopped() -> nix::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block()?;
+    signals.wait().map(|_| ())
 }

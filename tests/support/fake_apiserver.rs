@@ -130,6 +130,8 @@ pub struct FakeCluster {
     pub pods: Vec<FakePod>,
     /// The Services.
     pub services: Vec<FakeService>,
+    /// sonde's measurement endpoint pods (`deploy --endpoints`), in [`SONDE_NAMESPACE`].
+    pub endpoints: Vec<FakePod>,
 }
 
 /// The fake's state, shared by its connections.
@@ -532,6 +534,20 @@ fn workload_pod(found: &FakePod) -> Pod {
     )
 }
 
+fn endpoint_pod(found: &FakePod) -> Pod {
+    let mut pod = pod(&found.name, SONDE_NAMESPACE, &found.node, &found.ip, true);
+    pod.metadata.labels = Some(
+        [
+            ("app.kubernetes.io/name", "sonde"),
+            ("app.kubernetes.io/component", "endpoint"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+    );
+    pod
+}
+
 fn daemon_pod(daemon: &FakeDaemon) -> Pod {
     let mut found = pod(
         &daemon.pod,
@@ -609,7 +625,19 @@ fn answer(cluster: &FakeCluster, call: &Call) -> (u16, serde_json::Value) {
     let service = format!("/api/v1/namespaces/{WORKLOAD_NAMESPACE}/services/");
     let slices =
         format!("/apis/discovery.k8s.io/v1/namespaces/{WORKLOAD_NAMESPACE}/endpointslices");
+    let sonde_pod = format!("/api/v1/namespaces/{SONDE_NAMESPACE}/pods/");
     match (call.method.as_str(), call.path.as_str()) {
+        ("GET", path) if path == sonde_pods && selector.contains("component=endpoint") => {
+            let pods: Vec<Pod> = cluster.endpoints.iter().map(endpoint_pod).collect();
+            (200, list("PodList", &pods))
+        }
+        ("GET", path) if path.starts_with(&sonde_pod) && !path.ends_with("/portforward") => {
+            let name = &path[sonde_pod.len()..];
+            match cluster.endpoints.iter().find(|p| p.name == name) {
+                Some(found) => json(&endpoint_pod(found)),
+                None => not_found(),
+            }
+        }
         ("GET", path) if path == sonde_pods => {
             assert!(
                 selector.contains("app.kubernetes.io/name=sonde"),
@@ -634,6 +662,13 @@ fn answer(cluster: &FakeCluster, call: &Call) -> (u16, serde_json::Value) {
                     .iter()
                     .filter(|d| on_node(&d.node))
                     .map(daemon_pod),
+            );
+            pods.extend(
+                cluster
+                    .endpoints
+                    .iter()
+                    .filter(|p| on_node(&p.node))
+                    .map(endpoint_pod),
             );
             (200, list("PodList", &pods))
         }

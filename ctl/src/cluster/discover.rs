@@ -84,3 +84,44 @@ pub async fn daemons(
     daemons.sort_by(|a, b| a.node.cmp(&b.node));
     Ok(daemons)
 }
+
+/// A measurement endpoint pod (`sondectl deploy --endpoints`).
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointPod {
+    /// Its node.
+    pub node: String,
+    /// As endpoints name it: `NAMESPACE/NAME`.
+    pub name: String,
+    /// Whether it is Ready with an IP.
+    pub ready: bool,
+}
+
+/// The endpoint pods in `namespace`, by node name.
+pub async fn endpoint_pods(client: &Client, namespace: &str) -> anyhow::Result<Vec<EndpointPod>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pods = pods
+        .list(&ListParams::default().labels(super::manifests::ENDPOINT_SELECTOR))
+        .await
+        .with_context(|| format!("listing sonde's endpoint pods in namespace {namespace}"))?;
+    let mut found: Vec<EndpointPod> = pods
+        .items
+        .into_iter()
+        .filter_map(|pod| {
+            let node = pod.spec?.node_name?;
+            let status = pod.status.unwrap_or_default();
+            let ready = status.pod_ip.is_some()
+                && status
+                    .conditions
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+            Some(EndpointPod {
+                node,
+                name: format!("{namespace}/{}", pod.metadata.name?),
+                ready,
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| (&a.node, &a.name).cmp(&(&b.node, &b.name)));
+    Ok(found)
+}

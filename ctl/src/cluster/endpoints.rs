@@ -36,6 +36,8 @@ pub const DAEMON_PORT: u16 = 7470;
 /// The daemons of a cluster, by node, and the client to ask more.
 pub struct Cluster {
     client: Client,
+    /// The namespace sonde's daemons (and endpoint pods) run in.
+    namespace: String,
     daemons: Vec<Daemon>,
     /// The label selector the daemons' nodes were chosen by ("" for all).
     node_selector: String,
@@ -82,6 +84,7 @@ impl Cluster {
         }
         Ok(Self {
             client,
+            namespace: namespace.to_owned(),
             daemons,
             node_selector: node_selector.to_owned(),
             reach,
@@ -98,6 +101,11 @@ impl Cluster {
             args.reach,
         )
         .await
+    }
+
+    /// The measurement endpoint pods (`deploy --endpoints`) in sonde's namespace.
+    pub async fn endpoint_pods(&self) -> anyhow::Result<Vec<discover::EndpointPod>> {
+        discover::endpoint_pods(&self.client, &self.namespace).await
     }
 
     /// The daemons found, ready or not.

@@ -29,6 +29,16 @@ pub const FILES: [(&str, &str); 5] = [
     ),
 ];
 
+/// The measurement endpoints (`deploy --endpoints`): applied after [`FILES`] when asked for.
+pub const ENDPOINT_FILES: [(&str, &str); 1] = [(
+    "endpoints.yaml",
+    include_str!("../../../deploy/kubernetes/endpoints.yaml"),
+)];
+
+/// The label every endpoint pod carries (scenarios find them by it).
+pub const ENDPOINT_SELECTOR: &str =
+    "app.kubernetes.io/name=sonde,app.kubernetes.io/component=endpoint";
+
 /// The namespace the manifests name.
 pub const DEFAULT_NAMESPACE: &str = "sonde";
 
@@ -44,12 +54,16 @@ pub struct Options {
     pub image: Option<String>,
     /// Run only on nodes with these labels.
     pub node_selector: Vec<(String, String)>,
+    /// Add the measurement endpoints (a pod on every node, a ClusterIP and a headless
+    /// Service).
+    pub endpoints: bool,
 }
 
-/// Every object of the manifests, as shipped.
-pub fn shipped() -> anyhow::Result<Vec<DynamicObject>> {
+/// Every object of the manifests, as shipped (with the endpoints' when `endpoints`).
+pub fn shipped(endpoints: bool) -> anyhow::Result<Vec<DynamicObject>> {
     let mut objects = Vec::new();
-    for (file, text) in FILES {
+    let extra: &[(&str, &str)] = if endpoints { &ENDPOINT_FILES } else { &[] };
+    for &(file, text) in FILES.iter().chain(extra) {
         for document in serde_yaml::Deserializer::from_str(text) {
             let value = serde_yaml::Value::deserialize(document)
                 .with_context(|| format!("parsing deploy/kubernetes/{file}"))?;
@@ -66,7 +80,7 @@ pub fn shipped() -> anyhow::Result<Vec<DynamicObject>> {
 
 /// The objects with the user's options applied.
 pub fn objects(options: &Options) -> anyhow::Result<Vec<DynamicObject>> {
-    let mut objects = shipped()?;
+    let mut objects = shipped(options.endpoints)?;
     let namespace = options.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
     if namespace.is_empty()
         || namespace.len() > 63

@@ -11,6 +11,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         namespace: Some(args.cluster.namespace.clone()),
         image: args.image.clone(),
         node_selector: args.node_selector.clone(),
+        endpoints: args.endpoints,
     };
     let objects = manifests::objects(&options)?;
     if args.dry_run {
@@ -39,6 +40,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
 
 /// Runs `sondectl undeploy`.
 pub async fn undeploy(args: UndeployArgs) -> anyhow::Result<()> {
+    // The endpoints (`deploy --endpoints`) live in the namespace: deleting it removes them.
     let options = manifests::Options {
         namespace: Some(args.cluster.namespace.clone()),
         ..manifests::Options::default()

@@ -117,7 +117,8 @@ async fn prepare(args: &ScenarioArgs) -> anyhow::Result<(Scenario, Expansion, Ta
     let (fleet, target, kubernetes) = match &args.cluster.kubeconfig {
         Some(_) => {
             let cluster = crate::cluster::endpoints::Cluster::connect(&args.cluster).await?;
-            let fleet = Fleet::from_daemons(cluster.daemons());
+            let endpoints = cluster.endpoint_pods().await?;
+            let fleet = Fleet::from_cluster(cluster.daemons(), &endpoints);
             (fleet, Target::Cluster(Box::new(cluster)), true)
         }
         None => {

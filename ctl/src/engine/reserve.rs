@@ -87,6 +87,8 @@ impl Session {
                 return Err(ReserveError::Cancelled);
             }
             let mut refused = None;
+            // Every daemon that cannot be asked is named, not only the first.
+            let mut broken = Vec::new();
             for &agent in &agents {
                 match self.reserve_one(agent, class, lease, purpose).await {
                     Ok(Some(id)) => reserved.ids.push((agent.clone(), id)),
@@ -95,14 +97,23 @@ impl Session {
                         refused = Some(format!("{agent}: {}", status.message()));
                         break;
                     }
-                    Err(status) => {
-                        self.release(&reserved).await;
-                        return Err(ReserveError::Daemon {
-                            agent: agent.clone(),
-                            reason: crate::agent::status_text(&status),
-                        });
-                    }
+                    Err(status) => broken.push((agent, crate::agent::status_text(&status))),
                 }
+            }
+            if !broken.is_empty() {
+                self.release(&reserved).await;
+                let agent = broken
+                    .iter()
+                    .map(|(agent, _)| agent.as_str())
+                    .collect::<Vec<_>>();
+                let reason = broken
+                    .iter()
+                    .map(|(_, reason)| reason.as_str())
+                    .collect::<Vec<_>>();
+                return Err(ReserveError::Daemon {
+                    agent: agent.join(", "),
+                    reason: reason.join("; "),
+                });
             }
             let Some(why) = refused else {
                 reserved.waited = started.elapsed();

@@ -38,6 +38,7 @@ pub struct Planned {
     /// The server's node.
     pub to_node: String,
     /// The runs, as `(from, to)` endpoints: one for a pair, one per client for a fan-in.
+    #[serde(serialize_with = "ends_as_objects")]
     pub ends: Vec<(String, String)>,
     /// Every node it loads, in name order.
     pub nodes: Vec<String>,
@@ -50,6 +51,19 @@ pub struct Planned {
 
 fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_f64(duration.as_secs_f64())
+}
+
+/// `{from, to}` objects, as the run-set document has them.
+fn ends_as_objects<S: serde::Serializer>(
+    ends: &[(String, String)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq as _;
+    let mut seq = serializer.serialize_seq(Some(ends.len()))?;
+    for (from, to) in ends {
+        seq.serialize_element(&serde_json::json!({ "from": from, "to": to }))?;
+    }
+    seq.end()
 }
 
 /// A combination that was left out, and why.
@@ -280,6 +294,11 @@ fn ends(
         } else {
             "the lab has no cluster DNS, so no headless Service".into()
         }),
+        PathName::Service if kubernetes => Err(
+            "the endpoints' ClusterIP Service spreads over every node: a Service path per node \
+             pair is measured in the lab only, for now"
+                .into(),
+        ),
         PathName::Service => {
             let udp = matches!(
                 test.kind,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    cluster::discover::{Daemon, ZONE_LABEL},
+    cluster::discover::{Daemon, EndpointPod, ZONE_LABEL},
     lab::{Inventory, spec::Protocol},
 };
 
@@ -96,8 +96,9 @@ impl Fleet {
         }
     }
 
-    /// A cluster's nodes with a ready daemon (no pods nor Services yet: the host path).
-    pub fn from_daemons(daemons: &[Daemon]) -> Self {
+    /// A cluster's nodes with a ready daemon, and the ready endpoint pods on each (`deploy
+    /// --endpoints`; without them only the host path exists).
+    pub fn from_cluster(daemons: &[Daemon], endpoints: &[EndpointPod]) -> Self {
         let mut nodes: Vec<FleetNode> = daemons
             .iter()
             .filter(|daemon| daemon.ready)
@@ -105,7 +106,11 @@ impl Fleet {
                 name: daemon.node.clone(),
                 zone: daemon.zone.clone(),
                 labels: daemon.node_labels.clone(),
-                pods: Vec::new(),
+                pods: endpoints
+                    .iter()
+                    .filter(|pod| pod.ready && pod.node == daemon.node)
+                    .map(|pod| pod.name.clone())
+                    .collect(),
             })
             .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
