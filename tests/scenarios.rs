@@ -346,6 +346,23 @@ fn scenarios_and_a_hand_run_started_together_never_share_a_node() {
     );
     let scenario = spawn(&long);
     std::thread::sleep(Duration::from_millis(1500));
+    // `sondectl nodes` shows who holds node1 meanwhile.
+    let nodes = lab.sondectl(&["nodes", "-o", "json"]);
+    let nodes: serde_json::Value = serde_json::from_slice(&nodes.stdout).expect("nodes JSON");
+    let node1 = nodes["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["node_name"] == "node1")
+        .expect("node1");
+    assert!(
+        node1["reservations"]
+            .as_array()
+            .expect("reservations")
+            .iter()
+            .any(|r| r["scenario"] == "long" && r["class"] == "exclusive"),
+        "{node1}"
+    );
     let by_hand = lab.sondectl(&[
         "run",
         "tcp-stream",
@@ -552,4 +569,41 @@ fn a_daemon_killed_mid_scenario_fails_its_measurements_and_resume_runs_only_thos
     for m in rerun {
         assert!(failed.iter().any(|f| f["key"] == m["key"]));
     }
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn ctrl_c_stops_a_scenario_and_keeps_what_it_measured() {
+    require_root();
+    let lab = Lab::up(&["--nodes", "4", "--pods-per-node", "1"]);
+    let file = scenario_file(
+        "interrupt",
+        "name: interrupt\nnodes: all\ntopology: mesh\ntests: [{kind: tcp-rr, duration: 1s, warmup: 0s}]\n",
+    );
+    let child = Command::new(workspace_bin("sondectl"))
+        .args(["scenario", "run", &file.to_string_lossy(), "-o", "json"])
+        .env("SONDE_LAB", &lab.name)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sondectl scenario run");
+    std::thread::sleep(Duration::from_millis(2500));
+    run("kill", &["-INT", &child.id().to_string()]);
+    let output = child.wait_with_output().expect("scenario ends");
+    assert_eq!(output.status.code(), Some(1));
+    let set: serde_json::Value = serde_json::from_slice(&output.stdout).expect("run-set");
+    check_schemas(&set);
+    let all = measurements(&set);
+    assert_eq!(all.len(), 12, "every planned measurement is recorded");
+    let count = |status: &str| all.iter().filter(|m| m["status"] == status).count();
+    assert!(count("complete") >= 2, "what was measured is kept");
+    assert!(count("not-run") >= 4, "nothing starts after Ctrl-C");
+    assert!(
+        set["errors"].to_string().contains("cancelled"),
+        "{}",
+        set["errors"]
+    );
+    // Both sides of the interrupted measurement were stopped: no daemon holds a run.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_no_collision(&lab);
 }

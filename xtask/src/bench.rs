@@ -32,6 +32,7 @@ mod cgroup;
 mod idle;
 mod pin;
 mod probes;
+mod scenario;
 
 use cgroup::CpuGroup;
 
@@ -44,6 +45,8 @@ pub enum Suite {
     /// The stage probes: ns per packet in the kernel (BPF_PROG_TEST_RUN), and tcp-stream
     /// traced vs not.
     Probes,
+    /// A scenario's mesh of 8 lab nodes, one measurement at a time against tournament rounds.
+    Scenario,
 }
 
 /// One figure from one run, and, for throughput runs, its CPU per GB by cgroup.
@@ -66,21 +69,27 @@ pub fn run(suite: Suite, only: &[String]) -> anyhow::Result<()> {
         .join("target/release/sondectl")
         .to_string_lossy()
         .into_owned();
-    let _ = Command::new(&sondectl)
-        .args(["lab", "down", "--name", LAB])
-        .output();
-    if suite == Suite::Probes {
-        probes::kernel_costs(&root)?;
+    match suite {
+        Suite::Scenario => scenario::run(&sondectl),
+        Suite::Generators | Suite::Probes => {
+            let _ = Command::new(&sondectl)
+                .args(["lab", "down", "--name", LAB])
+                .output();
+            if suite == Suite::Probes {
+                probes::kernel_costs(&root)?;
+            }
+            step("lab: 2 nodes x 2 pods; the path is pod1 (node1) -> pod3 (node2)");
+            shell::run(&sondectl, &["lab", "up", "--name", LAB])?;
+            let result = if suite == Suite::Generators {
+                compare_all(&sondectl, only)
+            } else {
+                probes::traced_throughput(&sondectl)
+            };
+            step("remove the lab");
+            let _ = shell::run(&sondectl, &["lab", "down", "--name", LAB]);
+            result
+        }
     }
-    step("lab: 2 nodes x 2 pods; the path is pod1 (node1) -> pod3 (node2)");
-    shell::run(&sondectl, &["lab", "up", "--name", LAB])?;
-    let result = match suite {
-        Suite::Generators => compare_all(&sondectl, only),
-        Suite::Probes => probes::traced_throughput(&sondectl),
-    };
-    step("remove the lab");
-    let _ = shell::run(&sondectl, &["lab", "down", "--name", LAB]);
-    result
 }
 
 fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {

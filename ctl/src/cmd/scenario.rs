@@ -70,6 +70,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub resume: Option<PathBuf>,
 
+    /// One measurement at a time (each its own round), as tools without a scheduler run a
+    /// fleet: for comparing, and when nothing may run beside a measurement.
+    #[arg(long)]
+    pub serial: bool,
+
     /// How long a measurement waits for nodes someone else's measurement holds before it is
     /// recorded as failed, naming the holder.
     #[arg(long, default_value = "10m", value_parser = crate::cli::parse_duration)]
@@ -136,7 +141,10 @@ async fn prepare(args: &ScenarioArgs) -> anyhow::Result<(Scenario, Expansion, Ta
 }
 
 async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
-    let (scenario, expansion, target) = prepare(&args.scenario).await?;
+    let (scenario, mut expansion, target) = prepare(&args.scenario).await?;
+    if args.serial {
+        expansion.serialize_rounds();
+    }
     if expansion.measurements.is_empty() {
         bail!(
             "scenario {} expands to no measurement here ({} skipped; `sondectl scenario plan` says why)",

@@ -452,6 +452,14 @@ pub fn expand(
     })
 }
 
+impl Expansion {
+    /// One measurement per round, in expansion order (`scenario run --serial`).
+    pub fn serialize_rounds(&mut self) {
+        self.rounds = self.measurements.iter().map(|m| vec![m.id]).collect();
+        self.expected_wall = self.expected_serial;
+    }
+}
+
 /// The server node and each client's (node, ends) of a fan-in.
 #[expect(clippy::type_complexity, reason = "a private helper's pair of results")]
 fn fan_in_ends<'a>(
