@@ -389,18 +389,7 @@ impl RunKindArg {
 
     /// The name users type and reports show.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::TcpStream => "tcp-stream",
-            Self::TcpRr => "tcp-rr",
-            Self::TcpCrr => "tcp-crr",
-            Self::UdpStream => "udp-stream",
-            Self::UdpRr => "udp-rr",
-            Self::UnixStream => "unix-stream",
-            Self::UnixRr => "unix-rr",
-            Self::FsRr => "fs-rr",
-            Self::Http => "http",
-            Self::HttpCrr => "http-crr",
-        }
+        self.proto().name()
     }
 
     /// Message size when none is given: iperf3's 128 KiB writes for streams, 1 byte for

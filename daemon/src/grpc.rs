@@ -147,6 +147,25 @@ impl<S: FactsSource> AgentService<S> {
         Ok(Some(trace))
     }
 
+    /// Admits one side of a run against this node's reservations: under the one it names, or
+    /// with its kind's class against everyone's.
+    fn admit(
+        &self,
+        run_id: &str,
+        side: &'static str,
+        spec: Option<&pb::RunSpec>,
+        reservation_id: &str,
+    ) -> Result<reservations::HoldGuard, Status> {
+        let kind = spec
+            .and_then(|spec| pb::RunKind::try_from(spec.kind).ok())
+            .unwrap_or_default();
+        let class = class_of(kind.reservation_class() as i32)?;
+        Ok(self
+            .reservations
+            .admit(run_id, side, kind.name(), reservation_id, class)
+            .map_err(RunError::from)?)
+    }
+
     fn watcher(&self) -> Option<Arc<Watcher>> {
         self.conntrack.as_ref().ok().cloned()
     }
@@ -266,16 +285,12 @@ impl<S: FactsSource> Agent for AgentService<S> {
             TraceSpec::from_request(trace, 1)?;
         }
         spec::check_run_id(&request.run_id).map_err(RunError::from)?;
-        let hold = self
-            .reservations
-            .admit(
-                &request.run_id,
-                "server",
-                spec.kind.name(),
-                &request.reservation_id,
-                spec.kind.class(),
-            )
-            .map_err(RunError::from)?;
+        let hold = self.admit(
+            &request.run_id,
+            "server",
+            request.spec.as_ref(),
+            &request.reservation_id,
+        )?;
         let runs = Arc::clone(&self.runs);
         let tracer = self.tracer.clone();
         let run_id = request.run_id.clone();
@@ -364,16 +379,12 @@ impl<S: FactsSource> Agent for AgentService<S> {
             Status::invalid_argument("token: must be the 16 bytes PrepareServer returned")
         })?;
         let guard = self.runs.client(&request.run_id)?;
-        let hold = self
-            .reservations
-            .admit(
-                &request.run_id,
-                "client",
-                spec.kind.name(),
-                &request.reservation_id,
-                spec.kind.class(),
-            )
-            .map_err(RunError::from)?;
+        let hold = self.admit(
+            &request.run_id,
+            "client",
+            request.spec.as_ref(),
+            &request.reservation_id,
+        )?;
         let trace = start_trace(
             self.tracer.as_ref(),
             request.trace.as_ref(),

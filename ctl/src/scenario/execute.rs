@@ -253,10 +253,7 @@ fn now_ms() -> u64 {
 /// FNV-1a of the scenario's JSON.
 pub fn scenario_hash(scenario: &Scenario) -> String {
     let json = serde_json::to_string(scenario).unwrap_or_default();
-    let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("{hash:016x}")
+    format!("{:016x}", super::fnv1a(json.as_bytes()))
 }
 
 /// A plan for one run of `test` between `ends`.

@@ -45,12 +45,8 @@ pub struct Planned {
     /// How it is scheduled.
     pub class: Class,
     /// Its expected length (sizes x repetitions x (warm-up + duration)).
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "super::seconds")]
     pub expected: Duration,
-}
-
-fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_f64(duration.as_secs_f64())
 }
 
 /// `{from, to}` objects, as the run-set document has them.
@@ -89,10 +85,10 @@ pub struct Expansion {
     /// Measurement IDs by round: those of a round share no node (background ones aside).
     pub rounds: Vec<Vec<usize>>,
     /// Sum of the rounds' longest measurements.
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "super::seconds")]
     pub expected_wall: Duration,
     /// Sum of every measurement: what one at a time would take.
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "super::seconds")]
     pub expected_serial: Duration,
 }
 
@@ -193,13 +189,8 @@ pub fn tournament(n: usize) -> Vec<(usize, usize)> {
 /// A ring of the nodes in the order of a hash of their names: deterministic for a set of
 /// nodes, and a node's neighbours change little when others come and go.
 fn hash_ring(nodes: &[&FleetNode]) -> Vec<usize> {
-    let fnv = |text: &str| {
-        text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        })
-    };
     let mut order: Vec<usize> = (0..nodes.len()).collect();
-    order.sort_by_key(|&i| (fnv(&nodes[i].name), i));
+    order.sort_by_key(|&i| (super::fnv1a(nodes[i].name.as_bytes()), i));
     order
 }
 

@@ -237,19 +237,12 @@ pub enum Class {
 }
 
 impl Class {
-    /// Whether a measurement of this class may share a node with one of `other` held by
-    /// someone else.
-    pub fn conflicts_with(self, other: Self) -> bool {
-        matches!(
-            (self, other),
-            (Self::Exclusive, Self::Exclusive | Self::Normal) | (Self::Normal, Self::Exclusive)
-        )
-    }
-
-    /// The class a kind's run has unless a test says otherwise.
+    /// The class a kind's run has unless a test says otherwise: the API's rule, which the
+    /// daemons apply to runs that name no reservation.
     pub fn of_kind(kind: RunKindArg) -> Self {
-        match kind {
-            RunKindArg::TcpRr | RunKindArg::UdpRr | RunKindArg::Http => Self::Normal,
+        match kind.proto().reservation_class() {
+            sonde_proto::v1::ReservationClass::Normal => Self::Normal,
+            sonde_proto::v1::ReservationClass::Background => Self::Background,
             _ => Self::Exclusive,
         }
     }
@@ -352,10 +345,10 @@ pub struct Test {
     /// The generator.
     pub kind: RunKindArg,
     /// Measured part.
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "super::seconds")]
     pub duration: Duration,
     /// Warm-up.
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "super::seconds")]
     pub warmup: Duration,
     /// Each size: (request or message, response for RR kinds).
     pub sizes: Vec<(u64, Option<u64>)>,
@@ -373,10 +366,6 @@ pub struct Test {
     pub trace: bool,
     /// Scheduling class.
     pub class: Class,
-}
-
-fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_f64(duration.as_secs_f64())
 }
 
 impl Scenario {
@@ -743,15 +732,17 @@ tests:
     }
 
     #[test]
-    fn classes_exclude_as_pscheduler_says() {
-        use Class::*;
-        assert!(Exclusive.conflicts_with(Exclusive));
-        assert!(Exclusive.conflicts_with(Normal));
-        assert!(Normal.conflicts_with(Exclusive));
-        assert!(!Normal.conflicts_with(Normal));
-        for class in [Exclusive, Normal, Background] {
-            assert!(!Background.conflicts_with(class));
-            assert!(!class.conflicts_with(Background));
+    fn request_response_kinds_are_normal_and_the_rest_exclusive() {
+        for (kind, class) in [
+            (RunKindArg::TcpRr, Class::Normal),
+            (RunKindArg::UdpRr, Class::Normal),
+            (RunKindArg::Http, Class::Normal),
+            (RunKindArg::TcpStream, Class::Exclusive),
+            (RunKindArg::TcpCrr, Class::Exclusive),
+            (RunKindArg::HttpCrr, Class::Exclusive),
+            (RunKindArg::UdpStream, Class::Exclusive),
+        ] {
+            assert_eq!(Class::of_kind(kind), class, "{}", kind.name());
         }
     }
 }

@@ -50,31 +50,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The name users type and reports show.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::TcpStream => "tcp-stream",
-            Self::TcpRr => "tcp-rr",
-            Self::TcpCrr => "tcp-crr",
-            Self::UdpStream => "udp-stream",
-            Self::UdpRr => "udp-rr",
-            Self::UnixStream => "unix-stream",
-            Self::UnixRr => "unix-rr",
-            Self::FsRr => "fs-rr",
-            Self::Http => "http",
-            Self::HttpCrr => "http-crr",
-        }
-    }
-
-    /// How a run of the kind loads a node, for reservations: request/response kinds are
-    /// normal, everything else exclusive.
-    pub fn class(self) -> crate::reservations::Class {
-        match self {
-            Self::TcpRr | Self::UdpRr | Self::Http => crate::reservations::Class::Normal,
-            _ => crate::reservations::Class::Exclusive,
-        }
-    }
-
     /// Whether the kind speaks TCP.
     pub fn is_tcp(self) -> bool {
         matches!(
