@@ -6,14 +6,12 @@
 //! scenario.v1.json and every run result in it against run-result.v1.json.
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::Duration,
 };
 
 use sonde_integration::{lab::Lab, require_root, run, workspace_bin};
-use sonde_proto::v1 as pb;
 
 fn validator(name: &str) -> jsonschema::Validator {
     let path = format!("{}/../docs/schema/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -75,65 +73,6 @@ fn measurements(set: &serde_json::Value) -> &Vec<serde_json::Value> {
 
 fn ms(value: &serde_json::Value) -> u64 {
     value.as_u64().unwrap_or_else(|| panic!("not ms: {value}"))
-}
-
-/// Every run side each daemon of `lab` recorded: node to (session, class, started, ended).
-fn holds(lab: &Lab) -> BTreeMap<String, Vec<(String, i32, u64, u64)>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let mut all = BTreeMap::new();
-        for node in &lab.inventory.nodes {
-            let addr = node.agent.parse().expect("agent address");
-            let mut client = sonde_ctl::agent::connect(&addr, Duration::from_secs(5))
-                .await
-                .expect("connect");
-            let runs = client
-                .list_reservations(pb::ListReservationsRequest {})
-                .await
-                .expect("ListReservations")
-                .into_inner()
-                .runs
-                .into_iter()
-                .map(|run| {
-                    (
-                        run.holder.map(|h| h.session).unwrap_or_default(),
-                        run.class,
-                        run.started_at_unix_ms,
-                        run.ended_at_unix_ms,
-                    )
-                })
-                .collect();
-            all.insert(node.name.clone(), runs);
-        }
-        all
-    })
-}
-
-/// Checks from the daemons' records that no two holders ever held a node at once in
-/// conflicting classes; returns how many run sides were checked.
-fn assert_no_collision(lab: &Lab) -> usize {
-    let exclusive = pb::ReservationClass::Exclusive as i32;
-    let normal = pb::ReservationClass::Normal as i32;
-    let conflict = |a: i32, b: i32| {
-        (a == exclusive && (b == exclusive || b == normal)) || (a == normal && b == exclusive)
-    };
-    let mut checked = 0;
-    for (node, runs) in holds(lab) {
-        checked += runs.len();
-        for (i, a) in runs.iter().enumerate() {
-            assert!(a.3 > 0, "{node}: a run side still holds it: {a:?}");
-            for b in &runs[i + 1..] {
-                if a.0 != b.0 && conflict(a.1, b.1) {
-                    let overlap = a.2 < b.3 && b.2 < a.3;
-                    assert!(!overlap, "{node}: {a:?} and {b:?} held it at once");
-                }
-            }
-        }
-    }
-    checked
 }
 
 #[test]
@@ -198,7 +137,7 @@ fn a_mesh_of_six_nodes_in_two_zones_measures_thirty_pairs_in_ten_rounds() {
         wall < serial,
         "rounds ({wall} s) no faster than serial ({serial} s)"
     );
-    assert!(assert_no_collision(&lab) >= 60);
+    assert!(lab.assert_no_collision() >= 60);
 }
 
 #[test]
@@ -417,7 +356,7 @@ fn scenarios_and_a_hand_run_started_together_never_share_a_node() {
         "{text}"
     );
 
-    let checked = assert_no_collision(&lab);
+    let checked = lab.assert_no_collision();
     assert!(checked >= 2 * 8 + 2 * 2 + 2, "{checked} run sides recorded");
 }
 
@@ -605,5 +544,5 @@ fn ctrl_c_stops_a_scenario_and_keeps_what_it_measured() {
     );
     // Both sides of the interrupted measurement were stopped: no daemon holds a run.
     std::thread::sleep(Duration::from_millis(500));
-    assert_no_collision(&lab);
+    lab.assert_no_collision();
 }

@@ -36,6 +36,9 @@ pub enum Command {
     /// and paths, packed into rounds so that no node is loaded twice at once.
     #[command(subcommand)]
     Scenario(crate::cmd::scenario::ScenarioCommand),
+    /// Measure a fleet continuously: a scenario's tests in rounds, each node from K peers on
+    /// a ring that turns every round, with Prometheus metrics.
+    Monitor(crate::monitor::MonitorArgs),
     /// Prepare a server side and keep it serving, for a client of your own (curl, wrk).
     Serve(ServeArgs),
     /// Where the time goes between two endpoints: a light request/response flow, traced in

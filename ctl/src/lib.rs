@@ -12,6 +12,7 @@
 //!   flight, executing plans.
 //! - [`run`]: planning, executing and reporting runs.
 //! - [`scenario`]: fleet measurements: scenario files, their expansion into rounds, run-sets.
+//! - [`monitor`]: continuous measurement: rotating K-peer rounds and Prometheus metrics.
 //! - [`output`]: output formats shared by the subcommands.
 
 pub mod agent;
@@ -21,6 +22,7 @@ pub mod cmd;
 pub mod endpoint;
 pub mod engine;
 pub mod lab;
+pub mod monitor;
 pub mod output;
 pub mod run;
 pub mod scenario;

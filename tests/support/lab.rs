@@ -149,6 +149,89 @@ impl Lab {
     }
 }
 
+/// One run side a daemon recorded holding its node.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    /// The holder's session.
+    pub session: String,
+    /// Its reservation class (`sonde.v1.ReservationClass`).
+    pub class: i32,
+    /// When it started and ended, ms since the epoch (0: still running).
+    pub started_at_unix_ms: u64,
+    /// When it ended.
+    pub ended_at_unix_ms: u64,
+}
+
+impl Lab {
+    /// Every run side each daemon recorded holding its node, by node name.
+    pub fn holds(&self) -> std::collections::BTreeMap<String, Vec<Hold>> {
+        use sonde_proto::v1 as pb;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mut all = std::collections::BTreeMap::new();
+            for node in &self.inventory.nodes {
+                let addr = node.agent.parse().expect("agent address");
+                let mut client =
+                    sonde_ctl::agent::connect(&addr, std::time::Duration::from_secs(5))
+                        .await
+                        .expect("connect");
+                let runs = client
+                    .list_reservations(pb::ListReservationsRequest {})
+                    .await
+                    .expect("ListReservations")
+                    .into_inner()
+                    .runs
+                    .into_iter()
+                    .map(|run| Hold {
+                        session: run.holder.map(|h| h.session).unwrap_or_default(),
+                        class: run.class,
+                        started_at_unix_ms: run.started_at_unix_ms,
+                        ended_at_unix_ms: run.ended_at_unix_ms,
+                    })
+                    .collect();
+                all.insert(node.name.clone(), runs);
+            }
+            all
+        })
+    }
+
+    /// Checks, from the daemons' own records, that no node was ever held by two holders at
+    /// once in conflicting classes, and that no run side still holds one; returns how many
+    /// run sides were checked.
+    pub fn assert_no_collision(&self) -> usize {
+        use sonde_proto::v1::ReservationClass;
+        let (exclusive, normal) = (
+            ReservationClass::Exclusive as i32,
+            ReservationClass::Normal as i32,
+        );
+        let conflict = |a: i32, b: i32| {
+            (a == exclusive && (b == exclusive || b == normal)) || (a == normal && b == exclusive)
+        };
+        let mut checked = 0;
+        for (node, runs) in self.holds() {
+            checked += runs.len();
+            for (i, a) in runs.iter().enumerate() {
+                assert!(
+                    a.ended_at_unix_ms > 0,
+                    "{node}: a run side still holds it: {a:?}"
+                );
+                for b in &runs[i + 1..] {
+                    let overlap = a.started_at_unix_ms < b.ended_at_unix_ms
+                        && b.started_at_unix_ms < a.ended_at_unix_ms;
+                    assert!(
+                        !(a.session != b.session && conflict(a.class, b.class) && overlap),
+                        "{node}: {a:?} and {b:?} held it at once"
+                    );
+                }
+            }
+        }
+        checked
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = sondectl(&["lab", "down", "--name", &self.name]);

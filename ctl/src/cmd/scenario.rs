@@ -119,25 +119,35 @@ pub async fn run(command: ScenarioCommand) -> anyhow::Result<()> {
 async fn prepare(args: &ScenarioArgs) -> anyhow::Result<(Scenario, Expansion, Target)> {
     let scenario = Scenario::load(&args.file)
         .with_context(|| format!("{} is not a valid scenario", args.file.display()))?;
-    let (fleet, target, kubernetes) = match &args.cluster.kubeconfig {
+    let (fleet, target, kubernetes) = fleet(&scenario, &args.lab, &args.cluster).await?;
+    let expansion = crate::scenario::expand(&scenario, &fleet, kubernetes)?;
+    Ok((scenario, expansion, target))
+}
+
+/// The fleet a scenario runs over: the cluster's when a kubeconfig is given, else the lab's;
+/// where its ends are resolved; and whether it is a cluster.
+pub async fn fleet(
+    scenario: &Scenario,
+    lab: &str,
+    cluster: &KubernetesArgs,
+) -> anyhow::Result<(Fleet, Target, bool)> {
+    Ok(match &cluster.kubeconfig {
         Some(_) => {
-            let cluster = crate::cluster::endpoints::Cluster::connect(&args.cluster).await?;
+            let cluster = crate::cluster::endpoints::Cluster::connect(cluster).await?;
             let endpoints = cluster.endpoint_pods().await?;
             let fleet = Fleet::from_cluster(cluster.daemons(), &endpoints);
             (fleet, Target::Cluster(Box::new(cluster)), true)
         }
         None => {
-            let lab = Inventory::load(&args.lab).with_context(|| {
+            let inventory = Inventory::load(lab).with_context(|| {
                 format!(
-                    "scenario {} runs in a lab or a cluster: no lab {:?} is up (`sondectl lab up`, or --kubeconfig)",
-                    scenario.name, args.lab
+                    "scenario {} runs in a lab or a cluster: no lab {lab:?} is up (`sondectl lab up`, or --kubeconfig)",
+                    scenario.name
                 )
             })?;
-            (Fleet::from_lab(&lab), Target::Lab(lab), false)
+            (Fleet::from_lab(&inventory), Target::Lab(inventory), false)
         }
-    };
-    let expansion = crate::scenario::expand(&scenario, &fleet, kubernetes)?;
-    Ok((scenario, expansion, target))
+    })
 }
 
 async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
@@ -188,6 +198,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         &expansion,
         resume_from.as_ref(),
         progress,
+        None,
     )
     .await;
     ctrl_c.abort();

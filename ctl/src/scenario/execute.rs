@@ -151,6 +151,18 @@ pub struct Record {
     /// Taken as it was from an earlier run-set (`--resume`).
     #[serde(default)]
     pub resumed: bool,
+    /// When paced (the monitor), how far into its slot it started, ms: a random offset, so
+    /// that the rounds of several monitors never synchronise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset_in_slot_ms: Option<u64>,
+}
+
+/// How a paced run spreads its rounds (the monitor's): round `i` of the set starts `i` slots
+/// after the start, and each measurement at a random offset within what its slot leaves.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// The length of one round's slot.
+    pub slot: Duration,
 }
 
 /// One run's ends.
@@ -341,6 +353,7 @@ async fn measure(
         headline: None,
         fan_in: None,
         resumed: false,
+        offset_in_slot_ms: None,
     };
     if session.is_cancelled() {
         return record;
@@ -434,8 +447,10 @@ pub async fn run(
     expansion: &Expansion,
     resume_from: Option<&RunSet>,
     progress: bool,
+    pace: Option<Pace>,
 ) -> RunSet {
     let started_at_unix_ms = now_ms();
+    let started = tokio::time::Instant::now();
     let earlier: HashMap<&str, &Record> = resume_from
         .map(|set| {
             set.measurements
@@ -479,8 +494,22 @@ pub async fn run(
                 None => to_run.push(planned),
             }
         }
-        let done = join_all(to_run.into_iter().map(|planned| async {
-            let record = measure(
+        let slot_start = pace.map(|pace| started + pace.slot * round as u32);
+        if let Some(at) = slot_start {
+            tokio::time::sleep_until(at).await;
+        }
+        let bar_ref = &bar;
+        let done = join_all(to_run.into_iter().map(|planned| async move {
+            // Paced: start at a random offset within what the slot leaves after the
+            // measurement's own length (pScheduler's slip).
+            let offset = pace.map(|pace| {
+                let slack = pace.slot.saturating_sub(planned.expected);
+                slack.mul_f64(fastrand::f64())
+            });
+            if let Some(offset) = offset {
+                tokio::time::sleep(offset).await;
+            }
+            let mut record = measure(
                 session,
                 target,
                 &expansion.tests[planned.test],
@@ -488,7 +517,8 @@ pub async fn run(
                 round,
             )
             .await;
-            if let Some(bar) = &bar {
+            record.offset_in_slot_ms = offset.map(|o| o.as_millis() as u64);
+            if let Some(bar) = bar_ref {
                 bar.inc(1);
             }
             record

@@ -122,7 +122,10 @@ fn wanted(wanted: &[Placement], class: Placement) -> bool {
 }
 
 /// The nodes a scenario names, in fleet order.
-fn select<'a>(scenario: &Scenario, fleet: &'a Fleet) -> Result<Vec<&'a FleetNode>, ScenarioError> {
+pub(crate) fn select<'a>(
+    scenario: &Scenario,
+    fleet: &'a Fleet,
+) -> Result<Vec<&'a FleetNode>, ScenarioError> {
     let nodes: Vec<&FleetNode> = match &scenario.nodes {
         NodeSet::All(_) => fleet.nodes.iter().collect(),
         NodeSet::Names(names) => names
@@ -188,7 +191,7 @@ pub fn tournament(n: usize) -> Vec<(usize, usize)> {
 
 /// A ring of the nodes in the order of a hash of their names: deterministic for a set of
 /// nodes, and a node's neighbours change little when others come and go.
-fn hash_ring(nodes: &[&FleetNode]) -> Vec<usize> {
+pub(crate) fn hash_ring(nodes: &[&FleetNode]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..nodes.len()).collect();
     order.sort_by_key(|&i| (super::fnv1a(nodes[i].name.as_bytes()), i));
     order

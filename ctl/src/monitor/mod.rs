@@ -1,0 +1,239 @@
+//! `sondectl monitor`: a scenario's tests measured in rounds, forever, over a rotating set of
+//! pairs that covers every ordered pair without an O(n²) bill.
+//!
+//! Each round measures each node from exactly K peers on a ring that turns every round
+//! ([`rotation`]), so every ordered pair is measured within ceil((n-1)/K) rounds; the round
+//! number comes from the wall clock, so a restart goes on where it left off. Light tests
+//! (request/response: normal or background class) run every round, heavy ones (exclusive)
+//! every M rounds. A round's measurements run through the scenario engine, reserving their
+//! nodes as every measurement does (so a monitor never collides with another monitor or a
+//! hand-run stream), in slots that spread them over the round, each at a random offset in its
+//! slot so that the rounds of several monitors never synchronise. The scenario's nodes,
+//! placement classes, paths and tests are used; its topology is replaced by the rotation.
+//!
+//! # Layout
+//! - [`rotation`]: which pairs a round measures.
+//! - [`metrics`]: `/metrics` with O(n·K) per-pair series.
+
+pub mod metrics;
+pub mod rotation;
+
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    cli::KubernetesArgs,
+    engine::{self, Session},
+    scenario::{
+        Scenario,
+        execute::{self, Pace, Status},
+        expand,
+        spec::{Class, PairSpec, Topology},
+    },
+};
+
+/// Flags of `sondectl monitor`.
+#[derive(Debug, clap::Args)]
+pub struct MonitorArgs {
+    /// The scenario whose nodes, placement classes, paths and tests are measured (its
+    /// topology is replaced by the rotation).
+    #[arg(long)]
+    pub scenario: PathBuf,
+
+    /// The lab whose nodes are measured (unless --kubeconfig).
+    #[arg(long, env = "SONDE_LAB", default_value = "lab")]
+    pub lab: String,
+
+    /// The cluster whose nodes are measured.
+    #[command(flatten)]
+    pub cluster: KubernetesArgs,
+
+    /// The length of a round.
+    #[arg(long, default_value = "60s", value_parser = crate::cli::parse_duration)]
+    pub every: Duration,
+
+    /// Peers measuring each node in each round (K).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub peers: u64,
+
+    /// Heavy (exclusive) tests run every this many rounds (M).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub heavy_every: u64,
+
+    /// Serve Prometheus metrics at this address (HOST:PORT).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Append each round's run-set to this file, one JSON document a line.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+
+    /// Stop after this many rounds (0: run until stopped).
+    #[arg(long, default_value_t = 0)]
+    pub rounds: u64,
+
+    /// How long to wait for a daemon to answer a call.
+    #[arg(long, default_value = "5s", value_parser = crate::cli::parse_duration)]
+    pub timeout: Duration,
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Runs `sondectl monitor`.
+pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
+    let scenario = Scenario::load(&args.scenario)
+        .with_context(|| format!("{} is not a valid scenario", args.scenario.display()))?;
+    let (fleet, target, kubernetes) =
+        crate::cmd::scenario::fleet(&scenario, &args.lab, &args.cluster).await?;
+    let nodes: Vec<String> = expand::select(&scenario, &fleet)?
+        .iter()
+        .map(|node| node.name.clone())
+        .collect();
+    let ring = {
+        let selected = expand::select(&scenario, &fleet)?;
+        expand::hash_ring(&selected)
+    };
+    let n = nodes.len();
+    if n < 2 {
+        bail!(
+            "a monitor needs at least 2 nodes; scenario {} selects {n}",
+            scenario.name
+        );
+    }
+    let k = usize::try_from(args.peers).unwrap_or(usize::MAX).min(n - 1);
+    let rotation = rotation::rotation(n, k);
+    let tests = scenario.tests()?;
+    let heavy: Vec<bool> = tests.iter().map(|t| t.class == Class::Exclusive).collect();
+    let metrics = Arc::new(metrics::MonitorMetrics::new());
+    let server = match args.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}"))?;
+            eprintln!(
+                "sondectl monitor: metrics at http://{}/metrics",
+                listener.local_addr()?
+            );
+            Some(tokio::spawn(metrics::serve(listener, Arc::clone(&metrics))))
+        }
+        None => None,
+    };
+    let mut log = match &args.log {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening --log {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let session = Arc::new(
+        Session::new(args.timeout)
+            .for_scenario(&scenario.name)
+            .with_max_wait(args.every),
+    );
+    let ctrl_c = engine::cancel_on_ctrl_c(&session);
+    eprintln!(
+        "sondectl monitor: {n} nodes, {k} peers each per round ({} measurements a round against {} for a full mesh), every pair within {rotation} rounds of {:?}",
+        n * k * tests.len().max(1),
+        n * (n - 1) * tests.len().max(1),
+        args.every
+    );
+    let every_ms = u64::try_from(args.every.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let mut last_round = None;
+    let mut done = 0;
+    while !session.is_cancelled() && (args.rounds == 0 || done < args.rounds) {
+        // The first round is the period of the wall clock we are in (a restarted monitor goes
+        // on where it was); then one after the other, each at the start of its period, or at
+        // once when the last one ran over: no round is skipped, so a rotation covers every
+        // pair.
+        let round = match last_round {
+            None => u64::try_from(unix_now().as_millis()).unwrap_or(u64::MAX) / every_ms,
+            Some(last) => last + 1,
+        };
+        let at = Duration::from_millis(round.saturating_mul(every_ms));
+        let wait = at.saturating_sub(unix_now());
+        if !wait.is_zero() {
+            let cancellation = session.cancellation();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = cancellation.cancelled() => break,
+            }
+        }
+        last_round = Some(round);
+        let with_heavy = round % args.heavy_every == 0;
+        let mut this = scenario.clone();
+        this.topology = Topology::Pairs(
+            rotation::pairs(&ring, k, round)
+                .into_iter()
+                .map(|(from, to)| PairSpec {
+                    from: nodes[from].clone(),
+                    to: nodes[to].clone(),
+                })
+                .collect(),
+        );
+        this.tests = scenario
+            .tests
+            .iter()
+            .zip(&heavy)
+            .filter(|(_, heavy)| with_heavy || !**heavy)
+            .map(|(test, _)| test.clone())
+            .collect();
+        if this.tests.is_empty() {
+            done += 1;
+            continue;
+        }
+        let expansion = expand(&this, &fleet, kubernetes)?;
+        let slots = u32::try_from(expansion.rounds.len().max(1)).unwrap_or(u32::MAX);
+        let pace = Pace {
+            slot: args.every / slots,
+        };
+        let mut set = execute::run(
+            &session,
+            &target,
+            &this,
+            &expansion,
+            None,
+            false,
+            Some(pace),
+        )
+        .await;
+        set.origin = fleet.origin.clone();
+        metrics.round(&set, rotation, n);
+        let complete = set
+            .measurements
+            .iter()
+            .filter(|m| m.status == Status::Complete)
+            .count();
+        eprintln!(
+            "sondectl monitor: round {round}: {complete} of {} measurements complete{} in {:.1}s",
+            set.measurements.len(),
+            if with_heavy { " (heavy tests too)" } else { "" },
+            execute::wall(&set).as_secs_f64()
+        );
+        if let Some(file) = log.as_mut() {
+            let line = serde_json::json!({ "round": round, "set": set });
+            writeln!(file, "{line}").context("writing the monitor's log")?;
+        }
+        done += 1;
+    }
+    ctrl_c.abort();
+    if let Some(server) = server {
+        server.abort();
+    }
+    Ok(())
+}
