@@ -99,20 +99,6 @@ fn kernel_counters(netns: &str) -> (u64, u64, u64) {
     total
 }
 
-/// `GET /metrics` over the daemon's Unix socket (`unix:PATH`), plain HTTP/1.0.
-fn scrape(address: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let path = address.strip_prefix("unix:").expect("a unix: address");
-    let mut stream = std::os::unix::net::UnixStream::connect(path).expect("connect to metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: sonded\r\n\r\n")
-        .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
-    response
-}
-
 /// What a ramp counted on node1 over all its steps, in `kernel_counters`' shape:
 /// (insert_failed, drop, early_drop).
 fn node1_totals(ramp: &serde_json::Value) -> (u64, u64, u64) {
@@ -321,7 +307,7 @@ fn watch_model_and_ramp_on_a_lab_node() {
     assert!(counted.1 > 0, "drops were counted");
 
     // 5. The same counters on the daemon's Prometheus endpoint, against procfs.
-    let metrics = scrape(&lab.inventory.node("node1").expect("node1").metrics);
+    let metrics = lab.scrape("node1");
     let exported = |name: &str| {
         metrics
             .lines()

@@ -356,6 +356,23 @@ fn scenarios_and_a_hand_run_started_together_never_share_a_node() {
         "{text}"
     );
 
+    // node1's daemon counted what it served and what it refused.
+    let metrics = lab.scrape("node1");
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(series))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+    };
+    assert!(value("sonde_runs_served_total{side=\"server\"}") >= 1.0);
+    assert!(value("sonde_runs_served_total{side=\"client\"}") >= 1.0);
+    assert!(
+        value("sonde_reservation_refusals_total") >= 1.0,
+        "the hand runs were refused"
+    );
+    assert_eq!(value("sonde_reservations_held"), 0.0);
     let checked = lab.assert_no_collision();
     assert!(checked >= 2 * 8 + 2 * 2 + 2, "{checked} run sides recorded");
 }

@@ -586,6 +586,10 @@ pub struct RunArgs {
     #[arg(short, long, value_enum, default_value_t = RunOutput::Table)]
     pub output: RunOutput,
 
+    /// Where the results go besides the output.
+    #[command(flatten)]
+    pub export: crate::export::ExportArgs,
+
     /// How long a measurement waits for its nodes when someone else's measurement holds
     /// them (reservations on the daemons), before it gives up naming the holder.
     #[arg(long, default_value = "60s", value_parser = parse_duration_or_zero)]

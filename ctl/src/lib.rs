@@ -5,6 +5,7 @@
 //! - [`cli`]: the commands and flags.
 //! - [`agent`]: agent addresses, and connecting to a daemon with deadlines.
 //! - [`cmd`]: one module per subcommand.
+//! - [`export`]: results to a Pushgateway and to Graphite.
 //! - [`lab`]: the lab, a cluster of network namespaces on one machine.
 //! - [`cluster`]: Kubernetes: the manifests, deploying them, finding the daemons.
 //! - [`endpoint`]: what `--from`/`--to` name, resolved to daemons, namespaces, addresses.
@@ -21,6 +22,7 @@ pub mod cluster;
 pub mod cmd;
 pub mod endpoint;
 pub mod engine;
+pub mod export;
 pub mod lab;
 pub mod monitor;
 pub mod output;

@@ -139,7 +139,11 @@ fn run(config: Config) -> anyhow::Result<()> {
         .with_conntrack(conntrack.clone());
         let metrics = metrics_listener.map(|listener| {
             tracing::info!(addr = listener.local_addr(), "serving Prometheus metrics");
-            tokio::spawn(metrics::serve(listener, conntrack.ok()))
+            tokio::spawn(metrics::serve(
+                listener,
+                conntrack.ok(),
+                agent.reservations(),
+            ))
         });
         let shutdown = async {
             tokio::select! {

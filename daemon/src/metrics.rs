@@ -16,6 +16,7 @@ use prometheus_client::{
 
 use crate::{
     conntrack::{Class, Sample, Watcher},
+    reservations::{Reservations, Stats},
     server::Listener,
 };
 
@@ -23,7 +24,11 @@ use crate::{
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves `/metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: Listener, conntrack: Option<Arc<Watcher>>) {
+pub async fn serve(
+    listener: Listener,
+    conntrack: Option<Arc<Watcher>>,
+    reservations: Arc<Reservations>,
+) {
     loop {
         let accepted = match &listener {
             Listener::Tcp(tcp) => tcp.accept().await.map(|(stream, _)| Stream::Tcp(stream)),
@@ -37,10 +42,12 @@ pub async fn serve(listener: Listener, conntrack: Option<Arc<Watcher>>) {
             }
         };
         let conntrack = conntrack.clone();
+        let reservations = Arc::clone(&reservations);
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
                 let conntrack = conntrack.clone();
-                async move { Ok::<_, Infallible>(answer(&request, conntrack).await) }
+                let stats = reservations.stats();
+                async move { Ok::<_, Infallible>(answer(&request, conntrack, stats).await) }
             });
             let builder = hyper::server::conn::http1::Builder::new();
             let served = match stream {
@@ -70,6 +77,7 @@ enum Stream {
 async fn answer(
     request: &Request<Incoming>,
     conntrack: Option<Arc<Watcher>>,
+    reservations: Stats,
 ) -> Response<Full<Bytes>> {
     if request.uri().path() != "/metrics" {
         return respond(
@@ -85,7 +93,7 @@ async fn answer(
             .and_then(Result::ok),
         None => None,
     };
-    match render(sample) {
+    match render(sample, reservations) {
         Ok(text) => respond(StatusCode::OK, CONTENT_TYPE, text),
         Err(_) => respond(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -106,13 +114,53 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
     response
 }
 
-/// The exposition for one sample (or for a node whose conntrack could not be read).
-pub fn render(sample: Option<Sample>) -> Result<String, std::fmt::Error> {
+/// The exposition for one sample (or for a node whose conntrack could not be read) and the
+/// daemon's runs and reservations.
+pub fn render(sample: Option<Sample>, reservations: Stats) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ConntrackCollector(sample)));
+    registry.register_collector(Box::new(ReservationCollector(reservations)));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     Ok(text)
+}
+
+/// Runs served and reservations, read at scrape time.
+#[derive(Debug)]
+struct ReservationCollector(Stats);
+
+impl Collector for ReservationCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0;
+        let held = ConstGauge::new(i64::try_from(stats.held).unwrap_or(i64::MAX));
+        held.encode(encoder.encode_descriptor(
+            "sonde_reservations_held",
+            "Reservations of this node held now (by any controller).",
+            None,
+            held.metric_type(),
+        )?)?;
+        let refusals = ConstCounter::new(stats.refusals);
+        refusals.encode(encoder.encode_descriptor(
+            "sonde_reservation_refusals",
+            "Reservations and runs this daemon refused because the node was held by someone else (or the reservation named was not held).",
+            None,
+            refusals.metric_type(),
+        )?)?;
+        let mut served = encoder.encode_descriptor(
+            "sonde_runs_served",
+            "Run sides this daemon admitted since it started.",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (side, count) in [
+            ("server", stats.servers_served),
+            ("client", stats.clients_served),
+        ] {
+            let counter = ConstCounter::new(count);
+            counter.encode(served.encode_family(&[("side", side)])?)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug)]

@@ -11,7 +11,10 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -207,6 +210,23 @@ fn unix_ms() -> u64 {
 #[derive(Debug, Default)]
 pub struct Reservations {
     state: Mutex<State>,
+    /// Run sides admitted since start: [server, client].
+    runs_served: [AtomicU64; 2],
+    /// Reservations and runs refused since start.
+    refusals: AtomicU64,
+}
+
+/// What `/metrics` says of reservations.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    /// Reservations held now.
+    pub held: usize,
+    /// Server sides admitted since start.
+    pub servers_served: u64,
+    /// Client sides admitted since start.
+    pub clients_served: u64,
+    /// Reservations and runs refused since start.
+    pub refusals: u64,
 }
 
 impl Reservations {
@@ -229,11 +249,12 @@ impl Reservations {
         purpose: String,
     ) -> Result<Reservation, Refusal> {
         let mut state = self.state();
-        if let Some(refusal) = state.conflict(&holder, class, true) {
+        let refused = state
+            .conflict(&holder, class, true)
+            .or_else(|| (state.held.len() >= MAX_HELD).then_some(Refusal::TooMany));
+        if let Some(refusal) = refused {
+            self.refusals.fetch_add(1, Ordering::Relaxed);
             return Err(refusal);
-        }
-        if state.held.len() >= MAX_HELD {
-            return Err(Refusal::TooMany);
         }
         state.next_id += 1;
         let now = unix_ms();
@@ -283,19 +304,20 @@ impl Reservations {
                 ..Holder::default()
             };
             if let Some(refusal) = state.conflict(&holder, class, false) {
+                self.refusals.fetch_add(1, Ordering::Relaxed);
                 return Err(refusal);
             }
             (holder, class)
         } else {
-            let held = state
-                .held
-                .iter()
-                .find(|r| r.id == reservation_id)
-                .ok_or_else(|| Refusal::NotHeld {
+            let Some(held) = state.held.iter().find(|r| r.id == reservation_id) else {
+                self.refusals.fetch_add(1, Ordering::Relaxed);
+                return Err(Refusal::NotHeld {
                     id: reservation_id.to_owned(),
-                })?;
+                });
+            };
             (held.holder.clone(), held.class)
         };
+        self.runs_served[usize::from(side == "client")].fetch_add(1, Ordering::Relaxed);
         state.running.push(RunHold {
             run_id: run_id.to_owned(),
             side,
@@ -325,6 +347,16 @@ impl Reservations {
                 state.history.pop_front();
             }
             state.history.push_back(hold);
+        }
+    }
+
+    /// Counts for `/metrics`.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            held: self.state().held.len(),
+            servers_served: self.runs_served[0].load(Ordering::Relaxed),
+            clients_served: self.runs_served[1].load(Ordering::Relaxed),
+            refusals: self.refusals.load(Ordering::Relaxed),
         }
     }
 

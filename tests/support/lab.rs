@@ -163,6 +163,21 @@ pub struct Hold {
 }
 
 impl Lab {
+    /// `GET /metrics` of a node's daemon over its Unix socket, plain HTTP/1.0.
+    pub fn scrape(&self, node: &str) -> String {
+        use std::io::{Read as _, Write as _};
+        let address = &self.inventory.node(node).expect("node").metrics;
+        let path = address.strip_prefix("unix:").expect("a unix: address");
+        let mut stream = std::os::unix::net::UnixStream::connect(path).expect("connect to metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: sonded\r\n\r\n")
+            .expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+        response
+    }
+
     /// Every run side each daemon recorded holding its node, by node name.
     pub fn holds(&self) -> std::collections::BTreeMap<String, Vec<Hold>> {
         use sonde_proto::v1 as pb;

@@ -39,6 +39,18 @@ const PACKAGES: &[(&str, &str)] = &[
         "protobuf-compiler",
         "protoc: generating the sonde.v1 gRPC code",
     ),
+    (
+        "prometheus",
+        "a real Prometheus (and promtool) scraping the monitor and the Pushgateway in tests",
+    ),
+    (
+        "prometheus-pushgateway",
+        "a real Pushgateway receiving scenario results in tests",
+    ),
+    (
+        "graphite-carbon",
+        "a real carbon-cache receiving Graphite lines in tests (whisper-fetch reads them back)",
+    ),
 ];
 
 /// The bpf-linker release known to build against nightly's LLVM here.

@@ -18,6 +18,12 @@ use crate::{
 
 /// Runs `sondectl run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.export.push_delete {
+        let gateway = args.export.push_gateway.as_deref().unwrap_or_default();
+        crate::export::push_delete(gateway, "run").await?;
+        println!("the runs' group removed from {gateway}");
+        return Ok(());
+    }
     let output = args.output;
     let report = measure(&plan(&args).await?, args.wait).await;
     match output {
@@ -25,6 +31,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         RunOutput::Csv => print!("{}", report::csv(&report)?),
         RunOutput::Table => print!("{}", report::table(&report)),
     }
+    crate::export::send(&args.export, "run", &crate::export::of_report(&report)).await?;
     check_complete(&report)
 }
 

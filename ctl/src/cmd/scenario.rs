@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// recorded as failed, naming the holder.
     #[arg(long, default_value = "10m", value_parser = crate::cli::parse_duration)]
     pub wait: Duration,
+
+    /// Where the results go besides the output.
+    #[command(flatten)]
+    pub export: crate::export::ExportArgs,
 }
 
 /// Runs `sondectl scenario ...`.
@@ -151,6 +155,17 @@ pub async fn fleet(
 }
 
 async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
+    if args.export.push_delete {
+        let scenario = Scenario::load(&args.scenario.file)
+            .with_context(|| format!("{} is not a valid scenario", args.scenario.file.display()))?;
+        let gateway = args.export.push_gateway.as_deref().unwrap_or_default();
+        crate::export::push_delete(gateway, &scenario.name).await?;
+        println!(
+            "scenario {}: its group removed from {gateway}",
+            scenario.name
+        );
+        return Ok(());
+    }
     let (scenario, mut expansion, target) = prepare(&args.scenario).await?;
     if args.serial {
         expansion.serialize_rounds();
@@ -210,6 +225,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&set)?),
         OutputFormat::Table => print!("{}", render::table(&set)),
     }
+    crate::export::send(&args.export, &scenario.name, &crate::export::of_set(&set)).await?;
     if !set.complete {
         let failed = set
             .measurements

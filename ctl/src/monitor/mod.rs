@@ -71,6 +71,10 @@ pub struct MonitorArgs {
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Send each round's figures to Graphite's plaintext port (HOST:PORT).
+    #[arg(long)]
+    pub graphite: Option<String>,
+
     /// Append each round's run-set to this file, one JSON document a line.
     #[arg(long)]
     pub log: Option<PathBuf>,
@@ -225,6 +229,12 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
             if with_heavy { " (heavy tests too)" } else { "" },
             execute::wall(&set).as_secs_f64()
         );
+        if let Some(addr) = &args.graphite
+            && let Err(err) =
+                crate::export::graphite(addr, &scenario.name, &crate::export::of_set(&set)).await
+        {
+            eprintln!("sondectl monitor: round {round}: {err:#}");
+        }
         if let Some(file) = log.as_mut() {
             let line = serde_json::json!({ "round": round, "set": set });
             writeln!(file, "{line}").context("writing the monitor's log")?;

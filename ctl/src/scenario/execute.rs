@@ -294,7 +294,7 @@ fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> Option<T> {
 }
 
 /// The headline figures of one run's report.
-fn headline_of(report: &RunReport) -> Headline {
+pub fn headline_of(report: &RunReport) -> Headline {
     let m = &report.measurements;
     Headline {
         p50_ns: median(

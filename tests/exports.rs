@@ -1,0 +1,378 @@
+//! Results reach real dashboards' back ends, started here from Debian's packages (`cargo xtask
+//! setup` installs them): a scenario's results pushed to a Pushgateway come back through
+//! Prometheus' query API with the values of the run-set, `--push-delete` removes them,
+//! carbon's whisper files hold the Graphite lines' values, and Prometheus scraping a monitor
+//! holds the values of the monitor's own log.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sonde_integration::{lab::Lab, require_root};
+
+/// A process killed when the test ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(program: &str, args: &[&str]) -> Server {
+    Server(
+        Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("{program}: {err} (cargo xtask setup installs it)")),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An HTTP/1.0 GET of `path` on 127.0.0.1:`port`: the body.
+fn get(port: u16, path: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+/// A PromQL query through Prometheus' HTTP API: (labels, value) of each series.
+fn query(port: u16, promql: &str) -> Vec<(serde_json::Value, f64)> {
+    let encoded: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let body = get(port, &format!("/api/v1/query?query={encoded}"));
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("Prometheus JSON");
+    assert_eq!(answer["status"], "success", "{body}");
+    answer["data"]["result"]
+        .as_array()
+        .expect("result")
+        .iter()
+        .map(|series| {
+            let value = series["value"][1]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .expect("value");
+            (series["metric"].clone(), value)
+        })
+        .collect()
+}
+
+/// Polls `query` until it returns `count` series.
+fn query_until(port: u16, promql: &str, count: usize) -> Vec<(serde_json::Value, f64)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let result = query(port, promql);
+        if result.len() == count {
+            return result;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{promql}: {} series, not {count}: {result:?}",
+            result.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+}
+
+/// carbon-cache's configuration in `dir`, its plaintext port `line`.
+fn carbon_conf(dir: &Path, line: u16) -> PathBuf {
+    let conf = dir.join("conf");
+    std::fs::create_dir_all(&conf).expect("conf dir");
+    let storage = dir.join("storage");
+    std::fs::write(
+        conf.join("carbon.conf"),
+        format!(
+            "[cache]\nSTORAGE_DIR = {s}\nLOCAL_DATA_DIR = {s}/whisper\nWHITELISTS_DIR = {s}/lists\n\
+             CONF_DIR = {c}\nLOG_DIR = {d}/log\nPID_DIR = {d}/run\n\
+             LINE_RECEIVER_INTERFACE = 127.0.0.1\nLINE_RECEIVER_PORT = {line}\nENABLE_UDP_LISTENER = False\n\
+             PICKLE_RECEIVER_INTERFACE = 127.0.0.1\nPICKLE_RECEIVER_PORT = {pickle}\n\
+             CACHE_QUERY_INTERFACE = 127.0.0.1\nCACHE_QUERY_PORT = {query}\n\
+             MAX_CACHE_SIZE = inf\nMAX_UPDATES_PER_SECOND = 10000\nMAX_CREATES_PER_MINUTE = inf\n\
+             WHISPER_AUTOFLUSH = True\n",
+            s = storage.display(),
+            c = conf.display(),
+            d = dir.display(),
+            pickle = free_port(),
+            query = free_port(),
+        ),
+    )
+    .expect("carbon.conf");
+    std::fs::write(
+        conf.join("storage-schemas.conf"),
+        "[default]\npattern = .*\nretentions = 1s:1h\n",
+    )
+    .expect("storage-schemas.conf");
+    conf.join("carbon.conf")
+}
+
+/// The values a whisper file holds (`whisper-fetch --json`: full precision).
+fn whisper_values(file: &Path) -> Vec<f64> {
+    let output = Command::new("whisper-fetch")
+        .args(["--json", "--from", "0", "--drop", "nulls"])
+        .arg(file)
+        .output()
+        .expect("whisper-fetch");
+    let fetched: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+    fetched["values"]
+        .as_array()
+        .map(|values| {
+            values
+                .iter()
+                .filter_map(serde_json::Value::as_f64)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn results_reach_a_real_pushgateway_prometheus_and_carbon() {
+    require_root();
+    let lab = Lab::up(&["--nodes", "2", "--pods-per-node", "1"]);
+    let dir = std::env::temp_dir().join(format!("sonde-exports-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("log")).expect("dir");
+    std::fs::create_dir_all(dir.join("run")).expect("dir");
+    let (gateway, prometheus, line, monitor) = (free_port(), free_port(), free_port(), free_port());
+    let _gateway = start(
+        "prometheus-pushgateway",
+        &[&format!("--web.listen-address=127.0.0.1:{gateway}")],
+    );
+    let carbon = carbon_conf(&dir, line);
+    let _carbon = start(
+        "carbon-cache",
+        &[
+            &format!("--config={}", carbon.display()),
+            &format!("--pidfile={}", dir.join("run/carbon.pid").display()),
+            "--nodaemon",
+            "start",
+        ],
+    );
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             scrape_configs:\n\
+             - job_name: pushgateway\n  honor_labels: true\n  static_configs: [{{targets: ['127.0.0.1:{gateway}']}}]\n\
+             - job_name: monitor\n  static_configs: [{{targets: ['127.0.0.1:{monitor}']}}]\n"
+        ),
+    )
+    .expect("prometheus.yml");
+    let check = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&config)
+        .output()
+        .expect("promtool");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let _prometheus = start(
+        "prometheus",
+        &[
+            &format!("--config.file={}", config.display()),
+            &format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
+            &format!("--web.listen-address=127.0.0.1:{prometheus}"),
+        ],
+    );
+    for port in [gateway, line, prometheus] {
+        wait_for_port(port);
+    }
+
+    // A scenario's results, pushed and sent to Graphite.
+    let file = dir.join("pushed.yaml");
+    std::fs::write(
+        &file,
+        "name: pushed\nnodes: all\ntopology: mesh\n\
+         tests: [{kind: tcp-rr, duration: 1s, warmup: 0s, trace: false}]\n",
+    )
+    .expect("scenario");
+    let path = file.to_string_lossy().into_owned();
+    let output = lab.sondectl(&[
+        "scenario",
+        "run",
+        &path,
+        "-o",
+        "json",
+        "--push-gateway",
+        &format!("http://127.0.0.1:{gateway}"),
+        "--graphite",
+        &format!("127.0.0.1:{line}"),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let set: serde_json::Value = serde_json::from_slice(&output.stdout).expect("run-set");
+    let p50 = |from: &str, to: &str| -> f64 {
+        let m = set["measurements"]
+            .as_array()
+            .expect("measurements")
+            .iter()
+            .find(|m| m["from_node"] == from && m["to_node"] == to)
+            .expect("pair");
+        m["headline"]["p50_ns"].as_f64().expect("p50") / 1e9
+    };
+    let series = query_until(
+        prometheus,
+        r#"sonde_latency_p50_seconds{job="sonde",scenario="pushed"}"#,
+        2,
+    );
+    for (labels, value) in &series {
+        let (from, to) = (
+            labels["source"].as_str().expect("source"),
+            labels["target"].as_str().expect("target"),
+        );
+        assert!(
+            close(*value, p50(from, to)),
+            "{from}->{to}: {value} vs {}",
+            p50(from, to)
+        );
+    }
+    // Carbon wrote a whisper file per metric, holding the same values.
+    let whisper =
+        dir.join("storage/whisper/sonde/pushed/node1/node2/tcp-rr/pod-ip/latency_p50_seconds.wsp");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let values = loop {
+        let values = if whisper.exists() {
+            whisper_values(&whisper)
+        } else {
+            Vec::new()
+        };
+        if !values.is_empty() {
+            break values;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no values in {}",
+            whisper.display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        values.iter().any(|v| close(*v, p50("node1", "node2"))),
+        "{values:?} vs {}",
+        p50("node1", "node2")
+    );
+    // --push-delete removes the group (the gateway never expires it).
+    let deleted = lab.sondectl(&[
+        "scenario",
+        "run",
+        &path,
+        "--push-gateway",
+        &format!("http://127.0.0.1:{gateway}"),
+        "--push-delete",
+    ]);
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    let pushed = get(gateway, "/metrics");
+    assert!(!pushed.contains("scenario=\"pushed\""), "{pushed}");
+
+    // Prometheus scraping a monitor holds the values of the monitor's own log.
+    let log = dir.join("monitor.jsonl");
+    let ran = lab.sondectl(&[
+        "monitor",
+        "--scenario",
+        &path,
+        "--peers",
+        "1",
+        "--every",
+        "3s",
+        "--rounds",
+        "3",
+        "--metrics-listen",
+        &format!("127.0.0.1:{monitor}"),
+        "--log",
+        &log.to_string_lossy(),
+    ]);
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let logged: Vec<(String, String, f64)> = std::fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .flat_map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+            line["set"]["measurements"]
+                .as_array()
+                .expect("measurements")
+                .iter()
+                .map(|m| {
+                    (
+                        m["from_node"].as_str().unwrap_or_default().to_owned(),
+                        m["to_node"].as_str().unwrap_or_default().to_owned(),
+                        m["headline"]["p50_ns"].as_f64().unwrap_or_default() / 1e9,
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let scraped = query_until(
+        prometheus,
+        "last_over_time(sonde_monitor_pair_latency_p50_seconds[5m])",
+        2,
+    );
+    for (labels, value) in &scraped {
+        let (from, to) = (
+            labels["source"].as_str().expect("source"),
+            labels["target"].as_str().expect("target"),
+        );
+        assert!(
+            logged
+                .iter()
+                .any(|(f, t, v)| f == from && t == to && close(*v, *value)),
+            "{from}->{to}: {value} is in no logged round: {logged:?}"
+        );
+    }
+    let rounds = query_until(
+        prometheus,
+        "max_over_time(sonde_monitor_rounds_total[5m])",
+        1,
+    );
+    assert!(rounds[0].1 >= 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
