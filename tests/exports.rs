@@ -105,6 +105,28 @@ fn query_until(port: u16, promql: &str, count: usize) -> Vec<(serde_json::Value,
     }
 }
 
+/// Forwards TCP connections on a free loopback port to a Unix socket (Prometheus scrapes only
+/// TCP; the lab's daemons serve their metrics on Unix sockets). Returns the port.
+fn forward_to_unix(path: &str) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().map_while(Result::ok) {
+            let Ok(unix) = std::os::unix::net::UnixStream::connect(&path) else {
+                continue;
+            };
+            let (Ok(mut tcp_read), Ok(mut unix_write)) = (tcp.try_clone(), unix.try_clone()) else {
+                continue;
+            };
+            std::thread::spawn(move || std::io::copy(&mut tcp_read, &mut unix_write));
+            let (mut unix_read, mut tcp_write) = (unix, tcp);
+            std::thread::spawn(move || std::io::copy(&mut unix_read, &mut tcp_write));
+        }
+    });
+    port
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
 }
@@ -184,17 +206,39 @@ fn results_reach_a_real_pushgateway_prometheus_and_carbon() {
             "start",
         ],
     );
+    let daemon = forward_to_unix(
+        lab.inventory
+            .node("node1")
+            .expect("node1")
+            .metrics
+            .strip_prefix("unix:")
+            .expect("a unix: address"),
+    );
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/sonde-alerts.yml");
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
             "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             rule_files: ['{rules}']\n\
              scrape_configs:\n\
              - job_name: pushgateway\n  honor_labels: true\n  static_configs: [{{targets: ['127.0.0.1:{gateway}']}}]\n\
-             - job_name: monitor\n  static_configs: [{{targets: ['127.0.0.1:{monitor}']}}]\n"
+             - job_name: monitor\n  static_configs: [{{targets: ['127.0.0.1:{monitor}']}}]\n\
+             - job_name: sonded\n  static_configs: [{{targets: ['127.0.0.1:{daemon}']}}]\n",
+            rules = rules.display()
         ),
     )
     .expect("prometheus.yml");
+    let check = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
     let check = Command::new("promtool")
         .args(["check", "config"])
         .arg(&config)
@@ -310,23 +354,80 @@ fn results_reach_a_real_pushgateway_prometheus_and_carbon() {
     let pushed = get(gateway, "/metrics");
     assert!(!pushed.contains("scenario=\"pushed\""), "{pushed}");
 
-    // Prometheus scraping a monitor holds the values of the monitor's own log.
+    // Prometheus scraping a monitor holds the values of the monitor's own log, and every
+    // query of the Grafana dashboard returns data while it runs.
     let log = dir.join("monitor.jsonl");
-    let ran = lab.sondectl(&[
-        "monitor",
-        "--scenario",
-        &path,
-        "--peers",
-        "1",
-        "--every",
-        "3s",
-        "--rounds",
-        "3",
-        "--metrics-listen",
-        &format!("127.0.0.1:{monitor}"),
-        "--log",
-        &log.to_string_lossy(),
-    ]);
+    let watched = dir.join("watched.yaml");
+    std::fs::write(
+        &watched,
+        "name: watched\nnodes: all\ntopology: mesh\n\
+         tests: [{kind: tcp-rr, duration: 500ms, warmup: 0s, trace: false},\n\
+                 {kind: tcp-stream, duration: 500ms, warmup: 0s, trace: false}]\n",
+    )
+    .expect("scenario");
+    let running = Command::new(sonde_integration::workspace_bin("sondectl"))
+        .args([
+            "monitor",
+            "--scenario",
+            &watched.to_string_lossy(),
+            "--peers",
+            "1",
+            "--heavy-every",
+            "1",
+            "--every",
+            "5s",
+            "--rounds",
+            "4",
+            "--metrics-listen",
+            &format!("127.0.0.1:{monitor}"),
+            "--log",
+            &log.to_string_lossy(),
+        ])
+        .env("SONDE_LAB", &lab.name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sondectl monitor");
+    query_until(prometheus, "sonde_monitor_rounds_total >= 2", 1);
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/sonde-dashboard.json"),
+        )
+        .expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"]
+                .as_str()
+                .expect("expr")
+                .replace("$kind", ".*")
+                .replace("$path", ".*");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while query(prometheus, &expr).is_empty() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: no data for {expr}",
+                    panel["title"]
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    // Every alert rule loaded and evaluates without error.
+    let rules: serde_json::Value =
+        serde_json::from_str(&get(prometheus, "/api/v1/rules")).expect("rules JSON");
+    let loaded: Vec<&serde_json::Value> = rules["data"]["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("rules"))
+        .collect();
+    assert_eq!(loaded.len(), 5);
+    for rule in loaded {
+        assert_eq!(rule["health"], "ok", "{rule}");
+    }
+    let ran = running.wait_with_output().expect("monitor ends");
     assert!(
         ran.status.success(),
         "{}",
