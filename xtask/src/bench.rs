@@ -446,7 +446,12 @@ fn per_gigabyte(cpu_seconds: f64, wall_seconds: f64, bits_per_second: f64) -> f6
 
 /// The PIDs of the bench lab's daemons.
 fn daemon_pids() -> anyhow::Result<Vec<u32>> {
-    let inventory = std::fs::read_to_string(format!("/run/sonde/lab/{LAB}/inventory.json"))
+    daemon_pids_of(LAB)
+}
+
+/// The PIDs of lab `lab`'s daemons, from its inventory.
+fn daemon_pids_of(lab: &str) -> anyhow::Result<Vec<u32>> {
+    let inventory = std::fs::read_to_string(format!("/run/sonde/lab/{lab}/inventory.json"))
         .context("reading the bench lab's inventory")?;
     let inventory: Value = serde_json::from_str(&inventory)?;
     let pids: Vec<u32> = inventory["nodes"]

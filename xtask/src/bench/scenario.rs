@@ -1,7 +1,9 @@
 //! `cargo xtask bench scenario`: a mesh of 8 lab nodes (56 ordered pairs of 1 s `tcp-rr`),
 //! run one measurement at a time (`--serial`, as fleet tools without a scheduler do) and in
 //! tournament rounds, interleaved; prints each wall time, their ratio, and the median latency
-//! of each way, so that what the speed costs in distortion is in the same table.
+//! of each way, so that what the speed costs in distortion is in the same table. Then the
+//! monitor's own cost: its peak RSS and CPU over two rounds of the 8 nodes (K = 2), and the
+//! daemons' CPU and RSS at rest before and after.
 
 use std::time::Instant;
 
@@ -108,9 +110,98 @@ pub fn run(sondectl: &str) -> anyhow::Result<()> {
              {:.2}x faster (the tournament bound is 14 rounds for 56 pairs: 4x)",
             serial_wall / rounds_wall
         );
-        Ok(())
+        monitor_cost(sondectl, &file)
     })();
     step("remove the lab");
     let _ = shell::run(sondectl, &["lab", "down", "--name", LAB]);
     result
+}
+
+/// CPU seconds (user + system) a process has used, from /proc (clock ticks of 1/100 s).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// A `/proc/PID/status` size field (`VmRSS`, `VmHWM`), KiB.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()
+        .ok()
+}
+
+/// The daemons' summed CPU over `window`, as a share of one core, and their RSS, MiB.
+fn daemons_at_rest(pids: &[u32], window: std::time::Duration) -> (f64, Vec<f64>) {
+    let before: f64 = pids.iter().filter_map(|&pid| cpu_seconds(pid)).sum();
+    std::thread::sleep(window);
+    let after: f64 = pids.iter().filter_map(|&pid| cpu_seconds(pid)).sum();
+    let rss = pids
+        .iter()
+        .filter_map(|&pid| status_kib(pid, "VmRSS"))
+        .map(|kib| kib as f64 / 1024.0)
+        .collect();
+    (
+        (after - before) / window.as_secs_f64() / pids.len().max(1) as f64,
+        rss,
+    )
+}
+
+/// The monitor's own cost over two rounds, and the daemons' at rest around it.
+fn monitor_cost(sondectl: &str, file: &str) -> anyhow::Result<()> {
+    step("the monitor's cost: two rounds of 8 nodes, K = 2, 20 s each");
+    let pids = super::daemon_pids_of(LAB)?;
+    let window = std::time::Duration::from_secs(10);
+    let (idle_before, rss_before) = daemons_at_rest(&pids, window);
+    let mut monitor = std::process::Command::new(sondectl)
+        .args([
+            "monitor",
+            "--scenario",
+            file,
+            "--lab",
+            LAB,
+            "--peers",
+            "2",
+            "--every",
+            "20s",
+            "--rounds",
+            "2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("sondectl monitor")?;
+    let pid = monitor.id();
+    let started = Instant::now();
+    let (mut peak_kib, mut cpu) = (0, 0.0);
+    while monitor.try_wait()?.is_none() {
+        peak_kib = peak_kib.max(status_kib(pid, "VmHWM").unwrap_or(0));
+        cpu = cpu_seconds(pid).unwrap_or(cpu);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let (idle_after, rss_after) = daemons_at_rest(&pids, window);
+    let mean = |values: &[f64]| values.iter().sum::<f64>() / values.len().max(1) as f64;
+    println!(
+        "\nmonitor, 2 rounds of 16 measurements over {wall:.0} s: peak RSS {:.1} MiB, CPU {cpu:.2} s ({:.2}% of a core)",
+        peak_kib as f64 / 1024.0,
+        cpu / wall * 100.0
+    );
+    println!(
+        "daemons at rest, {} s each side: CPU {:.3}% of a core per daemon before, {:.3}% after; RSS {:.1} MiB before, {:.1} MiB after (mean of {})",
+        window.as_secs(),
+        idle_before * 100.0,
+        idle_after * 100.0,
+        mean(&rss_before),
+        mean(&rss_after),
+        pids.len()
+    );
+    Ok(())
 }
