@@ -365,29 +365,23 @@ fn results_reach_a_real_pushgateway_prometheus_and_carbon() {
                  {kind: tcp-stream, duration: 500ms, warmup: 0s, trace: false}]\n",
     )
     .expect("scenario");
-    let running = Command::new(sonde_integration::workspace_bin("sondectl"))
-        .args([
-            "monitor",
-            "--scenario",
-            &watched.to_string_lossy(),
-            "--peers",
-            "1",
-            "--heavy-every",
-            "1",
-            "--every",
-            "5s",
-            "--rounds",
-            "4",
-            "--metrics-listen",
-            &format!("127.0.0.1:{monitor}"),
-            "--log",
-            &log.to_string_lossy(),
-        ])
-        .env("SONDE_LAB", &lab.name)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sondectl monitor");
+    let running = lab.spawn(&[
+        "monitor",
+        "--scenario",
+        &watched.to_string_lossy(),
+        "--peers",
+        "1",
+        "--heavy-every",
+        "1",
+        "--every",
+        "5s",
+        "--rounds",
+        "4",
+        "--metrics-listen",
+        &format!("127.0.0.1:{monitor}"),
+        "--log",
+        &log.to_string_lossy(),
+    ]);
     query_until(prometheus, "sonde_monitor_rounds_total >= 2", 1);
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(

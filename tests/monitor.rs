@@ -6,11 +6,10 @@
 use std::{
     collections::HashSet,
     io::{BufRead as _, Read as _, Write as _},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use sonde_integration::{lab::Lab, require_root, workspace_bin};
+use sonde_integration::{lab::Lab, require_root};
 
 /// GET /metrics from the monitor at `addr`, or None if it does not answer yet.
 fn scrape(addr: &str) -> Option<String> {
@@ -54,27 +53,21 @@ fn a_monitor_covers_every_pair_of_twelve_nodes_in_six_rounds_of_two_peers() {
         probe.local_addr().expect("addr").port()
     };
     let addr = format!("127.0.0.1:{port}");
-    let mut monitor = Command::new(workspace_bin("sondectl"))
-        .args([
-            "monitor",
-            "--scenario",
-            &scenario.to_string_lossy(),
-            "--peers",
-            "2",
-            "--every",
-            "8s",
-            "--rounds",
-            "6",
-            "--metrics-listen",
-            &addr,
-            "--log",
-            &log.to_string_lossy(),
-        ])
-        .env("SONDE_LAB", &lab.name)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sondectl monitor");
+    let mut monitor = lab.spawn(&[
+        "monitor",
+        "--scenario",
+        &scenario.to_string_lossy(),
+        "--peers",
+        "2",
+        "--every",
+        "8s",
+        "--rounds",
+        "6",
+        "--metrics-listen",
+        &addr,
+        "--log",
+        &log.to_string_lossy(),
+    ]);
     // After two rounds, the per-pair series are the last round's pairs only: n·K, not n².
     let deadline = Instant::now() + Duration::from_secs(60);
     let metrics = loop {
@@ -157,27 +150,21 @@ fn two_monitors_and_a_hand_run_stream_share_a_lab_without_colliding() {
         .expect("scenario");
         let log = dir.join(format!("sonde-{}-{name}.jsonl", std::process::id()));
         let _ = std::fs::remove_file(&log);
-        let child = Command::new(workspace_bin("sondectl"))
-            .args([
-                "monitor",
-                "--scenario",
-                &scenario.to_string_lossy(),
-                "--peers",
-                "1",
-                "--every",
-                "6s",
-                "--rounds",
-                "3",
-                "--heavy-every",
-                "1",
-                "--log",
-                &log.to_string_lossy(),
-            ])
-            .env("SONDE_LAB", &lab.name)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sondectl monitor");
+        let child = lab.spawn(&[
+            "monitor",
+            "--scenario",
+            &scenario.to_string_lossy(),
+            "--peers",
+            "1",
+            "--every",
+            "6s",
+            "--rounds",
+            "3",
+            "--heavy-every",
+            "1",
+            "--log",
+            &log.to_string_lossy(),
+        ]);
         (child, log)
     };
     // Streams (exclusive, every round) in one, request/response (normal) in the other: they

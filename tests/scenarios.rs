@@ -7,11 +7,11 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::Output,
     time::Duration,
 };
 
-use sonde_integration::{lab::Lab, require_root, run, workspace_bin};
+use sonde_integration::{lab::Lab, require_root, run};
 
 fn validator(name: &str) -> jsonschema::Validator {
     let path = format!("{}/../docs/schema/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -239,15 +239,8 @@ fn scenarios_and_a_hand_run_started_together_never_share_a_node() {
         )
     };
     let (a, b) = (ring("streams", "tcp-stream"), ring("storms", "tcp-crr"));
-    let spawn = |file: &Path| {
-        Command::new(workspace_bin("sondectl"))
-            .args(["scenario", "run", &file.to_string_lossy(), "-o", "json"])
-            .env("SONDE_LAB", &lab.name)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sondectl scenario run")
-    };
+    let spawn =
+        |file: &Path| lab.spawn(&["scenario", "run", &file.to_string_lossy(), "-o", "json"]);
     let (first, second) = (spawn(&a), spawn(&b));
     let (first, second) = (
         first.wait_with_output().expect("first"),
@@ -466,13 +459,7 @@ fn a_daemon_killed_mid_scenario_fails_its_measurements_and_resume_runs_only_thos
         "kill",
         "name: kill\nnodes: all\ntopology: mesh\ntests: [{kind: tcp-rr, duration: 1s, warmup: 0s}]\n",
     );
-    let child = Command::new(workspace_bin("sondectl"))
-        .args(["scenario", "run", &file.to_string_lossy(), "-o", "json"])
-        .env("SONDE_LAB", &lab.name)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sondectl scenario run");
+    let child = lab.spawn(&["scenario", "run", &file.to_string_lossy(), "-o", "json"]);
     std::thread::sleep(Duration::from_millis(3500));
     let pid = lab
         .inventory
@@ -536,13 +523,7 @@ fn ctrl_c_stops_a_scenario_and_keeps_what_it_measured() {
         "interrupt",
         "name: interrupt\nnodes: all\ntopology: mesh\ntests: [{kind: tcp-rr, duration: 1s, warmup: 0s}]\n",
     );
-    let child = Command::new(workspace_bin("sondectl"))
-        .args(["scenario", "run", &file.to_string_lossy(), "-o", "json"])
-        .env("SONDE_LAB", &lab.name)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sondectl scenario run");
+    let child = lab.spawn(&["scenario", "run", &file.to_string_lossy(), "-o", "json"]);
     std::thread::sleep(Duration::from_millis(2500));
     run("kill", &["-INT", &child.id().to_string()]);
     let output = child.wait_with_output().expect("scenario ends");

@@ -431,6 +431,18 @@ pub enum DirectionArg {
     Both,
 }
 
+impl DirectionArg {
+    /// The direction in sonde.v1.
+    pub fn proto(self) -> sonde_proto::v1::Direction {
+        use sonde_proto::v1::Direction;
+        match self {
+            Self::Forward => Direction::ClientToServer,
+            Self::Reverse => Direction::ServerToClient,
+            Self::Both => Direction::Both,
+        }
+    }
+}
+
 /// Output formats of `sondectl run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RunOutput {

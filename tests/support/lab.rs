@@ -138,6 +138,19 @@ impl Lab {
         (netns, ip)
     }
 
+    /// sondectl with `SONDE_LAB` set to this lab, started and left running: stdout and stderr
+    /// piped, for `wait_with_output`.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(workspace_bin("sondectl"))
+            .args(args)
+            .env("SONDE_LAB", &self.name)
+            .env_remove("SONDE_AGENTS")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start sondectl")
+    }
+
     /// sondectl with `SONDE_LAB` set to this lab.
     pub fn sondectl(&self, args: &[&str]) -> Output {
         Command::new(workspace_bin("sondectl"))

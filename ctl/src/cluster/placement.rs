@@ -30,6 +30,17 @@ pub enum Placement {
     CrossZone,
 }
 
+impl Placement {
+    /// Its name in files, reports and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SameNode => "same-node",
+            Self::CrossNode => "cross-node",
+            Self::CrossZone => "cross-zone",
+        }
+    }
+}
+
 /// Where one end of a run is: its node and the node's zone.
 #[derive(Debug, Clone, Copy)]
 pub struct End<'a> {

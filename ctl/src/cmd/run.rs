@@ -3,10 +3,9 @@
 use std::{io::IsTerminal as _, sync::Arc};
 
 use anyhow::{Context as _, bail};
-use sonde_proto::v1 as pb;
 
 use crate::{
-    cli::{DirectionArg, PlacementArgs, RunArgs, RunOutput},
+    cli::{PlacementArgs, RunArgs, RunOutput},
     endpoint,
     engine::{self, Session},
     lab::Inventory,
@@ -141,11 +140,7 @@ pub async fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
             vec![(request, response)]
         }
     };
-    plan.direction = match args.direction {
-        DirectionArg::Forward => pb::Direction::ClientToServer,
-        DirectionArg::Reverse => pb::Direction::ServerToClient,
-        DirectionArg::Both => pb::Direction::Both,
-    };
+    plan.direction = args.direction.proto();
     plan.duration = args.duration;
     plan.warmup = args.warmup;
     plan.parallel = args.parallel;

@@ -216,10 +216,7 @@ impl MonitorMetrics {
             self.waits.inc();
             self.waited_seconds.inc_by(record.waited_seconds);
         }
-        let placement = serde_json::to_value(record.placement)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let placement = record.placement.name().to_owned();
         let labels = PairLabels {
             source: record.from_node.clone(),
             target: record.to_node.clone(),

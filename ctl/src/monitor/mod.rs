@@ -100,13 +100,10 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{} is not a valid scenario", args.scenario.display()))?;
     let (fleet, target, kubernetes) =
         crate::cmd::scenario::fleet(&scenario, &args.lab, &args.cluster).await?;
-    let nodes: Vec<String> = expand::select(&scenario, &fleet)?
-        .iter()
-        .map(|node| node.name.clone())
-        .collect();
-    let ring = {
+    let (nodes, ring) = {
         let selected = expand::select(&scenario, &fleet)?;
-        expand::hash_ring(&selected)
+        let names: Vec<String> = selected.iter().map(|node| node.name.clone()).collect();
+        (names, expand::hash_ring(&selected))
     };
     let n = nodes.len();
     if n < 2 {

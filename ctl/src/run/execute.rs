@@ -260,7 +260,19 @@ impl Plan {
         }
     }
 
-    pub(crate) fn transport(&self) -> report::Transport {
+    /// How measurement `repetition` of size `size_index` is read into a report.
+    fn sample(&self, size_index: usize, repetition: u32) -> report::Sample {
+        let (size, response_size) = self.sizes[size_index];
+        report::Sample {
+            shape: self.shape(),
+            transport: self.transport(),
+            size,
+            response_size,
+            repetition,
+        }
+    }
+
+    fn transport(&self) -> report::Transport {
         match self.kind {
             pb::RunKind::TcpStream
             | pb::RunKind::TcpRr
@@ -310,32 +322,20 @@ pub async fn measure(
         Ok(reserved) => reserved,
         Err(ReserveError::Cancelled) => return None,
         Err(err) => {
-            let (size, response_size) = plan.sizes[size_index];
-            let sample = report::Sample {
-                shape: plan.shape(),
-                transport: plan.transport(),
-                size,
-                response_size,
-                repetition,
+            let (waited, waits) = match &err {
+                ReserveError::Refused { why, waited } => (*waited, vec![why.clone()]),
+                _ => (Duration::ZERO, Vec::new()),
             };
-            let waits = match &err {
-                ReserveError::Refused { why, .. } => {
-                    vec![why.clone()]
-                }
-                _ => Vec::new(),
-            };
+            let measurement = report::measurement(
+                &plan.sample(size_index, repetition),
+                None,
+                None,
+                &report::LiveCounts::default(),
+                vec![err.to_string()],
+            );
             return Some(Measured {
-                measurement: report::measurement(
-                    &sample,
-                    None,
-                    None,
-                    &report::LiveCounts::default(),
-                    vec![format!("{err}")],
-                ),
-                waited: match &err {
-                    ReserveError::Refused { waited, .. } => *waited,
-                    _ => Duration::ZERO,
-                },
+                measurement,
+                waited,
                 waits,
             });
         }
@@ -496,13 +496,7 @@ async fn measure_run(
         }
     }
     let server = report::merge_sides(&server_results);
-    let sample = report::Sample {
-        shape: plan.shape(),
-        transport: plan.transport(),
-        size,
-        response_size,
-        repetition,
-    };
+    let sample = plan.sample(size_index, repetition);
     let mut measurement = report::measurement(
         &sample,
         client_result.as_ref(),

@@ -11,14 +11,12 @@ use std::{
 use futures::future::join_all;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use sonde_proto::v1 as pb;
 
 use super::{
     expand::{Expansion, Planned, Skipped},
     spec::{Class, PathName, Scenario, Test},
 };
 use crate::{
-    cli::DirectionArg,
     cluster::placement::Placement,
     endpoint::{self, EndpointRef},
     engine::Session,
@@ -277,11 +275,7 @@ fn plan_of(test: &Test, class: Class, ends: Ends, timeout: Duration) -> anyhow::
     plan.sizes = test.sizes.clone();
     plan.parallel = test.parallel;
     plan.rate = test.rate;
-    plan.direction = match test.direction {
-        DirectionArg::Forward => pb::Direction::ClientToServer,
-        DirectionArg::Reverse => pb::Direction::ServerToClient,
-        DirectionArg::Both => pb::Direction::Both,
-    };
+    plan.direction = test.direction.proto();
     plan.plain_io = test.plain_io;
     plan.repetitions = test.repetitions;
     plan.trace = test.trace;

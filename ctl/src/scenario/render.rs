@@ -180,10 +180,7 @@ fn summary(set: &RunSet) -> String {
     let mut kinds: BTreeMap<String, String> = BTreeMap::new();
     for record in &set.measurements {
         kinds.insert(record.test.clone(), record.kind.clone());
-        let placement = serde_json::to_value(record.placement)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let placement = record.placement.name().to_owned();
         let entry = groups
             .entry((record.test.clone(), placement, record.path.name()))
             .or_default();
@@ -239,10 +236,7 @@ pub fn plan_table(name: &str, expansion: &Expansion) -> String {
     for (round, ids) in expansion.rounds.iter().enumerate() {
         for &id in ids {
             let m = &expansion.measurements[id];
-            let placement = serde_json::to_value(m.placement)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let placement = m.placement.name().to_owned();
             let (from, to) = match m.ends.as_slice() {
                 [(from, to)] => (from.clone(), to.clone()),
                 many => (
