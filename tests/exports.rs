@@ -278,6 +278,8 @@ fn results_reach_a_real_pushgateway_prometheus_and_carbon() {
         "json",
         "--push-gateway",
         &format!("http://127.0.0.1:{gateway}"),
+        "--push-run-id",
+        "ci-1",
         "--graphite",
         &format!("127.0.0.1:{line}"),
     ]);
@@ -298,7 +300,7 @@ fn results_reach_a_real_pushgateway_prometheus_and_carbon() {
     };
     let series = query_until(
         prometheus,
-        r#"sonde_latency_p50_seconds{job="sonde",scenario="pushed"}"#,
+        r#"sonde_latency_p50_seconds{job="sonde",scenario="pushed",run_id="ci-1"}"#,
         2,
     );
     for (labels, value) in &series {
@@ -344,6 +346,8 @@ fn results_reach_a_real_pushgateway_prometheus_and_carbon() {
         &path,
         "--push-gateway",
         &format!("http://127.0.0.1:{gateway}"),
+        "--push-run-id",
+        "ci-1",
         "--push-delete",
     ]);
     assert!(
@@ -361,7 +365,7 @@ fn results_reach_a_real_pushgateway_prometheus_and_carbon() {
     std::fs::write(
         &watched,
         "name: watched\nnodes: all\ntopology: mesh\n\
-         tests: [{kind: tcp-rr, duration: 500ms, warmup: 0s, trace: false},\n\
+         tests: [{kind: tcp-rr, duration: 500ms, warmup: 0s, trace: true},\n\
                  {kind: tcp-stream, duration: 500ms, warmup: 0s, trace: false}]\n",
     )
     .expect("scenario");
@@ -461,6 +465,52 @@ fn results_reach_a_real_pushgateway_prometheus_and_carbon() {
                 .iter()
                 .any(|(f, t, v)| f == from && t == to && close(*v, *value)),
             "{from}->{to}: {value} is in no logged round: {logged:?}"
+        );
+    }
+    // The kernel stages' medians of the traced rr: each scraped value is one the log holds.
+    let stages: Vec<(String, String, String, String, f64)> = std::fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .flat_map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+            let mut found = Vec::new();
+            for m in line["set"]["measurements"]
+                .as_array()
+                .expect("measurements")
+            {
+                let directions = &m["results"][0]["measurements"][0]["kernel"]["directions"];
+                for direction in directions.as_array().into_iter().flatten() {
+                    for stage in direction["stages"].as_array().into_iter().flatten() {
+                        found.push((
+                            m["from_node"].as_str().unwrap_or_default().to_owned(),
+                            m["to_node"].as_str().unwrap_or_default().to_owned(),
+                            direction["direction"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                            stage["name"].as_str().unwrap_or_default().to_owned(),
+                            stage["latency"]["p50_ns"].as_f64().unwrap_or_default() / 1e9,
+                        ));
+                    }
+                }
+            }
+            found
+        })
+        .collect();
+    assert!(!stages.is_empty(), "the traced rr logged no kernel stages");
+    let scraped = query(
+        prometheus,
+        "last_over_time(sonde_monitor_pair_stage_latency_p50_seconds{kind=\"tcp-rr\"}[5m])",
+    );
+    assert!(!scraped.is_empty(), "no kernel stage series scraped");
+    for (labels, value) in &scraped {
+        let key = ["source", "target", "direction", "stage"]
+            .map(|name| labels[name].as_str().expect("label").to_owned());
+        assert!(
+            stages
+                .iter()
+                .any(|(f, t, d, s, v)| [f, t, d, s] == key.each_ref() && close(*v, *value)),
+            "{key:?}: {value} is in no logged round"
         );
     }
     let rounds = query_until(

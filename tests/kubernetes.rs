@@ -8,7 +8,9 @@
 //! - runs between `pod/`, `node/` and `service/` endpoints are placed as asked or refused;
 //! - in the lab (privileged), the fake describes the lab as a cluster and port-forwards to its
 //!   real daemons: a run named in Kubernetes terms goes through the API server's port-forward,
-//!   the daemons map the pods by IP, and the kernel breakdown has every stage.
+//!   the daemons map the pods by IP, and the kernel breakdown has every stage;
+//! - two monitors sharing a Lease (the fake keeps Leases with server-side apply's conflicts):
+//!   one measures, the other waits, takes over when the first dies, and releases on SIGTERM.
 
 use sonde_integration::{
     fake_apiserver::{
@@ -210,10 +212,95 @@ async fn deploy_applies_every_object_in_order_and_undeploy_deletes_them() {
     server.clear_calls();
     let (code, _stdout, stderr) = sondectl_k8s("undeploy", &server).await;
     assert_eq!(code, 0, "{stderr}");
-    let mut reversed = expected.to_vec();
+    // The monitor's objects too (`deploy --monitor`), whether deployed or not.
+    let mut reversed: Vec<&str> = expected.iter().chain(&MONITOR_PATHS).copied().collect();
     reversed.reverse();
     assert_eq!(server.paths(), reversed);
     assert!(server.calls().iter().all(|c| c.method == "DELETE"));
+}
+
+/// What `deploy --monitor` applies after the daemons' objects, in order.
+const MONITOR_PATHS: [&str; 7] = [
+    "/api/v1/namespaces/sonde/configmaps/sonde-monitor-scenario",
+    "/api/v1/namespaces/sonde/serviceaccounts/sonde-monitor",
+    "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/sonde-monitor-reader",
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/sonde/roles/sonde-monitor-lease",
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/sonde/rolebindings/sonde-monitor-lease",
+    "/apis/apps/v1/namespaces/sonde/deployments/sonde-monitor",
+    "/api/v1/namespaces/sonde/services/sonde-monitor",
+];
+
+#[tokio::test]
+async fn deploy_monitor_puts_the_scenario_in_a_configmap_and_runs_it_under_a_lease() {
+    let server = FakeApiServer::start(two_zones()).await;
+    let text = "name: watched\nnodes: all\ntopology: mesh\ntests: [{kind: tcp-rr, duration: 1s}]\n";
+    let file = scenario_file("deploy-monitor", text);
+    let (code, stdout, stderr) = sondectl_k8s(
+        &format!(
+            "deploy --namespace perf-sonde --monitor {} --monitor-replicas 3 --monitor-every 30s --monitor-peers 2",
+            file.display()
+        ),
+        &server,
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), 6 + MONITOR_PATHS.len(), "{stdout}");
+    let calls = server.calls();
+    let monitor: Vec<&sonde_integration::fake_apiserver::Call> = calls[6..].iter().collect();
+    let paths: Vec<String> = monitor.iter().map(|c| c.path.clone()).collect();
+    let wanted: Vec<String> = MONITOR_PATHS
+        .iter()
+        .map(|p| p.replace("/sonde/", "/perf-sonde/"))
+        .collect();
+    assert_eq!(paths, wanted);
+    let configmap: k8s_openapi::api::core::v1::ConfigMap =
+        serde_json::from_str(&monitor[0].body).expect("a ConfigMap");
+    assert_eq!(
+        configmap
+            .data
+            .and_then(|d| d.get("scenario.yaml").cloned())
+            .as_deref(),
+        Some(text),
+        "the scenario as the user wrote it"
+    );
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding =
+        serde_json::from_str(&monitor[4].body).expect("a RoleBinding");
+    assert_eq!(
+        binding.subjects.expect("subjects")[0].namespace.as_deref(),
+        Some("perf-sonde")
+    );
+    let deployment: k8s_openapi::api::apps::v1::Deployment =
+        serde_json::from_str(&monitor[5].body).expect("a Deployment");
+    let spec = deployment.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(3));
+    let hash = spec
+        .template
+        .metadata
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get("sonde.dev/scenario-hash").cloned())
+        .unwrap_or_default();
+    assert_eq!(hash.len(), 16, "{hash:?}");
+    let container = &spec.template.spec.expect("pod").containers[0];
+    let args = container.args.clone().unwrap_or_default().join(" ");
+    for wanted in [
+        "monitor --in-cluster --scenario /etc/sonde/scenario.yaml --lease sonde-monitor",
+        "--every 30000ms",
+        "--peers 2",
+    ] {
+        assert!(args.contains(wanted), "{wanted:?} in {args:?}");
+    }
+
+    // A scenario with a mistake is refused before anything is applied.
+    server.clear_calls();
+    let bad = scenario_file(
+        "deploy-bad",
+        "name: bad\nnodes: all\ntopology: mesh\ntests: [{kind: tcp-nope}]\n",
+    );
+    let (code, _stdout, stderr) =
+        sondectl_k8s(&format!("deploy --monitor {}", bad.display()), &server).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is not a valid scenario"), "{stderr}");
+    assert!(server.calls().is_empty(), "{:?}", server.paths());
 }
 
 #[tokio::test]
@@ -819,4 +906,166 @@ async fn a_mesh_of_the_lab_as_a_cluster_runs_through_port_forwards() {
         );
         assert!(forwarded.contains(&path), "{path}: {forwarded:?}");
     }
+}
+
+/// The run-sets a monitor's `--log` holds so far: (started, ended) in ms since the epoch, and
+/// whether every measurement of the round was complete.
+fn logged_rounds(path: &std::path::Path) -> Vec<(u64, u64, bool)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .map(|line| {
+            let set = &line["set"];
+            (
+                set["started_at_unix_ms"].as_u64().unwrap_or_default(),
+                set["ended_at_unix_ms"].as_u64().unwrap_or_default(),
+                set["complete"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn unix_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms")
+}
+
+/// Waits (polling, off the runtime's threads) until `ready` holds, failing after `seconds`.
+async fn eventually(what: &str, seconds: u64, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {seconds} s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+async fn monitors_sharing_a_lease_measure_one_at_a_time_and_a_standby_takes_over() {
+    require_root();
+    let lab = tokio::task::spawn_blocking(|| Lab::up(&["--nodes", "2", "--pods-per-node", "1"]))
+        .await
+        .expect("lab up");
+    let mut cluster = lab_as_cluster(&lab);
+    cluster.endpoints = lab
+        .inventory
+        .pods
+        .iter()
+        .map(|pod| FakePod {
+            name: format!("sonde-endpoint-{}", pod.node),
+            node: pod.node.clone(),
+            ip: pod.ip.to_string(),
+        })
+        .collect();
+    let server = FakeApiServer::start(cluster).await;
+    let file = scenario_file(
+        "leased",
+        "name: leased\nnodes: all\ntopology: mesh\npaths: [pod-ip]\n\
+         tests: [{kind: tcp-rr, duration: 500ms, warmup: 0s, trace: false}]\n",
+    );
+    let dir = std::env::temp_dir().join(format!("sonde-t-lease-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let kubeconfig = server.kubeconfig().display().to_string();
+    let scenario = file.display().to_string();
+    let monitor = |identity: &str| {
+        let log = dir.join(format!("{identity}.jsonl"));
+        let child = std::process::Command::new(sonde_integration::workspace_bin("sondectl"))
+            .args([
+                "monitor",
+                "--kubeconfig",
+                &kubeconfig,
+                "--scenario",
+                &scenario,
+                "--every",
+                "2s",
+                "--peers",
+                "1",
+                "--lease",
+                "sonde-monitor",
+                "--lease-identity",
+                identity,
+                "--lease-duration",
+                "3s",
+                "--log",
+                &log.to_string_lossy(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start sondectl monitor");
+        (child, log)
+    };
+    let holder = || {
+        server
+            .lease("sonde", "sonde-monitor")
+            .and_then(|spec| spec.get("holderIdentity").cloned())
+    };
+
+    // The first monitor takes the Lease and measures.
+    let (mut first, first_log) = monitor("first");
+    eventually("the first monitor's first round", 30, || {
+        !logged_rounds(&first_log).is_empty()
+    })
+    .await;
+    assert_eq!(holder(), Some("first".into()));
+    // The second waits while the first renews the Lease, over twice its duration.
+    let (second, second_log) = monitor("second");
+    let before = logged_rounds(&first_log).len();
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    assert!(
+        logged_rounds(&second_log).is_empty(),
+        "the standby measured while the leader held the Lease"
+    );
+    assert!(
+        logged_rounds(&first_log).len() > before,
+        "the leader kept measuring"
+    );
+    assert_eq!(holder(), Some("first".into()));
+
+    // The leader dies without releasing: the standby takes over once the Lease expires.
+    first.kill().expect("kill the leader");
+    let _ = first.wait();
+    let killed = unix_ms();
+    eventually("the standby's first round", 30, || {
+        !logged_rounds(&second_log).is_empty()
+    })
+    .await;
+    assert_eq!(holder(), Some("second".into()));
+    let rounds = logged_rounds(&second_log);
+    assert!(rounds[0].0 >= killed, "{rounds:?} began before {killed}");
+    assert!(rounds.iter().all(|round| round.2), "{rounds:?}");
+    let last_of_first = logged_rounds(&first_log)
+        .iter()
+        .map(|round| round.1)
+        .max()
+        .expect("rounds");
+    assert!(last_of_first <= rounds[0].0, "the monitors' rounds overlap");
+
+    // Stopped (as a pod is, SIGTERM), the standby releases the Lease on its way out.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(second.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let output = tokio::task::spawn_blocking(move || second.wait_with_output())
+        .await
+        .expect("join")
+        .expect("the standby exits");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("second waits: another monitor holds Lease sonde/sonde-monitor"),
+        "{stderr}"
+    );
+    assert_eq!(holder(), None, "the Lease was not released");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -95,6 +95,27 @@ pub struct DeployArgs {
     #[arg(long)]
     pub endpoints: bool,
 
+    /// Also deploy the continuous monitor measuring this scenario (`sondectl monitor` in a
+    /// Deployment, the scenario in a ConfigMap, one replica leading through a Lease).
+    #[arg(long, value_name = "SCENARIO")]
+    pub monitor: Option<PathBuf>,
+
+    /// The monitor's replicas: one measures, the others stand by.
+    #[arg(long, default_value_t = 2, requires = "monitor")]
+    pub monitor_replicas: u32,
+
+    /// The monitor's round length (its --every).
+    #[arg(long, requires = "monitor", value_parser = parse_duration)]
+    pub monitor_every: Option<Duration>,
+
+    /// Peers measuring each node in each of the monitor's rounds (its --peers).
+    #[arg(long, requires = "monitor", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub monitor_peers: Option<u64>,
+
+    /// Heavy tests every this many rounds (its --heavy-every).
+    #[arg(long, requires = "monitor", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub monitor_heavy_every: Option<u64>,
+
     /// Print what would be applied, and apply nothing (no cluster needed).
     #[arg(long)]
     pub dry_run: bool,
@@ -463,8 +484,13 @@ pub struct KubernetesArgs {
     /// Work with the sonde daemons of this Kubernetes cluster (found by label through the API
     /// server, reached as --reach says); ends are named pod/NAMESPACE/NAME, node/NAME and
     /// service/NAMESPACE/NAME.
-    #[arg(long)]
+    #[arg(long, group = "cluster_config")]
     pub kubeconfig: Option<PathBuf>,
+
+    /// Work with the cluster this process runs in (its pod's service account), as
+    /// --kubeconfig does with a file: what `sondectl deploy --monitor` runs.
+    #[arg(long, group = "cluster_config")]
+    pub in_cluster: bool,
 
     /// The namespace sonde's daemons run in (with --kubeconfig).
     #[arg(long, default_value = crate::cluster::manifests::DEFAULT_NAMESPACE)]
@@ -472,13 +498,20 @@ pub struct KubernetesArgs {
 
     /// How to reach the daemons (with --kubeconfig): at their pod IPs, or through the API
     /// server's port-forward; auto is the pod IP inside the cluster, port-forward outside.
-    #[arg(long, value_enum, default_value_t, requires = "kubeconfig")]
+    #[arg(long, value_enum, default_value_t, requires = "cluster_config")]
     pub reach: crate::cluster::portforward::Reach,
 
     /// Only nodes matching this label selector (with --kubeconfig), e.g.
     /// node-lifecycle=on-demand: a run's end on another node is refused.
-    #[arg(long, default_value = "", requires = "kubeconfig")]
+    #[arg(long, default_value = "", requires = "cluster_config")]
     pub node_selector: String,
+}
+
+impl KubernetesArgs {
+    /// Whether a cluster was named (--kubeconfig or --in-cluster), rather than a lab.
+    pub fn given(&self) -> bool {
+        self.kubeconfig.is_some() || self.in_cluster
+    }
 }
 
 /// Where a run's ends must be, and the Kubernetes cluster they are named in.

@@ -1,5 +1,6 @@
 //! Sending results where dashboards read them: a Prometheus Pushgateway (one group per
-//! scenario, replaced by a rerun: the gateway never expires groups) and Graphite's plaintext
+//! scenario, or per scenario and run ID; replaced by a rerun: the gateway never expires
+//! groups) and Graphite's plaintext
 //! protocol (`sonde.<scenario>.<source>.<target>.<metric> <value> <unix time>`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,6 +23,11 @@ pub struct ExportArgs {
     /// job=sonde, scenario=NAME (`run` for `sondectl run`): a rerun replaces it.
     #[arg(long)]
     pub push_gateway: Option<String>,
+
+    /// Add run_id=ID to the Pushgateway group's key: one group per run of a scenario (a CI
+    /// job's ID, say); pushing the same ID again replaces that group.
+    #[arg(long, requires = "push_gateway", value_parser = parse_run_id)]
+    pub push_run_id: Option<String>,
 
     /// Remove the group from the Pushgateway instead of measuring (it never expires groups).
     #[arg(long, requires = "push_gateway")]
@@ -154,9 +160,51 @@ pub fn exposition(figures: &[Figure]) -> String {
     text
 }
 
-/// A Pushgateway's group URL path for `group`.
-fn group_path(group: &str) -> String {
-    format!("/metrics/job/sonde/scenario/{group}")
+/// A run ID as a Pushgateway grouping key's value takes it in a URL path.
+fn parse_run_id(text: &str) -> Result<String, String> {
+    if text.is_empty()
+        || text.len() > 128
+        || !text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "{text:?}: a run ID is 1 to 128 letters, digits, '.', '_' or '-'"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// A Pushgateway group's key besides job=sonde.
+#[derive(Debug, Clone, Copy)]
+pub struct Group<'a> {
+    /// The scenario's name (`run` for `sondectl run`).
+    pub scenario: &'a str,
+    /// `--push-run-id`.
+    pub run_id: Option<&'a str>,
+}
+
+impl<'a> Group<'a> {
+    /// The group of `scenario` with the run ID of `args`.
+    pub fn of(scenario: &'a str, args: &'a ExportArgs) -> Self {
+        Self {
+            scenario,
+            run_id: args.push_run_id.as_deref(),
+        }
+    }
+
+    /// The group's URL path. The scenario's name is base64url-encoded (the gateway's
+    /// `@base64` form): any name is a valid path segment.
+    fn path(&self) -> String {
+        use base64::Engine as _;
+        let scenario = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.scenario);
+        let mut path = format!("/metrics/job/sonde/scenario@base64/{scenario}");
+        if let Some(id) = self.run_id {
+            path.push_str("/run_id/");
+            path.push_str(id);
+        }
+        path
+    }
 }
 
 /// Sends one HTTP/1.1 request to `base` (http://HOST:PORT) and fails on a non-2xx answer.
@@ -200,13 +248,13 @@ async fn request(base: &str, method: &str, path: &str, body: String) -> anyhow::
 }
 
 /// Replaces the group `group` on the Pushgateway at `base` with `figures` (PUT).
-pub async fn push(base: &str, group: &str, figures: &[Figure]) -> anyhow::Result<()> {
-    request(base, "PUT", &group_path(group), exposition(figures)).await
+pub async fn push(base: &str, group: Group<'_>, figures: &[Figure]) -> anyhow::Result<()> {
+    request(base, "PUT", &group.path(), exposition(figures)).await
 }
 
 /// Deletes the group `group` from the Pushgateway at `base`.
-pub async fn push_delete(base: &str, group: &str) -> anyhow::Result<()> {
-    request(base, "DELETE", &group_path(group), String::new()).await
+pub async fn push_delete(base: &str, group: Group<'_>) -> anyhow::Result<()> {
+    request(base, "DELETE", &group.path(), String::new()).await
 }
 
 /// A Graphite path component: dots and spaces would split or break the path.
@@ -261,13 +309,13 @@ pub async fn graphite(addr: &str, prefix: &str, figures: &[Figure]) -> anyhow::R
     Ok(())
 }
 
-/// Sends `figures` wherever `args` says; `group` names them (the scenario).
-pub async fn send(args: &ExportArgs, group: &str, figures: &[Figure]) -> anyhow::Result<()> {
+/// Sends `figures` wherever `args` says; `scenario` names them.
+pub async fn send(args: &ExportArgs, scenario: &str, figures: &[Figure]) -> anyhow::Result<()> {
     if let Some(gateway) = &args.push_gateway {
-        push(gateway, group, figures).await?;
+        push(gateway, Group::of(scenario, args), figures).await?;
     }
     if let Some(addr) = &args.graphite {
-        graphite(addr, group, figures).await?;
+        graphite(addr, scenario, figures).await?;
     }
     Ok(())
 }
@@ -297,6 +345,24 @@ mod tests {
         assert!(text.contains(
             "sonde_latency_p50_seconds{source=\"node1\",target=\"node.2\",kind=\"tcp-rr\",path=\"pod-ip\"} 0.000045"
         ));
+    }
+
+    #[test]
+    fn a_group_path_holds_any_scenario_name_and_the_run_id() {
+        let args = ExportArgs {
+            push_run_id: Some("ci-481".into()),
+            ..ExportArgs::default()
+        };
+        assert_eq!(
+            Group::of("mesh/rr", &args).path(),
+            "/metrics/job/sonde/scenario@base64/bWVzaC9ycg/run_id/ci-481"
+        );
+        assert_eq!(
+            Group::of("run", &ExportArgs::default()).path(),
+            "/metrics/job/sonde/scenario@base64/cnVu"
+        );
+        assert!(parse_run_id("a/b").is_err());
+        assert!(parse_run_id("").is_err());
     }
 
     #[test]

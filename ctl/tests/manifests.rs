@@ -359,3 +359,102 @@ fn endpoints_are_an_unprivileged_daemonset_a_cluster_ip_and_a_headless_service()
         Some("None")
     );
 }
+
+#[test]
+fn the_monitor_is_an_unprivileged_deployment_that_may_only_read_and_hold_its_lease() {
+    let objects = documents(&text("monitor.yaml"));
+    let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "Deployment",
+            "Service"
+        ]
+    );
+    let reader: ClusterRoleBinding = typed(&objects[1]);
+    assert_eq!(
+        reader.role_ref.name, "sonde-reader",
+        "reads as the daemons do"
+    );
+    let role: k8s_openapi::api::rbac::v1::Role = typed(&objects[2]);
+    let rules = role.rules.expect("rules");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].api_groups.as_deref(),
+        Some(&["coordination.k8s.io".to_owned()][..])
+    );
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["leases".to_owned()][..])
+    );
+    assert!(
+        !rules[0].verbs.iter().any(|v| v == "delete" || v == "*"),
+        "{:?}",
+        rules[0].verbs
+    );
+    let deployment: k8s_openapi::api::apps::v1::Deployment = typed(&objects[4]);
+    let spec = deployment.spec.expect("spec");
+    assert!(spec.replicas >= Some(2), "a standby");
+    let pod = spec.template.spec.expect("pod spec");
+    assert_eq!(pod.service_account_name.as_deref(), Some("sonde-monitor"));
+    assert_ne!(pod.host_network, Some(true));
+    assert_eq!(
+        pod.security_context
+            .as_ref()
+            .and_then(|s| s.run_as_non_root),
+        Some(true)
+    );
+    let container = &pod.containers[0];
+    let security = container
+        .security_context
+        .as_ref()
+        .expect("securityContext");
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    let capabilities = security.capabilities.as_ref().expect("capabilities");
+    assert_eq!(capabilities.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    assert!(capabilities.add.is_none());
+    let env = container.env.clone().unwrap_or_default();
+    assert!(
+        env.iter().any(|var| var.name == "POD_NAME"),
+        "the Lease identity"
+    );
+    // The arguments parse as sondectl's own: the Deployment runs what the CLI accepts.
+    let args = container.args.clone().expect("args");
+    let file = std::env::temp_dir().join(format!("sonde-monitor-args-{}.yaml", std::process::id()));
+    std::fs::write(
+        &file,
+        "name: x\nnodes: all\ntopology: mesh\ntests: [{kind: tcp-rr}]\n",
+    )
+    .expect("scenario");
+    let mut words: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a == "/etc/sonde/scenario.yaml" {
+                file.display().to_string()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    words.push("--help".to_owned());
+    let output = Command::new(env!("CARGO_BIN_EXE_sondectl"))
+        .args(&words)
+        .output()
+        .expect("sondectl runs");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let volumes = pod.volumes.expect("volumes");
+    assert_eq!(
+        volumes[0].config_map.as_ref().map(|c| c.name.as_str()),
+        Some("sonde-monitor-scenario")
+    );
+}

@@ -4,7 +4,7 @@
 //!
 //! It serves what sondectl asks: the daemons' pods (by label) and the nodes (by label
 //! selector), workload pods, Services and their EndpointSlices, server-side applies (echoed),
-//! deletes, and port-forwards of the daemons' pods.
+//! deletes, port-forwards of the daemons' pods, and Leases ([`crate::fake_leases`]).
 
 use std::{
     collections::BTreeMap,
@@ -143,6 +143,8 @@ struct State {
     events: tokio::sync::broadcast::Sender<(String, String)>,
     /// The latest resource version (lists are at 1).
     version: std::sync::atomic::AtomicU64,
+    /// coordination.k8s.io Leases.
+    leases: crate::fake_leases::Leases,
 }
 
 /// A running fake API server.
@@ -182,6 +184,7 @@ impl FakeApiServer {
             calls: Mutex::new(Vec::new()),
             events: tokio::sync::broadcast::channel(64).0,
             version: std::sync::atomic::AtomicU64::new(1),
+            leases: crate::fake_leases::Leases::default(),
         });
         let shared = Arc::clone(&state);
         tokio::spawn(async move {
@@ -257,6 +260,15 @@ impl FakeApiServer {
         self.state.calls.lock().expect("calls").clear();
     }
 
+    /// The spec of Lease `namespace/name`, if it was made.
+    pub fn lease(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<serde_json::Map<String, serde_json::Value>> {
+        self.state.leases.spec(namespace, name)
+    }
+
     /// The paths asked so far, in order.
     pub fn paths(&self) -> Vec<String> {
         self.calls().into_iter().map(|call| call.path).collect()
@@ -310,7 +322,10 @@ async fn handle(
     if call.path == "/api/v1/pods" && query(&call, "watch").as_deref() == Some("true") {
         return Ok(watch(&state, &call));
     }
-    let (status, json) = answer(&cluster, &call);
+    let (status, json) = state
+        .leases
+        .answer(&call)
+        .unwrap_or_else(|| answer(&cluster, &call));
     let mut response = Response::new(Full::new(Bytes::from(json.to_string())).boxed());
     *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
     response

@@ -5,6 +5,7 @@
 //! removed on drop, so a failing test leaves nothing behind and parallel tests never collide.
 
 pub mod fake_apiserver;
+pub mod fake_leases;
 pub mod lab;
 
 use std::{

@@ -35,6 +35,15 @@ pub const ENDPOINT_FILES: [(&str, &str); 1] = [(
     include_str!("../../../deploy/kubernetes/endpoints.yaml"),
 )];
 
+/// The continuous monitor (`deploy --monitor`): applied after the scenario's ConfigMap.
+pub const MONITOR_FILES: [(&str, &str); 1] = [(
+    "monitor.yaml",
+    include_str!("../../../deploy/kubernetes/monitor.yaml"),
+)];
+
+/// The ConfigMap holding the monitor's scenario, and its key (the Deployment mounts it).
+pub const MONITOR_CONFIGMAP: (&str, &str) = ("sonde-monitor-scenario", "scenario.yaml");
+
 /// The label every endpoint pod carries (scenarios find them by it).
 pub const ENDPOINT_SELECTOR: &str =
     "app.kubernetes.io/name=sonde,app.kubernetes.io/component=endpoint";
@@ -57,13 +66,53 @@ pub struct Options {
     /// Add the measurement endpoints (a pod on every node, a ClusterIP and a headless
     /// Service).
     pub endpoints: bool,
+    /// Add the continuous monitor.
+    pub monitor: Option<Monitor>,
+}
+
+/// The continuous monitor a user deploys: a scenario and how to measure it.
+#[derive(Debug, Clone, Default)]
+pub struct Monitor {
+    /// The scenario file's text, as the user wrote it (validated before).
+    pub scenario: String,
+    /// Replicas of the Deployment (one leads, the others wait).
+    pub replicas: u32,
+    /// Arguments added to `sondectl monitor` (`--every 60s`, ...).
+    pub args: Vec<String>,
 }
 
 /// Every object of the manifests, as shipped (with the endpoints' when `endpoints`).
 pub fn shipped(endpoints: bool) -> anyhow::Result<Vec<DynamicObject>> {
-    let mut objects = Vec::new();
     let extra: &[(&str, &str)] = if endpoints { &ENDPOINT_FILES } else { &[] };
-    for &(file, text) in FILES.iter().chain(extra) {
+    parse(FILES.iter().chain(extra))
+}
+
+/// The monitor's objects as shipped, after a ConfigMap holding `scenario`.
+pub fn shipped_monitor(scenario: &str) -> anyhow::Result<Vec<DynamicObject>> {
+    let (name, key) = MONITOR_CONFIGMAP;
+    let configmap = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": DEFAULT_NAMESPACE,
+            "labels": {
+                "app.kubernetes.io/name": "sonde",
+                "app.kubernetes.io/component": "monitor",
+            },
+        },
+        "data": { key: scenario },
+    });
+    let mut objects = vec![serde_json::from_value(configmap).context("the monitor's ConfigMap")?];
+    objects.extend(parse(MONITOR_FILES.iter())?);
+    Ok(objects)
+}
+
+fn parse<'a>(
+    files: impl Iterator<Item = &'a (&'a str, &'a str)>,
+) -> anyhow::Result<Vec<DynamicObject>> {
+    let mut objects = Vec::new();
+    for &(file, text) in files {
         for document in serde_yaml::Deserializer::from_str(text) {
             let value = serde_yaml::Value::deserialize(document)
                 .with_context(|| format!("parsing deploy/kubernetes/{file}"))?;
@@ -81,6 +130,9 @@ pub fn shipped(endpoints: bool) -> anyhow::Result<Vec<DynamicObject>> {
 /// The objects with the user's options applied.
 pub fn objects(options: &Options) -> anyhow::Result<Vec<DynamicObject>> {
     let mut objects = shipped(options.endpoints)?;
+    if let Some(monitor) = &options.monitor {
+        objects.extend(shipped_monitor(&monitor.scenario)?);
+    }
     let namespace = options.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
     if namespace.is_empty()
         || namespace.len() > 63
@@ -101,7 +153,10 @@ pub fn objects(options: &Options) -> anyhow::Result<Vec<DynamicObject>> {
         match kind.as_str() {
             "Namespace" => object.metadata.name = Some(namespace.to_owned()),
             "ClusterRole" => {}
-            "ClusterRoleBinding" => {
+            "ClusterRoleBinding" | "RoleBinding" => {
+                if kind == "RoleBinding" {
+                    object.metadata.namespace = Some(namespace.to_owned());
+                }
                 if let Some(subjects) = object.data["subjects"].as_array_mut() {
                     for subject in subjects {
                         subject["namespace"] = namespace.into();
@@ -109,6 +164,27 @@ pub fn objects(options: &Options) -> anyhow::Result<Vec<DynamicObject>> {
                 }
             }
             _ => object.metadata.namespace = Some(namespace.to_owned()),
+        }
+        if kind == "Deployment"
+            && let Some(monitor) = &options.monitor
+        {
+            if monitor.replicas == 0 {
+                bail!("--monitor-replicas must be at least 1");
+            }
+            object.data["spec"]["replicas"] = monitor.replicas.into();
+            let template = &mut object.data["spec"]["template"];
+            template["metadata"]["annotations"]["sonde.dev/scenario-hash"] = format!(
+                "{:016x}",
+                crate::scenario::fnv1a(monitor.scenario.as_bytes())
+            )
+            .into();
+            let container = &mut template["spec"]["containers"][0];
+            if let Some(args) = container["args"].as_array_mut() {
+                args.extend(monitor.args.iter().map(|arg| arg.as_str().into()));
+            }
+            if let Some(image) = &options.image {
+                container["image"] = image.as_str().into();
+            }
         }
         if kind == "DaemonSet" {
             let spec = &mut object.data["spec"]["template"]["spec"];

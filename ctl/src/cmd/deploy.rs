@@ -1,8 +1,11 @@
 //! `sondectl deploy` and `sondectl undeploy`.
 
+use anyhow::Context as _;
+
 use crate::{
     cli::{DeployArgs, DeployOutput, UndeployArgs},
     cluster::{self, apply, manifests},
+    scenario::Scenario,
 };
 
 /// Runs `sondectl deploy`.
@@ -12,6 +15,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         image: args.image.clone(),
         node_selector: args.node_selector.clone(),
         endpoints: args.endpoints,
+        monitor: monitor(&args)?,
     };
     let objects = manifests::objects(&options)?;
     if args.dry_run {
@@ -38,11 +42,45 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The monitor of `--monitor FILE`: the scenario checked here, so that a typo fails the
+/// deploy rather than a pod in the cluster.
+fn monitor(args: &DeployArgs) -> anyhow::Result<Option<manifests::Monitor>> {
+    let Some(path) = &args.monitor else {
+        return Ok(None);
+    };
+    let scenario = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --monitor {}", path.display()))?;
+    Scenario::parse(&scenario)
+        .with_context(|| format!("--monitor {} is not a valid scenario", path.display()))?
+        .tests()
+        .with_context(|| format!("--monitor {}", path.display()))?;
+    let mut extra = Vec::new();
+    if let Some(every) = args.monitor_every {
+        extra.extend(["--every".to_owned(), format!("{}ms", every.as_millis())]);
+    }
+    if let Some(peers) = args.monitor_peers {
+        extra.extend(["--peers".to_owned(), peers.to_string()]);
+    }
+    if let Some(heavy) = args.monitor_heavy_every {
+        extra.extend(["--heavy-every".to_owned(), heavy.to_string()]);
+    }
+    Ok(Some(manifests::Monitor {
+        scenario,
+        replicas: args.monitor_replicas,
+        args: extra,
+    }))
+}
+
 /// Runs `sondectl undeploy`.
 pub async fn undeploy(args: UndeployArgs) -> anyhow::Result<()> {
-    // The endpoints (`deploy --endpoints`) live in the namespace: deleting it removes them.
+    // The endpoints (`deploy --endpoints`) live in the namespace: deleting it removes them;
+    // the monitor's too, but for its binding to the cluster's reader role, deleted here.
     let options = manifests::Options {
         namespace: Some(args.cluster.namespace.clone()),
+        monitor: Some(manifests::Monitor {
+            replicas: 1,
+            ..manifests::Monitor::default()
+        }),
         ..manifests::Options::default()
     };
     let objects = manifests::objects(&options)?;

@@ -19,7 +19,7 @@ use crate::{
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.export.push_delete {
         let gateway = args.export.push_gateway.as_deref().unwrap_or_default();
-        crate::export::push_delete(gateway, "run").await?;
+        crate::export::push_delete(gateway, crate::export::Group::of("run", &args.export)).await?;
         println!("the runs' group removed from {gateway}");
         return Ok(());
     }
@@ -90,18 +90,15 @@ pub async fn resolve_ends(
     placement: &PlacementArgs,
     lab: &str,
 ) -> anyhow::Result<Ends> {
-    let (source, destination) = match &placement.cluster.kubeconfig {
-        Some(_) => {
-            let cluster = crate::cluster::endpoints::Cluster::connect(&placement.cluster).await?;
-            (cluster.source(from).await?, cluster.destination(to).await?)
-        }
-        None => {
-            let lab = Inventory::load(lab).ok();
-            (
-                endpoint::resolve_source(from, lab.as_ref())?,
-                endpoint::resolve_destination(to, lab.as_ref())?,
-            )
-        }
+    let (source, destination) = if placement.cluster.given() {
+        let cluster = crate::cluster::endpoints::Cluster::connect(&placement.cluster).await?;
+        (cluster.source(from).await?, cluster.destination(to).await?)
+    } else {
+        let lab = Inventory::load(lab).ok();
+        (
+            endpoint::resolve_source(from, lab.as_ref())?,
+            endpoint::resolve_destination(to, lab.as_ref())?,
+        )
     };
     if let Some(wanted) = placement.wanted() {
         check_placement(wanted, &source, &destination)?;

@@ -135,22 +135,19 @@ pub async fn fleet(
     lab: &str,
     cluster: &KubernetesArgs,
 ) -> anyhow::Result<(Fleet, Target, bool)> {
-    Ok(match &cluster.kubeconfig {
-        Some(_) => {
-            let cluster = crate::cluster::endpoints::Cluster::connect(cluster).await?;
-            let endpoints = cluster.endpoint_pods().await?;
-            let fleet = Fleet::from_cluster(cluster.daemons(), &endpoints);
-            (fleet, Target::Cluster(Box::new(cluster)), true)
-        }
-        None => {
-            let inventory = Inventory::load(lab).with_context(|| {
+    Ok(if cluster.given() {
+        let cluster = crate::cluster::endpoints::Cluster::connect(cluster).await?;
+        let endpoints = cluster.endpoint_pods().await?;
+        let fleet = Fleet::from_cluster(cluster.daemons(), &endpoints);
+        (fleet, Target::Cluster(Box::new(cluster)), true)
+    } else {
+        let inventory = Inventory::load(lab).with_context(|| {
                 format!(
                     "scenario {} runs in a lab or a cluster: no lab {lab:?} is up (`sondectl lab up`, or --kubeconfig)",
                     scenario.name
                 )
             })?;
-            (Fleet::from_lab(&inventory), Target::Lab(inventory), false)
-        }
+        (Fleet::from_lab(&inventory), Target::Lab(inventory), false)
     })
 }
 
@@ -159,7 +156,11 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         let scenario = Scenario::load(&args.scenario.file)
             .with_context(|| format!("{} is not a valid scenario", args.scenario.file.display()))?;
         let gateway = args.export.push_gateway.as_deref().unwrap_or_default();
-        crate::export::push_delete(gateway, &scenario.name).await?;
+        crate::export::push_delete(
+            gateway,
+            crate::export::Group::of(&scenario.name, &args.export),
+        )
+        .await?;
         println!(
             "scenario {}: its group removed from {gateway}",
             scenario.name

@@ -115,13 +115,27 @@ pub fn direction_name(direction: pb::Direction) -> &'static str {
     }
 }
 
-/// Cancels `session` on Ctrl-C, for commands run by a person; the returned task ends with the
-/// process.
+/// Cancels `session` on Ctrl-C (SIGINT) or SIGTERM (a pod being stopped), so that its runs
+/// stop on every daemon before the process goes; the returned task ends with the process.
 pub fn cancel_on_ctrl_c(session: &std::sync::Arc<Session>) -> tokio::task::JoinHandle<()> {
     let session = std::sync::Arc::clone(session);
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            session.cancel().await;
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => {
+                if interrupted.is_err() {
+                    return;
+                }
+            }
+            () = terminate => {}
         }
+        session.cancel().await;
     })
 }

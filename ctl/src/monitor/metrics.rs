@@ -32,6 +32,25 @@ pub struct PairLabels {
     pub kind: String,
 }
 
+/// A kernel stage's labels: the pair's, and which stage of which direction.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// The client's node.
+    pub source: String,
+    /// The server's node.
+    pub target: String,
+    /// same-node, cross-node or cross-zone.
+    pub placement: String,
+    /// pod-ip, service, host.
+    pub path: String,
+    /// The generator.
+    pub kind: String,
+    /// client-to-server or server-to-client.
+    pub direction: String,
+    /// sender stack, sender node, wire, receiver node, receiver stack, node.
+    pub stage: String,
+}
+
 /// Labels of the aggregated series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabels {
@@ -60,6 +79,7 @@ pub struct MonitorMetrics {
     p99: Family<PairLabels, FloatGauge>,
     throughput: Family<PairLabels, FloatGauge>,
     loss: Family<PairLabels, FloatGauge>,
+    stage_p50: Family<StageLabels, FloatGauge>,
     latency: Family<ClassLabels, Histogram>,
     measurements: Family<StatusLabels, Counter>,
     rounds: Counter,
@@ -68,6 +88,7 @@ pub struct MonitorMetrics {
     waited_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     coverage: Gauge,
     pairs_total: Gauge,
+    leader: Gauge,
     /// The last rotation's measured pairs, for coverage.
     recent: Mutex<std::collections::VecDeque<Vec<(String, String)>>>,
 }
@@ -87,6 +108,7 @@ impl MonitorMetrics {
         let p99 = Family::<PairLabels, FloatGauge>::default();
         let throughput = Family::<PairLabels, FloatGauge>::default();
         let loss = Family::<PairLabels, FloatGauge>::default();
+        let stage_p50 = Family::<StageLabels, FloatGauge>::default();
         let latency = Family::<ClassLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
@@ -97,6 +119,7 @@ impl MonitorMetrics {
         let waited_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
         let coverage = Gauge::default();
         let pairs_total = Gauge::default();
+        let leader = Gauge::default();
         registry.register(
             "pair_latency_p50_seconds",
             "Median latency of the pair's last measurement (pairs of the last round only).",
@@ -116,6 +139,11 @@ impl MonitorMetrics {
             "pair_loss_ratio",
             "Datagrams lost of those sent in the pair's last measurement (UDP kinds).",
             loss.clone(),
+        );
+        registry.register(
+            "pair_stage_latency_p50_seconds",
+            "Median time the pair's packets spent in a kernel stage in its last traced measurement (a few stages a direction, pairs of the last round only).",
+            stage_p50.clone(),
         );
         registry.register(
             "latency_seconds",
@@ -153,12 +181,18 @@ impl MonitorMetrics {
             "Ordered pairs of the monitored nodes: n(n-1).",
             pairs_total.clone(),
         );
+        registry.register(
+            "leader",
+            "1 when this monitor measures (it holds the Lease, or has none), 0 while it stands by.",
+            leader.clone(),
+        );
         Self {
             registry,
             p50,
             p99,
             throughput,
             loss,
+            stage_p50,
             latency,
             measurements,
             rounds,
@@ -167,8 +201,14 @@ impl MonitorMetrics {
             waited_seconds,
             coverage,
             pairs_total,
+            leader,
             recent: Mutex::default(),
         }
+    }
+
+    /// Whether this monitor measures or stands by.
+    pub fn set_leader(&self, leads: bool) {
+        self.leader.set(i64::from(leads));
     }
 
     /// Takes in one round's run-set: the per-pair series become this round's pairs.
@@ -176,6 +216,7 @@ impl MonitorMetrics {
         for family in [&self.p50, &self.p99, &self.throughput, &self.loss] {
             family.clear();
         }
+        self.stage_p50.clear();
         let mut measured = Vec::new();
         for record in &set.measurements {
             self.measurement(record);
@@ -254,6 +295,19 @@ impl MonitorMetrics {
         {
             self.loss.get_or_create(&labels).set(loss);
         }
+        for (direction, stage, p50_ns) in stage_medians(record) {
+            self.stage_p50
+                .get_or_create(&StageLabels {
+                    source: labels.source.clone(),
+                    target: labels.target.clone(),
+                    placement: labels.placement.clone(),
+                    path: labels.path.clone(),
+                    kind: labels.kind.clone(),
+                    direction,
+                    stage,
+                })
+                .set(p50_ns as f64 / 1e9);
+        }
     }
 
     /// The exposition, OpenMetrics text.
@@ -277,6 +331,37 @@ fn udp_loss(record: &Record) -> Option<f64> {
         .first()?
         .pointer("/measurements/0/udp/loss_ratio")?
         .as_f64()
+}
+
+/// The kernel stages' medians of the first run result's first traced measurement:
+/// (direction, stage, p50 in ns).
+fn stage_medians(record: &Record) -> Vec<(String, String, i64)> {
+    let Some(directions) = record.results.first().and_then(|result| {
+        result
+            .pointer("/measurements")?
+            .as_array()?
+            .iter()
+            .find_map(|m| m.pointer("/kernel/directions")?.as_array())
+    }) else {
+        return Vec::new();
+    };
+    directions
+        .iter()
+        .flat_map(|direction| {
+            let name = direction["direction"].as_str().unwrap_or_default();
+            direction["stages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(move |stage| {
+                    Some((
+                        name.to_owned(),
+                        stage["name"].as_str()?.to_owned(),
+                        stage.pointer("/latency/p50_ns")?.as_i64()?,
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// The content type of the OpenMetrics text format.

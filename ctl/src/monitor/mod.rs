@@ -11,10 +11,16 @@
 //! slot so that the rounds of several monitors never synchronise. The scenario's nodes,
 //! placement classes, paths and tests are used; its topology is replaced by the rotation.
 //!
+//!
+//! Several replicas (`sondectl deploy --monitor`) elect one to measure through a Lease
+//! (`--lease`); the others wait and take over when it goes.
+//!
 //! # Layout
 //! - [`rotation`]: which pairs a round measures.
 //! - [`metrics`]: `/metrics` with O(n·K) per-pair series.
+//! - [`leader`]: the replicas' election.
 
+pub mod leader;
 pub mod metrics;
 pub mod rotation;
 
@@ -83,6 +89,21 @@ pub struct MonitorArgs {
     #[arg(long, default_value_t = 0)]
     pub rounds: u64,
 
+    /// Measure only while holding this coordination.k8s.io Lease (in sonde's namespace, made
+    /// if missing): of several monitors given the same Lease, one measures and the others
+    /// wait to take over.
+    #[arg(long, requires = "cluster_config")]
+    pub lease: Option<String>,
+
+    /// This monitor's identity in the Lease (default: $POD_NAME, else host name and PID).
+    #[arg(long, requires = "lease")]
+    pub lease_identity: Option<String>,
+
+    /// How long the Lease holds after each renewal: how soon a standby takes over from a
+    /// monitor that died.
+    #[arg(long, default_value = "15s", requires = "lease", value_parser = crate::cli::parse_duration)]
+    pub lease_duration: Duration,
+
     /// How long to wait for a daemon to answer a call.
     #[arg(long, default_value = "5s", value_parser = crate::cli::parse_duration)]
     pub timeout: Duration,
@@ -98,6 +119,29 @@ fn unix_now() -> Duration {
 pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
     let scenario = Scenario::load(&args.scenario)
         .with_context(|| format!("{} is not a valid scenario", args.scenario.display()))?;
+    let mut leadership = match &args.lease {
+        Some(name) => {
+            let client = crate::cluster::client(args.cluster.kubeconfig.as_deref()).await?;
+            let identity = args
+                .lease_identity
+                .clone()
+                .unwrap_or_else(leader::default_identity);
+            let joined = leader::Leadership::join(
+                client,
+                &args.cluster.sonde_namespace,
+                name,
+                &identity,
+                args.lease_duration,
+            )
+            .await?;
+            eprintln!(
+                "sondectl monitor: {identity} joined the election for Lease {}",
+                joined.lease
+            );
+            Some(joined)
+        }
+        None => None,
+    };
     let (fleet, target, kubernetes) =
         crate::cmd::scenario::fleet(&scenario, &args.lab, &args.cluster).await?;
     let (nodes, ring) = {
@@ -157,7 +201,27 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
         .max(1);
     let mut last_round = None;
     let mut done = 0;
+    metrics.set_leader(leadership.as_ref().is_none_or(leader::Leadership::leads));
     while !session.is_cancelled() && (args.rounds == 0 || done < args.rounds) {
+        if let Some(election) = leadership.as_mut()
+            && !election.leads()
+        {
+            metrics.set_leader(false);
+            eprintln!(
+                "sondectl monitor: {} waits: another monitor holds Lease {}",
+                election.identity, election.lease
+            );
+            if !election.wait(&session.cancellation()).await {
+                break;
+            }
+            metrics.set_leader(true);
+            eprintln!(
+                "sondectl monitor: {} holds Lease {}: measuring",
+                election.identity, election.lease
+            );
+            // Rounds go on from the wall clock's, as after a restart.
+            last_round = None;
+        }
         // The first round is the period of the wall clock we are in (a restarted monitor goes
         // on where it was); then one after the other, each at the start of its period, or at
         // once when the last one ran over: no round is skipped, so a rotation covers every
@@ -174,6 +238,13 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
                 () = tokio::time::sleep(wait) => {}
                 () = cancellation.cancelled() => break,
             }
+        }
+        if leadership
+            .as_ref()
+            .is_some_and(|election| !election.leads())
+        {
+            // Lost the Lease while waiting for the round: the new holder measures it.
+            continue;
         }
         last_round = Some(round);
         let with_heavy = round % args.heavy_every == 0;
@@ -239,6 +310,9 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
         done += 1;
     }
     ctrl_c.abort();
+    if let Some(election) = leadership {
+        election.leave().await;
+    }
     if let Some(server) = server {
         server.abort();
     }

@@ -79,9 +79,10 @@ pub async fn run(args: ConntrackWatchArgs) -> anyhow::Result<()> {
     if !(100..=60_000).contains(&interval_ms) {
         bail!("--interval must be 100ms to 60s");
     }
-    let watched = match args.cluster.kubeconfig {
-        Some(_) => cluster_targets(&args.cluster, &args.nodes).await?,
-        None => targets(&args.agents, &args.nodes, &args.lab)?,
+    let watched = if args.cluster.given() {
+        cluster_targets(&args.cluster, &args.nodes).await?
+    } else {
+        targets(&args.agents, &args.nodes, &args.lab)?
     };
     let request = pb::WatchConntrackRequest {
         interval_ms,
