@@ -5,6 +5,7 @@ use std::time::Duration;
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
+use sonde_proto::kinds::{KINDS, KindRules};
 
 use crate::{
     agent::AgentAddr,
@@ -365,76 +366,94 @@ pub struct ServeArgs {
     pub timeout: Duration,
 }
 
-/// The generators `sondectl run` drives.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum RunKindArg {
-    /// Bulk TCP throughput.
-    TcpStream,
-    /// TCP request/response on persistent connections.
-    TcpRr,
-    /// A new TCP connection per request/response.
-    TcpCrr,
-    /// UDP datagrams: throughput, loss, reordering, jitter.
-    UdpStream,
-    /// UDP request/response, timeouts counted as loss.
-    UdpRr,
-    /// Intra-pod baseline: bulk transfer over a Unix socket (--from and --to the same pod).
-    UnixStream,
-    /// Intra-pod baseline: request/response over a Unix socket.
-    UnixRr,
-    /// Intra-pod baseline: request/response through files in a shared directory (inotify).
-    FsRr,
-    /// HTTP/1.1 GETs on keep-alive connections (the response body is --size bytes).
-    Http,
-    /// HTTP/1.1 GETs, a new connection per request.
-    HttpCrr,
+/// A run kind as users name it: a row of sonde's one table of kinds
+/// ([`sonde_proto::kinds::KINDS`]), read by clap (names and help) and serde (scenario files).
+#[derive(Debug, Clone, Copy)]
+pub struct RunKindArg(pub &'static KindRules);
+
+/// Every kind, as clap lists them.
+static RUN_KINDS: [RunKindArg; KINDS.len()] = {
+    let mut all = [RunKindArg(&KINDS[0]); KINDS.len()];
+    let mut i = 0;
+    while i < KINDS.len() {
+        all[i] = RunKindArg(&KINDS[i]);
+        i += 1;
+    }
+    all
+};
+
+impl PartialEq for RunKindArg {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind == other.0.kind
+    }
+}
+
+impl Eq for RunKindArg {}
+
+impl std::hash::Hash for RunKindArg {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.kind.hash(state);
+    }
+}
+
+impl clap::ValueEnum for RunKindArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &RUN_KINDS
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.0.name).help(self.0.about))
+    }
+}
+
+impl serde::Serialize for RunKindArg {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.name)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RunKindArg {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        KindRules::by_name(&name).map(Self).ok_or_else(|| {
+            let names: Vec<&str> = KINDS.iter().map(|rules| rules.name).collect();
+            serde::de::Error::custom(format!(
+                "unknown kind `{name}`, expected one of {}",
+                names.join(", ")
+            ))
+        })
+    }
 }
 
 impl RunKindArg {
     /// The kind in sonde.v1.
     pub fn proto(self) -> sonde_proto::v1::RunKind {
-        use sonde_proto::v1::RunKind;
-        match self {
-            Self::TcpStream => RunKind::TcpStream,
-            Self::TcpRr => RunKind::TcpRr,
-            Self::TcpCrr => RunKind::TcpCrr,
-            Self::UdpStream => RunKind::UdpStream,
-            Self::UdpRr => RunKind::UdpRr,
-            Self::UnixStream => RunKind::UnixStream,
-            Self::UnixRr => RunKind::UnixRr,
-            Self::FsRr => RunKind::FsRr,
-            Self::Http => RunKind::Http,
-            Self::HttpCrr => RunKind::HttpCrr,
-        }
+        self.0.kind
+    }
+
+    /// The kind's rules.
+    pub fn rules(self) -> &'static KindRules {
+        self.0
     }
 
     /// The name users type and reports show.
     pub fn name(self) -> &'static str {
-        self.proto().name()
+        self.0.name
     }
 
-    /// Message size when none is given: iperf3's 128 KiB writes for streams, 1 byte for
-    /// request/response (netperf's default), a datagram that fits any MTU for UDP.
+    /// Message size when none is given.
     pub fn default_size(self) -> u64 {
-        match self {
-            Self::TcpStream | Self::UnixStream => 128 * 1024,
-            Self::UdpStream => 1200,
-            Self::UdpRr => 64,
-            _ => 1,
-        }
+        self.0.default_size
     }
 
     /// Whether it measures transactions (a request and its response).
     pub fn is_request_response(self) -> bool {
-        !matches!(self, Self::TcpStream | Self::UdpStream | Self::UnixStream)
+        self.0.is_request_response()
     }
 
     /// Whether both ends must be the same pod.
     pub fn is_intra_pod(self) -> bool {
-        matches!(self, Self::UnixStream | Self::UnixRr | Self::FsRr)
+        self.0.intra_pod
     }
 }
 

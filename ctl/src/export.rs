@@ -79,7 +79,10 @@ fn figures(source: &str, target: &str, kind: &str, path: &str, headline: &Headli
             "throughput_bytes_per_second",
             headline
                 .bits_per_second
-                .filter(|_| kind.ends_with("-stream"))
+                .filter(|_| {
+                    sonde_proto::kinds::KindRules::by_name(kind)
+                        .is_some_and(|rules| !rules.is_request_response())
+                })
                 .map(|bits| bits / 8.0),
         ),
         figure("messages_per_second", headline.messages_per_second),

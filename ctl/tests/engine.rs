@@ -122,14 +122,14 @@ async fn plans_run_concurrently_on_one_session_with_one_connection_per_daemon() 
     let (a, b) = (daemon("a").await, daemon("b").await);
     let session = Session::new(Duration::from_secs(2));
     let mut rr = plan(
-        RunKindArg::TcpRr,
+        RunKindArg(&sonde_proto::kinds::TCP_RR),
         &a.addr,
         &b.addr,
         Duration::from_millis(400),
     );
     rr.repetitions = 2;
     let stream = plan(
-        RunKindArg::TcpStream,
+        RunKindArg(&sonde_proto::kinds::TCP_STREAM),
         &b.addr,
         &a.addr,
         Duration::from_millis(400),
@@ -172,13 +172,13 @@ async fn a_failed_plan_leaves_the_others_whole() {
     };
     let session = Session::new(Duration::from_millis(500));
     let good = plan(
-        RunKindArg::TcpRr,
+        RunKindArg(&sonde_proto::kinds::TCP_RR),
         &a.addr,
         &b.addr,
         Duration::from_millis(300),
     );
     let bad = plan(
-        RunKindArg::TcpRr,
+        RunKindArg(&sonde_proto::kinds::TCP_RR),
         &a.addr,
         &gone,
         Duration::from_millis(300),
@@ -206,7 +206,7 @@ async fn cancelling_the_session_stops_both_sides_everywhere_and_keeps_what_was_m
     let (a, b) = (daemon("a").await, daemon("b").await);
     let session = Arc::new(Session::new(Duration::from_secs(2)));
     let mut long = plan(
-        RunKindArg::TcpRr,
+        RunKindArg(&sonde_proto::kinds::TCP_RR),
         &a.addr,
         &b.addr,
         Duration::from_millis(300),
@@ -256,7 +256,7 @@ async fn cancelling_the_session_stops_both_sides_everywhere_and_keeps_what_was_m
     // A cancelled session starts nothing.
     let after = session
         .run(&plan(
-            RunKindArg::TcpRr,
+            RunKindArg(&sonde_proto::kinds::TCP_RR),
             &a.addr,
             &b.addr,
             Duration::from_millis(100),
@@ -270,7 +270,7 @@ async fn a_daemon_that_vanishes_mid_run_is_reported_and_the_session_goes_on() {
     let (a, mut b, c) = (daemon("a").await, daemon("b").await, daemon("c").await);
     let session = Session::new(Duration::from_millis(800));
     let to_b = plan(
-        RunKindArg::TcpRr,
+        RunKindArg(&sonde_proto::kinds::TCP_RR),
         &a.addr,
         &b.addr,
         Duration::from_millis(800),
@@ -292,7 +292,7 @@ async fn a_daemon_that_vanishes_mid_run_is_reported_and_the_session_goes_on() {
     );
     // The session still works with the daemons that are left.
     let to_c = plan(
-        RunKindArg::TcpRr,
+        RunKindArg(&sonde_proto::kinds::TCP_RR),
         &a.addr,
         &c.addr,
         Duration::from_millis(200),
@@ -350,13 +350,13 @@ async fn a_measurement_waits_for_nodes_another_session_holds_and_says_for_whom()
     let first = Session::new(Duration::from_secs(2)).for_scenario("first");
     let second = Session::new(Duration::from_secs(2));
     let stream = plan(
-        RunKindArg::TcpStream,
+        RunKindArg(&sonde_proto::kinds::TCP_STREAM),
         &a.addr,
         &b.addr,
         Duration::from_millis(1200),
     );
     let rr = plan(
-        RunKindArg::TcpRr,
+        RunKindArg(&sonde_proto::kinds::TCP_RR),
         &b.addr,
         &a.addr,
         Duration::from_millis(300),
@@ -413,7 +413,7 @@ async fn a_measurement_that_waits_too_long_fails_naming_the_holder() {
         .expect("reserve");
     let report = impatient
         .run(&plan(
-            RunKindArg::TcpCrr,
+            RunKindArg(&sonde_proto::kinds::TCP_CRR),
             &a.addr,
             &b.addr,
             Duration::from_millis(200),
@@ -432,7 +432,7 @@ async fn a_measurement_that_waits_too_long_fails_naming_the_holder() {
     holder.release(&held).await;
     let after = impatient
         .run(&plan(
-            RunKindArg::TcpCrr,
+            RunKindArg(&sonde_proto::kinds::TCP_CRR),
             &a.addr,
             &b.addr,
             Duration::from_millis(200),

@@ -164,9 +164,10 @@ impl FactsSource for Node {
     }
 }
 
-/// Hands memory freed after start-up (BTF parsing peaks at about 40 MB) back to the kernel:
-/// glibc keeps freed heap pages otherwise, and an idle daemon on every node should hold little.
-fn release_freed_memory() {
+/// Hands freed heap memory back to the kernel (after start-up, where BTF parsing peaks at
+/// about 40 MB, and after runs): glibc keeps freed heap pages otherwise, and an idle daemon
+/// on every node should hold little.
+pub(crate) fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap pages to the OS; it touches no live allocation.
     unsafe {

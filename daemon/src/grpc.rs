@@ -345,7 +345,7 @@ impl<S: FactsSource> Agent for AgentService<S> {
         let spec = spec_of(request.spec.as_ref())?;
         let (netns, pod) = self.netns_of(&request.netns)?;
         request.trace = Self::with_interfaces(pod, request.trace.take())?;
-        let target = if spec.kind.is_intra_pod() {
+        let target = if spec.is_intra_pod() {
             let path = std::path::PathBuf::from(&request.target_path);
             if !(generators::local::is_run_path(&path) && path.exists()) {
                 return Err(Status::invalid_argument(format!(
@@ -438,9 +438,11 @@ impl<S: FactsSource> Agent for AgentService<S> {
         if let (Some(start), Some(end)) = (start, conntrack_sample(self.watcher()).await) {
             result.conntrack = Some(conntrack::wire::delta(&start, &end));
         }
-        Ok(Response::new(pb::FinishServerResponse {
+        let response = Response::new(pb::FinishServerResponse {
             result: Some(result),
-        }))
+        });
+        self.runs.release_memory_if_idle();
+        Ok(response)
     }
 
     async fn cancel_run(

@@ -36,8 +36,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         bail!("--rate must be a positive number of requests per second (the flow stays light)");
     }
     let kind = match args.protocol {
-        TraceProtocol::Tcp => RunKindArg::TcpRr,
-        TraceProtocol::Udp => RunKindArg::UdpRr,
+        TraceProtocol::Tcp => RunKindArg(&sonde_proto::kinds::TCP_RR),
+        TraceProtocol::Udp => RunKindArg(&sonde_proto::kinds::UDP_RR),
     };
     let ends = runs::resolve_ends(&args.from, &args.to, &args.placement, &args.lab).await?;
     let mut plan = Plan::between(kind, ends, args.timeout)?;

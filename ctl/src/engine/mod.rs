@@ -39,7 +39,7 @@ impl Session {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or_default(),
-            kind: plan.kind_name.to_owned(),
+            kind: plan.kind.name.to_owned(),
             from: EndReport {
                 endpoint: plan.from.clone(),
                 places: vec![plan.source.clone()],

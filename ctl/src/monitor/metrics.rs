@@ -285,12 +285,13 @@ impl MonitorMetrics {
         if let Some(p99) = headline.p99_ns {
             self.p99.get_or_create(&labels).set(p99 as f64 / 1e9);
         }
-        if record.kind.ends_with("-stream")
+        let rules = sonde_proto::kinds::KindRules::by_name(&record.kind);
+        if rules.is_some_and(|rules| !rules.is_request_response())
             && let Some(bits) = headline.bits_per_second
         {
             self.throughput.get_or_create(&labels).set(bits / 8.0);
         }
-        if record.kind.starts_with("udp")
+        if rules.is_some_and(|rules| rules.transport == sonde_proto::kinds::Transport::Udp)
             && let Some(loss) = udp_loss(record)
         {
             self.loss.get_or_create(&labels).set(loss);

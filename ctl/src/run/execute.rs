@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use sonde_proto::v1 as pb;
+use sonde_proto::{
+    kinds::{KindRules, Pattern, Transport},
+    v1 as pb,
+};
 
 use super::{
     breakdown, clock,
@@ -24,10 +27,8 @@ use crate::{
 /// Everything a run needs, resolved.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// The generator.
-    pub kind: pb::RunKind,
-    /// Its name, as users type it and reports show it.
-    pub kind_name: &'static str,
+    /// The generator: its row of sonde's table of kinds.
+    pub kind: &'static KindRules,
     /// The client end as the user named it (`pod/pod1`), for the report.
     pub from: String,
     /// The server end as the user named it.
@@ -100,8 +101,7 @@ impl Plan {
         }
         let size = kind.default_size();
         Ok(Self {
-            kind: kind.proto(),
-            kind_name: kind.name(),
+            kind: kind.rules(),
             from: ends.from,
             to: ends.to,
             path: ends.path,
@@ -125,16 +125,12 @@ impl Plan {
 
     /// Whether the run's packets are traced: asked for, and a kind that crosses the network.
     fn traced(&self) -> bool {
-        self.trace
-            && matches!(
-                self.transport(),
-                report::Transport::Tcp | report::Transport::Udp
-            )
+        self.trace && self.kind.transport != Transport::Local
     }
 
     fn protocol(&self) -> &'static str {
-        match self.transport() {
-            report::Transport::Udp => "udp",
+        match self.kind.transport {
+            Transport::Udp => "udp",
             _ => "tcp",
         }
     }
@@ -162,7 +158,7 @@ impl Plan {
                 server.uplink.clone().unwrap_or_default()
             },
             uplink_toward: uplink_toward(server, server.agent != self.source.agent, client_ip),
-            sample_one_in: self.trace_sampling(),
+            sample_one_in: self.kind.trace_sampling,
             ways: self.traced_ways() as i32,
         })
     }
@@ -208,7 +204,7 @@ impl Plan {
                 Some(ip) => uplink_toward(&self.source, true, ip),
                 None => String::new(),
             },
-            sample_one_in: self.trace_sampling(),
+            sample_one_in: self.kind.trace_sampling,
             ways: self.traced_ways() as i32,
         })
     }
@@ -223,40 +219,24 @@ impl Plan {
             .flatten()
     }
 
-    /// How thinly the kind's packets are followed: streams send far more packets than
-    /// request/response kinds, and stamping each one would slow them down (measured with
-    /// `cargo xtask bench probes`); every request and response is followed.
-    fn trace_sampling(&self) -> u32 {
-        match self.kind {
-            pb::RunKind::TcpStream => 16,
-            pb::RunKind::UdpStream => 64,
-            _ => 1,
-        }
-    }
-
     /// Which way the followed packets go: a one-way stream's ACKs are never stamped, so the
     /// uplinks need only the classifier its data passes.
     fn traced_ways(&self) -> pb::TracedWays {
-        match (self.kind, self.direction) {
-            (pb::RunKind::TcpStream | pb::RunKind::UdpStream, pb::Direction::ClientToServer) => {
-                pb::TracedWays::ToServer
-            }
-            (pb::RunKind::TcpStream | pb::RunKind::UdpStream, pb::Direction::ServerToClient) => {
-                pb::TracedWays::ToClient
-            }
+        match (self.kind.pattern, self.direction) {
+            (Pattern::Stream, pb::Direction::ClientToServer) => pb::TracedWays::ToServer,
+            (Pattern::Stream, pb::Direction::ServerToClient) => pb::TracedWays::ToClient,
             _ => pb::TracedWays::Both,
         }
     }
 
     /// How the kind and direction shape the figures.
     pub fn shape(&self) -> Shape {
-        match (self.kind, self.direction) {
-            (pb::RunKind::TcpStream, pb::Direction::ServerToClient) => Shape::StreamReverse,
-            (pb::RunKind::TcpStream, pb::Direction::Both) => Shape::StreamBoth,
-            (pb::RunKind::TcpStream, _) => Shape::StreamForward,
-            (pb::RunKind::UdpStream, _) => Shape::Datagrams,
-            (pb::RunKind::UnixStream, _) => Shape::StreamForward,
-            _ => Shape::RequestResponse,
+        match (self.kind.pattern, self.kind.transport, self.direction) {
+            (Pattern::RequestResponse, ..) => Shape::RequestResponse,
+            (Pattern::Stream, Transport::Udp, _) => Shape::Datagrams,
+            (Pattern::Stream, _, pb::Direction::ServerToClient) => Shape::StreamReverse,
+            (Pattern::Stream, _, pb::Direction::Both) => Shape::StreamBoth,
+            (Pattern::Stream, ..) => Shape::StreamForward,
         }
     }
 
@@ -265,22 +245,10 @@ impl Plan {
         let (size, response_size) = self.sizes[size_index];
         report::Sample {
             shape: self.shape(),
-            transport: self.transport(),
+            transport: self.kind.transport,
             size,
             response_size,
             repetition,
-        }
-    }
-
-    fn transport(&self) -> report::Transport {
-        match self.kind {
-            pb::RunKind::TcpStream
-            | pb::RunKind::TcpRr
-            | pb::RunKind::TcpCrr
-            | pb::RunKind::Http
-            | pb::RunKind::HttpCrr => report::Transport::Tcp,
-            pb::RunKind::UdpStream | pb::RunKind::UdpRr => report::Transport::Udp,
-            _ => report::Transport::Local,
         }
     }
 }
@@ -317,7 +285,7 @@ pub async fn measure(
         .chain([plan.source.agent.clone()])
         .collect();
     let lease = plan.warmup + plan.duration + plan.timeout * 4 + Duration::from_secs(30);
-    let purpose = format!("{} {} -> {}", plan.kind_name, plan.from, plan.to);
+    let purpose = format!("{} {} -> {}", plan.kind.name, plan.from, plan.to);
     let reserved = match session.reserve(&agents, plan.class, lease, &purpose).await {
         Ok(reserved) => reserved,
         Err(ReserveError::Cancelled) => return None,
@@ -370,7 +338,7 @@ async fn measure_run(
     let run_id = run_id.to_owned();
     let (size, response_size) = plan.sizes[size_index];
     let spec = pb::RunSpec {
-        kind: plan.kind as i32,
+        kind: plan.kind.kind as i32,
         duration_ms: u64::try_from(plan.duration.as_millis()).unwrap_or(u64::MAX),
         warmup_ms: u64::try_from(plan.warmup.as_millis()).unwrap_or(u64::MAX),
         parallel: plan.parallel,

@@ -393,16 +393,9 @@ pub enum Shape {
     Datagrams,
 }
 
-/// What carries a kind's payload, which decides the facts reported with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// TCP: retransmits and RTT.
-    Tcp,
-    /// UDP: loss, reordering, jitter.
-    Udp,
-    /// Unix sockets and files: neither.
-    Local,
-}
+/// What carries a kind's payload, which decides the facts reported with it (TCP:
+/// retransmits and RTT; UDP: loss, reordering, jitter; local: neither).
+pub use sonde_proto::kinds::Transport;
 
 /// What a measurement was: the shape of its kind, its size, its repetition.
 #[derive(Debug, Clone, Copy)]
@@ -688,13 +681,9 @@ pub fn table(report: &RunReport) -> String {
 }
 
 /// What a kind's kernel breakdown sums up: one transaction's packets for request/response
-/// kinds, one packet's stages for streams.
+/// kinds, one packet's stages for streams (the kind's rule; a packet for a name not known).
 pub fn breakdown_unit(kind: &str) -> &'static str {
-    if kind.ends_with("-rr") || kind.ends_with("-crr") || kind == "http" {
-        "transaction"
-    } else {
-        "packet"
-    }
+    sonde_proto::kinds::KindRules::by_name(kind).map_or("packet", |rules| rules.breakdown_unit())
 }
 
 /// The kernel breakdown of one measurement, under the figures; `per` names what its sum of

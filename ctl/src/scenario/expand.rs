@@ -294,10 +294,7 @@ fn ends(
                 .into(),
         ),
         PathName::Service => {
-            let udp = matches!(
-                test.kind,
-                crate::cli::RunKindArg::UdpRr | crate::cli::RunKindArg::UdpStream
-            );
+            let udp = test.kind.rules().transport == sonde_proto::kinds::Transport::Udp;
             let service = fleet
                 .services
                 .iter()

@@ -33,7 +33,7 @@ fn cell(record: &Record) -> String {
 }
 
 fn is_rr(kind: &str) -> bool {
-    !kind.ends_with("-stream")
+    sonde_proto::kinds::KindRules::by_name(kind).is_none_or(|rules| rules.is_request_response())
 }
 
 /// The number a summary compares: p50 for request/response kinds, throughput for streams.

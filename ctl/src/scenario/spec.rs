@@ -734,13 +734,19 @@ tests:
     #[test]
     fn request_response_kinds_are_normal_and_the_rest_exclusive() {
         for (kind, class) in [
-            (RunKindArg::TcpRr, Class::Normal),
-            (RunKindArg::UdpRr, Class::Normal),
-            (RunKindArg::Http, Class::Normal),
-            (RunKindArg::TcpStream, Class::Exclusive),
-            (RunKindArg::TcpCrr, Class::Exclusive),
-            (RunKindArg::HttpCrr, Class::Exclusive),
-            (RunKindArg::UdpStream, Class::Exclusive),
+            (RunKindArg(&sonde_proto::kinds::TCP_RR), Class::Normal),
+            (RunKindArg(&sonde_proto::kinds::UDP_RR), Class::Normal),
+            (RunKindArg(&sonde_proto::kinds::HTTP), Class::Normal),
+            (
+                RunKindArg(&sonde_proto::kinds::TCP_STREAM),
+                Class::Exclusive,
+            ),
+            (RunKindArg(&sonde_proto::kinds::TCP_CRR), Class::Exclusive),
+            (RunKindArg(&sonde_proto::kinds::HTTP_CRR), Class::Exclusive),
+            (
+                RunKindArg(&sonde_proto::kinds::UDP_STREAM),
+                Class::Exclusive,
+            ),
         ] {
             assert_eq!(Class::of_kind(kind), class, "{}", kind.name());
         }

@@ -60,8 +60,8 @@ pub struct Server {
     run_dir: Option<PathBuf>,
     /// The run's token.
     pub token: Token,
-    /// The run's kind (UDP servers drain in-flight datagrams before stopping).
-    kind: Kind,
+    /// Whether the run's kind is TCP (the others drain in-flight datagrams before stopping).
+    tcp: bool,
     /// Stops the serving threads.
     stop: Stop,
     /// The acceptor (TCP) or receiver (UDP) thread, which returns every worker's result.
@@ -92,7 +92,7 @@ impl Server {
             Some(path) => crate::netns::run_in(path, work)?.map_err(bind_error),
             None => work().map_err(bind_error),
         };
-        let run_dir = if spec.kind.is_intra_pod() {
+        let run_dir = if spec.is_intra_pod() {
             Some(local::run_dir().map_err(|source| crate::Error::Bind {
                 addr: local::RUN_ROOT.to_owned(),
                 source,
@@ -100,23 +100,22 @@ impl Server {
         } else {
             None
         };
-        let bound =
-            match (&run_dir, spec.kind) {
-                (Some(dir), Kind::FsRr) => Bound::Dir(dir.clone()),
-                (Some(dir), _) => {
-                    let socket = dir.join("sock");
-                    Bound::Unix(std::os::unix::net::UnixListener::bind(&socket).map_err(
-                        |source| crate::Error::Bind {
+        let bound = match (&run_dir, spec.kind) {
+            (Some(dir), Kind::FsRr) => Bound::Dir(dir.clone()),
+            (Some(dir), _) => {
+                let socket = dir.join("sock");
+                Bound::Unix(
+                    std::os::unix::net::UnixListener::bind(&socket).map_err(|source| {
+                        crate::Error::Bind {
                             addr: socket.display().to_string(),
                             source,
-                        },
-                    )?)
-                }
-                (None, _) if spec.kind.is_tcp() => {
-                    in_netns(&|| TcpListener::bind(bind).map(Bound::Tcp))?
-                }
-                (None, _) => in_netns(&|| UdpSocket::bind(bind).map(Bound::Udp))?,
-            };
+                        }
+                    })?,
+                )
+            }
+            (None, _) if spec.is_tcp() => in_netns(&|| TcpListener::bind(bind).map(Bound::Tcp))?,
+            (None, _) => in_netns(&|| UdpSocket::bind(bind).map(Bound::Udp))?,
+        };
         let (port, path, local_ip) = match &bound {
             Bound::Tcp(_) | Bound::Udp(_) => {
                 let local = bound.local_addr().map_err(bind_error)?;
@@ -133,9 +132,7 @@ impl Server {
             let spec = spec.clone();
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || match bound {
-                Bound::Tcp(listener) if spec.kind.is_http() => {
-                    http::serve(listener, spec, token, stop)
-                }
+                Bound::Tcp(listener) if spec.is_http() => http::serve(listener, spec, token, stop),
                 Bound::Tcp(listener) => tcp::serve(listener, spec, token, stop),
                 Bound::Udp(socket) => udp::serve(socket, spec, token, stop),
                 Bound::Unix(listener) => local::serve_unix(listener, spec, token, stop),
@@ -147,7 +144,7 @@ impl Server {
             path,
             run_dir,
             token,
-            kind: spec.kind,
+            tcp: spec.is_tcp(),
             stop,
             thread,
             node_cpu_before: measure::node_cpu_jiffies(),
@@ -157,7 +154,7 @@ impl Server {
 
     /// Stops serving and returns what the server side measured (blocks until its threads end).
     pub fn finish(self) -> SideResult {
-        if !self.kind.is_tcp() {
+        if !self.tcp {
             // Datagrams still in flight when the client finished belong to the run.
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -237,11 +234,11 @@ pub fn run_client(
 ) -> SideResult {
     let before = measure::node_cpu_jiffies();
     let (results, local_ip) = match target {
-        Target::Addr(addr) if spec.kind.is_http() => (
+        Target::Addr(addr) if spec.is_http() => (
             http::client(spec, netns, *addr, token, stop, counters),
             local_ip_for(netns, *addr),
         ),
-        Target::Addr(addr) if spec.kind.is_tcp() => (
+        Target::Addr(addr) if spec.is_tcp() => (
             tcp::client(spec, netns, *addr, token, stop, counters),
             local_ip_for(netns, *addr),
         ),

@@ -114,6 +114,15 @@ impl Runs {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// When no run is left on this node, hands the heap pages the last ones freed back to
+    /// the kernel (a traced run's events and results take megabytes that glibc would
+    /// otherwise keep): a daemon between runs holds what an idle one does.
+    pub fn release_memory_if_idle(&self) {
+        if self.servers().is_empty() && self.clients().is_empty() {
+            crate::facts::release_freed_memory();
+        }
+    }
+
     /// Prepares a server side (blocking: binds in a namespace); `trace` starts its kernel
     /// tracing, given the port the server got.
     #[allow(clippy::too_many_arguments)]
@@ -293,6 +302,7 @@ impl Drop for ClientGuard {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.runs.clients().remove(&self.run_id);
+        self.runs.release_memory_if_idle();
     }
 }
 

@@ -7,14 +7,11 @@ use std::time::Duration;
 
 use sonde_proto::v1 as pb;
 
-/// Largest TCP message (request, response, write): 16 MiB, the top of a payload sweep.
-pub const MAX_TCP_MESSAGE: u64 = 16 << 20;
-/// Largest UDP payload over IPv4.
-pub const MAX_UDP_PAYLOAD: u64 = 65_507;
-/// Smallest UDP stream datagram: the sequence and timestamp header must fit.
-pub const MIN_UDP_STREAM_PAYLOAD: u64 = 32;
-/// Smallest UDP RR request or response: the sequence header must fit.
-pub const MIN_UDP_RR_PAYLOAD: u64 = 16;
+use sonde_proto::kinds::{KindRules, Transport};
+pub use sonde_proto::kinds::{
+    MAX_TCP_MESSAGE, MAX_UDP_PAYLOAD, MIN_UDP_RR_PAYLOAD, MIN_UDP_STREAM_PAYLOAD,
+};
+
 /// Longest measured part: one hour.
 pub const MAX_DURATION_MS: u64 = 3_600_000;
 /// Longest warm-up: ten minutes.
@@ -24,51 +21,8 @@ pub const MAX_PARALLEL: u32 = 256;
 /// Highest target rate, messages per second.
 pub const MAX_RATE: f64 = 10_000_000.0;
 
-/// What a generator does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Bulk TCP throughput.
-    TcpStream,
-    /// TCP request/response on persistent connections.
-    TcpRr,
-    /// A new TCP connection per request/response.
-    TcpCrr,
-    /// UDP datagrams with sequence numbers: loss, reordering, jitter.
-    UdpStream,
-    /// UDP request/response with timeouts.
-    UdpRr,
-    /// Intra-pod: bulk transfer over a Unix socket.
-    UnixStream,
-    /// Intra-pod: request/response over a Unix socket.
-    UnixRr,
-    /// Intra-pod: request/response through files in a shared directory.
-    FsRr,
-    /// HTTP/1.1 on keep-alive connections.
-    Http,
-    /// HTTP/1.1, a new connection per request.
-    HttpCrr,
-}
-
-impl Kind {
-    /// Whether the kind speaks TCP.
-    pub fn is_tcp(self) -> bool {
-        matches!(
-            self,
-            Self::TcpStream | Self::TcpRr | Self::TcpCrr | Self::Http | Self::HttpCrr
-        )
-    }
-
-    /// Whether the kind speaks HTTP.
-    pub fn is_http(self) -> bool {
-        matches!(self, Self::Http | Self::HttpCrr)
-    }
-
-    /// Whether both sides live on one node with no network between them (a path, not an
-    /// address, joins them).
-    pub fn is_intra_pod(self) -> bool {
-        matches!(self, Self::UnixStream | Self::UnixRr | Self::FsRr)
-    }
-}
+/// What a generator does: a kind of sonde.v1, whose rules are [`RunSpec::rules`].
+pub use sonde_proto::v1::RunKind as Kind;
 
 /// Which way a stream run's data flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +40,8 @@ pub enum Direction {
 pub struct RunSpec {
     /// The generator.
     pub kind: Kind,
+    /// Its kind's rules (transport, sizes, ...), from sonde's one table of kinds.
+    pub rules: &'static KindRules,
     /// The measured part.
     pub duration: Duration,
     /// The discarded part before it.
@@ -125,21 +81,11 @@ impl TryFrom<&pb::RunSpec> for RunSpec {
     type Error = InvalidSpec;
 
     fn try_from(spec: &pb::RunSpec) -> Result<Self, Self::Error> {
-        let kind = match pb::RunKind::try_from(spec.kind) {
-            Ok(pb::RunKind::TcpStream) => Kind::TcpStream,
-            Ok(pb::RunKind::TcpRr) => Kind::TcpRr,
-            Ok(pb::RunKind::TcpCrr) => Kind::TcpCrr,
-            Ok(pb::RunKind::UdpStream) => Kind::UdpStream,
-            Ok(pb::RunKind::UdpRr) => Kind::UdpRr,
-            Ok(pb::RunKind::UnixStream) => Kind::UnixStream,
-            Ok(pb::RunKind::UnixRr) => Kind::UnixRr,
-            Ok(pb::RunKind::FsRr) => Kind::FsRr,
-            Ok(pb::RunKind::Http) => Kind::Http,
-            Ok(pb::RunKind::HttpCrr) => Kind::HttpCrr,
-            Ok(pb::RunKind::Unspecified) | Err(_) => {
-                return Err(invalid("spec.kind", "must be one of the RunKind values"));
-            }
-        };
+        let rules = pb::RunKind::try_from(spec.kind)
+            .ok()
+            .and_then(pb::RunKind::rules)
+            .ok_or_else(|| invalid("spec.kind", "must be one of the RunKind values"))?;
+        let kind = rules.kind;
         if !(1..=MAX_DURATION_MS).contains(&spec.duration_ms) {
             return Err(invalid(
                 "spec.duration_ms",
@@ -161,41 +107,23 @@ impl TryFrom<&pb::RunSpec> for RunSpec {
                 format!("must be from 1 to {MAX_PARALLEL} (got {})", spec.parallel),
             ));
         }
-        let (min_request, max_message) = match kind {
-            Kind::UdpStream => (MIN_UDP_STREAM_PAYLOAD, MAX_UDP_PAYLOAD),
-            Kind::UdpRr => (MIN_UDP_RR_PAYLOAD, MAX_UDP_PAYLOAD),
-            _ => (1, MAX_TCP_MESSAGE),
-        };
-        if !(min_request..=max_message).contains(&spec.request_size) {
+        let (min_request, max_request) = rules.request_size;
+        if !(min_request..=max_request).contains(&spec.request_size) {
             return Err(invalid(
                 "spec.request_size",
                 format!(
-                    "must be from {min_request} to {max_message} bytes for this kind (got {})",
+                    "must be from {min_request} to {max_request} bytes for this kind (got {})",
                     spec.request_size
                 ),
             ));
         }
-        let rr = matches!(
-            kind,
-            Kind::TcpRr
-                | Kind::TcpCrr
-                | Kind::UdpRr
-                | Kind::UnixRr
-                | Kind::FsRr
-                | Kind::Http
-                | Kind::HttpCrr
-        );
-        if rr {
-            let min_response = if kind == Kind::UdpRr {
-                MIN_UDP_RR_PAYLOAD
-            } else {
-                1
-            };
-            if !(min_response..=max_message).contains(&spec.response_size) {
+        if rules.is_request_response() {
+            let (min_response, max_response) = rules.response_size;
+            if !(min_response..=max_response).contains(&spec.response_size) {
                 return Err(invalid(
                     "spec.response_size",
                     format!(
-                        "must be from {min_response} to {max_message} bytes for this kind (got {})",
+                        "must be from {min_response} to {max_response} bytes for this kind (got {})",
                         spec.response_size
                     ),
                 ));
@@ -221,15 +149,16 @@ impl TryFrom<&pb::RunSpec> for RunSpec {
                 ));
             }
         };
-        if direction != Direction::Forward && kind != Kind::TcpStream {
+        if direction != Direction::Forward && !rules.reversible {
             return Err(invalid(
                 "spec.direction",
-                "only tcp-stream runs can be reversed or bidirectional",
+                format!("{} runs cannot be reversed or bidirectional", rules.name),
             ));
         }
         let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
         Ok(Self {
             kind,
+            rules,
             duration: Duration::from_millis(spec.duration_ms),
             warmup: Duration::from_millis(spec.warmup_ms),
             parallel: spec.parallel,
@@ -243,6 +172,22 @@ impl TryFrom<&pb::RunSpec> for RunSpec {
 }
 
 impl RunSpec {
+    /// Whether the kind speaks TCP.
+    pub fn is_tcp(&self) -> bool {
+        self.rules.transport == Transport::Tcp
+    }
+
+    /// Whether the kind speaks HTTP.
+    pub fn is_http(&self) -> bool {
+        self.rules.http
+    }
+
+    /// Whether both sides live on one node with no network between them (a path, not an
+    /// address, joins them).
+    pub fn is_intra_pod(&self) -> bool {
+        self.rules.intra_pod
+    }
+
     /// Warm-up plus measured part.
     pub fn total(&self) -> Duration {
         self.warmup + self.duration

@@ -1,9 +1,9 @@
-//! `cargo xtask bench scenario`: a mesh of 8 lab nodes (56 ordered pairs of 1 s `tcp-rr`),
-//! run one measurement at a time (`--serial`, as fleet tools without a scheduler do) and in
-//! tournament rounds, interleaved; prints each wall time, their ratio, and the median latency
-//! of each way, so that what the speed costs in distortion is in the same table. Then the
-//! monitor's own cost: its peak RSS and CPU over two rounds of the 8 nodes (K = 2), and the
-//! daemons' CPU and RSS at rest before and after.
+//! `cargo xtask bench scenario`: on a lab of 12 nodes, a mesh of 8 of them (56 ordered pairs
+//! of 1 s `tcp-rr`), run one measurement at a time (`--serial`, as fleet tools without a
+//! scheduler do) and in tournament rounds, interleaved; prints each wall time, their ratio,
+//! and the median latency of each way, so that what the speed costs in distortion is in the
+//! same table. Then the monitor's own cost: its peak RSS and CPU over two rounds of all 12
+//! nodes (K = 2), and the daemons' CPU and RSS at rest before and after.
 
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ const LAB: &str = "benchsc";
 const RUNS: usize = 2;
 
 const SCENARIO: &str = "name: bench-mesh
-nodes: all
+nodes: {count: 8}
 topology: mesh
 placement: [cross-node]
 paths: [pod-ip]
@@ -28,6 +28,21 @@ tests:
     warmup: 0s
     trace: false
 ";
+
+/// What the monitor measures: every node of the lab, rr with its kernel breakdown.
+const MONITORED: &str = "name: bench-monitor
+nodes: all
+topology: mesh
+placement: [cross-node]
+paths: [pod-ip]
+tests:
+  - kind: tcp-rr
+    duration: 1s
+    warmup: 0s
+";
+
+/// Nodes of the lab (the mesh takes 8 of them, the monitor all).
+const NODES: usize = 12;
 
 /// One run of the scenario: (wall seconds, median of the measurements' p50 in µs, count).
 fn once(sondectl: &str, file: &str, serial: bool) -> anyhow::Result<(f64, f64, usize)> {
@@ -64,7 +79,7 @@ pub fn run(sondectl: &str) -> anyhow::Result<()> {
     let _ = std::process::Command::new(sondectl)
         .args(["lab", "down", "--name", LAB])
         .output();
-    step("lab: 8 nodes in 2 zones, a pod each");
+    step(&format!("lab: {NODES} nodes in 2 zones, a pod each"));
     shell::run(
         sondectl,
         &[
@@ -73,7 +88,7 @@ pub fn run(sondectl: &str) -> anyhow::Result<()> {
             "--name",
             LAB,
             "--nodes",
-            "8",
+            &NODES.to_string(),
             "--zones",
             "2",
             "--pods-per-node",
@@ -110,7 +125,9 @@ pub fn run(sondectl: &str) -> anyhow::Result<()> {
              {:.2}x faster (the tournament bound is 14 rounds for 56 pairs: 4x)",
             serial_wall / rounds_wall
         );
-        monitor_cost(sondectl, &file)
+        let monitored = std::env::temp_dir().join("sonde-bench-monitor.yaml");
+        std::fs::write(&monitored, MONITORED)?;
+        monitor_cost(sondectl, &monitored.to_string_lossy())
     })();
     step("remove the lab");
     let _ = shell::run(sondectl, &["lab", "down", "--name", LAB]);
@@ -156,7 +173,9 @@ fn daemons_at_rest(pids: &[u32], window: std::time::Duration) -> (f64, Vec<f64>)
 
 /// The monitor's own cost over two rounds, and the daemons' at rest around it.
 fn monitor_cost(sondectl: &str, file: &str) -> anyhow::Result<()> {
-    step("the monitor's cost: two rounds of 8 nodes, K = 2, 20 s each");
+    step(&format!(
+        "the monitor's cost: two rounds of {NODES} nodes, K = 2, 20 s each"
+    ));
     let pids = super::daemon_pids_of(LAB)?;
     let window = std::time::Duration::from_secs(10);
     let (idle_before, rss_before) = daemons_at_rest(&pids, window);
@@ -190,7 +209,8 @@ fn monitor_cost(sondectl: &str, file: &str) -> anyhow::Result<()> {
     let (idle_after, rss_after) = daemons_at_rest(&pids, window);
     let mean = |values: &[f64]| values.iter().sum::<f64>() / values.len().max(1) as f64;
     println!(
-        "\nmonitor, 2 rounds of 16 measurements over {wall:.0} s: peak RSS {:.1} MiB, CPU {cpu:.2} s ({:.2}% of a core)",
+        "\nmonitor, 2 rounds of {} traced measurements over {wall:.0} s: peak RSS {:.1} MiB, CPU {cpu:.2} s ({:.2}% of a core)",
+        NODES * 2,
         peak_kib as f64 / 1024.0,
         cpu / wall * 100.0
     );

@@ -201,7 +201,7 @@ pub async fn run(args: ConntrackRampArgs) -> anyhow::Result<()> {
 /// The plan every step shares (its rate set per step): 1-byte tcp-crr for `--step`, no
 /// warm-up, traced only with `--trace`.
 fn step_plan(args: &ConntrackRampArgs, ends: Ends) -> anyhow::Result<Plan> {
-    let mut plan = Plan::between(RunKindArg::TcpCrr, ends, args.timeout)?;
+    let mut plan = Plan::between(RunKindArg(&sonde_proto::kinds::TCP_CRR), ends, args.timeout)?;
     plan.duration = args.step;
     plan.warmup = Duration::ZERO;
     plan.parallel = args.parallel;
