@@ -112,6 +112,35 @@ fn pods_reach_each_other_on_one_node_and_across_nodes_through_both_uplinks() {
     assert_eq!(nodes, ["node1", "node2"]);
     let status = sondectl(&["lab", "status", "--name", &lab.name]);
     assert!(stdout_of(&status).contains("ready"));
+    // As JSON, what the table shows: each node, its daemon, its pods by name and IP.
+    let status = sondectl(&["lab", "status", "--name", &lab.name, "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&stdout_of(&status)).expect("JSON");
+    let nodes = status["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), lab.inventory.nodes.len());
+    for node in nodes {
+        assert_eq!(node["daemon"], "ready", "{node}");
+        let name = node["name"].as_str().expect("name");
+        let pods: Vec<(String, String)> = node["pods"]
+            .as_array()
+            .expect("pods")
+            .iter()
+            .map(|pod| {
+                (
+                    pod["name"].as_str().expect("pod name").to_owned(),
+                    pod["ip"].as_str().expect("pod IP").to_owned(),
+                )
+            })
+            .collect();
+        let expected: Vec<(String, String)> = lab
+            .inventory
+            .pods
+            .iter()
+            .filter(|pod| pod.node == name)
+            .map(|pod| (pod.name.clone(), pod.ip.to_string()))
+            .collect();
+        assert!(!pods.is_empty(), "{node}");
+        assert_eq!(pods, expected);
+    }
 }
 
 #[test]

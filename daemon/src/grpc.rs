@@ -2,7 +2,6 @@
 //! turns its results and errors into messages and status codes.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -31,6 +30,7 @@ use crate::{
     reservations::{self, Reservations},
     runs::{
         RunError, Runs, netns_path,
+        pending::Pending,
         policy::TargetPolicy,
         spec::{self, InvalidSpec, RunSpec},
     },
@@ -54,7 +54,7 @@ pub struct AgentService<S> {
     /// This node's conntrack table, or why it cannot be read.
     conntrack: Result<Arc<Watcher>, String>,
     /// The table when each prepared server side started, for its result's delta.
-    conntrack_at_prepare: Arc<Mutex<HashMap<String, conntrack::Sample>>>,
+    conntrack_at_prepare: Arc<Mutex<Pending<conntrack::Sample>>>,
     /// Who holds this node, so that measurements never collide on it.
     reservations: Arc<Reservations>,
 }
@@ -68,7 +68,7 @@ impl<S: FactsSource> AgentService<S> {
             policy: Arc::new(policy),
             tracer: None,
             conntrack: Err("not watched by this daemon".to_owned()),
-            conntrack_at_prepare: Arc::default(),
+            conntrack_at_prepare: Arc::new(Mutex::new(Pending::new(MAX_PENDING_SAMPLES))),
             reservations: Arc::default(),
         }
     }
@@ -322,10 +322,8 @@ impl<S: FactsSource> Agent for AgentService<S> {
                 .conntrack_at_prepare
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Sides whose lease ran out are never finished: forget the oldest past a bound.
-            if starts.len() >= MAX_PENDING_SAMPLES {
-                starts.clear();
-            }
+            // Sides whose lease ran out are never finished: the oldest are forgotten past a
+            // bound, one at a time.
             starts.insert(run_id, start);
         }
         Ok(Response::new(pb::PrepareServerResponse {
@@ -416,7 +414,7 @@ impl<S: FactsSource> Agent for AgentService<S> {
             .conntrack_at_prepare
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&run_id);
+            .take(&run_id);
         let (result, trace) = tokio::task::spawn_blocking(move || {
             let (servers, traces): (Vec<_>, Vec<_>) = servers.into_iter().unzip();
             let result =
@@ -453,7 +451,7 @@ impl<S: FactsSource> Agent for AgentService<S> {
         self.conntrack_at_prepare
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&run_id);
+            .take(&run_id);
         let found = self.runs.cancel(&run_id);
         Ok(Response::new(pb::CancelRunResponse { found }))
     }

@@ -140,6 +140,7 @@ async fn status(args: &LabName) -> anyhow::Result<()> {
         .collect();
     let mut table = output::table(&["NODE", "AGENT", "DAEMON", "PODS"]);
     let mut down = Vec::new();
+    let mut nodes = Vec::new();
     for node in &inventory.nodes {
         let answer = match node.agent.parse() {
             Ok(addr) => match agent::connect(&addr, Duration::from_secs(2)).await {
@@ -165,6 +166,24 @@ async fn status(args: &LabName) -> anyhow::Result<()> {
             .filter(|pod| pod.node == node.name)
             .map(|pod| pod.name.as_str())
             .collect();
+        nodes.push(serde_json::json!({
+            "name": node.name,
+            "ip": node.ip,
+            "zone": node.zone,
+            "agent": node.agent,
+            "metrics": node.metrics,
+            "daemon": daemon,
+            "pods": inventory
+                .pods
+                .iter()
+                .filter(|pod| pod.node == node.name)
+                .map(|pod| serde_json::json!({
+                    "name": pod.name,
+                    "ip": pod.ip,
+                    "host_veth": pod.host_veth,
+                }))
+                .collect::<Vec<_>>(),
+        }));
         table.add_row([
             node.name.clone(),
             node.agent.clone(),
@@ -177,6 +196,19 @@ async fn status(args: &LabName) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "lab": inventory.name,
+                "nodes": nodes,
+                "services": inventory
+                    .services
+                    .iter()
+                    .map(|service| serde_json::json!({
+                        "name": service.name,
+                        "cluster_ip": service.cluster_ip,
+                        "protocol": service.protocol,
+                        "port": service.port,
+                        "target_port": service.target_port,
+                        "endpoints": service.endpoints,
+                    }))
+                    .collect::<Vec<_>>(),
                 "missing_namespaces": missing,
                 "daemons_down": down,
             })

@@ -28,6 +28,10 @@ use nix::{
 };
 
 use super::{
+    Target,
+    generator::{Generator, Listen, Listener, mismatch},
+};
+use super::{
     flows::run_flows,
     io::Pacer,
     measure::{Counters, POLL, Stop, ThreadResult, Window, join_all},
@@ -55,6 +59,82 @@ pub fn run_dir() -> io::Result<PathBuf> {
 /// Whether `path` is inside [`RUN_ROOT`] (a client may only be pointed at sonde's own).
 pub fn is_run_path(path: &Path) -> bool {
     path.starts_with(RUN_ROOT) && !path.components().any(|c| c.as_os_str() == "..")
+}
+
+/// `unix-stream` and `unix-rr`: a Unix socket inside one pod.
+#[derive(Debug)]
+pub struct UnixSocket;
+
+impl Generator for UnixSocket {
+    fn listen(&self) -> Listen {
+        Listen::UnixSocket
+    }
+
+    fn serve(
+        &self,
+        listener: Listener,
+        spec: RunSpec,
+        token: Token,
+        stop: Stop,
+    ) -> Vec<ThreadResult> {
+        match listener {
+            Listener::UnixSocket(bound) => serve_unix(bound, spec, token, stop),
+            _ => mismatch("a listener it does not serve on"),
+        }
+    }
+
+    fn client(
+        &self,
+        spec: &RunSpec,
+        _netns: Option<&Path>,
+        target: &Target,
+        token: Token,
+        stop: &Stop,
+        counters: &Arc<Counters>,
+    ) -> Vec<ThreadResult> {
+        match target {
+            Target::Path(path) => client_unix(spec, path, token, stop, counters),
+            Target::Addr(_) => mismatch("an address, not a path"),
+        }
+    }
+}
+
+/// `fs-rr`: files in a shared directory, watched with inotify.
+#[derive(Debug)]
+pub struct Files;
+
+impl Generator for Files {
+    fn listen(&self) -> Listen {
+        Listen::Directory
+    }
+
+    fn serve(
+        &self,
+        listener: Listener,
+        spec: RunSpec,
+        _token: Token,
+        stop: Stop,
+    ) -> Vec<ThreadResult> {
+        match listener {
+            Listener::Directory(bound) => serve_fs(bound, spec, stop),
+            _ => mismatch("a listener it does not serve on"),
+        }
+    }
+
+    fn client(
+        &self,
+        spec: &RunSpec,
+        _netns: Option<&Path>,
+        target: &Target,
+        _token: Token,
+        stop: &Stop,
+        counters: &Arc<Counters>,
+    ) -> Vec<ThreadResult> {
+        match target {
+            Target::Path(path) => client_fs(spec, path, stop, counters),
+            Target::Addr(_) => mismatch("an address, not a path"),
+        }
+    }
 }
 
 /// Serves a Unix socket: one thread per connection (intra-pod runs are small).

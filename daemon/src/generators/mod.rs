@@ -5,6 +5,7 @@
 //! starts them, samples their progress and collects their results.
 //!
 //! # Layout
+//! - [`generator`]: the interface every generator implements, and which one a kind uses.
 //! - [`stream`]: `tcp-stream`, connections multiplexed over one thread per core.
 //! - [`tcp`]: `tcp-rr`, `tcp-crr`.
 //! - [`http`]: `http`, `http-crr` (hyper, HTTP/1.1).
@@ -17,6 +18,7 @@
 //! - [`zerocopy`]: `sendfile`/`splice` for stream payload.
 
 pub mod flows;
+pub mod generator;
 pub mod http;
 pub mod io;
 pub mod local;
@@ -38,7 +40,8 @@ use std::{
 use measure::{Counters, SideResult, Stop, ThreadResult, merge};
 use wire::Token;
 
-use crate::runs::spec::{Kind, RunSpec};
+use crate::runs::spec::RunSpec;
+use generator::{Listen, Listener};
 
 /// Where a client side sends: an address (network kinds) or a path (intra-pod kinds).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,11 +91,13 @@ impl Server {
             addr: bind.to_string(),
             source,
         };
-        let in_netns = |work: &(dyn Fn() -> std::io::Result<Bound> + Sync)| match netns {
+        let in_netns = |work: &(dyn Fn() -> std::io::Result<Listener> + Sync)| match netns {
             Some(path) => crate::netns::run_in(path, work)?.map_err(bind_error),
             None => work().map_err(bind_error),
         };
-        let run_dir = if spec.is_intra_pod() {
+        let generator = generator::of(spec.kind);
+        let listen = generator.listen();
+        let run_dir = if matches!(listen, Listen::UnixSocket | Listen::Directory) {
             Some(local::run_dir().map_err(|source| crate::Error::Bind {
                 addr: local::RUN_ROOT.to_owned(),
                 source,
@@ -100,44 +105,36 @@ impl Server {
         } else {
             None
         };
-        let bound = match (&run_dir, spec.kind) {
-            (Some(dir), Kind::FsRr) => Bound::Dir(dir.clone()),
+        let bound = match (&run_dir, listen) {
+            (Some(dir), Listen::Directory) => Listener::Directory(dir.clone()),
             (Some(dir), _) => {
                 let socket = dir.join("sock");
-                Bound::Unix(
-                    std::os::unix::net::UnixListener::bind(&socket).map_err(|source| {
-                        crate::Error::Bind {
-                            addr: socket.display().to_string(),
-                            source,
-                        }
-                    })?,
-                )
+                Listener::UnixSocket(std::os::unix::net::UnixListener::bind(&socket).map_err(
+                    |source| crate::Error::Bind {
+                        addr: socket.display().to_string(),
+                        source,
+                    },
+                )?)
             }
-            (None, _) if spec.is_tcp() => in_netns(&|| TcpListener::bind(bind).map(Bound::Tcp))?,
-            (None, _) => in_netns(&|| UdpSocket::bind(bind).map(Bound::Udp))?,
+            (None, Listen::Tcp) => in_netns(&|| TcpListener::bind(bind).map(Listener::Tcp))?,
+            (None, _) => in_netns(&|| UdpSocket::bind(bind).map(Listener::Udp))?,
         };
         let (port, path, local_ip) = match &bound {
-            Bound::Tcp(_) | Bound::Udp(_) => {
-                let local = bound.local_addr().map_err(bind_error)?;
+            Listener::Tcp(_) | Listener::Udp(_) => {
+                let local = local_addr(&bound).map_err(bind_error)?;
                 (local.port(), None, local.ip().to_string())
             }
-            Bound::Unix(_) => (
+            Listener::UnixSocket(_) => (
                 0,
                 run_dir.as_ref().map(|dir| dir.join("sock")),
                 String::new(),
             ),
-            Bound::Dir(dir) => (0, Some(dir.clone()), String::new()),
+            Listener::Directory(dir) => (0, Some(dir.clone()), String::new()),
         };
         let thread = {
             let spec = spec.clone();
             let stop = Arc::clone(&stop);
-            std::thread::spawn(move || match bound {
-                Bound::Tcp(listener) if spec.is_http() => http::serve(listener, spec, token, stop),
-                Bound::Tcp(listener) => tcp::serve(listener, spec, token, stop),
-                Bound::Udp(socket) => udp::serve(socket, spec, token, stop),
-                Bound::Unix(listener) => local::serve_unix(listener, spec, token, stop),
-                Bound::Dir(dir) => local::serve_fs(dir, spec, stop),
-            })
+            std::thread::spawn(move || generator.serve(bound, spec, token, stop))
         };
         Ok(Self {
             port,
@@ -205,20 +202,12 @@ pub fn merge_sides(sides: impl IntoIterator<Item = SideResult>) -> SideResult {
     }
 }
 
-enum Bound {
-    Tcp(TcpListener),
-    Udp(UdpSocket),
-    Unix(std::os::unix::net::UnixListener),
-    Dir(PathBuf),
-}
-
-impl Bound {
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        match self {
-            Self::Tcp(listener) => listener.local_addr(),
-            Self::Udp(socket) => socket.local_addr(),
-            Self::Unix(_) | Self::Dir(_) => Ok(SocketAddr::from(([0, 0, 0, 0], 0))),
-        }
+/// Where a network listener is bound.
+fn local_addr(listener: &Listener) -> std::io::Result<SocketAddr> {
+    match listener {
+        Listener::Tcp(listener) => listener.local_addr(),
+        Listener::Udp(socket) => socket.local_addr(),
+        Listener::UnixSocket(_) | Listener::Directory(_) => Ok(SocketAddr::from(([0, 0, 0, 0], 0))),
     }
 }
 
@@ -233,26 +222,10 @@ pub fn run_client(
     counters: &Arc<Counters>,
 ) -> SideResult {
     let before = measure::node_cpu_jiffies();
-    let (results, local_ip) = match target {
-        Target::Addr(addr) if spec.is_http() => (
-            http::client(spec, netns, *addr, token, stop, counters),
-            local_ip_for(netns, *addr),
-        ),
-        Target::Addr(addr) if spec.is_tcp() => (
-            tcp::client(spec, netns, *addr, token, stop, counters),
-            local_ip_for(netns, *addr),
-        ),
-        Target::Addr(addr) => (
-            udp::client(spec, netns, *addr, token, stop, counters),
-            local_ip_for(netns, *addr),
-        ),
-        Target::Path(dir) if spec.kind == Kind::FsRr => {
-            (local::client_fs(spec, dir, stop, counters), String::new())
-        }
-        Target::Path(socket) => (
-            local::client_unix(spec, socket, token, stop, counters),
-            String::new(),
-        ),
+    let results = generator::of(spec.kind).client(spec, netns, target, token, stop, counters);
+    let local_ip = match target {
+        Target::Addr(addr) => local_ip_for(netns, *addr),
+        Target::Path(_) => String::new(),
     };
     SideResult {
         totals: merge(results),

@@ -18,6 +18,10 @@ use std::{
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::{
+    Target,
+    generator::{Generator, Listen, Listener, addr_of, mismatch},
+};
+use super::{
     flows::shared_window,
     io::closed,
     measure::{Counters, POLL, Stop, TcpFacts, ThreadResult, join_all},
@@ -214,6 +218,44 @@ fn pump(
                     break;
                 }
             }
+        }
+    }
+}
+
+/// `tcp-stream`: bulk transfer, connections multiplexed over one thread per core.
+#[derive(Debug)]
+pub struct Stream;
+
+impl Generator for Stream {
+    fn listen(&self) -> Listen {
+        Listen::Tcp
+    }
+
+    fn serve(
+        &self,
+        listener: Listener,
+        spec: RunSpec,
+        token: Token,
+        stop: Stop,
+    ) -> Vec<ThreadResult> {
+        match listener {
+            Listener::Tcp(bound) => serve(bound, spec, token, stop),
+            _ => mismatch("a listener it does not serve on"),
+        }
+    }
+
+    fn client(
+        &self,
+        spec: &RunSpec,
+        netns: Option<&Path>,
+        target: &Target,
+        token: Token,
+        stop: &Stop,
+        counters: &Arc<Counters>,
+    ) -> Vec<ThreadResult> {
+        match addr_of(target) {
+            Some(addr) => client(spec, netns, addr, token, stop, counters),
+            None => mismatch("a path to connect to"),
         }
     }
 }

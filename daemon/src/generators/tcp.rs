@@ -14,6 +14,10 @@ use std::{
 };
 
 use super::{
+    Target,
+    generator::{Generator, Listen, Listener, addr_of, mismatch},
+};
+use super::{
     flows::run_flows,
     io::{Interrupted, Pacer, read_exact, write_all},
     measure::{Counters, POLL, Stop, TcpFacts, ThreadResult, Window, join_all},
@@ -21,15 +25,50 @@ use super::{
 };
 use crate::runs::spec::{Kind, RunSpec};
 
+/// `tcp-rr` and `tcp-crr`.
+#[derive(Debug)]
+pub struct RequestResponse;
+
+impl Generator for RequestResponse {
+    fn listen(&self) -> Listen {
+        Listen::Tcp
+    }
+
+    fn serve(
+        &self,
+        listener: Listener,
+        spec: RunSpec,
+        token: Token,
+        stop: Stop,
+    ) -> Vec<ThreadResult> {
+        match listener {
+            Listener::Tcp(listener) => serve(listener, spec, token, stop),
+            _ => mismatch("a listener that is not TCP"),
+        }
+    }
+
+    fn client(
+        &self,
+        spec: &RunSpec,
+        netns: Option<&std::path::Path>,
+        target: &Target,
+        token: Token,
+        stop: &Stop,
+        counters: &Arc<Counters>,
+    ) -> Vec<ThreadResult> {
+        match addr_of(target) {
+            Some(addr) => client(spec, netns, addr, token, stop, counters),
+            None => mismatch("a path to connect to"),
+        }
+    }
+}
+
 /// How long a client waits for a connection to be set up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves a prepared listener until stopped: an acceptor hands connections to a pool of
 /// workers (as many as the run has connections), which return their results when stopped.
 pub fn serve(listener: TcpListener, spec: RunSpec, token: Token, stop: Stop) -> Vec<ThreadResult> {
-    if spec.kind == Kind::TcpStream {
-        return super::stream::serve(listener, spec, token, stop);
-    }
     let workers = spec.parallel;
     let (tx, rx) = mpsc::channel::<TcpStream>();
     let rx = Arc::new(Mutex::new(rx));
@@ -196,9 +235,6 @@ pub fn client(
     stop: &Stop,
     counters: &Arc<Counters>,
 ) -> Vec<ThreadResult> {
-    if spec.kind == Kind::TcpStream {
-        return super::stream::client(spec, netns, target, token, stop, counters);
-    }
     let crr_kind = spec.kind == Kind::TcpCrr;
     let rate = spec.rate.map(|rate| rate / f64::from(spec.parallel));
     let (owned, stop, counters) = (spec.clone(), Arc::clone(stop), Arc::clone(counters));

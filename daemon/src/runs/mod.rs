@@ -8,7 +8,9 @@
 //! # Layout
 //! - [`spec`]: a run's parameters and their limits.
 //! - [`policy`]: where a daemon may send traffic, and from which namespaces.
+//! - [`pending`]: per-run values kept from prepare to finish, bounded.
 
+pub mod pending;
 pub mod policy;
 pub mod spec;
 

@@ -1,0 +1,100 @@
+//! The interface every generator implements, and the one table that picks a generator for a
+//! kind. A new kind is a module implementing [`Generator`], a row in sonde's table of kinds
+//! (`sonde_proto::kinds`) and an arm in [`of`].
+
+use std::{
+    net::{SocketAddr, TcpListener, UdpSocket},
+    os::unix::net::UnixListener,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use super::{
+    Target, http, local,
+    measure::{Counters, Stop, ThreadResult},
+    stream, tcp, udp,
+    wire::Token,
+};
+use crate::runs::spec::{Kind, RunSpec};
+
+/// What a generator's server side listens on, which [`super::Server::start`] binds (in the
+/// run's network namespace) before the generator takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// A TCP port.
+    Tcp,
+    /// A UDP port.
+    Udp,
+    /// A Unix socket in the run's private directory (intra-pod).
+    UnixSocket,
+    /// The run's private directory itself (intra-pod, files).
+    Directory,
+}
+
+/// A bound server endpoint, as [`Listen`] asked.
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP listener.
+    Tcp(TcpListener),
+    /// A UDP socket.
+    Udp(UdpSocket),
+    /// A Unix socket listener.
+    UnixSocket(UnixListener),
+    /// A shared directory.
+    Directory(PathBuf),
+}
+
+/// A generator: the two sides of its kinds.
+pub trait Generator: Sync {
+    /// What its server side listens on.
+    fn listen(&self) -> Listen;
+
+    /// Serves a run on `listener` until `stop`; returns every serving thread's result.
+    fn serve(
+        &self,
+        listener: Listener,
+        spec: RunSpec,
+        token: Token,
+        stop: Stop,
+    ) -> Vec<ThreadResult>;
+
+    /// Runs a client side from `netns` to `target` for the run's warm-up and duration, or
+    /// until `stop`; returns every flow's result.
+    fn client(
+        &self,
+        spec: &RunSpec,
+        netns: Option<&Path>,
+        target: &Target,
+        token: Token,
+        stop: &Stop,
+        counters: &Arc<Counters>,
+    ) -> Vec<ThreadResult>;
+}
+
+/// The generator of `kind`.
+pub fn of(kind: Kind) -> &'static dyn Generator {
+    match kind {
+        Kind::TcpStream => &stream::Stream,
+        // No run spec has the unspecified kind (validation refuses it).
+        Kind::TcpRr | Kind::TcpCrr | Kind::Unspecified => &tcp::RequestResponse,
+        Kind::UdpStream | Kind::UdpRr => &udp::Datagrams,
+        Kind::UnixStream | Kind::UnixRr => &local::UnixSocket,
+        Kind::FsRr => &local::Files,
+        Kind::Http | Kind::HttpCrr => &http::Http,
+    }
+}
+
+/// The result of a side handed what its generator cannot use (a bug, not an input).
+pub(crate) fn mismatch(what: &str) -> Vec<ThreadResult> {
+    let mut result = ThreadResult::new();
+    result.error(format!("internal: the generator was handed {what}"));
+    vec![result]
+}
+
+/// The address of a network kind's target.
+pub(crate) fn addr_of(target: &Target) -> Option<SocketAddr> {
+    match target {
+        Target::Addr(addr) => Some(*addr),
+        Target::Path(_) => None,
+    }
+}
