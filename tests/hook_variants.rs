@@ -53,6 +53,7 @@ fn drop_test_packets(btf: Option<&aya::Btf>) -> TraceReport {
         uplink_interface: None,
         sample_shift: 0,
         ways: Ways::Both,
+        dns_ids: false,
     };
     let trace = tracer
         .trace(&spec, side::CLIENT, 0)

@@ -153,6 +153,7 @@ fn rr_spec(duration_ms: u64) -> sonde_proto::v1::RunSpec {
         rate: 0.0,
         direction: pb::Direction::ClientToServer as i32,
         plain_io: false,
+        ..pb::RunSpec::default()
     }
 }
 

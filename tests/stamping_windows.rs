@@ -47,6 +47,7 @@ fn trace(tracer: &Arc<Tracer>, server_port: u16, sample_shift: u8) -> RunTrace {
         uplink_interface: None,
         sample_shift,
         ways: Ways::Both,
+        dns_ids: false,
     };
     tracer
         .trace(&spec, side::CLIENT, 0)

@@ -12,6 +12,12 @@ pub const FLOWS: &str = "SONDE_FLOWS";
 /// foreign packets (and a sampled stream's packets outside the sample) leave after an array
 /// read.
 pub const SERVER_PORTS: &str = "SONDE_PORTS";
+/// A [`SERVER_PORTS`] entry's bit saying that the port's UDP flows carry DNS messages (a `dns`
+/// run): a datagram's packet id is its DNS message ID, not sonde's UDP header's sequence.
+pub const PORT_DNS_IDS: u8 = 0x80;
+/// The bits of a [`SERVER_PORTS`] entry below [`PORT_DNS_IDS`]: 0 for no traced flow, else the
+/// densest sample shift of the port's flows plus one.
+pub const PORT_SHIFT_MASK: u8 = 0x7f;
 /// Ring buffer of `Event`s.
 pub const EVENTS: &str = "SONDE_EVENTS";
 /// Per-CPU array of `u64` counters of the stage programs (index `stages::LOST_EVENTS`: events

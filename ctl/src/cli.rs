@@ -633,6 +633,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub plain_io: bool,
 
+    /// dns: the name to ask (default: the run's own name, which sonde's responder answers;
+    /// required with --to dns/ADDRESS).
+    #[arg(long)]
+    pub dns_name: Option<String>,
+
+    /// dns: the record types to ask, in turn (A, AAAA, SRV; repeated or comma-separated).
+    #[arg(long = "dns-type", value_delimiter = ',', default_value = "A")]
+    pub dns_types: Vec<String>,
+
     /// Do not trace the run's packets in the kernel (no per-stage breakdown).
     #[arg(long)]
     pub no_trace: bool,

@@ -8,7 +8,11 @@
 //! - `HOST:PORT` or `unix:PATH`: a daemon's address, its own namespace (HOST must be an IP
 //!   address for `--to`, as traffic goes there).
 
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
@@ -26,6 +30,8 @@ pub enum EndpointRef {
     Service(String),
     /// A daemon's address.
     Agent(AgentAddr),
+    /// `dns/ADDRESS[:PORT]`: a DNS server that is not sonde's (`dns` runs only).
+    Dns(SocketAddr),
 }
 
 impl FromStr for EndpointRef {
@@ -61,10 +67,19 @@ impl FromStr for EndpointRef {
         if let Some(name) = text.strip_prefix("service/") {
             return named("service", name, true).map(Self::Service);
         }
+        if let Some(address) = text.strip_prefix("dns/") {
+            return address
+                .parse::<SocketAddr>()
+                .or_else(|_| address.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map(Self::Dns)
+                .map_err(|_| {
+                    format!("invalid endpoint {text:?}: dns/ADDRESS or dns/ADDRESS:PORT")
+                });
+        }
         text.parse::<AgentAddr>().map(Self::Agent).map_err(|_| {
             format!(
-                "invalid endpoint {text:?}: expected pod/NAME, node/NAME, service/NAME, HOST:PORT \
-                 or unix:PATH"
+                "invalid endpoint {text:?}: expected pod/NAME, node/NAME, service/NAME, \
+                 dns/ADDRESS, HOST:PORT or unix:PATH"
             )
         })
     }
@@ -77,6 +92,7 @@ impl fmt::Display for EndpointRef {
             Self::Node(name) => write!(f, "node/{name}"),
             Self::Service(name) => write!(f, "service/{name}"),
             Self::Agent(addr) => write!(f, "{addr}"),
+            Self::Dns(addr) => write!(f, "dns/{addr}"),
         }
     }
 }
@@ -121,6 +137,21 @@ pub struct Destination {
 }
 
 impl Destination {
+    /// A server that is not sonde's, at `addr`: no server side to prepare.
+    pub fn external(addr: SocketAddr) -> Self {
+        Self {
+            servers: Vec::new(),
+            ip: addr.ip(),
+            port: Some(addr.port()),
+            server_port: None,
+        }
+    }
+
+    /// Whether the server is not sonde's (nothing to prepare, nothing it reports).
+    pub fn is_external(&self) -> bool {
+        self.servers.is_empty()
+    }
+
     /// A single server at `place`, reached at its own address (`endpoint` names it in errors).
     pub fn at(place: Place, endpoint: &EndpointRef) -> anyhow::Result<Self> {
         let ip = place
@@ -137,10 +168,15 @@ impl Destination {
 
 /// Refuses a Service as the client end: traffic starts in a pod or on a node.
 pub fn check_source(endpoint: &EndpointRef) -> anyhow::Result<()> {
-    if let EndpointRef::Service(_) = endpoint {
-        bail!("--from cannot be a Service: traffic starts in a pod or on a node");
+    match endpoint {
+        EndpointRef::Service(_) => {
+            bail!("--from cannot be a Service: traffic starts in a pod or on a node")
+        }
+        EndpointRef::Dns(_) => {
+            bail!("--from cannot be a DNS server: traffic starts in a pod or on a node")
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// How traffic gets from one end to the other, for reports.
@@ -155,6 +191,8 @@ pub enum PathKind {
     Host,
     /// Both ends in the same pod.
     IntraPod,
+    /// To a DNS server that is not sonde's.
+    DnsServer,
 }
 
 /// Resolves the client end.
@@ -168,6 +206,9 @@ pub fn resolve_destination(
     endpoint: &EndpointRef,
     lab: Option<&Inventory>,
 ) -> anyhow::Result<Destination> {
+    if let EndpointRef::Dns(addr) = endpoint {
+        return Ok(Destination::external(*addr));
+    }
     if let EndpointRef::Service(name) = endpoint {
         let lab =
             lab.context("service/NAME endpoints need a lab (`sondectl lab up --service ...`)")?;
@@ -252,6 +293,7 @@ fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Res
             zone: None,
         }),
         EndpointRef::Service(_) => bail!("a Service is not a place a generator runs"),
+        EndpointRef::Dns(_) => bail!("a DNS server is not a place a generator runs"),
     }
 }
 
@@ -263,6 +305,7 @@ pub fn path_kind(
     destination: &Destination,
 ) -> PathKind {
     match (from, to) {
+        (_, EndpointRef::Dns(_)) => PathKind::DnsServer,
         (_, EndpointRef::Service(_)) => PathKind::Service,
         (EndpointRef::Pod(a), EndpointRef::Pod(b)) if a == b => PathKind::IntraPod,
         (EndpointRef::Pod(_), EndpointRef::Pod(_)) => PathKind::PodIp,

@@ -9,6 +9,7 @@ use std::{
 
 use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
 use sonde_common::stages::side;
+use sonde_proto::kinds::MAX_EXTERNAL_DNS_RATE;
 use sonde_proto::v1::{
     self as pb,
     agent_server::{Agent, AgentServer},
@@ -189,11 +190,13 @@ fn start_trace(
     default_port: u16,
     sides: u8,
     warmup: Duration,
+    dns: bool,
 ) -> Result<Option<RunTrace>, RunError> {
     let Some(request) = request else {
         return Ok(None);
     };
-    let spec = TraceSpec::from_request(request, default_port)?;
+    let mut spec = TraceSpec::from_request(request, default_port)?;
+    spec.dns_ids = dns;
     let tracer = tracer.ok_or(RunError::NoTracing)?;
     let from_ns = monotonic_ns() + u64::try_from(warmup.as_nanos()).unwrap_or(u64::MAX);
     tracer
@@ -295,7 +298,7 @@ impl<S: FactsSource> Agent for AgentService<S> {
         let tracer = self.tracer.clone();
         let run_id = request.run_id.clone();
         let (port, path, token) = tokio::task::spawn_blocking(move || {
-            let warmup = spec.warmup;
+            let (warmup, dns) = (spec.warmup, spec.kind == spec::Kind::Dns);
             runs.prepare(
                 &request.run_id,
                 &spec,
@@ -311,6 +314,7 @@ impl<S: FactsSource> Agent for AgentService<S> {
                         port,
                         side::SERVER,
                         warmup,
+                        dns,
                     )
                 },
             )
@@ -373,9 +377,14 @@ impl<S: FactsSource> Agent for AgentService<S> {
             }
             Target::Addr(SocketAddr::new(ip, port))
         };
-        let token: Token = request.token.as_slice().try_into().map_err(|_| {
-            Status::invalid_argument("token: must be the 16 bytes PrepareServer returned")
-        })?;
+        let token: Token = if request.token.is_empty() {
+            check_external_dns(&spec)?;
+            [0; 16]
+        } else {
+            request.token.as_slice().try_into().map_err(|_| {
+                Status::invalid_argument("token: must be the 16 bytes PrepareServer returned")
+            })?
+        };
         let guard = self.runs.client(&request.run_id)?;
         let hold = self.admit(
             &request.run_id,
@@ -389,6 +398,7 @@ impl<S: FactsSource> Agent for AgentService<S> {
             0,
             side::CLIENT,
             spec.warmup,
+            spec.kind == spec::Kind::Dns,
         )?;
         tracing::info!(run_id = request.run_id, target = ?target, traced = trace.is_some(), "client side started");
         let (tx, rx) = mpsc::channel(16);
@@ -811,7 +821,32 @@ fn side_result(side: SideResult, trace: Option<TraceReport>) -> pb::SideResult {
         local_ip: side.local_ip,
         trace: trace.map(trace_result),
         conntrack: None,
+        dns_rcodes: totals.dns_rcodes.into_iter().collect(),
     }
+}
+
+/// A client side with no token sends to a server that is not sonde's: only a `dns` run may,
+/// asking a name it was given, paced at most [`MAX_EXTERNAL_DNS_RATE`] queries a second (the
+/// target itself was checked against the allowed ranges like any other).
+fn check_external_dns(spec: &RunSpec) -> Result<(), Status> {
+    if spec.kind != spec::Kind::Dns {
+        return Err(Status::invalid_argument(
+            "token: must be the 16 bytes PrepareServer returned (only dns runs may go to a server that is not sonde's)",
+        ));
+    }
+    if spec.dns_name.is_none() {
+        return Err(Status::invalid_argument(
+            "spec.dns_name: required for a dns run to a server that is not sonde's",
+        ));
+    }
+    if !spec.rate.is_some_and(|rate| rate <= MAX_EXTERNAL_DNS_RATE) {
+        return Err(Status::invalid_argument(format!(
+            "spec.rate: a dns run to a server that is not sonde's is paced at most {MAX_EXTERNAL_DNS_RATE} queries a second (got {})",
+            spec.rate
+                .map_or_else(|| "as fast as possible".to_owned(), |rate| rate.to_string())
+        )));
+    }
+    Ok(())
 }
 
 /// A trace report as a message.

@@ -66,6 +66,7 @@ fn spec(kind: pb::RunKind, duration_ms: u64, request: u64, response: u64) -> pb:
         rate: 0.0,
         direction: pb::Direction::ClientToServer as i32,
         plain_io: false,
+        ..pb::RunSpec::default()
     }
 }
 
@@ -96,7 +97,7 @@ async fn run(
     run_id: &str,
     spec: pb::RunSpec,
 ) -> (pb::SideResult, pb::SideResult) {
-    let prepared = prepare(client, run_id, spec).await;
+    let prepared = prepare(client, run_id, spec.clone()).await;
     let client_result = start(client, run_id, spec, prepared.port, prepared.token).await;
     let server = client
         .finish_server(pb::FinishServerRequest {
@@ -196,7 +197,7 @@ async fn http_every_request_is_answered_on_keep_alive_and_fresh_connections() {
 async fn http_without_the_token_is_refused() {
     let (mut client, _) = daemon().await;
     let spec = spec(pb::RunKind::Http, 200, 1, 1);
-    let prepared = prepare(&mut client, "http-token", spec).await;
+    let prepared = prepare(&mut client, "http-token", spec.clone()).await;
     let mut wrong = prepared.token.clone();
     wrong[0] ^= 0xff;
     let c = start(&mut client, "http-token", spec, prepared.port, wrong).await;
@@ -311,7 +312,7 @@ async fn rate_mode_paces_transactions() {
 async fn a_wrong_token_gets_no_service() {
     let (mut client, _) = daemon().await;
     let spec = spec(pb::RunKind::TcpRr, 200, 1, 1);
-    let prepared = prepare(&mut client, "token", spec).await;
+    let prepared = prepare(&mut client, "token", spec.clone()).await;
     let mut wrong = prepared.token.clone();
     wrong[0] ^= 0xff;
     let c = start(&mut client, "token", spec, prepared.port, wrong).await;
@@ -471,12 +472,12 @@ async fn a_lease_ends_a_server_side_whose_controller_vanished() {
 async fn cancel_and_a_vanished_controller_stop_a_client_side() {
     let (mut client, runs) = daemon().await;
     let long = spec(pb::RunKind::TcpRr, 60_000, 1, 1);
-    let prepared = prepare(&mut client, "long", long).await;
+    let prepared = prepare(&mut client, "long", long.clone()).await;
     let request = |run_id: &str| pb::StartClientRequest {
         trace: None,
         reservation_id: String::new(),
         run_id: run_id.to_owned(),
-        spec: Some(long),
+        spec: Some(long.clone()),
         netns: String::new(),
         target_ip: "127.0.0.1".to_owned(),
         target_port: prepared.port,
@@ -518,7 +519,7 @@ async fn cancel_and_a_vanished_controller_stop_a_client_side() {
     assert!(ended.messages > 0);
 
     // Controller gone: dropping the stream stops the client side.
-    let prepared2 = prepare(&mut client, "gone", long).await;
+    let prepared2 = prepare(&mut client, "gone", long.clone()).await;
     let mut gone = request("gone");
     gone.target_port = prepared2.port;
     gone.token = prepared2.token;
@@ -801,4 +802,82 @@ async fn reservations_are_checked_and_refuse_runs_of_others_naming_the_holder() 
             .into_inner()
             .found
     );
+}
+
+#[tokio::test]
+async fn dns_queries_are_answered_by_the_runs_own_responder() {
+    let (mut client, _) = daemon().await;
+    let mut dns = spec(pb::RunKind::Dns, 300, 64, 64);
+    dns.dns_types = vec!["A".into(), "AAAA".into(), "SRV".into()];
+    let (c, s) = run(&mut client, "dns", dns).await;
+    assert!(c.errors.is_empty(), "{:?}", c.errors);
+    assert!(c.messages > 50, "only {} queries answered", c.messages);
+    // Every query sent in the measured part was answered, without error; the responder
+    // answered at least those (and the late ones of the warm-up edge).
+    assert_eq!(c.udp_sent, c.udp_received);
+    assert_eq!(c.udp_timeouts, 0);
+    assert_eq!(c.dns_rcodes.get("NoError"), Some(&c.messages));
+    assert_eq!(c.dns_rcodes.len(), 1, "{:?}", c.dns_rcodes);
+    assert!(s.messages >= c.messages, "{} < {}", s.messages, c.messages);
+}
+
+#[tokio::test]
+async fn dns_to_a_server_that_is_not_sondes_is_bounded_and_counts_timeouts_as_lost() {
+    let (mut client, _) = daemon().await;
+    // A port nothing listens on: every query times out.
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let request = |spec: pb::RunSpec| pb::StartClientRequest {
+        trace: None,
+        reservation_id: String::new(),
+        run_id: "external".to_owned(),
+        spec: Some(spec),
+        netns: String::new(),
+        target_ip: "127.0.0.1".to_owned(),
+        target_port: u32::from(closed),
+        token: Vec::new(),
+        target_path: String::new(),
+    };
+    let external = |rate: f64, name: &str| {
+        let mut dns = spec(pb::RunKind::Dns, 1000, 64, 64);
+        dns.rate = rate;
+        dns.dns_name = name.to_owned();
+        dns.parallel = 4;
+        dns
+    };
+    // Refused: another kind without a token, no name, no pace, a pace above the cap.
+    for (spec, wanted) in [
+        (spec(pb::RunKind::UdpRr, 1000, 64, 64), "token"),
+        (external(50.0, ""), "spec.dns_name"),
+        (external(0.0, "web.example"), "at most 1000"),
+        (external(5000.0, "web.example"), "at most 1000"),
+    ] {
+        let status = client
+            .start_client(request(spec))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains(wanted), "{}", status.message());
+    }
+    // Within the bounds: runs, and each unanswered query is lost.
+    let mut stream = client
+        .start_client(request(external(50.0, "web.example")))
+        .await
+        .expect("start")
+        .into_inner();
+    let result = loop {
+        match stream.message().await.expect("stream").and_then(|e| e.event) {
+            Some(Event::Result(result)) => break result,
+            Some(Event::Progress(_)) => {}
+            None => panic!("no result"),
+        }
+    };
+    // One query at a time a flow: each flow's first timeout holds it past the 1 s window.
+    assert!(result.udp_sent >= 4, "{}", result.udp_sent);
+    assert_eq!(result.udp_received, 0);
+    assert_eq!(result.udp_timeouts, result.udp_sent);
+    assert!(result.dns_rcodes.is_empty());
 }

@@ -181,6 +181,8 @@ const IPPROTO_UDP: u8 = 17;
 const TCP_FLAG_SYN: u8 = 0x02;
 /// sonde's UDP data datagrams start with this magic; the sequence number follows at 8..16.
 const UDP_DATA_MAGIC: [u8; 4] = *b"SNDD";
+/// A DNS message's fixed header: ID, flags and four counts.
+const DNS_HEADER: usize = 12;
 
 /// `bpf_ringbuf_output` flags and `bpf_ringbuf_query` selector (uapi/linux/bpf.h).
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -452,7 +454,7 @@ pub fn socket_send(ctx: &BtfTracePointContext) {
         0 => port_entry(head.num),
         entry => entry,
     };
-    if entry != 1 {
+    if entry & sonde_common::maps::PORT_SHIFT_MASK != 1 {
         return;
     }
     let local = mapped(head.rcv_saddr);
@@ -898,11 +900,16 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     }
     let ports = bytes::<4>(ctx, layout.l4)?;
     let (sport, dport) = (be16(&ports, 0), be16(&ports, 2));
-    let sample_shift = match (port_entry(dport), port_entry(sport)) {
+    let (to_port, from_port) = (port_entry(dport), port_entry(sport));
+    let sample_shift = match (
+        to_port & sonde_common::maps::PORT_SHIFT_MASK,
+        from_port & sonde_common::maps::PORT_SHIFT_MASK,
+    ) {
         (0, 0) => return None,
         (0, entry) | (entry, 0) => entry - 1,
         (a, b) => a.min(b) - 1,
     };
+    let dns = (to_port | from_port) & sonde_common::maps::PORT_DNS_IDS != 0;
     let mut syn = false;
     let id = if layout.protocol == IPPROTO_TCP {
         let tcp = bytes::<14>(ctx, layout.l4)?;
@@ -914,13 +921,17 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         }
         be32(&tcp, 4)
     } else {
-        // The UDP header and the start of sonde's data header: magic, flags, sequence.
+        // The UDP header and the start of sonde's data header: magic, flags, sequence; or,
+        // on a `dns` run's port, a DNS header, whose message ID tells the queries apart.
         let udp = bytes::<24>(ctx, layout.l4)?;
         let payload = usize::from(be16(&udp, 4)).checked_sub(8)?;
-        if payload < 16 || udp[8..12] != UDP_DATA_MAGIC {
+        if payload >= 16 && udp[8..12] == UDP_DATA_MAGIC {
+            be32(&udp, 20)
+        } else if dns && payload >= DNS_HEADER {
+            u32::from(be16(&udp, 8))
+        } else {
             return None;
         }
-        be32(&udp, 20)
     };
     // A packet of a sampled stream that is not in the sample stops here, before the flow
     // lookup: the port's sampling is the densest of its flows', so none of them follows it.

@@ -197,8 +197,25 @@ pub const HTTP_CRR: KindRules = KindRules {
     ..TCP_RR
 };
 
+/// `dns`.
+pub const DNS: KindRules = KindRules {
+    kind: RunKind::Dns,
+    name: "dns",
+    about: "DNS queries over UDP (A, AAAA, SRV), each waiting for its answer: latency, loss, response codes (--to a pod, a Service, or dns/ADDRESS for a DNS server that is not sonde's).",
+    transport: Transport::Udp,
+    // A query's and an answer's size follow from the name and the records: not chosen.
+    default_size: 64,
+    request_size: (1, MAX_UDP_PAYLOAD),
+    response_size: (1, MAX_UDP_PAYLOAD),
+    ..TCP_RR
+};
+
+/// The most queries a second a `dns` run may send to a DNS server that is not sonde's: a
+/// measurement, not a load test of someone's resolver.
+pub const MAX_EXTERNAL_DNS_RATE: f64 = 1000.0;
+
 /// Every kind, in the order `--help` lists them.
-pub static KINDS: [KindRules; 10] = [
+pub static KINDS: [KindRules; 11] = [
     TCP_STREAM,
     TCP_RR,
     TCP_CRR,
@@ -209,6 +226,7 @@ pub static KINDS: [KindRules; 10] = [
     FS_RR,
     HTTP,
     HTTP_CRR,
+    DNS,
 ];
 
 impl KindRules {

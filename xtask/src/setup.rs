@@ -51,6 +51,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "graphite-carbon",
         "a real carbon-cache receiving Graphite lines in tests (whisper-fetch reads them back)",
     ),
+    (
+        "dnsmasq-base",
+        "a real DNS server (not sonde's) that dns runs measure in tests",
+    ),
 ];
 
 /// The bpf-linker release known to build against nightly's LLVM here.

@@ -130,8 +130,10 @@ impl Cluster {
 
     /// The server end.
     pub async fn destination(&self, endpoint: &EndpointRef) -> anyhow::Result<Destination> {
-        let EndpointRef::Service(name) = endpoint else {
-            return Destination::at(self.place(endpoint).await?, endpoint);
+        let name = match endpoint {
+            EndpointRef::Service(name) => name,
+            EndpointRef::Dns(addr) => return Ok(Destination::external(*addr)),
+            _ => return Destination::at(self.place(endpoint).await?, endpoint),
         };
         let (namespace, name) = namespaced(name, "service")?;
         let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
@@ -264,6 +266,7 @@ impl Cluster {
                 "{endpoint}: with --kubeconfig, name pods (pod/NAMESPACE/NAME) and nodes (node/NAME)"
             ),
             EndpointRef::Service(_) => bail!("a Service is not a place a generator runs"),
+            EndpointRef::Dns(_) => bail!("a DNS server is not a place a generator runs"),
         }
     }
 

@@ -118,8 +118,33 @@ pub async fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
     if !(args.rate.is_finite() && args.rate >= 0.0) {
         bail!("--rate must be 0 (as fast as possible) or a positive number of messages per second");
     }
+    let dns = args.kind.proto() == sonde_proto::v1::RunKind::Dns;
+    let external = matches!(args.to, endpoint::EndpointRef::Dns(_));
+    if external && !dns {
+        bail!(
+            "--to {}: a DNS server that is not sonde's is measured by the dns kind only",
+            args.to
+        );
+    }
+    if !dns && args.dns_name.is_some() {
+        bail!("--dns-name is for the dns kind");
+    }
+    let max_rate = sonde_proto::kinds::MAX_EXTERNAL_DNS_RATE;
+    if external && args.dns_name.is_none() {
+        bail!("--to {}: say which name to ask with --dns-name", args.to);
+    }
+    if external && !(args.rate > 0.0 && args.rate <= max_rate) {
+        bail!(
+            "--to {}: a DNS server that is not sonde's is asked at a bounded rate: --rate 1 to {max_rate} queries a second",
+            args.to
+        );
+    }
     let ends = resolve_ends(&args.from, &args.to, &args.placement, &args.lab).await?;
     let mut plan = Plan::between(args.kind, ends, args.timeout)?;
+    if dns {
+        plan.dns_name = args.dns_name.clone().unwrap_or_default();
+        plan.dns_types = args.dns_types.clone();
+    }
     let rr = args.kind.is_request_response();
     plan.sizes = match &args.sizes {
         Some(sweep) => sweep

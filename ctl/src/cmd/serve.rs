@@ -40,6 +40,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         rate: 0.0,
         direction: pb::Direction::ClientToServer as i32,
         plain_io: false,
+        dns_name: String::new(),
+        dns_types: Vec::new(),
     };
     let run_id = format!("serve-{}", std::process::id());
     let addr = place.agent.parse().map_err(anyhow::Error::msg)?;

@@ -62,6 +62,12 @@ impl Session {
                 plain_io: plan.plain_io,
                 repetitions: plan.repetitions,
                 sizes_bytes: plan.sizes.iter().map(|(size, _)| *size).collect(),
+                dns_name: Some(plan.dns_name.clone()).filter(|name| !name.is_empty()),
+                dns_types: if plan.kind.kind == sonde_proto::v1::RunKind::Dns {
+                    plan.dns_types.clone()
+                } else {
+                    Vec::new()
+                },
             },
             measurements: Vec::new(),
             complete: false,

@@ -65,6 +65,10 @@ pub struct Plan {
     pub estimate_clock: bool,
     /// How it loads its nodes, for their reservations.
     pub class: Class,
+    /// DNS: the name asked (empty: the run's own, answered by sonde's responder).
+    pub dns_name: String,
+    /// DNS: the record types asked, in turn (empty: A).
+    pub dns_types: Vec<String>,
 }
 
 /// The two ends of a run, resolved, with how users named them.
@@ -120,12 +124,15 @@ impl Plan {
             trace: true,
             estimate_clock: false,
             class: Class::of_kind(kind),
+            dns_name: String::new(),
+            dns_types: Vec::new(),
         })
     }
 
     /// Whether the run's packets are traced: asked for, and a kind that crosses the network.
     fn traced(&self) -> bool {
-        self.trace && self.kind.transport != Transport::Local
+        // A server that is not sonde's has no daemon to stamp its side.
+        self.trace && self.kind.transport != Transport::Local && !self.destination.is_external()
     }
 
     fn protocol(&self) -> &'static str {
@@ -249,6 +256,7 @@ impl Plan {
             size,
             response_size,
             repetition,
+            server_side: !self.destination.is_external(),
         }
     }
 }
@@ -347,11 +355,15 @@ async fn measure_run(
         rate: plan.rate,
         direction: plan.direction as i32,
         plain_io: plan.plain_io,
+        dns_name: plan.dns_name.clone(),
+        dns_types: plan.dns_types.clone(),
     };
     let mut errors = Vec::new();
 
-    // Phase 1: every server side.
-    let token: Vec<u8> = {
+    // Phase 1: every server side. A server that is not sonde's has none, and no token.
+    let token: Vec<u8> = if plan.destination.is_external() {
+        Vec::new()
+    } else {
         let mut token = vec![0_u8; 16];
         let _ = getrandom::fill(&mut token);
         token
@@ -363,7 +375,7 @@ async fn measure_run(
     for server in &plan.destination.servers {
         let request = pb::PrepareServerRequest {
             run_id: run_id.clone(),
-            spec: Some(spec),
+            spec: Some(spec.clone()),
             netns: server.netns.clone(),
             port: u32::from(plan.destination.server_port.unwrap_or(0)),
             lease_ms,

@@ -84,6 +84,12 @@ pub struct SpecReport {
     pub repetitions: u32,
     /// The sizes, in bytes.
     pub sizes_bytes: Vec<u64>,
+    /// dns: the name asked (absent: the run's own, which sonde's responder answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<String>,
+    /// dns: the record types asked, in turn.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_types: Vec<String>,
 }
 
 /// One measurement: a size, a repetition.
@@ -230,6 +236,9 @@ pub struct UdpReport {
     pub duplicates: u64,
     /// RFC 3550 inter-arrival jitter, ns (stream).
     pub jitter_ns: u64,
+    /// DNS answers by response code (`dns`): NoError, NXDomain, ServFail, Refused, ...
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rcodes: std::collections::BTreeMap<String, u64>,
 }
 
 /// CPU use of the generators and of their nodes.
@@ -410,6 +419,8 @@ pub struct Sample {
     pub response_size: Option<u64>,
     /// 1-based repetition.
     pub repetition: u32,
+    /// Whether a sonde server side reports too (not for a DNS server that is not sonde's).
+    pub server_side: bool,
 }
 
 /// Builds a measurement from the two sides' results (either may be missing after a failure)
@@ -427,6 +438,7 @@ pub fn measurement(
         size,
         response_size,
         repetition,
+        server_side,
     } = *sample;
     // A figure needs the sides it is read from: none (null, `-`) when one of them failed.
     let seconds = |side: &pb::SideResult| side.measured_ns as f64 / 1e9;
@@ -502,6 +514,9 @@ pub fn measurement(
             reordered: server.map_or(0, |s| s.udp_reordered),
             duplicates: server.map_or(0, |s| s.udp_duplicates),
             jitter_ns: server.map_or(0, |s| s.udp_jitter_ns),
+            rcodes: client
+                .map(|c| c.dns_rcodes.clone().into_iter().collect())
+                .unwrap_or_default(),
         }
     });
     let cpu_seconds = |side: Option<&pb::SideResult>| {
@@ -536,7 +551,7 @@ pub fn measurement(
         server: server.map(SideReport::from_pb),
         kernel: None,
         conntrack: Vec::new(),
-        complete: client.is_some() && server.is_some() && errors.is_empty(),
+        complete: client.is_some() && (server.is_some() || !server_side) && errors.is_empty(),
         errors,
         until_failure: client.is_none().then(|| live.until_failure()).flatten(),
     }
@@ -659,6 +674,32 @@ pub fn table(report: &RunReport) -> String {
                 table.drop,
                 table.early_drop,
                 if table.events_lost { " (events lost: new is low)" } else { "" },
+            ));
+        }
+    }
+    // DNS answers by response code, and the queries lost.
+    for m in &report.measurements {
+        if let Some(udp) = m
+            .udp
+            .as_ref()
+            .filter(|u| !u.rcodes.is_empty() || u.lost > 0)
+            && report.kind == sonde_proto::kinds::DNS.name
+        {
+            let rcodes: Vec<String> = udp
+                .rcodes
+                .iter()
+                .map(|(rcode, count)| format!("{rcode} {count}"))
+                .collect();
+            text.push_str(&format!(
+                "dns #{}: {} queries, answers {}, {} lost (no answer within 1 s)\n",
+                m.repetition,
+                udp.sent,
+                if rcodes.is_empty() {
+                    "none".to_owned()
+                } else {
+                    rcodes.join(", ")
+                },
+                udp.lost,
             ));
         }
     }
@@ -930,6 +971,7 @@ mod tests {
             size: 131_072,
             response_size: None,
             repetition: 1,
+            server_side: true,
         };
         let m = measurement(
             &sample,
@@ -961,6 +1003,8 @@ mod tests {
                 plain_io: false,
                 repetitions: 1,
                 sizes_bytes: vec![131_072],
+                dns_name: None,
+                dns_types: Vec::new(),
             },
             measurements: vec![m],
             complete: false,

@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::{
-    Target, http, local,
+    Target, dns, http, local,
     measure::{Counters, Stop, ThreadResult},
     stream, tcp, udp,
     wire::Token,
@@ -81,6 +81,7 @@ pub fn of(kind: Kind) -> &'static dyn Generator {
         Kind::UnixStream | Kind::UnixRr => &local::UnixSocket,
         Kind::FsRr => &local::Files,
         Kind::Http | Kind::HttpCrr => &http::Http,
+        Kind::Dns => &dns::Dns,
     }
 }
 

@@ -92,6 +92,8 @@ pub struct ThreadResult {
     pub errors: Vec<String>,
     /// How payload moved ("sendfile", "udp-gso", ...); empty if it did not.
     pub io_path: Vec<&'static str>,
+    /// DNS answers by response code.
+    pub dns_rcodes: std::collections::BTreeMap<String, u64>,
     /// The thread's CPU time when its measured part began.
     cpu_from: Option<CpuTime>,
 }
@@ -111,6 +113,7 @@ impl ThreadResult {
             connections: 0,
             errors: Vec::new(),
             io_path: Vec::new(),
+            dns_rcodes: std::collections::BTreeMap::new(),
             cpu_from: None,
         }
     }
@@ -341,6 +344,9 @@ pub fn merge(results: impl IntoIterator<Item = ThreadResult>) -> ThreadResult {
         total.connections += result.connections;
         for path in result.io_path {
             total.io(path);
+        }
+        for (rcode, count) in result.dns_rcodes {
+            *total.dns_rcodes.entry(rcode).or_default() += count;
         }
         for error in result.errors {
             total.error(error);

@@ -10,6 +10,7 @@
 //! - [`tcp`]: `tcp-rr`, `tcp-crr`.
 //! - [`http`]: `http`, `http-crr` (hyper, HTTP/1.1).
 //! - [`udp`]: `udp-stream`, `udp-rr`.
+//! - [`dns`]: `dns`, queries over UDP and sonde's own responder (hickory-proto).
 //! - [`local`]: intra-pod baselines: `unix-stream`, `unix-rr`, `fs-rr`.
 //! - [`flows`]: client flows on one clock (threads, barrier, window).
 //! - [`wire`]: the hello that binds a connection to its run; UDP headers.
@@ -17,6 +18,7 @@
 //! - [`measure`]: windows, per-thread results and their merge, CPU, TCP_INFO.
 //! - [`zerocopy`]: `sendfile`/`splice` for stream payload.
 
+pub mod dns;
 pub mod flows;
 pub mod generator;
 pub mod http;

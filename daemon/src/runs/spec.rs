@@ -58,7 +58,36 @@ pub struct RunSpec {
     pub direction: Direction,
     /// One plain syscall per message: no sendfile, splice, GSO or batching.
     pub plain_io: bool,
+    /// DNS: the name asked for; `None` for the name sonde's responder answers for the run.
+    pub dns_name: Option<String>,
+    /// DNS: the record types asked for, in turn.
+    pub dns_types: Vec<DnsType>,
 }
+
+/// A DNS record type a `dns` run asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsType {
+    /// An IPv4 address.
+    A,
+    /// An IPv6 address.
+    Aaaa,
+    /// A service's host and port.
+    Srv,
+}
+
+impl DnsType {
+    /// Its name in sonde.v1 and in DNS (`AAAA`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::A => "A",
+            Self::Aaaa => "AAAA",
+            Self::Srv => "SRV",
+        }
+    }
+}
+
+/// Longest DNS name (RFC 1035: 255 octets on the wire, 253 characters written).
+pub const MAX_DNS_NAME: usize = 253;
 
 /// A request field outside its limits; the message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,6 +184,7 @@ impl TryFrom<&pb::RunSpec> for RunSpec {
                 format!("{} runs cannot be reversed or bidirectional", rules.name),
             ));
         }
+        let (dns_name, dns_types) = dns_query(spec, kind)?;
         let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
         Ok(Self {
             kind,
@@ -167,8 +197,64 @@ impl TryFrom<&pb::RunSpec> for RunSpec {
             rate: (spec.rate > 0.0).then_some(spec.rate),
             direction,
             plain_io: spec.plain_io,
+            dns_name,
+            dns_types,
         })
     }
+}
+
+/// The name and record types of a `dns` run (none for other kinds).
+fn dns_query(
+    spec: &pb::RunSpec,
+    kind: Kind,
+) -> Result<(Option<String>, Vec<DnsType>), InvalidSpec> {
+    if kind != Kind::Dns {
+        if !spec.dns_name.is_empty() || !spec.dns_types.is_empty() {
+            return Err(invalid(
+                "spec.dns_name",
+                "only dns runs ask for a name and record types",
+            ));
+        }
+        return Ok((None, Vec::new()));
+    }
+    let name = spec.dns_name.trim();
+    let name = if name.is_empty() {
+        None
+    } else {
+        let valid = name.len() <= MAX_DNS_NAME
+            && name.trim_end_matches('.').split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && label
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            });
+        if !valid {
+            return Err(invalid(
+                "spec.dns_name",
+                format!(
+                    "{name:?} is not a DNS name (labels of 1 to 63 letters, digits, '-' or '_', at most {MAX_DNS_NAME} characters)"
+                ),
+            ));
+        }
+        Some(name.to_owned())
+    };
+    let mut types = Vec::new();
+    for text in &spec.dns_types {
+        let found = [DnsType::A, DnsType::Aaaa, DnsType::Srv]
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(text))
+            .ok_or_else(|| {
+                invalid(
+                    "spec.dns_types",
+                    format!("{text:?} is not one of A, AAAA, SRV"),
+                )
+            })?;
+        types.push(found);
+    }
+    if types.is_empty() {
+        types.push(DnsType::A);
+    }
+    Ok((name, types))
 }
 
 impl RunSpec {
@@ -225,6 +311,7 @@ mod tests {
             rate: 0.0,
             direction: pb::Direction::ClientToServer as i32,
             plain_io: false,
+            ..pb::RunSpec::default()
         }
     }
 

@@ -56,6 +56,8 @@ pub struct TraceSpec {
     pub sample_shift: u8,
     /// Which way the followed packets go.
     pub ways: Ways,
+    /// The run's UDP datagrams are DNS messages: a packet is known by its DNS message ID.
+    pub dns_ids: bool,
 }
 
 /// Which way a run's followed packets go: a one-way stream's uplinks need only the classifier
@@ -175,6 +177,7 @@ pub struct Tracer {
 struct Use {
     sides: u8,
     sample_shift: u8,
+    dns_ids: bool,
 }
 
 /// The flows traced now, as the kernel's maps hold them.
@@ -186,7 +189,7 @@ struct Registry {
     keys: HashMap<FlowKey, (u32, Vec<Use>)>,
     /// Users of each server port.
     /// The sample shift of each user of each server port.
-    port_users: HashMap<u16, Vec<u8>>,
+    port_users: HashMap<u16, Vec<(u8, bool)>>,
     /// Flow numbers handed out and returned.
     next_flow: u32,
     free_flows: Vec<u32>,
@@ -348,6 +351,7 @@ impl Tracer {
         let used = Use {
             sides,
             sample_shift: spec.sample_shift,
+            dns_ids: spec.dns_ids,
         };
         self.register(&mut trace, &spec.flows, used)?;
         Ok(trace)
@@ -366,6 +370,7 @@ impl Tracer {
         let used = Use {
             sides,
             sample_shift: sample_shift.min(MAX_SAMPLE_SHIFT),
+            dns_ids: false,
         };
         self.register(&mut trace, flows, used)?;
         Ok(trace)
@@ -530,7 +535,7 @@ impl Registry {
         self.port_users
             .entry(key.server_port)
             .or_default()
-            .push(used.sample_shift);
+            .push((used.sample_shift, used.dns_ids));
         self.set_port(key.server_port)
             .map_err(|source| Error::Map {
                 name: maps::SERVER_PORTS,
@@ -554,7 +559,10 @@ impl Registry {
             }
         }
         if let Some(users) = self.port_users.get_mut(&key.server_port) {
-            if let Some(at) = users.iter().position(|shift| *shift == used.sample_shift) {
+            if let Some(at) = users
+                .iter()
+                .position(|user| *user == (used.sample_shift, used.dns_ids))
+            {
                 users.remove(at);
             }
             if users.is_empty() {
@@ -568,11 +576,12 @@ impl Registry {
     /// shift of its users plus one (the probes drop a packet outside every user's sample
     /// before any flow lookup).
     fn set_port(&mut self, port: u16) -> Result<(), aya::maps::MapError> {
-        let value = self
-            .port_users
-            .get(&port)
-            .and_then(|shifts| shifts.iter().min())
+        let users = self.port_users.get(&port);
+        let shift = users
+            .and_then(|users| users.iter().map(|(shift, _)| *shift).min())
             .map_or(0, |shift| shift + 1);
+        let dns = users.is_some_and(|users| users.iter().any(|(_, dns)| *dns));
+        let value = shift | if dns { maps::PORT_DNS_IDS } else { 0 };
         self.ports.set(u32::from(port), value, 0)
     }
 
@@ -868,6 +877,7 @@ impl TraceSpec {
             flows,
             sample_shift,
             ways,
+            dns_ids: false,
             pod_interface: iface("trace.pod_interface", &request.pod_interface)?,
             uplink_interface: iface("trace.uplink_interface", &request.uplink_interface)?,
         })
