@@ -1,10 +1,11 @@
 //! `sondectl run` in the lab: every generator across nodes and through a Service, payload
-//! sweeps, a daemon killed mid-run, bad requests. Every JSON document is checked against the
-//! published schema (docs/schema/run-result.v1.json).
+//! sweeps, a daemon killed mid-run, bad requests, dns to sonde's responder and to dnsmasq.
+//! Every JSON document is checked against the published schema
+//! (docs/schema/run-result.v1.json).
 
 use std::{
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use sonde_integration::{lab::Lab, require_root, run, workspace_bin};
@@ -376,4 +377,165 @@ fn bad_requests_give_clear_errors() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// dnsmasq serving `names` (name, IPv4, IPv6) on `ip:port` in `netns`, killed on drop.
+struct Dnsmasq(std::process::Child);
+
+impl Dnsmasq {
+    fn start(netns: &str, ip: &str, port: u16, names: &[(&str, &str, &str)]) -> Self {
+        let mut args = vec![
+            "netns".to_owned(),
+            "exec".to_owned(),
+            netns.to_owned(),
+            "dnsmasq".to_owned(),
+            "--keep-in-foreground".to_owned(),
+            "--no-resolv".to_owned(),
+            "--no-hosts".to_owned(),
+            "--bind-interfaces".to_owned(),
+            "--user=root".to_owned(),
+            "--pid-file=".to_owned(),
+            format!("--listen-address={ip}"),
+            format!("--port={port}"),
+        ];
+        for (name, v4, v6) in names {
+            args.push(format!("--address=/{name}/{v4}"));
+            args.push(format!("--address=/{name}/{v6}"));
+        }
+        let child = Command::new("ip")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (cargo xtask setup installs dnsmasq-base)");
+        // Listening once its socket is bound in the namespace.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let bound = || {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    netns,
+                    "ss",
+                    "-Hlun",
+                    &format!("sport = :{port}"),
+                ])
+                .output()
+                .is_ok_and(|output| !output.stdout.is_empty())
+        };
+        while !bound() {
+            assert!(Instant::now() < deadline, "dnsmasq did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn dns_to_a_pod_through_a_service_and_to_a_dns_server_that_is_not_sondes() {
+    require_root();
+    let lab = Lab::up(&["--service", "dns=53/udp@pod3"]);
+    let common = [
+        "--from",
+        "pod/pod1",
+        "--duration",
+        "1s",
+        "--warmup",
+        "100ms",
+        "--dns-type",
+        "A,AAAA,SRV",
+    ];
+    // sonde's own responder: in a pod, and behind a ClusterIP Service, with the kernel
+    // breakdown of its queries (followed by their DNS message IDs).
+    for to in ["pod/pod3", "service/dns"] {
+        let mut args = vec!["dns", "--to", to];
+        args.extend_from_slice(&common);
+        let (doc, ok) = run_json(&lab, &args);
+        assert!(ok, "{to}: {}", doc["errors"]);
+        assert_eq!(doc["complete"], true, "{to}");
+        let m = &doc["measurements"][0];
+        let answered = f64_at(m, "/udp/received");
+        assert!(answered > 100.0, "{to}: {m}");
+        assert_eq!(f64_at(m, "/udp/lost"), 0.0, "{to}: {m}");
+        assert_eq!(f64_at(m, "/udp/rcodes/NoError"), answered, "{to}: {m}");
+        assert!(f64_at(m, "/latency/p50_ns") > 0.0);
+        let directions = m["kernel"]["directions"]
+            .as_array()
+            .expect("kernel breakdown");
+        assert_eq!(directions.len(), 2, "{to}: {m}");
+        for direction in directions {
+            let stages = direction["stages"].as_array().expect("stages");
+            assert!(!stages.is_empty(), "{to}: {direction}");
+            for stage in stages {
+                // Every answered query's packets were followed at each point.
+                assert!(
+                    f64_at(stage, "/latency/samples") >= answered * 0.9,
+                    "{to}: {stage}"
+                );
+            }
+        }
+    }
+    // A DNS server that is not sonde's (dnsmasq in pod3), at a bounded rate: its answers'
+    // response codes are counted.
+    let pod3 = lab.ip("pod3");
+    let netns = lab
+        .inventory
+        .pods
+        .iter()
+        .find(|pod| pod.name == "pod3")
+        .map(|pod| pod.netns.clone())
+        .expect("pod3");
+    let _dnsmasq = Dnsmasq::start(
+        &netns,
+        &pod3,
+        5353,
+        &[("web.sonde.lab", "10.244.9.9", "fd00::9")],
+    );
+    let server = format!("dns/{pod3}:5353");
+    for (name, rcode) in [("web.sonde.lab", "NoError"), ("other.example", "Refused")] {
+        let mut args = vec!["dns", "--to", &server, "--dns-name", name, "--rate", "200"];
+        args.extend_from_slice(&common[..6]);
+        args.extend_from_slice(&["--dns-type", "A,AAAA"]);
+        let (doc, ok) = run_json(&lab, &args);
+        assert!(ok, "{name}: {}", doc["errors"]);
+        assert_eq!(doc["path"], "dns-server");
+        assert_eq!(doc["spec"]["dns_name"], name);
+        let m = &doc["measurements"][0];
+        let sent = f64_at(m, "/udp/sent");
+        // Paced at 200 a second for 1 s.
+        assert!((150.0..=210.0).contains(&sent), "{name}: {m}");
+        assert_eq!(
+            f64_at(m, &format!("/udp/rcodes/{rcode}")),
+            sent,
+            "{name}: {m}"
+        );
+        assert!(m["server"].is_null(), "no sonde server side: {m}");
+    }
+    // Above the cap: refused before anything is sent.
+    let output = lab.sondectl(&[
+        "run",
+        "dns",
+        "--from",
+        "pod/pod1",
+        "--to",
+        &server,
+        "--dns-name",
+        "web.sonde.lab",
+        "--rate",
+        "5000",
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--rate 1 to 1000"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

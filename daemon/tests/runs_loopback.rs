@@ -869,7 +869,12 @@ async fn dns_to_a_server_that_is_not_sondes_is_bounded_and_counts_timeouts_as_lo
         .expect("start")
         .into_inner();
     let result = loop {
-        match stream.message().await.expect("stream").and_then(|e| e.event) {
+        match stream
+            .message()
+            .await
+            .expect("stream")
+            .and_then(|e| e.event)
+        {
             Some(Event::Result(result)) => break result,
             Some(Event::Progress(_)) => {}
             None => panic!("no result"),
