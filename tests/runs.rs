@@ -474,11 +474,24 @@ fn dns_to_a_pod_through_a_service_and_to_a_dns_server_that_is_not_sondes() {
         for direction in directions {
             let stages = direction["stages"].as_array().expect("stages");
             assert!(!stages.is_empty(), "{to}: {direction}");
-            for stage in stages {
-                // Every answered query's packets were followed at each point.
+            // Every answered query's packets were followed at each point of the network
+            // path (the socket points of UDP are not followed yet: see the closing notes of
+            // issue 25).
+            let network = ["sender node", "wire", "receiver node"];
+            for stage in stages
+                .iter()
+                .filter(|s| network.contains(&s["name"].as_str().unwrap_or("")))
+            {
                 assert!(
                     f64_at(stage, "/latency/samples") >= answered * 0.9,
                     "{to}: {stage}"
+                );
+            }
+            let followed: Vec<&str> = stages.iter().filter_map(|s| s["name"].as_str()).collect();
+            for name in network {
+                assert!(
+                    followed.contains(&name),
+                    "{to}: {name} missing: {followed:?}"
                 );
             }
         }
