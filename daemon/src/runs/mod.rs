@@ -127,7 +127,10 @@ impl Runs {
 
     /// Prepares a server side (blocking: binds in a namespace); `trace` starts its kernel
     /// tracing, given the port the server got.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a server side's whole request, passed once from the gRPC adapter"
+    )]
     pub fn prepare(
         &self,
         run_id: &str,

@@ -195,9 +195,9 @@ impl TcUse {
 #[derive(Debug)]
 enum TcHold {
     /// A stage classifier's own link.
-    Link(#[allow(dead_code)] SchedClassifierLink),
+    Link(#[expect(dead_code, reason = "held for its drop, which detaches")] SchedClassifierLink),
     /// A pod's counter, running the program that counts and stamps.
-    Counter(#[allow(dead_code)] CounterStage),
+    Counter(#[expect(dead_code, reason = "held for its drop, which releases")] CounterStage),
 }
 
 /// What a program cost: its own run count, and the kernel's BPF statistics over the windows
@@ -237,8 +237,8 @@ pub fn since(now: &[ProgramCost], before: &[ProgramCost]) -> Vec<ProgramCost> {
 }
 
 enum SocketLink {
-    Tracepoint(#[allow(dead_code)] TracePointLink),
-    Btf(#[allow(dead_code)] BtfTracePointLink),
+    Tracepoint(#[expect(dead_code, reason = "held for its drop, which detaches")] TracePointLink),
+    Btf(#[expect(dead_code, reason = "held for its drop, which detaches")] BtfTracePointLink),
 }
 
 impl std::fmt::Debug for SocketLink {
