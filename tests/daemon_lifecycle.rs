@@ -240,7 +240,7 @@ fn reports_this_kernels_capabilities_and_releases_everything_on_sigterm() {
     assert!(status.success(), "sonded exited with {status}");
     let log = daemon.log.lock().expect("log").clone();
     assert!(
-        log.contains("stop requested") && log.contains("stopped;"),
+        log.contains("stop requested") && log.contains("stopped; eBPF programs unloaded"),
         "{log}"
     );
     assert_programs_released(&ids);

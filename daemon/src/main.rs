@@ -164,8 +164,19 @@ fn run(config: Config) -> anyhow::Result<()> {
         }
         runs.stop_all();
         served?;
+        // The events reader holds the tracer while it reads: stopped first, so that dropping
+        // the node really unloads the programs (the kernel would release them with the
+        // process anyway; this says when).
+        if let Some(tracer) = &node.tracer {
+            tracer.stop();
+        }
+        let tracer = node.tracer.as_ref().map(Arc::downgrade);
         drop(node);
-        tracing::info!("stopped; eBPF programs unloaded and links released");
+        if tracer.is_some_and(|tracer| tracer.strong_count() > 0) {
+            tracing::warn!("stopped; the eBPF programs are still held, and go with the process");
+        } else {
+            tracing::info!("stopped; eBPF programs unloaded and links released");
+        }
         anyhow::Ok(())
     })
 }

@@ -23,9 +23,14 @@ pub mod windows;
 
 use std::{
     collections::HashMap,
+    io::Write as _,
     net::IpAddr,
-    os::fd::{AsFd as _, AsRawFd as _},
-    sync::{Arc, Mutex, MutexGuard},
+    os::{
+        fd::{AsFd as _, AsRawFd as _},
+        unix::net::UnixStream,
+    },
+    sync::{Arc, Mutex, MutexGuard, Weak},
+    thread::JoinHandle,
     time::Duration,
 };
 
@@ -170,6 +175,58 @@ pub struct Tracer {
     /// Opens and closes the stamping windows while any run is traced. Locked before `hooks`
     /// wherever both are, and never dropped under `hooks` (its thread takes that lock).
     windows: Mutex<Option<windows::Windows>>,
+    /// The events reader thread, and the socket whose byte stops it (see [`Tracer::stop`]).
+    reader: Mutex<Option<(JoinHandle<()>, UnixStream)>>,
+}
+
+/// Reads events until [`Tracer::stop`] writes to `stopped` (or the tracer is gone); wakes only
+/// when the kernel has some.
+fn read_events(tracer: &Weak<Tracer>, stopped: &UnixStream) {
+    loop {
+        let Some(tracer) = tracer.upgrade() else {
+            return;
+        };
+        let ring = lock(&tracer.events).ring().as_fd().as_raw_fd();
+        let mut fds = [
+            libc::pollfd {
+                fd: ring,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stopped.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // The kernel wakes us only when the buffer is a quarter full (see the programs):
+        // poll often while runs are traced, rarely when idle.
+        let tracing = !lock(&tracer.dispatch).is_empty();
+        let timeout_ms = if tracing {
+            TRACING_POLL_MS
+        } else {
+            IDLE_POLL_MS
+        };
+        // SAFETY: two valid pollfds; the ring buffer (and its fd) lives as long as `tracer`,
+        // which this holds.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+        if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            tracing::error!("polling the events ring buffer failed: tracing stops");
+            return;
+        }
+        if fds[1].revents != 0 {
+            tracer.drain(Drain::RingOnly);
+            return;
+        }
+        // Idle when it went to sleep, only the buffer is emptied: flushing costs an
+        // interrupt per CPU. A run that started meanwhile gets its events at the next
+        // read, flushed and in order.
+        tracer.drain(if tracing {
+            Drain::Window
+        } else {
+            Drain::RingOnly
+        });
+    }
 }
 
 /// One trace's use of a flow key: the sides it holds here and how it samples.
@@ -259,16 +316,33 @@ impl Tracer {
             boot_id: boot_id(),
             drop_format,
             windows: Mutex::new(None),
+            reader: Mutex::new(None),
         });
-        let reader = Arc::clone(&tracer);
-        std::thread::Builder::new()
+        let thread_error = |source| Error::Bind {
+            addr: "events reader thread".to_owned(),
+            source,
+        };
+        let (stop, stopped) = UnixStream::pair().map_err(thread_error)?;
+        // The reader holds the tracer only while it reads: dropped, the tracer unloads.
+        let reader = Arc::downgrade(&tracer);
+        let thread = std::thread::Builder::new()
             .name("sonde-events".to_owned())
-            .spawn(move || reader.read_events())
-            .map_err(|source| Error::Bind {
-                addr: "events reader thread".to_owned(),
-                source,
-            })?;
+            .spawn(move || read_events(&reader, &stopped))
+            .map_err(thread_error)?;
+        *lock(&tracer.reader) = Some((thread, stop));
         Ok(tracer)
+    }
+
+    /// Stops the events reader (handing on what the kernel still has) and waits for it: the
+    /// daemon's shutdown, after which the last holder's drop unloads the programs.
+    pub fn stop(&self) {
+        let Some((thread, mut stop)) = lock(&self.reader).take() else {
+            return;
+        };
+        let _ = stop.write_all(&[1]);
+        if thread.join().is_err() {
+            tracing::error!("the events reader panicked");
+        }
     }
 
     /// Lets the pods' packet counters stamp traced pods' packets, one program per packet on
@@ -407,42 +481,6 @@ impl Tracer {
                 .push(Arc::clone(&trace.collector));
         }
         Ok(())
-    }
-
-    /// Reads events until the daemon exits; wakes only when the kernel has some.
-    fn read_events(&self) {
-        let fd = lock(&self.events).ring().as_fd().as_raw_fd();
-        loop {
-            let mut pollfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // The kernel wakes us only when the buffer is a quarter full (see the programs):
-            // poll often while runs are traced, rarely when idle.
-            let tracing = !lock(&self.dispatch).is_empty();
-            let timeout_ms = if tracing {
-                TRACING_POLL_MS
-            } else {
-                IDLE_POLL_MS
-            };
-            // SAFETY: one valid pollfd; the ring buffer (and its fd) lives as long as `self`.
-            let ready = unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
-            if ready < 0
-                && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
-            {
-                tracing::error!("polling the events ring buffer failed: tracing stops");
-                return;
-            }
-            // Idle when it went to sleep, only the buffer is emptied: flushing costs an
-            // interrupt per CPU. A run that started meanwhile gets its events at the next
-            // read, flushed and in order.
-            self.drain(if tracing {
-                Drain::Window
-            } else {
-                Drain::RingOnly
-            });
-        }
     }
 
     /// Hands the events the kernel has to their collectors, in time order (see [`events`]).
