@@ -85,6 +85,50 @@ pub fn of(kind: Kind) -> &'static dyn Generator {
     }
 }
 
+/// Implements [`Generator`] for a network generator whose module has the usual pair
+/// `serve(listener, spec, token, stop)` and `client(spec, netns, addr, token, stop, counters)`,
+/// listening on `$listen` (`Tcp` or `Udp`): one adapter, not one per module.
+macro_rules! network_generator {
+    ($name:ident, $listen:ident) => {
+        impl $crate::generators::generator::Generator for $name {
+            fn listen(&self) -> $crate::generators::generator::Listen {
+                $crate::generators::generator::Listen::$listen
+            }
+
+            fn serve(
+                &self,
+                listener: $crate::generators::generator::Listener,
+                spec: $crate::runs::spec::RunSpec,
+                token: $crate::generators::wire::Token,
+                stop: $crate::generators::measure::Stop,
+            ) -> Vec<$crate::generators::measure::ThreadResult> {
+                match listener {
+                    $crate::generators::generator::Listener::$listen(bound) => {
+                        serve(bound, spec, token, stop)
+                    }
+                    _ => $crate::generators::generator::mismatch("a listener it does not serve on"),
+                }
+            }
+
+            fn client(
+                &self,
+                spec: &$crate::runs::spec::RunSpec,
+                netns: Option<&std::path::Path>,
+                target: &$crate::generators::Target,
+                token: $crate::generators::wire::Token,
+                stop: &$crate::generators::measure::Stop,
+                counters: &std::sync::Arc<$crate::generators::measure::Counters>,
+            ) -> Vec<$crate::generators::measure::ThreadResult> {
+                match $crate::generators::generator::addr_of(target) {
+                    Some(addr) => client(spec, netns, addr, token, stop, counters),
+                    None => $crate::generators::generator::mismatch("a path to connect to"),
+                }
+            }
+        }
+    };
+}
+pub(crate) use network_generator;
+
 /// The result of a side handed what its generator cannot use (a bug, not an input).
 pub(crate) fn mismatch(what: &str) -> Vec<ThreadResult> {
     let mut result = ThreadResult::new();

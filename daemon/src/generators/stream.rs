@@ -18,10 +18,6 @@ use std::{
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::{
-    Target,
-    generator::{Generator, Listen, Listener, addr_of, mismatch},
-};
-use super::{
     flows::shared_window,
     io::closed,
     measure::{Counters, POLL, Stop, TcpFacts, ThreadResult, join_all},
@@ -226,39 +222,7 @@ fn pump(
 #[derive(Debug)]
 pub struct Stream;
 
-impl Generator for Stream {
-    fn listen(&self) -> Listen {
-        Listen::Tcp
-    }
-
-    fn serve(
-        &self,
-        listener: Listener,
-        spec: RunSpec,
-        token: Token,
-        stop: Stop,
-    ) -> Vec<ThreadResult> {
-        match listener {
-            Listener::Tcp(bound) => serve(bound, spec, token, stop),
-            _ => mismatch("a listener it does not serve on"),
-        }
-    }
-
-    fn client(
-        &self,
-        spec: &RunSpec,
-        netns: Option<&Path>,
-        target: &Target,
-        token: Token,
-        stop: &Stop,
-        counters: &Arc<Counters>,
-    ) -> Vec<ThreadResult> {
-        match addr_of(target) {
-            Some(addr) => client(spec, netns, addr, token, stop, counters),
-            None => mismatch("a path to connect to"),
-        }
-    }
-}
+super::generator::network_generator!(Stream, Tcp);
 
 /// Serves a prepared listener: the acceptor checks each connection's hello and hands it to
 /// one of the multiplexing workers.

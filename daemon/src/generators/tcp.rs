@@ -14,10 +14,6 @@ use std::{
 };
 
 use super::{
-    Target,
-    generator::{Generator, Listen, Listener, addr_of, mismatch},
-};
-use super::{
     flows::run_flows,
     io::{Interrupted, Pacer, read_exact, write_all},
     measure::{Counters, POLL, Stop, TcpFacts, ThreadResult, Window, join_all},
@@ -29,39 +25,7 @@ use crate::runs::spec::{Kind, RunSpec};
 #[derive(Debug)]
 pub struct RequestResponse;
 
-impl Generator for RequestResponse {
-    fn listen(&self) -> Listen {
-        Listen::Tcp
-    }
-
-    fn serve(
-        &self,
-        listener: Listener,
-        spec: RunSpec,
-        token: Token,
-        stop: Stop,
-    ) -> Vec<ThreadResult> {
-        match listener {
-            Listener::Tcp(listener) => serve(listener, spec, token, stop),
-            _ => mismatch("a listener that is not TCP"),
-        }
-    }
-
-    fn client(
-        &self,
-        spec: &RunSpec,
-        netns: Option<&std::path::Path>,
-        target: &Target,
-        token: Token,
-        stop: &Stop,
-        counters: &Arc<Counters>,
-    ) -> Vec<ThreadResult> {
-        match addr_of(target) {
-            Some(addr) => client(spec, netns, addr, token, stop, counters),
-            None => mismatch("a path to connect to"),
-        }
-    }
-}
+super::generator::network_generator!(RequestResponse, Tcp);
 
 /// How long a client waits for a connection to be set up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -24,10 +24,6 @@ use nix::sys::socket::{
 };
 
 use super::{
-    Target,
-    generator::{Generator, Listen, Listener, addr_of, mismatch},
-};
-use super::{
     flows::run_flows,
     io::Pacer,
     measure::{Counters, POLL, Stop, ThreadResult, Window, monotonic_ns},
@@ -106,39 +102,7 @@ impl Flow {
 #[derive(Debug)]
 pub struct Datagrams;
 
-impl Generator for Datagrams {
-    fn listen(&self) -> Listen {
-        Listen::Udp
-    }
-
-    fn serve(
-        &self,
-        listener: Listener,
-        spec: RunSpec,
-        token: Token,
-        stop: Stop,
-    ) -> Vec<ThreadResult> {
-        match listener {
-            Listener::Udp(bound) => serve(bound, spec, token, stop),
-            _ => mismatch("a listener it does not serve on"),
-        }
-    }
-
-    fn client(
-        &self,
-        spec: &RunSpec,
-        netns: Option<&std::path::Path>,
-        target: &Target,
-        token: Token,
-        stop: &Stop,
-        counters: &Arc<Counters>,
-    ) -> Vec<ThreadResult> {
-        match addr_of(target) {
-            Some(addr) => client(spec, netns, addr, token, stop, counters),
-            None => mismatch("a path to connect to"),
-        }
-    }
-}
+super::generator::network_generator!(Datagrams, Udp);
 
 /// Serves a bound socket until stopped.
 pub fn serve(socket: UdpSocket, spec: RunSpec, token: Token, stop: Stop) -> Vec<ThreadResult> {

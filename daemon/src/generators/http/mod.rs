@@ -25,10 +25,6 @@ use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 
 use super::{
-    Target,
-    generator::{Generator, Listen, Listener, addr_of, mismatch},
-};
-use super::{
     flows::shared_window,
     measure::{Counters, CpuTime, POLL, Stop, ThreadResult, Window, join_all},
     wire::Token,
@@ -66,39 +62,7 @@ struct Served {
 #[derive(Debug)]
 pub struct Http;
 
-impl Generator for Http {
-    fn listen(&self) -> Listen {
-        Listen::Tcp
-    }
-
-    fn serve(
-        &self,
-        listener: Listener,
-        spec: RunSpec,
-        token: Token,
-        stop: Stop,
-    ) -> Vec<ThreadResult> {
-        match listener {
-            Listener::Tcp(bound) => serve(bound, spec, token, stop),
-            _ => mismatch("a listener it does not serve on"),
-        }
-    }
-
-    fn client(
-        &self,
-        spec: &RunSpec,
-        netns: Option<&Path>,
-        target: &Target,
-        token: Token,
-        stop: &Stop,
-        counters: &Arc<Counters>,
-    ) -> Vec<ThreadResult> {
-        match addr_of(target) {
-            Some(addr) => client(spec, netns, addr, token, stop, counters),
-            None => mismatch("a path to connect to"),
-        }
-    }
-}
+super::generator::network_generator!(Http, Tcp);
 
 /// Serves a prepared listener until stopped.
 pub fn serve(listener: TcpListener, spec: RunSpec, token: Token, stop: Stop) -> Vec<ThreadResult> {
