@@ -513,6 +513,22 @@ fn lab_as_cluster(lab: &Lab) -> FakeCluster {
     }
 }
 
+/// The lab as a cluster whose pods stand for the endpoint pods of `deploy --endpoints`.
+fn lab_as_cluster_with_endpoints(lab: &Lab) -> FakeCluster {
+    let mut cluster = lab_as_cluster(lab);
+    cluster.endpoints = lab
+        .inventory
+        .pods
+        .iter()
+        .map(|pod| FakePod {
+            name: format!("sonde-endpoint-{}", pod.node),
+            node: pod.node.clone(),
+            ip: pod.ip.to_string(),
+        })
+        .collect();
+    cluster
+}
+
 #[tokio::test]
 #[ignore = "privileged: needs root; run by cargo xtask test"]
 async fn a_run_named_in_kubernetes_terms_goes_through_port_forward_to_the_lab() {
@@ -851,19 +867,7 @@ async fn a_mesh_of_the_lab_as_a_cluster_runs_through_port_forwards() {
     let lab = tokio::task::spawn_blocking(|| Lab::up(&["--nodes", "3", "--pods-per-node", "1"]))
         .await
         .expect("lab up");
-    let mut cluster = lab_as_cluster(&lab);
-    // The lab's pods stand for the endpoint pods of `deploy --endpoints`.
-    cluster.endpoints = lab
-        .inventory
-        .pods
-        .iter()
-        .map(|pod| FakePod {
-            name: format!("sonde-endpoint-{}", pod.node),
-            node: pod.node.clone(),
-            ip: pod.ip.to_string(),
-        })
-        .collect();
-    let server = FakeApiServer::start(cluster).await;
+    let server = FakeApiServer::start(lab_as_cluster_with_endpoints(&lab)).await;
     let file = scenario_file(
         "pf-mesh",
         "name: pf-mesh\nnodes: all\ntopology: mesh\npaths: [pod-ip]\n\
@@ -955,18 +959,7 @@ async fn monitors_sharing_a_lease_measure_one_at_a_time_and_a_standby_takes_over
     let lab = tokio::task::spawn_blocking(|| Lab::up(&["--nodes", "2", "--pods-per-node", "1"]))
         .await
         .expect("lab up");
-    let mut cluster = lab_as_cluster(&lab);
-    cluster.endpoints = lab
-        .inventory
-        .pods
-        .iter()
-        .map(|pod| FakePod {
-            name: format!("sonde-endpoint-{}", pod.node),
-            node: pod.node.clone(),
-            ip: pod.ip.to_string(),
-        })
-        .collect();
-    let server = FakeApiServer::start(cluster).await;
+    let server = FakeApiServer::start(lab_as_cluster_with_endpoints(&lab)).await;
     let file = scenario_file(
         "leased",
         "name: leased\nnodes: all\ntopology: mesh\npaths: [pod-ip]\n\
