@@ -229,26 +229,18 @@ fn results_reach_a_real_pushgateway_prometheus_and_carbon() {
         ),
     )
     .expect("prometheus.yml");
-    let check = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&rules)
-        .output()
-        .expect("promtool");
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
-    let check = Command::new("promtool")
-        .args(["check", "config"])
-        .arg(&config)
-        .output()
-        .expect("promtool");
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    for (what, file) in [("rules", &rules), ("config", &config)] {
+        let check = Command::new("promtool")
+            .args(["check", what])
+            .arg(file)
+            .output()
+            .expect("promtool");
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+    }
     let _prometheus = start(
         "prometheus",
         &[

@@ -31,6 +31,7 @@ use super::{
     generator::{Generator, Listen, Listener, addr_of, mismatch},
     io::Pacer,
     measure::{Counters, POLL, Stop, ThreadResult, Window},
+    udp,
     wire::{self, Token},
 };
 use crate::runs::spec::{DnsType, RunSpec};
@@ -219,7 +220,11 @@ fn client(
         spec,
         netns,
         spec.parallel,
-        move |_| open(target).map_err(|err| format!("flow to {target}: {err}")),
+        // A DNS server answers from the address it was asked at: a connected socket.
+        move |_| {
+            udp::connected(target, Duration::from_millis(20))
+                .map_err(|err| format!("flow to {target}: {err}"))
+        },
         move |socket, window, result| {
             ask(
                 &socket, &owned, &name, window, rate, &stop, &counters, result,
@@ -227,19 +232,6 @@ fn client(
             result.measured = window.end - window.measure_from;
         },
     )
-}
-
-/// A socket connected to `target` (a DNS server answers from the address it was asked at).
-fn open(target: SocketAddr) -> io::Result<UdpSocket> {
-    let bind: SocketAddr = if target.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0_u16; 8], 0))
-    };
-    let socket = UdpSocket::bind(bind)?;
-    socket.connect(target)?;
-    socket.set_read_timeout(Some(Duration::from_millis(20)))?;
-    Ok(socket)
 }
 
 /// One flow: a query, its answer (or its timeout), the next.
@@ -285,29 +277,19 @@ fn ask(
             result.error(format!("send: {err}"));
         }
         let deadline = Instant::now() + QUERY_TIMEOUT;
-        let mut answered = None;
-        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-            match socket.recv(&mut buf) {
-                Ok(len) => {
-                    // An answer to an earlier query that timed out is not this one's.
-                    let Ok(response) = Message::from_vec(&buf[..len]) else {
-                        continue;
-                    };
-                    if response.metadata.id == id
+        let answered = udp::await_answer(socket, &mut buf, deadline, stop, |datagram| {
+            Message::from_vec(datagram)
+                .ok()
+                .filter(|response| {
+                    response.metadata.id == id
                         && response.metadata.message_type == MessageType::Response
-                    {
-                        answered = Some((Instant::now(), len, response.metadata.response_code));
-                        break;
-                    }
-                }
-                Err(err) if wire::is_timeout(&err) => {}
-                Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {}
-                Err(err) => {
-                    result.error(format!("receive: {err}"));
-                    break;
-                }
-            }
-        }
+                })
+                .map(|response| response.metadata.response_code)
+        })
+        .unwrap_or_else(|err| {
+            result.error(format!("receive: {err}"));
+            None
+        });
         if let Some((_, len, _)) = answered {
             counters.add((request.len() + len) as u64, 1);
         }

@@ -234,8 +234,8 @@ pub fn client(
     )
 }
 
-/// A connected socket whose hello the server has answered.
-fn open_flow(target: SocketAddr, token: &Token, stop: &Stop) -> io::Result<UdpSocket> {
+/// A UDP socket of `target`'s family connected to it, its reads timing out after `poll`.
+pub(super) fn connected(target: SocketAddr, poll: Duration) -> io::Result<UdpSocket> {
     let bind: SocketAddr = if target.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
@@ -243,7 +243,38 @@ fn open_flow(target: SocketAddr, token: &Token, stop: &Stop) -> io::Result<UdpSo
     };
     let socket = UdpSocket::bind(bind)?;
     socket.connect(target)?;
-    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+    socket.set_read_timeout(Some(poll))?;
+    Ok(socket)
+}
+
+/// Waits until `deadline` (or `stop`) for the answer to a request sent on `socket`: the first
+/// datagram `answer` accepts (a late answer to an earlier request is skipped), when it came,
+/// its length and what `answer` read of it. ICMP port unreachable is waited through.
+pub(super) fn await_answer<T>(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    deadline: Instant,
+    stop: &Stop,
+    answer: impl Fn(&[u8]) -> Option<T>,
+) -> io::Result<Option<(Instant, usize, T)>> {
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        match socket.recv(buf) {
+            Ok(len) => {
+                if let Some(read) = answer(&buf[..len]) {
+                    return Ok(Some((Instant::now(), len, read)));
+                }
+            }
+            Err(err) if wire::is_timeout(&err) => {}
+            Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(None)
+}
+
+/// A connected socket whose hello the server has answered.
+fn open_flow(target: SocketAddr, token: &Token, stop: &Stop) -> io::Result<UdpSocket> {
+    let socket = connected(target, Duration::from_millis(100))?;
     let hello = udp::hello(udp::HELLO, token);
     let mut buf = [0_u8; 64];
     for _ in 0..HELLO_TRIES {
@@ -469,31 +500,22 @@ fn rr(
             result.error(format!("send: {err}"));
         }
         let deadline = Instant::now() + RR_TIMEOUT;
-        let mut answered = false;
-        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-            match socket.recv(&mut buf) {
-                Ok(len) => {
-                    // A late answer to an earlier request is not this one's.
-                    if udp::Header::read(&buf[..len], false).is_some_and(|h| h.seq == seq) {
-                        let done = Instant::now();
-                        counters.add((request.len() + len) as u64, 1);
-                        if measuring {
-                            result.record(done - intended);
-                            result.messages += 1;
-                            result.udp.received += 1;
-                            result.bytes_sent += request.len() as u64;
-                            result.bytes_received += len as u64;
-                        }
-                        answered = true;
-                        break;
-                    }
-                }
-                Err(err) if wire::is_timeout(&err) => {}
-                Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {}
-                Err(err) => {
-                    result.error(format!("receive: {err}"));
-                    break;
-                }
+        let got = await_answer(socket, &mut buf, deadline, stop, |datagram| {
+            udp::Header::read(datagram, false).filter(|h| h.seq == seq)
+        })
+        .unwrap_or_else(|err| {
+            result.error(format!("receive: {err}"));
+            None
+        });
+        let answered = got.is_some();
+        if let Some((done, len, _)) = got {
+            counters.add((request.len() + len) as u64, 1);
+            if measuring {
+                result.record(done - intended);
+                result.messages += 1;
+                result.udp.received += 1;
+                result.bytes_sent += request.len() as u64;
+                result.bytes_received += len as u64;
             }
         }
         if measuring {
