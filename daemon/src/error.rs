@@ -99,6 +99,21 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// `--kubernetes` was given and no API server can be reached.
+    #[error("--kubernetes: no in-cluster service account and no usable kubeconfig")]
+    Kubernetes {
+        /// What kube said.
+        #[source]
+        source: kube::Error,
+    },
+    /// A blocking step of the start panicked or was cancelled.
+    #[error("{what} failed: {reason}")]
+    Worker {
+        /// The step.
+        what: &'static str,
+        /// What the runtime said.
+        reason: String,
+    },
 }
 
 /// Result with the daemon library's [`Error`].

@@ -1,5 +1,5 @@
 //! `sonded`, sonde's per-node agent, as a library: the binary in `main.rs` only parses its
-//! configuration, sets up logging and signals, and calls [`server::run`].
+//! configuration, sets up logging and signals, and calls [`daemon::Daemon::start`].
 //!
 //! # Layout
 //! - [`config`]: flags and `SONDE_*` environment variables.
@@ -18,10 +18,12 @@
 //! - [`runs`]: the runs a daemon holds, their limits, leases and target policy.
 //! - [`grpc`]: the thin `sonde.v1` adapter over the above.
 //! - [`server`]: binds, serves, and shuts down within a deadline.
+//! - [`daemon`]: all of the above wired into one daemon, with one shutdown.
 
 pub mod capabilities;
 pub mod config;
 pub mod conntrack;
+pub mod daemon;
 pub mod delay_line;
 pub mod error;
 pub mod facts;

@@ -1,5 +1,5 @@
-//! `sonded`: parse the configuration, start the node (load eBPF, probe the kernel), serve until
-//! SIGTERM or SIGINT, release everything.
+//! `sonded`: parse the configuration, set up logging and signals, then [`Daemon::start`] and
+//! serve until SIGTERM or SIGINT; or one of the one-off commands.
 
 use std::{io::IsTerminal as _, process::ExitCode, sync::Arc, time::Duration};
 
@@ -7,13 +7,8 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use sonde_daemon::{
     config::{Command, Config},
-    conntrack::Watcher,
-    delay_line,
-    facts::Node,
-    grpc::AgentService,
-    metrics, mounts,
-    runs::{Runs, policy::TargetPolicy},
-    server,
+    daemon::{Daemon, Stopped},
+    delay_line, mounts,
     stages::{Tracer, cost},
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -98,84 +93,20 @@ fn run(config: Config) -> anyhow::Result<()> {
         // Signals first: a SIGTERM during the (slow-ish) eBPF load must still stop us cleanly.
         let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-
-        let listener = server::Listener::bind(&config.listen).await?;
-        let metrics_listener = match &config.metrics_listen {
-            Some(addr) => Some(server::Listener::bind(addr).await?),
-            None => None,
-        };
-        let node = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || Node::start(&config))
-                .await
-                .context("starting the node")??
-        };
-        let node = Arc::new(node);
-        if config.kubernetes {
-            let client = kube::Client::try_default()
-                .await
-                .context("--kubernetes: no in-cluster service account and no usable kubeconfig")?;
-            node.name_pods(client);
-            tracing::info!(node = config.node_name(), "naming pods from the API server");
-        }
-        // In the daemon's own network namespace: the node's.
-        let conntrack = tokio::task::spawn_blocking(Watcher::open)
-            .await
-            .context("opening the conntrack watcher")?
-            .map(Arc::new)
-            .map_err(|err| format!("ctnetlink: {err}"));
-        match &conntrack {
-            Ok(_) => tracing::info!("watching conntrack through ctnetlink"),
-            Err(reason) => tracing::warn!(%reason, "conntrack cannot be watched"),
-        }
-        let runs = Arc::new(Runs::default());
-        let reaper = runs.spawn_reaper();
-        let agent = AgentService::new(
-            Arc::clone(&node),
-            Arc::clone(&runs),
-            TargetPolicy::new(&config.allow_targets),
-        )
-        .with_tracer(node.tracer.clone())
-        .with_conntrack(conntrack.clone());
-        let metrics = metrics_listener.map(|listener| {
-            tracing::info!(addr = listener.local_addr(), "serving Prometheus metrics");
-            tokio::spawn(metrics::serve(
-                listener,
-                conntrack.ok(),
-                agent.reservations(),
-            ))
-        });
+        let daemon = Daemon::start(&config).await?;
         let shutdown = async {
             tokio::select! {
                 _ = sigterm.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
                 _ = sigint.recv() => tracing::info!(signal = "SIGINT", "stop requested"),
             }
         };
-        let served = server::run(
-            listener,
-            agent,
-            shutdown,
-            Duration::from_secs(config.drain_seconds),
-        )
-        .await;
-        reaper.abort();
-        if let Some(metrics) = metrics {
-            metrics.abort();
-        }
-        runs.stop_all();
-        served?;
-        // The events reader holds the tracer while it reads: stopped first, so that dropping
-        // the node really unloads the programs (the kernel would release them with the
-        // process anyway; this says when).
-        if let Some(tracer) = &node.tracer {
-            tracer.stop();
-        }
-        let tracer = node.tracer.as_ref().map(Arc::downgrade);
-        drop(node);
-        if tracer.is_some_and(|tracer| tracer.strong_count() > 0) {
-            tracing::warn!("stopped; the eBPF programs are still held, and go with the process");
-        } else {
-            tracing::info!("stopped; eBPF programs unloaded and links released");
+        match daemon.serve(shutdown).await? {
+            Stopped::Unloaded => {
+                tracing::info!("stopped; eBPF programs unloaded and links released")
+            }
+            Stopped::ProgramsStillHeld => {
+                tracing::warn!("stopped; the eBPF programs are still held, and go with the process")
+            }
         }
         anyhow::Ok(())
     })

@@ -8,7 +8,6 @@
 pub mod events;
 pub mod model;
 pub mod netlink;
-pub mod wire;
 
 use std::{
     sync::{Arc, Mutex},

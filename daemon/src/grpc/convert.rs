@@ -3,6 +3,7 @@
 //! types only.
 
 use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
+use sonde_common::stages::MAX_SAMPLE_SHIFT;
 use sonde_proto::v1 as pb;
 use tonic::Status;
 
@@ -15,7 +16,7 @@ use crate::{
         RunError,
         spec::{InvalidSpec, RunSpec},
     },
-    stages::TraceReport,
+    stages::{MAX_TRACED_FLOWS, TraceReport, TraceSpec, TracedFlow, Ways},
 };
 
 impl From<InvalidSpec> for Status {
@@ -46,9 +47,108 @@ impl From<RunError> for Status {
                 Status::resource_exhausted(message)
             }
             RunError::Reserved(_) => Status::failed_precondition(message),
-            RunError::Prepare { .. } | RunError::Trace { .. } => Status::internal(message),
+            RunError::Prepare { .. } | RunError::Trace { .. } | RunError::Worker { .. } => {
+                Status::internal(message)
+            }
         }
     }
+}
+
+/// A request's trace part, checked; `server_port` 0 in a flow means `default_port` (the
+/// port a server side was just given).
+pub(super) fn trace_spec_of(
+    request: &pb::TraceRequest,
+    default_port: u16,
+) -> Result<TraceSpec, InvalidSpec> {
+    let invalid = |field: &'static str, reason: String| InvalidSpec { field, reason };
+    if request.flows.is_empty() || request.flows.len() > MAX_TRACED_FLOWS {
+        return Err(invalid(
+            "trace.flows",
+            format!(
+                "must hold 1 to {MAX_TRACED_FLOWS} flows, got {}",
+                request.flows.len()
+            ),
+        ));
+    }
+    let ip = |field: &'static str, text: &str| {
+        text.parse::<std::net::IpAddr>()
+            .map_err(|_| invalid(field, format!("{text:?} is not an IP address")))
+    };
+    let flows = request
+        .flows
+        .iter()
+        .map(|flow| {
+            let port = match flow.server_port {
+                0 => default_port,
+                port => u16::try_from(port).map_err(|_| {
+                    invalid("trace.flows.server_port", format!("{port} is not a port"))
+                })?,
+            };
+            let protocol = match flow.protocol.as_str() {
+                "tcp" => 6,
+                "udp" => 17,
+                other => {
+                    return Err(invalid(
+                        "trace.flows.protocol",
+                        format!("must be \"tcp\" or \"udp\", got {other:?}"),
+                    ));
+                }
+            };
+            if port == 0 {
+                return Err(invalid(
+                    "trace.flows.server_port",
+                    "must be 1 to 65535 (0 only in PrepareServer)".to_owned(),
+                ));
+            }
+            Ok(TracedFlow {
+                client: ip("trace.flows.client_ip", &flow.client_ip)?,
+                server: ip("trace.flows.server_ip", &flow.server_ip)?,
+                server_port: port,
+                protocol,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let iface = |field: &'static str, name: &str| -> Result<Option<String>, _> {
+        match name {
+            "" => Ok(None),
+            name if name.len() < 16 && !name.contains(['/', ' ', '\0']) => {
+                Ok(Some(name.to_owned()))
+            }
+            name => Err(invalid(field, format!("{name:?} is not an interface name"))),
+        }
+    };
+    let sample_shift = match request.sample_one_in {
+        0 | 1 => 0,
+        n if n.is_power_of_two() && n <= 1 << MAX_SAMPLE_SHIFT => n.trailing_zeros() as u8,
+        n => {
+            return Err(invalid(
+                "trace.sample_one_in",
+                format!(
+                    "must be a power of two from 1 to {}, got {n}",
+                    1 << MAX_SAMPLE_SHIFT
+                ),
+            ));
+        }
+    };
+    let ways = match pb::TracedWays::try_from(request.ways) {
+        Ok(pb::TracedWays::Both) => Ways::Both,
+        Ok(pb::TracedWays::ToServer) => Ways::ToServer,
+        Ok(pb::TracedWays::ToClient) => Ways::ToClient,
+        Err(_) => {
+            return Err(invalid(
+                "trace.ways",
+                format!("{} is not a TracedWays value", request.ways),
+            ));
+        }
+    };
+    Ok(TraceSpec {
+        flows,
+        sample_shift,
+        ways,
+        dns_ids: false,
+        pod_interface: iface("trace.pod_interface", &request.pod_interface)?,
+        uplink_interface: iface("trace.uplink_interface", &request.uplink_interface)?,
+    })
 }
 
 pub(super) fn spec_of(spec: Option<&pb::RunSpec>) -> Result<RunSpec, Status> {

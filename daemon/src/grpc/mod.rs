@@ -4,11 +4,7 @@
 //! `convert` holds the conversions between messages and the library's types, and the
 //! library's errors as statuses.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use sonde_common::stages::side;
 use sonde_proto::kinds::MAX_EXTERNAL_DNS_RATE;
@@ -17,34 +13,31 @@ use sonde_proto::v1::{
     agent_server::{Agent, AgentServer},
 };
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
+mod conntrack;
 mod convert;
 
-use convert::{class_message, class_of, holder_message, holder_of, side_result, spec_of};
-
-use crate::{
-    conntrack::{self, Watcher},
-    facts::FactsSource,
-    generators::{
-        self, Target,
-        measure::{Counters, monotonic_ns},
-        wire::Token,
-    },
-    pods::PodInterface,
-    reservations::{self, Reservations},
-    runs::{
-        RunError, Runs, netns_path,
-        pending::Pending,
-        policy::TargetPolicy,
-        spec::{self, RunSpec},
-    },
-    stages::{RunTrace, TraceSpec, Tracer},
+use convert::{
+    class_message, class_of, holder_message, holder_of, side_result, spec_of, trace_spec_of,
 };
 
-/// How often a running client side reports progress.
-const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+use crate::{
+    conntrack::Watcher,
+    facts::FactsSource,
+    generators::{self, Target, measure::monotonic_ns, wire::Token},
+    pods::{PodInterface, resolve},
+    reservations::{self, Reservations},
+    runs::{
+        RunError, Runs,
+        client::{self, ClientEvent, ClientSide},
+        policy::TargetPolicy,
+        samples::{ConntrackSamples, Span},
+        spec::{self, RunSpec},
+    },
+    stages::{RunTrace, Tracer},
+};
 
 /// Serves `sonde.v1.Agent` from a [`FactsSource`] and the daemon's [`Runs`].
 #[derive(Debug)]
@@ -59,8 +52,8 @@ pub struct AgentService<S> {
     tracer: Option<Arc<Tracer>>,
     /// This node's conntrack table, or why it cannot be read.
     conntrack: Result<Arc<Watcher>, String>,
-    /// The table when each prepared server side started, for its result's delta.
-    conntrack_at_prepare: Arc<Mutex<Pending<conntrack::Sample>>>,
+    /// The table around each run, for its result's delta.
+    samples: Arc<ConntrackSamples>,
     /// Who holds this node, so that measurements never collide on it.
     reservations: Arc<Reservations>,
 }
@@ -74,7 +67,7 @@ impl<S: FactsSource> AgentService<S> {
             policy: Arc::new(policy),
             tracer: None,
             conntrack: Err("not watched by this daemon".to_owned()),
-            conntrack_at_prepare: Arc::new(Mutex::new(Pending::new(MAX_PENDING_SAMPLES))),
+            samples: Arc::new(ConntrackSamples::new(None)),
             reservations: Arc::default(),
         }
     }
@@ -86,40 +79,18 @@ impl<S: FactsSource> AgentService<S> {
 
     /// Lets the service read the node's conntrack table (or say why it cannot).
     pub fn with_conntrack(mut self, conntrack: Result<Arc<Watcher>, String>) -> Self {
+        self.samples = Arc::new(ConntrackSamples::new(conntrack.as_ref().ok().cloned()));
         self.conntrack = conntrack;
         self
     }
 
-    /// The namespace a request names: a path, or `pod-ip:ADDRESS` for one of this node's pods
-    /// as the daemon mapped them (returned too, for its veth).
+    /// The namespace a request names, and the pod when it names one by `pod-ip:`.
     fn netns_of(
         &self,
         text: &str,
     ) -> Result<(Option<std::path::PathBuf>, Option<PodInterface>), Status> {
-        let Some(address) = text.strip_prefix("pod-ip:") else {
-            return Ok((netns_path("netns", text)?, None));
-        };
-        let ip: std::net::IpAddr = address.parse().map_err(|_| {
-            Status::invalid_argument(format!(
-                "netns: {address:?} in pod-ip: is not an IP address"
-            ))
-        })?;
-        let pods = self.source.pod_interfaces();
-        let known: Vec<String> = pods
-            .iter()
-            .flat_map(|pod| pod.ips.iter().map(ToString::to_string))
-            .collect();
-        match pods.into_iter().find(|pod| pod.ips.contains(&ip)) {
-            Some(pod) => Ok((Some(pod.netns.clone()), Some(pod))),
-            None => Err(Status::invalid_argument(format!(
-                "netns: no pod with IP {ip} on this node (its pods: {})",
-                if known.is_empty() {
-                    "none found".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            ))),
-        }
+        let side = resolve::namespace("netns", text, self.source.pod_interfaces())?;
+        Ok((side.netns, side.pod))
     }
 
     /// A trace request with the interfaces the caller left to this daemon: the veth of `pod`
@@ -144,8 +115,7 @@ impl<S: FactsSource> AgentService<S> {
                     trace.uplink_toward
                 ))
             })?;
-            let device = crate::pods::rtnl::Rtnl::open()
-                .and_then(|mut rtnl| rtnl.route_device(toward))
+            let device = resolve::uplink_toward(toward)
                 .map_err(|err| Status::internal(format!("routing {toward}: {err}")))?;
             // No route out (the other side is local after all): no uplink stage.
             trace.uplink_interface = device.unwrap_or_default();
@@ -172,10 +142,6 @@ impl<S: FactsSource> AgentService<S> {
             .map_err(RunError::from)?)
     }
 
-    fn watcher(&self) -> Option<Arc<Watcher>> {
-        self.conntrack.as_ref().ok().cloned()
-    }
-
     /// Lets runs ask for per-stage kernel tracing.
     pub fn with_tracer(mut self, tracer: Option<Arc<Tracer>>) -> Self {
         self.tracer = tracer;
@@ -200,7 +166,7 @@ fn start_trace(
     let Some(request) = request else {
         return Ok(None);
     };
-    let mut spec = TraceSpec::from_request(request, default_port)?;
+    let mut spec = trace_spec_of(request, default_port)?;
     spec.dns_ids = dns;
     let tracer = tracer.ok_or(RunError::NoTracing)?;
     let from_ns = monotonic_ns() + u64::try_from(warmup.as_nanos()).unwrap_or(u64::MAX);
@@ -252,7 +218,7 @@ impl<S: FactsSource> Agent for AgentService<S> {
             };
         if let Some(trace) = &request.trace {
             // Checked before anything is bound; the port is filled in once known.
-            TraceSpec::from_request(trace, 1)?;
+            trace_spec_of(trace, 1)?;
         }
         spec::check_run_id(&request.run_id).map_err(RunError::from)?;
         let hold = self.admit(
@@ -288,15 +254,7 @@ impl<S: FactsSource> Agent for AgentService<S> {
         })
         .await
         .map_err(blocking_failed)??;
-        if let Some(start) = conntrack_sample(self.watcher()).await {
-            let mut starts = self
-                .conntrack_at_prepare
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Sides whose lease ran out are never finished: the oldest are forgotten past a
-            // bound, one at a time.
-            starts.insert(run_id, start);
-        }
+        self.samples.server_prepared(run_id).await;
         Ok(Response::new(pb::PrepareServerResponse {
             port: u32::from(port),
             path: path.map(|p| p.display().to_string()).unwrap_or_default(),
@@ -304,7 +262,7 @@ impl<S: FactsSource> Agent for AgentService<S> {
         }))
     }
 
-    type StartClientStream = ReceiverStream<Result<pb::ClientEvent, Status>>;
+    type StartClientStream = Pin<Box<dyn Stream<Item = Result<pb::ClientEvent, Status>> + Send>>;
 
     async fn start_client(
         &self,
@@ -369,16 +327,19 @@ impl<S: FactsSource> Agent for AgentService<S> {
         )?;
         tracing::info!(run_id = request.run_id, target = ?target, traced = trace.is_some(), "client side started");
         let (tx, rx) = mpsc::channel(16);
-        let conntrack = self.watcher();
-        let observers = Observers {
+        let side = ClientSide {
+            guard,
+            spec,
+            netns,
+            target,
+            token,
             trace,
-            conntrack,
             hold,
         };
-        tokio::spawn(drive_client(
-            guard, spec, netns, target, token, observers, tx,
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        tokio::spawn(client::drive(side, Arc::clone(&self.samples), tx));
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(client_event),
+        )))
     }
 
     async fn finish_server(
@@ -386,38 +347,16 @@ impl<S: FactsSource> Agent for AgentService<S> {
         request: Request<pb::FinishServerRequest>,
     ) -> Result<Response<pb::FinishServerResponse>, Status> {
         let run_id = request.into_inner().run_id;
-        let servers = self.runs.take_servers(&run_id)?;
-        let start = self
-            .conntrack_at_prepare
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take(&run_id);
-        let (result, trace) = tokio::task::spawn_blocking(move || {
-            let (servers, traces): (Vec<_>, Vec<_>) = servers.into_iter().unzip();
-            let result =
-                generators::merge_sides(servers.into_iter().map(generators::Server::finish));
-            let trace =
-                traces
-                    .into_iter()
-                    .flatten()
-                    .map(RunTrace::finish)
-                    .reduce(|mut all, more| {
-                        all.merge(more);
-                        all
-                    });
-            (result, trace)
-        })
-        .await
-        .map_err(blocking_failed)?;
-        let mut result = side_result(result, trace);
-        if let (Some(start), Some(end)) = (start, conntrack_sample(self.watcher()).await) {
-            result.conntrack = Some(conntrack::wire::delta(&start, &end));
-        }
-        let response = Response::new(pb::FinishServerResponse {
+        let (side, trace) = self.runs.finish_servers(&run_id).await?;
+        let mut result = side_result(side, trace);
+        result.conntrack = self
+            .samples
+            .server_finished(&run_id)
+            .await
+            .map(|span| conntrack::delta(&span.start, &span.end));
+        Ok(Response::new(pb::FinishServerResponse {
             result: Some(result),
-        });
-        self.runs.release_memory_if_idle();
-        Ok(response)
+        }))
     }
 
     async fn cancel_run(
@@ -425,10 +364,7 @@ impl<S: FactsSource> Agent for AgentService<S> {
         request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
         let run_id = request.into_inner().run_id;
-        self.conntrack_at_prepare
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take(&run_id);
+        self.samples.forget(&run_id);
         let found = self.runs.cancel(&run_id);
         Ok(Response::new(pb::CancelRunResponse { found }))
     }
@@ -542,22 +478,6 @@ impl<S: FactsSource> Agent for AgentService<S> {
     }
 }
 
-/// Prepared server sides whose start sample is kept at most.
-const MAX_PENDING_SAMPLES: usize = 4096;
-
-/// Reads the table without the census, on a blocking thread; `None` when it cannot be read.
-async fn conntrack_sample(watcher: Option<Arc<Watcher>>) -> Option<conntrack::Sample> {
-    let watcher = watcher?;
-    match tokio::task::spawn_blocking(move || watcher.sample(false)).await {
-        Ok(Ok(sample)) => Some(sample),
-        Ok(Err(err)) => {
-            tracing::warn!(%err, "conntrack: reading the table failed");
-            None
-        }
-        Err(_) => None,
-    }
-}
-
 /// Streams samples until `count` is reached or the controller goes away.
 async fn watch_conntrack(
     watcher: Arc<Watcher>,
@@ -566,7 +486,7 @@ async fn watch_conntrack(
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(request.interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut previous: Option<conntrack::Sample> = None;
+    let mut previous: Option<crate::conntrack::Sample> = None;
     let mut sent = 0u64;
     loop {
         tokio::select! {
@@ -590,8 +510,7 @@ async fn watch_conntrack(
                 return;
             }
         };
-        let message =
-            conntrack::wire::sample(&sample, previous.as_ref(), watcher.events_unavailable());
+        let message = conntrack::sample(&sample, previous.as_ref(), watcher.events_unavailable());
         if tx.send(Ok(message)).await.is_err() {
             return;
         }
@@ -603,96 +522,26 @@ async fn watch_conntrack(
     }
 }
 
-/// What watches a client side besides its generator.
-struct Observers {
-    /// The kernel trace of its flows, when asked for.
-    trace: Option<RunTrace>,
-    /// The node's conntrack table, for the side's delta.
-    conntrack: Option<Arc<Watcher>>,
-    /// The side's hold of the node, ended when the side ends.
-    hold: reservations::HoldGuard,
-}
-
-/// Runs a client side on blocking threads and feeds its progress and result to the stream.
-/// If the controller goes away (the stream closes), the run is stopped.
-async fn drive_client(
-    guard: crate::runs::ClientGuard,
-    spec: RunSpec,
-    netns: Option<std::path::PathBuf>,
-    target: Target,
-    token: Token,
-    observers: Observers,
-    tx: mpsc::Sender<Result<pb::ClientEvent, Status>>,
-) {
-    let Observers {
-        mut trace,
-        conntrack,
-        hold,
-    } = observers;
-    let conntrack_start = conntrack_sample(conntrack.clone()).await;
-    let counters = Arc::new(Counters::default());
-    let stop = Arc::clone(&guard.stop);
-    let work = {
-        let counters = Arc::clone(&counters);
-        let spec = spec.clone();
-        tokio::task::spawn_blocking(move || {
-            generators::run_client(&spec, netns.as_deref(), &target, token, &stop, &counters)
-        })
+/// A client side's event as a message.
+fn client_event(event: ClientEvent) -> Result<pb::ClientEvent, Status> {
+    let event = match event {
+        ClientEvent::Progress(progress) => pb::client_event::Event::Progress(pb::Progress {
+            elapsed_ms: u64::try_from(progress.elapsed.as_millis()).unwrap_or(u64::MAX),
+            warmup: progress.warmup,
+            bytes: progress.bytes,
+            messages: progress.messages,
+            interval_ms: u64::try_from(progress.interval.as_millis()).unwrap_or(u64::MAX),
+        }),
+        ClientEvent::Finished(Ok(finished)) => {
+            let mut result = side_result(finished.side, finished.trace);
+            result.conntrack = finished
+                .conntrack
+                .map(|Span { start, end }| conntrack::delta(&start, &end));
+            pb::client_event::Event::Result(result)
+        }
+        ClientEvent::Finished(Err(reason)) => return Err(Status::internal(reason)),
     };
-    tokio::pin!(work);
-    let started = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
-    let mut last_tick = started;
-    let mut controller_gone = false;
-    loop {
-        tokio::select! {
-            result = &mut work => {
-                let trace = match trace.take() {
-                    Some(trace) => tokio::task::spawn_blocking(move || trace.finish()).await.ok(),
-                    None => None,
-                };
-                let conntrack_end = match conntrack_start {
-                    Some(_) => conntrack_sample(conntrack.clone()).await,
-                    None => None,
-                };
-                let delta = conntrack_start
-                    .as_ref()
-                    .zip(conntrack_end.as_ref())
-                    .map(|(start, end)| conntrack::wire::delta(start, end));
-                let event = result
-                    .map(|side| {
-                        let mut result = side_result(side, trace);
-                        result.conntrack = delta;
-                        pb::ClientEvent { event: Some(pb::client_event::Event::Result(result)) }
-                    })
-                    .map_err(blocking_failed);
-                let _ = tx.send(event).await;
-                break;
-            }
-            now = tick.tick(), if !controller_gone => {
-                let elapsed = now - started;
-                let progress = pb::Progress {
-                    elapsed_ms: elapsed.as_millis() as u64,
-                    warmup: elapsed < spec.warmup,
-                    bytes: counters.bytes.swap(0, std::sync::atomic::Ordering::Relaxed),
-                    messages: counters.messages.swap(0, std::sync::atomic::Ordering::Relaxed),
-                    interval_ms: (now - last_tick).as_millis() as u64,
-                };
-                last_tick = now;
-                let event = pb::ClientEvent { event: Some(pb::client_event::Event::Progress(progress)) };
-                if tx.send(Ok(event)).await.is_err() {
-                    controller_gone = true;
-                }
-            }
-            () = tx.closed(), if !controller_gone => controller_gone = true,
-        }
-        if controller_gone {
-            tracing::warn!("the controller went away: stopping the client side");
-            guard.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-    drop(guard);
-    drop(hold);
+    Ok(pb::ClientEvent { event: Some(event) })
 }
 
 /// A client side with no token sends to a server that is not sonde's: only a `dns` run may,

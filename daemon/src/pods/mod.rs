@@ -7,8 +7,10 @@
 //!
 //! - [`rtnl`]: the rtnetlink requests.
 //! - [`names`]: the pods' names, from the API server, when the daemon runs in Kubernetes.
+//! - [`resolve`]: a request's `pod-ip:` namespace and the uplink toward another node.
 
 pub mod names;
+pub mod resolve;
 pub mod rtnl;
 
 use std::{

@@ -9,9 +9,13 @@
 //! - [`spec`]: a run's parameters and their limits.
 //! - [`policy`]: where a daemon may send traffic, and from which namespaces.
 //! - [`pending`]: per-run values kept from prepare to finish, bounded.
+//! - [`samples`]: the node's conntrack table around each run, for its delta.
+//! - [`client`]: a running client side, its progress and its result.
 
+pub mod client;
 pub mod pending;
 pub mod policy;
+pub mod samples;
 pub mod spec;
 
 use std::{
@@ -22,9 +26,13 @@ use std::{
 };
 
 use crate::{
-    generators::{Server, measure::Stop, wire::Token},
+    generators::{
+        self, Server,
+        measure::{SideResult, Stop},
+        wire::Token,
+    },
     reservations::HoldGuard,
-    stages::RunTrace,
+    stages::{RunTrace, TraceReport},
 };
 use spec::RunSpec;
 
@@ -82,6 +90,12 @@ pub enum RunError {
     /// reservation this node does not hold.
     #[error(transparent)]
     Reserved(#[from] crate::reservations::Refusal),
+    /// The blocking work of a run failed (a panic in a generator).
+    #[error("the run's worker failed: {reason}")]
+    Worker {
+        /// What the runtime said.
+        reason: String,
+    },
 }
 
 /// A held server side.
@@ -201,6 +215,35 @@ impl Runs {
             .ok_or_else(|| RunError::NotFound {
                 run_id: run_id.to_owned(),
             })
+    }
+
+    /// Ends a run's server sides (several when a Service has several pods on this node) and
+    /// merges their results and traces, off the async workers.
+    pub async fn finish_servers(
+        &self,
+        run_id: &str,
+    ) -> Result<(SideResult, Option<TraceReport>), RunError> {
+        let servers = self.take_servers(run_id)?;
+        let finished = tokio::task::spawn_blocking(move || {
+            let (servers, traces): (Vec<_>, Vec<_>) = servers.into_iter().unzip();
+            let result = generators::merge_sides(servers.into_iter().map(Server::finish));
+            let trace =
+                traces
+                    .into_iter()
+                    .flatten()
+                    .map(RunTrace::finish)
+                    .reduce(|mut all, more| {
+                        all.merge(more);
+                        all
+                    });
+            (result, trace)
+        })
+        .await
+        .map_err(|err| RunError::Worker {
+            reason: err.to_string(),
+        })?;
+        self.release_memory_if_idle();
+        Ok(finished)
     }
 
     /// Registers a running client side; the guard unregisters it.

@@ -2,7 +2,7 @@
 
 use sonde_proto::v1 as pb;
 
-use super::{Census, Class, KernelCounters, Sample, TCP_STATES, model, observe};
+use crate::conntrack::{Census, Class, KernelCounters, Sample, TCP_STATES, model, observe};
 
 /// A sample, with rates and the projection when there is an earlier one to compare with.
 pub fn sample(
