@@ -94,13 +94,7 @@ impl Cluster {
     /// The daemons of the cluster `args` names (its kubeconfig, else the environment's).
     pub async fn connect(args: &crate::cli::KubernetesArgs) -> anyhow::Result<Self> {
         let client = super::client(args.kubeconfig.as_deref()).await?;
-        Self::new(
-            client,
-            &args.sonde_namespace,
-            &args.node_selector,
-            args.reach,
-        )
-        .await
+        Self::new(client, &args.namespace, &args.node_selector, args.reach).await
     }
 
     /// The measurement endpoint pods (`deploy --endpoints`) in sonde's namespace.

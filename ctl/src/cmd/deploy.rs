@@ -1,12 +1,82 @@
 //! `sondectl deploy` and `sondectl undeploy`.
 
+use std::{path::PathBuf, time::Duration};
+
 use anyhow::Context as _;
 
 use crate::{
-    cli::{DeployArgs, DeployOutput, UndeployArgs},
+    cli::{ClusterArgs, parse_duration},
     cluster::{self, apply, manifests},
     scenario::Scenario,
 };
+
+/// How `sondectl deploy` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeployOutput {
+    /// What was applied, one object a line.
+    Table,
+    /// The objects as YAML (with --dry-run: what would be applied).
+    Yaml,
+}
+
+/// Flags of `sondectl deploy`.
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    /// The cluster and namespace.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    /// The daemon's image.
+    #[arg(long)]
+    pub image: Option<String>,
+
+    /// Run the daemons only on nodes with these labels (KEY=VALUE, repeated or comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = crate::cluster::manifests::parse_label)]
+    pub node_selector: Vec<(String, String)>,
+
+    /// Also deploy the measurement endpoints: an unprivileged pod on every node (the sonded
+    /// image sleeping), a ClusterIP Service and a headless Service selecting them, so that
+    /// scenarios over pod IPs have an end on every node.
+    #[arg(long)]
+    pub endpoints: bool,
+
+    /// Also deploy the continuous monitor measuring this scenario (`sondectl monitor` in a
+    /// Deployment, the scenario in a ConfigMap, one replica leading through a Lease).
+    #[arg(long, value_name = "SCENARIO")]
+    pub monitor: Option<PathBuf>,
+
+    /// The monitor's replicas: one measures, the others stand by.
+    #[arg(long, default_value_t = 2, requires = "monitor")]
+    pub monitor_replicas: u32,
+
+    /// The monitor's round length (its --every).
+    #[arg(long, requires = "monitor", value_parser = parse_duration)]
+    pub monitor_every: Option<Duration>,
+
+    /// Peers measuring each node in each of the monitor's rounds (its --peers).
+    #[arg(long, requires = "monitor", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub monitor_peers: Option<u64>,
+
+    /// Heavy tests every this many rounds (its --heavy-every).
+    #[arg(long, requires = "monitor", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub monitor_heavy_every: Option<u64>,
+
+    /// Print what would be applied, and apply nothing (no cluster needed).
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = DeployOutput::Table)]
+    pub output: DeployOutput,
+}
+
+/// Flags of `sondectl undeploy`.
+#[derive(Debug, clap::Args)]
+pub struct UndeployArgs {
+    /// The cluster and namespace.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
 
 /// Runs `sondectl deploy`.
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {

@@ -1,15 +1,167 @@
 //! `sondectl lab up|down|status`.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::bail;
+use ipnet::Ipv4Net;
 
 use crate::{
     agent,
-    cli::{LabCommand, LabDelayArgs, LabFillArgs, LabName, LabUpArgs},
-    lab::{self, Inventory, LabSpec, sys},
+    cli::{parse_duration, parse_duration_or_zero},
+    lab::{
+        self, Inventory, LabSpec,
+        spec::{BandwidthSpec, ServiceSpec},
+        sys,
+    },
     output::{self, OutputFormat},
 };
+
+/// `sondectl lab` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum LabCommand {
+    /// Build a lab and start a sonded per node; prints the inventory.
+    Up(LabUpArgs),
+    /// Remove a lab: processes, namespaces (with their links and nft tables), state files.
+    Down(LabName),
+    /// Check a lab's namespaces and daemons.
+    Status(LabName),
+    /// Add a known one-way delay on the underlay between two nodes, for a while (a relay
+    /// through TAP devices: this kernel has no netem). Runs until its time is up or Ctrl-C.
+    Delay(LabDelayArgs),
+    /// Fill a node's conntrack table with cheap flows: UDP datagrams from the node to one of
+    /// its pods, each to another port, at a steady rate (only that node's table grows).
+    ConntrackFill(LabFillArgs),
+}
+
+/// Flags of `sondectl lab conntrack-fill`.
+#[derive(Debug, clap::Args)]
+pub struct LabFillArgs {
+    /// The lab's name.
+    #[arg(
+        long = "name",
+        visible_alias = "lab",
+        env = "SONDE_LAB",
+        default_value = "lab"
+    )]
+    pub name: String,
+
+    /// The node whose table to fill.
+    #[arg(long)]
+    pub node: String,
+
+    /// New flows per second (at most 200000).
+    #[arg(long, default_value_t = 20_000.0, allow_negative_numbers = true)]
+    pub rate: f64,
+
+    /// Flows to make in all (at most 2000000): one entry each while they last.
+    #[arg(long)]
+    pub flows: u64,
+
+    /// Make the flows assured (a reply each way, used again after two seconds: three datagrams
+    /// a flow, between the node and one of its pods). The kernel does not evict assured entries
+    /// early, so a table full of them drops new connections instead.
+    #[arg(long)]
+    pub assured: bool,
+}
+
+/// Flags of `sondectl lab delay`.
+#[derive(Debug, clap::Args)]
+pub struct LabDelayArgs {
+    /// The lab's name.
+    #[arg(
+        long = "name",
+        visible_alias = "lab",
+        env = "SONDE_LAB",
+        default_value = "lab"
+    )]
+    pub name: String,
+
+    /// The sending node: its frames to `--to` are delayed.
+    #[arg(long)]
+    pub from: String,
+
+    /// The receiving node.
+    #[arg(long)]
+    pub to: String,
+
+    /// The added one-way delay (e.g. 5ms; 0 for the relay alone).
+    #[arg(long, value_parser = parse_duration_or_zero)]
+    pub delay: Duration,
+
+    /// How long the delay stays (at most an hour).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// The sonded binary that relays (default: next to sondectl).
+    #[arg(long)]
+    pub sonded: Option<PathBuf>,
+}
+
+/// Which lab.
+#[derive(Debug, clap::Args)]
+pub struct LabName {
+    /// The lab's name (1 to 8 lower-case letters or digits).
+    #[arg(
+        long = "name",
+        visible_alias = "lab",
+        env = "SONDE_LAB",
+        default_value = "lab"
+    )]
+    pub name: String,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Flags of `sondectl lab up`.
+#[derive(Debug, clap::Args)]
+pub struct LabUpArgs {
+    /// The lab's name and output format.
+    #[command(flatten)]
+    pub lab: LabName,
+
+    /// Number of nodes.
+    #[arg(long, default_value_t = 2)]
+    pub nodes: u8,
+
+    /// Pods on each node.
+    #[arg(long, default_value_t = 2)]
+    pub pods_per_node: u8,
+
+    /// Zones the nodes are spread over, round robin (node1 in zone-a, node2 in zone-b, ...).
+    #[arg(long, default_value_t = 1)]
+    pub zones: u8,
+
+    /// A ClusterIP Service: NAME=PORT[:TARGET_PORT][/tcp|/udp][@POD,POD...] (all pods if none
+    /// given). Repeatable.
+    #[arg(long = "service")]
+    pub services: Vec<ServiceSpec>,
+
+    /// An egress bandwidth limit, as kubernetes.io/egress-bandwidth: POD=RATE (100M, 1G,
+    /// 500k). Repeatable.
+    #[arg(long)]
+    pub bandwidth: Vec<BandwidthSpec>,
+
+    /// The pods' range (node N gets its N-th /24).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub pod_cidr: Ipv4Net,
+
+    /// The underlay joining the nodes.
+    #[arg(long, default_value = "10.250.0.0/24")]
+    pub node_cidr: Ipv4Net,
+
+    /// Where ClusterIPs come from.
+    #[arg(long, default_value = "10.96.0.0/24")]
+    pub service_cidr: Ipv4Net,
+
+    /// The sonded binary to run on each node (default: next to sondectl).
+    #[arg(long)]
+    pub sonded: Option<PathBuf>,
+}
 
 /// Runs a `sondectl lab` subcommand.
 pub async fn run(command: LabCommand) -> anyhow::Result<()> {

@@ -10,15 +10,56 @@
 //! pod_interfaces: [{host_interface, netns, ips, packets_from_pod, packets_to_pod, pod?}],
 //! reservations: [{class, user, session, scenario, purpose, expires_at_unix_ms}]}`.
 
+use std::{path::PathBuf, time::Duration};
+
 use serde::Serialize;
 use sonde_proto::v1 as pb;
 
 use crate::{
     agent::{self, AgentAddr},
-    cli::NodesArgs,
+    cli::parse_duration,
     lab::Inventory,
     output::{self, OutputFormat},
 };
+
+/// Flags of `sondectl nodes`.
+#[derive(Debug, clap::Args)]
+pub struct NodesArgs {
+    /// Daemons to ask, as HOST:PORT or unix:PATH (comma-separated or repeated). Without it,
+    /// the daemons of the lab named by --lab.
+    #[arg(long, env = "SONDE_AGENTS", value_delimiter = ',')]
+    pub agents: Vec<AgentAddr>,
+
+    /// The lab whose daemons to list when no --agents are given.
+    #[arg(long, env = "SONDE_LAB", default_value = "lab")]
+    pub lab: String,
+
+    /// List the daemons of a Kubernetes cluster instead (found by label through the API
+    /// server): node, zone, labels, pod IP, readiness.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The namespace sonde was deployed to (with --kubeconfig).
+    #[arg(long, default_value = crate::cluster::manifests::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+
+    /// Only nodes matching this label selector (with --kubeconfig), e.g. agenttype=client.
+    #[arg(long, default_value = "")]
+    pub node_selector: String,
+
+    /// Also pick a client and a server node placed this way (with --kubeconfig), or say why
+    /// there is no such pair.
+    #[arg(long, value_enum)]
+    pub pick: Option<crate::cluster::placement::Placement>,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// How long to wait for each daemon to answer, e.g. "3s" or "500ms".
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
 
 /// One daemon's answer, in sondectl's documented JSON shape.
 #[derive(Debug, Serialize)]
@@ -170,7 +211,7 @@ fn lab_agents(name: &str) -> anyhow::Result<Vec<AgentAddr>> {
         .collect()
 }
 
-async fn ask(addr: &AgentAddr, timeout: std::time::Duration) -> anyhow::Result<NodeReport> {
+async fn ask(addr: &AgentAddr, timeout: Duration) -> anyhow::Result<NodeReport> {
     let mut client = agent::connect(addr, timeout).await?;
     let response = client
         .get_node_facts(pb::GetNodeFactsRequest {})

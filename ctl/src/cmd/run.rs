@@ -1,12 +1,12 @@
 //! `sondectl run KIND --from A --to B`.
 
-use std::{io::IsTerminal as _, sync::Arc};
+use std::{io::IsTerminal as _, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 
 use crate::{
-    cli::{PlacementArgs, RunArgs, RunOutput},
-    endpoint,
+    cli::{DirectionArg, PlacementArgs, RunKindArg, parse_duration, parse_duration_or_zero},
+    endpoint::{self, EndpointRef},
     engine::{self, Session},
     lab::Inventory,
     run::{
@@ -14,6 +14,126 @@ use crate::{
         report::{self, RunReport},
     },
 };
+
+/// Output formats of `sondectl run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunOutput {
+    /// A table for people.
+    Table,
+    /// The result document (schema: docs/schema/run-result.v1.json).
+    Json,
+    /// One CSV row per measurement.
+    Csv,
+}
+
+/// A payload sweep: the sizes in bytes (an alias so clap takes it as one value).
+pub type Sweep = Vec<u64>;
+
+/// Flags of `sondectl run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The generator.
+    #[arg(value_enum)]
+    pub kind: RunKindArg,
+
+    /// Where the client runs: pod/NAME, node/NAME, or a daemon's HOST:PORT (with
+    /// --kubeconfig: pod/NAMESPACE/NAME or node/NAME).
+    #[arg(long)]
+    pub from: EndpointRef,
+
+    /// Where the server runs: pod/NAME, node/NAME, service/NAME, or a daemon's HOST:PORT (with
+    /// --kubeconfig: pod/NAMESPACE/NAME, node/NAME or service/NAMESPACE/NAME).
+    #[arg(long)]
+    pub to: EndpointRef,
+
+    /// The cluster and the placement the ends must have.
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+
+    /// Measured part of each measurement (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Warm-up before it, discarded (0 for none).
+    #[arg(long, default_value = "1s", value_parser = parse_duration_or_zero)]
+    pub warmup: Duration,
+
+    /// Repetitions of each size.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repetitions: u32,
+
+    /// Connections (TCP) or flows (UDP) in parallel.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: u32,
+
+    /// Target rate in messages per second across all connections; 0 for as fast as possible.
+    #[arg(long, default_value = "0", allow_negative_numbers = true)]
+    pub rate: f64,
+
+    /// Message size: per write (stream), per datagram (UDP), request and response (RR).
+    #[arg(long, value_parser = crate::run::sizes::parse_size)]
+    pub size: Option<u64>,
+
+    /// RR request size (overrides --size).
+    #[arg(long, value_parser = crate::run::sizes::parse_size)]
+    pub request_size: Option<u64>,
+
+    /// RR response size (overrides --size).
+    #[arg(long, value_parser = crate::run::sizes::parse_size)]
+    pub response_size: Option<u64>,
+
+    /// A payload sweep instead of one size: sizes and doubling ranges, e.g. 64B..16MiB.
+    #[arg(long, value_parser = crate::run::sizes::parse_sweep, conflicts_with = "size")]
+    pub sizes: Option<Sweep>,
+
+    /// Stream direction (tcp-stream).
+    #[arg(long, value_enum, default_value_t = DirectionArg::Forward)]
+    pub direction: DirectionArg,
+
+    /// Move payload with one plain syscall per message (no sendfile, splice, UDP GSO or
+    /// batching), as iperf3 does: for like-for-like comparisons and per-packet costs.
+    #[arg(long)]
+    pub plain_io: bool,
+
+    /// dns: the name to ask (default: the run's own name, which sonde's responder answers;
+    /// required with --to dns/ADDRESS).
+    #[arg(long)]
+    pub dns_name: Option<String>,
+
+    /// dns: the record types to ask, in turn (A, AAAA, SRV; repeated or comma-separated).
+    #[arg(long = "dns-type", value_delimiter = ',', default_value = "A")]
+    pub dns_types: Vec<String>,
+
+    /// Do not trace the run's packets in the kernel (no per-stage breakdown).
+    #[arg(long)]
+    pub no_trace: bool,
+
+    /// Estimate the clock offset between the two nodes NTP-style even when they share a
+    /// kernel (as lab nodes do), to see the estimator's error against a known zero.
+    #[arg(long, hide = true)]
+    pub estimate_clock: bool,
+
+    /// The lab whose pods, nodes and Services endpoints name.
+    #[arg(long, env = "SONDE_LAB", default_value = "lab")]
+    pub lab: String,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = RunOutput::Table)]
+    pub output: RunOutput,
+
+    /// Where the results go besides the output.
+    #[command(flatten)]
+    pub export: crate::export::ExportArgs,
+
+    /// How long a measurement waits for its nodes when someone else's measurement holds
+    /// them (reservations on the daemons), before it gives up naming the holder.
+    #[arg(long, default_value = "60s", value_parser = parse_duration_or_zero)]
+    pub wait: Duration,
+
+    /// How long to wait for a daemon to answer a call.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
 
 /// Runs `sondectl run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -85,8 +205,8 @@ fn check_placement(
 /// The ends of a run, resolved in the lab or the cluster the flags name, with their placement
 /// checked.
 pub async fn resolve_ends(
-    from: &endpoint::EndpointRef,
-    to: &endpoint::EndpointRef,
+    from: &EndpointRef,
+    to: &EndpointRef,
     placement: &PlacementArgs,
     lab: &str,
 ) -> anyhow::Result<Ends> {
@@ -119,7 +239,7 @@ pub async fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
         bail!("--rate must be 0 (as fast as possible) or a positive number of messages per second");
     }
     let dns = args.kind.proto() == sonde_proto::v1::RunKind::Dns;
-    let external = matches!(args.to, endpoint::EndpointRef::Dns(_));
+    let external = matches!(args.to, EndpointRef::Dns(_));
     if external && !dns {
         bail!(
             "--to {}: a DNS server that is not sonde's is measured by the dns kind only",
@@ -177,7 +297,7 @@ pub async fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
 
 /// Runs `plan` on a session of its own, which Ctrl-C cancels: the report keeps what was
 /// measured until then. A measurement waits at most `max_wait` for nodes others hold.
-pub async fn measure(plan: &Plan, max_wait: std::time::Duration) -> RunReport {
+pub async fn measure(plan: &Plan, max_wait: Duration) -> RunReport {
     let session = Arc::new(Session::new(plan.timeout).with_max_wait(max_wait));
     let ctrl_c = engine::cancel_on_ctrl_c(&session);
     let report = session.run(plan).await;

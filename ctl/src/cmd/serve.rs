@@ -6,17 +6,49 @@
 //! line), serves for `--duration` (or until Ctrl-C), then prints what the server side
 //! measured as a second JSON line.
 
-use std::io::Write as _;
+use std::{io::Write as _, time::Duration};
 
 use anyhow::Context as _;
 use sonde_proto::v1 as pb;
 
 use crate::{
     agent,
-    cli::ServeArgs,
+    cli::{RunKindArg, parse_duration},
     endpoint::{self, EndpointRef},
     lab::Inventory,
 };
+
+/// Flags of `sondectl serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The generator whose server side to run.
+    #[arg(value_enum)]
+    pub kind: RunKindArg,
+
+    /// Where: pod/NAME, node/NAME, or a daemon's HOST:PORT.
+    #[arg(long)]
+    pub at: EndpointRef,
+
+    /// How long to serve.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Response size (RR kinds and HTTP).
+    #[arg(long, value_parser = crate::run::sizes::parse_size)]
+    pub size: Option<u64>,
+
+    /// Connections it expects.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: u32,
+
+    /// The lab whose pods and nodes `--at` names.
+    #[arg(long, env = "SONDE_LAB", default_value = "lab")]
+    pub lab: String,
+
+    /// How long to wait for the daemon to answer a call.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
 
 /// Runs `sondectl serve`.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -52,10 +84,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             spec: Some(spec),
             netns: place.netns.clone(),
             port: 0,
-            lease_ms: u64::try_from(
-                (args.duration + std::time::Duration::from_secs(30)).as_millis(),
-            )
-            .unwrap_or(u64::MAX),
+            lease_ms: u64::try_from((args.duration + Duration::from_secs(30)).as_millis())
+                .unwrap_or(u64::MAX),
             token: Vec::new(),
             trace: None,
             reservation_id: String::new(),

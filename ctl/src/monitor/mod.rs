@@ -128,7 +128,7 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(leader::default_identity);
             let joined = leader::Leadership::join(
                 client,
-                &args.cluster.sonde_namespace,
+                &args.cluster.namespace,
                 name,
                 &identity,
                 args.lease_duration,

@@ -13,8 +13,9 @@ use anyhow::bail;
 use serde::Serialize;
 
 use crate::{
-    cli::{ConntrackRampArgs, RampStop, RunKindArg},
+    cli::{PlacementArgs, RunKindArg, parse_duration},
     cmd::run as runs,
+    endpoint::EndpointRef,
     engine::{self, Session},
     output::OutputFormat,
     run::{
@@ -23,6 +24,91 @@ use crate::{
         report::{ConntrackReport, RunReport, nanos},
     },
 };
+
+/// What stops a conntrack ramp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RampStop {
+    /// A conntrack insert failed (clash) on a node of the path.
+    InsertFailed,
+    /// The kernel dropped a packet for lack of a conntrack entry (table full).
+    Drop,
+    /// The kernel evicted an unassured entry to make room (table full).
+    EarlyDrop,
+    /// Connections failed (refused, reset, timed out, no local port).
+    Errors,
+    /// Fewer than 90% of the offered connections were made: the path or the generator
+    /// saturated.
+    Saturated,
+    /// No stop condition: only --ceiling ends the ramp.
+    None,
+}
+
+/// Flags of `sondectl conntrack ramp`.
+#[derive(Debug, clap::Args)]
+pub struct ConntrackRampArgs {
+    /// Where the connections start: pod/NAME, node/NAME, or a daemon's HOST:PORT.
+    #[arg(long)]
+    pub from: EndpointRef,
+
+    /// Where they go: pod/NAME, node/NAME, service/NAME, or a daemon's HOST:PORT.
+    #[arg(long)]
+    pub to: EndpointRef,
+
+    /// The cluster and the placement the ends must have (as for `run`).
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+
+    /// The first step's rate, connections per second.
+    #[arg(long, default_value_t = 250.0, allow_negative_numbers = true)]
+    pub start_rate: f64,
+
+    /// Each step's rate is the previous one's times this (more than 1).
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
+    pub factor: f64,
+
+    /// How long each step lasts.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub step: Duration,
+
+    /// The highest rate to try, connections per second.
+    #[arg(long, allow_negative_numbers = true)]
+    pub ceiling: Option<f64>,
+
+    /// What stops the ramp (comma-separated; `none` leaves only --ceiling).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "insert-failed,drop,early-drop,errors"
+    )]
+    pub stop_on: Vec<RampStop>,
+
+    /// At most this many steps, whatever else happens.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub max_steps: u32,
+
+    /// Client threads making connections.
+    #[arg(long, default_value_t = 2)]
+    pub parallel: u32,
+
+    /// Attach the stage probes to each step, so that the packets the kernel drops are named
+    /// with their reason and where they were (costs some of the rate).
+    #[arg(long)]
+    pub trace: bool,
+
+    /// The lab whose pods, nodes and Services endpoints name.
+    #[arg(long, env = "SONDE_LAB", default_value = "lab")]
+    pub lab: String,
+
+    /// Output: a table of steps and the knee, or one JSON document.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// How long to wait for a daemon to answer a call.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
 
 /// One step of the ramp.
 #[derive(Debug, Serialize)]

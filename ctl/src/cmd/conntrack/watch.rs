@@ -1,6 +1,8 @@
 //! `sondectl conntrack watch`: every node's table, a line (or a JSON object) per node and
 //! sample, as the daemons stream them.
 
+use std::time::Duration;
+
 use anyhow::bail;
 use futures::StreamExt as _;
 use serde_json::json;
@@ -8,10 +10,56 @@ use sonde_proto::v1 as pb;
 
 use crate::{
     agent::{self, AgentAddr},
-    cli::ConntrackWatchArgs,
+    cli::{KubernetesArgs, parse_duration},
     lab::Inventory,
     output::OutputFormat,
 };
+
+/// Flags of `sondectl conntrack watch`.
+#[derive(Debug, clap::Args)]
+pub struct ConntrackWatchArgs {
+    /// Daemons to watch, as HOST:PORT or unix:PATH. Without it, the lab's daemons (or the
+    /// cluster's, with --kubeconfig).
+    #[arg(
+        long,
+        env = "SONDE_AGENTS",
+        value_delimiter = ',',
+        conflicts_with = "kubeconfig"
+    )]
+    pub agents: Vec<AgentAddr>,
+
+    /// Only these nodes (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+
+    /// Watch the nodes of a Kubernetes cluster instead.
+    #[command(flatten)]
+    pub cluster: KubernetesArgs,
+
+    /// Between samples (100ms to 60s).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Stop after this many samples per node (0: until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+
+    /// Skip the per-state census (the table dump costs 2.4 µs an entry: 0.64 s when full).
+    #[arg(long)]
+    pub no_census: bool,
+
+    /// The lab whose daemons to watch when no --agents are given.
+    #[arg(long, env = "SONDE_LAB", default_value = "lab")]
+    pub lab: String,
+
+    /// Output: a line per node and sample, or JSON lines (one object per node and sample).
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// How long to wait for a daemon to answer.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
 
 /// A daemon to watch, by the node name to print.
 #[derive(Debug, Clone)]
@@ -55,7 +103,7 @@ pub fn targets(agents: &[AgentAddr], nodes: &[String], lab: &str) -> anyhow::Res
 
 /// The ready daemons of a Kubernetes cluster (restricted to `nodes`).
 async fn cluster_targets(
-    cluster: &crate::cli::KubernetesArgs,
+    cluster: &KubernetesArgs,
     nodes: &[String],
 ) -> anyhow::Result<Vec<Watched>> {
     let agents = crate::cluster::endpoints::Cluster::connect(cluster)
@@ -132,7 +180,7 @@ pub async fn run(args: ConntrackWatchArgs) -> anyhow::Result<()> {
 pub async fn open(
     target: &Watched,
     request: &pb::WatchConntrackRequest,
-    timeout: std::time::Duration,
+    timeout: Duration,
 ) -> anyhow::Result<tonic::Streaming<pb::ConntrackSample>> {
     let mut client = agent::connect(&target.agent, timeout).await?;
     let stream = client
