@@ -13,7 +13,7 @@ use std::{
 
 use sonde_common::stages::{point, side};
 use sonde_daemon::{
-    probes::Probes,
+    object::EbpfObject,
     stages::{TraceReport, TraceSpec, TracedFlow, Tracer, Ways, cost::tcp_segment},
 };
 use sonde_integration::require_root;
@@ -40,8 +40,8 @@ fn on_a_thread_with_tracefs(with_btf: bool) -> TraceReport {
 /// Traces one flow with the socket hooks attached (no interface), runs `PACKETS` of its
 /// segments through the uplink's egress classifier and reports.
 fn drop_test_packets(btf: Option<&aya::Btf>) -> TraceReport {
-    let probes = Probes::load_with_btf(btf).expect("load sonde's eBPF object");
-    let tracer = Tracer::new(Arc::new(Mutex::new(probes)), btf).expect("start the tracer");
+    let object = EbpfObject::load_with_btf(btf).expect("load sonde's eBPF object");
+    let tracer = Tracer::new(Arc::new(Mutex::new(object)), btf).expect("start the tracer");
     let spec = TraceSpec {
         flows: vec![TracedFlow {
             client: IpAddr::V4(CLIENT),

@@ -18,7 +18,7 @@ use etherparse::{
 };
 use sonde_common::stages::{BATCH_EVENTS, direction, point, sampled, side};
 use sonde_daemon::{
-    probes::Probes,
+    object::EbpfObject,
     stages::{TracedFlow, Tracer, collect::Collected, cost},
 };
 use sonde_integration::require_root;
@@ -50,8 +50,8 @@ macro_rules! packet {
 
 fn tracer() -> Arc<Tracer> {
     let btf = aya::Btf::from_sys_fs().ok();
-    let probes = Probes::load_with_btf(btf.as_ref()).expect("load sonde's eBPF object");
-    Tracer::new(Arc::new(Mutex::new(probes)), btf.as_ref()).expect("start the tracer")
+    let object = EbpfObject::load_with_btf(btf.as_ref()).expect("load sonde's eBPF object");
+    Tracer::new(Arc::new(Mutex::new(object)), btf.as_ref()).expect("start the tracer")
 }
 
 fn flows() -> Vec<TracedFlow> {

@@ -17,7 +17,7 @@ use std::{
 
 use sonde_common::stages::{sampled, side};
 use sonde_daemon::{
-    probes::Probes,
+    object::EbpfObject,
     stages::{
         RunTrace, TraceReport, TraceSpec, TracedFlow, Tracer, Ways,
         cost::tcp_segment,
@@ -137,9 +137,9 @@ fn with_tracer(test: impl FnOnce(&Arc<Tracer>) + Send + 'static) {
     std::thread::spawn(move || {
         sonde_daemon::mounts::ensure_tracefs().expect("tracefs for this thread");
         let btf = aya::Btf::from_sys_fs().expect("this kernel has BTF");
-        let probes = Probes::load_with_btf(Some(&btf)).expect("load sonde's eBPF object");
+        let object = EbpfObject::load_with_btf(Some(&btf)).expect("load sonde's eBPF object");
         let tracer =
-            Tracer::new(Arc::new(Mutex::new(probes)), Some(&btf)).expect("start the tracer");
+            Tracer::new(Arc::new(Mutex::new(object)), Some(&btf)).expect("start the tracer");
         test(&tracer);
     })
     .join()

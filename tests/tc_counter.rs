@@ -7,7 +7,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 
-use sonde_daemon::{netns, probes::Probes, tc_counter};
+use sonde_daemon::{netns, object::EbpfObject, tc_counter};
 use sonde_integration::{Netns, require_root};
 
 const A_ADDR: &str = "10.231.0.1";
@@ -84,8 +84,8 @@ fn send_and_receive(from: &UdpSocket, to: &UdpSocket, count: usize) {
 fn counts_exactly_the_packets_sent_on_a_veth() {
     require_root();
     let pair = Pair::new();
-    let mut probes = Probes::load().expect("load sonde's eBPF object");
-    let attachment = netns::run_in(&pair.b.path(), || tc_counter::attach(&mut probes, "vb"))
+    let mut object = EbpfObject::load().expect("load sonde's eBPF object");
+    let attachment = netns::run_in(&pair.b.path(), || tc_counter::attach(&mut object, "vb"))
         .expect("enter namespace b")
         .expect("attach the counter to vb");
 
@@ -94,14 +94,14 @@ fn counts_exactly_the_packets_sent_on_a_veth() {
 
     // a -> b: arrives on vb (ingress).
     send_and_receive(&in_a, &in_b, 100);
-    let counts = tc_counter::read(&probes, attachment.ifindex).expect("read counts");
+    let counts = tc_counter::read(&object, attachment.ifindex).expect("read counts");
     assert_eq!(counts.ingress.packets, 100, "{counts:?}");
     assert_eq!(counts.ingress.bytes, 100 * FRAME, "{counts:?}");
     assert_eq!(counts.egress.packets, 0, "{counts:?}");
 
     // b -> a: leaves through vb (egress).
     send_and_receive(&in_b, &in_a, 37);
-    let counts = tc_counter::read(&probes, attachment.ifindex).expect("read counts");
+    let counts = tc_counter::read(&object, attachment.ifindex).expect("read counts");
     assert_eq!(counts.ingress.packets, 100, "{counts:?}");
     assert_eq!(counts.egress.packets, 37, "{counts:?}");
     assert_eq!(counts.egress.bytes, 37 * FRAME, "{counts:?}");
@@ -112,7 +112,7 @@ fn counts_exactly_the_packets_sent_on_a_veth() {
     let ifindex = netns::run_in(&pair.b.path(), || nix::net::if_::if_nametoindex("vb"))
         .expect("enter namespace b")
         .expect("vb exists");
-    let after = tc_counter::read(&probes, ifindex).expect("read counts");
+    let after = tc_counter::read(&object, ifindex).expect("read counts");
     assert_eq!(
         after, counts,
         "counting continued after the links were dropped"
@@ -124,8 +124,8 @@ fn counts_exactly_the_packets_sent_on_a_veth() {
 fn attaching_to_a_missing_interface_is_a_clear_error() {
     require_root();
     let ns = Netns::new("missing");
-    let mut probes = Probes::load().expect("load sonde's eBPF object");
-    let err = netns::run_in(&ns.path(), || tc_counter::attach(&mut probes, "nope0"))
+    let mut object = EbpfObject::load().expect("load sonde's eBPF object");
+    let err = netns::run_in(&ns.path(), || tc_counter::attach(&mut object, "nope0"))
         .expect("enter namespace")
         .expect_err("no such interface");
     assert_eq!(

@@ -1,6 +1,6 @@
 //! What this kernel lets sonde do, tried for real once at daemon start.
 //!
-//! Each capability is probed by doing the real thing at its smallest: load a program of the
+//! Each capability is tried by doing the real thing at its smallest: load a program of the
 //! type and, where attaching is cheap and harmless, attach it and detach it at once. A missing
 //! capability keeps the kernel's own error text, because "fentry: unavailable" helps nobody and
 //! "bpf_prog_load: Operation not permitted" tells an operator what to look at.
@@ -19,20 +19,20 @@ use aya::{
     },
 };
 
-use crate::{error::chain, probes::Probes, tc_counter};
+use crate::{error::chain, object::EbpfObject, tc_counter};
 
 /// A kernel feature sonde can use, and whether this kernel has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capability {
     /// Stable short name (see [`NAMES`]).
     pub name: &'static str,
-    /// True when the probe worked for real.
+    /// True when the attempt worked for real.
     pub available: bool,
     /// What was done when available; the kernel's error when not.
     pub detail: String,
 }
 
-/// Every capability sonde probes for, in the order they are reported.
+/// Every capability sonde tries, in the order they are reported.
 pub const NAMES: [&str; 8] = [
     "btf",
     "tcx",
@@ -44,15 +44,15 @@ pub const NAMES: [&str; 8] = [
     "kprobe",
 ];
 
-/// The tracepoint every tracing probe hooks: it exists on every kernel sonde supports.
+/// The tracepoint every tracing attempt hooks: it exists on every kernel sonde supports.
 const TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
 /// A kernel function that exists on every kernel sonde supports, for fentry and kprobe.
 const KERNEL_FUNCTION: &str = "tcp_rcv_established";
 
-/// Probes every capability in [`NAMES`] order, given the outcome of reading the kernel's BTF
-/// (`Btf::from_sys_fs()`). Probe programs other than the TC counter are unloaded again
+/// Tries every capability in [`NAMES`] order, given the outcome of reading the kernel's BTF
+/// (`Btf::from_sys_fs()`). Capability programs other than the TC counter are unloaded again
 /// afterwards: they exist to be tried, not kept.
-pub fn probe_all(probes: &mut Probes, btf: &Result<Btf, BtfError>) -> Vec<Capability> {
+pub fn detect(object: &mut EbpfObject, btf: &Result<Btf, BtfError>) -> Vec<Capability> {
     let btf_result = match btf {
         Ok(_) => Ok("vmlinux BTF read from /sys/kernel/btf/vmlinux".to_owned()),
         Err(err) => Err(chain(err)),
@@ -60,13 +60,13 @@ pub fn probe_all(probes: &mut Probes, btf: &Result<Btf, BtfError>) -> Vec<Capabi
     let btf = btf.as_ref().ok();
     let results: [Result<String, String>; 8] = [
         btf_result,
-        probe_tcx(probes),
-        probe_tracepoint(probes),
-        with_btf(btf, |btf| probe_tp_btf(probes, btf)),
-        probe_sock_ops(probes),
-        probe_ringbuf(),
-        with_btf(btf, |btf| probe_fentry(probes, btf)),
-        probe_kprobe(probes),
+        try_tcx(object),
+        try_tracepoint(object),
+        with_btf(btf, |btf| try_tp_btf(object, btf)),
+        try_sock_ops(object),
+        try_ringbuf(),
+        with_btf(btf, |btf| try_fentry(object, btf)),
+        try_kprobe(object),
     ];
     NAMES
         .into_iter()
@@ -88,7 +88,7 @@ pub fn probe_all(probes: &mut Probes, btf: &Result<Btf, BtfError>) -> Vec<Capabi
                 capability = capability.name,
                 available = capability.available,
                 detail = %capability.detail,
-                "kernel capability probed"
+                "kernel capability tried"
             );
             capability
         })
@@ -97,15 +97,15 @@ pub fn probe_all(probes: &mut Probes, btf: &Result<Btf, BtfError>) -> Vec<Capabi
 
 fn with_btf(
     btf: Option<&Btf>,
-    probe: impl FnOnce(&Btf) -> Result<String, String>,
+    attempt: impl FnOnce(&Btf) -> Result<String, String>,
 ) -> Result<String, String> {
     match btf {
-        Some(btf) => probe(btf),
+        Some(btf) => attempt(btf),
         None => Err("needs kernel BTF, which is unavailable".to_owned()),
     }
 }
 
-/// A step of a probe: what was attempted and the error it gave.
+/// A step of an attempt: what was attempted and the error it gave.
 fn step<T>(action: &str, result: Result<T, ProgramError>) -> Result<T, String> {
     result.map_err(|err| format!("{action}: {}", shorten(&chain(&err))))
 }
@@ -125,17 +125,17 @@ fn shorten(text: &str) -> String {
     }
 }
 
-fn program<'a, T>(probes: &'a mut Probes, name: &'static str) -> Result<&'a mut T, String>
+fn program<'a, T>(object: &'a mut EbpfObject, name: &'static str) -> Result<&'a mut T, String>
 where
     &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
 {
-    let program = probes.program_mut(name).map_err(|err| chain(&err))?;
+    let program = object.program_mut(name).map_err(|err| chain(&err))?;
     step("program type", program.try_into())
 }
 
-fn probe_tcx(probes: &mut Probes) -> Result<String, String> {
-    tc_counter::load(probes).map_err(|err| chain(&err))?;
-    let classifier: &mut SchedClassifier = program(probes, tc_counter::INGRESS_PROGRAM)?;
+fn try_tcx(object: &mut EbpfObject) -> Result<String, String> {
+    tc_counter::load(object).map_err(|err| chain(&err))?;
+    let classifier: &mut SchedClassifier = program(object, tc_counter::INGRESS_PROGRAM)?;
     let link = step(
         "attach TCX ingress on lo",
         classifier.attach_with_options(
@@ -148,9 +148,9 @@ fn probe_tcx(probes: &mut Probes) -> Result<String, String> {
     Ok("attached and detached a TCX ingress link on lo".to_owned())
 }
 
-fn probe_tracepoint(probes: &mut Probes) -> Result<String, String> {
+fn try_tracepoint(object: &mut EbpfObject) -> Result<String, String> {
     let (category, name) = TRACEPOINT;
-    let tracepoint: &mut TracePoint = program(probes, "sonde_cap_tp")?;
+    let tracepoint: &mut TracePoint = program(object, "sonde_cap_tp")?;
     step("load", tracepoint.load())?;
     let outcome = step(
         &format!("attach to {category}:{name}"),
@@ -161,9 +161,9 @@ fn probe_tracepoint(probes: &mut Probes) -> Result<String, String> {
     outcome.map(|()| format!("attached and detached {category}:{name}"))
 }
 
-fn probe_tp_btf(probes: &mut Probes, btf: &Btf) -> Result<String, String> {
+fn try_tp_btf(object: &mut EbpfObject, btf: &Btf) -> Result<String, String> {
     let (_, name) = TRACEPOINT;
-    let tracepoint: &mut BtfTracePoint = program(probes, "sonde_cap_tp_btf")?;
+    let tracepoint: &mut BtfTracePoint = program(object, "sonde_cap_tp_btf")?;
     step(&format!("load for {name}"), tracepoint.load(name, btf))?;
     let outcome = step("attach", tracepoint.attach())
         .and_then(|link| step("detach", tracepoint.detach(link)));
@@ -171,11 +171,11 @@ fn probe_tp_btf(probes: &mut Probes, btf: &Btf) -> Result<String, String> {
     outcome.map(|()| format!("attached and detached tp_btf/{name}"))
 }
 
-fn probe_sock_ops(probes: &mut Probes) -> Result<String, String> {
+fn try_sock_ops(object: &mut EbpfObject) -> Result<String, String> {
     let cgroup_path = own_cgroup().map_err(|err| format!("finding our cgroup v2: {err}"))?;
     let cgroup = std::fs::File::open(&cgroup_path)
         .map_err(|err| format!("opening cgroup {}: {err}", cgroup_path.display()))?;
-    let sock_ops: &mut SockOps = program(probes, "sonde_cap_sockops")?;
+    let sock_ops: &mut SockOps = program(object, "sonde_cap_sockops")?;
     step("load", sock_ops.load())?;
     let outcome = step(
         &format!("attach to cgroup {}", cgroup_path.display()),
@@ -193,7 +193,7 @@ fn probe_sock_ops(probes: &mut Probes) -> Result<String, String> {
     })
 }
 
-fn probe_ringbuf() -> Result<String, String> {
+fn try_ringbuf() -> Result<String, String> {
     match aya::sys::is_map_supported(MapType::RingBuf) {
         Ok(true) => Ok("created a BPF_MAP_TYPE_RINGBUF map".to_owned()),
         Ok(false) => Err("the kernel refused to create a BPF_MAP_TYPE_RINGBUF map".to_owned()),
@@ -201,8 +201,8 @@ fn probe_ringbuf() -> Result<String, String> {
     }
 }
 
-fn probe_fentry(probes: &mut Probes, btf: &Btf) -> Result<String, String> {
-    let fentry: &mut FEntry = program(probes, "sonde_cap_fentry")?;
+fn try_fentry(object: &mut EbpfObject, btf: &Btf) -> Result<String, String> {
+    let fentry: &mut FEntry = program(object, "sonde_cap_fentry")?;
     step(
         &format!("load fentry/{KERNEL_FUNCTION}"),
         fentry.load(KERNEL_FUNCTION, btf),
@@ -213,8 +213,8 @@ fn probe_fentry(probes: &mut Probes, btf: &Btf) -> Result<String, String> {
     outcome.map(|()| format!("attached and detached fentry/{KERNEL_FUNCTION}"))
 }
 
-fn probe_kprobe(probes: &mut Probes) -> Result<String, String> {
-    let kprobe: &mut KProbe = program(probes, "sonde_cap_kprobe")?;
+fn try_kprobe(object: &mut EbpfObject) -> Result<String, String> {
+    let kprobe: &mut KProbe = program(object, "sonde_cap_kprobe")?;
     step("load", kprobe.load())?;
     let outcome = step(
         &format!("attach to {KERNEL_FUNCTION}"),

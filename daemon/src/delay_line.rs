@@ -20,7 +20,7 @@ use std::{
 use aya::{maps::HashMap as BpfHashMap, programs::TcAttachType};
 use sonde_common::{delay::Redirect, maps};
 
-use crate::{Error, Result, probes::Probes, tc_counter};
+use crate::{Error, Result, object::EbpfObject, tc_counter};
 
 /// The relay's TAP devices: frames to delay come out of `IN`, delayed frames go into `OUT`.
 const TAP_IN: &str = "sdl-in";
@@ -60,10 +60,10 @@ pub fn run(spec: &DelaySpec, ready: impl FnOnce()) -> Result<Carried> {
     for tap in [TAP_IN, TAP_OUT] {
         link_up(tap)?;
     }
-    let mut probes = Probes::load()?;
-    tc_counter::load_classifiers(&mut probes, &[CLASSIFIER])?;
+    let mut object = EbpfObject::load()?;
+    tc_counter::load_classifiers(&mut object, &[CLASSIFIER])?;
     let mut rules: BpfHashMap<_, u32, Redirect> =
-        BpfHashMap::try_from(probes.take_map(maps::REDIRECTS).ok_or(Error::MissingMap {
+        BpfHashMap::try_from(object.take_map(maps::REDIRECTS).ok_or(Error::MissingMap {
             name: maps::REDIRECTS,
         })?)
         .map_err(|source| Error::Map {
@@ -103,12 +103,12 @@ pub fn run(spec: &DelaySpec, ready: impl FnOnce()) -> Result<Carried> {
         .map_err(map_error)?;
     let _links = [
         tc_counter::attach_tcx(
-            &mut probes,
+            &mut object,
             CLASSIFIER,
             &spec.from_port,
             TcAttachType::Ingress,
         )?,
-        tc_counter::attach_tcx(&mut probes, CLASSIFIER, TAP_OUT, TcAttachType::Ingress)?,
+        tc_counter::attach_tcx(&mut object, CLASSIFIER, TAP_OUT, TcAttachType::Ingress)?,
     ];
     // Sleep as precisely as the kernel allows: the default 50 µs slack would be the error.
     // SAFETY: prctl with an integer argument, no pointers.

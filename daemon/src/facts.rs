@@ -9,7 +9,7 @@ use crate::{
     Result,
     capabilities::{self, Capability},
     config::Config,
-    probes::{LoadedProgram, Probes},
+    object::{EbpfObject, LoadedProgram},
     stages::Tracer,
     tc_counter,
 };
@@ -57,12 +57,12 @@ pub struct Node {
     /// Facts that do not change while the daemon runs (programs are read live).
     fixed: NodeFacts,
     /// The loaded eBPF object; a mutex because probing and attaching need `&mut`.
-    probes: Arc<Mutex<Probes>>,
+    object: Arc<Mutex<EbpfObject>>,
     /// Per-stage tracing of runs; `None` when the kernel refused its programs (the reason is
     /// logged, and runs asking for it are told).
     pub tracer: Option<Arc<Tracer>>,
     /// The pods' veths and their counters; `None` when they cannot be mapped (logged).
-    pods: Option<Arc<crate::pods::PodProbes>>,
+    pods: Option<Arc<crate::pods::PodMap>>,
     /// The pods' names, when the daemon watches the API server.
     pod_names: std::sync::OnceLock<Arc<crate::pods::names::PodNames>>,
 }
@@ -74,11 +74,11 @@ impl Node {
         // The kernel's BTF is parsed once, for loading and for probing, then dropped: it is the
         // largest thing the daemon ever holds.
         let btf = aya::Btf::from_sys_fs();
-        let mut probes = Probes::load_with_btf(btf.as_ref().ok())?;
-        let capabilities = capabilities::probe_all(&mut probes, &btf);
-        tc_counter::load(&mut probes)?;
-        let probes = Arc::new(Mutex::new(probes));
-        let tracer = match Tracer::new(Arc::clone(&probes), btf.as_ref().ok()) {
+        let mut object = EbpfObject::load_with_btf(btf.as_ref().ok())?;
+        let capabilities = capabilities::detect(&mut object, &btf);
+        tc_counter::load(&mut object)?;
+        let object = Arc::new(Mutex::new(object));
+        let tracer = match Tracer::new(Arc::clone(&object), btf.as_ref().ok()) {
             Ok(tracer) => Some(tracer),
             Err(err) => {
                 tracing::warn!(reason = %crate::error::chain(&err), "per-stage tracing unavailable");
@@ -97,7 +97,7 @@ impl Node {
             programs: Vec::new(),
             pod_interfaces: Vec::new(),
         };
-        let pods = match crate::pods::PodProbes::start(Arc::clone(&probes)) {
+        let pods = match crate::pods::PodMap::start(Arc::clone(&object)) {
             Ok(pods) => Some(pods),
             Err(err) => {
                 tracing::warn!(%err, "pods cannot be mapped to veths: no per-pod counters");
@@ -109,7 +109,7 @@ impl Node {
         }
         Ok(Self {
             fixed,
-            probes,
+            object,
             tracer,
             pods,
             pod_names: std::sync::OnceLock::new(),
@@ -145,19 +145,19 @@ impl FactsSource for Node {
             }
         }
         // A panic while holding the lock left the object as it was; reading is still safe.
-        let probes = self
-            .probes
+        let object = self
+            .object
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let pod_interfaces = pods
             .into_iter()
             .map(|pod| {
-                let counts = tc_counter::read(&probes, pod.host_ifindex).unwrap_or_default();
+                let counts = tc_counter::read(&object, pod.host_ifindex).unwrap_or_default();
                 (pod, counts)
             })
             .collect();
         NodeFacts {
-            programs: probes.loaded_programs(),
+            programs: object.loaded_programs(),
             pod_interfaces,
             ..self.fixed.clone()
         }

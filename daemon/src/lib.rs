@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: flags and `SONDE_*` environment variables.
-//! - [`probes`]: the embedded eBPF object, loaded once; programs and maps the daemon holds.
+//! - [`object`]: the embedded eBPF object, loaded once; programs and maps the daemon holds.
+//!   ("Probe" means one thing in sonde: a stage program at one hook of the datapath.)
 //! - [`capabilities`]: what this kernel allows, tried for real at start.
 //! - [`tc_counter`]: per-interface packet counters on TCX links.
 //! - [`mounts`]: tracefs in a private mount namespace when the host has none.
@@ -33,8 +34,8 @@ pub mod metrics;
 pub mod mounts;
 pub mod netlink;
 pub mod netns;
+pub mod object;
 pub mod pods;
-pub mod probes;
 pub mod reservations;
 pub mod runs;
 pub mod server;

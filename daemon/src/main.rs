@@ -115,8 +115,8 @@ fn run(config: Config) -> anyhow::Result<()> {
 /// `sonded probe-cost`: loads the probes as the daemon does and measures each stage classifier.
 fn probe_cost(rounds: u32, json: bool) -> anyhow::Result<()> {
     let btf = aya::Btf::from_sys_fs().ok();
-    let probes = sonde_daemon::probes::Probes::load_with_btf(btf.as_ref())?;
-    let tracer = Tracer::new(Arc::new(std::sync::Mutex::new(probes)), btf.as_ref())?;
+    let object = sonde_daemon::object::EbpfObject::load_with_btf(btf.as_ref())?;
+    let tracer = Tracer::new(Arc::new(std::sync::Mutex::new(object)), btf.as_ref())?;
     let costs = cost::measure(&tracer, rounds)?;
     if costs.traced_events == 0 || costs.unsampled_events > 0 {
         anyhow::bail!(

@@ -19,7 +19,7 @@ use sonde_common::{
     maps::IFACE_COUNTERS,
 };
 
-use crate::{Error, Result, probes::Probes};
+use crate::{Error, Result, object::EbpfObject};
 
 /// Name of the ingress counting program in sonde's object.
 pub const INGRESS_PROGRAM: &str = "sonde_tc_ingress";
@@ -48,23 +48,27 @@ impl CounterAttachment {
     /// no packet goes uncounted or is counted twice. Both programs must count as the
     /// counters do. After an error the attachment may have lost a link, or run one program
     /// of each pair: drop it and attach anew.
-    pub fn run(&mut self, probes: &mut Probes, [ingress, egress]: [&'static str; 2]) -> Result<()> {
-        load_classifiers(probes, &[ingress, egress])?;
-        self.ingress = Some(swap(probes, ingress, self.ingress.take(), &self.iface)?);
-        self.egress = Some(swap(probes, egress, self.egress.take(), &self.iface)?);
+    pub fn run(
+        &mut self,
+        object: &mut EbpfObject,
+        [ingress, egress]: [&'static str; 2],
+    ) -> Result<()> {
+        load_classifiers(object, &[ingress, egress])?;
+        self.ingress = Some(swap(object, ingress, self.ingress.take(), &self.iface)?);
+        self.egress = Some(swap(object, egress, self.egress.take(), &self.iface)?);
         Ok(())
     }
 
     /// Puts the plain counters back in the links.
-    pub fn count_only(&mut self, probes: &mut Probes) -> Result<()> {
-        self.run(probes, [INGRESS_PROGRAM, EGRESS_PROGRAM])
+    pub fn count_only(&mut self, object: &mut EbpfObject) -> Result<()> {
+        self.run(object, [INGRESS_PROGRAM, EGRESS_PROGRAM])
     }
 }
 
 /// Moves `link` to the program `name` (`BPF_LINK_UPDATE`: the kernel swaps the program in
 /// place, keeping the link's position among the interface's programs).
 fn swap(
-    probes: &mut Probes,
+    object: &mut EbpfObject,
     name: &'static str,
     link: Option<SchedClassifierLink>,
     iface: &str,
@@ -72,7 +76,7 @@ fn swap(
     let link = link.ok_or_else(|| Error::NotAttached {
         name: iface.to_owned(),
     })?;
-    let classifier = classifier(probes, name)?;
+    let classifier = classifier(object, name)?;
     let id = classifier.attach_to_link(link).map_err(program_error(
         name,
         format!("swap into the counter link on {iface}"),
@@ -101,14 +105,14 @@ pub struct IfaceCounts {
 }
 
 /// Loads both counter programs into the kernel (once; later calls do nothing).
-pub fn load(probes: &mut Probes) -> Result<()> {
-    load_classifiers(probes, &[INGRESS_PROGRAM, EGRESS_PROGRAM])
+pub fn load(object: &mut EbpfObject) -> Result<()> {
+    load_classifiers(object, &[INGRESS_PROGRAM, EGRESS_PROGRAM])
 }
 
 /// Loads TC classifiers of sonde's object into the kernel (those loaded already are skipped).
-pub(crate) fn load_classifiers(probes: &mut Probes, names: &[&'static str]) -> Result<()> {
+pub(crate) fn load_classifiers(object: &mut EbpfObject, names: &[&'static str]) -> Result<()> {
     for &name in names {
-        let classifier = classifier(probes, name)?;
+        let classifier = classifier(object, name)?;
         match classifier.load() {
             Ok(()) | Err(ProgramError::AlreadyLoaded) => {}
             Err(source) => {
@@ -125,13 +129,13 @@ pub(crate) fn load_classifiers(probes: &mut Probes, names: &[&'static str]) -> R
 
 /// Attaches the counters to `iface` in the calling thread's network namespace, as TCX links
 /// placed after any program already there (a CNI's programs keep running first).
-pub fn attach(probes: &mut Probes, iface: &str) -> Result<CounterAttachment> {
+pub fn attach(object: &mut EbpfObject, iface: &str) -> Result<CounterAttachment> {
     let ifindex = nix::net::if_::if_nametoindex(iface).map_err(|_| Error::NoSuchInterface {
         name: iface.to_owned(),
     })?;
-    load(probes)?;
-    let ingress = attach_tcx(probes, INGRESS_PROGRAM, iface, TcAttachType::Ingress)?;
-    let egress = attach_tcx(probes, EGRESS_PROGRAM, iface, TcAttachType::Egress)?;
+    load(object)?;
+    let ingress = attach_tcx(object, INGRESS_PROGRAM, iface, TcAttachType::Ingress)?;
+    let egress = attach_tcx(object, EGRESS_PROGRAM, iface, TcAttachType::Egress)?;
     tracing::info!(iface, ifindex, "packet counter attached");
     Ok(CounterAttachment {
         iface: iface.to_owned(),
@@ -142,12 +146,12 @@ pub fn attach(probes: &mut Probes, iface: &str) -> Result<CounterAttachment> {
 }
 
 /// Reads the counts of the interface with index `ifindex`, summed over CPUs.
-pub fn read(probes: &Probes, ifindex: u32) -> Result<IfaceCounts> {
+pub fn read(object: &EbpfObject, ifindex: u32) -> Result<IfaceCounts> {
     let map_error = |source| Error::Map {
         name: IFACE_COUNTERS,
         source,
     };
-    let map = probes.ebpf().map(IFACE_COUNTERS).ok_or(Error::MissingMap {
+    let map = object.ebpf().map(IFACE_COUNTERS).ok_or(Error::MissingMap {
         name: IFACE_COUNTERS,
     })?;
     let counters: PerCpuHashMap<_, IfaceKey, PacketCount> =
@@ -172,8 +176,11 @@ pub fn read(probes: &Probes, ifindex: u32) -> Result<IfaceCounts> {
     })
 }
 
-fn classifier<'a>(probes: &'a mut Probes, name: &'static str) -> Result<&'a mut SchedClassifier> {
-    probes
+fn classifier<'a>(
+    object: &'a mut EbpfObject,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier> {
+    object
         .program_mut(name)?
         .try_into()
         .map_err(|_| Error::MissingProgram { name })
@@ -182,12 +189,12 @@ fn classifier<'a>(probes: &'a mut Probes, name: &'static str) -> Result<&'a mut 
 /// Attaches a loaded classifier to `iface` as a TCX link placed after any program already
 /// there (a CNI's programs keep running first); the returned link detaches it when dropped.
 pub(crate) fn attach_tcx(
-    probes: &mut Probes,
+    object: &mut EbpfObject,
     name: &'static str,
     iface: &str,
     attach_type: TcAttachType,
 ) -> Result<SchedClassifierLink> {
-    let classifier = classifier(probes, name)?;
+    let classifier = classifier(object, name)?;
     let link_id = classifier
         .attach_with_options(
             iface,

@@ -7,7 +7,7 @@ use sonde_daemon::{
     capabilities::Capability,
     facts::{FactsSource, NodeFacts},
     grpc::AgentService,
-    probes::LoadedProgram,
+    object::LoadedProgram,
     runs::{Runs, policy::TargetPolicy},
     server,
 };

@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{probes::Probes, tc_counter};
+use crate::{object::EbpfObject, tc_counter};
 
 use self::rtnl::Rtnl;
 
@@ -129,17 +129,17 @@ fn candidates() -> Vec<PathBuf> {
 
 /// The packet counters on every pod's veth, kept in step with the pods.
 #[derive(Debug)]
-pub struct PodProbes {
-    probes: Arc<Mutex<Probes>>,
+pub struct PodMap {
+    object: Arc<Mutex<EbpfObject>>,
     attached: Mutex<BTreeMap<u32, (PodInterface, tc_counter::CounterAttachment)>>,
 }
 
-impl PodProbes {
+impl PodMap {
     /// Maps the pods now, attaches the counters, and follows link events on a thread of its
     /// own (in the calling thread's namespace, the node's).
-    pub fn start(probes: Arc<Mutex<Probes>>) -> io::Result<Arc<Self>> {
+    pub fn start(object: Arc<Mutex<EbpfObject>>) -> io::Result<Arc<Self>> {
         let pods = Arc::new(Self {
-            probes,
+            object,
             attached: Mutex::new(BTreeMap::new()),
         });
         let events = rtnl::link_events()?;
@@ -189,8 +189,8 @@ impl PodProbes {
                 *known = pod;
                 continue;
             }
-            let attachment = match self.probes.lock() {
-                Ok(mut probes) => tc_counter::attach(&mut probes, &pod.host_interface),
+            let attachment = match self.object.lock() {
+                Ok(mut object) => tc_counter::attach(&mut object, &pod.host_interface),
                 Err(_) => return,
             };
             match attachment {
@@ -211,8 +211,8 @@ impl PodProbes {
     /// attached there, or the swap failed (logged; the counter is then attached anew): the
     /// caller attaches the stage classifiers on their own.
     pub fn stage(self: &Arc<Self>, iface: &str) -> Option<CounterStage> {
-        let swapped = self.with_counter(iface, |attachment, probes| {
-            attachment.run(probes, tc_counter::COUNTED_STAGE_PROGRAMS)
+        let swapped = self.with_counter(iface, |attachment, object| {
+            attachment.run(object, tc_counter::COUNTED_STAGE_PROGRAMS)
         })?;
         swapped.then(|| CounterStage {
             pods: Arc::clone(self),
@@ -220,7 +220,7 @@ impl PodProbes {
         })
     }
 
-    /// Whether a counter is attached to `iface` (which [`PodProbes::stage`] could swap).
+    /// Whether a counter is attached to `iface` (which [`PodMap::stage`] could swap).
     pub fn counts(&self, iface: &str) -> bool {
         self.attached.lock().is_ok_and(|attached| {
             attached
@@ -235,7 +235,7 @@ impl PodProbes {
     fn with_counter(
         &self,
         iface: &str,
-        change: impl FnOnce(&mut tc_counter::CounterAttachment, &mut Probes) -> crate::Result<()>,
+        change: impl FnOnce(&mut tc_counter::CounterAttachment, &mut EbpfObject) -> crate::Result<()>,
     ) -> Option<bool> {
         let outcome = {
             let mut attached = self.attached.lock().ok()?;
@@ -243,8 +243,8 @@ impl PodProbes {
                 .iter_mut()
                 .find(|(_, (pod, _))| pod.host_interface == iface)?;
             let outcome = {
-                let mut probes = self.probes.lock().ok()?;
-                change(attachment, &mut probes)
+                let mut object = self.object.lock().ok()?;
+                change(attachment, &mut object)
             };
             if let Err(err) = &outcome {
                 tracing::warn!(veth = iface, %err, "swapping the counter's program failed");
@@ -283,18 +283,18 @@ impl PodProbes {
     }
 }
 
-/// A pod's counter that stamps a traced run's packets too (see [`PodProbes::stage`]); dropping
+/// A pod's counter that stamps a traced run's packets too (see [`PodMap::stage`]); dropping
 /// it puts the plain counter back.
 #[derive(Debug)]
 pub struct CounterStage {
-    pods: Arc<PodProbes>,
+    pods: Arc<PodMap>,
     iface: String,
 }
 
 impl Drop for CounterStage {
     fn drop(&mut self) {
-        self.pods.with_counter(&self.iface, |attachment, probes| {
-            attachment.count_only(probes)
+        self.pods.with_counter(&self.iface, |attachment, object| {
+            attachment.count_only(object)
         });
     }
 }

@@ -26,8 +26,8 @@ use super::{lock, windows::Phase};
 use crate::{
     Error, Result,
     error::chain,
-    pods::{CounterStage, PodProbes},
-    probes::Probes,
+    object::EbpfObject,
+    pods::{CounterStage, PodMap},
     tc_counter,
 };
 
@@ -268,7 +268,7 @@ impl std::fmt::Debug for RunCounters {
 /// The stage programs and their attachments.
 #[derive(Debug)]
 pub struct Hooks {
-    probes: Arc<Mutex<Probes>>,
+    object: Arc<Mutex<EbpfObject>>,
     /// Socket programs that loaded, and why the others did not.
     socket_loaded: Vec<(&'static str, SocketHook)>,
     load_notes: Vec<String>,
@@ -276,7 +276,7 @@ pub struct Hooks {
     /// its users.
     tc: HashMap<TcUse, (Option<TcHold>, u32)>,
     /// The pods' counters, which stamp a traced pod's packets themselves when they can.
-    pods: Option<Arc<PodProbes>>,
+    pods: Option<Arc<PodMap>>,
     sockets: Vec<(&'static str, SocketLink)>,
     socket_users: u32,
     /// The send hook's link, while `send_users` traced runs stamp sends.
@@ -335,14 +335,14 @@ impl Hooks {
     /// program that does not (no BTF, a kernel without that tracepoint) becomes a note in
     /// every traced result.
     pub fn load(
-        probes: Arc<Mutex<Probes>>,
+        object: Arc<Mutex<EbpfObject>>,
         btf: Option<&aya::Btf>,
         mut conf: Array<MapData, u32>,
     ) -> Result<Self> {
         let mut socket_loaded = Vec::new();
         let mut load_notes = Vec::new();
         {
-            let mut guard = lock(&probes);
+            let mut guard = lock(&object);
             tc_counter::load_classifiers(&mut guard, &TC_PROGRAMS)?;
             tc_counter::load_classifiers(&mut guard, &tc_counter::COUNTED_STAGE_PROGRAMS)?;
             for choices in SOCKET_HOOKS {
@@ -363,11 +363,11 @@ impl Hooks {
                 }
             }
         }
-        let runs = lock(&probes)
+        let runs = lock(&object)
             .take_map(maps::PROGRAM_RUNS)
             .and_then(|map| Array::try_from(map).ok())
             .map(RunCounters);
-        let flush_cpus = load_flush(&mut lock(&probes)).unwrap_or_else(|reason| {
+        let flush_cpus = load_flush(&mut lock(&object)).unwrap_or_else(|reason| {
             tracing::info!("events are written one by one: their flush cannot run here: {reason}");
             Vec::new()
         });
@@ -380,7 +380,7 @@ impl Hooks {
                 })?;
         }
         Ok(Self {
-            probes,
+            object,
             socket_loaded,
             load_notes,
             flush_cpus,
@@ -398,7 +398,7 @@ impl Hooks {
     }
 
     /// Lets the pods' packet counters stamp traced pods' packets (see [`Hooks::attach_tc`]).
-    pub fn use_pod_counters(&mut self, pods: Arc<PodProbes>) {
+    pub fn use_pod_counters(&mut self, pods: Arc<PodMap>) {
         self.pods = Some(pods);
     }
 
@@ -432,8 +432,8 @@ impl Hooks {
                 self.tc.insert(key.clone(), (None, 1));
             } else {
                 let attached = {
-                    let mut probes = lock(&self.probes);
-                    tc_counter::attach_tcx(&mut probes, program, iface, attach_type)
+                    let mut object = lock(&self.object);
+                    tc_counter::attach_tcx(&mut object, program, iface, attach_type)
                 };
                 match attached {
                     Ok(link) => {
@@ -496,8 +496,8 @@ impl Hooks {
             .find(|(program, _)| *program == used.program)
             .map(|(_, attach_type)| attach_type)
             .ok_or("not a stage classifier")?;
-        let mut probes = lock(&self.probes);
-        tc_counter::attach_tcx(&mut probes, used.program, &used.iface, attach_type)
+        let mut object = lock(&self.object);
+        tc_counter::attach_tcx(&mut object, used.program, &used.iface, attach_type)
             .map(TcHold::Link)
             .map_err(|err| chain(&err))
     }
@@ -598,7 +598,7 @@ impl Hooks {
             let Some((_, hook)) = self.socket_loaded.iter().find(|(n, _)| *n == name) else {
                 continue;
             };
-            match attach_socket(&mut lock(&self.probes), name, *hook) {
+            match attach_socket(&mut lock(&self.object), name, *hook) {
                 Ok(link) => self.sockets.push((name, link)),
                 Err(reason) => {
                     tracing::warn!("{}: not attached again: {reason}", describe(*hook));
@@ -651,10 +651,10 @@ impl Hooks {
             }
             self.hold_back(false);
         }
-        let mut probes = lock(&self.probes);
+        let mut object = lock(&self.object);
         if self.socket_users == 0 {
             for (name, hook) in self.socket_loaded.iter().filter(|(n, _)| *n != SEND_HOOK) {
-                match attach_socket(&mut probes, name, *hook) {
+                match attach_socket(&mut object, name, *hook) {
                     Ok(link) => self.sockets.push((name, link)),
                     Err(reason) => {
                         notes.push(format!("{}: not attached: {reason}", describe(*hook)))
@@ -666,7 +666,7 @@ impl Hooks {
         let send = self.socket_loaded.iter().find(|(n, _)| *n == SEND_HOOK);
         if stamp_sends && let Some((name, hook)) = send {
             if self.send_users == 0 {
-                match attach_socket(&mut probes, name, *hook) {
+                match attach_socket(&mut object, name, *hook) {
                     Ok(link) => self.send = Some(link),
                     Err(reason) => {
                         notes.push(format!("{}: not attached: {reason}", describe(*hook)))
@@ -720,10 +720,10 @@ impl Hooks {
             .ok_or(Error::MissingProgram {
                 name: "(not a stage classifier)",
             })?;
-        let mut probes = lock(&self.probes);
+        let mut object = lock(&self.object);
         // The floor program is loaded only when measured; the others are loaded already.
-        tc_counter::load_classifiers(&mut probes, &[name])?;
-        let Some(Program::SchedClassifier(classifier)) = probes.program(name) else {
+        tc_counter::load_classifiers(&mut object, &[name])?;
+        let Some(Program::SchedClassifier(classifier)) = object.program(name) else {
             return Err(Error::MissingProgram { name });
         };
         classifier
@@ -753,8 +753,8 @@ impl Hooks {
     /// passed over; so is one the flush fails on otherwise (logged: waiting for it would stop
     /// every read).
     pub fn flush_batches(&self) -> bool {
-        let probes = lock(&self.probes);
-        let Some(Program::RawTracePoint(program)) = probes.program(FLUSH_PROGRAM) else {
+        let object = lock(&self.object);
+        let Some(Program::RawTracePoint(program)) = object.program(FLUSH_PROGRAM) else {
             return true;
         };
         // Every CPU is flushed, whatever the others did (`fold`, not the short-circuiting
@@ -778,7 +778,7 @@ impl Hooks {
 
     /// Run counts and times of every stage program so far.
     pub fn costs(&self) -> Vec<ProgramCost> {
-        let probes = lock(&self.probes);
+        let object = lock(&self.object);
         stage_classifiers()
             .chain(
                 SOCKET_HOOKS
@@ -786,7 +786,7 @@ impl Hooks {
                     .flat_map(|choices| choices.iter().map(|(name, _)| *name)),
             )
             .filter_map(|name| {
-                let info = probes.program(name)?.info().ok()?;
+                let info = object.program(name)?.info().ok()?;
                 Some(ProgramCost {
                     name,
                     invocations: self.runs_of(name),
@@ -817,12 +817,12 @@ fn describe(hook: SocketHook) -> String {
 }
 
 fn load_socket(
-    probes: &mut Probes,
+    object: &mut EbpfObject,
     name: &'static str,
     hook: SocketHook,
     btf: Option<&aya::Btf>,
 ) -> Result<(), String> {
-    let program = probes.program_mut(name).map_err(|err| chain(&err))?;
+    let program = object.program_mut(name).map_err(|err| chain(&err))?;
     let outcome = match (hook, program) {
         (SocketHook::Tracepoint(..), Program::TracePoint(tp)) => tp.load(),
         (SocketHook::Btf(function), Program::BtfTracePoint(tp)) => {
@@ -836,10 +836,10 @@ fn load_socket(
 
 /// Loads the flush program and checks it runs here (`BPF_PROG_TEST_RUN` of raw tracepoint
 /// programs on a chosen CPU came with Linux 5.10): the CPUs to flush.
-fn load_flush(probes: &mut Probes) -> Result<Vec<u32>, String> {
+fn load_flush(object: &mut EbpfObject) -> Result<Vec<u32>, String> {
     let cpus = aya::util::nr_cpus().map_err(|(what, err)| format!("{what}: {err}"))?;
     let cpus: Vec<u32> = (0..u32::try_from(cpus).map_err(|err| err.to_string())?).collect();
-    let program = probes
+    let program = object
         .program_mut(FLUSH_PROGRAM)
         .map_err(|err| chain(&err))?;
     let Program::RawTracePoint(program) = program else {
@@ -866,11 +866,11 @@ fn flush_on(program: &aya::programs::RawTracePoint, cpu: u32) -> std::io::Result
 }
 
 fn attach_socket(
-    probes: &mut Probes,
+    object: &mut EbpfObject,
     name: &'static str,
     hook: SocketHook,
 ) -> Result<SocketLink, String> {
-    let program = probes.program_mut(name).map_err(|err| chain(&err))?;
+    let program = object.program_mut(name).map_err(|err| chain(&err))?;
     match (hook, program) {
         (SocketHook::Tracepoint(category, event), Program::TracePoint(tp)) => {
             let id = tp.attach(category, event).map_err(|err| chain(&err))?;

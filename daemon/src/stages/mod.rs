@@ -43,7 +43,7 @@ use sonde_common::{
     },
 };
 
-use crate::{Error, Result, generators::measure::monotonic_ns, probes::Probes};
+use crate::{Error, Result, generators::measure::monotonic_ns, object::EbpfObject};
 use collect::{Collected, Collector};
 use drops::DropFormat;
 use hooks::{Hooks, ProgramCost};
@@ -269,17 +269,17 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn take_map(probes: &mut Probes, name: &'static str) -> Result<aya::maps::Map> {
-    probes.take_map(name).ok_or(Error::MissingMap { name })
+fn take_map(object: &mut EbpfObject, name: &'static str) -> Result<aya::maps::Map> {
+    object.take_map(name).ok_or(Error::MissingMap { name })
 }
 
 impl Tracer {
     /// Takes the stage maps out of `probes`, loads the stage programs (the BTF tracepoint needs
     /// the kernel's BTF, so this runs at start while it is parsed) and starts the events reader.
-    pub fn new(probes: Arc<Mutex<Probes>>, btf: Option<&aya::Btf>) -> Result<Arc<Self>> {
+    pub fn new(object: Arc<Mutex<EbpfObject>>, btf: Option<&aya::Btf>) -> Result<Arc<Self>> {
         let drop_format = DropFormat::read();
         let (registry, events, conf) = {
-            let mut guard = lock(&probes);
+            let mut guard = lock(&object);
             let map_error = |name| move |source| Error::Map { name, source };
             let flows = BpfHashMap::try_from(take_map(&mut guard, maps::FLOWS)?)
                 .map_err(map_error(maps::FLOWS))?;
@@ -307,7 +307,7 @@ impl Tracer {
             };
             (registry, events, conf)
         };
-        let hooks = Hooks::load(probes, btf, conf)?;
+        let hooks = Hooks::load(object, btf, conf)?;
         let tracer = Arc::new(Self {
             hooks: Mutex::new(hooks),
             registry: Mutex::new(registry),
@@ -347,7 +347,7 @@ impl Tracer {
 
     /// Lets the pods' packet counters stamp traced pods' packets, one program per packet on
     /// those hooks instead of two (see `hooks::Hooks::attach_tc`).
-    pub fn use_pod_counters(&self, pods: Arc<crate::pods::PodProbes>) {
+    pub fn use_pod_counters(&self, pods: Arc<crate::pods::PodMap>) {
         lock(&self.hooks).use_pod_counters(pods);
     }
 

@@ -14,7 +14,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/so
 
 /// The loaded object, owned by one place in the daemon (behind a mutex when shared).
 #[derive(Debug)]
-pub struct Probes {
+pub struct EbpfObject {
     /// Programs and maps; dropping it unloads everything and releases every link.
     ebpf: Ebpf,
 }
@@ -30,14 +30,14 @@ pub struct LoadedProgram {
     pub kernel_id: u32,
 }
 
-impl Probes {
+impl EbpfObject {
     /// Loads the embedded object: creates its maps, loads no program yet. Reads the kernel's
-    /// BTF itself; use [`Probes::load_with_btf`] when the caller has it already.
+    /// BTF itself; use [`EbpfObject::load_with_btf`] when the caller has it already.
     pub fn load() -> Result<Self> {
         Self::load_with_btf(Btf::from_sys_fs().ok().as_ref())
     }
 
-    /// As [`Probes::load`], with the kernel's BTF already parsed (it is large: parse it once).
+    /// As [`EbpfObject::load`], with the kernel's BTF already parsed (it is large: parse it once).
     pub fn load_with_btf(btf: Option<&Btf>) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         loader.btf(btf);
