@@ -673,6 +673,71 @@ fn a_sampled_stream_is_stamped_only_in_windows_and_counted_throughout() {
     assert_eq!((still_held(&counted).1, still_held(&plain).1), (0, 4));
 }
 
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn runs_sharing_an_uplink_share_its_classifiers_until_the_last_one_ends() {
+    require_root();
+    let lab = Lab::up(&[]);
+    let uplink = programs_named(&node1_facts(&lab), |name| {
+        ["sonde_node_out", "sonde_node_in"].contains(&name)
+    });
+    assert_eq!(uplink.len(), 2, "{uplink:?}");
+    let attached = || still_held(&uplink).1;
+    assert_eq!(attached(), 0, "idle: no uplink classifier attached");
+
+    let long = lab.spawn(&[
+        "run",
+        "tcp-rr",
+        "--from",
+        "pod/pod1",
+        "--to",
+        "pod/pod3",
+        "--duration",
+        "5s",
+        "--warmup",
+        "300ms",
+        "-o",
+        "json",
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while attached() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long run never attached"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A second run through node1's uplink while the first is traced: the same two links serve
+    // both (never attached twice), and its breakdown crosses the wire like any other.
+    let short = breakdown(&lab, &["--from", "pod/pod2", "--to", "pod/pod3"]);
+    check_path(&short, &sonde_integration::CROSS_NODE_STAGES);
+    // The short run ended first: the long one still holds the uplink's classifiers.
+    assert_eq!(
+        attached(),
+        2,
+        "the first run to end detached a shared classifier"
+    );
+    let output = long.wait_with_output().expect("the long run");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    // Its stages all there (a run this long keeps a thinned share of its uplink stamps).
+    for direction in ["client-to-server", "server-to-client"] {
+        let found = stages(&document["measurements"][0], direction);
+        let names: Vec<&str> = found.iter().map(|(name, ..)| name.as_str()).collect();
+        assert_eq!(names, sonde_integration::CROSS_NODE_STAGES, "{direction}");
+        assert!(
+            found.iter().all(|(_, samples, ..)| *samples > 1000),
+            "{found:?}"
+        );
+    }
+    // The last user gone, nothing is left attached.
+    assert_eq!(attached(), 0, "a classifier outlived the runs that used it");
+}
+
 /// (programs still loaded, links still attached) among `ids`.
 fn still_held(ids: &[u64]) -> (usize, usize) {
     // bpftool can fail listing an object that goes away under it: ask again.

@@ -9,8 +9,12 @@
 //! owned by this process and never pinned.
 //!
 //! # Layout
+//! - [`spec`]: what a side asks to trace.
+//! - [`registry`]: the traced flows in the kernel's maps.
+//! - [`trace`]: one side's trace, its report, its release on drop.
+//! - [`report`]: what a finished trace reports, and the merge of two.
 //! - [`collect`]: events to per-packet stamps to stage latencies (pure).
-//! - [`hooks`]: the programs, loaded once, attached while someone needs them.
+//! - [`hooks`]: the program set, loaded once, attached while someone needs them.
 //! - [`windows`]: when a sampled stream is stamped (a tenth of each second).
 
 pub mod collect;
@@ -18,13 +22,20 @@ pub mod cost;
 pub mod drops;
 pub mod events;
 pub mod hooks;
+pub mod registry;
+pub mod report;
+pub mod spec;
 pub mod stats;
+pub mod trace;
 pub mod windows;
+
+pub use report::{NamedDrops, TraceReport};
+pub use spec::{MAX_TRACED_FLOWS, TraceSpec, TracedFlow, Ways};
+pub use trace::RunTrace;
 
 use std::{
     collections::HashMap,
     io::Write as _,
-    net::IpAddr,
     os::{
         fd::{AsFd as _, AsRawFd as _},
         unix::net::UnixStream,
@@ -38,123 +49,14 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use events::EventReader;
 use sonde_common::{
     maps,
-    stages::{
-        CONF_DROP_REASON_OFFSET, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, MAX_SAMPLE_SHIFT,
-    },
+    stages::{CONF_DROP_REASON_OFFSET, MAX_SAMPLE_SHIFT},
 };
 
 use crate::{Error, Result, generators::measure::monotonic_ns, object::EbpfObject};
-use collect::{Collected, Collector};
+use collect::Collector;
 use drops::DropFormat;
-use hooks::{Hooks, ProgramCost};
-
-/// What one side of a run asks to trace on this node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceSpec {
-    /// The run's flows as packets on this node carry them.
-    pub flows: Vec<TracedFlow>,
-    /// Host side of the run's pod veth, when the side is in a pod on this node.
-    pub pod_interface: Option<String>,
-    /// The node's uplink, when the other side is on another node.
-    pub uplink_interface: Option<String>,
-    /// Packets are followed 1 in 2^`sample_shift`.
-    pub sample_shift: u8,
-    /// Which way the followed packets go.
-    pub ways: Ways,
-    /// The run's UDP datagrams are DNS messages: a packet is known by its DNS message ID.
-    pub dns_ids: bool,
-}
-
-/// Which way a run's followed packets go: a one-way stream's uplinks need only the classifier
-/// its data passes (the other way carries only ACKs, never stamped).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Ways {
-    /// Both ways.
-    #[default]
-    Both,
-    /// Client to server only.
-    ToServer,
-    /// Server to client only.
-    ToClient,
-}
-
-impl Ways {
-    /// Which of a node's two directions carry followed packets, for a node holding `sides`.
-    pub fn on_node(self, sides: u8) -> hooks::Passes {
-        use sonde_common::stages::side::{CLIENT, SERVER};
-        let (sender, receiver) = match self {
-            Self::Both => {
-                return hooks::Passes {
-                    leaving: true,
-                    arriving: true,
-                };
-            }
-            Self::ToServer => (CLIENT, SERVER),
-            Self::ToClient => (SERVER, CLIENT),
-        };
-        hooks::Passes {
-            leaving: sides & sender != 0,
-            arriving: sides & receiver != 0,
-        }
-    }
-}
-
-/// A flow by its server endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TracedFlow {
-    /// The client's address.
-    pub client: IpAddr,
-    /// The server's address as packets carry it on this node.
-    pub server: IpAddr,
-    /// The server's port.
-    pub server_port: u16,
-    /// 6 (TCP) or 17 (UDP).
-    pub protocol: u8,
-}
-
-impl TracedFlow {
-    fn key(&self) -> FlowKey {
-        FlowKey {
-            client: mapped(self.client),
-            server: mapped(self.server),
-            server_port: self.server_port,
-            protocol: self.protocol,
-            pad: 0,
-        }
-    }
-}
-
-/// What a finished trace reports.
-#[derive(Debug, Default)]
-pub struct TraceReport {
-    /// Stages, uplink stamps, connect times, retransmits.
-    pub collected: Collected,
-    /// Events the kernel could not deliver while the run was traced (all runs').
-    pub events_lost: u64,
-    /// What each program cost meanwhile.
-    pub programs: Vec<ProgramCost>,
-    /// Hooks in use.
-    pub hooks: Vec<String>,
-    /// What could not be traced, and why.
-    pub notes: Vec<String>,
-    /// The kernel's boot ID.
-    pub boot_id: String,
-    /// Followed packets dropped, by the kernel's reason (named) and last point.
-    pub drops: Vec<NamedDrops>,
-}
-
-/// Drops of one reason after one point, the reason named as this kernel names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NamedDrops {
-    /// `NETFILTER_DROP`, `SOCKET_RCVBUFF`, ...
-    pub reason: String,
-    /// The last point the packets were stamped at.
-    pub point: u8,
-    /// Packets dropped.
-    pub count: u64,
-    /// Their packet keys (the first ones), to count a drop two daemons saw once.
-    pub keys: Vec<u64>,
-}
+use hooks::Hooks;
+use registry::{Registry, Use};
 
 /// How often the events reader looks while runs are traced, and while none is.
 const TRACING_POLL_MS: i32 = 100;
@@ -165,7 +67,7 @@ type Dispatch = HashMap<u32, Vec<Arc<Mutex<Collector>>>>;
 
 /// The daemon's tracing: maps, programs and the events reader.
 pub struct Tracer {
-    hooks: Mutex<Hooks>,
+    hooks: Arc<Mutex<Hooks>>,
     registry: Mutex<Registry>,
     events: Mutex<EventReader>,
     dispatch: Mutex<Dispatch>,
@@ -229,29 +131,6 @@ fn read_events(tracer: &Weak<Tracer>, stopped: &UnixStream) {
     }
 }
 
-/// One trace's use of a flow key: the sides it holds here and how it samples.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Use {
-    sides: u8,
-    sample_shift: u8,
-    dns_ids: bool,
-}
-
-/// The flows traced now, as the kernel's maps hold them.
-struct Registry {
-    flows: BpfHashMap<MapData, FlowKey, FlowInfo>,
-    ports: Array<MapData, u8>,
-    lost: PerCpuArray<MapData, u64>,
-    /// Per key: its flow number and each trace's use of it.
-    keys: HashMap<FlowKey, (u32, Vec<Use>)>,
-    /// Users of each server port.
-    /// The sample shift of each user of each server port.
-    port_users: HashMap<u16, Vec<(u8, bool)>>,
-    /// Flow numbers handed out and returned.
-    next_flow: u32,
-    free_flows: Vec<u32>,
-}
-
 impl std::fmt::Debug for Tracer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tracer")
@@ -309,7 +188,7 @@ impl Tracer {
         };
         let hooks = Hooks::load(object, btf, conf)?;
         let tracer = Arc::new(Self {
-            hooks: Mutex::new(hooks),
+            hooks,
             registry: Mutex::new(registry),
             events: Mutex::new(EventReader::new(events)),
             dispatch: Mutex::new(HashMap::new()),
@@ -366,7 +245,7 @@ impl Tracer {
             if let Some(iface) = iface {
                 let used = hooks.attach_tc(iface, role, passes)?;
                 let how = match role {
-                    _ if used.iter().any(hooks::TcUse::in_counter) => {
+                    _ if used.iter().any(|held| held.in_counter()) => {
                         " (in the packet counter's links)"
                     }
                     hooks::Role::Uplink => passes.uplink_note(),
@@ -378,8 +257,8 @@ impl Tracer {
         }
         // A sampled stream's sends are not stamped (see `hooks::SEND_HOOK`).
         let stamp_sends = spec.sample_shift == 0;
-        let (sockets, notes) = hooks.attach_sockets(stamp_sends);
-        trace.sockets = Some(stamp_sends);
+        let (used, sockets, notes) = hooks.attach_sockets(stamp_sends);
+        trace.sockets = Some(used);
         trace.hooks.extend(sockets);
         trace.notes.extend(notes);
         if self.drop_format.is_none() {
@@ -533,7 +412,7 @@ impl Tracer {
 
 /// How much of the kernel's events a read takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Drain {
+pub(super) enum Drain {
     /// Empties the ring buffer into the waiting events, without flushing the CPUs' batches
     /// and without handing anything on (no run was traced when the reader went to sleep).
     RingOnly,
@@ -548,341 +427,9 @@ enum Drain {
 /// Flushes tried, 1 ms apart, at the end of a run while a CPU's batch is busy.
 const FINAL_FLUSHES: u32 = 10;
 
-impl Registry {
-    fn add(&mut self, key: FlowKey, used: Use) -> Result<u32> {
-        let map_error = |source| Error::Map {
-            name: maps::FLOWS,
-            source,
-        };
-        let number = match self.keys.get(&key) {
-            Some((number, _)) => *number,
-            None => match self.free_flows.pop() {
-                Some(number) => number,
-                None if self.next_flow < MAX_FLOWS => {
-                    self.next_flow += 1;
-                    self.next_flow - 1
-                }
-                None => return Err(Error::TooManyFlows { max: MAX_FLOWS }),
-            },
-        };
-        let users = &mut self.keys.entry(key).or_insert((number, Vec::new())).1;
-        users.push(used);
-        self.flows
-            .insert(key, flow_info(number, users), 0)
-            .map_err(map_error)?;
-        self.port_users
-            .entry(key.server_port)
-            .or_default()
-            .push((used.sample_shift, used.dns_ids));
-        self.set_port(key.server_port)
-            .map_err(|source| Error::Map {
-                name: maps::SERVER_PORTS,
-                source,
-            })?;
-        Ok(number)
-    }
-
-    fn remove(&mut self, key: &FlowKey, used: Use) {
-        if let Some((number, users)) = self.keys.get_mut(key) {
-            if let Some(at) = users.iter().position(|u| *u == used) {
-                users.remove(at);
-            }
-            let number = *number;
-            if users.is_empty() {
-                self.keys.remove(key);
-                let _ = self.flows.remove(key);
-                self.free_flows.push(number);
-            } else {
-                let _ = self.flows.insert(key, flow_info(number, users), 0);
-            }
-        }
-        if let Some(users) = self.port_users.get_mut(&key.server_port) {
-            if let Some(at) = users
-                .iter()
-                .position(|user| *user == (used.sample_shift, used.dns_ids))
-            {
-                users.remove(at);
-            }
-            if users.is_empty() {
-                self.port_users.remove(&key.server_port);
-            }
-        }
-        let _ = self.set_port(key.server_port);
-    }
-
-    /// Writes a server port's entry: 0 when no traced flow uses it, else the densest sample
-    /// shift of its users plus one (the probes drop a packet outside every user's sample
-    /// before any flow lookup).
-    fn set_port(&mut self, port: u16) -> Result<(), aya::maps::MapError> {
-        let users = self.port_users.get(&port);
-        let shift = users
-            .and_then(|users| users.iter().map(|(shift, _)| *shift).min())
-            .map_or(0, |shift| shift + 1);
-        let dns = users.is_some_and(|users| users.iter().any(|(_, dns)| *dns));
-        let value = shift | if dns { maps::PORT_DNS_IDS } else { 0 };
-        self.ports.set(u32::from(port), value, 0)
-    }
-
-    fn lost_total(&self) -> u64 {
-        self.lost
-            .get(&LOST_EVENTS, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
-    }
-}
-
-/// One side of a run being traced; dropping it stops the tracing.
-#[derive(Debug)]
-pub struct RunTrace {
-    tracer: Arc<Tracer>,
-    keys: Vec<(FlowKey, Use)>,
-    collector: Arc<Mutex<Collector>>,
-    flows: Vec<u32>,
-    attached: Vec<hooks::TcUse>,
-    baseline: Vec<ProgramCost>,
-    lost_before: u64,
-    hooks: Vec<String>,
-    notes: Vec<String>,
-    /// Whether this trace holds the socket hooks (one of their users), and if so whether it
-    /// holds the send hook too.
-    sockets: Option<bool>,
-    /// The stamping windows' counts when the trace began.
-    windows_before: hooks::WindowCounts,
-}
-
-impl RunTrace {
-    /// A trace holding nothing yet, whose collector takes events from `from_ns`.
-    fn empty(tracer: &Arc<Tracer>, from_ns: u64, sides: u8) -> Self {
-        Self {
-            tracer: Arc::clone(tracer),
-            keys: Vec::new(),
-            collector: Arc::new(Mutex::new(Collector::new(from_ns, sides))),
-            flows: Vec::new(),
-            attached: Vec::new(),
-            baseline: Vec::new(),
-            lost_before: 0,
-            hooks: Vec::new(),
-            notes: Vec::new(),
-            sockets: None,
-            windows_before: hooks::WindowCounts::default(),
-        }
-    }
-
-    /// Stops tracing and reports what was seen.
-    pub fn finish(mut self) -> TraceReport {
-        self.tracer.drain(Drain::Final);
-        let collector = std::mem::replace(&mut *lock(&self.collector), Collector::new(0, 0));
-        let (costs, windows) = {
-            let hooks = lock(&self.tracer.hooks);
-            (hooks.costs(), hooks.windows())
-        };
-        let programs = hooks::since(&costs, &self.baseline);
-        let events_lost = lock(&self.tracer.registry)
-            .lost_total()
-            .saturating_sub(self.lost_before);
-        let mut notes = std::mem::take(&mut self.notes);
-        if events_lost > 0 {
-            notes.push(format!(
-                "{events_lost} events lost (the ring buffer was full): stages are from a sample"
-            ));
-        }
-        if windows.closed > self.windows_before.closed {
-            notes.push(format!(
-                "stamped in windows, {} ms of every {} s on the wall clock (the same on every \
-                 node); between them the uplinks' classifiers and the skb hooks were detached \
-                 and the pods' counters only counted",
-                windows::OPEN.as_millis(),
-                windows::PERIOD.as_secs()
-            ));
-        }
-        if windows.late > self.windows_before.late {
-            notes.push(format!(
-                "{} windows opened more than {} ms late (the node was busy): their first \
-                 packets were not stamped",
-                windows.late - self.windows_before.late,
-                windows::LATE.as_millis()
-            ));
-        }
-        if windows.failed > self.windows_before.failed {
-            notes.push(format!(
-                "{} attachments or switches failed as windows opened or closed (see the \
-                 daemon's log): those windows miss some stamps",
-                windows.failed - self.windows_before.failed
-            ));
-        }
-        let mut collected = collector.finish();
-        let drops = std::mem::take(&mut collected.drops)
-            .into_iter()
-            .map(|drops| NamedDrops {
-                reason: self
-                    .tracer
-                    .drop_format
-                    .as_ref()
-                    .map_or_else(|| drops.reason.to_string(), |f| f.name(drops.reason)),
-                point: drops.point,
-                count: drops.count,
-                keys: drops.keys,
-            })
-            .collect();
-        if collected.packets_over_cap > 0 {
-            notes.push(format!(
-                "{} packets beyond the first {} were not followed",
-                collected.packets_over_cap,
-                collect::MAX_PACKETS
-            ));
-        }
-        if let Some(thinned) = collected.uplink.iter().map(|stamps| stamps.thinned).max()
-            && thinned > 0
-        {
-            notes.push(format!(
-                "uplink stamps for the wire stage: 1 followed packet in {} kept, the same ones \
-                 on every node (a long run's, spread over all of it)",
-                1_u64 << thinned
-            ));
-        }
-        TraceReport {
-            collected,
-            events_lost,
-            programs,
-            hooks: std::mem::take(&mut self.hooks),
-            notes,
-            boot_id: self.tracer.boot_id.clone(),
-            drops,
-        }
-    }
-}
-
-impl Drop for RunTrace {
-    fn drop(&mut self) {
-        {
-            let mut dispatch = lock(&self.tracer.dispatch);
-            for number in &self.flows {
-                if let Some(collectors) = dispatch.get_mut(number) {
-                    collectors.retain(|c| !Arc::ptr_eq(c, &self.collector));
-                    if collectors.is_empty() {
-                        dispatch.remove(number);
-                    }
-                }
-            }
-        }
-        {
-            let mut registry = lock(&self.tracer.registry);
-            for (key, used) in &self.keys {
-                registry.remove(key, *used);
-            }
-        }
-        let mut windows = lock(&self.tracer.windows);
-        let idle = {
-            let mut hooks = lock(&self.tracer.hooks);
-            for used in self.attached.drain(..) {
-                hooks.release_tc(used);
-            }
-            if let Some(stamp_sends) = self.sockets {
-                hooks.release_sockets(stamp_sends);
-            }
-            hooks.idle()
-        };
-        if idle {
-            // Joins the windows' thread: `hooks` is not held here.
-            windows.take();
-        }
-    }
-}
-
-/// The flow map's value for a key: its number, every side its users hold on this node, and
-/// the densest sampling any of them asked for.
-fn flow_info(number: u32, users: &[Use]) -> FlowInfo {
-    FlowInfo {
-        flow: number,
-        sides: users.iter().fold(0, |all, used| all | used.sides),
-        sample_shift: users
-            .iter()
-            .map(|used| used.sample_shift)
-            .min()
-            .unwrap_or(0),
-        pad: [0; 2],
-    }
-}
-
-/// An address as IPv4-mapped IPv6 when it is IPv4, the form the flow map stores.
-fn mapped(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
 /// The kernel's boot ID: two daemons with the same one share a kernel, and so a clock.
 pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|id| id.trim().to_owned())
         .unwrap_or_default()
-}
-
-/// Most flows one side may ask to trace.
-pub const MAX_TRACED_FLOWS: usize = 16;
-
-impl TraceReport {
-    /// Folds another report of the same run on this node (a Service with several server pods
-    /// here) into this one.
-    pub fn merge(&mut self, other: TraceReport) {
-        let mine = &mut self.collected;
-        let theirs = other.collected;
-        for stage in theirs.stages {
-            match mine
-                .stages
-                .iter_mut()
-                .find(|s| (s.direction, s.from, s.to) == (stage.direction, stage.from, stage.to))
-            {
-                Some(same) => {
-                    let _ = same.latency.add(&stage.latency);
-                    same.sum_ns += stage.sum_ns;
-                }
-                None => mine.stages.push(stage),
-            }
-        }
-        for stamps in theirs.uplink {
-            match mine
-                .uplink
-                .iter_mut()
-                .find(|s| (s.direction, s.point) == (stamps.direction, stamps.point))
-            {
-                Some(same) => {
-                    same.keys.extend(stamps.keys);
-                    same.ts_ns.extend(stamps.ts_ns);
-                }
-                None => mine.uplink.push(stamps),
-            }
-        }
-        match (&mut mine.connect, theirs.connect) {
-            (Some(connect), Some(more)) => {
-                let _ = connect.add(&more);
-            }
-            (connect @ None, more) => *connect = more,
-            (Some(_), None) => {}
-        }
-        mine.retransmits += theirs.retransmits;
-        for drops in other.drops {
-            match self
-                .drops
-                .iter_mut()
-                .find(|d| (&d.reason, d.point) == (&drops.reason, drops.point))
-            {
-                Some(same) => {
-                    same.count += drops.count;
-                    same.keys.extend(drops.keys);
-                }
-                None => self.drops.push(drops),
-            }
-        }
-        mine.packets += theirs.packets;
-        mine.packets_over_cap += theirs.packets_over_cap;
-        mine.events += theirs.events;
-        self.events_lost = self.events_lost.max(other.events_lost);
-        for note in other.notes {
-            if !self.notes.contains(&note) {
-                self.notes.push(note);
-            }
-        }
-    }
 }

@@ -1,20 +1,18 @@
 //! The stage programs: loaded once at start, attached only while some run is traced.
 //!
-//! TC classifiers are attached per interface and shared by the runs that use it (counted, so
-//! that two runs through one uplink do not attach it twice). Socket tracepoints are global:
+//! TC classifiers are attached per interface and shared by the runs that use it (an
+//! [`TcAttachment`] each holds; the last one's drop detaches it, so two runs through one
+//! uplink do not attach it twice). Socket tracepoints are global:
 //! attached with the first traced run and detached with the last, so an idle daemon costs
 //! nothing in the kernel's hot paths. While every traced run samples, the classifiers and the
 //! skb hooks come and go with the stamping windows (`super::windows`).
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
 };
 
-use aya::programs::{
-    Program, RawTracePointRunOptions, TcAttachType, TestRun as _, TestRunOptions, TestRunResult,
-    tc::SchedClassifierLink, tp_btf::BtfTracePointLink, trace_point::TracePointLink,
-};
+use aya::programs::{Program, TestRun as _, TestRunOptions, TestRunResult};
 
 use aya::maps::{Array, MapData};
 use sonde_common::{
@@ -22,230 +20,22 @@ use sonde_common::{
     stages::{CONF_BATCH_EVENTS, CONF_HELD_BACK, CONF_WINDOW, runs},
 };
 
-use super::{lock, windows::Phase};
-use crate::{
-    Error, Result,
-    error::chain,
-    object::EbpfObject,
-    pods::{CounterStage, PodMap},
-    tc_counter,
+mod catalog;
+mod cost;
+mod held;
+
+pub use catalog::{CLASSIC_DROP_HOOK, FLOOR_PROGRAM, Passes, Role, TC_PROGRAMS};
+use catalog::{
+    FLUSH_PROGRAM, FLUSH_TRIES, SEND_HOOK, SOCKET_HOOKS, SocketHook, SocketLink,
+    WINDOWED_SOCKET_PROGRAMS, attach_socket, describe, flush_on, load_flush, load_socket,
+    stage_classifiers,
 };
+pub use cost::{ProgramCost, since};
+pub use held::{SocketUse, TcAttachment};
+use held::{TcHold, TcUse};
 
-/// What a traced interface is on the path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// The host side of a pod's veth.
-    Pod,
-    /// The node's uplink.
-    Uplink,
-}
-
-impl Role {
-    /// The role's name in hook descriptions.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Pod => "pod",
-            Self::Uplink => "uplink",
-        }
-    }
-
-    /// (program, attach point) pairs for this role: the one that stamps packets leaving the
-    /// node, then the one for packets arriving.
-    fn programs(self) -> [(&'static str, TcAttachType); 2] {
-        match self {
-            Self::Pod => [
-                ("sonde_pod_out", TcAttachType::Ingress),
-                ("sonde_pod_in", TcAttachType::Egress),
-            ],
-            Self::Uplink => [
-                ("sonde_node_out", TcAttachType::Egress),
-                ("sonde_node_in", TcAttachType::Ingress),
-            ],
-        }
-    }
-}
-
-/// Which of a node's two directions a run's followed packets take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Passes {
-    /// Packets leaving the node (its pod's veth ingress, its uplink's egress).
-    pub leaving: bool,
-    /// Packets arriving (its uplink's ingress, its pod's veth egress).
-    pub arriving: bool,
-}
-
-impl Passes {
-    /// How an uplink classifying only these directions is described in the hook list.
-    pub fn uplink_note(self) -> &'static str {
-        match (self.leaving, self.arriving) {
-            (true, false) => " (egress only: the run's packets leave here)",
-            (false, true) => " (ingress only: the run's packets arrive here)",
-            _ => "",
-        }
-    }
-}
-
-/// A socket hook: program name and where it attaches.
-#[derive(Debug, Clone, Copy)]
-enum SocketHook {
-    /// A classic tracepoint (category, name).
-    Tracepoint(&'static str, &'static str),
-    /// A BTF tracepoint on this kernel function's tracepoint.
-    Btf(&'static str),
-}
-
-/// The hook that stamps a socket's sends. Only runs that follow every packet use it (a
-/// sampled stream's send time is socket-buffer queueing), and a stream pays for it on every
-/// send: it is attached only while such a run is traced (`bench probes` measured a stream at
-/// 0.83 of its untraced throughput with it attached, 0.93 without).
-const SEND_HOOK: &str = "sonde_sock_send";
-
-/// The socket hooks, each with the programs that can serve it, best first: a BTF tracepoint
-/// runs its program straight from the kernel's tracepoint call, where a classic tracepoint
-/// first fills its record (tens of ns on `consume_skb` and `kfree_skb`, which see every skb
-/// the node frees). The classic ones serve kernels without BTF.
-const SOCKET_HOOKS: [&[(&str, SocketHook)]; 6] = [
-    &[(SEND_HOOK, SocketHook::Btf("tcp_sendmsg_locked"))],
-    &[
-        ("sonde_read", SocketHook::Btf("skb_copy_datagram_iovec")),
-        (
-            "sonde_read_tp",
-            SocketHook::Tracepoint("skb", "skb_copy_datagram_iovec"),
-        ),
-    ],
-    &[(
-        "sonde_connect",
-        SocketHook::Tracepoint("sock", "inet_sock_set_state"),
-    )],
-    &[(
-        "sonde_retransmit",
-        SocketHook::Tracepoint("tcp", "tcp_retransmit_skb"),
-    )],
-    &[
-        ("sonde_drop", SocketHook::Btf("kfree_skb")),
-        ("sonde_drop_tp", SocketHook::Tracepoint("skb", "kfree_skb")),
-    ],
-    &[
-        ("sonde_free", SocketHook::Btf("consume_skb")),
-        (
-            "sonde_free_tp",
-            SocketHook::Tracepoint("skb", "consume_skb"),
-        ),
-    ],
-];
-
-/// The socket hooks that follow packets (an application's read, a drop, a free): detached
-/// between stamping windows with the classifiers. Connects and retransmits are followed
-/// throughout.
-const WINDOWED_SOCKET_PROGRAMS: [&str; 6] = [
-    "sonde_read",
-    "sonde_read_tp",
-    "sonde_drop",
-    "sonde_drop_tp",
-    "sonde_free",
-    "sonde_free_tp",
-];
-
-/// The drop hook's classic variant, which reads the drop reason at the offset the
-/// tracepoint's format gives.
-pub const CLASSIC_DROP_HOOK: &str = "sonde_drop_tp";
-
-/// The stage classifiers, in path order.
-pub const TC_PROGRAMS: [&str; 4] = [
-    "sonde_pod_out",
-    "sonde_pod_in",
-    "sonde_node_out",
-    "sonde_node_in",
-];
-
-/// Every stage classifier: those attached on their own, and those a pod's counter runs.
-fn stage_classifiers() -> impl Iterator<Item = &'static str> {
-    TC_PROGRAMS
-        .into_iter()
-        .chain(tc_counter::COUNTED_STAGE_PROGRAMS)
-}
-
-/// A classifier that does nothing: what any classifier costs, the floor probe costs are read
-/// against.
-pub const FLOOR_PROGRAM: &str = "sonde_tc_nop";
-
-/// The program that writes a CPU's gathered events to the ring buffer, run on each CPU before
-/// the buffer is read (see `sonde_common::stages::Batch`).
-const FLUSH_PROGRAM: &str = "sonde_flush";
-
-/// Tries at flushing a CPU whose batch is in use (a program on it is filling it): each try is
-/// an interrupt that lands at another moment.
-const FLUSH_TRIES: u32 = 3;
-
-/// A use of one classifier on one interface, returned to [`Hooks::release_tc`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TcUse {
-    iface: String,
-    program: &'static str,
-}
-
-impl TcUse {
-    /// Whether a pod's packet counter does the stamping (see [`Hooks::attach_tc`]).
-    pub fn in_counter(&self) -> bool {
-        self.program == tc_counter::COUNTED_STAGE_PROGRAMS[0]
-    }
-}
-
-/// What holds a traced interface's stamping in place; dropping it undoes it.
-#[derive(Debug)]
-enum TcHold {
-    /// A stage classifier's own link.
-    Link(#[expect(dead_code, reason = "held for its drop, which detaches")] SchedClassifierLink),
-    /// A pod's counter, running the program that counts and stamps.
-    Counter(#[expect(dead_code, reason = "held for its drop, which releases")] CounterStage),
-}
-
-/// What a program cost: its own run count, and the kernel's BPF statistics over the windows
-/// they were on (see `stats`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProgramCost {
-    /// The program's name.
-    pub name: &'static str,
-    /// Times it ran.
-    pub invocations: u64,
-    /// Runs the kernel's statistics timed.
-    pub timed_invocations: u64,
-    /// Total time of the timed runs, ns.
-    pub run_time_ns: u64,
-}
-
-/// The costs in `now` minus those in `before`, for programs that ran in between.
-pub fn since(now: &[ProgramCost], before: &[ProgramCost]) -> Vec<ProgramCost> {
-    now.iter()
-        .map(|cost| {
-            let base = before.iter().find(|b| b.name == cost.name);
-            ProgramCost {
-                name: cost.name,
-                invocations: cost
-                    .invocations
-                    .saturating_sub(base.map_or(0, |b| b.invocations)),
-                timed_invocations: cost
-                    .timed_invocations
-                    .saturating_sub(base.map_or(0, |b| b.timed_invocations)),
-                run_time_ns: cost
-                    .run_time_ns
-                    .saturating_sub(base.map_or(0, |b| b.run_time_ns)),
-            }
-        })
-        .filter(|cost| cost.invocations > 0)
-        .collect()
-}
-
-enum SocketLink {
-    Tracepoint(#[expect(dead_code, reason = "held for its drop, which detaches")] TracePointLink),
-    Btf(#[expect(dead_code, reason = "held for its drop, which detaches")] BtfTracePointLink),
-}
-
-impl std::fmt::Debug for SocketLink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SocketLink")
-    }
-}
+use super::{lock, windows::Phase};
+use crate::{Error, Result, error::chain, object::EbpfObject, pods::PodMap, tc_counter};
 
 /// The programs' configuration (`TRACEPOINT_CONF`).
 struct ProgramConf(Array<MapData, u32>);
@@ -272,12 +62,14 @@ pub struct Hooks {
     /// Socket programs that loaded, and why the others did not.
     socket_loaded: Vec<(&'static str, SocketHook)>,
     load_notes: Vec<String>,
-    /// Each classifier in use, what holds it in place (`None` between stamping windows), and
-    /// its users.
-    tc: HashMap<TcUse, (Option<TcHold>, u32)>,
+    /// Each classifier in use, held by its users (dead entries are swept at the next attach).
+    tc: HashMap<TcUse, Weak<TcAttachment>>,
+    /// This set itself, for the socket hooks' uses to come back to.
+    me: Weak<Mutex<Hooks>>,
     /// The pods' counters, which stamp a traced pod's packets themselves when they can.
     pods: Option<Arc<PodMap>>,
     sockets: Vec<(&'static str, SocketLink)>,
+    /// Live [`SocketUse`]s.
     socket_users: u32,
     /// The send hook's link, while `send_users` traced runs stamp sends.
     send: Option<SocketLink>,
@@ -338,7 +130,7 @@ impl Hooks {
         object: Arc<Mutex<EbpfObject>>,
         btf: Option<&aya::Btf>,
         mut conf: Array<MapData, u32>,
-    ) -> Result<Self> {
+    ) -> Result<Arc<Mutex<Self>>> {
         let mut socket_loaded = Vec::new();
         let mut load_notes = Vec::new();
         {
@@ -379,8 +171,9 @@ impl Hooks {
                     source,
                 })?;
         }
-        Ok(Self {
+        let hooks = Self {
             object,
+            me: Weak::new(),
             socket_loaded,
             load_notes,
             flush_cpus,
@@ -394,7 +187,23 @@ impl Hooks {
             continuous_users: 0,
             windows: WindowState::default(),
             conf: ProgramConf(conf),
-        })
+        };
+        Ok(Arc::new_cyclic(|me| {
+            Mutex::new(Self {
+                me: me.clone(),
+                ..hooks
+            })
+        }))
+    }
+
+    /// The classifier `used` while someone holds it.
+    fn live(&self, used: &TcUse) -> Option<Arc<TcAttachment>> {
+        self.tc.get(used).and_then(Weak::upgrade)
+    }
+
+    /// Every classifier held now.
+    fn held(&self) -> Vec<Arc<TcAttachment>> {
+        self.tc.values().filter_map(Weak::upgrade).collect()
     }
 
     /// Lets the pods' packet counters stamp traced pods' packets (see [`Hooks::attach_tc`]).
@@ -407,17 +216,24 @@ impl Hooks {
     /// program that counts and stamps, while the interface is traced. An uplink gets only the
     /// classifiers of the directions in `passes`; a pod's veth gets both (its counter's two
     /// links are switched together, and a separate classifier must never stamp beside them).
-    pub fn attach_tc(&mut self, iface: &str, role: Role, passes: Passes) -> Result<Vec<TcUse>> {
+    pub fn attach_tc(
+        &mut self,
+        iface: &str,
+        role: Role,
+        passes: Passes,
+    ) -> Result<Vec<Arc<TcAttachment>>> {
         if nix::net::if_::if_nametoindex(iface).is_err() {
             return Err(Error::NoSuchInterface {
                 name: iface.to_owned(),
             });
         }
+        self.tc.retain(|_, held| held.strong_count() > 0);
         if role == Role::Pod
             && let Some(used) = self.stage_in_counter(iface)
         {
             return Ok(vec![used]);
         }
+        // On an error, those attached already are let go as `used` drops.
         let mut used = Vec::new();
         let wanted = [passes.leaving, passes.arriving].map(|pass| pass || role == Role::Pod);
         for ((program, attach_type), _) in role.programs().into_iter().zip(wanted).filter(|p| p.1) {
@@ -425,49 +241,40 @@ impl Hooks {
                 iface: iface.to_owned(),
                 program,
             };
-            if let Some((_, users)) = self.tc.get_mut(&key) {
-                *users += 1;
-            } else if self.windows.paused {
-                // Attached when the next window opens.
-                self.tc.insert(key.clone(), (None, 1));
-            } else {
-                let attached = {
-                    let mut object = lock(&self.object);
-                    tc_counter::attach_tcx(&mut object, program, iface, attach_type)
-                };
-                match attached {
-                    Ok(link) => {
-                        self.tc.insert(key.clone(), (Some(TcHold::Link(link)), 1));
-                    }
-                    Err(err) => {
-                        for used in used {
-                            self.release_tc(used);
-                        }
-                        return Err(err);
-                    }
-                }
+            if let Some(held) = self.live(&key) {
+                used.push(held);
+                continue;
             }
-            used.push(key);
+            let hold = if self.windows.paused {
+                // Attached when the next window opens.
+                None
+            } else {
+                let mut object = lock(&self.object);
+                let link = tc_counter::attach_tcx(&mut object, program, iface, attach_type)?;
+                Some(TcHold::Link(link))
+            };
+            let held = TcAttachment::new(key.clone(), hold);
+            self.tc.insert(key, Arc::downgrade(&held));
+            used.push(held);
         }
         Ok(used)
     }
 
-    /// Has the counter on `iface` stamp as well (or counts one more user of it): `None` when
-    /// there is no counter there, or the stage classifiers serve the interface already.
-    fn stage_in_counter(&mut self, iface: &str) -> Option<TcUse> {
+    /// Has the counter on `iface` stamp as well (or shares it with the runs that do): `None`
+    /// when there is no counter there, or the stage classifiers serve the interface already.
+    fn stage_in_counter(&mut self, iface: &str) -> Option<Arc<TcAttachment>> {
         let key = TcUse {
             iface: iface.to_owned(),
             program: tc_counter::COUNTED_STAGE_PROGRAMS[0],
         };
-        if let Some((_, users)) = self.tc.get_mut(&key) {
-            *users += 1;
-            return Some(key);
+        if let Some(held) = self.live(&key) {
+            return Some(held);
         }
         let own = TcUse {
             iface: iface.to_owned(),
             program: Role::Pod.programs()[0].0,
         };
-        if self.tc.contains_key(&own) {
+        if self.live(&own).is_some() {
             return None;
         }
         let pods = self.pods.as_ref()?;
@@ -477,8 +284,9 @@ impl Hooks {
         } else {
             Some(TcHold::Counter(pods.stage(iface)?))
         };
-        self.tc.insert(key.clone(), (hold, 1));
-        Some(key)
+        let held = TcAttachment::new(key.clone(), hold);
+        self.tc.insert(key, Arc::downgrade(&held));
+        Some(held)
     }
 
     /// Holds `used`'s classifier in place again, when a window opens.
@@ -565,8 +373,8 @@ impl Hooks {
     /// skb hooks. A followed skb freed meanwhile leaves its slot behind; the next window's
     /// number voids it.
     fn pause(&mut self) {
-        for (hold, _) in self.tc.values_mut() {
-            *hold = None;
+        for held in self.held() {
+            *lock(&held.hold) = None;
         }
         let mut detached = Vec::new();
         self.sockets.retain(|(name, _)| {
@@ -606,43 +414,29 @@ impl Hooks {
                 }
             }
         }
-        let waiting: Vec<TcUse> = self
-            .tc
-            .iter()
-            .filter(|(_, (hold, _))| hold.is_none())
-            .map(|(used, _)| used.clone())
-            .collect();
-        for used in waiting {
-            let hold = self.reattach_tc(&used);
-            if let Some((slot, _)) = self.tc.get_mut(&used) {
-                match hold {
-                    Ok(hold) => *slot = Some(hold),
-                    Err(reason) => {
-                        tracing::warn!(
-                            iface = used.iface,
-                            "{}: not attached again: {reason}",
-                            used.program
-                        );
-                        self.windows.failed += 1;
-                    }
+        for held in self.held() {
+            let mut slot = lock(&held.hold);
+            if slot.is_some() {
+                continue;
+            }
+            match self.reattach_tc(&held.used) {
+                Ok(hold) => *slot = Some(hold),
+                Err(reason) => {
+                    tracing::warn!(
+                        iface = held.used.iface,
+                        "{}: not attached again: {reason}",
+                        held.used.program
+                    );
+                    self.windows.failed += 1;
                 }
             }
         }
     }
 
-    /// Drops one user of a classifier; the last one detaches it.
-    pub fn release_tc(&mut self, used: TcUse) {
-        if let Some((_, users)) = self.tc.get_mut(&used) {
-            *users -= 1;
-            if *users == 0 {
-                self.tc.remove(&used);
-            }
-        }
-    }
-
-    /// Attaches the socket hooks (or counts one more user), the send hook only when
-    /// `stamp_sends`; returns the hooks in use and notes on those missing.
-    pub fn attach_sockets(&mut self, stamp_sends: bool) -> (Vec<String>, Vec<String>) {
+    /// Attaches the socket hooks (or shares them), the send hook only when `stamp_sends`;
+    /// returns the use (dropping it lets them go), the hooks in use and notes on those
+    /// missing.
+    pub fn attach_sockets(&mut self, stamp_sends: bool) -> (SocketUse, Vec<String>, Vec<String>) {
         let mut notes = self.load_notes.clone();
         if stamp_sends {
             self.continuous_users += 1;
@@ -681,12 +475,16 @@ impl Hooks {
             .filter(|(name, _)| stamp_sends || *name != SEND_HOOK)
             .map(|(_, hook)| describe(*hook))
             .collect();
-        (hooks, notes)
+        let used = SocketUse {
+            hooks: self.me.clone(),
+            stamp_sends,
+        };
+        (used, hooks, notes)
     }
 
-    /// Drops one user of the socket hooks (`stamp_sends` as it attached them); the last one
+    /// Drops one use of the socket hooks (`stamp_sends` as it attached them); the last one
     /// detaches them.
-    pub fn release_sockets(&mut self, stamp_sends: bool) {
+    fn release_sockets(&mut self, stamp_sends: bool) {
         if stamp_sends {
             self.continuous_users = self.continuous_users.saturating_sub(1);
             if self.send_users > 0 {
@@ -806,105 +604,5 @@ impl Hooks {
         (0..runs.0.len() / runs::SLOTS)
             .filter_map(|cpu| runs.0.get(&runs::index(cpu, slot), 0).ok())
             .sum()
-    }
-}
-
-fn describe(hook: SocketHook) -> String {
-    match hook {
-        SocketHook::Tracepoint(category, name) => format!("tracepoint:{category}:{name}"),
-        SocketHook::Btf(name) => format!("tp_btf:{name}"),
-    }
-}
-
-fn load_socket(
-    object: &mut EbpfObject,
-    name: &'static str,
-    hook: SocketHook,
-    btf: Option<&aya::Btf>,
-) -> Result<(), String> {
-    let program = object.program_mut(name).map_err(|err| chain(&err))?;
-    let outcome = match (hook, program) {
-        (SocketHook::Tracepoint(..), Program::TracePoint(tp)) => tp.load(),
-        (SocketHook::Btf(function), Program::BtfTracePoint(tp)) => {
-            let btf = btf.ok_or("the kernel has no BTF")?;
-            tp.load(function, btf)
-        }
-        _ => return Err(format!("{name} has an unexpected program type")),
-    };
-    outcome.map_err(|err| chain(&err))
-}
-
-/// Loads the flush program and checks it runs here (`BPF_PROG_TEST_RUN` of raw tracepoint
-/// programs on a chosen CPU came with Linux 5.10): the CPUs to flush.
-fn load_flush(object: &mut EbpfObject) -> Result<Vec<u32>, String> {
-    let cpus = aya::util::nr_cpus().map_err(|(what, err)| format!("{what}: {err}"))?;
-    let cpus: Vec<u32> = (0..u32::try_from(cpus).map_err(|err| err.to_string())?).collect();
-    let program = object
-        .program_mut(FLUSH_PROGRAM)
-        .map_err(|err| chain(&err))?;
-    let Program::RawTracePoint(program) = program else {
-        return Err(format!("{FLUSH_PROGRAM} has an unexpected program type"));
-    };
-    program.load().map_err(|err| chain(&err))?;
-    // CPU 0 is online whenever the machine runs.
-    flush_on(program, 0).map_err(|err| err.to_string())?;
-    Ok(cpus)
-}
-
-/// Runs the flush program on `cpu`: whether the batch was free (and is now written out).
-fn flush_on(program: &aya::programs::RawTracePoint, cpu: u32) -> std::io::Result<bool> {
-    let options = RawTracePointRunOptions {
-        cpu: Some(cpu),
-        ..RawTracePointRunOptions::default()
-    };
-    match program.test_run(options) {
-        // 0: the batch was in use.
-        Ok(result) => Ok(result.return_value != 0),
-        Err(aya::programs::ProgramError::SyscallError(err)) => Err(err.io_error),
-        Err(err) => Err(std::io::Error::other(chain(&err))),
-    }
-}
-
-fn attach_socket(
-    object: &mut EbpfObject,
-    name: &'static str,
-    hook: SocketHook,
-) -> Result<SocketLink, String> {
-    let program = object.program_mut(name).map_err(|err| chain(&err))?;
-    match (hook, program) {
-        (SocketHook::Tracepoint(category, event), Program::TracePoint(tp)) => {
-            let id = tp.attach(category, event).map_err(|err| chain(&err))?;
-            tp.take_link(id)
-                .map(SocketLink::Tracepoint)
-                .map_err(|err| chain(&err))
-        }
-        (SocketHook::Btf(_), Program::BtfTracePoint(tp)) => {
-            let id = tp.attach().map_err(|err| chain(&err))?;
-            tp.take_link(id)
-                .map(SocketLink::Btf)
-                .map_err(|err| chain(&err))
-        }
-        _ => Err(format!("{name} has an unexpected program type")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn costs_since_a_baseline_keep_only_programs_that_ran() {
-        let cost = |name, invocations, run_time_ns| ProgramCost {
-            name,
-            invocations,
-            timed_invocations: invocations / 10,
-            run_time_ns,
-        };
-        let before = [cost("a", 10, 1000), cost("b", 5, 500)];
-        let now = [cost("a", 30, 3000), cost("b", 5, 500), cost("c", 20, 90)];
-        assert_eq!(
-            since(&now, &before),
-            vec![cost("a", 20, 2000), cost("c", 20, 90)]
-        );
     }
 }

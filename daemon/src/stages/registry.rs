@@ -1,0 +1,133 @@
+//! The flows traced now, as the kernel's maps hold them: flow numbers handed out and returned,
+//! each key's users and their sampling, the server ports' entries.
+
+use std::collections::HashMap;
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
+use sonde_common::{
+    maps,
+    stages::{FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS},
+};
+
+use crate::{Error, Result};
+
+/// One trace's use of a flow key: the sides it holds here and how it samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Use {
+    pub(super) sides: u8,
+    pub(super) sample_shift: u8,
+    pub(super) dns_ids: bool,
+}
+
+/// The flows traced now, as the kernel's maps hold them.
+pub(super) struct Registry {
+    pub(super) flows: BpfHashMap<MapData, FlowKey, FlowInfo>,
+    pub(super) ports: Array<MapData, u8>,
+    pub(super) lost: PerCpuArray<MapData, u64>,
+    /// Per key: its flow number and each trace's use of it.
+    pub(super) keys: HashMap<FlowKey, (u32, Vec<Use>)>,
+    /// Users of each server port.
+    /// The sample shift of each user of each server port.
+    pub(super) port_users: HashMap<u16, Vec<(u8, bool)>>,
+    /// Flow numbers handed out and returned.
+    pub(super) next_flow: u32,
+    pub(super) free_flows: Vec<u32>,
+}
+
+impl Registry {
+    pub(super) fn add(&mut self, key: FlowKey, used: Use) -> Result<u32> {
+        let map_error = |source| Error::Map {
+            name: maps::FLOWS,
+            source,
+        };
+        let number = match self.keys.get(&key) {
+            Some((number, _)) => *number,
+            None => match self.free_flows.pop() {
+                Some(number) => number,
+                None if self.next_flow < MAX_FLOWS => {
+                    self.next_flow += 1;
+                    self.next_flow - 1
+                }
+                None => return Err(Error::TooManyFlows { max: MAX_FLOWS }),
+            },
+        };
+        let users = &mut self.keys.entry(key).or_insert((number, Vec::new())).1;
+        users.push(used);
+        self.flows
+            .insert(key, flow_info(number, users), 0)
+            .map_err(map_error)?;
+        self.port_users
+            .entry(key.server_port)
+            .or_default()
+            .push((used.sample_shift, used.dns_ids));
+        self.set_port(key.server_port)
+            .map_err(|source| Error::Map {
+                name: maps::SERVER_PORTS,
+                source,
+            })?;
+        Ok(number)
+    }
+
+    pub(super) fn remove(&mut self, key: &FlowKey, used: Use) {
+        if let Some((number, users)) = self.keys.get_mut(key) {
+            if let Some(at) = users.iter().position(|u| *u == used) {
+                users.remove(at);
+            }
+            let number = *number;
+            if users.is_empty() {
+                self.keys.remove(key);
+                let _ = self.flows.remove(key);
+                self.free_flows.push(number);
+            } else {
+                let _ = self.flows.insert(key, flow_info(number, users), 0);
+            }
+        }
+        if let Some(users) = self.port_users.get_mut(&key.server_port) {
+            if let Some(at) = users
+                .iter()
+                .position(|user| *user == (used.sample_shift, used.dns_ids))
+            {
+                users.remove(at);
+            }
+            if users.is_empty() {
+                self.port_users.remove(&key.server_port);
+            }
+        }
+        let _ = self.set_port(key.server_port);
+    }
+
+    /// Writes a server port's entry: 0 when no traced flow uses it, else the densest sample
+    /// shift of its users plus one (the probes drop a packet outside every user's sample
+    /// before any flow lookup).
+    pub(super) fn set_port(&mut self, port: u16) -> Result<(), aya::maps::MapError> {
+        let users = self.port_users.get(&port);
+        let shift = users
+            .and_then(|users| users.iter().map(|(shift, _)| *shift).min())
+            .map_or(0, |shift| shift + 1);
+        let dns = users.is_some_and(|users| users.iter().any(|(_, dns)| *dns));
+        let value = shift | if dns { maps::PORT_DNS_IDS } else { 0 };
+        self.ports.set(u32::from(port), value, 0)
+    }
+
+    pub(super) fn lost_total(&self) -> u64 {
+        self.lost
+            .get(&LOST_EVENTS, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+/// The flow map's value for a key: its number, every side its users hold on this node, and
+/// the densest sampling any of them asked for.
+pub(super) fn flow_info(number: u32, users: &[Use]) -> FlowInfo {
+    FlowInfo {
+        flow: number,
+        sides: users.iter().fold(0, |all, used| all | used.sides),
+        sample_shift: users
+            .iter()
+            .map(|used| used.sample_shift)
+            .min()
+            .unwrap_or(0),
+        pad: [0; 2],
+    }
+}
