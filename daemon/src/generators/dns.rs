@@ -11,7 +11,6 @@
 use std::{
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
-    path::Path,
     str::FromStr as _,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
@@ -28,7 +27,7 @@ use hickory_proto::{
 use super::{
     Target,
     flows::run_flows,
-    generator::{Generator, Listen, Listener, addr_of, mismatch},
+    generator::{ClientRun, Generator, Listen, Listener, ServerRun, addr_of, mismatch},
     io::Pacer,
     measure::{Counters, POLL, Stop, ThreadResult, Window},
     udp,
@@ -58,30 +57,16 @@ impl Generator for Dns {
         Listen::Udp
     }
 
-    fn serve(
-        &self,
-        listener: Listener,
-        _spec: RunSpec,
-        token: Token,
-        stop: Stop,
-    ) -> Vec<ThreadResult> {
+    fn serve(&self, listener: Listener, run: ServerRun) -> Vec<ThreadResult> {
         match listener {
-            Listener::Udp(socket) => vec![serve(&socket, &token, &stop)],
+            Listener::Udp(socket) => vec![serve(&socket, &run.token, &run.stop)],
             _ => mismatch("a listener that is not UDP"),
         }
     }
 
-    fn client(
-        &self,
-        spec: &RunSpec,
-        netns: Option<&Path>,
-        target: &Target,
-        token: Token,
-        stop: &Stop,
-        counters: &Arc<Counters>,
-    ) -> Vec<ThreadResult> {
+    fn client(&self, target: &Target, run: ClientRun<'_>) -> Vec<ThreadResult> {
         match addr_of(target) {
-            Some(addr) => client(spec, netns, addr, &token, stop, counters),
+            Some(addr) => client(addr, run),
             None => mismatch("a path to send queries to"),
         }
     }
@@ -198,27 +183,21 @@ fn serve(socket: &UdpSocket, token: &Token, stop: &Stop) -> ThreadResult {
 }
 
 /// The client side: `parallel` flows, each on its own socket, one query at a time.
-fn client(
-    spec: &RunSpec,
-    netns: Option<&Path>,
-    target: SocketAddr,
-    token: &Token,
-    stop: &Stop,
-    counters: &Arc<Counters>,
-) -> Vec<ThreadResult> {
+fn client(target: SocketAddr, run: ClientRun<'_>) -> Vec<ThreadResult> {
+    let spec = run.spec;
     let name = match &spec.dns_name {
         Some(name) => Name::from_str(name).map_err(|err| err.to_string()),
-        None => run_name(token),
+        None => run_name(&run.token),
     };
     let name = match name {
         Ok(name) => name,
         Err(err) => return mismatch(&format!("a name it cannot ask: {err}")),
     };
     let rate = spec.rate.map(|rate| rate / f64::from(spec.parallel));
-    let (owned, counters, stop) = (spec.clone(), Arc::clone(counters), Arc::clone(stop));
+    let (owned, counters, stop) = (spec.clone(), Arc::clone(run.counters), Arc::clone(run.stop));
     run_flows(
         spec,
-        netns,
+        run.netns,
         spec.parallel,
         // A DNS server answers from the address it was asked at: a connected socket.
         move |_| {

@@ -44,31 +44,43 @@ pub enum Listener {
     Directory(PathBuf),
 }
 
+/// A server side's run, as its generator gets it.
+#[derive(Debug)]
+pub struct ServerRun {
+    /// What the run is.
+    pub spec: RunSpec,
+    /// The run's token, which clients present.
+    pub token: Token,
+    /// Set to stop serving.
+    pub stop: Stop,
+}
+
+/// A client side's run, as its generator gets it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientRun<'a> {
+    /// What the run is.
+    pub spec: &'a RunSpec,
+    /// The namespace it sends from (`None`: the daemon's).
+    pub netns: Option<&'a Path>,
+    /// The server side's token.
+    pub token: Token,
+    /// Set to stop early.
+    pub stop: &'a Stop,
+    /// Bytes and messages so far, for progress.
+    pub counters: &'a Arc<Counters>,
+}
+
 /// A generator: the two sides of its kinds.
 pub trait Generator: Sync {
     /// What its server side listens on.
     fn listen(&self) -> Listen;
 
-    /// Serves a run on `listener` until `stop`; returns every serving thread's result.
-    fn serve(
-        &self,
-        listener: Listener,
-        spec: RunSpec,
-        token: Token,
-        stop: Stop,
-    ) -> Vec<ThreadResult>;
+    /// Serves a run on `listener` until it is stopped; returns every serving thread's result.
+    fn serve(&self, listener: Listener, run: ServerRun) -> Vec<ThreadResult>;
 
-    /// Runs a client side from `netns` to `target` for the run's warm-up and duration, or
-    /// until `stop`; returns every flow's result.
-    fn client(
-        &self,
-        spec: &RunSpec,
-        netns: Option<&Path>,
-        target: &Target,
-        token: Token,
-        stop: &Stop,
-        counters: &Arc<Counters>,
-    ) -> Vec<ThreadResult>;
+    /// Runs a client side to `target` for the run's warm-up and duration, or until it is
+    /// stopped; returns every flow's result.
+    fn client(&self, target: &Target, run: ClientRun<'_>) -> Vec<ThreadResult>;
 }
 
 /// The generator of `kind`.
@@ -86,7 +98,7 @@ pub fn of(kind: Kind) -> &'static dyn Generator {
 }
 
 /// Implements [`Generator`] for a network generator whose module has the usual pair
-/// `serve(listener, spec, token, stop)` and `client(spec, netns, addr, token, stop, counters)`,
+/// `serve(listener, run)` and `client(addr, run)`,
 /// listening on `$listen` (`Tcp` or `Udp`): one adapter, not one per module.
 macro_rules! network_generator {
     ($name:ident, $listen:ident) => {
@@ -98,29 +110,21 @@ macro_rules! network_generator {
             fn serve(
                 &self,
                 listener: $crate::generators::generator::Listener,
-                spec: $crate::runs::spec::RunSpec,
-                token: $crate::generators::wire::Token,
-                stop: $crate::generators::measure::Stop,
+                run: $crate::generators::generator::ServerRun,
             ) -> Vec<$crate::generators::measure::ThreadResult> {
                 match listener {
-                    $crate::generators::generator::Listener::$listen(bound) => {
-                        serve(bound, spec, token, stop)
-                    }
+                    $crate::generators::generator::Listener::$listen(bound) => serve(bound, run),
                     _ => $crate::generators::generator::mismatch("a listener it does not serve on"),
                 }
             }
 
             fn client(
                 &self,
-                spec: &$crate::runs::spec::RunSpec,
-                netns: Option<&std::path::Path>,
                 target: &$crate::generators::Target,
-                token: $crate::generators::wire::Token,
-                stop: &$crate::generators::measure::Stop,
-                counters: &std::sync::Arc<$crate::generators::measure::Counters>,
+                run: $crate::generators::generator::ClientRun<'_>,
             ) -> Vec<$crate::generators::measure::ThreadResult> {
                 match $crate::generators::generator::addr_of(target) {
-                    Some(addr) => client(spec, netns, addr, token, stop, counters),
+                    Some(addr) => client(addr, run),
                     None => $crate::generators::generator::mismatch("a path to connect to"),
                 }
             }

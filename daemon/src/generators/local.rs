@@ -29,7 +29,7 @@ use nix::{
 
 use super::{
     Target,
-    generator::{Generator, Listen, Listener, mismatch},
+    generator::{ClientRun, Generator, Listen, Listener, ServerRun, mismatch},
 };
 use super::{
     flows::run_flows,
@@ -70,30 +70,16 @@ impl Generator for UnixSocket {
         Listen::UnixSocket
     }
 
-    fn serve(
-        &self,
-        listener: Listener,
-        spec: RunSpec,
-        token: Token,
-        stop: Stop,
-    ) -> Vec<ThreadResult> {
+    fn serve(&self, listener: Listener, run: ServerRun) -> Vec<ThreadResult> {
         match listener {
-            Listener::UnixSocket(bound) => serve_unix(bound, spec, token, stop),
+            Listener::UnixSocket(bound) => serve_unix(bound, run),
             _ => mismatch("a listener it does not serve on"),
         }
     }
 
-    fn client(
-        &self,
-        spec: &RunSpec,
-        _netns: Option<&Path>,
-        target: &Target,
-        token: Token,
-        stop: &Stop,
-        counters: &Arc<Counters>,
-    ) -> Vec<ThreadResult> {
+    fn client(&self, target: &Target, run: ClientRun<'_>) -> Vec<ThreadResult> {
         match target {
-            Target::Path(path) => client_unix(spec, path, token, stop, counters),
+            Target::Path(path) => client_unix(path, run),
             Target::Addr(_) => mismatch("an address, not a path"),
         }
     }
@@ -108,42 +94,24 @@ impl Generator for Files {
         Listen::Directory
     }
 
-    fn serve(
-        &self,
-        listener: Listener,
-        spec: RunSpec,
-        _token: Token,
-        stop: Stop,
-    ) -> Vec<ThreadResult> {
+    fn serve(&self, listener: Listener, run: ServerRun) -> Vec<ThreadResult> {
         match listener {
-            Listener::Directory(bound) => serve_fs(bound, spec, stop),
+            Listener::Directory(bound) => serve_fs(bound, run),
             _ => mismatch("a listener it does not serve on"),
         }
     }
 
-    fn client(
-        &self,
-        spec: &RunSpec,
-        _netns: Option<&Path>,
-        target: &Target,
-        _token: Token,
-        stop: &Stop,
-        counters: &Arc<Counters>,
-    ) -> Vec<ThreadResult> {
+    fn client(&self, target: &Target, run: ClientRun<'_>) -> Vec<ThreadResult> {
         match target {
-            Target::Path(path) => client_fs(spec, path, stop, counters),
+            Target::Path(path) => client_fs(path, run),
             Target::Addr(_) => mismatch("an address, not a path"),
         }
     }
 }
 
 /// Serves a Unix socket: one thread per connection (intra-pod runs are small).
-pub fn serve_unix(
-    listener: UnixListener,
-    spec: RunSpec,
-    token: Token,
-    stop: Stop,
-) -> Vec<ThreadResult> {
+pub fn serve_unix(listener: UnixListener, run: ServerRun) -> Vec<ThreadResult> {
+    let ServerRun { spec, token, stop } = run;
     let mut acceptor = ThreadResult::new();
     if let Err(err) = socket2::SockRef::from(&listener).set_read_timeout(Some(POLL)) {
         acceptor.error(format!("listener timeout: {err}"));
@@ -219,13 +187,14 @@ fn serve_connection(
 }
 
 /// The client side of `unix-stream` and `unix-rr`: `parallel` connections, one thread each.
-pub fn client_unix(
-    spec: &RunSpec,
-    path: &Path,
-    token: Token,
-    stop: &Stop,
-    counters: &Arc<Counters>,
-) -> Vec<ThreadResult> {
+pub fn client_unix(path: &Path, run: ClientRun<'_>) -> Vec<ThreadResult> {
+    let ClientRun {
+        spec,
+        token,
+        stop,
+        counters,
+        ..
+    } = run;
     let rate = spec.rate.map(|rate| rate / f64::from(spec.parallel));
     let (owned, path, stop, counters) = (
         spec.clone(),
@@ -335,7 +304,8 @@ fn hand_over(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Serves `fs-rr` in `dir` until stopped.
-pub fn serve_fs(dir: PathBuf, spec: RunSpec, stop: Stop) -> Vec<ThreadResult> {
+pub fn serve_fs(dir: PathBuf, run: ServerRun) -> Vec<ThreadResult> {
+    let ServerRun { spec, stop, .. } = run;
     let mut result = ThreadResult::new();
     let inotify = match watch(&dir) {
         Ok(inotify) => inotify,
@@ -379,12 +349,13 @@ pub fn serve_fs(dir: PathBuf, spec: RunSpec, stop: Stop) -> Vec<ThreadResult> {
 }
 
 /// The client side of `fs-rr`: `parallel` flows, each with its own names and inotify watch.
-pub fn client_fs(
-    spec: &RunSpec,
-    dir: &Path,
-    stop: &Stop,
-    counters: &Arc<Counters>,
-) -> Vec<ThreadResult> {
+pub fn client_fs(dir: &Path, run: ClientRun<'_>) -> Vec<ThreadResult> {
+    let ClientRun {
+        spec,
+        stop,
+        counters,
+        ..
+    } = run;
     let rate = spec.rate.map(|rate| rate / f64::from(spec.parallel));
     let (owned, stop, counters) = (spec.clone(), Arc::clone(stop), Arc::clone(counters));
     let (ready_dir, dir) = (dir.to_path_buf(), dir.to_path_buf());

@@ -39,11 +39,11 @@ use std::{
     time::Duration,
 };
 
-use measure::{Counters, SideResult, Stop, ThreadResult, merge};
+use measure::{SideResult, Stop, ThreadResult, merge};
 use wire::Token;
 
 use crate::runs::spec::RunSpec;
-use generator::{Listen, Listener};
+use generator::{ClientRun, Listen, Listener, ServerRun};
 
 /// Where a client side sends: an address (network kinds) or a path (intra-pod kinds).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +136,7 @@ impl Server {
         let thread = {
             let spec = spec.clone();
             let stop = Arc::clone(&stop);
-            std::thread::spawn(move || generator.serve(bound, spec, token, stop))
+            std::thread::spawn(move || generator.serve(bound, ServerRun { spec, token, stop }))
         };
         Ok(Self {
             port,
@@ -213,20 +213,13 @@ fn local_addr(listener: &Listener) -> std::io::Result<SocketAddr> {
     }
 }
 
-/// Runs a client side to completion (blocking): connects from `netns` to `target`, runs the
-/// generator for warm-up plus duration, and returns what it measured.
-pub fn run_client(
-    spec: &RunSpec,
-    netns: Option<&Path>,
-    target: &Target,
-    token: Token,
-    stop: &Stop,
-    counters: &Arc<Counters>,
-) -> SideResult {
+/// Runs a client side to completion (blocking): connects from the run's namespace to
+/// `target`, runs the generator for warm-up plus duration, and returns what it measured.
+pub fn run_client(target: &Target, run: ClientRun<'_>) -> SideResult {
     let before = measure::node_cpu_jiffies();
-    let results = generator::of(spec.kind).client(spec, netns, target, token, stop, counters);
+    let results = generator::of(run.spec.kind).client(target, run);
     let local_ip = match target {
-        Target::Addr(addr) => local_ip_for(netns, *addr),
+        Target::Addr(addr) => local_ip_for(run.netns, *addr),
         Target::Path(_) => String::new(),
     };
     SideResult {

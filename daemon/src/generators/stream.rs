@@ -19,10 +19,11 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::{
     flows::shared_window,
+    generator::{ClientRun, ServerRun},
     io::closed,
-    measure::{Counters, POLL, Stop, TcpFacts, ThreadResult, join_all},
+    measure::{POLL, Stop, TcpFacts, ThreadResult, join_all},
     tcp::{connect, prepare},
-    wire::{self, Role, Token},
+    wire::{self, Role},
     zerocopy::{Discard, FilePayload},
 };
 use crate::runs::spec::{Direction, RunSpec};
@@ -226,7 +227,8 @@ super::generator::network_generator!(Stream, Tcp);
 
 /// Serves a prepared listener: the acceptor checks each connection's hello and hands it to
 /// one of the multiplexing workers.
-pub fn serve(listener: TcpListener, spec: RunSpec, token: Token, stop: Stop) -> Vec<ThreadResult> {
+pub fn serve(listener: TcpListener, run: ServerRun) -> Vec<ThreadResult> {
+    let ServerRun { spec, token, stop } = run;
     let expected = match spec.direction {
         Direction::Both => spec.parallel as usize * 2,
         _ => spec.parallel as usize,
@@ -362,14 +364,8 @@ fn serve_worker(
 
 /// The client side: the run's connections (twice `parallel` for both directions) spread over
 /// as many threads as there are cores, all connected and handshaken before the clock starts.
-pub fn client(
-    spec: &RunSpec,
-    netns: Option<&Path>,
-    target: SocketAddr,
-    token: Token,
-    stop: &Stop,
-    counters: &Arc<Counters>,
-) -> Vec<ThreadResult> {
+pub fn client(target: SocketAddr, run: ClientRun<'_>) -> Vec<ThreadResult> {
+    let spec = run.spec;
     let parallel = spec.parallel as usize;
     let roles: Vec<Role> = match spec.direction {
         Direction::Forward => vec![Role::ClientSends; parallel],
@@ -391,11 +387,12 @@ pub fn client(
         .into_iter()
         .map(|group| {
             let spec = spec.clone();
-            let netns = netns.map(Path::to_path_buf);
+            let netns = run.netns.map(Path::to_path_buf);
             let barrier = Arc::clone(&barrier);
             let clock = Arc::clone(&clock);
-            let stop = Arc::clone(stop);
-            let counters = Arc::clone(counters);
+            let stop = Arc::clone(run.stop);
+            let counters = Arc::clone(run.counters);
+            let token = run.token;
             std::thread::spawn(move || {
                 let mut result = ThreadResult::new();
                 let mut conns = Vec::new();

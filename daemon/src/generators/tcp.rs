@@ -15,6 +15,7 @@ use std::{
 
 use super::{
     flows::run_flows,
+    generator::{ClientRun, ServerRun},
     io::{Interrupted, Pacer, read_exact, write_all},
     measure::{Counters, POLL, Stop, TcpFacts, ThreadResult, Window, join_all},
     wire::{self, Role, Token},
@@ -32,7 +33,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves a prepared listener until stopped: an acceptor hands connections to a pool of
 /// workers (as many as the run has connections), which return their results when stopped.
-pub fn serve(listener: TcpListener, spec: RunSpec, token: Token, stop: Stop) -> Vec<ThreadResult> {
+pub fn serve(listener: TcpListener, run: ServerRun) -> Vec<ThreadResult> {
+    let ServerRun { spec, token, stop } = run;
     let workers = spec.parallel;
     let (tx, rx) = mpsc::channel::<TcpStream>();
     let rx = Arc::new(Mutex::new(rx));
@@ -191,20 +193,14 @@ fn drain_until_closed(stream: &mut TcpStream, stop: &Stop) {
 
 /// The client side: `parallel` threads (twice that for a bidirectional stream), each in the
 /// run's network namespace, connected and handshaken before the shared clock starts.
-pub fn client(
-    spec: &RunSpec,
-    netns: Option<&std::path::Path>,
-    target: SocketAddr,
-    token: Token,
-    stop: &Stop,
-    counters: &Arc<Counters>,
-) -> Vec<ThreadResult> {
+pub fn client(target: SocketAddr, run: ClientRun<'_>) -> Vec<ThreadResult> {
+    let ClientRun { spec, token, .. } = run;
     let crr_kind = spec.kind == Kind::TcpCrr;
     let rate = spec.rate.map(|rate| rate / f64::from(spec.parallel));
-    let (owned, stop, counters) = (spec.clone(), Arc::clone(stop), Arc::clone(counters));
+    let (owned, stop, counters) = (spec.clone(), Arc::clone(run.stop), Arc::clone(run.counters));
     run_flows(
         spec,
-        netns,
+        run.netns,
         spec.parallel,
         move |_| {
             if crr_kind {

@@ -25,6 +25,7 @@ use nix::sys::socket::{
 
 use super::{
     flows::run_flows,
+    generator::{ClientRun, ServerRun},
     io::Pacer,
     measure::{Counters, POLL, Stop, ThreadResult, Window, monotonic_ns},
     wire::{self, Token, udp},
@@ -105,7 +106,8 @@ pub struct Datagrams;
 super::generator::network_generator!(Datagrams, Udp);
 
 /// Serves a bound socket until stopped.
-pub fn serve(socket: UdpSocket, spec: RunSpec, token: Token, stop: Stop) -> Vec<ThreadResult> {
+pub fn serve(socket: UdpSocket, run: ServerRun) -> Vec<ThreadResult> {
+    let ServerRun { spec, token, stop } = run;
     let mut result = ThreadResult::new();
     enlarge_receive_buffer(&socket);
     let mut first_request: Option<Instant> = None;
@@ -205,20 +207,14 @@ fn enlarge_receive_buffer(socket: &UdpSocket) {
 }
 
 /// The client side: `parallel` flows, each on its own thread and socket.
-pub fn client(
-    spec: &RunSpec,
-    netns: Option<&std::path::Path>,
-    target: SocketAddr,
-    token: Token,
-    stop: &Stop,
-    counters: &Arc<Counters>,
-) -> Vec<ThreadResult> {
+pub fn client(target: SocketAddr, run: ClientRun<'_>) -> Vec<ThreadResult> {
+    let ClientRun { spec, token, .. } = run;
     let rate = spec.rate.map(|rate| rate / f64::from(spec.parallel));
-    let (owned, counters) = (spec.clone(), Arc::clone(counters));
-    let (ready_stop, stop) = (Arc::clone(stop), Arc::clone(stop));
+    let (owned, counters) = (spec.clone(), Arc::clone(run.counters));
+    let (ready_stop, stop) = (Arc::clone(run.stop), Arc::clone(run.stop));
     run_flows(
         spec,
-        netns,
+        run.netns,
         spec.parallel,
         move |_| {
             open_flow(target, &token, &ready_stop).map_err(|err| format!("flow to {target}: {err}"))

@@ -18,6 +18,7 @@ use super::{
 use crate::{
     generators::{
         self, Target,
+        generator::ClientRun,
         measure::{Counters, SideResult},
         wire::Token,
     },
@@ -103,7 +104,14 @@ pub async fn drive(
     let work = {
         let (counters, spec, stop) = (Arc::clone(&counters), spec.clone(), Arc::clone(&guard.stop));
         tokio::task::spawn_blocking(move || {
-            generators::run_client(&spec, netns.as_deref(), &target, token, &stop, &counters)
+            let run = ClientRun {
+                spec: &spec,
+                netns: netns.as_deref(),
+                token,
+                stop: &stop,
+                counters: &counters,
+            };
+            generators::run_client(&target, run)
         })
     };
     tokio::pin!(work);

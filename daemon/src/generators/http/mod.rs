@@ -26,6 +26,7 @@ use hyper_util::rt::TokioIo;
 
 use super::{
     flows::shared_window,
+    generator::{ClientRun, ServerRun},
     measure::{Counters, CpuTime, POLL, Stop, ThreadResult, Window, join_all},
     wire::Token,
 };
@@ -65,7 +66,8 @@ pub struct Http;
 super::generator::network_generator!(Http, Tcp);
 
 /// Serves a prepared listener until stopped.
-pub fn serve(listener: TcpListener, spec: RunSpec, token: Token, stop: Stop) -> Vec<ThreadResult> {
+pub fn serve(listener: TcpListener, run: ServerRun) -> Vec<ThreadResult> {
+    let ServerRun { spec, token, stop } = run;
     let mut result = ThreadResult::new();
     result.io("http1");
     let runtime = match runtime() {
@@ -154,14 +156,8 @@ pub fn serve(listener: TcpListener, spec: RunSpec, token: Token, stop: Stop) -> 
 
 /// The client side: `parallel` connections spread over one thread per core, each thread with
 /// its own runtime, all started together on the shared clock.
-pub fn client(
-    spec: &RunSpec,
-    netns: Option<&Path>,
-    target: SocketAddr,
-    token: Token,
-    stop: &Stop,
-    counters: &Arc<Counters>,
-) -> Vec<ThreadResult> {
+pub fn client(target: SocketAddr, run: ClientRun<'_>) -> Vec<ThreadResult> {
+    let spec = run.spec;
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let threads = (spec.parallel as usize).clamp(1, cores);
     let mut per_thread = vec![0_u32; threads];
@@ -174,9 +170,10 @@ pub fn client(
     let handles: Vec<JoinHandle<ThreadResult>> = per_thread
         .into_iter()
         .map(|connections| {
-            let (spec, netns) = (spec.clone(), netns.map(Path::to_path_buf));
+            let (spec, netns) = (spec.clone(), run.netns.map(Path::to_path_buf));
             let (barrier, clock) = (Arc::clone(&barrier), Arc::clone(&clock));
-            let (stop, counters) = (Arc::clone(stop), Arc::clone(counters));
+            let (stop, counters, token) =
+                (Arc::clone(run.stop), Arc::clone(run.counters), run.token);
             std::thread::spawn(move || {
                 let ready = netns
                     .as_deref()
