@@ -5,6 +5,8 @@ use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 use sonde_proto::v1::agent_client::AgentClient;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::error::Context as _;
+
 /// A daemon's gRPC address: `HOST:PORT` (`[v6]:PORT` for IPv6 literals), `unix:PATH` for a
 /// daemon listening on a Unix socket (the lab's), or `port-forward:NAMESPACE/POD:PORT` for a
 /// daemon in a cluster reached through the API server. Checked when parsed, so that a typo is
@@ -112,7 +114,7 @@ impl fmt::Display for AgentAddr {
 
 /// Connects to the daemon at `addr`: the TCP/HTTP2 connection must be up within `timeout`,
 /// and so must every call made on the returned client.
-pub async fn connect(addr: &AgentAddr, timeout: Duration) -> anyhow::Result<AgentClient<Channel>> {
+pub async fn connect(addr: &AgentAddr, timeout: Duration) -> crate::Result<AgentClient<Channel>> {
     let channel = match addr {
         AgentAddr::Tcp { .. } => {
             Endpoint::from_shared(format!("http://{addr}"))?
@@ -146,7 +148,7 @@ pub async fn connect(addr: &AgentAddr, timeout: Duration) -> anyhow::Result<Agen
             return Ok(AgentClient::new(channel));
         }
     }
-    .map_err(|err| anyhow::anyhow!("cannot connect: {}", error_chain(&err)))?;
+    .context("cannot connect")?;
     Ok(AgentClient::new(channel))
 }
 
@@ -155,7 +157,7 @@ pub async fn connect(addr: &AgentAddr, timeout: Duration) -> anyhow::Result<Agen
 pub fn status_text(status: &tonic::Status) -> String {
     match std::error::Error::source(status) {
         Some(cause) => {
-            let causes = error_chain(cause);
+            let causes = crate::error::chain(cause);
             if causes.contains(status.message()) {
                 causes
             } else {
@@ -164,21 +166,6 @@ pub fn status_text(status: &tonic::Status) -> String {
         }
         None => status.message().to_owned(),
     }
-}
-
-/// A transport or call error with its causes on one line (tonic's top-level message alone is
-/// just "transport error").
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

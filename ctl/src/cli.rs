@@ -32,7 +32,7 @@ pub enum Command {
     Scenario(cmd::scenario::ScenarioCommand),
     /// Measure a fleet continuously: a scenario's tests in rounds, each node from K peers on
     /// a ring that turns every round, with Prometheus metrics.
-    Monitor(crate::monitor::MonitorArgs),
+    Monitor(cmd::monitor::MonitorArgs),
     /// Prepare a server side and keep it serving, for a client of your own (curl, wrk).
     Serve(cmd::serve::ServeArgs),
     /// Where the time goes between two endpoints: a light request/response flow, traced in

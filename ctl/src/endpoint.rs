@@ -14,10 +14,13 @@ use std::{
     str::FromStr,
 };
 
-use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use crate::{agent::AgentAddr, lab::Inventory};
+use crate::{
+    agent::AgentAddr,
+    error::{Context as _, refuse},
+    lab::Inventory,
+};
 
 /// What the user wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +156,7 @@ impl Destination {
     }
 
     /// A single server at `place`, reached at its own address (`endpoint` names it in errors).
-    pub fn at(place: Place, endpoint: &EndpointRef) -> anyhow::Result<Self> {
+    pub fn at(place: Place, endpoint: &EndpointRef) -> crate::Result<Self> {
         let ip = place
             .ip
             .with_context(|| format!("{endpoint} has no IP address traffic could go to"))?;
@@ -167,13 +170,13 @@ impl Destination {
 }
 
 /// Refuses a Service as the client end: traffic starts in a pod or on a node.
-pub fn check_source(endpoint: &EndpointRef) -> anyhow::Result<()> {
+pub fn check_source(endpoint: &EndpointRef) -> crate::Result<()> {
     match endpoint {
         EndpointRef::Service(_) => {
-            bail!("--from cannot be a Service: traffic starts in a pod or on a node")
+            refuse!("--from cannot be a Service: traffic starts in a pod or on a node")
         }
         EndpointRef::Dns(_) => {
-            bail!("--from cannot be a DNS server: traffic starts in a pod or on a node")
+            refuse!("--from cannot be a DNS server: traffic starts in a pod or on a node")
         }
         _ => Ok(()),
     }
@@ -196,7 +199,7 @@ pub enum PathKind {
 }
 
 /// Resolves the client end.
-pub fn resolve_source(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Result<Place> {
+pub fn resolve_source(endpoint: &EndpointRef, lab: Option<&Inventory>) -> crate::Result<Place> {
     check_source(endpoint)?;
     resolve_place(endpoint, lab)
 }
@@ -205,7 +208,7 @@ pub fn resolve_source(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow
 pub fn resolve_destination(
     endpoint: &EndpointRef,
     lab: Option<&Inventory>,
-) -> anyhow::Result<Destination> {
+) -> crate::Result<Destination> {
     if let EndpointRef::Dns(addr) = endpoint {
         return Ok(Destination::external(*addr));
     }
@@ -221,7 +224,7 @@ pub fn resolve_destination(
             .endpoints
             .iter()
             .map(|pod| resolve_place(&EndpointRef::Pod(pod.clone()), Some(lab)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<crate::Result<Vec<_>>>()?;
         return Ok(Destination {
             servers,
             ip: IpAddr::V4(service.cluster_ip),
@@ -232,7 +235,7 @@ pub fn resolve_destination(
     Destination::at(resolve_place(endpoint, lab)?, endpoint)
 }
 
-fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Result<Place> {
+fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> crate::Result<Place> {
     let need_lab = || {
         lab.with_context(|| {
             format!("{endpoint} names a lab object, but no lab is up (`sondectl lab up`)")
@@ -292,8 +295,8 @@ fn resolve_place(endpoint: &EndpointRef, lab: Option<&Inventory>) -> anyhow::Res
             hairpin_source: None,
             zone: None,
         }),
-        EndpointRef::Service(_) => bail!("a Service is not a place a generator runs"),
-        EndpointRef::Dns(_) => bail!("a DNS server is not a place a generator runs"),
+        EndpointRef::Service(_) => refuse!("a Service is not a place a generator runs"),
+        EndpointRef::Dns(_) => refuse!("a DNS server is not a place a generator runs"),
     }
 }
 

@@ -5,13 +5,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::{
+    error::{Context as _, refuse},
     run::report::RunReport,
     scenario::execute::{Headline, RunSet, Status},
 };
@@ -211,7 +211,7 @@ impl<'a> Group<'a> {
 }
 
 /// Sends one HTTP/1.1 request to `base` (http://HOST:PORT) and fails on a non-2xx answer.
-async fn request(base: &str, method: &str, path: &str, body: String) -> anyhow::Result<()> {
+async fn request(base: &str, method: &str, path: &str, body: String) -> crate::Result<()> {
     let authority = base
         .strip_prefix("http://")
         .with_context(|| format!("--push-gateway {base:?}: only http://HOST:PORT"))?
@@ -245,18 +245,18 @@ async fn request(base: &str, method: &str, path: &str, body: String) -> anyhow::
             .await
             .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
             .unwrap_or_default();
-        bail!("the Pushgateway answered {status}: {}", body.trim());
+        refuse!("the Pushgateway answered {status}: {}", body.trim());
     }
     Ok(())
 }
 
 /// Replaces the group `group` on the Pushgateway at `base` with `figures` (PUT).
-pub async fn push(base: &str, group: Group<'_>, figures: &[Figure]) -> anyhow::Result<()> {
+pub async fn push(base: &str, group: Group<'_>, figures: &[Figure]) -> crate::Result<()> {
     request(base, "PUT", &group.path(), exposition(figures)).await
 }
 
 /// Deletes the group `group` from the Pushgateway at `base`.
-pub async fn push_delete(base: &str, group: Group<'_>) -> anyhow::Result<()> {
+pub async fn push_delete(base: &str, group: Group<'_>) -> crate::Result<()> {
     request(base, "DELETE", &group.path(), String::new()).await
 }
 
@@ -293,7 +293,7 @@ pub fn graphite_lines(prefix: &str, figures: &[Figure], at: u64) -> String {
 }
 
 /// Sends the figures to Graphite's plaintext port at `addr` (HOST:PORT).
-pub async fn graphite(addr: &str, prefix: &str, figures: &[Figure]) -> anyhow::Result<()> {
+pub async fn graphite(addr: &str, prefix: &str, figures: &[Figure]) -> crate::Result<()> {
     let at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -313,7 +313,7 @@ pub async fn graphite(addr: &str, prefix: &str, figures: &[Figure]) -> anyhow::R
 }
 
 /// Sends `figures` wherever `args` says; `scenario` names them.
-pub async fn send(args: &ExportArgs, scenario: &str, figures: &[Figure]) -> anyhow::Result<()> {
+pub async fn send(args: &ExportArgs, scenario: &str, figures: &[Figure]) -> crate::Result<()> {
     if let Some(gateway) = &args.push_gateway {
         push(gateway, Group::of(scenario, args), figures).await?;
     }

@@ -15,6 +15,7 @@
 //! - [`scenario`]: fleet measurements: scenario files, their expansion into rounds, run-sets.
 //! - [`monitor`]: continuous measurement: rotating K-peer rounds and Prometheus metrics.
 //! - [`output`]: output formats shared by the subcommands.
+//! - [`error`]: the library's errors (the commands add their words with anyhow).
 
 pub mod agent;
 pub mod cli;
@@ -22,9 +23,11 @@ pub mod cluster;
 pub mod cmd;
 pub mod endpoint;
 pub mod engine;
+pub mod error;
 pub mod export;
 pub mod lab;
 pub mod monitor;
 pub mod output;
 pub mod run;
 pub mod scenario;
+pub use error::{Error, Result};

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     match runtime.block_on(sonde_ctl::cmd::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("sondectl: {err:#}");
+            eprintln!("sondectl: {}", sonde_ctl::error::chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }

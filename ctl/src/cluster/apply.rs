@@ -1,16 +1,16 @@
 //! `sondectl deploy` and `undeploy`: the manifests' objects, applied with server-side apply
 //! (field manager `sondectl`) and removed in the reverse order.
 
-use anyhow::Context as _;
 use kube::{
     Api, Client,
     api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams},
 };
 
 use super::FIELD_MANAGER;
+use crate::error::Context as _;
 
 /// The API of `object`'s kind, in its namespace when it has one.
-fn api_of(client: &Client, object: &DynamicObject) -> anyhow::Result<(Api<DynamicObject>, String)> {
+fn api_of(client: &Client, object: &DynamicObject) -> crate::Result<(Api<DynamicObject>, String)> {
     let types = object
         .types
         .as_ref()
@@ -40,7 +40,7 @@ pub fn describe(object: &DynamicObject) -> String {
 }
 
 /// Applies every object, in order; stops at the first the server refuses.
-pub async fn apply(client: &Client, objects: &[DynamicObject]) -> anyhow::Result<Vec<String>> {
+pub async fn apply(client: &Client, objects: &[DynamicObject]) -> crate::Result<Vec<String>> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut applied = Vec::new();
     for object in objects {
@@ -54,7 +54,7 @@ pub async fn apply(client: &Client, objects: &[DynamicObject]) -> anyhow::Result
 }
 
 /// Deletes every object, in reverse order; one already gone is fine.
-pub async fn delete(client: &Client, objects: &[DynamicObject]) -> anyhow::Result<Vec<String>> {
+pub async fn delete(client: &Client, objects: &[DynamicObject]) -> crate::Result<Vec<String>> {
     let mut deleted = Vec::new();
     for object in objects.iter().rev() {
         let (api, name) = api_of(client, object)?;

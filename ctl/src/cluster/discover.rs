@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{Api, Client, api::ListParams};
 use serde::Serialize;
+
+use crate::error::Context as _;
 
 /// The well-known label of a node's zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -35,7 +36,7 @@ pub async fn daemons(
     client: &Client,
     namespace: &str,
     node_selector: &str,
-) -> anyhow::Result<Vec<Daemon>> {
+) -> crate::Result<Vec<Daemon>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pods = pods
         .list(&ListParams::default().labels(super::manifests::DAEMON_SELECTOR))
@@ -97,7 +98,7 @@ pub struct EndpointPod {
 }
 
 /// The endpoint pods in `namespace`, by node name.
-pub async fn endpoint_pods(client: &Client, namespace: &str) -> anyhow::Result<Vec<EndpointPod>> {
+pub async fn endpoint_pods(client: &Client, namespace: &str) -> crate::Result<Vec<EndpointPod>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pods = pods
         .list(&ListParams::default().labels(super::manifests::ENDPOINT_SELECTOR))

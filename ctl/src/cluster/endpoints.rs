@@ -11,7 +11,6 @@
 
 use std::net::IpAddr;
 
-use anyhow::{Context as _, bail};
 use k8s_openapi::{
     api::{
         core::v1::{Pod, Service},
@@ -28,6 +27,7 @@ use super::{
 use crate::{
     agent::AgentAddr,
     endpoint::{Destination, EndpointRef, Place},
+    error::{Context as _, refuse},
 };
 
 /// The port sonde's daemons serve gRPC on (the DaemonSet's `grpc` port, host network).
@@ -61,7 +61,7 @@ impl Cluster {
         namespace: &str,
         node_selector: &str,
         reach: Reach,
-    ) -> anyhow::Result<Self> {
+    ) -> crate::Result<Self> {
         let namespace = if namespace.is_empty() {
             super::manifests::DEFAULT_NAMESPACE
         } else {
@@ -74,7 +74,7 @@ impl Cluster {
             } else {
                 format!(" on nodes matching {node_selector}")
             };
-            bail!(
+            refuse!(
                 "no sonde daemons in namespace {namespace}{on} (deploy them with `sondectl deploy`)"
             );
         }
@@ -92,13 +92,13 @@ impl Cluster {
     }
 
     /// The daemons of the cluster `args` names (its kubeconfig, else the environment's).
-    pub async fn connect(args: &crate::cli::KubernetesArgs) -> anyhow::Result<Self> {
+    pub async fn connect(args: &crate::cli::KubernetesArgs) -> crate::Result<Self> {
         let client = super::client(args.kubeconfig.as_deref()).await?;
         Self::new(client, &args.namespace, &args.node_selector, args.reach).await
     }
 
     /// The measurement endpoint pods (`deploy --endpoints`) in sonde's namespace.
-    pub async fn endpoint_pods(&self) -> anyhow::Result<Vec<discover::EndpointPod>> {
+    pub async fn endpoint_pods(&self) -> crate::Result<Vec<discover::EndpointPod>> {
         discover::endpoint_pods(&self.client, &self.namespace).await
     }
 
@@ -108,7 +108,7 @@ impl Cluster {
     }
 
     /// Every ready daemon, by node, with the address it is reached at.
-    pub fn agents(&self) -> anyhow::Result<Vec<(String, AgentAddr)>> {
+    pub fn agents(&self) -> crate::Result<Vec<(String, AgentAddr)>> {
         self.daemons
             .iter()
             .filter(|daemon| daemon.ready)
@@ -117,13 +117,13 @@ impl Cluster {
     }
 
     /// The client end.
-    pub async fn source(&self, endpoint: &EndpointRef) -> anyhow::Result<Place> {
+    pub async fn source(&self, endpoint: &EndpointRef) -> crate::Result<Place> {
         crate::endpoint::check_source(endpoint)?;
         self.place(endpoint).await
     }
 
     /// The server end.
-    pub async fn destination(&self, endpoint: &EndpointRef) -> anyhow::Result<Destination> {
+    pub async fn destination(&self, endpoint: &EndpointRef) -> crate::Result<Destination> {
         let name = match endpoint {
             EndpointRef::Service(name) => name,
             EndpointRef::Dns(addr) => return Ok(Destination::external(*addr)),
@@ -144,13 +144,13 @@ impl Cluster {
         let target_port = match &port.target_port {
             Some(IntOrString::Int(number)) => u16::try_from(*number).ok(),
             None => u16::try_from(port.port).ok(),
-            Some(IntOrString::String(named)) => bail!(
+            Some(IntOrString::String(named)) => refuse!(
                 "Service {namespace}/{name} targets the named port {named:?}: sonde's servers need a number"
             ),
         };
         let pods = self.ready_pods(namespace, name).await?;
         if pods.is_empty() {
-            bail!("Service {namespace}/{name} has no ready pod behind it");
+            refuse!("Service {namespace}/{name} has no ready pod behind it");
         }
         let mut servers = Vec::new();
         for pod in &pods {
@@ -176,7 +176,7 @@ impl Cluster {
     }
 
     /// The names of the ready pods behind a Service, from its EndpointSlices.
-    async fn ready_pods(&self, namespace: &str, service: &str) -> anyhow::Result<Vec<String>> {
+    async fn ready_pods(&self, namespace: &str, service: &str) -> crate::Result<Vec<String>> {
         let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), namespace);
         let selector = format!("kubernetes.io/service-name={service}");
         let slices = slices
@@ -205,7 +205,7 @@ impl Cluster {
     }
 
     /// Where a pod or node end runs.
-    async fn place(&self, endpoint: &EndpointRef) -> anyhow::Result<Place> {
+    async fn place(&self, endpoint: &EndpointRef) -> crate::Result<Place> {
         match endpoint {
             EndpointRef::Pod(name) => {
                 let (namespace, name) = namespaced(name, "pod")?;
@@ -256,16 +256,16 @@ impl Cluster {
                     zone: daemon.zone.clone(),
                 })
             }
-            EndpointRef::Agent(_) => bail!(
+            EndpointRef::Agent(_) => refuse!(
                 "{endpoint}: with --kubeconfig, name pods (pod/NAMESPACE/NAME) and nodes (node/NAME)"
             ),
-            EndpointRef::Service(_) => bail!("a Service is not a place a generator runs"),
-            EndpointRef::Dns(_) => bail!("a DNS server is not a place a generator runs"),
+            EndpointRef::Service(_) => refuse!("a Service is not a place a generator runs"),
+            EndpointRef::Dns(_) => refuse!("a DNS server is not a place a generator runs"),
         }
     }
 
     /// The address a daemon is dialled at.
-    fn agent_of(&self, daemon: &Daemon) -> anyhow::Result<AgentAddr> {
+    fn agent_of(&self, daemon: &Daemon) -> crate::Result<AgentAddr> {
         if self.reach == Reach::PortForward {
             return Ok(AgentAddr::PortForward {
                 namespace: daemon.namespace.clone(),
@@ -285,7 +285,7 @@ impl Cluster {
         })
     }
 
-    fn daemon_on(&self, node: &str) -> anyhow::Result<&Daemon> {
+    fn daemon_on(&self, node: &str) -> crate::Result<&Daemon> {
         let daemon = self
             .daemons
             .iter()
@@ -297,7 +297,7 @@ impl Cluster {
                 ),
             })?;
         if !daemon.ready {
-            bail!(
+            refuse!(
                 "the sonde daemon on node {node} ({}) is not ready",
                 daemon.pod
             );
@@ -307,7 +307,7 @@ impl Cluster {
 }
 
 /// `NAMESPACE/NAME` split; Kubernetes endpoints need both.
-fn namespaced<'a>(name: &'a str, kind: &str) -> anyhow::Result<(&'a str, &'a str)> {
+fn namespaced<'a>(name: &'a str, kind: &str) -> crate::Result<(&'a str, &'a str)> {
     name.split_once('/')
         .with_context(|| format!("with --kubeconfig, name the {kind} as {kind}/NAMESPACE/NAME"))
 }

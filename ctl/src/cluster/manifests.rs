@@ -1,9 +1,10 @@
 //! The manifests of `deploy/kubernetes`, compiled in, so that `sondectl deploy` applies exactly
 //! what the repository ships (and the manifest test checks).
 
-use anyhow::{Context as _, bail};
 use kube::api::DynamicObject;
 use serde::Deserialize as _;
+
+use crate::error::{Context as _, refuse};
 
 /// The files, in the order they are applied (the namespace first).
 pub const FILES: [(&str, &str); 5] = [
@@ -82,13 +83,13 @@ pub struct Monitor {
 }
 
 /// Every object of the manifests, as shipped (with the endpoints' when `endpoints`).
-pub fn shipped(endpoints: bool) -> anyhow::Result<Vec<DynamicObject>> {
+pub fn shipped(endpoints: bool) -> crate::Result<Vec<DynamicObject>> {
     let extra: &[(&str, &str)] = if endpoints { &ENDPOINT_FILES } else { &[] };
     parse(FILES.iter().chain(extra))
 }
 
 /// The monitor's objects as shipped, after a ConfigMap holding `scenario`.
-pub fn shipped_monitor(scenario: &str) -> anyhow::Result<Vec<DynamicObject>> {
+pub fn shipped_monitor(scenario: &str) -> crate::Result<Vec<DynamicObject>> {
     let (name, key) = MONITOR_CONFIGMAP;
     let configmap = serde_json::json!({
         "apiVersion": "v1",
@@ -110,7 +111,7 @@ pub fn shipped_monitor(scenario: &str) -> anyhow::Result<Vec<DynamicObject>> {
 
 fn parse<'a>(
     files: impl Iterator<Item = &'a (&'a str, &'a str)>,
-) -> anyhow::Result<Vec<DynamicObject>> {
+) -> crate::Result<Vec<DynamicObject>> {
     let mut objects = Vec::new();
     for &(file, text) in files {
         for document in serde_yaml::Deserializer::from_str(text) {
@@ -128,7 +129,7 @@ fn parse<'a>(
 }
 
 /// The objects with the user's options applied.
-pub fn objects(options: &Options) -> anyhow::Result<Vec<DynamicObject>> {
+pub fn objects(options: &Options) -> crate::Result<Vec<DynamicObject>> {
     let mut objects = shipped(options.endpoints)?;
     if let Some(monitor) = &options.monitor {
         objects.extend(shipped_monitor(&monitor.scenario)?);
@@ -140,7 +141,7 @@ pub fn objects(options: &Options) -> anyhow::Result<Vec<DynamicObject>> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     {
-        bail!(
+        refuse!(
             "--namespace {namespace:?} is not a valid namespace name (lower-case letters, digits, '-')"
         );
     }
@@ -169,7 +170,7 @@ pub fn objects(options: &Options) -> anyhow::Result<Vec<DynamicObject>> {
             && let Some(monitor) = &options.monitor
         {
             if monitor.replicas == 0 {
-                bail!("--monitor-replicas must be at least 1");
+                refuse!("--monitor-replicas must be at least 1");
             }
             object.data["spec"]["replicas"] = monitor.replicas.into();
             let template = &mut object.data["spec"]["template"];
@@ -190,7 +191,7 @@ pub fn objects(options: &Options) -> anyhow::Result<Vec<DynamicObject>> {
             let spec = &mut object.data["spec"]["template"]["spec"];
             if let Some(image) = &options.image {
                 if image.trim().is_empty() {
-                    bail!("--image must name an image");
+                    refuse!("--image must name an image");
                 }
                 spec["containers"][0]["image"] = image.as_str().into();
             }
@@ -208,7 +209,7 @@ pub fn objects(options: &Options) -> anyhow::Result<Vec<DynamicObject>> {
 }
 
 /// The objects as one YAML stream (`---` between documents), for `--dry-run -o yaml`.
-pub fn to_yaml(objects: &[DynamicObject]) -> anyhow::Result<String> {
+pub fn to_yaml(objects: &[DynamicObject]) -> crate::Result<String> {
     let mut text = String::new();
     for object in objects {
         text.push_str("---\n");

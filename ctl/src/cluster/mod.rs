@@ -15,14 +15,14 @@ pub mod manifests;
 pub mod placement;
 pub mod portforward;
 
-use anyhow::Context as _;
+use crate::error::Context as _;
 
 /// The field manager sonde's server-side applies are recorded under.
 pub const FIELD_MANAGER: &str = "sondectl";
 
 /// A client from `kubeconfig` (a path), else from the environment (`KUBECONFIG`, the default
 /// file, or the in-cluster service account).
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> crate::Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)

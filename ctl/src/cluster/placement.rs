@@ -1,10 +1,10 @@
 //! Placement: where a run's two ends must be, checked against where the daemons are, so that a
 //! run never silently measures a path other than the one asked for.
 
-use anyhow::bail;
 use serde::Serialize;
 
 use super::discover::Daemon;
+use crate::error::refuse;
 
 /// Where the two ends of a run must be relative to each other.
 #[derive(
@@ -60,29 +60,29 @@ impl<'a> From<&'a Daemon> for End<'a> {
 }
 
 /// Checks that `client` and `server` are placed as asked.
-pub fn check(placement: Placement, client: &Daemon, server: &Daemon) -> anyhow::Result<()> {
+pub fn check(placement: Placement, client: &Daemon, server: &Daemon) -> crate::Result<()> {
     check_ends(placement, client.into(), server.into())
 }
 
 /// Checks that the two ends of a run are placed as asked.
-pub fn check_ends(placement: Placement, client: End<'_>, server: End<'_>) -> anyhow::Result<()> {
+pub fn check_ends(placement: Placement, client: End<'_>, server: End<'_>) -> crate::Result<()> {
     match placement {
-        Placement::SameNode if client.node != server.node => bail!(
+        Placement::SameNode if client.node != server.node => refuse!(
             "--same-node: the client is on {} and the server on {}",
             client.node,
             server.node
         ),
         Placement::CrossNode if client.node == server.node => {
-            bail!("--cross-node: both ends are on {}", client.node)
+            refuse!("--cross-node: both ends are on {}", client.node)
         }
         Placement::CrossZone => match (client.zone, server.zone) {
             (Some(a), Some(b)) if a != b => Ok(()),
-            (Some(a), Some(_)) => bail!(
+            (Some(a), Some(_)) => refuse!(
                 "--cross-zone: both ends are in zone {a} ({} and {})",
                 client.node,
                 server.node
             ),
-            _ => bail!(
+            _ => refuse!(
                 "--cross-zone: {} or {} has no {} label",
                 client.node,
                 server.node,
@@ -95,10 +95,10 @@ pub fn check_ends(placement: Placement, client: End<'_>, server: End<'_>) -> any
 
 /// Picks a (client, server) pair of ready daemons placed as asked: the first such pair in node
 /// order, so that the same cluster gives the same pick.
-pub fn pick(placement: Placement, daemons: &[Daemon]) -> anyhow::Result<(Daemon, Daemon)> {
+pub fn pick(placement: Placement, daemons: &[Daemon]) -> crate::Result<(Daemon, Daemon)> {
     let ready: Vec<&Daemon> = daemons.iter().filter(|d| d.ready).collect();
     if ready.is_empty() {
-        bail!("no ready sonde daemon found");
+        refuse!("no ready sonde daemon found");
     }
     for client in &ready {
         for server in &ready {
@@ -111,8 +111,8 @@ pub fn pick(placement: Placement, daemons: &[Daemon]) -> anyhow::Result<(Daemon,
         }
     }
     match placement {
-        Placement::SameNode => bail!("no ready daemon to place both ends on"),
-        Placement::CrossNode => bail!(
+        Placement::SameNode => refuse!("no ready daemon to place both ends on"),
+        Placement::CrossNode => refuse!(
             "--cross-node needs two nodes with a ready daemon; found {}",
             ready.len()
         ),
@@ -120,7 +120,7 @@ pub fn pick(placement: Placement, daemons: &[Daemon]) -> anyhow::Result<(Daemon,
             let mut zones: Vec<&str> = ready.iter().filter_map(|d| d.zone.as_deref()).collect();
             zones.sort_unstable();
             zones.dedup();
-            bail!(
+            refuse!(
                 "--cross-zone needs ready daemons in two zones; found {} ({})",
                 zones.len(),
                 if zones.is_empty() {

@@ -15,11 +15,12 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tonic::transport::{Channel, Endpoint};
+
+use crate::error::Context as _;
 
 /// How sondectl reaches the daemons of a cluster.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -62,7 +63,7 @@ pub async fn channel(
     pod: &str,
     port: u16,
     timeout: Duration,
-) -> anyhow::Result<Channel> {
+) -> crate::Result<Channel> {
     let client = CLIENT
         .get()
         .context("a port-forwarded daemon needs the cluster's kubeconfig (--kubeconfig)")?;
@@ -79,10 +80,10 @@ pub async fn channel(
         }))
         .await
         .map_err(|err| {
-            anyhow::anyhow!(
+            crate::Error::Refused(format!(
                 "no port-forward to {target}:{port} through the API server: {}",
-                crate::agent::error_chain(&err)
-            )
+                crate::error::chain(&err)
+            ))
         })
 }
 

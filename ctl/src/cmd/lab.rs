@@ -301,7 +301,7 @@ async fn status(args: &LabName) -> anyhow::Result<()> {
                     .await
                     .map(|_| ())
                     .map_err(|status| agent::status_text(&status)),
-                Err(err) => Err(format!("{err:#}")),
+                Err(err) => Err(crate::error::chain(&err)),
             },
             Err(err) => Err(err),
         };

@@ -3,6 +3,7 @@
 pub mod conntrack;
 pub mod deploy;
 pub mod lab;
+pub mod monitor;
 pub mod nodes;
 pub mod run;
 pub mod scenario;
@@ -18,7 +19,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lab(command) => lab::run(command).await,
         Command::Run(args) => run::run(args).await,
         Command::Scenario(command) => scenario::run(command).await,
-        Command::Monitor(args) => crate::monitor::run(args).await,
+        Command::Monitor(args) => monitor::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Trace(args) => trace::run(args).await,
         Command::Conntrack(command) => conntrack::run(command).await,

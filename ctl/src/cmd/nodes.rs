@@ -179,7 +179,7 @@ pub async fn run(args: NodesArgs) -> anyhow::Result<()> {
             Ok(node) => report.nodes.push(node),
             Err(err) => report.errors.push(AgentFailure {
                 agent: addr.to_string(),
-                error: format!("{err:#}"),
+                error: crate::error::chain(err.as_ref()),
             }),
         }
     }
@@ -202,8 +202,12 @@ pub async fn run(args: NodesArgs) -> anyhow::Result<()> {
 
 /// The daemons of the lab `name`, when no agents were given.
 fn lab_agents(name: &str) -> anyhow::Result<Vec<AgentAddr>> {
-    let inventory = Inventory::load(name)
-        .map_err(|err| anyhow::anyhow!("no agents given (--agents HOST:PORT,...) and {err:#}"))?;
+    let inventory = Inventory::load(name).map_err(|err| {
+        anyhow::anyhow!(
+            "no agents given (--agents HOST:PORT,...) and {}",
+            crate::error::chain(&err)
+        )
+    })?;
     inventory
         .nodes
         .iter()

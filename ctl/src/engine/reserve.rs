@@ -155,7 +155,7 @@ impl Session {
         let mut client = self
             .agent(agent)
             .await
-            .map_err(|err| tonic::Status::unavailable(format!("{err:#}")))?;
+            .map_err(|err| tonic::Status::unavailable(crate::error::chain(&err)))?;
         let request = pb::ReserveRequest {
             holder: Some(self.holder()),
             class: class_message(class) as i32,

@@ -9,7 +9,6 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Context as _;
 use sonde_proto::v1::{self as pb, agent_client::AgentClient};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +16,7 @@ use tonic::transport::Channel;
 
 use crate::{
     agent,
+    error::Within as _,
     run::clock::{self, ClockOffset},
 };
 
@@ -141,15 +141,15 @@ impl Session {
     }
 
     /// The connection to the daemon at `addr`, dialled on first use.
-    pub async fn agent(&self, addr: &str) -> anyhow::Result<AgentClient<Channel>> {
+    pub async fn agent(&self, addr: &str) -> crate::Result<AgentClient<Channel>> {
         let cell = Arc::clone(lock(&self.agents).entry(addr.to_owned()).or_default());
         let client = cell
             .get_or_try_init(|| async {
-                let parsed = addr.parse().map_err(anyhow::Error::msg)?;
+                let parsed = addr.parse().map_err(crate::Error::refused)?;
                 agent::connect(&parsed, self.timeout).await
             })
             .await
-            .with_context(|| format!("agent {addr}"))?;
+            .within_with(|| format!("agent {addr}"))?;
         Ok(client.clone())
     }
 
@@ -212,7 +212,7 @@ impl Session {
         client: &str,
         server: &str,
         estimate: bool,
-    ) -> anyhow::Result<ClockOffset> {
+    ) -> crate::Result<ClockOffset> {
         let key = (client.to_owned(), server.to_owned());
         if !estimate
             && let Some((offset, at)) = lock(&self.clocks).get(&key)

@@ -13,7 +13,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
 use ipnet::Ipv4Net;
 
 use super::{
@@ -23,22 +22,25 @@ use super::{
     sys::{self, ip_in, sysctl_in},
     teardown,
 };
-use crate::agent::{self, AgentAddr};
+use crate::{
+    agent::{self, AgentAddr},
+    error::{Context as _, Within as _, refuse},
+};
 
 /// How long the daemons get to load eBPF and answer.
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Makes the lab, returns its inventory (also saved in its state directory).
-pub async fn up(spec: &LabSpec, sonded: &Path) -> anyhow::Result<Inventory> {
-    spec.validate().map_err(anyhow::Error::msg)?;
+pub async fn up(spec: &LabSpec, sonded: &Path) -> crate::Result<Inventory> {
+    spec.validate().map_err(crate::Error::refused)?;
     if !sys::is_root() {
-        bail!(
+        refuse!(
             "the lab creates network namespaces and loads eBPF: it needs root (CAP_NET_ADMIN and \
              CAP_SYS_ADMIN)"
         );
     }
     if !sonded.is_file() {
-        bail!(
+        refuse!(
             "sonded not found at {}: build it (`cargo build --bins`) or pass --sonded PATH",
             sonded.display()
         );
@@ -57,22 +59,24 @@ pub async fn up(spec: &LabSpec, sonded: &Path) -> anyhow::Result<Inventory> {
         Err(err) => {
             // Leave nothing half-made: the error is what the user needs, not the debris.
             let _ = teardown::down(&spec.name);
-            Err(err.context(format!(
-                "lab {:?} could not be built; removed what was made",
-                spec.name
-            )))
+            Err(err).within_with(|| {
+                format!(
+                    "lab {:?} could not be built; removed what was made",
+                    spec.name
+                )
+            })
         }
     }
 }
 
-fn refuse_existing(name: &str) -> anyhow::Result<()> {
+fn refuse_existing(name: &str) -> crate::Result<()> {
     let existing = sys::netns_with_prefix(&netns_prefix(name));
     let state = Inventory::path(name);
     if state.exists() && !existing.is_empty() {
-        bail!("lab {name:?} is already up (`sondectl lab status --name {name}`, or `lab down`)");
+        refuse!("lab {name:?} is already up (`sondectl lab status --name {name}`, or `lab down`)");
     }
     if !existing.is_empty() || state.parent().is_some_and(Path::exists) {
-        bail!(
+        refuse!(
             "a half-built lab {name:?} is in the way ({} namespaces, state directory {}): remove \
              it with `sondectl lab down --name {name}`",
             existing.len(),
@@ -88,7 +92,7 @@ fn refuse_existing(name: &str) -> anyhow::Result<()> {
 
 /// The lab's ranges must not overlap anything the host routes or owns: a lab address that is
 /// also a real one would make results (and the host's traffic) ambiguous.
-fn refuse_host_overlap(spec: &LabSpec) -> anyhow::Result<()> {
+fn refuse_host_overlap(spec: &LabSpec) -> crate::Result<()> {
     let routes = sys::run("ip", &["-j", "-4", "route", "show", "table", "all"])?;
     let routes: Vec<serde_json::Value> =
         serde_json::from_str(&routes).context("reading the host's routes (ip -j route)")?;
@@ -112,14 +116,14 @@ fn refuse_host_overlap(spec: &LabSpec) -> anyhow::Result<()> {
             ("--service-cidr", spec.service_cidr),
         ] {
             if overlaps(range, dst) {
-                bail!("{flag} {range} overlaps the host's route to {dst}: choose another range");
+                refuse!("{flag} {range} overlaps the host's route to {dst}: choose another range");
             }
         }
     }
     Ok(())
 }
 
-async fn build(inventory: &mut Inventory, sonded: &Path) -> anyhow::Result<()> {
+async fn build(inventory: &mut Inventory, sonded: &Path) -> crate::Result<()> {
     let underlay = inventory.underlay_netns.clone();
     sys::run("ip", &["netns", "add", &underlay])?;
     ip_in(&underlay, &["link", "set", "lo", "up"])?;
@@ -183,7 +187,7 @@ async fn build(inventory: &mut Inventory, sonded: &Path) -> anyhow::Result<()> {
     start_daemons(inventory, sonded).await
 }
 
-fn make_node(node: &Node, underlay: &str, underlay_prefix: u8) -> anyhow::Result<()> {
+fn make_node(node: &Node, underlay: &str, underlay_prefix: u8) -> crate::Result<()> {
     let netns = node.netns.as_str();
     sys::run("ip", &["netns", "add", netns])?;
     ip_in(netns, &["link", "set", "lo", "up"])?;
@@ -246,7 +250,7 @@ fn make_node(node: &Node, underlay: &str, underlay_prefix: u8) -> anyhow::Result
     Ok(())
 }
 
-fn make_pod(pod: &super::inventory::Pod, node: &Node) -> anyhow::Result<()> {
+fn make_pod(pod: &super::inventory::Pod, node: &Node) -> crate::Result<()> {
     let netns = pod.netns.as_str();
     sys::run("ip", &["netns", "add", netns])?;
     ip_in(netns, &["link", "set", "lo", "up"])?;
@@ -302,7 +306,7 @@ fn make_pod(pod: &super::inventory::Pod, node: &Node) -> anyhow::Result<()> {
 /// kubelet passes a huge one, which lets a short test run far above the rate; here it is the
 /// larger of 1 ms at the rate and 64 KiB (one full-size GSO segment must fit, or TBF splits
 /// it), which a 10-second test at 100 Mbit/s cannot tell from the rate (+0.05%).
-fn limit_egress(node_netns: &str, veth: &str, ifb: &str, rate: u64) -> anyhow::Result<()> {
+fn limit_egress(node_netns: &str, veth: &str, ifb: &str, rate: u64) -> crate::Result<()> {
     let burst_bytes = (rate / 8 / 1000).max(64 * 1024);
     let rate = format!("{rate}bit");
     let burst = burst_bytes.to_string();
@@ -326,7 +330,7 @@ fn limit_egress(node_netns: &str, veth: &str, ifb: &str, rate: u64) -> anyhow::R
     Ok(())
 }
 
-async fn start_daemons(inventory: &mut Inventory, sonded: &Path) -> anyhow::Result<()> {
+async fn start_daemons(inventory: &mut Inventory, sonded: &Path) -> crate::Result<()> {
     let allowed = format!(
         "{},{},{}",
         inventory.pod_cidr, inventory.node_cidr, inventory.service_cidr
@@ -366,8 +370,8 @@ async fn start_daemons(inventory: &mut Inventory, sonded: &Path) -> anyhow::Resu
     Ok(())
 }
 
-async fn wait_ready(node: &Node) -> anyhow::Result<()> {
-    let addr: AgentAddr = node.agent.parse().map_err(anyhow::Error::msg)?;
+async fn wait_ready(node: &Node) -> crate::Result<()> {
+    let addr: AgentAddr = node.agent.parse().map_err(crate::Error::refused)?;
     let deadline = Instant::now() + DAEMON_START_TIMEOUT;
     loop {
         let answered = match agent::connect(&addr, Duration::from_secs(2)).await {
@@ -383,7 +387,7 @@ async fn wait_ready(node: &Node) -> anyhow::Result<()> {
         if Instant::now() > deadline {
             let log = std::fs::read_to_string(&node.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            bail!(
+            refuse!(
                 "sonded on {} did not answer within {DAEMON_START_TIMEOUT:?}; its log ({}) ends: {}",
                 node.name,
                 node.log.display(),

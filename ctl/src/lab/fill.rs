@@ -18,10 +18,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
 use nix::sched::{CloneFlags, setns};
 
 use super::{Inventory, sys};
+use crate::error::{Context as _, refuse};
 
 /// Destination ports used: below Linux's ephemeral range (32768 and up).
 const PORTS: std::ops::RangeInclusive<u16> = 1024..=32_767;
@@ -46,14 +46,14 @@ pub struct Filled {
 }
 
 /// Checks a fill's bounds before anything is looked up.
-pub fn check(rate: f64, flows: u64) -> anyhow::Result<()> {
+pub fn check(rate: f64, flows: u64) -> crate::Result<()> {
     if !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE) {
-        bail!(
+        refuse!(
             "--rate must be a positive number of flows per second, at most {MAX_RATE}; got {rate}"
         );
     }
     if flows == 0 || flows > MAX_FLOWS {
-        bail!("--flows must be 1 to {MAX_FLOWS}; got {flows}");
+        refuse!("--flows must be 1 to {MAX_FLOWS}; got {flows}");
     }
     Ok(())
 }
@@ -66,10 +66,10 @@ pub fn fill(
     rate: f64,
     flows: u64,
     assured: bool,
-) -> anyhow::Result<Filled> {
+) -> crate::Result<Filled> {
     check(rate, flows)?;
     let Some(node) = inventory.node(node) else {
-        bail!(
+        refuse!(
             "lab {} has no node {node:?} (it has {})",
             inventory.name,
             inventory
@@ -127,7 +127,7 @@ fn assured(
     pod_ip: Ipv4Addr,
     rate: f64,
     flows: u64,
-) -> anyhow::Result<(u64, u64)> {
+) -> crate::Result<(u64, u64)> {
     let side = flows.isqrt() + u64::from(flows.isqrt().pow(2) < flows);
     raise_open_files(2 * side + 64)?;
     let bind = |ip: Ipv4Addr| {
@@ -141,18 +141,18 @@ fn assured(
     let pods = in_netns(pod_netns, bind(pod_ip))?.context("binding the pod's sockets")?;
     let address = |socket: &UdpSocket| match socket.local_addr() {
         Ok(std::net::SocketAddr::V4(address)) => Ok(address),
-        other => Err(anyhow::anyhow!(
+        other => Err(crate::Error::Refused(format!(
             "a filler socket has no IPv4 address: {other:?}"
-        )),
+        ))),
     };
     let node_addresses = nodes
         .iter()
         .map(address)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<crate::Result<Vec<_>>>()?;
     let pod_addresses = pods
         .iter()
         .map(address)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<crate::Result<Vec<_>>>()?;
     let pair = |index: u64| ((index / side) as usize, (index % side) as usize);
     let first = Instant::now();
     let (sent, errors) = paced(rate, flows, |index| {
@@ -175,26 +175,26 @@ fn assured(
 }
 
 /// Lifts the soft limit on open files to `needed` (within the hard limit).
-fn raise_open_files(needed: u64) -> anyhow::Result<()> {
+fn raise_open_files(needed: u64) -> crate::Result<()> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("reading the open-file limit")?;
     if soft >= needed {
         return Ok(());
     }
     if hard < needed {
-        bail!("the filler needs {needed} open files; the hard limit is {hard}");
+        refuse!("the filler needs {needed} open files; the hard limit is {hard}");
     }
     setrlimit(Resource::RLIMIT_NOFILE, needed, hard).context("raising the open-file limit")
 }
 
 /// Runs `work` on a thread inside the namespace `netns` (under /run/netns); what it makes
 /// (sockets) stays in that namespace whichever thread uses it later.
-fn in_netns<T: Send>(netns: &str, work: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+fn in_netns<T: Send>(netns: &str, work: impl FnOnce() -> T + Send) -> crate::Result<T> {
     let file = File::open(Path::new(sys::NETNS_DIR).join(netns))
         .with_context(|| format!("opening namespace {netns}"))?;
     std::thread::scope(|scope| {
         scope
-            .spawn(move || -> anyhow::Result<T> {
+            .spawn(move || -> crate::Result<T> {
                 setns(&file, CloneFlags::CLONE_NEWNET)
                     .with_context(|| format!("entering namespace {netns}"))?;
                 Ok(work())

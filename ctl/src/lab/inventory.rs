@@ -7,11 +7,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Context as _;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::spec::{LabSpec, Protocol};
+use crate::error::{Context as _, refuse};
 
 /// Where labs keep their state: on tmpfs, so it goes with a reboot exactly as namespaces do.
 pub const STATE_ROOT: &str = "/run/sonde/lab";
@@ -188,10 +188,10 @@ impl Inventory {
     }
 
     /// Reads the inventory of the lab named `name`.
-    pub fn load(name: &str) -> anyhow::Result<Self> {
+    pub fn load(name: &str) -> crate::Result<Self> {
         let path = Self::path(name);
         if !path.exists() {
-            anyhow::bail!(
+            refuse!(
                 "no lab named {name:?} is up ({} is missing): start one with `sondectl lab up`",
                 path.display()
             );
@@ -202,7 +202,7 @@ impl Inventory {
     }
 
     /// Writes the inventory into the state directory (atomically: a reader never sees half).
-    pub fn save(&self) -> anyhow::Result<()> {
+    pub fn save(&self) -> crate::Result<()> {
         let path = Self::path(&self.name);
         let partial = path.with_extension("json.partial");
         std::fs::write(&partial, serde_json::to_string_pretty(self)?)

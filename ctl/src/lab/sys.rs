@@ -8,18 +8,18 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::{Context as _, bail};
+use crate::error::{Context as _, refuse};
 
 /// Where `ip netns` keeps named namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
 
 /// Runs `program args` and returns its stdout; fails with the command and its stderr.
-pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+pub fn run(program: &str, args: &[&str]) -> crate::Result<String> {
     run_with_input(program, args, None)
 }
 
 /// As [`run`], writing `input` to the command's stdin.
-pub fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
+pub fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> crate::Result<String> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(if input.is_some() {
@@ -41,7 +41,7 @@ pub fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> anyh
         .wait_with_output()
         .with_context(|| format!("waiting for {program}"))?;
     if !output.status.success() {
-        bail!(
+        refuse!(
             "`{program} {}` failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&output.stderr).trim()
@@ -51,7 +51,7 @@ pub fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> anyh
 }
 
 /// Runs `ip -n NETNS args`.
-pub fn ip_in(netns: &str, args: &[&str]) -> anyhow::Result<String> {
+pub fn ip_in(netns: &str, args: &[&str]) -> crate::Result<String> {
     let mut full = vec!["-n", netns];
     full.extend_from_slice(args);
     run("ip", &full)
@@ -59,7 +59,7 @@ pub fn ip_in(netns: &str, args: &[&str]) -> anyhow::Result<String> {
 
 /// Sets a sysctl inside a namespace (`/proc/sys` shows the namespace of the reader, so the
 /// write goes through `ip netns exec`).
-pub fn sysctl_in(netns: &str, key: &str, value: &str) -> anyhow::Result<()> {
+pub fn sysctl_in(netns: &str, key: &str, value: &str) -> crate::Result<()> {
     let setting = format!("{key}={value}");
     run(
         "ip",
@@ -121,11 +121,11 @@ pub fn is_root() -> bool {
 }
 
 /// The MAC address of `dev` in `netns`, as `ip` prints it (aa:bb:cc:dd:ee:ff).
-pub fn mac_of(netns: &str, dev: &str) -> anyhow::Result<String> {
+pub fn mac_of(netns: &str, dev: &str) -> crate::Result<String> {
     let json = ip_in(netns, &["-j", "link", "show", "dev", dev])?;
     let links: serde_json::Value = serde_json::from_str(&json)?;
     links[0]["address"]
         .as_str()
         .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("no MAC address for {dev} in {netns}"))
+        .ok_or_else(|| crate::Error::Refused(format!("no MAC address for {dev} in {netns}")))
 }

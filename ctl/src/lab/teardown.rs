@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -14,6 +13,7 @@ use super::{
     inventory::{STATE_ROOT, netns_prefix},
     sys,
 };
+use crate::error::refuse;
 
 /// What `down` removed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -27,9 +27,9 @@ pub struct Removed {
 }
 
 /// Removes the lab `name`.
-pub fn down(name: &str) -> anyhow::Result<Removed> {
+pub fn down(name: &str) -> crate::Result<Removed> {
     if !sys::is_root() {
-        bail!("removing a lab deletes network namespaces: it needs root");
+        refuse!("removing a lab deletes network namespaces: it needs root");
     }
     let namespaces = sys::netns_with_prefix(&netns_prefix(name));
     let inodes: Vec<u64> = namespaces
@@ -42,7 +42,7 @@ pub fn down(name: &str) -> anyhow::Result<Removed> {
     let mut failures = Vec::new();
     for netns in &namespaces {
         if let Err(err) = sys::run("ip", &["netns", "del", netns]) {
-            failures.push(format!("{err:#}"));
+            failures.push(crate::error::chain(&err));
         }
     }
     let state_dir = std::path::Path::new(STATE_ROOT).join(name);
@@ -51,7 +51,7 @@ pub fn down(name: &str) -> anyhow::Result<Removed> {
         failures.push(format!("removing {}: {err}", state_dir.display()));
     }
     if !failures.is_empty() {
-        bail!(
+        refuse!(
             "lab {name:?} was not fully removed: {}",
             failures.join("; ")
         );

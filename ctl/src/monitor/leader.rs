@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
+
+use crate::error::Context as _;
 
 /// A replica's part in the election: whether it leads now, and a way to wait until it does.
 #[derive(Debug)]
@@ -45,7 +46,7 @@ impl Leadership {
         name: &str,
         identity: &str,
         duration: Duration,
-    ) -> anyhow::Result<Self> {
+    ) -> crate::Result<Self> {
         let seconds = duration.as_secs().max(2);
         // Renew a third of the duration before it runs out: one missed renewal is survived.
         let grace = (seconds / 3).max(1);

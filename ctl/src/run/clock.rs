@@ -41,7 +41,7 @@ async fn sample(
     session: &Session,
     agent: &str,
     base: Instant,
-) -> anyhow::Result<(i64, u64, String)> {
+) -> crate::Result<(i64, u64, String)> {
     let mut client = session.agent(agent).await?;
     let mut best: Option<(i64, u64)> = None;
     let mut boot_id = String::new();
@@ -51,10 +51,16 @@ async fn sample(
             tokio::time::timeout(session.timeout(), client.get_clock(pb::GetClockRequest {}))
                 .await
                 .map_err(|_| {
-                    anyhow::anyhow!("{agent}: GetClock: no answer in {:?}", session.timeout())
+                    crate::Error::Daemon(format!(
+                        "{agent}: GetClock: no answer in {:?}",
+                        session.timeout()
+                    ))
                 })?
                 .map_err(|status| {
-                    anyhow::anyhow!("{agent}: GetClock: {}", crate::agent::status_text(&status))
+                    crate::Error::Daemon(format!(
+                        "{agent}: GetClock: {}",
+                        crate::agent::status_text(&status)
+                    ))
                 })?
                 .into_inner();
         let received = base.elapsed().as_nanos() as i64;
@@ -76,7 +82,7 @@ pub async fn offset(
     client: &str,
     server: &str,
     estimate: bool,
-) -> anyhow::Result<ClockOffset> {
+) -> crate::Result<ClockOffset> {
     if client == server && !estimate {
         return Ok(ClockOffset::SAME_KERNEL);
     }

@@ -21,6 +21,7 @@ use crate::{
         Session,
         reserve::{ReserveError, Reserved},
     },
+    error::refuse,
     scenario::spec::Class,
 };
 
@@ -94,11 +95,11 @@ impl Plan {
         kind: crate::cli::RunKindArg,
         ends: Ends,
         timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    ) -> crate::Result<Self> {
         if kind.is_intra_pod()
             && !(ends.destination.servers.len() == 1 && ends.destination.servers[0] == ends.source)
         {
-            anyhow::bail!(
+            refuse!(
                 "{} is an intra-pod baseline: --from and --to must be the same pod (or node)",
                 kind.name()
             );
@@ -389,17 +390,17 @@ async fn measure_run(
         };
         let answer = match session.agent(&server.agent).await {
             Ok(mut client) => client.prepare_server(request).await.map_err(|status| {
-                anyhow::anyhow!(
+                crate::Error::Daemon(format!(
                     "{} refused the server side: {}",
                     place_name(server),
                     agent::status_text(&status)
-                )
+                ))
             }),
             Err(err) => Err(err),
         };
         match answer {
             Ok(answer) => prepared.push((server, answer.into_inner())),
-            Err(err) => errors.push(format!("{err:#}")),
+            Err(err) => errors.push(crate::error::chain(&err)),
         }
     }
     let port = plan.destination.port.or_else(|| {
@@ -440,8 +441,9 @@ async fn measure_run(
         match run_client(plan, session, request, size, &mut live).await {
             Ok(result) => client_result = Some(result),
             Err(err) => errors.push(format!(
-                "client side on {}: {err:#}",
-                place_name(&plan.source)
+                "client side on {}: {}",
+                place_name(&plan.source),
+                crate::error::chain(&err)
             )),
         }
     }
@@ -462,7 +464,7 @@ async fn measure_run(
                     run_id: run_id.clone(),
                 })
                 .await
-                .map_err(|status| anyhow::anyhow!("{}", agent::status_text(&status))),
+                .map_err(|status| crate::Error::Daemon(agent::status_text(&status))),
             Err(err) => Err(err),
         };
         match finished {
@@ -472,7 +474,11 @@ async fn measure_run(
                     server_agents.push(server.agent.clone());
                 }
             }
-            Err(err) => errors.push(format!("server side on {}: {err:#}", place_name(server))),
+            Err(err) => errors.push(format!(
+                "server side on {}: {}",
+                place_name(server),
+                crate::error::chain(&err)
+            )),
         }
     }
     let server = report::merge_sides(&server_results);
@@ -536,7 +542,8 @@ async fn measure_run(
                 ));
             }
             Err(err) => measurement.errors.push(format!(
-                "kernel breakdown: the clocks could not be compared: {err:#}"
+                "kernel breakdown: the clocks could not be compared: {}",
+                crate::error::chain(&err)
             )),
         }
     }
@@ -576,7 +583,7 @@ async fn run_client(
     request: pb::StartClientRequest,
     size: u64,
     live: &mut report::LiveCounts,
-) -> anyhow::Result<pb::SideResult> {
+) -> crate::Result<pb::SideResult> {
     let mut client = session.agent(&plan.source.agent).await?;
     let total = plan.warmup + plan.duration;
     // No deadline of the channel's on a stream that lasts the run: give it the run's length.
@@ -585,12 +592,14 @@ async fn run_client(
     let mut stream = client
         .start_client(call)
         .await
-        .map_err(|status| anyhow::anyhow!("refused: {}", agent::status_text(&status)))?
+        .map_err(|status| {
+            crate::Error::Daemon(format!("refused: {}", agent::status_text(&status)))
+        })?
         .into_inner();
     let bar = progress_bar(plan, size, total);
     let result = loop {
         let event = stream.message().await.map_err(|status| {
-            anyhow::anyhow!("the stream broke: {}", agent::status_text(&status))
+            crate::Error::Daemon(format!("the stream broke: {}", agent::status_text(&status)))
         })?;
         match event.and_then(|e| e.event) {
             Some(pb::client_event::Event::Progress(progress)) => {
@@ -607,7 +616,7 @@ async fn run_client(
                 }
             }
             Some(pb::client_event::Event::Result(result)) => break result,
-            None => anyhow::bail!("the stream ended without a result"),
+            None => refuse!("the stream ended without a result"),
         }
     };
     if let Some(bar) = bar {

@@ -229,9 +229,9 @@ pub enum Target {
 
 impl Target {
     /// The ends of one run.
-    async fn ends(&self, from: &str, to: &str) -> anyhow::Result<Ends> {
-        let from_ref: EndpointRef = from.parse().map_err(anyhow::Error::msg)?;
-        let to_ref: EndpointRef = to.parse().map_err(anyhow::Error::msg)?;
+    async fn ends(&self, from: &str, to: &str) -> crate::Result<Ends> {
+        let from_ref: EndpointRef = from.parse().map_err(crate::Error::refused)?;
+        let to_ref: EndpointRef = to.parse().map_err(crate::Error::refused)?;
         let (source, destination) = match self {
             Self::Lab(lab) => (
                 endpoint::resolve_source(&from_ref, Some(lab))?,
@@ -267,7 +267,7 @@ pub fn scenario_hash(scenario: &Scenario) -> String {
 }
 
 /// A plan for one run of `test` between `ends`.
-fn plan_of(test: &Test, class: Class, ends: Ends, timeout: Duration) -> anyhow::Result<Plan> {
+fn plan_of(test: &Test, class: Class, ends: Ends, timeout: Duration) -> crate::Result<Plan> {
     let mut plan = Plan::between(test.kind, ends, timeout)?;
     plan.class = class;
     plan.duration = test.duration;
@@ -357,9 +357,13 @@ async fn measure(
         match target.ends(from, to).await {
             Ok(ends) => match plan_of(test, planned.class, ends, session.timeout()) {
                 Ok(plan) => plans.push(plan),
-                Err(err) => record.errors.push(format!("{from} -> {to}: {err:#}")),
+                Err(err) => record
+                    .errors
+                    .push(format!("{from} -> {to}: {}", crate::error::chain(&err))),
             },
-            Err(err) => record.errors.push(format!("{from} -> {to}: {err:#}")),
+            Err(err) => record
+                .errors
+                .push(format!("{from} -> {to}: {}", crate::error::chain(&err))),
         }
     }
     if !record.errors.is_empty() {

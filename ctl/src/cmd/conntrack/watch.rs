@@ -81,8 +81,12 @@ pub fn targets(agents: &[AgentAddr], nodes: &[String], lab: &str) -> anyhow::Res
             })
             .collect());
     }
-    let inventory = Inventory::load(lab)
-        .map_err(|err| anyhow::anyhow!("no agents given (--agents HOST:PORT,...) and {err:#}"))?;
+    let inventory = Inventory::load(lab).map_err(|err| {
+        anyhow::anyhow!(
+            "no agents given (--agents HOST:PORT,...) and {}",
+            crate::error::chain(&err)
+        )
+    })?;
     for name in nodes {
         if inventory.node(name).is_none() {
             bail!("lab {lab} has no node {name:?}");
@@ -147,7 +151,11 @@ pub async fn run(args: ConntrackWatchArgs) -> anyhow::Result<()> {
             }
             Err(err) => {
                 failed += 1;
-                eprintln!("sondectl: {}: {err:#}", target.node);
+                eprintln!(
+                    "sondectl: {}: {}",
+                    target.node,
+                    crate::error::chain(err.as_ref())
+                );
             }
         }
     }

@@ -3,7 +3,7 @@
 use super::model::*;
 
 /// CSV: a header and one row per measurement, raw numbers in the JSON's units.
-pub fn csv(report: &RunReport) -> anyhow::Result<String> {
+pub fn csv(report: &RunReport) -> crate::Result<String> {
     let mut writer = ::csv::Writer::from_writer(Vec::new());
     writer.write_record([
         "kind",
@@ -84,5 +84,9 @@ pub fn csv(report: &RunReport) -> anyhow::Result<String> {
             m.errors.join("; "),
         ])?;
     }
-    Ok(String::from_utf8(writer.into_inner()?)?)
+    let bytes = writer
+        .into_inner()
+        .map_err(|err| crate::Error::other("writing CSV", err.into_error()))?;
+    // The writer was given only strings.
+    String::from_utf8(bytes).map_err(|err| crate::Error::other("CSV output", err))
 }

@@ -19,11 +19,11 @@ pub use table::{bits, breakdown_unit, kernel_table, nanos, table};
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::time::Duration;
 
     use sonde_proto::v1 as pb;
 
+    use super::*;
     use crate::endpoint::PathKind;
 
     fn progress(elapsed_ms: u64, bytes: u64, messages: u64) -> pb::Progress {

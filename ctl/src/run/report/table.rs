@@ -1,9 +1,8 @@
 //! The report as a table for people: the figures, the kernel breakdown, conntrack, DNS
 //! answers and errors.
 
-use crate::run::sizes::human;
-
 use super::model::*;
+use crate::run::sizes::human;
 
 /// Bits per second for people.
 pub fn bits(bps: f64) -> String {
