@@ -378,7 +378,26 @@ fn results_reach_a_real_pushgateway_prometheus_and_carbon() {
         "--log",
         &log.to_string_lossy(),
     ]);
-    query_until(prometheus, "sonde_monitor_rounds_total >= 2", 1);
+    let mut running = running;
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while query(prometheus, "sonde_monitor_rounds_total >= 2").len() != 1 {
+        if let Ok(Some(status)) = running.try_wait() {
+            let output = running.wait_with_output().expect("the monitor's output");
+            panic!(
+                "the monitor ended ({status}) before Prometheus scraped two rounds: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = running.kill();
+            let output = running.wait_with_output().expect("the monitor's output");
+            panic!(
+                "Prometheus never scraped two rounds of the monitor in 45 s; its log: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/sonde-dashboard.json"),
