@@ -90,6 +90,8 @@ impl Daemon {
                 agent.reservations(),
             ))
         });
+        // Started: what starting touched is not needed at rest.
+        crate::memory::release_at_rest();
         Ok(Self {
             listener,
             drain: Duration::from_secs(config.drain_seconds),

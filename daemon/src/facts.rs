@@ -86,7 +86,7 @@ impl Node {
             }
         };
         drop(btf);
-        release_freed_memory();
+        crate::memory::release_freed_heap();
         let fixed = NodeFacts {
             node_name: config.node_name(),
             kernel_release: kernel_release(),
@@ -161,17 +161,6 @@ impl FactsSource for Node {
             pod_interfaces,
             ..self.fixed.clone()
         }
-    }
-}
-
-/// Hands freed heap memory back to the kernel (after start-up, where BTF parsing peaks at
-/// about 40 MB, and after runs): glibc keeps freed heap pages otherwise, and an idle daemon
-/// on every node should hold little.
-pub(crate) fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free heap pages to the OS; it touches no live allocation.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

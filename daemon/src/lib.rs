@@ -7,6 +7,7 @@
 //!   ("Probe" means one thing in sonde: a stage program at one hook of the datapath.)
 //! - [`capabilities`]: what this kernel allows, tried for real at start.
 //! - [`tc_counter`]: per-interface packet counters on TCX links.
+//! - [`memory`]: what an idle daemon holds: freed heap handed back, its own code paged out.
 //! - [`mounts`]: tracefs in a private mount namespace when the host has none.
 //! - [`netns`]: running a piece of work inside another network namespace.
 //! - [`pods`]: which host-side veth is which pod's, kept current; counters on each.
@@ -30,6 +31,7 @@ pub mod error;
 pub mod facts;
 pub mod generators;
 pub mod grpc;
+pub mod memory;
 pub mod metrics;
 pub mod mounts;
 pub mod netlink;

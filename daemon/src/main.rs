@@ -14,6 +14,7 @@ use sonde_daemon::{
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
+    sonde_daemon::memory::configure_allocator();
     let config = Config::parse();
     if let Some(Command::Sleep) = config.command {
         // Before anything else: an endpoint pod has no privileges, no tracefs, no logging.

@@ -341,6 +341,14 @@ fn address_of<T>(pointer: *const T) -> Option<u64> {
     }
 }
 
+/// Longest a delivered packet may wait for its read and still be taken for the one its slot
+/// names. Some skbs are freed without a tracepoint (a UDP datagram copied with its checksum
+/// checked, then freed as stateless), so their slots are not let go; a later skb at the same
+/// address, read by an application, would be taken for the old packet and give the receiver
+/// stack a time in seconds. A real packet waits at most what a socket buffer holds: tens of
+/// milliseconds at the rates sonde generates.
+const MAX_READ_WAIT_NS: u64 = 1_000_000_000;
+
 /// Stamps the application's read of a delivered packet (`skb_copy_datagram_iovec`).
 #[inline(always)]
 pub fn socket_read(skb: u64) {
@@ -354,6 +362,10 @@ pub fn socket_read(skb: u64) {
     }
     release(slot, skb);
     let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(mark.ts_ns) > MAX_READ_WAIT_NS {
+        // A slot left behind by an skb freed unseen: not this packet.
+        return;
+    }
     let who = Who {
         flow: mark.flow,
         direction: mark.direction,

@@ -38,6 +38,9 @@ use spec::RunSpec;
 
 /// Longest a lease may outlast the run it covers.
 pub const MAX_LEASE_SLACK: Duration = Duration::from_secs(120);
+/// How long after its last run ends a daemon hands back what the runs used.
+const RELEASE_AFTER: Duration = Duration::from_secs(2);
+
 /// Lease given when the request asks for none.
 pub const DEFAULT_LEASE_SLACK: Duration = Duration::from_secs(30);
 
@@ -133,10 +136,27 @@ impl Runs {
     /// When no run is left on this node, hands the heap pages the last ones freed back to
     /// the kernel (a traced run's events and results take megabytes that glibc would
     /// otherwise keep): a daemon between runs holds what an idle one does.
-    pub fn release_memory_if_idle(&self) {
-        if self.servers().is_empty() && self.clients().is_empty() {
-            crate::facts::release_freed_memory();
+    pub fn release_memory_if_idle(self: &Arc<Self>) {
+        if !self.idle() {
+            return;
         }
+        // Later, not now: the last run's results are still being sent, and the code that
+        // sends them still runs. Then, if no run started meanwhile, on a blocking thread.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            crate::memory::release_at_rest();
+            return;
+        };
+        let runs = Arc::downgrade(self);
+        runtime.spawn(async move {
+            tokio::time::sleep(RELEASE_AFTER).await;
+            if runs.upgrade().is_some_and(|runs| runs.idle()) {
+                let _ = tokio::task::spawn_blocking(crate::memory::release_at_rest).await;
+            }
+        });
+    }
+
+    fn idle(&self) -> bool {
+        self.servers().is_empty() && self.clients().is_empty()
     }
 
     /// Prepares a server side (blocking: binds in a namespace); `trace` starts its kernel
@@ -220,7 +240,7 @@ impl Runs {
     /// Ends a run's server sides (several when a Service has several pods on this node) and
     /// merges their results and traces, off the async workers.
     pub async fn finish_servers(
-        &self,
+        self: &Arc<Self>,
         run_id: &str,
     ) -> Result<(SideResult, Option<TraceReport>), RunError> {
         let servers = self.take_servers(run_id)?;
