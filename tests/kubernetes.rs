@@ -616,6 +616,85 @@ async fn a_run_named_in_kubernetes_terms_goes_through_port_forward_to_the_lab() 
     assert_eq!(nodes, ["node1", "node2"]);
 }
 
+/// `cargo xtask bench idle`: sonded at rest in a lab node, the lab's own daemon (no pod watch)
+/// and one naming the node's pods from a watch on the fake API server, side by side for a
+/// minute (`SONDE_BENCH_IDLE_SECONDS`): resident memory and CPU of each. A measurement, not a
+/// test (`cargo xtask test` skips `bench_`); built in release by the bench.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run by cargo xtask bench idle"]
+async fn bench_idle_daemon_with_and_without_the_pod_watch() {
+    require_root();
+    let seconds: u64 = std::env::var("SONDE_BENCH_IDLE_SECONDS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(60);
+    let lab = tokio::task::spawn_blocking(|| Lab::up(&["--nodes", "1", "--pods-per-node", "2"]))
+        .await
+        .expect("lab up");
+    let node1 = lab.netns_path("node1");
+    let server = FakeApiServer::start_in(lab_as_cluster(&lab), Some(&node1)).await;
+    let kubeconfig = server.kubeconfig().to_path_buf();
+    let lab = std::sync::Arc::new(lab);
+    let shared = std::sync::Arc::clone(&lab);
+    let watching = tokio::task::spawn_blocking(move || {
+        let daemon = NamingDaemon::start(&shared, "node1", &kubeconfig);
+        // At rest means after the watch has named the pods.
+        daemon.named_pods(|named| named.len() == 2 && named.iter().all(|(_, pod)| pod != "-"));
+        daemon
+    })
+    .await
+    .expect("the watching daemon");
+    let plain = lab
+        .inventory
+        .node("node1")
+        .and_then(|node| node.daemon_pid)
+        .expect("the lab's daemon");
+    let pids = [("no pod watch", plain), ("pod watch", watching.child.id())];
+    // Both settled (the last one started its release 2 s after its first calls).
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let before: Vec<u64> = pids.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
+    tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+    let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    println!(
+        "sonded at rest, {seconds} s (target: <= 16 MiB and <= 0.1% of a core with the watch)"
+    );
+    println!(
+        "{:<14} {:>10} {:>10} {:>10} {:>12}",
+        "", "RSS MiB", "anon MiB", "file MiB", "CPU % core"
+    );
+    for ((name, pid), before) in pids.iter().zip(before) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let kib = |field: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|value| value.trim().trim_end_matches(" kB").parse::<f64>().ok())
+                .expect("a field of /proc/PID/status")
+        };
+        let cpu = (cpu_ticks(*pid) - before) as f64 / ticks_per_s / seconds as f64 * 100.0;
+        println!(
+            "{name:<14} {:>10.1} {:>10.1} {:>10.1} {:>12.3}",
+            kib("VmRSS:") / 1024.0,
+            kib("RssAnon:") / 1024.0,
+            kib("RssFile:") / 1024.0,
+            cpu
+        );
+    }
+    drop(watching);
+}
+
+/// User and system CPU ticks of process `pid` so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
 /// A `sonded --kubernetes` in a lab node's namespace, beside the lab's own daemon, watching
 /// the fake API server for that node's pods; killed on drop.
 struct NamingDaemon {

@@ -47,6 +47,9 @@ pub enum Suite {
     Probes,
     /// A scenario's mesh of 8 lab nodes, one measurement at a time against tournament rounds.
     Scenario,
+    /// A release sonded at rest in a lab node, with and without the Kubernetes pod watch
+    /// (against the fake API server): RSS and CPU over a minute.
+    Idle,
 }
 
 /// One figure from one run, and, for throughput runs, its CPU per GB by cgroup.
@@ -71,6 +74,26 @@ pub fn run(suite: Suite, only: &[String]) -> anyhow::Result<()> {
         .into_owned();
     match suite {
         Suite::Scenario => scenario::run(&sondectl),
+        Suite::Idle => {
+            // The fake API server lives with the integration tests: the measurement is one of
+            // them, skipped by `cargo xtask test`, built in release here.
+            step("idle sonded, with and without the pod watch (60 s)");
+            shell::run(
+                "cargo",
+                &[
+                    "test",
+                    "--release",
+                    "--package",
+                    "sonde-integration",
+                    "--test",
+                    "kubernetes",
+                    "bench_idle",
+                    "--",
+                    "--ignored",
+                    "--nocapture",
+                ],
+            )
+        }
         Suite::Generators | Suite::Probes => {
             let _ = Command::new(&sondectl)
                 .args(["lab", "down", "--name", LAB])

@@ -84,7 +84,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         step("privileged integration tests");
         let privileged =
-            shell::run_tests(&["test", "--package", "sonde-integration", "--", "--ignored"])?;
+            // `bench_` tests are measurements for `cargo xtask bench`, not tests.
+            shell::run_tests(&[
+                "test",
+                "--package",
+                "sonde-integration",
+                "--",
+                "--ignored",
+                "--skip",
+                "bench_",
+            ])?;
         totals.passed += privileged.passed;
         totals.failed += privileged.failed;
     }
