@@ -136,37 +136,6 @@ fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {
     reference_cpu.add(iperf_server.id())?;
     reference_cpu.add(qperf_server.id())?;
     let secs = (SECONDS + 1).to_string();
-    // wrk needs a sonde HTTP server it can address: `sondectl serve` holds one open in pod3
-    // (sonde's own client gets a fresh server of the same code in the same pod).
-    let mut http_server = Command::new(sondectl)
-        .args([
-            "serve",
-            "http",
-            "--at",
-            "pod/pod3",
-            "--duration",
-            "900s",
-            "--parallel",
-            "10",
-            "--lab",
-            LAB,
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("sondectl serve")?;
-    let ready = http_server
-        .stdout
-        .take()
-        .and_then(|stdout| std::io::BufRead::lines(std::io::BufReader::new(stdout)).next())
-        .and_then(Result::ok)
-        .context("sondectl serve printed nothing")?;
-    let ready: Value = serde_json::from_str(&ready)?;
-    let http_url = format!(
-        "http://{}:{}/",
-        ready["ip"].as_str().unwrap_or_default(),
-        ready["port"]
-    );
-    let http_header = ready["http_header"].as_str().unwrap_or_default().to_owned();
     // iperf3's side of every stream comparison: to pod3, the same length, first second dropped.
     let iperf3_args = |extra: &[&str]| {
         let mut args: Vec<String> = vec!["-c".into(), server_ip.clone(), "-t".into(), secs.clone()];
@@ -215,21 +184,6 @@ fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {
             Reader::Datagrams,
             Idle::Default,
         ),
-        Comparison(
-            "http, 10 keep-alive connections (requests/s)",
-            "wrk",
-            generator_args("http", &["--parallel", "10"]),
-            vec![
-                "-t2".into(),
-                "-c10".into(),
-                format!("-d{}s", SECONDS + 1),
-                "-H".into(),
-                http_header,
-                http_url,
-            ],
-            Reader::Requests,
-            Idle::Default,
-        ),
     ];
     // qperf's tcp_lat, in both idle states.
     let qperf_args = vec![
@@ -257,50 +211,116 @@ fn compare_all(sondectl: &str, only: &[String]) -> anyhow::Result<()> {
             )
         }),
     );
-    let comparisons = comparisons.into_iter().filter(|Comparison(name, ..)| {
-        only.is_empty() || only.iter().any(|word| name.contains(word.as_str()))
-    });
+    let wanted =
+        |name: &str| only.is_empty() || only.iter().any(|word| name.contains(word.as_str()));
+    let comparisons: Vec<Comparison> = comparisons
+        .into_iter()
+        .filter(|Comparison(name, ..)| wanted(name))
+        .collect();
     let mut rows = Vec::new();
     let mut failure = None;
-    for Comparison(name, tool, sonde, reference, reader, idle) in comparisons {
-        step(&format!(
-            "{name}: sonde vs {tool}, {PAIRS} interleaved pairs"
-        ));
-        let _polling = match idle {
-            Idle::Polling => Some(idle::IdlePolling::hold()?),
-            Idle::Default => None,
+    // The http comparison comes last, with its server: `sondectl serve` holds pod3's node in
+    // the normal class while it serves, which the exclusive stream runs cannot share.
+    let http_name = "http, 10 keep-alive connections (requests/s)";
+    let mut http_server = None;
+    let phases = [comparisons, Vec::new()];
+    for (phase, comparisons) in phases.into_iter().enumerate() {
+        let comparisons = if phase == 0 {
+            comparisons
+        } else if wanted(http_name) {
+            // wrk needs a sonde HTTP server it can address: `sondectl serve` holds one open in
+            // pod3 (sonde's own client gets a fresh server of the same code in the same pod).
+            let mut server = Command::new(sondectl)
+                .args([
+                    "serve",
+                    "http",
+                    "--at",
+                    "pod/pod3",
+                    "--duration",
+                    "900s",
+                    "--parallel",
+                    "10",
+                    "--lab",
+                    LAB,
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("sondectl serve")?;
+            let ready = server
+                .stdout
+                .take()
+                .and_then(|stdout| std::io::BufRead::lines(std::io::BufReader::new(stdout)).next())
+                .and_then(Result::ok)
+                .context("sondectl serve printed nothing")?;
+            let ready: Value = serde_json::from_str(&ready)?;
+            let http_url = format!(
+                "http://{}:{}/",
+                ready["ip"].as_str().unwrap_or_default(),
+                ready["port"]
+            );
+            let http_header = ready["http_header"].as_str().unwrap_or_default().to_owned();
+            let comparison = Comparison(
+                http_name,
+                "wrk",
+                generator_args("http", &["--parallel", "10"]),
+                vec![
+                    "-t2".into(),
+                    "-c10".into(),
+                    format!("-d{}s", SECONDS + 1),
+                    "-H".into(),
+                    http_header,
+                    http_url,
+                ],
+                Reader::Requests,
+                Idle::Default,
+            );
+            http_server = Some(server);
+            vec![comparison]
+        } else {
+            Vec::new()
         };
-        let mut ours = Vec::new();
-        let mut theirs = Vec::new();
-        for pair in 0..PAIRS {
-            match sonde_sample(sondectl, &sonde, reader, &sonde_cpu).and_then(|(s, _)| {
-                let r = reference_sample(tool, &reference, reader, &reference_cpu)?;
-                Ok((s, r))
-            }) {
-                Ok((s, r)) => {
-                    println!(
-                        "    pair {}: sonde {} | {tool} {}",
-                        pair + 1,
-                        show(s.value, reader),
-                        show(r.value, reader)
-                    );
-                    ours.push(s);
-                    theirs.push(r);
-                }
-                Err(err) => {
-                    failure.get_or_insert(format!("{name}: {err:#}"));
-                    break;
+        for Comparison(name, tool, sonde, reference, reader, idle) in comparisons {
+            step(&format!(
+                "{name}: sonde vs {tool}, {PAIRS} interleaved pairs"
+            ));
+            let _polling = match idle {
+                Idle::Polling => Some(idle::IdlePolling::hold()?),
+                Idle::Default => None,
+            };
+            let mut ours = Vec::new();
+            let mut theirs = Vec::new();
+            for pair in 0..PAIRS {
+                match sonde_sample(sondectl, &sonde, reader, &sonde_cpu).and_then(|(s, _)| {
+                    let r = reference_sample(tool, &reference, reader, &reference_cpu)?;
+                    Ok((s, r))
+                }) {
+                    Ok((s, r)) => {
+                        println!(
+                            "    pair {}: sonde {} | {tool} {}",
+                            pair + 1,
+                            show(s.value, reader),
+                            show(r.value, reader)
+                        );
+                        ours.push(s);
+                        theirs.push(r);
+                    }
+                    Err(err) => {
+                        failure.get_or_insert(format!("{name}: {err:#}"));
+                        break;
+                    }
                 }
             }
+            rows.push((name, tool, reader, ours, theirs));
         }
-        rows.push((name, tool, reader, ours, theirs));
     }
     let _ = iperf_server.kill();
     let _ = iperf_server.wait();
     let _ = qperf_server.kill();
     let _ = qperf_server.wait();
-    let _ = http_server.kill();
-    let _ = http_server.wait();
+    if let Some(mut server) = http_server {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
 
     step("results (median [min - max]; ratio = sonde / reference)");
     for (name, tool, reader, ours, theirs) in &rows {
