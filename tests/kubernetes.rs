@@ -616,6 +616,18 @@ async fn a_run_named_in_kubernetes_terms_goes_through_port_forward_to_the_lab() 
     assert_eq!(nodes, ["node1", "node2"]);
 }
 
+/// A lab of `nodes` nodes with two pods each, and the fake API server serving it as a cluster
+/// in node1's namespace, for a `--kubernetes` daemon there to watch.
+async fn lab_watched_from_node1(nodes: &'static str) -> (std::sync::Arc<Lab>, FakeApiServer) {
+    let lab =
+        tokio::task::spawn_blocking(move || Lab::up(&["--nodes", nodes, "--pods-per-node", "2"]))
+            .await
+            .expect("lab up");
+    let node1 = lab.netns_path("node1");
+    let server = FakeApiServer::start_in(lab_as_cluster(&lab), Some(&node1)).await;
+    (std::sync::Arc::new(lab), server)
+}
+
 /// `cargo xtask bench idle`: sonded at rest in a lab node, the lab's own daemon (no pod watch)
 /// and one naming the node's pods from a watch on the fake API server, side by side for a
 /// minute (`SONDE_BENCH_IDLE_SECONDS`): resident memory and CPU of each. A measurement, not a
@@ -628,13 +640,8 @@ async fn bench_idle_daemon_with_and_without_the_pod_watch() {
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or(60);
-    let lab = tokio::task::spawn_blocking(|| Lab::up(&["--nodes", "1", "--pods-per-node", "2"]))
-        .await
-        .expect("lab up");
-    let node1 = lab.netns_path("node1");
-    let server = FakeApiServer::start_in(lab_as_cluster(&lab), Some(&node1)).await;
+    let (lab, server) = lab_watched_from_node1("1").await;
     let kubeconfig = server.kubeconfig().to_path_buf();
-    let lab = std::sync::Arc::new(lab);
     let shared = std::sync::Arc::clone(&lab);
     let watching = tokio::task::spawn_blocking(move || {
         let daemon = NamingDaemon::start(&shared, "node1", &kubeconfig);
@@ -765,13 +772,8 @@ impl Drop for NamingDaemon {
 #[ignore = "privileged: needs root; run by cargo xtask test"]
 async fn a_daemon_names_its_pods_from_a_watch_and_follows_new_ones() {
     require_root();
-    let lab = tokio::task::spawn_blocking(|| Lab::up(&["--nodes", "2", "--pods-per-node", "2"]))
-        .await
-        .expect("lab up");
-    let node1 = lab.netns_path("node1");
-    let server = FakeApiServer::start_in(lab_as_cluster(&lab), Some(&node1)).await;
+    let (lab, server) = lab_watched_from_node1("2").await;
     let kubeconfig = server.kubeconfig().to_path_buf();
-    let lab = std::sync::Arc::new(lab);
     let shared = std::sync::Arc::clone(&lab);
     let (daemon, named) = tokio::task::spawn_blocking(move || {
         let daemon = NamingDaemon::start(&shared, "node1", &kubeconfig);
