@@ -86,7 +86,6 @@ impl Node {
             }
         };
         drop(btf);
-        crate::memory::release_freed_heap();
         let fixed = NodeFacts {
             node_name: config.node_name(),
             kernel_release: kernel_release(),

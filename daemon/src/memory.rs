@@ -34,7 +34,7 @@ pub fn configure_allocator() {
 }
 
 /// Hands the heap pages freed so far back to the kernel (glibc keeps them otherwise).
-pub fn release_freed_heap() {
+fn release_freed_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap pages to the kernel; it touches no live
     // allocation.
