@@ -25,7 +25,7 @@ pub enum Command {
     #[command(subcommand)]
     Lab(cmd::lab::LabCommand),
     /// Measure between two endpoints with a native generator.
-    Run(cmd::run::RunArgs),
+    Run(Box<cmd::run::RunArgs>),
     /// Measure a fleet: a scenario file's tests over its nodes, topology, placement classes
     /// and paths, packed into rounds so that no node is loaded twice at once.
     #[command(subcommand)]
@@ -41,6 +41,12 @@ pub enum Command {
     /// Conntrack pressure: watch every node's table, or find the connection rate it breaks at.
     #[command(subcommand)]
     Conntrack(cmd::conntrack::ConntrackCommand),
+    /// The results store: list, show, export, import and prune stored runs and run-sets.
+    #[command(subcommand)]
+    Results(cmd::results::ResultsCommand),
+    /// Compare two results (IDs, files, or scenario:NAME@last-N) metric by metric: exit 1
+    /// when a metric regressed beyond the threshold, 2 on bad input.
+    Compare(cmd::compare::CompareArgs),
     /// Install sonde in a Kubernetes cluster (server-side apply of deploy/kubernetes).
     Deploy(cmd::deploy::DeployArgs),
     /// Remove what `deploy` installed.

@@ -83,6 +83,9 @@ pub enum Source {
     /// A system call.
     #[error(transparent)]
     Errno(#[from] nix::errno::Errno),
+    /// The results store.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
     /// The monitor's Lease.
     #[error(transparent)]
     Lease(#[from] kube_lease_manager::LeaseManagerError),

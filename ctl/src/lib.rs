@@ -15,6 +15,7 @@
 //! - [`scenario`]: fleet measurements: scenario files, their expansion into rounds, run-sets.
 //! - [`monitor`]: continuous measurement: rotating K-peer rounds and Prometheus metrics.
 //! - [`output`]: output formats shared by the subcommands.
+//! - [`results`]: the results store, and comparing results.
 //! - [`error`]: the library's errors (the commands add their words with anyhow).
 
 pub mod agent;
@@ -28,6 +29,7 @@ pub mod export;
 pub mod lab;
 pub mod monitor;
 pub mod output;
+pub mod results;
 pub mod run;
 pub mod scenario;
 pub use error::{Error, Result};

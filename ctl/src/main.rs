@@ -45,7 +45,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("sondectl: {}", sonde_ctl::error::chain(err.as_ref()));
-            ExitCode::FAILURE
+            // `compare` is a gate: bad input must not read as a regression.
+            if err.is::<sonde_ctl::cmd::compare::BadInput>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

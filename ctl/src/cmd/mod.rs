@@ -1,10 +1,12 @@
 //! One module per subcommand; [`run`] dispatches.
 
+pub mod compare;
 pub mod conntrack;
 pub mod deploy;
 pub mod lab;
 pub mod monitor;
 pub mod nodes;
+pub mod results;
 pub mod run;
 pub mod scenario;
 pub mod serve;
@@ -17,12 +19,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Nodes(args) => nodes::run(args).await,
         Command::Lab(command) => lab::run(command).await,
-        Command::Run(args) => run::run(args).await,
+        Command::Run(args) => run::run(*args).await,
         Command::Scenario(command) => scenario::run(command).await,
         Command::Monitor(args) => monitor::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Trace(args) => trace::run(args).await,
         Command::Conntrack(command) => conntrack::run(command).await,
+        Command::Results(command) => results::run(command).await,
+        Command::Compare(args) => compare::run(args).await,
         Command::Deploy(args) => deploy::deploy(args).await,
         Command::Undeploy(args) => deploy::undeploy(args).await,
     }

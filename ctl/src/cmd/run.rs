@@ -125,6 +125,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub export: crate::export::ExportArgs,
 
+    /// The results store the run is recorded in.
+    #[command(flatten)]
+    pub record: crate::cmd::results::RecordArgs,
+
     /// How long a measurement waits for its nodes when someone else's measurement holds
     /// them (reservations on the daemons), before it gives up naming the holder.
     #[arg(long, default_value = "60s", value_parser = parse_duration_or_zero)]
@@ -150,6 +154,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         RunOutput::Csv => print!("{}", report::csv(&report)?),
         RunOutput::Table => print!("{}", report::table(&report)),
     }
+    args.record.record(serde_json::to_value(&report)?);
     crate::export::send(&args.export, "run", &crate::export::of_report(&report)).await?;
     check_complete(&report)
 }

@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// Where the results go besides the output.
     #[command(flatten)]
     pub export: crate::export::ExportArgs,
+
+    /// The results store the run-set is recorded in.
+    #[command(flatten)]
+    pub record: crate::cmd::results::RecordArgs,
 }
 
 /// Runs `sondectl scenario ...`.
@@ -226,6 +230,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&set)?),
         OutputFormat::Table => print!("{}", render::table(&set)),
     }
+    args.record.record(serde_json::to_value(&set)?);
     crate::export::send(&args.export, &scenario.name, &crate::export::of_set(&set)).await?;
     if !set.complete {
         let failed = set
