@@ -42,6 +42,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         setup::run()?;
     }
 
+    // Every sondectl a test starts records its result: in a store of the tests' own, not in
+    // the user's (`cargo xtask test` may run on a workstation).
+    let store = root.join("target/sonde-test-results.db");
+    for stale in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{stale}", store.display()));
+    }
+    // SAFETY: set once, before any thread of this process starts.
+    unsafe { std::env::set_var("SONDE_STORE", &store) };
+
     step("format");
     shell::run("cargo", &["fmt", "--all", "--", "--check"])?;
     step("clippy (host crates)");

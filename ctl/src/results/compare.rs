@@ -7,7 +7,9 @@
 //! A metric is *different* only when the test rejects "no change" at `alpha` **and** the
 //! median moved by more than the noise threshold; it is *same* when the interval lies within
 //! the threshold, or when the change is real but below it. So with no change the share of
-//! metrics called different is at most `alpha`.
+//! metrics called different is at most `alpha`. Below the repetitions the test needs to reach
+//! `alpha` at all (four a side at 0.05) every verdict is *unknown*, with how many more it
+//! takes: an interval of two or three values says nothing either way.
 
 use serde::Serialize;
 use statrs::stats_tests::{
@@ -269,6 +271,12 @@ pub fn decide(
     settings: &Settings,
 ) -> (Verdict, Option<usize>) {
     let threshold = settings.threshold;
+    // Fewer repetitions than the test needs to reject anything: neither *different* nor,
+    // from an interval of two or three values, *same*.
+    let least = least_repetitions(settings.alpha);
+    if repetitions < least {
+        return (Verdict::Unknown, Some(least - repetitions));
+    }
     let significant = p_value < settings.alpha;
     let beyond = change.abs() > threshold;
     if significant && beyond {
@@ -299,12 +307,6 @@ fn more_repetitions(
     repetitions: usize,
     settings: &Settings,
 ) -> Option<usize> {
-    // A single repetition has no spread to go by: the test needs a few on each side to reach
-    // `alpha` at all (four each for 0.05).
-    let least = least_repetitions(settings.alpha);
-    if repetitions < least {
-        return Some(least - repetitions);
-    }
     let half_width = (interval[1] - interval[0]) / 2.0;
     let distance = if change.abs() > settings.threshold {
         change.abs()
