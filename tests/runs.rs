@@ -53,6 +53,41 @@ fn f64_at(value: &serde_json::Value, pointer: &str) -> f64 {
         .unwrap_or_else(|| panic!("{pointer} in {value}"))
 }
 
+/// A measurement's timeline: `intervals` of them, every one present, summing to the client
+/// side's counts; request/response kinds with their latency percentiles in each interval.
+fn check_timeline(m: &serde_json::Value, what: &str, intervals: usize) {
+    let timeline = m["timeline"]["intervals"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: no timeline in {m}"));
+    assert_eq!(timeline.len(), intervals, "{what}: {timeline:?}");
+    let sum = |field: &str| -> u64 {
+        timeline
+            .iter()
+            .map(|interval| interval[field].as_u64().expect("a count"))
+            .sum()
+    };
+    let client = &m["client"];
+    let moved = client["bytes_sent"].as_u64().expect("sent")
+        + client["bytes_received"].as_u64().expect("received");
+    assert_eq!(sum("bytes"), moved, "{what}: {timeline:?}");
+    assert_eq!(sum("messages"), client["messages"], "{what}: {timeline:?}");
+    assert_eq!(sum("errors") + sum("failed_connects"), 0, "{what}");
+    for (i, interval) in timeline.iter().enumerate() {
+        assert!(
+            (f64_at(interval, "/start_seconds") - i as f64 * 0.1).abs() < 1e-9,
+            "{what}: {interval}"
+        );
+        // (An interval may be empty on a machine running other tests at once: a stall.)
+        if m["latency"].is_object() && interval["messages"].as_u64() > Some(0) {
+            let (p50, p99) = (
+                f64_at(interval, "/latency_p50_ns"),
+                f64_at(interval, "/latency_p99_ns"),
+            );
+            assert!(0.0 < p50 && p50 <= p99, "{what}: {interval}");
+        }
+    }
+}
+
 #[test]
 #[ignore = "privileged: needs root; run by cargo xtask test"]
 fn every_generator_runs_across_nodes_and_through_a_service() {
@@ -87,6 +122,8 @@ fn every_generator_runs_across_nodes_and_through_a_service() {
                 "--duration",
                 "500ms",
                 "--warmup",
+                "100ms",
+                "--interval",
                 "100ms",
             ];
             // Paced, so that loss means something: unpaced UDP on two shared cores loses
@@ -136,6 +173,7 @@ fn every_generator_runs_across_nodes_and_through_a_service() {
             }
             // The client really ran in pod1's namespace.
             assert_eq!(m["client"]["local_ip"], lab.ip("pod1"), "{what}");
+            check_timeline(m, &what, 5);
         }
     }
     // pod1 and pod2 share node1, so zone-a: --cross-zone refuses before anything runs.
@@ -174,12 +212,15 @@ fn intra_pod_baselines_run_in_one_pod_and_both_sides_agree() {
                 "400ms",
                 "--warmup",
                 "0",
+                "--interval",
+                "100ms",
             ],
         );
         assert!(ok, "{kind}: {}", doc["errors"]);
         assert_eq!(doc["path"], "intra-pod", "{kind}");
         let m = &doc["measurements"][0];
         assert!(m["tcp"].is_null() && m["udp"].is_null(), "{kind}: {m}");
+        check_timeline(m, kind, 4);
         let (client, server) = (&m["client"], &m["server"]);
         if kind == "unix-stream" {
             assert!(

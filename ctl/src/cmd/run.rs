@@ -58,6 +58,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration_or_zero)]
     pub warmup: Duration,
 
+    /// The timeline's interval: the measured part is reported interval by interval (100ms and
+    /// up; default 1s, longer for runs of more than an hour).
+    #[arg(long, value_parser = parse_interval)]
+    pub interval: Option<Duration>,
+
     /// Repetitions of each size.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repetitions: u32,
@@ -137,6 +142,17 @@ pub struct RunArgs {
     /// How long to wait for a daemon to answer a call.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+/// `--interval`: a duration of at least 100 ms.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval < Duration::from_millis(100) {
+        return Err(format!(
+            "{text:?} is shorter than the 100ms a timeline interval can be"
+        ));
+    }
+    Ok(interval)
 }
 
 /// Runs `sondectl run`.
@@ -290,6 +306,7 @@ pub async fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
     plan.direction = args.direction.proto();
     plan.duration = args.duration;
     plan.warmup = args.warmup;
+    plan.interval = args.interval;
     plan.parallel = args.parallel;
     plan.rate = args.rate;
     plan.plain_io = args.plain_io;

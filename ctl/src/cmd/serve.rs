@@ -74,6 +74,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         plain_io: false,
         dns_name: String::new(),
         dns_types: Vec::new(),
+        interval_ms: 0,
     };
     let run_id = format!("serve-{}", std::process::id());
     let addr = place.agent.parse().map_err(anyhow::Error::msg)?;

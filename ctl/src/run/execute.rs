@@ -70,6 +70,20 @@ pub struct Plan {
     pub dns_name: String,
     /// DNS: the record types asked, in turn (empty: A).
     pub dns_types: Vec<String>,
+    /// The timeline's interval (`None`: 1 s, or longer for a run of more than an hour).
+    pub interval: Option<Duration>,
+}
+
+impl Plan {
+    /// The timeline interval a run asks its client for, in ms: as set, or 1 s, or what keeps a
+    /// long run within the daemon's 3,600 intervals.
+    pub fn interval_ms(&self) -> u64 {
+        let duration_ms = u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX);
+        match self.interval {
+            Some(interval) => u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            None => duration_ms.div_ceil(3600).max(1000),
+        }
+    }
 }
 
 /// The two ends of a run, resolved, with how users named them.
@@ -127,6 +141,7 @@ impl Plan {
             class: Class::of_kind(kind),
             dns_name: String::new(),
             dns_types: Vec::new(),
+            interval: None,
         })
     }
 
@@ -358,6 +373,7 @@ async fn measure_run(
         plain_io: plan.plain_io,
         dns_name: plan.dns_name.clone(),
         dns_types: plan.dns_types.clone(),
+        interval_ms: plan.interval_ms(),
     };
     let mut errors = Vec::new();
 

@@ -232,6 +232,7 @@ fn ask(
     let mut buf = vec![0_u8; 4096];
     let mut pacer = Pacer::new(rate, window.start);
     let mut seq = 0_u64;
+    result.follow(counters, &window);
     while !stop.load(Ordering::Relaxed) {
         let intended = pacer.wait_turn();
         // A flow asks one query at a time: after a lost one held it for the timeout, the
@@ -274,16 +275,18 @@ fn ask(
         }
         if measuring {
             result.udp.sent += 1;
-            result.bytes_sent += request.len() as u64;
+            result.counted(intended, request.len() as u64, 0, 0);
             match answered {
                 Some((done, len, rcode)) => {
-                    result.record(done - intended);
-                    result.messages += 1;
+                    result.record_at(intended, done - intended);
+                    result.counted(intended, 0, len as u64, 1);
                     result.udp.received += 1;
-                    result.bytes_received += len as u64;
                     *result.dns_rcodes.entry(format!("{rcode:?}")).or_default() += 1;
                 }
-                None => result.udp.timeouts += 1,
+                None => {
+                    result.udp.timeouts += 1;
+                    result.missed_at(intended);
+                }
             }
         }
         seq += 1;

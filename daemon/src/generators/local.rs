@@ -236,6 +236,7 @@ pub fn client_unix(path: &Path, run: ClientRun<'_>) -> Vec<ThreadResult> {
 
 fn send_stream(ctx: &Ctx<'_>, stream: &mut UnixStream, result: &mut ThreadResult) {
     let buf = vec![0x5d_u8; ctx.spec.request_size];
+    result.follow(ctx.counters, &ctx.window);
     loop {
         let now = Instant::now();
         if now >= ctx.window.end || ctx.stop.load(Ordering::Relaxed) {
@@ -246,8 +247,7 @@ fn send_stream(ctx: &Ctx<'_>, stream: &mut UnixStream, result: &mut ThreadResult
             Ok(()) => {
                 ctx.counters.add(buf.len() as u64, 1);
                 if ctx.window.measuring(now) {
-                    result.bytes_sent += buf.len() as u64;
-                    result.messages += 1;
+                    result.counted(now, buf.len() as u64, 0, 1);
                 }
             }
             Err(super::io::Interrupted::Stopped) => break,
@@ -403,6 +403,7 @@ impl FsFlow<'_> {
         let request = vec![0x5d_u8; spec.request_size];
         let mut pacer = Pacer::new(rate, window.start);
         let mut seq = 0_u64;
+        result.follow(counters, &window);
         while !stop.load(Ordering::Relaxed) {
             let intended = pacer.wait_turn();
             if intended >= window.end {
@@ -435,10 +436,8 @@ impl FsFlow<'_> {
             let done = Instant::now();
             counters.add((request.len() + response.len()) as u64, 1);
             if window.measuring(intended) {
-                result.record(done - intended);
-                result.messages += 1;
-                result.bytes_sent += request.len() as u64;
-                result.bytes_received += response.len() as u64;
+                result.record_at(intended, done - intended);
+                result.counted(intended, request.len() as u64, response.len() as u64, 1);
             }
             seq += 1;
         }

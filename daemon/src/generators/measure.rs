@@ -12,8 +12,10 @@ use std::{
 
 use hdrhistogram::Histogram;
 
+use super::timeline::{Current, Happened, Timeline};
+
 /// Highest latency the histograms hold: one hour, in nanoseconds.
-const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
+pub(super) const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
 /// Errors kept per side: the first few tell the story.
 const MAX_ERRORS: usize = 5;
 
@@ -23,16 +25,26 @@ pub type Stop = Arc<AtomicBool>;
 /// How often blocked generator calls wake up to look at the stop flag.
 pub const POLL: Duration = Duration::from_millis(100);
 
-/// Live counters the progress stream samples.
+/// Live counters the progress stream samples, and the side's timeline its threads fill.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Payload bytes moved (both ways).
     pub bytes: AtomicU64,
     /// Messages completed.
     pub messages: AtomicU64,
+    /// The measured part by interval.
+    pub timeline: Arc<Timeline>,
 }
 
 impl Counters {
+    /// Counters of a side whose timeline has `every`-long intervals.
+    pub fn with_interval(every: Duration) -> Self {
+        Self {
+            timeline: Arc::new(Timeline::every(every)),
+            ..Self::default()
+        }
+    }
+
     /// Adds one completed message of `bytes` bytes.
     pub fn add(&self, bytes: u64, messages: u64) {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -96,6 +108,8 @@ pub struct ThreadResult {
     pub dns_rcodes: std::collections::BTreeMap<String, u64>,
     /// The thread's CPU time when its measured part began.
     cpu_from: Option<CpuTime>,
+    /// The interval it is in, on the side's timeline (client sides).
+    timeline: Option<Current>,
 }
 
 impl ThreadResult {
@@ -115,6 +129,63 @@ impl ThreadResult {
             io_path: Vec::new(),
             dns_rcodes: std::collections::BTreeMap::new(),
             cpu_from: None,
+            timeline: None,
+        }
+    }
+
+    /// Follows the side's timeline over `window`'s measured part: what [`Self::counted`],
+    /// [`Self::record_at`] and [`Self::failed_at`] count goes to its intervals too.
+    pub fn follow(&mut self, counters: &Counters, window: &Window) {
+        self.timeline = Some(Current::new(
+            Arc::clone(&counters.timeline),
+            window.measure_from,
+            window.end.saturating_duration_since(window.measure_from),
+        ));
+    }
+
+    /// Counts `messages` completed at `at` (in the measured part), with their bytes.
+    pub fn counted(&mut self, at: Instant, sent: u64, received: u64, messages: u64) {
+        self.bytes_sent += sent;
+        self.bytes_received += received;
+        self.messages += messages;
+        if let Some(timeline) = &mut self.timeline {
+            timeline.note(
+                at,
+                Happened::Moved {
+                    bytes: sent + received,
+                    messages,
+                },
+            );
+        }
+    }
+
+    /// Records the latency of a transaction intended at `at`.
+    pub fn record_at(&mut self, at: Instant, latency: Duration) {
+        self.record(latency);
+        if let Some(timeline) = &mut self.timeline {
+            timeline.note(at, Happened::Latency(latency));
+        }
+    }
+
+    /// Counts a response that never came (a UDP timeout) on the timeline's errors: expected on
+    /// a lossy path, so no words among the side's errors.
+    pub fn missed_at(&mut self, at: Instant) {
+        if let Some(timeline) = &mut self.timeline {
+            timeline.note(at, Happened::Error);
+        }
+    }
+
+    /// Counts a failure at `at` on the timeline (`connect`: a connection that could not be
+    /// opened) and keeps its words among the side's first errors.
+    pub fn failed_at(&mut self, at: Instant, connect: bool, text: impl Into<String>) {
+        self.error(text);
+        if let Some(timeline) = &mut self.timeline {
+            let happened = if connect {
+                Happened::FailedConnect
+            } else {
+                Happened::Error
+            };
+            timeline.note(at, happened);
         }
     }
 
@@ -315,6 +386,10 @@ pub struct SideResult {
     pub daemon_rss_bytes: u64,
     /// The local IP the side used.
     pub local_ip: String,
+    /// The measured part by interval (client sides).
+    pub timeline: Vec<super::timeline::Interval>,
+    /// When the measured part started, ms since the epoch (client sides; 0 otherwise).
+    pub timeline_start_unix_ms: u64,
 }
 
 /// Merges thread results into one.

@@ -27,6 +27,7 @@ pub mod local;
 pub mod measure;
 pub mod stream;
 pub mod tcp;
+pub mod timeline;
 pub mod udp;
 pub mod wire;
 pub mod zerocopy;
@@ -174,6 +175,9 @@ impl Server {
             ),
             daemon_rss_bytes: measure::rss_bytes(),
             local_ip: self.local_ip,
+            // Server sides have no timeline: the client's intervals are the run's.
+            timeline: Vec::new(),
+            timeline_start_unix_ms: 0,
         }
     }
 
@@ -201,6 +205,8 @@ pub fn merge_sides(sides: impl IntoIterator<Item = SideResult>) -> SideResult {
         node_cpu_busy,
         daemon_rss_bytes,
         local_ip: local_ips.join(","),
+        timeline: Vec::new(),
+        timeline_start_unix_ms: 0,
     }
 }
 
@@ -217,16 +223,21 @@ fn local_addr(listener: &Listener) -> std::io::Result<SocketAddr> {
 /// `target`, runs the generator for warm-up plus duration, and returns what it measured.
 pub fn run_client(target: &Target, run: ClientRun<'_>) -> SideResult {
     let before = measure::node_cpu_jiffies();
+    let timeline = Arc::clone(&run.counters.timeline);
     let results = generator::of(run.spec.kind).client(target, run);
     let local_ip = match target {
         Target::Addr(addr) => local_ip_for(run.netns, *addr),
         Target::Path(_) => String::new(),
     };
+    // Merged, the threads' results are dropped: each has handed its last interval over.
+    let totals = merge(results);
     SideResult {
-        totals: merge(results),
+        totals,
         node_cpu_busy: measure::node_cpu_busy(before, measure::node_cpu_jiffies()),
         daemon_rss_bytes: measure::rss_bytes(),
         local_ip,
+        timeline: timeline.intervals(),
+        timeline_start_unix_ms: timeline.start_unix_ms(),
     }
 }
 

@@ -426,6 +426,7 @@ pub fn client(target: SocketAddr, run: ClientRun<'_>) -> Vec<ThreadResult> {
                 }
                 barrier.wait();
                 let window = shared_window(&clock, &spec);
+                result.follow(&counters, &window);
                 let mut sink = Sink::new(spec.plain_io);
                 result.connections = conns.len() as u64;
                 while !stop.load(Ordering::Relaxed)
@@ -442,10 +443,9 @@ pub fn client(target: SocketAddr, run: ClientRun<'_>) -> Vec<ThreadResult> {
                             counters.add(moved.bytes as u64, moved.messages);
                             if window.measuring(now) {
                                 if conn.sends {
-                                    result.bytes_sent += moved.bytes as u64;
-                                    result.messages += moved.messages;
+                                    result.counted(now, moved.bytes as u64, 0, moved.messages);
                                 } else {
-                                    result.bytes_received += moved.bytes as u64;
+                                    result.counted(now, 0, moved.bytes as u64, 0);
                                 }
                             }
                         },

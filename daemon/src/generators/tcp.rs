@@ -265,6 +265,7 @@ pub(super) fn rr(
     let request = vec![0x5d_u8; ctx.spec.request_size];
     let mut response = vec![0_u8; ctx.spec.response_size];
     let mut pacer = Pacer::new(rate, ctx.window.start);
+    result.follow(ctx.counters, &ctx.window);
     loop {
         if ctx.stop.load(Ordering::Relaxed) {
             break;
@@ -281,19 +282,17 @@ pub(super) fn rr(
             Ok(()) => {
                 ctx.counters.add((request.len() + response.len()) as u64, 1);
                 if ctx.window.measuring(intended) {
-                    result.record(done - intended);
-                    result.messages += 1;
-                    result.bytes_sent += request.len() as u64;
-                    result.bytes_received += response.len() as u64;
+                    result.record_at(intended, done - intended);
+                    result.counted(intended, request.len() as u64, response.len() as u64, 1);
                 }
             }
             Err(Interrupted::Stopped) => break,
             Err(Interrupted::Closed) => {
-                result.error("the server closed the connection");
+                result.failed_at(intended, false, "the server closed the connection");
                 break;
             }
             Err(Interrupted::Failed(err)) => {
-                result.error(format!("transaction: {err}"));
+                result.failed_at(intended, false, format!("transaction: {err}"));
                 break;
             }
         }
@@ -313,6 +312,7 @@ fn crr(
     request.extend(std::iter::repeat_n(0x5d_u8, ctx.spec.request_size));
     let mut response = vec![0_u8; ctx.spec.response_size];
     let mut pacer = Pacer::new(rate, ctx.window.start);
+    result.follow(ctx.counters, &ctx.window);
     loop {
         if ctx.stop.load(Ordering::Relaxed) {
             break;
@@ -331,33 +331,41 @@ fn crr(
         else {
             break;
         };
-        let outcome = connect_within(target, true, left.min(CONNECT_TIMEOUT))
-            .map_err(Interrupted::Failed)
-            .and_then(|mut stream| {
-                write_all(&mut stream, &request, ctx.stop, far)?;
-                read_exact(&mut stream, &mut response, ctx.stop, far)?;
-                Ok(stream)
-            });
+        let mut stream = match connect_within(target, true, left.min(CONNECT_TIMEOUT)) {
+            Ok(stream) => stream,
+            Err(err) => {
+                result.failed_at(intended, true, format!("connection to {target}: {err}"));
+                // Do not spin on a dead target.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let outcome = write_all(&mut stream, &request, ctx.stop, far)
+            .and_then(|()| read_exact(&mut stream, &mut response, ctx.stop, far));
         let done = Instant::now();
         match outcome {
-            Ok(stream) => {
+            Ok(()) => {
                 ctx.counters
                     .add((ctx.spec.request_size + response.len()) as u64, 1);
                 if ctx.window.measuring(intended) {
-                    result.record(done - intended);
-                    result.messages += 1;
+                    result.record_at(intended, done - intended);
+                    result.counted(
+                        intended,
+                        ctx.spec.request_size as u64,
+                        response.len() as u64,
+                        1,
+                    );
                     result.connections += 1;
-                    result.bytes_sent += ctx.spec.request_size as u64;
-                    result.bytes_received += response.len() as u64;
                     result.tcp.retransmits += TcpFacts::of(&stream).retransmits;
                 }
                 drop(stream);
             }
             Err(Interrupted::Stopped) => break,
-            Err(Interrupted::Closed) => result.error("the server closed the connection early"),
+            Err(Interrupted::Closed) => {
+                result.failed_at(intended, false, "the server closed the connection early");
+            }
             Err(Interrupted::Failed(err)) => {
-                result.error(format!("connection to {target}: {err}"));
-                // Do not spin on a dead target.
+                result.failed_at(intended, false, format!("connection to {target}: {err}"));
                 std::thread::sleep(Duration::from_millis(10));
             }
         }

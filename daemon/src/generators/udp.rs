@@ -326,6 +326,7 @@ fn stream(
     let mut pacer = Pacer::new(rate, window.start);
     let mut seq = 0_u64;
     let mut stop_check = 0_u32;
+    result.follow(counters, &window);
     loop {
         pacer.wait_turn();
         let now = Instant::now();
@@ -368,8 +369,7 @@ fn stream(
                 counters.add(bytes, sent as u64);
                 if measuring {
                     result.udp.sent += sent as u64;
-                    result.bytes_sent += bytes;
-                    result.messages += sent as u64;
+                    result.counted(now, bytes, 0, sent as u64);
                 }
             }
             // The local queue is full (ENOBUFS) or the peer said port unreachable: not sent.
@@ -477,6 +477,7 @@ fn rr(
     let mut pacer = Pacer::new(rate, window.start);
     let mut seq = 0_u64;
     let _ = socket.set_read_timeout(Some(Duration::from_millis(20)));
+    result.follow(counters, &window);
     while !stop.load(Ordering::Relaxed) {
         let intended = pacer.wait_turn();
         if intended >= window.end {
@@ -507,17 +508,16 @@ fn rr(
         if let Some((done, len, _)) = got {
             counters.add((request.len() + len) as u64, 1);
             if measuring {
-                result.record(done - intended);
-                result.messages += 1;
+                result.record_at(intended, done - intended);
+                result.counted(intended, request.len() as u64, len as u64, 1);
                 result.udp.received += 1;
-                result.bytes_sent += request.len() as u64;
-                result.bytes_received += len as u64;
             }
         }
         if measuring {
             result.udp.sent += 1;
             if !answered {
                 result.udp.timeouts += 1;
+                result.missed_at(intended);
             }
         }
         seq += 1;

@@ -250,6 +250,24 @@ pub(super) fn side_result(side: SideResult, trace: Option<TraceReport>) -> pb::S
         trace: trace.map(trace_result),
         conntrack: None,
         dns_rcodes: totals.dns_rcodes.into_iter().collect(),
+        timeline: side.timeline.iter().map(interval).collect(),
+        timeline_start_unix_ms: side.timeline_start_unix_ms,
+    }
+}
+
+fn interval(interval: &crate::generators::timeline::Interval) -> pb::Interval {
+    let ms =
+        |duration: std::time::Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    pb::Interval {
+        start_ms: ms(interval.start),
+        length_ms: ms(interval.length),
+        bytes: interval.bytes,
+        messages: interval.messages,
+        errors: interval.errors,
+        failed_connects: interval.failed_connects,
+        latency_count: interval.latency_count,
+        latency_p50_ns: interval.latency_p50_ns,
+        latency_p99_ns: interval.latency_p99_ns,
     }
 }
 

@@ -100,7 +100,7 @@ pub async fn drive(
         hold,
     } = side;
     let conntrack_start = samples.sample().await;
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters::with_interval(spec.interval));
     let work = {
         let (counters, spec, stop) = (Arc::clone(&counters), spec.clone(), Arc::clone(&guard.stop));
         tokio::task::spawn_blocking(move || {

@@ -62,6 +62,8 @@ pub struct RunSpec {
     pub dns_name: Option<String>,
     /// DNS: the record types asked for, in turn.
     pub dns_types: Vec<DnsType>,
+    /// Length of the client side's timeline intervals.
+    pub interval: Duration,
 }
 
 /// A DNS record type a `dns` run asks for.
@@ -104,6 +106,39 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidSpec {
         field,
         reason: reason.into(),
     }
+}
+
+/// The timeline's interval a spec asks for (see `RunSpec.interval_ms`).
+fn timeline_interval(spec: &pb::RunSpec) -> Result<Duration, InvalidSpec> {
+    use crate::generators::timeline::{MAX_INTERVALS, MIN_INTERVAL};
+    let interval = match spec.interval_ms {
+        0 => Duration::from_secs(1),
+        ms => Duration::from_millis(ms),
+    };
+    if interval < MIN_INTERVAL {
+        return Err(invalid(
+            "spec.interval_ms",
+            format!(
+                "must be 0 (1 s) or at least {} (got {})",
+                MIN_INTERVAL.as_millis(),
+                spec.interval_ms
+            ),
+        ));
+    }
+    let intervals = spec.duration_ms.div_ceil(interval.as_millis() as u64);
+    if intervals > MAX_INTERVALS {
+        return Err(invalid(
+            "spec.interval_ms",
+            format!(
+                "{} ms over a {} ms run is {intervals} intervals, at most {MAX_INTERVALS}: use \
+                 at least {} ms",
+                interval.as_millis(),
+                spec.duration_ms,
+                spec.duration_ms.div_ceil(MAX_INTERVALS)
+            ),
+        ));
+    }
+    Ok(interval)
 }
 
 impl TryFrom<&pb::RunSpec> for RunSpec {
@@ -185,6 +220,7 @@ impl TryFrom<&pb::RunSpec> for RunSpec {
             ));
         }
         let (dns_name, dns_types) = dns_query(spec, kind)?;
+        let interval = timeline_interval(spec)?;
         let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
         Ok(Self {
             kind,
@@ -198,6 +234,7 @@ impl TryFrom<&pb::RunSpec> for RunSpec {
             direction,
             plain_io: spec.plain_io,
             dns_name,
+            interval,
             dns_types,
         })
     }
@@ -322,12 +359,21 @@ mod tests {
         assert_eq!(spec.total(), Duration::from_millis(1100));
         assert_eq!((spec.request_size, spec.response_size), (64, 128));
         assert_eq!(spec.rate, None);
+        assert_eq!(spec.interval, Duration::from_secs(1), "0 asks for 1 s");
     }
 
     #[test]
     fn each_bad_field_is_named() {
         type Change = fn(&mut pb::RunSpec);
-        let cases: [(Change, &str); 9] = [
+        let cases: [(Change, &str); 11] = [
+            (|s| s.interval_ms = 99, "spec.interval_ms"),
+            (
+                |s| {
+                    s.duration_ms = 3_600_000;
+                    s.interval_ms = 100;
+                },
+                "spec.interval_ms",
+            ),
             (|s| s.kind = 0, "spec.kind"),
             (|s| s.duration_ms = 0, "spec.duration_ms"),
             (|s| s.warmup_ms = MAX_WARMUP_MS + 1, "spec.warmup_ms"),

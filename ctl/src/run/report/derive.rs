@@ -188,5 +188,45 @@ pub fn measurement(
         complete: client.is_some() && (server.is_some() || !server_side) && errors.is_empty(),
         errors,
         until_failure: client.is_none().then(|| live.until_failure()).flatten(),
+        timeline: client.and_then(timeline),
     }
+}
+
+/// The client side's timeline, in the document's units.
+fn timeline(client: &pb::SideResult) -> Option<Timeline> {
+    if client.timeline.is_empty() {
+        return None;
+    }
+    let intervals = client
+        .timeline
+        .iter()
+        .map(|interval| {
+            let seconds = interval.length_ms as f64 / 1e3;
+            let per_second = |count: u64| {
+                if seconds > 0.0 {
+                    count as f64 / seconds
+                } else {
+                    0.0
+                }
+            };
+            let latency = |ns: u64| (interval.latency_count > 0).then_some(ns);
+            Interval {
+                start_seconds: interval.start_ms as f64 / 1e3,
+                length_seconds: seconds,
+                bytes: interval.bytes,
+                messages: interval.messages,
+                bits_per_second: per_second(interval.bytes) * 8.0,
+                messages_per_second: per_second(interval.messages),
+                errors: interval.errors,
+                failed_connects: interval.failed_connects,
+                latency_p50_ns: latency(interval.latency_p50_ns),
+                latency_p99_ns: latency(interval.latency_p99_ns),
+            }
+        })
+        .collect();
+    Some(Timeline {
+        started_at_unix_ms: client.timeline_start_unix_ms,
+        intervals,
+        events: Vec::new(),
+    })
 }

@@ -125,6 +125,60 @@ pub struct Measurement {
     /// When the client side failed half-way: what it reported live until then, so that a
     /// broken measurement still says what it moved.
     pub until_failure: Option<UntilFailure>,
+    /// The measured part interval by interval, as the client saw it, with what happened
+    /// meanwhile (absent from daemons without timelines).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<Timeline>,
+}
+
+/// A measurement's measured part, interval by interval (the client side's counts: they sum
+/// to the client's totals).
+#[derive(Debug, Clone, Serialize)]
+pub struct Timeline {
+    /// When the first interval began, ms since the epoch (the client node's clock).
+    pub started_at_unix_ms: u64,
+    /// Every interval, in order, empty ones included.
+    pub intervals: Vec<Interval>,
+    /// What happened during the measurement (a rollout step, an endpoint change), in order.
+    pub events: Vec<TimelineEvent>,
+}
+
+/// One interval of a timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Interval {
+    /// Its start from the start of the measured part, s.
+    pub start_seconds: f64,
+    /// Its length, s (the last may be shorter).
+    pub length_seconds: f64,
+    /// Payload bytes the client moved (sent plus received).
+    pub bytes: u64,
+    /// Messages it completed (transactions, writes, datagrams).
+    pub messages: u64,
+    /// `bytes` over the interval, bit/s.
+    pub bits_per_second: f64,
+    /// `messages` over the interval.
+    pub messages_per_second: f64,
+    /// Failures other than connects (a reset, an error answer, a response that never came).
+    pub errors: u64,
+    /// Connections that could not be opened.
+    pub failed_connects: u64,
+    /// Median latency of the transactions intended in it, ns (request/response kinds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_p50_ns: Option<u64>,
+    /// Their 99th percentile, ns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_p99_ns: Option<u64>,
+}
+
+/// Something that happened during a measurement, placed on its timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineEvent {
+    /// When, s from the start of the measured part (negative: during the warm-up).
+    pub at_seconds: f64,
+    /// Where it came from: `lab-rollout`, `endpoint-slice`.
+    pub source: String,
+    /// What happened.
+    pub what: String,
 }
 
 /// What a client side reported in its live progress over the measured part of a measurement

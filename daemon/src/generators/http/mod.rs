@@ -256,6 +256,7 @@ impl Flow<'_> {
         let deadline = self.window.end + POLL * 10;
         let interval = self.rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
         let mut next = self.window.start;
+        result.follow(self.counters, &self.window);
         while !self.stop.load(Ordering::Relaxed) {
             // Intended send times, as the other generators' Pacer, without blocking the runtime.
             let intended = match interval {
@@ -270,36 +271,52 @@ impl Flow<'_> {
             if intended >= self.window.end {
                 break;
             }
-            let exchange = async {
-                let mut fresh = None;
-                let connection = match &mut kept {
-                    Some(connection) => connection,
-                    None => fresh.insert(Connection::open(self.target).await?),
-                };
-                connection.exchange(&request).await
+            let measuring = self.window.measuring(intended);
+            // A fresh connection per request (`http-crr`), or again after a kept one broke (a
+            // server gone in a rollout): as a client behind a Service would.
+            let mut fresh = None;
+            if !keep_alive || kept.is_none() {
+                let opened =
+                    tokio::time::timeout_at(deadline.into(), Connection::open(self.target))
+                        .await
+                        .unwrap_or_else(|_| Err("no connection before the run's end".to_owned()));
+                match opened {
+                    Ok(connection) => {
+                        if measuring {
+                            result.connections += 1;
+                        }
+                        if keep_alive {
+                            kept = Some(connection);
+                        } else {
+                            fresh = Some(connection);
+                        }
+                    }
+                    Err(err) => {
+                        result.failed_at(intended, true, err);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(connection) = fresh.as_mut().or(kept.as_mut()) else {
+                continue;
             };
-            let outcome = tokio::time::timeout_at(deadline.into(), exchange)
+            let outcome = tokio::time::timeout_at(deadline.into(), connection.exchange(&request))
                 .await
                 .unwrap_or_else(|_| Err("no answer before the run's end".to_owned()));
             let done = Instant::now();
             match outcome {
                 Ok(bytes) => {
                     self.counters.add(bytes, 1);
-                    if self.window.measuring(intended) {
-                        result.record(done - intended);
-                        result.messages += 1;
-                        result.bytes_received += bytes;
-                        if !keep_alive {
-                            result.connections += 1;
-                        }
+                    if measuring {
+                        result.record_at(intended, done - intended);
+                        result.counted(intended, 0, bytes, 1);
                     }
                 }
-                Err(err) if keep_alive => {
-                    result.error(err);
-                    break;
-                }
                 Err(err) => {
-                    result.error(err);
+                    result.failed_at(intended, false, err);
+                    // The next request opens a new connection.
+                    kept = None;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
