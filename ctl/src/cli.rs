@@ -47,6 +47,9 @@ pub enum Command {
     /// Compare two results (IDs, files, or scenario:NAME@last-N) metric by metric: exit 1
     /// when a metric regressed beyond the threshold, 2 on bad input.
     Compare(cmd::compare::CompareArgs),
+    /// Results as one self-contained HTML file: latency spectra, sweeps, kernel stages,
+    /// timelines, node x node heatmaps, and a comparison with a baseline.
+    Report(cmd::report::ReportArgs),
     /// Install sonde in a Kubernetes cluster (server-side apply of deploy/kubernetes).
     Deploy(cmd::deploy::DeployArgs),
     /// Remove what `deploy` installed.

@@ -16,6 +16,7 @@
 //! - [`monitor`]: continuous measurement: rotating K-peer rounds and Prometheus metrics.
 //! - [`output`]: output formats shared by the subcommands.
 //! - [`results`]: the results store, and comparing results.
+//! - [`report`]: results as a self-contained HTML report with SVG charts.
 //! - [`error`]: the library's errors (the commands add their words with anyhow).
 
 pub mod agent;
@@ -29,6 +30,7 @@ pub mod export;
 pub mod lab;
 pub mod monitor;
 pub mod output;
+pub mod report;
 pub mod results;
 pub mod run;
 pub mod scenario;

@@ -55,6 +55,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "dnsmasq-base",
         "a real DNS server (not sonde's) that dns runs measure in tests",
     ),
+    (
+        "chromium",
+        "headless Chromium opening sondectl's HTML reports in tests (offline, screenshots)",
+    ),
 ];
 
 /// The bpf-linker release known to build against nightly's LLVM here.

@@ -194,7 +194,8 @@ fn table(comparison: &Comparison) -> String {
     out
 }
 
-fn parse_threshold(text: &str) -> Result<f64, String> {
+/// `--threshold`: a percentage (5%) or a fraction (0.05), above 0 and below 1.
+pub fn parse_threshold(text: &str) -> Result<f64, String> {
     let text = text.trim();
     let value = match text.strip_suffix('%') {
         Some(percent) => percent

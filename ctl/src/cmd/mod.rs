@@ -6,6 +6,7 @@ pub mod deploy;
 pub mod lab;
 pub mod monitor;
 pub mod nodes;
+pub mod report;
 pub mod results;
 pub mod run;
 pub mod scenario;
@@ -27,6 +28,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Conntrack(command) => conntrack::run(command).await,
         Command::Results(command) => results::run(command).await,
         Command::Compare(args) => compare::run(args).await,
+        Command::Report(args) => report::run(args).await,
         Command::Deploy(args) => deploy::deploy(args).await,
         Command::Undeploy(args) => deploy::undeploy(args).await,
     }
