@@ -139,3 +139,142 @@ fn the_same_scenario_compares_same_and_a_lower_limit_regresses_with_exit_1() {
         stderr(&table)
     );
 }
+
+/// A long http run through a 4-pod Service while `lab rollout` replaces its pods one at a
+/// time: the run follows the Service (servers on the new pods before they are ready), its
+/// timeline carries every step, and its totals are the sum of its intervals.
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn a_rollout_during_an_http_run_is_on_its_timeline_step_by_step() {
+    require_root();
+    // pod1 (node1) is the client; web is pod2 and pod3 (node1), pod5 and pod6 (node2).
+    let lab = Lab::up(&[
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "3",
+        "--service",
+        "web=80:8080@pod2,pod3,pod5,pod6",
+    ]);
+    let run = lab.spawn(&[
+        "run",
+        "http",
+        "--from",
+        "pod/pod1",
+        "--to",
+        "service/web",
+        "--duration",
+        "20s",
+        "--warmup",
+        "1s",
+        "--parallel",
+        "4",
+        "--interval",
+        "500ms",
+        "--no-trace",
+        "--no-store",
+        "-o",
+        "json",
+    ]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let rollout = lab.sondectl(&[
+        "lab",
+        "rollout",
+        "--service",
+        "web",
+        "--ready-after",
+        "1s",
+        "--drain",
+        "1s",
+        "--pause",
+        "1s",
+    ]);
+    assert!(rollout.status.success(), "{}", stderr(&rollout));
+    println!("{}", String::from_utf8_lossy(&rollout.stdout));
+    let output = run.wait_with_output().expect("the run");
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("no result ({err}): {}", stderr(&output)));
+    let m = &doc["measurements"][0];
+    let timeline = &m["timeline"];
+    let intervals = timeline["intervals"].as_array().expect("intervals");
+    assert_eq!(intervals.len(), 40, "20 s in 500 ms intervals");
+    let events = timeline["events"].as_array().expect("events");
+    for event in events {
+        println!(
+            "{:6.2}s  {}",
+            event["at_seconds"].as_f64().unwrap_or(-1.0),
+            event["what"]
+        );
+    }
+    // Five steps per pod, four pods, all inside the measured part.
+    assert_eq!(events.len(), 20, "{events:#?}");
+    for event in events {
+        let at = event["at_seconds"].as_f64().expect("at");
+        assert!((0.0..20.0).contains(&at), "{event}");
+        assert_eq!(event["source"], "lab-rollout");
+    }
+    for old in ["pod2", "pod3", "pod5", "pod6"] {
+        for step in ["removed from web's endpoints", "terminated", "deleted"] {
+            assert!(
+                events.iter().any(|e| e["what"]
+                    .as_str()
+                    .is_some_and(|w| w.starts_with(old) && w.contains(step))),
+                "{old} {step}: {events:#?}"
+            );
+        }
+    }
+    // The totals are the sum of the intervals.
+    let sum = |field: &str| -> u64 {
+        intervals
+            .iter()
+            .map(|i| i[field].as_u64().expect("a count"))
+            .sum()
+    };
+    let client = &m["client"];
+    assert_eq!(
+        sum("messages"),
+        client["messages"].as_u64().expect("messages")
+    );
+    assert_eq!(
+        sum("bytes"),
+        client["bytes_sent"].as_u64().expect("sent")
+            + client["bytes_received"].as_u64().expect("received")
+    );
+    // Requests went on through the rollout and after it, to the new pods.
+    let last = intervals.last().expect("an interval");
+    assert!(last["messages"].as_u64() > Some(0), "{last}");
+    println!("errors: {}", m["errors"]);
+    for interval in intervals {
+        let failed = interval["errors"].as_u64().unwrap_or(0)
+            + interval["failed_connects"].as_u64().unwrap_or(0);
+        if failed > 0 {
+            println!(
+                "{:5.1}s: {failed} failed, {} completed, p99 {} ns",
+                interval["start_seconds"], interval["messages"], interval["latency_p99_ns"]
+            );
+        }
+    }
+    let failures = sum("errors") + sum("failed_connects");
+    println!(
+        "{} requests, {failures} failed (errors {}, failed connects {}); complete: {}",
+        sum("messages"),
+        sum("errors"),
+        sum("failed_connects"),
+        doc["complete"]
+    );
+    // The Service is the four new pods now, and the old ones are gone.
+    let inventory = sonde_ctl::lab::Inventory::load(&lab.name).expect("inventory");
+    let web = inventory
+        .services
+        .iter()
+        .find(|s| s.name == "web")
+        .expect("web");
+    assert_eq!(web.endpoints.len(), 4);
+    for old in ["pod2", "pod3", "pod5", "pod6"] {
+        assert!(
+            !web.endpoints.iter().any(|p| p == old),
+            "{old} still behind web"
+        );
+        assert!(inventory.pod(old).is_none(), "{old} still in the lab");
+    }
+}

@@ -351,6 +351,15 @@ mod tests {
                 "--flows",
                 "10",
             ][..],
+            &[
+                "sondectl",
+                "lab",
+                "rollout",
+                "--lab",
+                "n13",
+                "--service",
+                "web",
+            ][..],
         ] {
             let cli = Cli::try_parse_from(line).expect("valid command line");
             let Command::Lab(lab) = cli.command else {
@@ -360,6 +369,7 @@ mod tests {
                 LabCommand::Down(args) | LabCommand::Status(args) => args.name,
                 LabCommand::Delay(args) => args.name,
                 LabCommand::ConntrackFill(args) => args.name,
+                LabCommand::Rollout(args) => args.name,
                 LabCommand::Up(_) => panic!("not lab up"),
             };
             assert_eq!(name, "n13", "{line:?}");

@@ -137,6 +137,19 @@ pub struct Destination {
     pub port: Option<u16>,
     /// The port the servers must listen on (a Service's target port).
     pub server_port: Option<u16>,
+    /// A lab Service whose endpoints the run follows while it runs (a rollout changes them).
+    #[serde(skip)]
+    pub follow: Option<FollowedService>,
+}
+
+/// A lab Service a run follows: a pod that joins it mid-run gets a server side before its
+/// traffic comes, and what the lab recorded meanwhile goes on the run's timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowedService {
+    /// The lab.
+    pub lab: String,
+    /// The Service.
+    pub service: String,
 }
 
 impl Destination {
@@ -147,6 +160,7 @@ impl Destination {
             ip: addr.ip(),
             port: Some(addr.port()),
             server_port: None,
+            follow: None,
         }
     }
 
@@ -165,6 +179,7 @@ impl Destination {
             ip,
             port: None,
             server_port: None,
+            follow: None,
         })
     }
 }
@@ -198,6 +213,22 @@ pub enum PathKind {
     DnsServer,
 }
 
+/// The pods of a lab Service now, ready or not, resolved to places.
+pub fn service_pods(followed: &FollowedService) -> crate::Result<Vec<Place>> {
+    let lab = Inventory::load(&followed.lab)?;
+    let service = lab
+        .services
+        .iter()
+        .find(|service| service.name == followed.service)
+        .with_context(|| format!("the lab has no Service {:?} any more", followed.service))?;
+    service
+        .endpoints
+        .iter()
+        .chain(&service.pending)
+        .map(|pod| resolve_place(&EndpointRef::Pod(pod.clone()), Some(&lab)))
+        .collect()
+}
+
 /// Resolves the client end.
 pub fn resolve_source(endpoint: &EndpointRef, lab: Option<&Inventory>) -> crate::Result<Place> {
     check_source(endpoint)?;
@@ -220,9 +251,11 @@ pub fn resolve_destination(
             .iter()
             .find(|service| &service.name == name)
             .with_context(|| format!("the lab has no Service {name:?}"))?;
+        // Pods not ready yet (a rollout's) too: traffic comes to them once they are.
         let servers = service
             .endpoints
             .iter()
+            .chain(&service.pending)
             .map(|pod| resolve_place(&EndpointRef::Pod(pod.clone()), Some(lab)))
             .collect::<crate::Result<Vec<_>>>()?;
         return Ok(Destination {
@@ -230,6 +263,10 @@ pub fn resolve_destination(
             ip: IpAddr::V4(service.cluster_ip),
             port: Some(service.port),
             server_port: Some(service.target_port),
+            follow: Some(FollowedService {
+                lab: lab.name.clone(),
+                service: name.clone(),
+            }),
         });
     }
     Destination::at(resolve_place(endpoint, lab)?, endpoint)

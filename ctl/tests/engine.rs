@@ -102,6 +102,7 @@ fn plan(kind: RunKindArg, from: &str, to: &str, duration: Duration) -> Plan {
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: None,
             server_port: None,
+            follow: None,
         },
         source,
         path: PathKind::Host,

@@ -171,6 +171,7 @@ impl Cluster {
                     .with_context(|| format!("ClusterIP {cluster_ip:?}"))?,
                 port: u16::try_from(port.port).ok(),
                 server_port: target_port,
+                follow: None,
             }),
         }
     }

@@ -1,4 +1,4 @@
-//! `sondectl lab up|down|status`.
+//! `sondectl lab up|down|status|delay|conntrack-fill|rollout`.
 
 use std::{
     path::PathBuf,
@@ -22,6 +22,10 @@ use crate::{
 /// `sondectl lab` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum LabCommand {
+    /// Replace a Service's pods one at a time, as a Deployment's rolling update does (new pod
+    /// ready and added, old one drained, terminated and deleted); runs through the Service
+    /// record each step on their timelines.
+    Rollout(LabRolloutArgs),
     /// Build a lab and start a sonded per node; prints the inventory.
     Up(LabUpArgs),
     /// Remove a lab: processes, namespaces (with their links and nft tables), state files.
@@ -171,7 +175,57 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
         LabCommand::Status(args) => status(&args).await,
         LabCommand::Delay(args) => delay(&args),
         LabCommand::ConntrackFill(args) => conntrack_fill(&args),
+        LabCommand::Rollout(args) => rollout(&args).await,
     }
+}
+
+/// Flags of `sondectl lab rollout`.
+#[derive(Debug, clap::Args)]
+pub struct LabRolloutArgs {
+    /// The lab's name.
+    #[arg(
+        long = "name",
+        visible_alias = "lab",
+        env = "SONDE_LAB",
+        default_value = "lab"
+    )]
+    pub name: String,
+
+    /// The Service whose pods to replace.
+    #[arg(long)]
+    pub service: String,
+
+    /// From a new pod's creation to its readiness (when it joins the Service's rules).
+    #[arg(long, default_value = "1s", value_parser = parse_duration_or_zero)]
+    pub ready_after: Duration,
+
+    /// From an old pod's removal from the rules to its termination.
+    #[arg(long, default_value = "1s", value_parser = parse_duration_or_zero)]
+    pub drain: Duration,
+
+    /// Between one pod's replacement and the next.
+    #[arg(long, default_value = "2s", value_parser = parse_duration_or_zero)]
+    pub pause: Duration,
+}
+
+async fn rollout(args: &LabRolloutArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let pacing = lab::rollout::Pacing {
+        ready_after: args.ready_after,
+        drain: args.drain,
+        pause: args.pause,
+    };
+    let events = lab::rollout::rollout(&args.name, &args.service, pacing, |event| {
+        println!("{:>6.1}s  {}", started.elapsed().as_secs_f64(), event.what);
+    })
+    .await?;
+    println!(
+        "{}: rolled out in {:.1}s ({} steps recorded in the lab's events)",
+        args.service,
+        started.elapsed().as_secs_f64(),
+        events.len()
+    );
+    Ok(())
 }
 
 /// `lab conntrack-fill`: prints what it sent as one JSON object.

@@ -162,15 +162,7 @@ async fn build(inventory: &mut Inventory, sonded: &Path) -> crate::Result<()> {
             )?;
         }
     }
-    if let Some(rules) = nft::ruleset(inventory) {
-        for node in &inventory.nodes {
-            sys::run_with_input(
-                "ip",
-                &["netns", "exec", &node.netns, "nft", "-f", "-"],
-                Some(&rules),
-            )?;
-        }
-    }
+    nft::load(inventory)?;
     for pod in &inventory.pods {
         if let Some(rate) = pod.egress_bits_per_second {
             let node = inventory
@@ -250,7 +242,9 @@ fn make_node(node: &Node, underlay: &str, underlay_prefix: u8) -> crate::Result<
     Ok(())
 }
 
-fn make_pod(pod: &super::inventory::Pod, node: &Node) -> crate::Result<()> {
+/// Makes a pod as a bridge CNI would: its namespace, a veth on its node's bridge (hairpin on),
+/// its address and default route.
+pub(super) fn make_pod(pod: &super::inventory::Pod, node: &Node) -> crate::Result<()> {
     let netns = pod.netns.as_str();
     sys::run("ip", &["netns", "add", netns])?;
     ip_in(netns, &["link", "set", "lo", "up"])?;

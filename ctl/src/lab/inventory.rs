@@ -102,8 +102,13 @@ pub struct Service {
     pub target_port: u16,
     /// TCP or UDP.
     pub protocol: Protocol,
-    /// The pods behind it.
+    /// The pods behind it (ready: in the DNAT rules).
     pub endpoints: Vec<String>,
+    /// Pods of the Service not ready yet (a rollout's new pod before it is added to the
+    /// rules), as an EndpointSlice lists them with `ready: false`: a run through the Service
+    /// prepares its servers there before traffic comes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
 }
 
 impl Inventory {
@@ -167,6 +172,7 @@ impl Inventory {
                 } else {
                     service.pods.clone()
                 },
+                pending: Vec::new(),
             })
             .collect();
         Self {
@@ -208,6 +214,41 @@ impl Inventory {
         std::fs::write(&partial, serde_json::to_string_pretty(self)?)
             .with_context(|| format!("writing {}", partial.display()))?;
         std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// A pod to add on `node`: a name no pod has now (`podN`, after the highest: a rollout's
+    /// new pod is made before the old one goes, so names are not reused) and the node's next
+    /// address after the highest in use, as host-local IPAM allocates round the range: an
+    /// address just freed is not handed out again at once (the node's neighbour entry for it
+    /// still names the old pod's MAC, and would swallow the new pod's first packets).
+    pub fn new_pod(&self, node: &str) -> Option<Pod> {
+        let node = self.node(node)?;
+        let highest = self
+            .pods
+            .iter()
+            .filter_map(|pod| pod.name.strip_prefix("pod")?.parse::<u32>().ok())
+            .max()
+            .unwrap_or(0);
+        let name = format!("pod{}", highest + 1);
+        let used: Vec<u32> = self
+            .pods
+            .iter()
+            .filter(|pod| pod.node == node.name)
+            .map(|pod| u32::from(pod.ip) - u32::from(node.pod_cidr.network()))
+            .collect();
+        let last = used.iter().copied().max().unwrap_or(10);
+        let ip = (last + 1..250)
+            .chain(11..=last)
+            .find(|n| !used.contains(n))
+            .map(|n| host(node.pod_cidr, n))?;
+        Some(Pod {
+            netns: format!("{}{name}", netns_prefix(&self.name)),
+            ip,
+            host_veth: format!("veth{name}"),
+            egress_bits_per_second: None,
+            node: node.name.clone(),
+            name,
+        })
     }
 
     /// Every namespace of the lab: pods, nodes, underlay.
@@ -298,6 +339,35 @@ mod tests {
                 "sonde-t1-underlay"
             ]
         );
+    }
+
+    #[test]
+    fn a_new_pod_takes_a_new_name_and_does_not_reuse_a_freed_address_at_once() {
+        let spec = LabSpec {
+            name: "t2".to_owned(),
+            nodes: 2,
+            pods_per_node: 2,
+            zones: 1,
+            pod_cidr: "10.244.0.0/16".parse().expect("cidr"),
+            node_cidr: "10.250.0.0/24".parse().expect("cidr"),
+            service_cidr: "10.96.0.0/24".parse().expect("cidr"),
+            services: Vec::new(),
+            bandwidth: Vec::new(),
+        };
+        let mut inventory = Inventory::plan(&spec);
+        let first = inventory.new_pod("node1").expect("room");
+        assert_eq!(first.name, "pod5");
+        assert_eq!(first.ip, Ipv4Addr::new(10, 244, 1, 13));
+        assert_eq!(first.netns, "sonde-t2-pod5");
+        inventory.pods.push(first);
+        // pod1 (10.244.1.11) goes: its address is not the next one handed out.
+        inventory.pods.retain(|pod| pod.name != "pod1");
+        let second = inventory.new_pod("node1").expect("room");
+        assert_eq!(
+            (second.name.as_str(), second.ip),
+            ("pod6", Ipv4Addr::new(10, 244, 1, 14))
+        );
+        assert!(inventory.new_pod("node9").is_none());
     }
 
     #[test]

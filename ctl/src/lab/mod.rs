@@ -21,6 +21,7 @@ pub mod create;
 pub mod fill;
 pub mod inventory;
 pub mod nft;
+pub mod rollout;
 pub mod spec;
 pub mod sys;
 pub mod teardown;

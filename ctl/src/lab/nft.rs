@@ -16,6 +16,25 @@ pub const TABLE: &str = "sonde-lab";
 /// The packet mark that asks postrouting to masquerade (kube-proxy's value).
 const MASQUERADE_MARK: u32 = 0x4000;
 
+/// Loads (or replaces) the Services' rules in every node, each node in one transaction: the
+/// old table goes and the new one comes at once, as kube-proxy's nftables mode syncs. Existing
+/// connections keep their translations (conntrack holds them); new ones see the new rules.
+pub fn load(inventory: &Inventory) -> crate::Result<()> {
+    let Some(rules) = ruleset(inventory) else {
+        return Ok(());
+    };
+    // `table ... {}` first, so that the delete finds a table the first time too.
+    let replace = format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\n{rules}");
+    for node in &inventory.nodes {
+        super::sys::run_with_input(
+            "ip",
+            &["netns", "exec", &node.netns, "nft", "-f", "-"],
+            Some(&replace),
+        )?;
+    }
+    Ok(())
+}
+
 /// The ruleset for `inventory`'s Services (`nft -f` input), or `None` when it has none.
 pub fn ruleset(inventory: &Inventory) -> Option<String> {
     if inventory.services.is_empty() {

@@ -350,6 +350,49 @@ pub async fn measure(
     })
 }
 
+/// What the lab recorded of `followed` during a measurement whose measured part started at
+/// `start_ms` (its warm-up included), placed on its timeline.
+fn lab_events(
+    plan: &Plan,
+    followed: &crate::endpoint::FollowedService,
+    start_ms: u64,
+) -> Vec<report::TimelineEvent> {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let from = start_ms.saturating_sub(ms(plan.warmup));
+    let to = start_ms.saturating_add(ms(plan.duration));
+    crate::lab::rollout::events_between(&followed.lab, &followed.service, from, to)
+        .into_iter()
+        .map(|event| report::TimelineEvent {
+            at_seconds: (event.at_unix_ms as f64 - start_ms as f64) / 1e3,
+            source: "lab-rollout".to_owned(),
+            what: event.what,
+        })
+        .collect()
+}
+
+/// How often a run through a lab Service looks for pods that joined it.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+
+/// Asks `server`'s daemon for a server side.
+async fn prepare_at(
+    session: &Session,
+    server: &Place,
+    request: pb::PrepareServerRequest,
+) -> crate::Result<pb::PrepareServerResponse> {
+    let mut client = session.agent(&server.agent).await?;
+    client
+        .prepare_server(request)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| {
+            crate::Error::Daemon(format!(
+                "{} refused the server side: {}",
+                place_name(server),
+                agent::status_text(&status)
+            ))
+        })
+}
+
 /// The three phases of one measurement under `run_id`.
 async fn measure_run(
     plan: &Plan,
@@ -388,34 +431,25 @@ async fn measure_run(
     let lease_ms =
         u64::try_from((plan.warmup + plan.duration + Duration::from_secs(30)).as_millis())
             .unwrap_or(u64::MAX);
+    let request_for = |server: &Place, trace: Option<pb::TraceRequest>| pb::PrepareServerRequest {
+        run_id: run_id.clone(),
+        spec: Some(spec.clone()),
+        netns: server.netns.clone(),
+        port: u32::from(plan.destination.server_port.unwrap_or(0)),
+        lease_ms,
+        token: token.clone(),
+        trace,
+        reservation_id: reserved.id_at(&server.agent),
+    };
     let mut prepared = Vec::new();
     for server in &plan.destination.servers {
-        let request = pb::PrepareServerRequest {
-            run_id: run_id.clone(),
-            spec: Some(spec.clone()),
-            netns: server.netns.clone(),
-            port: u32::from(plan.destination.server_port.unwrap_or(0)),
-            lease_ms,
-            token: token.clone(),
-            trace: if plan.traced() {
-                plan.server_trace(server)
-            } else {
-                None
-            },
-            reservation_id: reserved.id_at(&server.agent),
+        let trace = if plan.traced() {
+            plan.server_trace(server)
+        } else {
+            None
         };
-        let answer = match session.agent(&server.agent).await {
-            Ok(mut client) => client.prepare_server(request).await.map_err(|status| {
-                crate::Error::Daemon(format!(
-                    "{} refused the server side: {}",
-                    place_name(server),
-                    agent::status_text(&status)
-                ))
-            }),
-            Err(err) => Err(err),
-        };
-        match answer {
-            Ok(answer) => prepared.push((server, answer.into_inner())),
+        match prepare_at(session, server, request_for(server, trace)).await {
+            Ok(answer) => prepared.push((server, answer)),
             Err(err) => errors.push(crate::error::chain(&err)),
         }
     }
@@ -429,7 +463,9 @@ async fn measure_run(
         .map(|(_, a)| a.path.clone())
         .unwrap_or_default();
 
-    // Phase 2: the client side, if every server is ready.
+    // Phase 2: the client side, if every server is ready; through a lab Service, servers on
+    // the pods that join it meanwhile.
+    let mut joined: Vec<Place> = Vec::new();
     let mut client_result = None;
     let mut live = report::LiveCounts::default();
     if errors.is_empty()
@@ -441,7 +477,7 @@ async fn measure_run(
             .collect();
         let request = pb::StartClientRequest {
             run_id: run_id.clone(),
-            spec: Some(spec),
+            spec: Some(spec.clone()),
             netns: plan.source.netns.clone(),
             target_ip: plan.destination.ip.to_string(),
             target_port: u32::from(port),
@@ -454,7 +490,42 @@ async fn measure_run(
             },
             reservation_id: reserved.id_at(&plan.source.agent),
         };
-        match run_client(plan, session, request, size, &mut live).await {
+        let client = run_client(plan, session, request, size, &mut live);
+        let outcome = match &plan.destination.follow {
+            None => client.await,
+            Some(followed) => {
+                let known = plan.destination.servers.iter();
+                let mut known: Vec<String> = known.filter_map(|p| p.pod.clone()).collect();
+                tokio::pin!(client);
+                let mut tick = tokio::time::interval(FOLLOW_EVERY);
+                loop {
+                    tokio::select! {
+                        outcome = &mut client => break outcome,
+                        _ = tick.tick() => {
+                            // A pod that joined the Service (ready or not) gets its server side.
+                            let Ok(pods) = crate::endpoint::service_pods(followed) else {
+                                continue;
+                            };
+                            for place in pods {
+                                let Some(pod) = place.pod.clone() else { continue };
+                                if known.contains(&pod) {
+                                    continue;
+                                }
+                                known.push(pod);
+                                match prepare_at(session, &place, request_for(&place, None)).await {
+                                    Ok(_) => joined.push(place),
+                                    Err(err) => errors.push(format!(
+                                        "a pod that joined the Service: {}",
+                                        crate::error::chain(&err)
+                                    )),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        match outcome {
             Ok(result) => client_result = Some(result),
             Err(err) => errors.push(format!(
                 "client side on {}: {}",
@@ -469,7 +540,8 @@ async fn measure_run(
     let mut server_results = Vec::new();
     let mut server_agents = Vec::new();
     let mut finished_agents: Vec<&str> = Vec::new();
-    for (server, _) in &prepared {
+    let servers = prepared.iter().map(|(server, _)| *server).chain(&joined);
+    for server in servers {
         if finished_agents.contains(&server.agent.as_str()) {
             continue;
         }
@@ -506,6 +578,11 @@ async fn measure_run(
         &live,
         errors,
     );
+    if let (Some(followed), Some(timeline)) =
+        (&plan.destination.follow, measurement.timeline.as_mut())
+    {
+        timeline.events = lab_events(plan, followed, timeline.started_at_unix_ms);
+    }
     // Each node's table once: the client's node first (its side spans the whole run).
     let sides = client_result
         .iter()
