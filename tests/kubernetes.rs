@@ -599,6 +599,37 @@ async fn a_run_named_in_kubernetes_terms_goes_through_port_forward_to_the_lab() 
         "{doc}"
     );
 
+    // An EndpointSlice change during a run through the Service is on the run's timeline.
+    let pods = lab_as_cluster(&lab).services[0].pods.clone();
+    let (ran, ()) = tokio::join!(
+        sondectl_k8s(
+            "run tcp-rr --from pod/perf/pod1 --to service/perf/web --duration 3s --warmup 200ms \
+             --no-trace -o json",
+            &server,
+        ),
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
+            let fewer: Vec<&str> = pods.iter().skip(1).map(String::as_str).collect();
+            server.set_service_pods("web", &fewer);
+        }
+    );
+    let (code, stdout, stderr) = ran;
+    assert_eq!(code, 0, "{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let events = doc["measurements"][0]["timeline"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no timeline events: {doc}"));
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["source"], "endpoint-slice");
+    let what = events[0]["what"].as_str().expect("what");
+    assert_eq!(
+        what,
+        format!("EndpointSlice web-abc: ready {}", pods[1..].join(", "))
+    );
+    let at = events[0]["at_seconds"].as_f64().expect("at");
+    assert!((0.5..3.0).contains(&at), "{at}");
+    println!("seen on the timeline at {at:.2}s: {what}");
+
     // Every node's conntrack table, watched through the port-forwards.
     let (code, stdout, stderr) = sondectl_k8s(
         "conntrack watch --count 1 --interval 200ms --no-census -o json",

@@ -142,15 +142,61 @@ pub struct Destination {
     pub follow: Option<FollowedService>,
 }
 
-/// A lab Service a run follows: a pod that joins it mid-run gets a server side before its
-/// traffic comes, and what the lab recorded meanwhile goes on the run's timeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FollowedService {
-    /// The lab.
-    pub lab: String,
-    /// The Service.
-    pub service: String,
+/// A Service a run follows while it runs, and what is seen of it goes on the run's timeline.
+#[derive(Clone)]
+pub enum FollowedService {
+    /// A lab's: a pod that joins it mid-run (a rollout's) gets a server side before its
+    /// traffic comes; the lab's recorded rollout steps are the events.
+    Lab {
+        /// The lab.
+        lab: String,
+        /// The Service.
+        service: String,
+    },
+    /// A cluster's: the changes of its EndpointSlices during the run are the events.
+    Cluster {
+        /// The API server.
+        client: kube::Client,
+        /// The Service's namespace.
+        namespace: String,
+        /// The Service.
+        service: String,
+    },
 }
+
+impl FollowedService {
+    /// `NAMESPACE/NAME` or the lab's `NAME`.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Lab { service, .. } => service.clone(),
+            Self::Cluster {
+                namespace, service, ..
+            } => format!("{namespace}/{service}"),
+        }
+    }
+}
+
+impl fmt::Debug for FollowedService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Lab { lab, service } => write!(f, "lab {lab} Service {service}"),
+            Self::Cluster { .. } => write!(f, "Service {}", self.name()),
+        }
+    }
+}
+
+impl PartialEq for FollowedService {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Lab { .. }, Self::Lab { .. }) | (Self::Cluster { .. }, Self::Cluster { .. }) => {
+                format!("{self:?}") == format!("{other:?}")
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for FollowedService {}
 
 impl Destination {
     /// A server that is not sonde's, at `addr`: no server side to prepare.
@@ -214,13 +260,13 @@ pub enum PathKind {
 }
 
 /// The pods of a lab Service now, ready or not, resolved to places.
-pub fn service_pods(followed: &FollowedService) -> crate::Result<Vec<Place>> {
-    let lab = Inventory::load(&followed.lab)?;
+pub fn service_pods(lab: &str, service: &str) -> crate::Result<Vec<Place>> {
+    let lab = Inventory::load(lab)?;
     let service = lab
         .services
         .iter()
-        .find(|service| service.name == followed.service)
-        .with_context(|| format!("the lab has no Service {:?} any more", followed.service))?;
+        .find(|found| found.name == service)
+        .with_context(|| format!("the lab has no Service {service:?} any more"))?;
     service
         .endpoints
         .iter()
@@ -263,7 +309,7 @@ pub fn resolve_destination(
             ip: IpAddr::V4(service.cluster_ip),
             port: Some(service.port),
             server_port: Some(service.target_port),
-            follow: Some(FollowedService {
+            follow: Some(FollowedService::Lab {
                 lab: lab.name.clone(),
                 service: name.clone(),
             }),

@@ -141,6 +141,8 @@ struct State {
     calls: Mutex<Vec<Call>>,
     /// Changes to workload pods, for watches: (node, `{"type", "object"}` line).
     events: tokio::sync::broadcast::Sender<(String, String)>,
+    /// Changes to EndpointSlices, for watches: (Service, `{"type", "object"}` line).
+    slice_events: tokio::sync::broadcast::Sender<(String, String)>,
     /// The latest resource version (lists are at 1).
     version: std::sync::atomic::AtomicU64,
     /// coordination.k8s.io Leases.
@@ -183,6 +185,7 @@ impl FakeApiServer {
             cluster: Mutex::new(cluster),
             calls: Mutex::new(Vec::new()),
             events: tokio::sync::broadcast::channel(64).0,
+            slice_events: tokio::sync::broadcast::channel(64).0,
             version: std::sync::atomic::AtomicU64::new(1),
             leases: crate::fake_leases::Leases::default(),
         });
@@ -243,6 +246,30 @@ impl FakeApiServer {
             .pods
             .push(pod.clone());
         let _ = self.state.events.send((pod.node, event));
+    }
+
+    /// Puts `pods` behind Service `service` (ready), as the EndpointSlice controller would
+    /// after a rollout step, and tells the watches of its EndpointSlices.
+    pub fn set_service_pods(&self, service: &str, pods: &[&str]) {
+        let mut cluster = self.state.cluster.lock().expect("cluster");
+        let found = cluster
+            .services
+            .iter_mut()
+            .find(|s| s.name == service)
+            .expect("a Service of the fake cluster");
+        found.pods = pods.iter().map(|pod| (*pod).to_owned()).collect();
+        let found = found.clone();
+        let mut object = slice(&cluster, &found);
+        object.metadata.resource_version = Some(format!(
+            "{}",
+            self.state
+                .version
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1
+        ));
+        let object = serde_json::to_value(object).expect("slice JSON");
+        let event = serde_json::json!({ "type": "MODIFIED", "object": object }).to_string();
+        let _ = self.state.slice_events.send((service.to_owned(), event));
     }
 
     /// A kubeconfig file pointing at the server (removed with it).
@@ -320,7 +347,14 @@ async fn handle(
         return Ok(response);
     }
     if call.path == "/api/v1/pods" && query(&call, "watch").as_deref() == Some("true") {
-        return Ok(watch(&state, &call));
+        return Ok(stream(state.events.subscribe(), node_asked(&call)));
+    }
+    if call.path.ends_with("/endpointslices") && query(&call, "watch").as_deref() == Some("true") {
+        let service = query(&call, "labelSelector").and_then(|s| {
+            s.strip_prefix("kubernetes.io/service-name=")
+                .map(str::to_owned)
+        });
+        return Ok(stream(state.slice_events.subscribe(), service));
     }
     let (status, json) = state
         .leases
@@ -391,17 +425,19 @@ fn node_asked(call: &Call) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// A watch of the pods on a node: the changes made after it started, one JSON event a line,
-/// for as long as the client stays.
-fn watch(state: &State, call: &Call) -> Response<Body> {
-    let node = node_asked(call);
-    let events = state.events.subscribe();
+/// A watch: the changes made after it started (of the pods on a node, of a Service's
+/// EndpointSlices: those whose key is `key`), one JSON event a line, for as long as the client
+/// stays.
+fn stream(
+    events: tokio::sync::broadcast::Receiver<(String, String)>,
+    key: Option<String>,
+) -> Response<Body> {
     let lines = futures::stream::unfold(events, move |mut events| {
-        let node = node.clone();
+        let key = key.clone();
         async move {
             loop {
                 match events.recv().await {
-                    Ok((on, line)) if node.as_ref().is_none_or(|node| *node == on) => {
+                    Ok((on, line)) if key.as_ref().is_none_or(|key| *key == on) => {
                         let frame = Frame::data(Bytes::from(format!("{line}\n")));
                         return Some((Ok::<_, Infallible>(frame), events));
                     }
@@ -586,6 +622,35 @@ fn daemon_pod(daemon: &FakeDaemon) -> Pod {
     found
 }
 
+/// The one EndpointSlice of `service`: its pods, ready.
+fn slice(cluster: &FakeCluster, service: &FakeService) -> EndpointSlice {
+    EndpointSlice {
+        metadata: meta(&format!("{}-abc", service.name), Some(WORKLOAD_NAMESPACE)),
+        address_type: "IPv4".to_owned(),
+        endpoints: cluster
+            .pods
+            .iter()
+            .filter(|p| service.pods.contains(&p.name))
+            .map(|p| Endpoint {
+                addresses: vec![p.ip.clone()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    ..EndpointConditions::default()
+                }),
+                node_name: Some(p.node.clone()),
+                target_ref: Some(ObjectReference {
+                    kind: Some("Pod".to_owned()),
+                    name: Some(p.name.clone()),
+                    namespace: Some(WORKLOAD_NAMESPACE.to_owned()),
+                    ..ObjectReference::default()
+                }),
+                ..Endpoint::default()
+            })
+            .collect(),
+        ports: None,
+    }
+}
+
 fn list<T: serde::Serialize>(kind: &str, items: &[T]) -> serde_json::Value {
     serde_json::json!({
         "apiVersion": "v1",
@@ -735,31 +800,7 @@ fn answer(cluster: &FakeCluster, call: &Call) -> (u16, serde_json::Value) {
                 .services
                 .iter()
                 .filter(|s| s.name == name)
-                .map(|found| EndpointSlice {
-                    metadata: meta(&format!("{name}-abc"), Some(WORKLOAD_NAMESPACE)),
-                    address_type: "IPv4".to_owned(),
-                    endpoints: cluster
-                        .pods
-                        .iter()
-                        .filter(|p| found.pods.contains(&p.name))
-                        .map(|p| Endpoint {
-                            addresses: vec![p.ip.clone()],
-                            conditions: Some(EndpointConditions {
-                                ready: Some(true),
-                                ..EndpointConditions::default()
-                            }),
-                            node_name: Some(p.node.clone()),
-                            target_ref: Some(ObjectReference {
-                                kind: Some("Pod".to_owned()),
-                                name: Some(p.name.clone()),
-                                namespace: Some(WORKLOAD_NAMESPACE.to_owned()),
-                                ..ObjectReference::default()
-                            }),
-                            ..Endpoint::default()
-                        })
-                        .collect(),
-                    ports: None,
-                })
+                .map(|found| slice(cluster, found))
                 .collect();
             (200, list("EndpointSliceList", &items))
         }

@@ -171,7 +171,11 @@ impl Cluster {
                     .with_context(|| format!("ClusterIP {cluster_ip:?}"))?,
                 port: u16::try_from(port.port).ok(),
                 server_port: target_port,
-                follow: None,
+                follow: Some(crate::endpoint::FollowedService::Cluster {
+                    client: self.client.clone(),
+                    namespace: namespace.to_owned(),
+                    service: name.to_owned(),
+                }),
             }),
         }
     }

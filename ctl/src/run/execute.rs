@@ -11,12 +11,12 @@ use sonde_proto::{
 };
 
 use super::{
-    breakdown, clock,
+    breakdown, clock, follow,
     report::{self, Measurement, Shape},
 };
 use crate::{
     agent,
-    endpoint::{Destination, Place},
+    endpoint::{Destination, FollowedService, Place},
     engine::{
         Session,
         reserve::{ReserveError, Reserved},
@@ -350,26 +350,6 @@ pub async fn measure(
     })
 }
 
-/// What the lab recorded of `followed` during a measurement whose measured part started at
-/// `start_ms` (its warm-up included), placed on its timeline.
-fn lab_events(
-    plan: &Plan,
-    followed: &crate::endpoint::FollowedService,
-    start_ms: u64,
-) -> Vec<report::TimelineEvent> {
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let from = start_ms.saturating_sub(ms(plan.warmup));
-    let to = start_ms.saturating_add(ms(plan.duration));
-    crate::lab::rollout::events_between(&followed.lab, &followed.service, from, to)
-        .into_iter()
-        .map(|event| report::TimelineEvent {
-            at_seconds: (event.at_unix_ms as f64 - start_ms as f64) / 1e3,
-            source: "lab-rollout".to_owned(),
-            what: event.what,
-        })
-        .collect()
-}
-
 /// How often a run through a lab Service looks for pods that joined it.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
@@ -464,8 +444,20 @@ async fn measure_run(
         .unwrap_or_default();
 
     // Phase 2: the client side, if every server is ready; through a lab Service, servers on
-    // the pods that join it meanwhile.
+    // the pods that join it meanwhile; through a cluster's, a watch of its EndpointSlices.
     let mut joined: Vec<Place> = Vec::new();
+    let slices = match &plan.destination.follow {
+        Some(FollowedService::Cluster {
+            client,
+            namespace,
+            service,
+        }) => Some(follow::SliceWatch::start(
+            client.clone(),
+            namespace,
+            service,
+        )),
+        _ => None,
+    };
     let mut client_result = None;
     let mut live = report::LiveCounts::default();
     if errors.is_empty()
@@ -492,8 +484,8 @@ async fn measure_run(
         };
         let client = run_client(plan, session, request, size, &mut live);
         let outcome = match &plan.destination.follow {
-            None => client.await,
-            Some(followed) => {
+            None | Some(FollowedService::Cluster { .. }) => client.await,
+            Some(FollowedService::Lab { lab, service }) => {
                 let known = plan.destination.servers.iter();
                 let mut known: Vec<String> = known.filter_map(|p| p.pod.clone()).collect();
                 tokio::pin!(client);
@@ -503,7 +495,7 @@ async fn measure_run(
                         outcome = &mut client => break outcome,
                         _ = tick.tick() => {
                             // A pod that joined the Service (ready or not) gets its server side.
-                            let Ok(pods) = crate::endpoint::service_pods(followed) else {
+                            let Ok(pods) = crate::endpoint::service_pods(lab, service) else {
                                 continue;
                             };
                             for place in pods {
@@ -578,10 +570,19 @@ async fn measure_run(
         &live,
         errors,
     );
-    if let (Some(followed), Some(timeline)) =
-        (&plan.destination.follow, measurement.timeline.as_mut())
-    {
-        timeline.events = lab_events(plan, followed, timeline.started_at_unix_ms);
+    if let Some(timeline) = measurement.timeline.as_mut() {
+        let start = timeline.started_at_unix_ms;
+        let (seen, source) = match (&plan.destination.follow, slices) {
+            (_, Some(watch)) => (watch.stop(), "endpoint-slice"),
+            (Some(FollowedService::Lab { lab, service }), None) => {
+                let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                let from = start.saturating_sub(ms(plan.warmup));
+                let seen = follow::lab_events(lab, service, from, start + ms(plan.duration));
+                (seen, "lab-rollout")
+            }
+            _ => (Vec::new(), ""),
+        };
+        timeline.events = follow::on_timeline(seen, source, start, plan.warmup, plan.duration);
     }
     // Each node's table once: the client's node first (its side spans the whole run).
     let sides = client_result
