@@ -173,6 +173,8 @@ fn every_generator_runs_across_nodes_and_through_a_service() {
             }
             // The client really ran in pod1's namespace.
             assert_eq!(m["client"]["local_ip"], lab.ip("pod1"), "{what}");
+            // The lab's veths keep Linux's default MTU.
+            assert_eq!(m["client"]["mtu"], 1500, "{what}");
             check_timeline(m, &what, 5);
         }
     }

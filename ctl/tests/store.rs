@@ -49,6 +49,9 @@ fn a_version_1_store_migrates_with_its_documents_and_new_columns_filled() {
     assert_eq!(run.facts.sizes, [1]);
     assert_eq!(run.facts.measurements, 2);
     assert!(!run.facts.kernels.is_empty(), "{:?}", run.facts);
+    // The lab's zone, read from the places (the fixtures predate MTUs: none).
+    assert_eq!(run.facts.zones, ["zone-a"]);
+    assert!(run.facts.mtus.is_empty());
     let set = &entries[1];
     assert_eq!(set.shape, Shape::RunSet);
     assert_eq!(set.facts.scenario.as_deref(), Some("fixture-mesh"));

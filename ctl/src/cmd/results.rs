@@ -283,11 +283,18 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
     println!("  started    {}", time(facts.started_at_unix_ms));
     println!("  kinds      {}", facts.kinds.join(", "));
     println!("  nodes      {}", facts.nodes.join(", "));
+    if !facts.zones.is_empty() {
+        println!("  zones      {}", facts.zones.join(", "));
+    }
     println!("  kernels    {}", facts.kernels.join(", "));
     if !facts.placements.is_empty() {
         println!("  placements {}", facts.placements.join(", "));
     }
     println!("  paths      {}", facts.paths.join(", "));
+    if !facts.mtus.is_empty() {
+        let mtus: Vec<String> = facts.mtus.iter().map(u64::to_string).collect();
+        println!("  MTU        {}", mtus.join(", "));
+    }
     println!(
         "  sonde      {}  spec {}",
         facts.sonde_version, facts.spec_hash

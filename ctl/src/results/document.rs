@@ -55,6 +55,8 @@ pub struct Facts {
     pub kinds: Vec<String>,
     /// The nodes taking part, sorted.
     pub nodes: Vec<String>,
+    /// Their zones, sorted.
+    pub zones: Vec<String>,
     /// Their kernels, sorted.
     pub kernels: Vec<String>,
     /// Placement classes (run-sets), sorted.
@@ -63,6 +65,8 @@ pub struct Facts {
     pub paths: Vec<String>,
     /// Message sizes, bytes, sorted.
     pub sizes: Vec<u64>,
+    /// The MTUs of the clients' routes, bytes, sorted.
+    pub mtus: Vec<u64>,
     /// The sondectl that wrote it.
     pub sonde_version: String,
     /// A hash of what was asked (the scenario's hash, or a run's kind, ends and spec): equal
@@ -160,10 +164,12 @@ fn records(set: &Value) -> impl Iterator<Item = &Value> {
 struct Gathered {
     kinds: BTreeSet<String>,
     nodes: BTreeSet<String>,
+    zones: BTreeSet<String>,
     kernels: BTreeSet<String>,
     placements: BTreeSet<String>,
     paths: BTreeSet<String>,
     sizes: BTreeSet<u64>,
+    mtus: BTreeSet<u64>,
 }
 
 impl Gathered {
@@ -176,6 +182,9 @@ impl Gathered {
                 if let Some(node) = place.get("node").and_then(Value::as_str) {
                     self.nodes.insert(node.to_owned());
                 }
+                if let Some(zone) = place.get("zone").and_then(Value::as_str) {
+                    self.zones.insert(zone.to_owned());
+                }
             }
             for kernel in array(end, "kernels").filter_map(Value::as_str) {
                 self.kernels.insert(kernel.to_owned());
@@ -185,6 +194,10 @@ impl Gathered {
             self.sizes
                 .extend(array(spec, "sizes_bytes").filter_map(Value::as_u64));
         }
+        self.mtus.extend(
+            array(run, "measurements")
+                .filter_map(|m| m.pointer("/client/mtu").and_then(Value::as_u64)),
+        );
     }
 
     fn into_facts(self, facts: Facts) -> Facts {
@@ -194,10 +207,12 @@ impl Gathered {
         Facts {
             kinds: sorted(self.kinds),
             nodes: sorted(self.nodes),
+            zones: sorted(self.zones),
             kernels: sorted(self.kernels),
             placements: sorted(self.placements),
             paths: sorted(self.paths),
             sizes: self.sizes.into_iter().collect(),
+            mtus: self.mtus.into_iter().collect(),
             ..facts
         }
     }

@@ -48,11 +48,13 @@ const MIGRATIONS: &[Migration] = &[
               );",
         backfill: None,
     },
-    // 2: what makes results comparable (kernels, placements, paths, sizes), how many
-    // measurements each holds, and an index for `scenario:NAME@last-N`.
+    // 2: what makes results comparable (zones, kernels, placements, paths, sizes, MTUs), how
+    // many measurements each holds, and an index for `scenario:NAME@last-N`.
     Migration {
         to: 2,
-        sql: "ALTER TABLE results ADD COLUMN kernels TEXT NOT NULL DEFAULT '[]';
+        sql: "ALTER TABLE results ADD COLUMN zones TEXT NOT NULL DEFAULT '[]';
+              ALTER TABLE results ADD COLUMN mtus TEXT NOT NULL DEFAULT '[]';
+              ALTER TABLE results ADD COLUMN kernels TEXT NOT NULL DEFAULT '[]';
               ALTER TABLE results ADD COLUMN placements TEXT NOT NULL DEFAULT '[]';
               ALTER TABLE results ADD COLUMN paths TEXT NOT NULL DEFAULT '[]';
               ALTER TABLE results ADD COLUMN sizes TEXT NOT NULL DEFAULT '[]';
@@ -171,8 +173,9 @@ impl Store {
             .execute(
                 "INSERT INTO results (shape, recorded_at_unix_ms, started_at_unix_ms, scenario,
                     origin, kinds, nodes, sonde_version, spec_hash, complete, document,
-                    kernels, placements, paths, sizes, measurements)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                    kernels, placements, paths, sizes, measurements, zones, mtus)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                    ?17, ?18)",
                 params![
                     document.shape().name(),
                     recorded as i64,
@@ -190,6 +193,8 @@ impl Store {
                     json_list(&facts.paths),
                     json_list(&facts.sizes),
                     facts.measurements as i64,
+                    json_list(&facts.zones),
+                    json_list(&facts.mtus),
                 ],
             )
             .with_context(|| format!("storing a result in {}", self.path.display()))?;
@@ -203,7 +208,7 @@ impl Store {
             .prepare(
                 "SELECT id, shape, recorded_at_unix_ms, started_at_unix_ms, scenario, origin,
                     kinds, nodes, sonde_version, spec_hash, complete, kernels, placements, paths,
-                    sizes, measurements
+                    sizes, measurements, zones, mtus
                  FROM results
                  WHERE (?1 IS NULL OR scenario = ?1) AND (?2 IS NULL OR started_at_unix_ms >= ?2)
                  ORDER BY started_at_unix_ms, id",
@@ -333,6 +338,8 @@ fn entry_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
             paths: list_of(&text(13)?),
             sizes: list_of(&text(14)?),
             measurements: row.get::<_, i64>(15)? as u64,
+            zones: list_of(&text(16)?),
+            mtus: list_of(&text(17)?),
         },
     })
 }
@@ -352,7 +359,7 @@ fn backfill_comparables(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     let mut update = tx
         .prepare(
             "UPDATE results SET kernels = ?2, placements = ?3, paths = ?4, sizes = ?5,
-                measurements = ?6 WHERE id = ?1",
+                measurements = ?6, zones = ?7, mtus = ?8 WHERE id = ?1",
         )
         .context("preparing the backfill")?;
     for (id, text) in rows {
@@ -369,6 +376,8 @@ fn backfill_comparables(tx: &rusqlite::Transaction<'_>) -> Result<()> {
                 json_list(&facts.paths),
                 json_list(&facts.sizes),
                 facts.measurements as i64,
+                json_list(&facts.zones),
+                json_list(&facts.mtus),
             ])
             .with_context(|| format!("backfilling result {id}"))?;
     }

@@ -386,6 +386,8 @@ pub struct SideResult {
     pub daemon_rss_bytes: u64,
     /// The local IP the side used.
     pub local_ip: String,
+    /// The MTU of its route to the target, bytes (client sides; 0 when unknown).
+    pub mtu: u32,
     /// The measured part by interval (client sides).
     pub timeline: Vec<super::timeline::Interval>,
     /// When the measured part started, ms since the epoch (client sides; 0 otherwise).

@@ -175,6 +175,7 @@ impl Server {
             ),
             daemon_rss_bytes: measure::rss_bytes(),
             local_ip: self.local_ip,
+            mtu: 0,
             // Server sides have no timeline: the client's intervals are the run's.
             timeline: Vec::new(),
             timeline_start_unix_ms: 0,
@@ -205,6 +206,7 @@ pub fn merge_sides(sides: impl IntoIterator<Item = SideResult>) -> SideResult {
         node_cpu_busy,
         daemon_rss_bytes,
         local_ip: local_ips.join(","),
+        mtu: 0,
         timeline: Vec::new(),
         timeline_start_unix_ms: 0,
     }
@@ -225,9 +227,9 @@ pub fn run_client(target: &Target, run: ClientRun<'_>) -> SideResult {
     let before = measure::node_cpu_jiffies();
     let timeline = Arc::clone(&run.counters.timeline);
     let results = generator::of(run.spec.kind).client(target, run);
-    let local_ip = match target {
-        Target::Addr(addr) => local_ip_for(run.netns, *addr),
-        Target::Path(_) => String::new(),
+    let (local_ip, mtu) = match target {
+        Target::Addr(addr) => local_end(run.netns, *addr),
+        Target::Path(_) => (String::new(), 0),
     };
     // Merged, the threads' results are dropped: each has handed its last interval over.
     let totals = merge(results);
@@ -236,22 +238,30 @@ pub fn run_client(target: &Target, run: ClientRun<'_>) -> SideResult {
         node_cpu_busy: measure::node_cpu_busy(before, measure::node_cpu_jiffies()),
         daemon_rss_bytes: measure::rss_bytes(),
         local_ip,
+        mtu,
         timeline: timeline.intervals(),
         timeline_start_unix_ms: timeline.start_unix_ms(),
     }
 }
 
-/// The source address the kernel picks towards `target` in `netns` (a connected UDP socket
-/// sends nothing).
-fn local_ip_for(netns: Option<&Path>, target: SocketAddr) -> String {
+/// The source address the kernel picks towards `target` in `netns`, and the MTU of the route
+/// there (a connected UDP socket sends nothing; IP_MTU reads the route's MTU, which is the
+/// interface's unless a smaller path MTU was learnt). Unknown: empty, 0.
+fn local_end(netns: Option<&Path>, target: SocketAddr) -> (String, u32) {
     let probe = || {
         let socket = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))?;
         socket.connect(target)?;
-        socket.local_addr()
+        let mtu = nix::sys::socket::getsockopt(&socket, nix::sys::socket::sockopt::IpMtu)
+            .ok()
+            .and_then(|mtu| u32::try_from(mtu).ok())
+            .unwrap_or(0);
+        Ok::<_, std::io::Error>((socket.local_addr()?, mtu))
     };
     let local = match netns {
         Some(path) => crate::netns::run_in(path, probe).ok().and_then(Result::ok),
         None => probe().ok(),
     };
-    local.map(|addr| addr.ip().to_string()).unwrap_or_default()
+    local.map_or((String::new(), 0), |(addr, mtu)| {
+        (addr.ip().to_string(), mtu)
+    })
 }

@@ -247,6 +247,7 @@ pub(super) fn side_result(side: SideResult, trace: Option<TraceReport>) -> pb::S
         io_path: totals.io_path.join("+"),
         errors: totals.errors,
         local_ip: side.local_ip,
+        mtu: side.mtu,
         trace: trace.map(trace_result),
         conntrack: None,
         dns_rcodes: totals.dns_rcodes.into_iter().collect(),

@@ -367,6 +367,9 @@ pub struct SideReport {
     pub daemon_rss_bytes: u64,
     /// The local IP used.
     pub local_ip: String,
+    /// The MTU of its route to the other end, bytes (client sides; absent when unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
     /// How it moved payload ("sendfile", "splice", "udp-gso", "recvmmsg", "write", ...).
     pub io_path: String,
     /// Errors it met.
@@ -382,6 +385,7 @@ impl SideReport {
             messages: side.messages,
             daemon_rss_bytes: side.daemon_rss_bytes,
             local_ip: side.local_ip.clone(),
+            mtu: (side.mtu > 0).then_some(side.mtu),
             io_path: side.io_path.clone(),
             errors: side.errors.clone(),
         }
