@@ -83,7 +83,7 @@ impl Reference {
         !matches!(self, Self::File(_))
     }
 
-    /// The documents it names (several for `@last-N`), with the store IDs they came from.
+    /// The documents it names (several for `@last-N`, oldest first).
     pub fn load(&self, store: Option<&Store>) -> Result<Vec<Document>> {
         match self {
             Self::File(path) => {
