@@ -377,6 +377,27 @@ mod tests {
     }
 
     #[test]
+    fn no_store_wins_over_a_store_from_the_environment() {
+        let cli = Cli::try_parse_from([
+            "sondectl",
+            "run",
+            "tcp-rr",
+            "--from",
+            "pod/pod1",
+            "--to",
+            "pod/pod3",
+            "--store",
+            "/tmp/x.db",
+            "--no-store",
+        ])
+        .expect("--no-store beside --store (as SONDE_STORE sets it) parses");
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert!(args.record.no_store);
+    }
+
+    #[test]
     fn a_bad_agent_address_is_refused_with_its_reason() {
         let err = Cli::try_parse_from(["sondectl", "nodes", "--agents", "127.0.0.1"])
             .expect_err("no port");

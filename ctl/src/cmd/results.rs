@@ -43,8 +43,8 @@ pub struct RecordArgs {
     #[command(flatten)]
     pub store: StoreArgs,
 
-    /// Record nothing in the results store.
-    #[arg(long, conflicts_with = "store")]
+    /// Record nothing in the results store (whatever --store or SONDE_STORE say).
+    #[arg(long)]
     pub no_store: bool,
 }
 
