@@ -229,14 +229,7 @@ impl FakeApiServer {
     /// tells the watches of its node.
     pub fn add_pod(&self, pod: FakePod) {
         let mut object = workload_pod(&pod);
-        // Every change has a newer resource version; a watch resumes from the last it saw.
-        object.metadata.resource_version = Some(format!(
-            "{}",
-            self.state
-                .version
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                + 1
-        ));
+        object.metadata.resource_version = Some(self.next_version());
         let object = serde_json::to_value(object).expect("pod JSON");
         let event = serde_json::json!({ "type": "ADDED", "object": object }).to_string();
         self.state
@@ -260,16 +253,20 @@ impl FakeApiServer {
         found.pods = pods.iter().map(|pod| (*pod).to_owned()).collect();
         let found = found.clone();
         let mut object = slice(&cluster, &found);
-        object.metadata.resource_version = Some(format!(
-            "{}",
-            self.state
-                .version
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                + 1
-        ));
+        object.metadata.resource_version = Some(self.next_version());
         let object = serde_json::to_value(object).expect("slice JSON");
         let event = serde_json::json!({ "type": "MODIFIED", "object": object }).to_string();
         let _ = self.state.slice_events.send((service.to_owned(), event));
+    }
+
+    /// A newer resource version than any before: every change has one, and a watch resumes
+    /// from the last it saw.
+    fn next_version(&self) -> String {
+        let previous = self
+            .state
+            .version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (previous + 1).to_string()
     }
 
     /// A kubeconfig file pointing at the server (removed with it).

@@ -292,18 +292,27 @@ fn host(net: Ipv4Net, n: u32) -> Ipv4Addr {
 mod tests {
     use super::*;
 
-    #[test]
-    fn plans_names_and_addresses_like_a_cluster() {
-        let spec = LabSpec {
-            name: "t1".to_owned(),
-            nodes: 2,
-            pods_per_node: 2,
+    /// A one-zone lab with the default ranges and nothing else.
+    fn spec(name: &str, nodes: u8, pods_per_node: u8) -> LabSpec {
+        LabSpec {
+            name: name.to_owned(),
+            nodes,
+            pods_per_node,
             zones: 1,
             pod_cidr: "10.244.0.0/16".parse().expect("cidr"),
             node_cidr: "10.250.0.0/24".parse().expect("cidr"),
             service_cidr: "10.96.0.0/24".parse().expect("cidr"),
+            services: Vec::new(),
+            bandwidth: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn plans_names_and_addresses_like_a_cluster() {
+        let spec = LabSpec {
             services: vec!["web=80:8080@pod2,pod3".parse().expect("service")],
             bandwidth: vec!["pod4=100M".parse().expect("bandwidth")],
+            ..spec("t1", 2, 2)
         };
         let inventory = Inventory::plan(&spec);
         let node2 = inventory.node("node2").expect("node2");
@@ -343,18 +352,7 @@ mod tests {
 
     #[test]
     fn a_new_pod_takes_a_new_name_and_does_not_reuse_a_freed_address_at_once() {
-        let spec = LabSpec {
-            name: "t2".to_owned(),
-            nodes: 2,
-            pods_per_node: 2,
-            zones: 1,
-            pod_cidr: "10.244.0.0/16".parse().expect("cidr"),
-            node_cidr: "10.250.0.0/24".parse().expect("cidr"),
-            service_cidr: "10.96.0.0/24".parse().expect("cidr"),
-            services: Vec::new(),
-            bandwidth: Vec::new(),
-        };
-        let mut inventory = Inventory::plan(&spec);
+        let mut inventory = Inventory::plan(&spec("t2", 2, 2));
         let first = inventory.new_pod("node1").expect("room");
         assert_eq!(first.name, "pod5");
         assert_eq!(first.ip, Ipv4Addr::new(10, 244, 1, 13));
@@ -372,17 +370,11 @@ mod tests {
 
     #[test]
     fn interface_names_fit_the_kernels_limit() {
-        let spec = LabSpec {
-            name: "abcdefgh".to_owned(),
-            nodes: super::super::spec::MAX_NODES,
-            pods_per_node: super::super::spec::MAX_PODS_PER_NODE,
-            zones: 1,
-            pod_cidr: "10.244.0.0/16".parse().expect("cidr"),
-            node_cidr: "10.250.0.0/24".parse().expect("cidr"),
-            service_cidr: "10.96.0.0/24".parse().expect("cidr"),
-            services: Vec::new(),
-            bandwidth: Vec::new(),
-        };
+        let spec = spec(
+            "abcdefgh",
+            super::super::spec::MAX_NODES,
+            super::super::spec::MAX_PODS_PER_NODE,
+        );
         assert_eq!(spec.validate(), Ok(()));
         let inventory = Inventory::plan(&spec);
         for pod in &inventory.pods {

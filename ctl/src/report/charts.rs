@@ -38,6 +38,21 @@ fn failed(err: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::other("drawing a chart", err)
 }
 
+/// The series' legend, at `at`, in the report's look.
+fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    at: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .label_font((FONT, 11))
+        .draw()
+        .map_err(failed)
+}
+
 /// Draws into an SVG of `height` px and returns it.
 fn svg(
     height: u32,
@@ -104,14 +119,7 @@ pub fn spectrum(title: &str, series: &[(String, hdrhistogram::Histogram<u64>)]) 
                 .label(*label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .label_font((FONT, 11))
-            .draw()
-            .map_err(failed)
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)
     })
 }
 
@@ -182,14 +190,7 @@ pub fn against_size(
                 )
                 .map_err(failed)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .label_font((FONT, 11))
-            .draw()
-            .map_err(failed)
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)
     })
 }
 
@@ -288,14 +289,7 @@ pub fn stages(title: &str, kernel: &Value) -> Result<Option<String>> {
                 .label(*name)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], fill));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .label_font((FONT, 11))
-            .draw()
-            .map_err(failed)
+        legend(&mut chart, SeriesLabelPosition::UpperRight)
     })
     .map(Some)
 }
@@ -378,7 +372,7 @@ pub fn timeline(title: &str, measured: &Measured<'_>) -> Result<Option<String>> 
             14 * events.len() as u32
         };
     svg(height, |root| {
-        let (plot, legend) = root.split_vertically(300);
+        let (plot, notes) = root.split_vertically(300);
         let mut chart = ChartBuilder::on(&plot)
             .caption(title, (FONT, 15))
             .margin(12)
@@ -446,19 +440,12 @@ pub fn timeline(title: &str, measured: &Measured<'_>) -> Result<Option<String>> 
                 )))
                 .map_err(failed)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .label_font((FONT, 11))
-            .draw()
-            .map_err(failed)?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         for (i, (at, what)) in events.iter().enumerate() {
-            legend
+            notes
                 .draw_text(
                     &format!("{}: {at:.1} s  {what}", i + 1),
-                    &(FONT, 12).into_font().color(&grey).into_text_style(&legend),
+                    &(FONT, 12).into_font().color(&grey).into_text_style(&notes),
                     (84, 4 + 14 * i as i32),
                 )
                 .map_err(failed)?;

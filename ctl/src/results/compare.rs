@@ -452,6 +452,7 @@ mod tests {
             }
         }
         assert_eq!(different + same_or_unknown, trials);
+        println!("{different} of {trials} A/A comparisons called different");
         assert!(
             f64::from(different) <= settings.alpha * f64::from(trials),
             "{different} of {trials} A/A comparisons called different"

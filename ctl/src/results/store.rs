@@ -168,37 +168,31 @@ impl Store {
     /// Stores `document`; returns its ID.
     pub fn record(&mut self, document: &Document) -> Result<i64> {
         let facts = document.facts();
-        let recorded = now_ms();
-        self.connection
-            .execute(
-                "INSERT INTO results (shape, recorded_at_unix_ms, started_at_unix_ms, scenario,
-                    origin, kinds, nodes, sonde_version, spec_hash, complete, document,
-                    kernels, placements, paths, sizes, measurements, zones, mtus)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18)",
-                params![
-                    document.shape().name(),
-                    recorded as i64,
-                    facts.started_at_unix_ms as i64,
-                    facts.scenario,
-                    facts.origin,
-                    json_list(&facts.kinds),
-                    json_list(&facts.nodes),
-                    facts.sonde_version,
-                    facts.spec_hash,
-                    facts.complete,
-                    document.json().to_string(),
-                    json_list(&facts.kernels),
-                    json_list(&facts.placements),
-                    json_list(&facts.paths),
-                    json_list(&facts.sizes),
-                    facts.measurements as i64,
-                    json_list(&facts.zones),
-                    json_list(&facts.mtus),
-                ],
-            )
-            .with_context(|| format!("storing a result in {}", self.path.display()))?;
-        Ok(self.connection.last_insert_rowid())
+        let what = || format!("storing a result in {}", self.path.display());
+        let tx = self.connection.transaction().with_context(what)?;
+        tx.execute(
+            "INSERT INTO results (shape, recorded_at_unix_ms, started_at_unix_ms, scenario,
+                origin, kinds, nodes, sonde_version, spec_hash, complete, document)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                document.shape().name(),
+                now_ms() as i64,
+                facts.started_at_unix_ms as i64,
+                facts.scenario,
+                facts.origin,
+                json_list(&facts.kinds),
+                json_list(&facts.nodes),
+                facts.sonde_version,
+                facts.spec_hash,
+                facts.complete,
+                document.json().to_string(),
+            ],
+        )
+        .with_context(what)?;
+        let id = tx.last_insert_rowid();
+        write_comparables(&tx, id, &facts)?;
+        tx.commit().with_context(what)?;
+        Ok(id)
     }
 
     /// The stored results `filter` selects, oldest first.
@@ -344,6 +338,28 @@ fn entry_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     })
 }
 
+/// Version 2's columns of result `id`: what makes it comparable.
+fn write_comparables(tx: &rusqlite::Transaction<'_>, id: i64, facts: &Facts) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE results SET kernels = ?2, placements = ?3, paths = ?4, sizes = ?5,
+            measurements = ?6, zones = ?7, mtus = ?8 WHERE id = ?1",
+    )
+    .and_then(|mut update| {
+        update.execute(params![
+            id,
+            json_list(&facts.kernels),
+            json_list(&facts.placements),
+            json_list(&facts.paths),
+            json_list(&facts.sizes),
+            facts.measurements as i64,
+            json_list(&facts.zones),
+            json_list(&facts.mtus),
+        ])
+    })
+    .with_context(|| format!("writing what makes result {id} comparable"))?;
+    Ok(())
+}
+
 /// Version 2's columns, read from each stored document.
 fn backfill_comparables(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     let rows: Vec<(i64, String)> = {
@@ -356,30 +372,11 @@ fn backfill_comparables(tx: &rusqlite::Transaction<'_>) -> Result<()> {
             .collect::<rusqlite::Result<_>>()
             .context("reading stored documents")?
     };
-    let mut update = tx
-        .prepare(
-            "UPDATE results SET kernels = ?2, placements = ?3, paths = ?4, sizes = ?5,
-                measurements = ?6, zones = ?7, mtus = ?8 WHERE id = ?1",
-        )
-        .context("preparing the backfill")?;
     for (id, text) in rows {
         // A document this sondectl cannot read keeps the defaults: listed, never lost.
-        let Ok(document) = Document::parse(&text) else {
-            continue;
-        };
-        let facts = document.facts();
-        update
-            .execute(params![
-                id,
-                json_list(&facts.kernels),
-                json_list(&facts.placements),
-                json_list(&facts.paths),
-                json_list(&facts.sizes),
-                facts.measurements as i64,
-                json_list(&facts.zones),
-                json_list(&facts.mtus),
-            ])
-            .with_context(|| format!("backfilling result {id}"))?;
+        if let Ok(document) = Document::parse(&text) {
+            write_comparables(tx, id, &document.facts())?;
+        }
     }
     Ok(())
 }
