@@ -47,6 +47,15 @@ pub struct Config {
     )]
     pub allow_targets: Vec<ipnet::IpNet>,
 
+    /// Most runs this daemon holds at once (a run's server and client sides here count once);
+    /// more are refused naming this cap.
+    #[arg(long, env = "SONDE_MAX_RUNS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_runs: u16,
+
+    /// The longest run (warm-up and duration) this daemon accepts, in seconds.
+    #[arg(long, env = "SONDE_MAX_RUN_SECONDS", default_value_t = 4200, value_parser = clap::value_parser!(u64).range(1..=4200))]
+    pub max_run_seconds: u64,
+
     /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `sonde_daemon=debug`).
     #[arg(long, env = "SONDE_LOG", default_value = "info")]
     pub log: String,

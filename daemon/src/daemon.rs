@@ -73,7 +73,10 @@ impl Daemon {
             Ok(_) => tracing::info!("watching conntrack through ctnetlink"),
             Err(reason) => tracing::warn!(%reason, "conntrack cannot be watched"),
         }
-        let runs = Arc::new(Runs::default());
+        let runs = Arc::new(Runs::with_limits(crate::runs::limits::Limits {
+            max_runs: usize::from(config.max_runs),
+            longest: Duration::from_secs(config.max_run_seconds),
+        }));
         let reaper = runs.spawn_reaper();
         let agent = AgentService::new(
             Arc::clone(&node),

@@ -32,11 +32,16 @@ impl FactsSource for NoFacts {
 
 /// A daemon serving on loopback, its runs, and a client for it.
 async fn daemon() -> (AgentClient<Channel>, Arc<Runs>) {
+    daemon_with(Runs::default()).await
+}
+
+/// As [`daemon`], holding `runs` (under caps of the test's own).
+async fn daemon_with(runs: Runs) -> (AgentClient<Channel>, Arc<Runs>) {
     let listener = server::Listener::bind(&"127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("bind");
     let addr = listener.local_addr();
-    let runs = Arc::new(Runs::default());
+    let runs = Arc::new(runs);
     let _reaper = runs.spawn_reaper();
     let agent = AgentService::new(
         Arc::new(NoFacts),
@@ -885,4 +890,107 @@ async fn dns_to_a_server_that_is_not_sondes_is_bounded_and_counts_timeouts_as_lo
     assert_eq!(result.udp_received, 0);
     assert_eq!(result.udp_timeouts, result.udp_sent);
     assert!(result.dns_rcodes.is_empty());
+}
+
+/// Twice as many runs at once as the daemon allows: as many served as allowed, the others
+/// refused naming the cap; a run's client side beside its server takes no second place; a run
+/// longer than allowed is refused naming that cap; and every place comes back when its run
+/// ends.
+#[tokio::test]
+async fn a_daemon_serves_its_most_runs_at_once_and_refuses_the_rest_naming_the_cap() {
+    use sonde_daemon::runs::limits::Limits;
+    let (client, runs) = daemon_with(Runs::with_limits(Limits {
+        max_runs: 2,
+        longest: Duration::from_secs(60),
+    }))
+    .await;
+    let spec = spec(pb::RunKind::TcpRr, 300, 1, 1);
+    let attempt = |run_id: &'static str| {
+        let mut client = client.clone();
+        let spec = spec.clone();
+        async move {
+            client
+                .prepare_server(pb::PrepareServerRequest {
+                    trace: None,
+                    reservation_id: String::new(),
+                    run_id: run_id.to_owned(),
+                    spec: Some(spec),
+                    netns: String::new(),
+                    port: 0,
+                    lease_ms: 0,
+                    token: Vec::new(),
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let (a, b, c, d) = tokio::join!(
+        attempt("cap-a"),
+        attempt("cap-b"),
+        attempt("cap-c"),
+        attempt("cap-d")
+    );
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for (run_id, outcome) in [("cap-a", a), ("cap-b", b), ("cap-c", c), ("cap-d", d)] {
+        match outcome {
+            Ok(prepared) => served.push((run_id, prepared)),
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(status.message().contains("--max-runs 2"), "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((served.len(), refused), (2, 2));
+    // A served run's client side, on the same daemon, runs: its run holds one place.
+    let mut control = client.clone();
+    let (run_id, prepared) = &served[0];
+    let result = start(
+        &mut control,
+        run_id,
+        spec.clone(),
+        prepared.port,
+        prepared.token.clone(),
+    )
+    .await;
+    assert!(result.messages > 0, "{result:?}");
+    // Longer than allowed.
+    let mut long = spec.clone();
+    long.duration_ms = 61_000;
+    let status = control
+        .prepare_server(pb::PrepareServerRequest {
+            trace: None,
+            reservation_id: String::new(),
+            run_id: "cap-long".to_owned(),
+            spec: Some(long),
+            netns: String::new(),
+            port: 0,
+            lease_ms: 0,
+            token: Vec::new(),
+        })
+        .await
+        .expect_err("too long");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("--max-run-seconds 60"),
+        "{status:?}"
+    );
+    // Nothing held after the runs end; a new run finds its place.
+    for (run_id, _) in &served {
+        control
+            .finish_server(pb::FinishServerRequest {
+                run_id: (*run_id).to_owned(),
+            })
+            .await
+            .expect("finish");
+    }
+    assert_eq!(runs.counts(), (0, 0));
+    let _ = prepare(&mut control, "cap-e", spec.clone()).await;
+    control
+        .cancel_run(pb::CancelRunRequest {
+            run_id: "cap-e".to_owned(),
+        })
+        .await
+        .expect("cancel");
 }

@@ -47,6 +47,12 @@ impl From<RunError> for Status {
                 Status::resource_exhausted(message)
             }
             RunError::Reserved(_) => Status::failed_precondition(message),
+            RunError::Limit(crate::runs::limits::Refusal::TooMany { .. }) => {
+                Status::resource_exhausted(message)
+            }
+            RunError::Limit(crate::runs::limits::Refusal::TooLong { .. }) => {
+                Status::failed_precondition(message)
+            }
             RunError::Prepare { .. } | RunError::Trace { .. } | RunError::Worker { .. } => {
                 Status::internal(message)
             }

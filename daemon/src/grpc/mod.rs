@@ -310,7 +310,7 @@ impl<S: FactsSource> Agent for AgentService<S> {
                 Status::invalid_argument("token: must be the 16 bytes PrepareServer returned")
             })?
         };
-        let guard = self.runs.client(&request.run_id)?;
+        let guard = self.runs.client(&request.run_id, spec.total())?;
         let hold = self.admit(
             &request.run_id,
             "client",

@@ -13,6 +13,7 @@
 //! - [`client`]: a running client side, its progress and its result.
 
 pub mod client;
+pub mod limits;
 pub mod pending;
 pub mod policy;
 pub mod samples;
@@ -93,6 +94,9 @@ pub enum RunError {
     /// reservation this node does not hold.
     #[error(transparent)]
     Reserved(#[from] crate::reservations::Refusal),
+    /// A cap of this daemon's refuses the run (see `limits`).
+    #[error(transparent)]
+    Limit(#[from] limits::Refusal),
     /// The blocking work of a run failed (a panic in a generator).
     #[error("the run's worker failed: {reason}")]
     Worker {
@@ -109,6 +113,8 @@ struct Held {
     deadline: Instant,
     /// The side's hold of the node, recorded as ended when the side is let go.
     _hold: Option<HoldGuard>,
+    /// Its run's place among the runs this daemon allows at once.
+    _admission: limits::Admission,
 }
 
 /// The daemon's runs.
@@ -118,9 +124,19 @@ pub struct Runs {
     servers: Mutex<HashMap<String, Vec<Held>>>,
     /// Stop flags of running client sides by run ID.
     clients: Mutex<HashMap<String, Stop>>,
+    /// The runs admitted under this daemon's caps.
+    admissions: limits::Admissions,
 }
 
 impl Runs {
+    /// Runs under `limits`.
+    pub fn with_limits(limits: limits::Limits) -> Self {
+        Self {
+            admissions: limits::Admissions::new(limits),
+            ..Self::default()
+        }
+    }
+
     fn servers(&self) -> MutexGuard<'_, HashMap<String, Vec<Held>>> {
         self.servers
             .lock()
@@ -177,6 +193,7 @@ impl Runs {
         trace: impl FnOnce(u16) -> Result<Option<RunTrace>, RunError>,
     ) -> Result<(u16, Option<PathBuf>, Token), RunError> {
         spec::check_run_id(run_id)?;
+        let admission = self.admissions.admit(run_id, spec.total())?;
         let longest = spec.total() + MAX_LEASE_SLACK;
         let lease = match lease {
             None => spec.total() + DEFAULT_LEASE_SLACK,
@@ -218,6 +235,7 @@ impl Runs {
                 trace,
                 deadline: Instant::now() + lease,
                 _hold: hold,
+                _admission: admission,
             });
         Ok(answer)
     }
@@ -266,8 +284,12 @@ impl Runs {
         Ok(finished)
     }
 
-    /// Registers a running client side; the guard unregisters it.
-    pub fn client(self: &Arc<Self>, run_id: &str) -> Result<ClientGuard, RunError> {
+    /// Registers a running client side lasting `total`; the guard unregisters it.
+    pub fn client(
+        self: &Arc<Self>,
+        run_id: &str,
+        total: Duration,
+    ) -> Result<ClientGuard, RunError> {
         spec::check_run_id(run_id)?;
         let mut clients = self.clients();
         if clients.contains_key(run_id) {
@@ -275,12 +297,14 @@ impl Runs {
                 run_id: run_id.to_owned(),
             });
         }
+        let admission = self.admissions.admit(run_id, total)?;
         let stop = Stop::default();
         clients.insert(run_id.to_owned(), Arc::clone(&stop));
         Ok(ClientGuard {
             runs: Arc::clone(self),
             run_id: run_id.to_owned(),
             stop,
+            _admission: admission,
         })
     }
 
@@ -364,6 +388,8 @@ pub struct ClientGuard {
     run_id: String,
     /// Set to stop the client side.
     pub stop: Stop,
+    /// Its run's place among the runs this daemon allows at once.
+    _admission: limits::Admission,
 }
 
 impl Drop for ClientGuard {
