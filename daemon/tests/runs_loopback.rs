@@ -75,22 +75,27 @@ fn spec(kind: pb::RunKind, duration_ms: u64, request: u64, response: u64) -> pb:
     }
 }
 
+/// A plain server side of `run_id`: the daemon's namespace, any port, no trace.
+fn prepare_request(run_id: &str, spec: pb::RunSpec) -> pb::PrepareServerRequest {
+    pb::PrepareServerRequest {
+        trace: None,
+        reservation_id: String::new(),
+        run_id: run_id.to_owned(),
+        spec: Some(spec),
+        netns: String::new(),
+        port: 0,
+        lease_ms: 0,
+        token: Vec::new(),
+    }
+}
+
 async fn prepare(
     client: &mut AgentClient<Channel>,
     run_id: &str,
     spec: pb::RunSpec,
 ) -> pb::PrepareServerResponse {
     client
-        .prepare_server(pb::PrepareServerRequest {
-            trace: None,
-            reservation_id: String::new(),
-            run_id: run_id.to_owned(),
-            spec: Some(spec),
-            netns: String::new(),
-            port: 0,
-            lease_ms: 0,
-            token: Vec::new(),
-        })
+        .prepare_server(prepare_request(run_id, spec))
         .await
         .expect("prepare")
         .into_inner()
@@ -910,16 +915,7 @@ async fn a_daemon_serves_its_most_runs_at_once_and_refuses_the_rest_naming_the_c
         let spec = spec.clone();
         async move {
             client
-                .prepare_server(pb::PrepareServerRequest {
-                    trace: None,
-                    reservation_id: String::new(),
-                    run_id: run_id.to_owned(),
-                    spec: Some(spec),
-                    netns: String::new(),
-                    port: 0,
-                    lease_ms: 0,
-                    token: Vec::new(),
-                })
+                .prepare_server(prepare_request(run_id, spec))
                 .await
                 .map(tonic::Response::into_inner)
         }
@@ -959,16 +955,7 @@ async fn a_daemon_serves_its_most_runs_at_once_and_refuses_the_rest_naming_the_c
     let mut long = spec.clone();
     long.duration_ms = 61_000;
     let status = control
-        .prepare_server(pb::PrepareServerRequest {
-            trace: None,
-            reservation_id: String::new(),
-            run_id: "cap-long".to_owned(),
-            spec: Some(long),
-            netns: String::new(),
-            port: 0,
-            lease_ms: 0,
-            token: Vec::new(),
-        })
+        .prepare_server(prepare_request("cap-long", long))
         .await
         .expect_err("too long");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::{
     output::{self, OutputFormat},
-    results::{Document, Facts, Store, store::Filter},
+    results::{Document, Store, store::Filter},
 };
 
 /// Where results are kept.
@@ -252,8 +252,8 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
                 let facts = &entry.facts;
                 table.add_row([
                     entry.id.to_string(),
-                    time(facts.started_at_unix_ms),
-                    what(entry.shape.name(), facts),
+                    facts.started(),
+                    facts.what(entry.shape),
                     facts.kinds.join(","),
                     facts.nodes.join(","),
                     facts.measurements.to_string(),
@@ -275,12 +275,8 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let facts = document.facts();
-    println!(
-        "result {}: {}",
-        args.id,
-        what(document.shape().name(), &facts)
-    );
-    println!("  started    {}", time(facts.started_at_unix_ms));
+    println!("result {}: {}", args.id, facts.what(document.shape()));
+    println!("  started    {}", facts.started());
     println!("  kinds      {}", facts.kinds.join(", "));
     println!("  nodes      {}", facts.nodes.join(", "));
     if !facts.zones.is_empty() {
@@ -312,20 +308,6 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
     }
     println!("\n{}", output::trim_lines(&table));
     Ok(())
-}
-
-fn what(shape: &str, facts: &Facts) -> String {
-    match &facts.scenario {
-        Some(scenario) => format!("{shape} {scenario} ({})", facts.origin),
-        None => format!("{shape} {}", facts.origin),
-    }
-}
-
-/// A time as UTC, to the second.
-fn time(unix_ms: u64) -> String {
-    jiff::Timestamp::from_millisecond(unix_ms as i64)
-        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_else(|_| unix_ms.to_string())
 }
 
 /// `--since`: ms since the epoch, from an age, a date or a time.

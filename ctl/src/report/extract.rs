@@ -5,7 +5,7 @@ use base64::Engine as _;
 use hdrhistogram::{Histogram, serialization::Deserializer};
 use serde_json::Value;
 
-use crate::results::{Document, Shape};
+use crate::results::{Document, Shape, document::array};
 
 /// One measurement of a document, with what tells it apart.
 #[derive(Debug, Clone)]
@@ -91,14 +91,6 @@ pub enum Unit {
 
 fn text<'a>(value: &'a Value, pointer: &str) -> &'a str {
     value.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
-
-fn array<'a>(value: &'a Value, name: &str) -> impl Iterator<Item = &'a Value> {
-    value
-        .get(name)
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
 }
 
 /// Every measurement of `documents` (named `names`, e.g. their store IDs), in order.

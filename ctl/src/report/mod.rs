@@ -130,13 +130,8 @@ fn summary(documents: &[(String, Document)]) -> String {
     );
     for (name, document) in documents {
         let facts = document.facts();
-        let started = jiff::Timestamp::from_millisecond(facts.started_at_unix_ms as i64)
-            .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
-            .unwrap_or_default();
-        let what = match &facts.scenario {
-            Some(scenario) => format!("{} {scenario} ({})", document.shape().name(), facts.origin),
-            None => format!("{} {}", document.shape().name(), facts.origin),
-        };
+        let started = facts.started();
+        let what = facts.what(document.shape());
         let _ = writeln!(
             out,
             "<tr><td>{}</td><td>{}</td><td>{started}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",

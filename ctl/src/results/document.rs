@@ -78,6 +78,23 @@ pub struct Facts {
     pub complete: bool,
 }
 
+impl Facts {
+    /// What it is in a few words: `run-set mesh (lab lab)`, `run pod/pod1 -> pod/pod3`.
+    pub fn what(&self, shape: Shape) -> String {
+        match &self.scenario {
+            Some(scenario) => format!("{} {scenario} ({})", shape.name(), self.origin),
+            None => format!("{} {}", shape.name(), self.origin),
+        }
+    }
+
+    /// When it started, UTC, to the second.
+    pub fn started(&self) -> String {
+        jiff::Timestamp::from_millisecond(self.started_at_unix_ms as i64)
+            .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|_| self.started_at_unix_ms.to_string())
+    }
+}
+
 impl Document {
     /// Reads a document from its JSON text.
     pub fn parse(text: &str) -> Result<Self> {
@@ -147,7 +164,8 @@ fn text(value: &Value, name: &str) -> String {
         .to_owned()
 }
 
-fn array<'a>(value: &'a Value, name: &str) -> impl Iterator<Item = &'a Value> {
+/// The items of `value`'s array field `name` (none when it is missing or not an array).
+pub(crate) fn array<'a>(value: &'a Value, name: &str) -> impl Iterator<Item = &'a Value> {
     value
         .get(name)
         .and_then(Value::as_array)
