@@ -28,6 +28,7 @@ impl Daemon {
     fn start() -> Self {
         let mut child = Command::new(workspace_bin("sonded"))
             .args(["--listen", "127.0.0.1:0", "--node-name", "lifecycle"])
+            .arg("--insecure")
             .env("SONDE_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
@@ -84,7 +85,7 @@ impl Drop for Daemon {
 
 fn sondectl_nodes_json(addr: &str) -> serde_json::Value {
     let output = Command::new(workspace_bin("sondectl"))
-        .args(["nodes", "--agents", addr, "-o", "json"])
+        .args(["nodes", "--agents", addr, "--insecure", "-o", "json"])
         .output()
         .expect("run sondectl");
     assert!(

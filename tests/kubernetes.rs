@@ -682,12 +682,24 @@ async fn bench_idle_daemon_with_and_without_the_pod_watch() {
     })
     .await
     .expect("the watching daemon");
-    let plain = lab
+    let shared = std::sync::Arc::clone(&lab);
+    let plaintext = tokio::task::spawn_blocking(move || {
+        let daemon = NamingDaemon::start_with(&shared, "node1", None, false);
+        daemon.named_pods(|named| !named.is_empty());
+        daemon
+    })
+    .await
+    .expect("the plaintext daemon");
+    let lab_daemon = lab
         .inventory
         .node("node1")
         .and_then(|node| node.daemon_pid)
         .expect("the lab's daemon");
-    let pids = [("no pod watch", plain), ("pod watch", watching.child.id())];
+    let pids = [
+        ("no watch, TLS", lab_daemon),
+        ("watch, TLS", watching.child.id()),
+        ("no watch, plaintext", plaintext.child.id()),
+    ];
     // Both settled (the last one started its release 2 s after its first calls).
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     let before: Vec<u64> = pids.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
@@ -700,7 +712,7 @@ async fn bench_idle_daemon_with_and_without_the_pod_watch() {
         "sonded at rest, {seconds} s (target: <= 16 MiB and <= 0.1% of a core with the watch)"
     );
     println!(
-        "{:<14} {:>10} {:>10} {:>10} {:>12}",
+        "{:<20} {:>10} {:>10} {:>10} {:>12}",
         "", "RSS MiB", "anon MiB", "file MiB", "CPU % core"
     );
     for ((name, pid), before) in pids.iter().zip(before) {
@@ -714,7 +726,7 @@ async fn bench_idle_daemon_with_and_without_the_pod_watch() {
         };
         let cpu = (cpu_ticks(*pid) - before) as f64 / ticks_per_s / seconds as f64 * 100.0;
         println!(
-            "{name:<14} {:>10.1} {:>10.1} {:>10.1} {:>12.3}",
+            "{name:<20} {:>10.1} {:>10.1} {:>10.1} {:>12.3}",
             kib("VmRSS:") / 1024.0,
             kib("RssAnon:") / 1024.0,
             kib("RssFile:") / 1024.0,
@@ -722,6 +734,7 @@ async fn bench_idle_daemon_with_and_without_the_pod_watch() {
         );
     }
     drop(watching);
+    drop(plaintext);
 }
 
 /// User and system CPU ticks of process `pid` so far.
@@ -733,30 +746,69 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
 }
 
-/// A `sonded --kubernetes` in a lab node's namespace, beside the lab's own daemon, watching
-/// the fake API server for that node's pods; killed on drop.
+/// A `sonded` in a lab node's namespace, beside the lab's own daemon: `--kubernetes`
+/// watching the fake API server for that node's pods when given a kubeconfig; serving over TLS
+/// with the lab's certificates, or in plaintext; killed on drop.
 struct NamingDaemon {
     child: std::process::Child,
     socket: std::path::PathBuf,
+    /// sondectl's flags to reach it: the lab's client certificate, or --insecure.
+    credentials: Vec<String>,
 }
 
 impl NamingDaemon {
     fn start(lab: &Lab, node: &str, kubeconfig: &std::path::Path) -> Self {
-        let socket =
-            std::env::temp_dir().join(format!("sonde-t{}-k8s-{node}.sock", std::process::id()));
+        Self::start_with(lab, node, Some(kubeconfig), true)
+    }
+
+    fn start_with(
+        lab: &Lab,
+        node: &str,
+        kubeconfig: Option<&std::path::Path>,
+        tls: bool,
+    ) -> Self {
+        let socket = std::env::temp_dir().join(format!(
+            "sonde-t{}-k8s-{node}-{}.sock",
+            std::process::id(),
+            if tls { "tls" } else { "plain" }
+        ));
         let _ = std::fs::remove_file(&socket);
         let netns = &lab.inventory.node(node).expect("node").netns;
-        let child = std::process::Command::new("ip")
+        let side = |dir: std::path::PathBuf| {
+            ["cert", "key", "ca"]
+                .into_iter()
+                .zip(["tls.crt", "tls.key", "ca.crt"])
+                .flat_map(|(flag, file)| {
+                    [format!("--tls-{flag}"), dir.join(file).display().to_string()]
+                })
+                .collect::<Vec<_>>()
+        };
+        let (serving, credentials) = if tls {
+            (
+                side(sonde_ctl::tls::lab_daemon_dir(&lab.inventory.state_dir)),
+                side(sonde_ctl::tls::lab_client_dir(&lab.inventory.state_dir)),
+            )
+        } else {
+            (vec!["--insecure".to_owned()], vec!["--insecure".to_owned()])
+        };
+        let mut command = std::process::Command::new("ip");
+        command
             .args(["netns", "exec", netns])
             .arg(sonde_integration::workspace_bin("sonded"))
-            .args(["--node-name", node, "--kubernetes", "--log", "warn"])
+            .args(["--node-name", node, "--log", "warn"])
+            .args(&serving)
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
-            .env("KUBECONFIG", kubeconfig)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("sonded starts");
-        Self { child, socket }
+            .stdout(std::process::Stdio::null());
+        if let Some(kubeconfig) = kubeconfig {
+            command.arg("--kubernetes").env("KUBECONFIG", kubeconfig);
+        }
+        let child = command.spawn().expect("sonded starts");
+        Self {
+            child,
+            socket,
+            credentials,
+        }
     }
 
     /// (veth, pod name) of each pod it maps, once `wanted` holds of them (10 s at most).
@@ -764,7 +816,9 @@ impl NamingDaemon {
         let agent = format!("unix:{}", self.socket.display());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let output = sondectl(&["nodes", "--agents", &agent, "-o", "json"]);
+            let mut words = vec!["nodes", "--agents", &agent, "-o", "json"];
+            words.extend(self.credentials.iter().map(String::as_str));
+            let output = sondectl(&words);
             let named: Vec<(String, String)> =
                 serde_json::from_slice::<serde_json::Value>(&output.stdout)
                     .ok()

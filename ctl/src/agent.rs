@@ -5,6 +5,7 @@ use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 use sonde_proto::v1::agent_client::AgentClient;
 use tonic::transport::{Channel, Endpoint};
 
+
 use crate::error::Context as _;
 
 /// A daemon's gRPC address: `HOST:PORT` (`[v6]:PORT` for IPv6 literals), `unix:PATH` for a
@@ -112,27 +113,42 @@ impl fmt::Display for AgentAddr {
     }
 }
 
-/// Connects to the daemon at `addr`: the TCP/HTTP2 connection must be up within `timeout`,
-/// and so must every call made on the returned client.
+/// Connects to the daemon at `addr` with the credentials [`crate::tls::for_agent`] picks:
+/// the connection (TCP or Unix socket or port-forward, then TLS and HTTP/2) must be up within
+/// `timeout`, and so must every call made on the returned client.
 pub async fn connect(addr: &AgentAddr, timeout: Duration) -> crate::Result<AgentClient<Channel>> {
+    let credentials = crate::tls::for_agent(addr).await?;
+    // The URI is required by HTTP/2 but unused: the connectors dial the daemon themselves.
+    let endpoint = Endpoint::from_static("http://sonded.sonde.svc")
+        .connect_timeout(timeout)
+        .timeout(timeout);
     let channel = match addr {
-        AgentAddr::Tcp { .. } => {
-            Endpoint::from_shared(format!("http://{addr}"))?
-                .connect_timeout(timeout)
-                .timeout(timeout)
-                .connect()
+        AgentAddr::Tcp { host, port } => {
+            let (host, port) = (host.clone(), *port);
+            endpoint
+                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                    let (host, credentials) = (host.clone(), credentials.clone());
+                    async move {
+                        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+                            .await
+                            .map_err(|err| say("tcp connect", err))?;
+                        stream.set_nodelay(true)?;
+                        let stream = crate::tls::secure(&credentials, stream).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                    }
+                }))
                 .await
         }
         AgentAddr::Unix(path) => {
             let path = path.clone();
-            // The URI is required by HTTP/2 but unused: the connector dials the socket file.
-            Endpoint::from_static("http://sonded.local")
-                .connect_timeout(timeout)
-                .timeout(timeout)
+            endpoint
                 .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                    let path = path.clone();
+                    let (path, credentials) = (path.clone(), credentials.clone());
                     async move {
-                        let stream = tokio::net::UnixStream::connect(&path).await?;
+                        let stream = tokio::net::UnixStream::connect(&path)
+                            .await
+                            .map_err(|err| say("unix socket connect", err))?;
+                        let stream = crate::tls::secure(&credentials, stream).await?;
                         Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
                     }
                 }))
@@ -143,13 +159,24 @@ pub async fn connect(addr: &AgentAddr, timeout: Duration) -> crate::Result<Agent
             pod,
             port,
         } => {
-            let channel =
-                crate::cluster::portforward::channel(namespace, pod, *port, timeout).await?;
+            let channel = crate::cluster::portforward::channel(
+                namespace,
+                pod,
+                *port,
+                timeout,
+                credentials,
+            )
+            .await?;
             return Ok(AgentClient::new(channel));
         }
     }
     .context("cannot connect")?;
     Ok(AgentClient::new(channel))
+}
+
+/// `err` with what was being done, as the one line sondectl prints says it.
+fn say(what: &str, err: std::io::Error) -> std::io::Error {
+    std::io::Error::new(err.kind(), format!("{what}: {err}"))
 }
 
 /// A failed call on one line: the daemon's own message, followed, when the connection itself

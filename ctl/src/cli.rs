@@ -14,6 +14,48 @@ pub struct Cli {
     /// The job to do.
     #[command(subcommand)]
     pub command: Command,
+
+    /// How to authenticate to the daemons.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// The certificate sondectl presents to daemons, when not the lab's or the cluster's own.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// A client certificate (PEM) signed by the daemons' CA; without it, a lab's daemons are
+    /// dialled with the lab's own and a cluster's with its sonde-client-tls Secret.
+    #[arg(long, global = true, env = "SONDE_TLS_CERT", requires_all = ["tls_key", "tls_ca"], conflicts_with = "insecure")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The key of --tls-cert (PEM).
+    #[arg(long, global = true, env = "SONDE_TLS_KEY", requires_all = ["tls_cert", "tls_ca"], conflicts_with = "insecure")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The CA (PEM) the daemons' certificates must chain to (they must name sonded.sonde.svc).
+    #[arg(long, global = true, env = "SONDE_TLS_CA", requires_all = ["tls_cert", "tls_key"], conflicts_with = "insecure")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Talk to daemons in plaintext (daemons started with --insecure).
+    #[arg(long, global = true, env = "SONDE_INSECURE")]
+    pub insecure: bool,
+}
+
+impl TlsArgs {
+    /// The credentials these flags choose, if they choose any.
+    pub fn chosen(&self) -> crate::Result<Option<crate::tls::Credentials>> {
+        use crate::tls::{Credentials, Material};
+        if self.insecure {
+            return Ok(Some(Credentials::Plaintext));
+        }
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => {
+                let material = Material::from_files(cert, key, ca)?;
+                Ok(Some(Credentials::MutualTls(material.client_config()?)))
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 /// sondectl's subcommands.

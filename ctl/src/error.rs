@@ -92,6 +92,15 @@ pub enum Source {
     /// An object's apiVersion.
     #[error(transparent)]
     GroupVersion(#[from] kube::core::gvk::ParseGroupVersionError),
+    /// TLS: a certificate, key or handshake.
+    #[error(transparent)]
+    Tls(#[from] rustls::Error),
+    /// A PEM file.
+    #[error(transparent)]
+    Pem(#[from] rustls_pki_types::pem::Error),
+    /// Issuing a certificate.
+    #[error(transparent)]
+    Certificate(#[from] rcgen::Error),
     /// A step of sondectl's own that failed first.
     #[error(transparent)]
     Sonde(Box<Error>),

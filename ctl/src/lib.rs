@@ -17,6 +17,7 @@
 //! - [`output`]: output formats shared by the subcommands.
 //! - [`results`]: the results store, and comparing results.
 //! - [`report`]: results as a self-contained HTML report with SVG charts.
+//! - [`tls`]: mutual TLS to the daemons: which certificate to present, issuing sonde's.
 //! - [`error`]: the library's errors (the commands add their words with anyhow).
 
 pub mod agent;
@@ -34,4 +35,5 @@ pub mod report;
 pub mod results;
 pub mod run;
 pub mod scenario;
+pub mod tls;
 pub use error::{Error, Result};

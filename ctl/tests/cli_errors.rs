@@ -32,7 +32,14 @@ fn a_bad_agent_address_is_one_line_and_exit_2() {
 #[test]
 fn an_unreachable_daemon_is_reported_and_exits_non_zero() {
     // Port 1 on loopback: nothing listens there, so the connection is refused at once.
-    let output = sondectl(&["nodes", "--agents", "127.0.0.1:1", "--timeout", "2s"]);
+    let output = sondectl(&[
+        "nodes",
+        "--agents",
+        "127.0.0.1:1",
+        "--timeout",
+        "2s",
+        "--insecure",
+    ]);
     let stderr = stderr_line(&output);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(output.stdout.is_empty());
@@ -40,7 +47,7 @@ fn an_unreachable_daemon_is_reported_and_exits_non_zero() {
     assert_eq!(
         lines,
         [
-            "sondectl: agent 127.0.0.1:1: cannot connect: transport error: tcp connect error: \
+            "sondectl: agent 127.0.0.1:1: cannot connect: transport error: tcp connect: \
              Connection refused (os error 111)",
             "sondectl: 1 of 1 agents did not answer",
         ],
@@ -49,7 +56,7 @@ fn an_unreachable_daemon_is_reported_and_exits_non_zero() {
 
 #[test]
 fn json_output_keeps_the_failure_in_the_document() {
-    let output = sondectl(&["nodes", "--agents", "127.0.0.1:1", "-o", "json"]);
+    let output = sondectl(&["nodes", "--agents", "127.0.0.1:1", "-o", "json", "--insecure"]);
     assert_eq!(output.status.code(), Some(1));
     let report: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("stdout is one JSON document");
@@ -60,6 +67,18 @@ fn json_output_keeps_the_failure_in_the_document() {
             .as_str()
             .is_some_and(|e| e.contains("Connection refused"))
     );
+}
+
+#[test]
+fn a_daemon_without_credentials_for_it_is_not_dialled() {
+    let output = sondectl(&["nodes", "--agents", "127.0.0.1:1"]);
+    let stderr = stderr_line(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no client certificate for 127.0.0.1:1: give --tls-cert"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--insecure"), "{stderr}");
 }
 
 #[test]

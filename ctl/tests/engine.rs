@@ -49,6 +49,7 @@ struct Daemon {
 }
 
 async fn daemon(name: &'static str) -> Daemon {
+    sonde_ctl::tls::choose(sonde_ctl::tls::Credentials::Plaintext);
     let listener = server::Listener::bind(&"127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("bind");
@@ -63,6 +64,7 @@ async fn daemon(name: &'static str) -> Daemon {
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server::run(
         listener,
+        server::Security::Plaintext,
         agent,
         async {
             let _ = stopped.await;

@@ -19,6 +19,24 @@ pub struct Config {
     )]
     pub listen: ListenAddr,
 
+    /// The daemon's TLS certificate (PEM, leaf first): the API is served over mutual TLS.
+    /// Read again when it changes (a rotated Secret is served from the next connection on).
+    #[arg(long, env = "SONDE_TLS_CERT", requires_all = ["tls_key", "tls_ca"], conflicts_with = "insecure")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "SONDE_TLS_KEY", requires_all = ["tls_cert", "tls_ca"], conflicts_with = "insecure")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The CA a client's certificate must be signed by (PEM): who holds a certificate from it
+    /// may run measurements from this node.
+    #[arg(long, env = "SONDE_TLS_CA", requires_all = ["tls_cert", "tls_key"], conflicts_with = "insecure")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Serve the API in plaintext, to anyone who can reach it (a warning is logged at start).
+    #[arg(long, env = "SONDE_INSECURE")]
+    pub insecure: bool,
+
     /// Where to serve Prometheus metrics (`GET /metrics`): HOST:PORT or unix:PATH; not served
     /// when unset (the DaemonSet sets it).
     #[arg(long, env = "SONDE_METRICS_LISTEN")]
@@ -150,6 +168,18 @@ impl fmt::Display for ListenAddr {
 }
 
 impl Config {
+    /// The TLS files, when the API is to be served over mutual TLS.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// The node name to report: the configured one, else the host name.
     pub fn node_name(&self) -> String {
         self.node_name.clone().unwrap_or_else(|| {
@@ -184,6 +214,23 @@ mod tests {
         assert_eq!(listen, ListenAddr::Unix(PathBuf::from("/run/sonde/a.sock")));
         assert_eq!(listen.to_string(), "unix:/run/sonde/a.sock");
         assert!("unix:".parse::<ListenAddr>().is_err());
+    }
+
+    #[test]
+    fn tls_files_come_together_and_never_with_insecure() {
+        let tls = [
+            "sonded", "--tls-cert", "/c.pem", "--tls-key", "/k.pem", "--tls-ca", "/ca.pem",
+        ];
+        let config = Config::try_parse_from(tls).expect("all three");
+        assert_eq!(
+            config.tls_files().map(|files| files.ca),
+            Some(PathBuf::from("/ca.pem"))
+        );
+        let err = Config::try_parse_from(&tls[..3]).expect_err("a certificate alone");
+        assert!(err.to_string().contains("--tls-key"), "{err}");
+        let err = Config::try_parse_from([&tls[..], &["--insecure"]].concat())
+            .expect_err("TLS and plaintext at once");
+        assert!(err.to_string().contains("--insecure"), "{err}");
     }
 
     #[test]

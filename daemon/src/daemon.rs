@@ -15,13 +15,15 @@ use crate::{
     grpc::AgentService,
     metrics,
     runs::{Runs, policy::TargetPolicy},
-    server::{self, Listener},
+    server::{self, Listener, Security},
+    tls::ServerTls,
 };
 
 /// A started daemon, not yet serving.
 #[derive(Debug)]
 pub struct Daemon {
     listener: Listener,
+    security: Security,
     drain: Duration,
     node: Arc<Node>,
     runs: Arc<Runs>,
@@ -44,6 +46,20 @@ pub enum Stopped {
 impl Daemon {
     /// Binds, loads and wires everything `config` asks for (within a Tokio runtime).
     pub async fn start(config: &Config) -> Result<Self> {
+        let security = match config.tls_files() {
+            Some(files) => Security::MutualTls(Arc::new(
+                ServerTls::load(files).map_err(|reason| Error::Tls { reason })?,
+            )),
+            None if config.insecure => Security::Plaintext,
+            None => {
+                return Err(Error::Tls {
+                    reason: "sonded serves its API over mutual TLS: give --tls-cert, --tls-key \
+                             and --tls-ca (the DaemonSet mounts them from the sonde-daemon-tls \
+                             Secret), or --insecure to serve it in plaintext"
+                        .to_owned(),
+                });
+            }
+        };
         let listener = Listener::bind(&config.listen).await?;
         let metrics_listener = match &config.metrics_listen {
             Some(addr) => Some(Listener::bind(addr).await?),
@@ -97,6 +113,7 @@ impl Daemon {
         crate::memory::release_at_rest();
         Ok(Self {
             listener,
+            security,
             drain: Duration::from_secs(config.drain_seconds),
             node,
             runs,
@@ -116,6 +133,7 @@ impl Daemon {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<Stopped> {
         let Self {
             listener,
+            security,
             drain,
             node,
             runs,
@@ -123,7 +141,7 @@ impl Daemon {
             reaper,
             metrics,
         } = self;
-        let served = server::run(listener, agent, shutdown, drain).await;
+        let served = server::run(listener, security, agent, shutdown, drain).await;
         reaper.abort();
         if let Some(metrics) = metrics {
             metrics.abort();

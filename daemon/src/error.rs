@@ -90,6 +90,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The API cannot be served as configured: TLS files missing or unusable.
+    #[error("TLS: {reason}")]
+    Tls {
+        /// What is wrong with the TLS settings or files.
+        reason: String,
+    },
     /// Binding or serving the gRPC listener failed.
     #[error("gRPC server on {addr}")]
     Serve {

@@ -43,5 +43,6 @@ pub mod runs;
 pub mod server;
 pub mod stages;
 pub mod tc_counter;
+pub mod tls;
 
 pub use error::{Error, Result};

@@ -1,12 +1,32 @@
 //! Serving: the gRPC API and the standard gRPC health service on one listener (TCP or a Unix
-//! socket), with a drain deadline when asked to stop.
+//! socket), over mutual TLS unless told otherwise, with a drain deadline when asked to stop.
 
-use std::{future::Future, path::PathBuf, time::Duration};
+use std::{future::Future, os::unix::fs::PermissionsExt as _, path::PathBuf, sync::Arc, time::Duration};
 
-use tokio::net::{TcpListener, UnixListener};
+use futures::Stream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, UnixListener},
+};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::server::{Connected, Router};
 
-use crate::{Error, Result, config::ListenAddr, facts::FactsSource, grpc::AgentService};
+use crate::{
+    Error, Result,
+    config::ListenAddr,
+    facts::FactsSource,
+    grpc::AgentService,
+    tls::{self, ServerTls},
+};
+
+/// How callers are let in.
+#[derive(Debug, Clone)]
+pub enum Security {
+    /// Mutual TLS: only clients with a certificate from sonde's CA.
+    MutualTls(Arc<ServerTls>),
+    /// Plaintext: anyone who reaches the listener (`--insecure`).
+    Plaintext,
+}
 
 type AgentServer<S> = sonde_proto::v1::agent_server::AgentServer<AgentService<S>>;
 
@@ -48,6 +68,9 @@ impl Listener {
                     Err(err) => return Err(bind_error(err)),
                 }
                 let listener = UnixListener::bind(path).map_err(bind_error)?;
+                // Root's only: whoever can connect can make the node send traffic.
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(bind_error)?;
                 Ok(Self::Unix(listener, SocketFile(path.clone())))
             }
         }
@@ -69,6 +92,7 @@ impl Listener {
 /// completes, then lets in-flight calls finish for at most `drain`.
 pub async fn run<S: FactsSource>(
     listener: Listener,
+    security: Security,
     agent: AgentService<S>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -92,31 +116,56 @@ pub async fn run<S: FactsSource>(
         health.set_not_serving::<AgentServer<S>>().await;
         let _ = stop_tx.send(());
     };
-    tracing::info!(%addr, "serving gRPC (sonde.v1.Agent, grpc.health.v1.Health)");
-    let result = match listener {
-        Listener::Tcp(tcp) => {
-            let incoming = TcpListenerStream::new(tcp);
-            drive(
-                router.serve_with_incoming_shutdown(incoming, stopped),
-                stop,
-                drain,
-            )
-            .await
+    match &security {
+        Security::MutualTls(_) => tracing::info!(
+            %addr,
+            "serving gRPC (sonde.v1.Agent, grpc.health.v1.Health) over mutual TLS"
+        ),
+        Security::Plaintext => tracing::warn!(
+            %addr,
+            "serving gRPC in PLAINTEXT (--insecure): anyone who reaches this address can make this node send traffic"
+        ),
+    }
+    let result = match (listener, security) {
+        (Listener::Tcp(tcp), Security::Plaintext) => {
+            serve(router, TcpListenerStream::new(tcp), stopped, stop, drain).await
         }
-        Listener::Unix(unix, _file) => {
-            let incoming = UnixListenerStream::new(unix);
-            drive(
-                router.serve_with_incoming_shutdown(incoming, stopped),
-                stop,
-                drain,
-            )
-            .await
+        (Listener::Tcp(tcp), Security::MutualTls(tls)) => {
+            let incoming = tls::secured(TcpListenerStream::new(tcp), tls);
+            serve(router, incoming, stopped, stop, drain).await
+        }
+        (Listener::Unix(unix, _file), Security::Plaintext) => {
+            serve(router, UnixListenerStream::new(unix), stopped, stop, drain).await
+        }
+        (Listener::Unix(unix, _file), Security::MutualTls(tls)) => {
+            let incoming = tls::secured(UnixListenerStream::new(unix), tls);
+            serve(router, incoming, stopped, stop, drain).await
         }
     };
     result.map_err(|source| Error::Serve {
         addr,
         source: Box::new(source),
     })
+}
+
+/// Serves `router` on the connections of `incoming` until `stop` has run and the server has
+/// drained, or `drain` has passed since.
+async fn serve<IO>(
+    router: Router,
+    incoming: impl Stream<Item = std::io::Result<IO>> + Send + 'static,
+    stopped: impl Future<Output = ()>,
+    stop: impl Future<Output = ()>,
+    drain: Duration,
+) -> Result<(), tonic::transport::Error>
+where
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+{
+    drive(
+        router.serve_with_incoming_shutdown(incoming, stopped),
+        stop,
+        drain,
+    )
+    .await
 }
 
 /// Runs `server` until `stop` has run and the server has drained, or `drain` has passed since.

@@ -64,6 +64,7 @@ async fn facts_and_health_are_served_and_shutdown_drains() {
     );
     let server = tokio::spawn(server::run(
         listener,
+        server::Security::Plaintext,
         agent,
         async {
             let _ = stop_rx.await;

@@ -50,6 +50,7 @@ async fn daemon_with(runs: Runs) -> (AgentClient<Channel>, Arc<Runs>) {
     );
     tokio::spawn(server::run(
         listener,
+        server::Security::Plaintext,
         agent,
         std::future::pending(),
         Duration::from_secs(1),

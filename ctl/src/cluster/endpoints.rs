@@ -78,6 +78,7 @@ impl Cluster {
                 "no sonde daemons in namespace {namespace}{on} (deploy them with `sondectl deploy`)"
             );
         }
+        crate::tls::use_cluster(&client, namespace);
         let reach = reach.resolved();
         if reach == Reach::PortForward {
             super::portforward::use_client(&client);

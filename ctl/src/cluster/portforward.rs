@@ -20,7 +20,7 @@ use kube::{Api, Client};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::error::Context as _;
+use crate::{error::Context as _, tls::Credentials};
 
 /// How sondectl reaches the daemons of a cluster.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -63,6 +63,7 @@ pub async fn channel(
     pod: &str,
     port: u16,
     timeout: Duration,
+    credentials: Credentials,
 ) -> crate::Result<Channel> {
     let client = CLIENT
         .get()
@@ -75,8 +76,8 @@ pub async fn channel(
         .connect_timeout(timeout)
         .timeout(timeout)
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let (pods, pod) = (pods.clone(), pod.clone());
-            async move { forward(&pods, &pod, port).await }
+            let (pods, pod, credentials) = (pods.clone(), pod.clone(), credentials.clone());
+            async move { forward(&pods, &pod, port, &credentials).await }
         }))
         .await
         .map_err(|err| {
@@ -87,15 +88,16 @@ pub async fn channel(
         })
 }
 
-/// One port-forwarded connection, up once the daemon has spoken: a gRPC server sends its
-/// HTTP/2 settings as soon as it accepts, so a kubelet that could not reach the daemon (its
-/// reason arrives on the port's error channel) fails the connection with that reason rather
-/// than a bare broken pipe later.
+/// One port-forwarded connection, up once the daemon has spoken: over TLS it answers the
+/// handshake, in plaintext a gRPC server sends its HTTP/2 settings as soon as it accepts. So
+/// a kubelet that could not reach the daemon (its reason arrives on the port's error channel)
+/// fails the connection with that reason rather than a bare broken pipe later.
 async fn forward(
     pods: &Api<Pod>,
     pod: &str,
     port: u16,
-) -> std::io::Result<hyper_util::rt::TokioIo<Forwarded>> {
+    credentials: &Credentials,
+) -> std::io::Result<hyper_util::rt::TokioIo<Box<dyn crate::tls::Io>>> {
     let mut forwarder = pods
         .portforward(pod, &[port])
         .await
@@ -109,8 +111,33 @@ async fn forward(
     // The forwarder's task carries the bytes until either end closes; it needs no handle.
     drop(forwarder);
     let kubelet = |reason: String| std::io::Error::other(format!("kubelet: {reason}"));
-    let mut first = vec![0u8; 16 * 1024];
     tokio::pin!(error);
+    if let Credentials::MutualTls(_) = credentials {
+        let handshake = crate::tls::secure(credentials, stream);
+        tokio::pin!(handshake);
+        let mut error_open = true;
+        let secured = loop {
+            tokio::select! {
+                secured = &mut handshake => break secured,
+                reason = &mut error, if error_open => match reason {
+                    Some(reason) => return Err(kubelet(reason)),
+                    None => error_open = false,
+                },
+            }
+        };
+        return match secured {
+            Ok(stream) => Ok(hyper_util::rt::TokioIo::new(stream)),
+            // The kubelet's reason, if it has one, says more than the broken handshake.
+            Err(err) if error_open => {
+                match tokio::time::timeout(Duration::from_secs(1), &mut error).await {
+                    Ok(Some(reason)) => Err(kubelet(reason)),
+                    _ => Err(err),
+                }
+            }
+            Err(err) => Err(err),
+        };
+    }
+    let mut first = vec![0u8; 16 * 1024];
     let mut error_open = true;
     let read = loop {
         tokio::select! {
@@ -133,7 +160,7 @@ async fn forward(
         .unwrap_or_else(|| std::io::Error::other("the port-forward closed at once")));
     }
     first.truncate(read);
-    Ok(hyper_util::rt::TokioIo::new(Forwarded { first, stream }))
+    Ok(hyper_util::rt::TokioIo::new(Box::new(Forwarded { first, stream })))
 }
 
 /// A port-forwarded stream, with the first bytes already read from it put back in front.

@@ -17,6 +17,9 @@ use crate::cli::{Cli, Command};
 
 /// Runs the command `cli` asks for.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(credentials) = cli.tls.chosen()? {
+        crate::tls::choose(credentials);
+    }
     match cli.command {
         Command::Nodes(args) => nodes::run(args).await,
         Command::Lab(command) => lab::run(command).await,

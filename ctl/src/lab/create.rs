@@ -324,11 +324,25 @@ fn limit_egress(node_netns: &str, veth: &str, ifb: &str, rate: u64) -> crate::Re
     Ok(())
 }
 
+/// Issues the lab's own CA, its daemons' certificate and a client certificate, under its
+/// state directory (root's only): a lab's daemons serve only callers holding the lab's client
+/// certificate, as a cluster's serve only holders of its Secret.
+fn issue_certificates(inventory: &Inventory) -> crate::Result<()> {
+    use crate::tls::{self, issue};
+    let ca = issue::Authority::generate(&format!("sonde lab {} CA", inventory.name))?;
+    let daemon = ca.issue(issue::Role::Daemon, tls::DAEMON_NAME)?;
+    ca.write_dir(&tls::lab_daemon_dir(&inventory.state_dir), &daemon)?;
+    let client = ca.issue(issue::Role::Client, "sondectl")?;
+    ca.write_dir(&tls::lab_client_dir(&inventory.state_dir), &client)
+}
+
 async fn start_daemons(inventory: &mut Inventory, sonded: &Path) -> crate::Result<()> {
     let allowed = format!(
         "{},{},{}",
         inventory.pod_cidr, inventory.node_cidr, inventory.service_cidr
     );
+    issue_certificates(inventory)?;
+    let tls = crate::tls::lab_daemon_dir(&inventory.state_dir);
     for node in &mut inventory.nodes {
         let log = OpenOptions::new()
             .create(true)
@@ -348,6 +362,12 @@ async fn start_daemons(inventory: &mut Inventory, sonded: &Path) -> crate::Resul
             .args(["--metrics-listen", &node.metrics])
             // The lab's generators may send anywhere in the lab, and nowhere else.
             .args(["--allow-target", &allowed])
+            .arg("--tls-cert")
+            .arg(tls.join(crate::tls::CERT_FILE))
+            .arg("--tls-key")
+            .arg(tls.join(crate::tls::KEY_FILE))
+            .arg("--tls-ca")
+            .arg(tls.join(crate::tls::CA_FILE))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
