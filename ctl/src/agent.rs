@@ -118,6 +118,15 @@ impl fmt::Display for AgentAddr {
 /// `timeout`, and so must every call made on the returned client.
 pub async fn connect(addr: &AgentAddr, timeout: Duration) -> crate::Result<AgentClient<Channel>> {
     let credentials = crate::tls::for_agent(addr).await?;
+    connect_with(addr, timeout, credentials).await
+}
+
+/// As [`connect`], with these credentials.
+pub async fn connect_with(
+    addr: &AgentAddr,
+    timeout: Duration,
+    credentials: crate::tls::Credentials,
+) -> crate::Result<AgentClient<Channel>> {
     // The URI is required by HTTP/2 but unused: the connectors dial the daemon themselves.
     let endpoint = Endpoint::from_static("http://sonded.sonde.svc")
         .connect_timeout(timeout)

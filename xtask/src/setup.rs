@@ -56,6 +56,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "a real DNS server (not sonde's) that dns runs measure in tests",
     ),
     (
+        "python3-grpcio",
+        "an independent gRPC client (grpcio, C core) refused or served by sonded's mutual TLS in tests",
+    ),
+    (
         "chromium",
         "headless Chromium opening sondectl's HTML reports in tests (offline, screenshots)",
     ),

@@ -8,16 +8,11 @@
 //! uncertainty than from inside the cluster; the run's own traffic is unaffected (it flows
 //! between the pods).
 
-use std::{
-    pin::Pin,
-    sync::OnceLock,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{sync::OnceLock, time::Duration};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
+use tokio::io::AsyncReadExt as _;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{error::Context as _, tls::Credentials};
@@ -160,45 +155,7 @@ async fn forward(
         .unwrap_or_else(|| std::io::Error::other("the port-forward closed at once")));
     }
     first.truncate(read);
-    Ok(hyper_util::rt::TokioIo::new(Box::new(Forwarded { first, stream })))
-}
-
-/// A port-forwarded stream, with the first bytes already read from it put back in front.
-struct Forwarded {
-    first: Vec<u8>,
-    stream: tokio::io::DuplexStream,
-}
-
-impl AsyncRead for Forwarded {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.first.is_empty() {
-            return Pin::new(&mut self.stream).poll_read(cx, buf);
-        }
-        let n = self.first.len().min(buf.remaining());
-        buf.put_slice(&self.first[..n]);
-        self.first.drain(..n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Forwarded {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
+    Ok(hyper_util::rt::TokioIo::new(Box::new(
+        crate::tls::Replayed::new(first, stream),
+    )))
 }

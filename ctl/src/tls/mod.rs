@@ -12,13 +12,15 @@ pub mod issue;
 use std::{
     io,
     path::{Path, PathBuf},
+    pin::Pin,
     sync::{Arc, OnceLock},
+    task::{Context, Poll},
 };
 
 use k8s_openapi::api::core::v1::Secret;
 use rustls::{ClientConfig, RootCertStore, crypto::ring};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 
 use crate::{
     agent::AgentAddr,
@@ -206,20 +208,82 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// `io` as `credentials` say: through the TLS handshake (the daemon's certificate checked for
-/// [`DAEMON_NAME`]), or as it is.
+/// [`DAEMON_NAME`]) and the daemon's verdict on ours, or as it is.
 pub async fn secure<IO: Io + 'static>(
     credentials: &Credentials,
     io: IO,
 ) -> io::Result<Box<dyn Io>> {
+    let handshake = |err: io::Error| io::Error::new(err.kind(), format!("TLS handshake: {err}"));
     match credentials {
         Credentials::Plaintext => Ok(Box::new(io)),
         Credentials::MutualTls(config) => {
             let name = ServerName::try_from(DAEMON_NAME).map_err(io::Error::other)?;
-            let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+            let mut stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
                 .connect(name, io)
                 .await
-                .map_err(|err| io::Error::new(err.kind(), format!("TLS handshake: {err}")))?;
-            Ok(Box::new(stream))
+                .map_err(handshake)?;
+            // In TLS 1.3 the client's side of the handshake ends before the daemon has judged
+            // its certificate; the verdict is the first thing the daemon sends: an alert, or
+            // its HTTP/2 settings (a server speaks first). Waiting for it names the refusal.
+            let mut first = vec![0u8; 4096];
+            let read = stream.read(&mut first).await.map_err(handshake)?;
+            if read == 0 {
+                return Err(handshake(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the daemon closed the connection",
+                )));
+            }
+            first.truncate(read);
+            Ok(Box::new(Replayed::new(first, stream)))
         }
+    }
+}
+
+/// A stream whose first bytes were read ahead (to learn that the other end had spoken),
+/// put back in front of the rest.
+#[derive(Debug)]
+pub struct Replayed<S> {
+    first: Vec<u8>,
+    stream: S,
+}
+
+impl<S> Replayed<S> {
+    /// `stream`, with `first` read from it before.
+    pub fn new(first: Vec<u8>, stream: S) -> Self {
+        Self { first, stream }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replayed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.first.is_empty() {
+            return Pin::new(&mut self.stream).poll_read(cx, buf);
+        }
+        let n = self.first.len().min(buf.remaining());
+        buf.put_slice(&self.first[..n]);
+        self.first.drain(..n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replayed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
