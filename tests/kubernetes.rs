@@ -14,7 +14,7 @@
 
 use sonde_integration::{
     fake_apiserver::{
-        FakeApiServer, FakeCluster, FakeDaemon, FakeNode, FakePod, FakeService, Forward,
+        FakeApiServer, FakeCluster, FakeDaemon, FakeNode, FakePod, FakeService, Forward, tls_secret,
     },
     lab::{Lab, sondectl},
     require_root,
@@ -86,7 +86,21 @@ fn two_zones() -> FakeCluster {
             pods: vec!["web-a".to_owned(), "web-b".to_owned()],
         }],
         endpoints: Vec::new(),
+        secrets: vec![client_secret_of_its_own_ca()],
     }
+}
+
+/// A `sonde-client-tls` Secret from a CA of its own: sondectl reads it before dialling a
+/// daemon of the cluster (daemons this fake's kubelet cannot reach anyway).
+fn client_secret_of_its_own_ca() -> k8s_openapi::api::core::v1::Secret {
+    use sonde_ctl::tls::issue::{Authority, Role};
+    let dir = std::env::temp_dir().join(format!("sonde-k8s-client-{}", std::process::id()));
+    let ca = Authority::generate("fake cluster CA").expect("CA");
+    let client = ca.issue(Role::Client, "sondectl").expect("client");
+    ca.write_dir(&dir, &client).expect("client files");
+    let secret = tls_secret(sonde_ctl::tls::CLIENT_SECRET, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    secret
 }
 
 #[tokio::test]
@@ -161,15 +175,29 @@ async fn cross_zone_picks_two_zones_and_refuses_one() {
 
 #[tokio::test]
 async fn deploy_applies_every_object_in_order_and_undeploy_deletes_them() {
-    let server = FakeApiServer::start(two_zones()).await;
+    let server = FakeApiServer::start(FakeCluster {
+        secrets: Vec::new(),
+        ..two_zones()
+    })
+    .await;
     let (code, stdout, stderr) = sondectl_k8s(
         "deploy --image registry.example/sonded:t --node-selector agenttype=server",
         &server,
     )
     .await;
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(stdout.lines().count(), 6, "{stdout}");
-    let applied = server.calls();
+    assert_eq!(stdout.lines().count(), 9, "{stdout}");
+    for secret in ["sonde-ca", "sonde-daemon-tls", "sonde-client-tls"] {
+        assert!(
+            stdout.contains(&format!("Secret sonde/{secret} created")),
+            "{stdout}"
+        );
+    }
+    let applied: Vec<_> = server
+        .calls()
+        .into_iter()
+        .filter(|call| !call.path.contains("/secrets/"))
+        .collect();
     let expected = [
         "/api/v1/namespaces/sonde",
         "/api/v1/namespaces/sonde/serviceaccounts/sonded",
@@ -178,7 +206,8 @@ async fn deploy_applies_every_object_in_order_and_undeploy_deletes_them() {
         "/apis/apps/v1/namespaces/sonde/daemonsets/sonded",
         "/api/v1/namespaces/sonde/services/sonded",
     ];
-    assert_eq!(server.paths(), expected);
+    let paths: Vec<String> = applied.iter().map(|call| call.path.clone()).collect();
+    assert_eq!(paths, expected);
     for call in &applied {
         assert_eq!(call.method, "PATCH");
         assert_eq!(
@@ -208,6 +237,36 @@ async fn deploy_applies_every_object_in_order_and_undeploy_deletes_them() {
             .as_deref(),
         Some("server")
     );
+    // The Secrets deploy issued make a mutual TLS connection: the daemons' certificate with
+    // the client's CA, the client's with the daemons'.
+    let daemon_secret = server.secret("sonde-daemon-tls").expect("daemon Secret");
+    tls_handshake(
+        &daemon_secret,
+        &server.secret("sonde-client-tls").expect("client"),
+    )
+    .await
+    .expect("deploy's certificates work together");
+    // A second deploy keeps them; --rotate-certs issues new ones from the same CA.
+    let (code, stdout, stderr) = sondectl_k8s("deploy", &server).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.matches(" kept").count(), 3, "{stdout}");
+    assert_eq!(
+        server.secret("sonde-daemon-tls"),
+        Some(daemon_secret.clone())
+    );
+    let old_client = server.secret("sonde-client-tls").expect("client");
+    let (code, stdout, stderr) = sondectl_k8s("deploy --rotate-certs", &server).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("Secret sonde/sonde-daemon-tls rotated"),
+        "{stdout}"
+    );
+    let rotated = server.secret("sonde-daemon-tls").expect("daemon Secret");
+    assert_ne!(rotated, daemon_secret);
+    // The CA stayed: the old client certificate is still accepted by the rotated daemons.
+    tls_handshake(&rotated, &old_client)
+        .await
+        .expect("rotation keeps the CA");
 
     server.clear_calls();
     let (code, _stdout, stderr) = sondectl_k8s("undeploy", &server).await;
@@ -217,6 +276,48 @@ async fn deploy_applies_every_object_in_order_and_undeploy_deletes_them() {
     reversed.reverse();
     assert_eq!(server.paths(), reversed);
     assert!(server.calls().iter().all(|c| c.method == "DELETE"));
+}
+
+/// A TLS handshake between a daemon serving the files of `daemon` (as the DaemonSet mounts
+/// them) and sondectl presenting `client`, over an in-memory pipe.
+async fn tls_handshake(
+    daemon: &k8s_openapi::api::core::v1::Secret,
+    client: &k8s_openapi::api::core::v1::Secret,
+) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("sonde-k8s-tls-{}", std::process::id()));
+    let write = |side: &str, secret: &k8s_openapi::api::core::v1::Secret| {
+        let side = dir.join(side);
+        std::fs::create_dir_all(&side).expect("dir");
+        for (key, value) in secret.data.clone().unwrap_or_default() {
+            std::fs::write(side.join(key), value.0).expect("a Secret's file");
+        }
+        side
+    };
+    let (daemon_dir, client_dir) = (write("daemon", daemon), write("client", client));
+    let files = sonde_daemon::tls::TlsFiles {
+        cert: daemon_dir.join("tls.crt"),
+        key: daemon_dir.join("tls.key"),
+        ca: daemon_dir.join("ca.crt"),
+    };
+    let server = sonde_daemon::tls::ServerTls::load(files).map_err(|err| err.to_string())?;
+    let material = sonde_ctl::tls::Material::from_dir(&client_dir).map_err(|e| e.to_string())?;
+    let credentials = sonde_ctl::tls::Credentials::MutualTls(
+        material.client_config().map_err(|e| e.to_string())?,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let (near, far) = tokio::io::duplex(64 * 1024);
+    let serving = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stream = server.acceptor().accept(far).await?;
+        // The first word a server says (sondectl waits for it).
+        stream.write_all(b"ok").await?;
+        stream.flush().await?;
+        Ok::<_, std::io::Error>(stream)
+    });
+    let dialled = sonde_ctl::tls::secure(&credentials, near).await;
+    let served = serving.await.expect("join");
+    served.map_err(|err| format!("daemon: {err}"))?;
+    dialled.map(|_| ()).map_err(|err| format!("client: {err}"))
 }
 
 /// What `deploy --monitor` applies after the daemons' objects, in order.
@@ -244,8 +345,21 @@ async fn deploy_monitor_puts_the_scenario_in_a_configmap_and_runs_it_under_a_lea
     )
     .await;
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(stdout.lines().count(), 6 + MONITOR_PATHS.len(), "{stdout}");
-    let calls = server.calls();
+    // The objects, then the three TLS Secrets (the monitor mounts the client's).
+    assert_eq!(
+        stdout.lines().count(),
+        6 + MONITOR_PATHS.len() + 3,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Secret perf-sonde/sonde-client-tls created"),
+        "{stdout}"
+    );
+    let calls: Vec<_> = server
+        .calls()
+        .into_iter()
+        .filter(|call| !call.path.contains("/secrets/"))
+        .collect();
     let monitor: Vec<&sonde_integration::fake_apiserver::Call> = calls[6..].iter().collect();
     let paths: Vec<String> = monitor.iter().map(|c| c.path.clone()).collect();
     let wanted: Vec<String> = MONITOR_PATHS
@@ -283,7 +397,7 @@ async fn deploy_monitor_puts_the_scenario_in_a_configmap_and_runs_it_under_a_lea
     let container = &spec.template.spec.expect("pod").containers[0];
     let args = container.args.clone().unwrap_or_default().join(" ");
     for wanted in [
-        "monitor --in-cluster --scenario /etc/sonde/scenario.yaml --lease sonde-monitor",
+        "monitor --in-cluster --scenario /etc/sonde/scenario/scenario.yaml --lease sonde-monitor",
         "--every 30000ms",
         "--peers 2",
     ] {
@@ -510,6 +624,11 @@ fn lab_as_cluster(lab: &Lab) -> FakeCluster {
             })
             .collect(),
         endpoints: Vec::new(),
+        // The lab's client certificate, as deploy would have put it in the cluster.
+        secrets: vec![tls_secret(
+            sonde_ctl::tls::CLIENT_SECRET,
+            &sonde_ctl::tls::lab_client_dir(&inventory.state_dir),
+        )],
     }
 }
 
@@ -761,12 +880,7 @@ impl NamingDaemon {
         Self::start_with(lab, node, Some(kubeconfig), true)
     }
 
-    fn start_with(
-        lab: &Lab,
-        node: &str,
-        kubeconfig: Option<&std::path::Path>,
-        tls: bool,
-    ) -> Self {
+    fn start_with(lab: &Lab, node: &str, kubeconfig: Option<&std::path::Path>, tls: bool) -> Self {
         let socket = std::env::temp_dir().join(format!(
             "sonde-t{}-k8s-{node}-{}.sock",
             std::process::id(),
@@ -779,7 +893,10 @@ impl NamingDaemon {
                 .into_iter()
                 .zip(["tls.crt", "tls.key", "ca.crt"])
                 .flat_map(|(flag, file)| {
-                    [format!("--tls-{flag}"), dir.join(file).display().to_string()]
+                    [
+                        format!("--tls-{flag}"),
+                        dir.join(file).display().to_string(),
+                    ]
                 })
                 .collect::<Vec<_>>()
         };

@@ -5,7 +5,6 @@ use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 use sonde_proto::v1::agent_client::AgentClient;
 use tonic::transport::{Channel, Endpoint};
 
-
 use crate::error::Context as _;
 
 /// A daemon's gRPC address: `HOST:PORT` (`[v6]:PORT` for IPv6 literals), `unix:PATH` for a
@@ -168,14 +167,9 @@ pub async fn connect_with(
             pod,
             port,
         } => {
-            let channel = crate::cluster::portforward::channel(
-                namespace,
-                pod,
-                *port,
-                timeout,
-                credentials,
-            )
-            .await?;
+            let channel =
+                crate::cluster::portforward::channel(namespace, pod, *port, timeout, credentials)
+                    .await?;
             return Ok(AgentClient::new(channel));
         }
     }

@@ -56,7 +56,14 @@ fn an_unreachable_daemon_is_reported_and_exits_non_zero() {
 
 #[test]
 fn json_output_keeps_the_failure_in_the_document() {
-    let output = sondectl(&["nodes", "--agents", "127.0.0.1:1", "-o", "json", "--insecure"]);
+    let output = sondectl(&[
+        "nodes",
+        "--agents",
+        "127.0.0.1:1",
+        "-o",
+        "json",
+        "--insecure",
+    ]);
     assert_eq!(output.status.code(), Some(1));
     let report: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("stdout is one JSON document");

@@ -81,12 +81,17 @@ fn check_daemonset(daemonset: &DaemonSet) {
             "{set:?}"
         );
     }
+    // The kubelet's gRPC probe cannot present a certificate: the probes ask the plain
+    // metrics endpoint of the same process.
     for probe in [&container.readiness_probe, &container.liveness_probe] {
-        let grpc = probe
+        let http = probe
             .as_ref()
-            .and_then(|p| p.grpc.as_ref())
-            .expect("gRPC probe");
-        assert_eq!(grpc.port, 7470, "the gRPC health service");
+            .and_then(|p| p.http_get.as_ref())
+            .expect("HTTP probe");
+        assert_eq!(
+            http.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9470)
+        );
     }
     // The daemon knows its node (from the downward API) and names its pods from a watch.
     let env = container.env.as_deref().unwrap_or_default();
@@ -102,6 +107,44 @@ fn check_daemonset(daemonset: &DaemonSet) {
         kubernetes.and_then(|var| var.value.as_deref()),
         Some("true")
     );
+    // Mutual TLS, from the daemon's Secret.
+    check_tls_files(spec, container, sonde_ctl::tls::DAEMON_SECRET);
+    assert!(env.iter().all(|var| var.name != "SONDE_INSECURE"));
+}
+
+/// `container` is given SONDE_TLS_CERT/KEY/CA naming the files of `secret`, mounted read-only.
+fn check_tls_files(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    container: &k8s_openapi::api::core::v1::Container,
+    secret: &str,
+) {
+    let volume = spec
+        .volumes
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(secret))
+        .unwrap_or_else(|| panic!("a volume of Secret {secret}"));
+    let mount = container
+        .volume_mounts
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|m| m.name == volume.name)
+        .expect("the Secret mounted");
+    assert_eq!(mount.read_only, Some(true));
+    let env = container.env.as_deref().unwrap_or_default();
+    for (var, file) in [
+        ("SONDE_TLS_CERT", "tls.crt"),
+        ("SONDE_TLS_KEY", "tls.key"),
+        ("SONDE_TLS_CA", "ca.crt"),
+    ] {
+        let value = env
+            .iter()
+            .find(|v| v.name == var)
+            .and_then(|v| v.value.clone());
+        assert_eq!(value, Some(format!("{}/{file}", mount.mount_path)), "{var}");
+    }
 }
 
 #[test]
@@ -409,6 +452,8 @@ fn the_monitor_is_an_unprivileged_deployment_that_may_only_read_and_hold_its_lea
         Some(true)
     );
     let container = &pod.containers[0];
+    // It presents the client certificate of its Secret (no read of Secrets in its role).
+    check_tls_files(&pod, container, sonde_ctl::tls::CLIENT_SECRET);
     let security = container
         .security_context
         .as_ref()
@@ -434,7 +479,7 @@ fn the_monitor_is_an_unprivileged_deployment_that_may_only_read_and_hold_its_lea
     let mut words: Vec<String> = args
         .iter()
         .map(|a| {
-            if a == "/etc/sonde/scenario.yaml" {
+            if a == "/etc/sonde/scenario/scenario.yaml" {
                 file.display().to_string()
             } else {
                 a.clone()

@@ -104,7 +104,13 @@ async fn ask(addr: &AgentAddr, credentials: Credentials) -> Result<String, Strin
     client
         .get_node_facts(sonde_proto::v1::GetNodeFactsRequest {})
         .await
-        .map(|facts| facts.into_inner().facts.map(|f| f.node_name).unwrap_or_default())
+        .map(|facts| {
+            facts
+                .into_inner()
+                .facts
+                .map(|f| f.node_name)
+                .unwrap_or_default()
+        })
         .map_err(|status| agent::status_text(&status))
 }
 
@@ -123,16 +129,26 @@ impl Pki {
     fn issue(name: &str) -> Self {
         let scratch = Scratch::new(name);
         let ca = Authority::generate("sonde test CA").expect("CA");
-        let daemon = ca.issue(Role::Daemon, sonde_ctl::tls::DAEMON_NAME).expect("daemon");
-        ca.write_dir(&scratch.dir("daemon"), &daemon).expect("daemon files");
+        let daemon = ca
+            .issue(Role::Daemon, sonde_ctl::tls::DAEMON_NAME)
+            .expect("daemon");
+        ca.write_dir(&scratch.dir("daemon"), &daemon)
+            .expect("daemon files");
         let client = ca.issue(Role::Client, "sondectl").expect("client");
-        ca.write_dir(&scratch.dir("client"), &client).expect("client files");
+        ca.write_dir(&scratch.dir("client"), &client)
+            .expect("client files");
         // Expired yesterday, from the right CA.
         let two_years_ago = time::OffsetDateTime::now_utc() - Duration::from_secs(730 * 86400);
         let expired = ca
-            .issue_at(Role::Client, "expired", two_years_ago, Duration::from_secs(729 * 86400))
+            .issue_at(
+                Role::Client,
+                "expired",
+                two_years_ago,
+                Duration::from_secs(729 * 86400),
+            )
             .expect("expired");
-        ca.write_dir(&scratch.dir("expired"), &expired).expect("expired files");
+        ca.write_dir(&scratch.dir("expired"), &expired)
+            .expect("expired files");
         // A client of another CA, which trusts sonde's CA for the daemon's certificate.
         let other = Authority::generate("another CA").expect("other CA");
         let stranger = other.issue(Role::Client, "stranger").expect("stranger");
@@ -245,7 +261,8 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     let daemon = ca
         .issue(Role::Daemon, sonde_ctl::tls::DAEMON_NAME)
         .expect("daemon");
-    ca.write_dir(&pki.dir("daemon"), &daemon).expect("rotated daemon files");
+    ca.write_dir(&pki.dir("daemon"), &daemon)
+        .expect("rotated daemon files");
     let client = ca.issue(Role::Client, "sondectl").expect("client");
     ca.write_dir(&pki.dir("rotated-client"), &client)
         .expect("rotated client files");
@@ -286,7 +303,13 @@ async fn an_independent_grpc_client_is_refused_without_the_right_certificate() {
     let pki = Pki::issue("grpcio");
     let addr = serve(&pki.dir("daemon")).await;
     let mut outcomes = Vec::new();
-    for case in ["client", "no-certificate", "stranger", "expired", "plaintext"] {
+    for case in [
+        "client",
+        "no-certificate",
+        "stranger",
+        "expired",
+        "plaintext",
+    ] {
         let output = tokio::process::Command::new(python)
             .args(["-c", GRPCIO, &addr.to_string(), case])
             .arg(&pki.scratch.0)
@@ -305,7 +328,10 @@ async fn an_independent_grpc_client_is_refused_without_the_right_certificate() {
     for (case, outcome) in &outcomes {
         match *case {
             "client" => assert_eq!(outcome, "SERVED", "{outcomes:?}"),
-            _ => assert!(outcome.starts_with("REFUSED UNAVAILABLE"), "{case}: {outcomes:?}"),
+            _ => assert!(
+                outcome.starts_with("REFUSED UNAVAILABLE"),
+                "{case}: {outcomes:?}"
+            ),
         }
     }
 }

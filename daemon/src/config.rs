@@ -219,7 +219,13 @@ mod tests {
     #[test]
     fn tls_files_come_together_and_never_with_insecure() {
         let tls = [
-            "sonded", "--tls-cert", "/c.pem", "--tls-key", "/k.pem", "--tls-ca", "/ca.pem",
+            "sonded",
+            "--tls-cert",
+            "/c.pem",
+            "--tls-key",
+            "/k.pem",
+            "--tls-ca",
+            "/ca.pem",
         ];
         let config = Config::try_parse_from(tls).expect("all three");
         assert_eq!(

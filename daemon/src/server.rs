@@ -1,7 +1,9 @@
 //! Serving: the gRPC API and the standard gRPC health service on one listener (TCP or a Unix
 //! socket), over mutual TLS unless told otherwise, with a drain deadline when asked to stop.
 
-use std::{future::Future, os::unix::fs::PermissionsExt as _, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    future::Future, os::unix::fs::PermissionsExt as _, path::PathBuf, sync::Arc, time::Duration,
+};
 
 use futures::Stream;
 use tokio::{

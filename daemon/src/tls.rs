@@ -14,11 +14,7 @@ use std::{
 };
 
 use futures::{Stream, StreamExt as _};
-use rustls::{
-    RootCertStore, ServerConfig,
-    crypto::ring,
-    server::WebPkiClientVerifier,
-};
+use rustls::{RootCertStore, ServerConfig, crypto::ring, server::WebPkiClientVerifier};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
@@ -80,7 +76,10 @@ impl ServerTls {
     /// and load; else from the last files that did (a half-written rotation is not served).
     pub fn acceptor(&self) -> TlsAcceptor {
         let now = stamps(&self.files);
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if now != state.stamps && state.failed != Some(now) {
             match server_config(&self.files) {
                 Ok(config) => {
@@ -101,9 +100,15 @@ impl ServerTls {
 
 fn stamps(files: &TlsFiles) -> [Stamp; 3] {
     let stamp = |path: &Path| {
-        std::fs::metadata(path)
-            .ok()
-            .map(|meta| (meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.size()))
+        std::fs::metadata(path).ok().map(|meta| {
+            (
+                meta.dev(),
+                meta.ino(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.size(),
+            )
+        })
     };
     [stamp(&files.cert), stamp(&files.key), stamp(&files.ca)]
 }

@@ -132,6 +132,27 @@ pub struct FakeCluster {
     pub services: Vec<FakeService>,
     /// sonde's measurement endpoint pods (`deploy --endpoints`), in [`SONDE_NAMESPACE`].
     pub endpoints: Vec<FakePod>,
+    /// Secrets in [`SONDE_NAMESPACE`] (the client certificate sondectl reads; what deploy
+    /// applies is added).
+    pub secrets: Vec<k8s_openapi::api::core::v1::Secret>,
+}
+
+/// A `kubernetes.io/tls` Secret named `name` of the files in `dir` (`tls.crt`, `tls.key`,
+/// `ca.crt`), as a lab writes its client certificate.
+pub fn tls_secret(name: &str, dir: &std::path::Path) -> k8s_openapi::api::core::v1::Secret {
+    let data = ["tls.crt", "tls.key", "ca.crt"]
+        .into_iter()
+        .map(|file| {
+            let bytes = std::fs::read(dir.join(file)).expect("a certificate file");
+            (file.to_owned(), k8s_openapi::ByteString(bytes))
+        })
+        .collect();
+    k8s_openapi::api::core::v1::Secret {
+        metadata: meta(name, Some(SONDE_NAMESPACE)),
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(data),
+        ..Default::default()
+    }
 }
 
 /// The fake's state, shared by its connections.
@@ -147,6 +168,8 @@ struct State {
     version: std::sync::atomic::AtomicU64,
     /// coordination.k8s.io Leases.
     leases: crate::fake_leases::Leases,
+    /// Secrets as last applied, by path.
+    secrets: Mutex<BTreeMap<String, serde_json::Value>>,
 }
 
 /// A running fake API server.
@@ -181,7 +204,19 @@ impl FakeApiServer {
         .expect("binding thread");
         let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
         let addr = listener.local_addr().expect("addr");
+        let secrets = cluster
+            .secrets
+            .iter()
+            .map(|secret| {
+                let name = secret.metadata.name.clone().expect("a Secret's name");
+                let mut json = serde_json::to_value(secret).expect("a Secret as JSON");
+                json["apiVersion"] = "v1".into();
+                json["kind"] = "Secret".into();
+                (secret_path(&name), json)
+            })
+            .collect();
         let state = Arc::new(State {
+            secrets: Mutex::new(secrets),
             cluster: Mutex::new(cluster),
             calls: Mutex::new(Vec::new()),
             events: tokio::sync::broadcast::channel(64).0,
@@ -223,6 +258,14 @@ impl FakeApiServer {
             state,
             kubeconfig,
         }
+    }
+
+    /// Secret `name` of sonde's namespace, as last applied.
+    pub fn secret(&self, name: &str) -> Option<k8s_openapi::api::core::v1::Secret> {
+        let secrets = self.state.secrets.lock().expect("secrets");
+        secrets
+            .get(&secret_path(name))
+            .map(|json| serde_json::from_value(json.clone()).expect("a Secret"))
     }
 
     /// Adds a workload pod, as the scheduler and kubelet would (running, with its IP), and
@@ -356,6 +399,7 @@ async fn handle(
     let (status, json) = state
         .leases
         .answer(&call)
+        .or_else(|| secret_answer(&state, &call))
         .unwrap_or_else(|| answer(&cluster, &call));
     let mut response = Response::new(Full::new(Bytes::from(json.to_string())).boxed());
     *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
@@ -363,6 +407,31 @@ async fn handle(
         .headers_mut()
         .insert("content-type", "application/json".parse().expect("header"));
     Ok(response)
+}
+
+fn secret_path(name: &str) -> String {
+    format!("/api/v1/namespaces/{SONDE_NAMESPACE}/secrets/{name}")
+}
+
+/// Secrets in sonde's namespace: read, and applied (server-side apply stores the object).
+fn secret_answer(state: &State, call: &Call) -> Option<(u16, serde_json::Value)> {
+    if !call.path.starts_with(&secret_path("")) {
+        return None;
+    }
+    let mut secrets = state.secrets.lock().expect("secrets");
+    Some(match call.method.as_str() {
+        "GET" => match secrets.get(&call.path) {
+            Some(secret) => (200, secret.clone()),
+            None => not_found(),
+        },
+        "PATCH" => {
+            let secret: serde_json::Value =
+                serde_json::from_str(&call.body).expect("an applied Secret is JSON");
+            secrets.insert(call.path.clone(), secret.clone());
+            (200, secret)
+        }
+        _ => not_found(),
+    })
 }
 
 /// Accepts a port-forward of a daemon's pod as the API server and kubelet do, and carries its

@@ -9,6 +9,7 @@
 //! - [`portforward`]: daemons reached through the API server from outside the cluster.
 
 pub mod apply;
+pub mod certificates;
 pub mod discover;
 pub mod endpoints;
 pub mod manifests;

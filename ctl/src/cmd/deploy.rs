@@ -8,6 +8,7 @@ use crate::{
     cli::{ClusterArgs, parse_duration},
     cluster::{self, apply, manifests},
     scenario::Scenario,
+    tls,
 };
 
 /// How `sondectl deploy` reports.
@@ -61,6 +62,11 @@ pub struct DeployArgs {
     #[arg(long, requires = "monitor", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub monitor_heavy_every: Option<u64>,
 
+    /// Issue new daemon and client certificates from the sonde-ca Secret (the daemons load
+    /// theirs when the kubelet updates the mounted Secret, without a restart).
+    #[arg(long)]
+    pub rotate_certs: bool,
+
     /// Print what would be applied, and apply nothing (no cluster needed).
     #[arg(long)]
     pub dry_run: bool,
@@ -95,17 +101,29 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                 for object in &objects {
                     println!("{} (dry run)", apply::describe(object));
                 }
+                for secret in [tls::CA_SECRET, tls::DAEMON_SECRET, tls::CLIENT_SECRET] {
+                    println!(
+                        "Secret {}/{secret} (dry run: issued unless present)",
+                        args.cluster.namespace
+                    );
+                }
             }
         }
         return Ok(());
     }
     let client = cluster::client(args.cluster.kubeconfig.as_deref()).await?;
     let applied = apply::apply(&client, &objects).await?;
+    // After the namespace exists; the daemons' pods wait for their Secret to be mounted.
+    let secrets =
+        cluster::certificates::ensure(&client, &args.cluster.namespace, args.rotate_certs).await?;
     match args.output {
         DeployOutput::Yaml => print!("{}", manifests::to_yaml(&objects)?),
         DeployOutput::Table => {
             for object in applied {
                 println!("{object} applied");
+            }
+            for secret in secrets {
+                println!("{secret}");
             }
         }
     }

@@ -94,7 +94,11 @@ impl Material {
 
     /// Reads a directory laid out as a mounted `kubernetes.io/tls` Secret with its CA.
     pub fn from_dir(dir: &Path) -> crate::Result<Self> {
-        Self::from_files(&dir.join(CERT_FILE), &dir.join(KEY_FILE), &dir.join(CA_FILE))
+        Self::from_files(
+            &dir.join(CERT_FILE),
+            &dir.join(KEY_FILE),
+            &dir.join(CA_FILE),
+        )
     }
 
     /// The client configuration: this certificate, daemons checked against the CA, HTTP/2.
@@ -191,9 +195,9 @@ async fn cluster_credentials(client: &kube::Client, namespace: &str) -> crate::R
     })?;
     let data = secret.data.unwrap_or_default();
     let field = |key: &str| {
-        data.get(key).map(|bytes| bytes.0.clone()).with_context(|| {
-            format!("Secret {namespace}/{CLIENT_SECRET} has no {key}")
-        })
+        data.get(key)
+            .map(|bytes| bytes.0.clone())
+            .with_context(|| format!("Secret {namespace}/{CLIENT_SECRET} has no {key}"))
     };
     let material = Material {
         cert: field(CERT_FILE)?,
