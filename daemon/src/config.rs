@@ -74,6 +74,17 @@ pub struct Config {
     #[arg(long, env = "SONDE_MAX_RUN_SECONDS", default_value_t = 4200, value_parser = clap::value_parser!(u64).range(1..=4200))]
     pub max_run_seconds: u64,
 
+    /// Payload bytes this daemon's generators may move over the network per minute (a token
+    /// bucket holding a minute's worth; K, M, G, T suffixes are powers of 1000; 0: no cap). A
+    /// run is refused while it is dry, and stopped, keeping what it measured, if it dries it.
+    #[arg(long, env = "SONDE_MAX_BYTES_PER_MINUTE", default_value = "600G", value_parser = parse_amount)]
+    pub max_bytes_per_minute: u64,
+
+    /// Connections this daemon's generators may open per minute (a token bucket, as
+    /// --max-bytes-per-minute; 0: no cap).
+    #[arg(long, env = "SONDE_MAX_CONNECTIONS_PER_MINUTE", default_value = "3M", value_parser = parse_amount)]
+    pub max_connections_per_minute: u64,
+
     /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `sonde_daemon=debug`).
     #[arg(long, env = "SONDE_LOG", default_value = "info")]
     pub log: String,
@@ -123,6 +134,30 @@ pub enum Command {
     },
 }
 
+/// An amount with an optional K, M, G or T suffix (powers of 1000): `600G`, `1.5M`, `4096`.
+fn parse_amount(text: &str) -> Result<u64, String> {
+    let (number, scale) = match text.trim().char_indices().last() {
+        Some((at, unit)) if unit.is_ascii_alphabetic() => {
+            let scale = match unit.to_ascii_uppercase() {
+                'K' => 1e3,
+                'M' => 1e6,
+                'G' => 1e9,
+                'T' => 1e12,
+                _ => return Err(format!("{text:?}: the suffix must be K, M, G or T")),
+            };
+            (&text.trim()[..at], scale)
+        }
+        _ => (text.trim(), 1.0),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not an amount (e.g. 600G, 3M, 4096)"))?;
+    if !(value.is_finite() && value >= 0.0) || value * scale > u64::MAX as f64 {
+        return Err(format!("{text:?} is not an amount from 0 up"));
+    }
+    Ok((value * scale).round() as u64)
+}
+
 /// A MAC address in its usual colon-separated form.
 fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let bytes: Vec<u8> = text
@@ -168,6 +203,11 @@ impl fmt::Display for ListenAddr {
 }
 
 impl Config {
+    /// A per-minute cap as the budget takes it (0 is none).
+    pub fn budget(&self, per_minute: u64) -> Option<u64> {
+        (per_minute > 0).then_some(per_minute)
+    }
+
     /// The TLS files, when the API is to be served over mutual TLS.
     pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
         match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
@@ -237,6 +277,28 @@ mod tests {
         let err = Config::try_parse_from([&tls[..], &["--insecure"]].concat())
             .expect_err("TLS and plaintext at once");
         assert!(err.to_string().contains("--insecure"), "{err}");
+    }
+
+    #[test]
+    fn budgets_take_suffixes_and_zero_is_no_cap() {
+        let config = Config::try_parse_from(["sonded"]).expect("defaults");
+        assert_eq!(config.max_bytes_per_minute, 600_000_000_000);
+        assert_eq!(config.max_connections_per_minute, 3_000_000);
+        let config = Config::try_parse_from([
+            "sonded",
+            "--max-bytes-per-minute",
+            "1.5k",
+            "--max-connections-per-minute",
+            "0",
+        ])
+        .expect("flags");
+        assert_eq!(config.budget(config.max_bytes_per_minute), Some(1500));
+        assert_eq!(config.budget(config.max_connections_per_minute), None);
+        for bad in ["lots", "5X", "-1"] {
+            let err =
+                Config::try_parse_from(["sonded", "--max-bytes-per-minute", bad]).expect_err(bad);
+            assert!(err.to_string().contains("--max-bytes-per-minute"), "{err}");
+        }
     }
 
     #[test]

@@ -92,6 +92,8 @@ impl Daemon {
         let runs = Arc::new(Runs::with_limits(crate::runs::limits::Limits {
             max_runs: usize::from(config.max_runs),
             longest: Duration::from_secs(config.max_run_seconds),
+            bytes_per_minute: config.budget(config.max_bytes_per_minute),
+            connections_per_minute: config.budget(config.max_connections_per_minute),
         }));
         let reaper = runs.spawn_reaper();
         let agent = AgentService::new(

@@ -908,6 +908,7 @@ async fn a_daemon_serves_its_most_runs_at_once_and_refuses_the_rest_naming_the_c
     let (client, runs) = daemon_with(Runs::with_limits(Limits {
         max_runs: 2,
         longest: Duration::from_secs(60),
+        ..Limits::default()
     }))
     .await;
     let spec = spec(pb::RunKind::TcpRr, 300, 1, 1);
@@ -981,4 +982,95 @@ async fn a_daemon_serves_its_most_runs_at_once_and_refuses_the_rest_naming_the_c
         })
         .await
         .expect("cancel");
+}
+
+/// Starts a client side of `run_id` (prepared with `prepared`) and returns the daemon's
+/// refusal, if it refuses.
+async fn start_refused(
+    client: &mut AgentClient<Channel>,
+    run_id: &str,
+    spec: pb::RunSpec,
+    prepared: &pb::PrepareServerResponse,
+) -> Option<tonic::Status> {
+    client
+        .start_client(pb::StartClientRequest {
+            trace: None,
+            reservation_id: String::new(),
+            run_id: run_id.to_owned(),
+            spec: Some(spec),
+            netns: String::new(),
+            target_ip: "127.0.0.1".to_owned(),
+            target_port: prepared.port,
+            token: prepared.token.clone(),
+            target_path: String::new(),
+        })
+        .await
+        .err()
+}
+
+/// A daemon's budgets of generated load: a stream that spends the bytes of a minute is stopped
+/// at its next progress, keeping what it measured and saying why; the next run is refused
+/// naming the cap while the bucket is dry; a tcp-crr spending the connections of a minute is
+/// stopped the same way; nothing is held after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_stops_and_refuses_runs_once_its_budget_of_generated_load_is_spent() {
+    use sonde_daemon::runs::limits::Limits;
+    let (mut client, runs) = daemon_with(Runs::with_limits(Limits {
+        bytes_per_minute: Some(50_000_000),
+        ..Limits::default()
+    }))
+    .await;
+    let stream = spec(pb::RunKind::TcpStream, 5000, 65536, 0);
+    let (result, _server) = run(&mut client, "budget-stream", stream.clone()).await;
+    assert!(
+        result
+            .errors
+            .first()
+            .is_some_and(|e| e.starts_with("stopped after")
+                && e.contains("(--max-bytes-per-minute 50000000)")),
+        "{:?}",
+        result.errors
+    );
+    assert!(result.bytes_sent > 0, "what it measured is kept");
+    assert!(
+        result.measured_ns < 3_000_000_000,
+        "stopped early: {} ns",
+        result.measured_ns
+    );
+    let prepared = prepare(&mut client, "budget-next", stream.clone()).await;
+    let status = start_refused(&mut client, "budget-next", stream, &prepared)
+        .await
+        .expect("refused while dry");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("its most bytes for now (--max-bytes-per-minute 50000000)"),
+        "{status:?}"
+    );
+    client
+        .cancel_run(pb::CancelRunRequest {
+            run_id: "budget-next".to_owned(),
+        })
+        .await
+        .expect("cancel");
+    assert_eq!(runs.counts(), (0, 0));
+
+    let (mut client, runs) = daemon_with(Runs::with_limits(Limits {
+        connections_per_minute: Some(1_000),
+        ..Limits::default()
+    }))
+    .await;
+    let crr = spec(pb::RunKind::TcpCrr, 5000, 1, 1);
+    let (result, _server) = run(&mut client, "budget-crr", crr).await;
+    assert!(
+        result
+            .errors
+            .first()
+            .is_some_and(|e| e.contains("(--max-connections-per-minute 1000)")),
+        "{:?}",
+        result.errors
+    );
+    assert!(result.connections >= 1, "{result:?}");
+    assert_eq!(runs.counts(), (0, 0));
 }

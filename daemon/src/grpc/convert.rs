@@ -47,9 +47,10 @@ impl From<RunError> for Status {
                 Status::resource_exhausted(message)
             }
             RunError::Reserved(_) => Status::failed_precondition(message),
-            RunError::Limit(crate::runs::limits::Refusal::TooMany { .. }) => {
-                Status::resource_exhausted(message)
-            }
+            RunError::Limit(
+                crate::runs::limits::Refusal::TooMany { .. }
+                | crate::runs::limits::Refusal::Spent(_),
+            ) => Status::resource_exhausted(message),
             RunError::Limit(crate::runs::limits::Refusal::TooLong { .. }) => {
                 Status::failed_precondition(message)
             }

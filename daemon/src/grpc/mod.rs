@@ -7,7 +7,7 @@
 use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use sonde_common::stages::side;
-use sonde_proto::kinds::MAX_EXTERNAL_DNS_RATE;
+use sonde_proto::kinds::{MAX_EXTERNAL_DNS_RATE, Transport};
 use sonde_proto::v1::{
     self as pb,
     agent_server::{Agent, AgentServer},
@@ -311,6 +311,13 @@ impl<S: FactsSource> Agent for AgentService<S> {
             })?
         };
         let guard = self.runs.client(&request.run_id, spec.total())?;
+        let budget = self.runs.budget();
+        if spec.rules.transport != Transport::Local {
+            budget
+                .admit(u64::from(spec.parallel))
+                .map_err(crate::runs::limits::Refusal::from)
+                .map_err(RunError::from)?;
+        }
         let hold = self.admit(
             &request.run_id,
             "client",
@@ -335,6 +342,7 @@ impl<S: FactsSource> Agent for AgentService<S> {
             token,
             trace,
             hold,
+            budget,
         };
         tokio::spawn(client::drive(side, Arc::clone(&self.samples), tx));
         Ok(Response::new(Box::pin(

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::{
     ClientGuard,
+    budget::Budget,
     samples::{ConntrackSamples, Span},
     spec::RunSpec,
 };
@@ -46,6 +47,8 @@ pub struct ClientSide {
     pub trace: Option<RunTrace>,
     /// Its hold of the node, ended when the side ends.
     pub hold: HoldGuard,
+    /// What it pays for the load it generates.
+    pub budget: Arc<Budget>,
 }
 
 /// What a client side reports while it runs.
@@ -98,7 +101,11 @@ pub async fn drive(
         token,
         mut trace,
         hold,
+        budget,
     } = side;
+    let networked = spec.rules.transport != sonde_proto::kinds::Transport::Local;
+    let connect_per_transaction = spec.rules.connect_per_transaction;
+    let mut spent = None;
     let conntrack_start = samples.sample().await;
     let counters = Arc::new(Counters::with_interval(spec.interval));
     let work = {
@@ -130,8 +137,22 @@ pub async fn drive(
                     Some(start) => samples.sample().await.map(|end| Span { start, end }),
                     None => None,
                 };
+                let ran = started.elapsed();
+                let stopped_early = guard.stop.load(Ordering::Relaxed);
                 let finished = result
-                    .map(|side| Box::new(Finished { side, trace, conntrack }))
+                    .map(|mut side| {
+                        // Stopped (cancelled, its controller gone, its budget spent): its window
+                        // is what it measured, not what it was to measure.
+                        if stopped_early {
+                            let measured = ran.saturating_sub(spec.warmup);
+                            side.totals.measured = side.totals.measured.min(measured);
+                        }
+                        // A stop for lack of budget is the run's to report, with what it measured.
+                        if let Some(reason) = spent.take() {
+                            side.totals.errors.insert(0, reason);
+                        }
+                        Box::new(Finished { side, trace, conntrack })
+                    })
                     .map_err(|err| format!("the run's worker failed: {err}"));
                 let _ = events.send(ClientEvent::Finished(finished)).await;
                 break;
@@ -146,6 +167,18 @@ pub async fn drive(
                     interval: now - last_tick,
                 };
                 last_tick = now;
+                let connections = if connect_per_transaction { progress.messages } else { 0 };
+                if networked
+                    && spent.is_none()
+                    && let Err(dry) = budget.charge(progress.bytes, connections)
+                {
+                    tracing::warn!(%dry, "stopping a client side: its budget ran out");
+                    spent = Some(format!(
+                        "stopped after {:.1} s: {dry}",
+                        elapsed.as_secs_f64()
+                    ));
+                    guard.stop.store(true, Ordering::Relaxed);
+                }
                 if events.send(ClientEvent::Progress(progress)).await.is_err() {
                     controller_gone = true;
                 }

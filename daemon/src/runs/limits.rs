@@ -1,6 +1,7 @@
 //! What one daemon lets its callers do, whoever they are: at most so many runs at once, none
-//! longer than so long. A daemon runs on every node; these caps bound what any caller can
-//! make it send, and each refusal names the cap it hit.
+//! longer than so long, so many bytes and connections a minute ([`super::budget`]). A daemon
+//! runs on every node; these caps bound what any caller can make it send, and each refusal
+//! names the cap it hit.
 
 use std::{
     collections::HashMap,
@@ -15,14 +16,21 @@ pub struct Limits {
     pub max_runs: usize,
     /// The longest run (warm-up plus measured part).
     pub longest: Duration,
+    /// Payload bytes generated over the network per minute, if capped.
+    pub bytes_per_minute: Option<u64>,
+    /// Connections opened per minute, if capped.
+    pub connections_per_minute: Option<u64>,
 }
 
 impl Default for Limits {
-    /// 16 runs, 70 minutes: as much as a scenario round or a long soak needs, bounded.
+    /// 16 runs, 70 minutes: as much as a scenario round or a long soak needs, bounded; no
+    /// budget (sonded's flags set one).
     fn default() -> Self {
         Self {
             max_runs: 16,
             longest: Duration::from_secs(70 * 60),
+            bytes_per_minute: None,
+            connections_per_minute: None,
         }
     }
 }
@@ -50,6 +58,9 @@ pub enum Refusal {
         /// The cap, s.
         max_s: u64,
     },
+    /// A bucket of generated load is dry.
+    #[error(transparent)]
+    Spent(#[from] super::budget::Spent),
 }
 
 /// The runs admitted on a daemon, by ID, with how many of their sides it holds.
@@ -57,6 +68,7 @@ pub enum Refusal {
 pub struct Admissions {
     limits: Limits,
     held: Arc<Mutex<HashMap<String, usize>>>,
+    budget: Arc<super::budget::Budget>,
 }
 
 impl Admissions {
@@ -65,7 +77,16 @@ impl Admissions {
         Self {
             limits,
             held: Arc::default(),
+            budget: Arc::new(super::budget::Budget::new(
+                limits.bytes_per_minute,
+                limits.connections_per_minute,
+            )),
         }
+    }
+
+    /// The buckets of generated load client sides pay from.
+    pub fn budget(&self) -> &Arc<super::budget::Budget> {
+        &self.budget
     }
 
     /// The caps.
@@ -139,6 +160,7 @@ mod tests {
         let admissions = Admissions::new(Limits {
             max_runs: 2,
             longest: Duration::from_secs(60),
+            ..Limits::default()
         });
         let a_server = admissions
             .admit("a", Duration::from_secs(10))

@@ -12,6 +12,7 @@
 //! - [`samples`]: the node's conntrack table around each run, for its delta.
 //! - [`client`]: a running client side, its progress and its result.
 
+pub mod budget;
 pub mod client;
 pub mod limits;
 pub mod pending;
@@ -306,6 +307,11 @@ impl Runs {
             stop,
             _admission: admission,
         })
+    }
+
+    /// The buckets of generated load client sides pay from.
+    pub fn budget(&self) -> Arc<budget::Budget> {
+        Arc::clone(self.admissions.budget())
     }
 
     /// Stops whatever this daemon holds of `run_id`; whether it held anything.
