@@ -4,11 +4,13 @@
 //! - `test`: the one test command (format, lints, unit tests, privileged integration tests).
 //! - `demo`: the main job a newcomer runs: a lab, working.
 //! - `bench`: sonde against the reference tools (iperf3, qperf), with ratios.
+//! - `fuzz`: every cargo-fuzz target, each for a while from its seeds.
 //!
 //! Kept to `anyhow` and `clap` so it builds before setup has run.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod shell;
 mod test;
@@ -27,6 +29,8 @@ enum Task {
     Test(test::Args),
     /// Set up, build, bring up a lab and show it working.
     Demo,
+    /// Fuzz every decoder of bytes from the network or from users (cargo-fuzz, nightly).
+    Fuzz(fuzz::Args),
     /// Benchmarks against the reference tools, side by side, with ratios.
     Bench {
         /// Which benchmark.
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::run(&args),
         Task::Demo => demo::run(),
         Task::Bench { suite, only } => bench::run(suite, &only),
+        Task::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

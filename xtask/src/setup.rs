@@ -82,13 +82,17 @@ pub fn run() -> anyhow::Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     step("setup complete");
     Ok(())
 }
 
 /// Whether everything setup installs is present (cheap: no network, no root needed).
 pub fn is_complete() -> bool {
-    missing_packages().is_empty() && has_rust_src() && bpf_linker_matches_nightly()
+    missing_packages().is_empty()
+        && has_rust_src()
+        && bpf_linker_matches_nightly()
+        && has_cargo_fuzz()
 }
 
 fn missing_packages() -> Vec<&'static str> {
@@ -190,6 +194,35 @@ fn bpf_linker_matches_nightly() -> bool {
         deps.lines()
             .any(|line| line.contains(library_name) && !line.contains("not found"))
     }) && output("bpf-linker", &["--version"]).is_some()
+}
+
+/// The cargo-fuzz release `cargo xtask fuzz` is run with.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Whether cargo-fuzz is installed, in the version the fuzz targets are run with.
+pub fn has_cargo_fuzz() -> bool {
+    output("cargo", &["fuzz", "--version"])
+        .is_some_and(|version| version.contains(CARGO_FUZZ_VERSION))
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if has_cargo_fuzz() {
+        step("cargo-fuzz: present");
+        return Ok(());
+    }
+    step(&format!(
+        "cargo-fuzz {CARGO_FUZZ_VERSION}: building (about three minutes; the targets run on nightly)"
+    ));
+    shell::run(
+        "cargo",
+        &[
+            "+stable",
+            "install",
+            &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+            "--locked",
+        ],
+    )
+    .context("installing cargo-fuzz from crates.io failed: is crates.io reachable?")
 }
 
 fn bpf_linker() -> anyhow::Result<()> {

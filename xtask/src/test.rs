@@ -3,7 +3,8 @@
 //! 1. `cargo fmt --check`
 //! 2. clippy `-D warnings` on the host crates, then on the eBPF crate for the BPF target
 //! 3. unit and in-process tests (`cargo test`: unprivileged)
-//! 4. privileged integration tests (root: real eBPF, network namespaces), which create and
+//! 4. every fuzz target for a short while (`cargo xtask fuzz --seconds 10`)
+//! 5. privileged integration tests (root: real eBPF, network namespaces), which create and
 //!    remove their own namespaces
 
 use std::time::Instant;
@@ -88,6 +89,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     shell::run("cargo", &["build", "--bins"])?;
     step("unit and in-process tests");
     let mut totals = shell::run_tests(&["test", "--workspace"])?;
+    step("fuzz targets, 10 s each");
+    crate::fuzz::run(&crate::fuzz::Args {
+        seconds: 10,
+        only: Vec::new(),
+    })?;
+    std::env::set_current_dir(&root)?;
     if args.unprivileged {
         step("privileged integration tests: skipped (--unprivileged)");
     } else {

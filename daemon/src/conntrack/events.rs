@@ -102,15 +102,22 @@ fn receive(socket: &Socket, counts: &EventCounts) {
                 return;
             }
         };
-        let mut offset = 0;
-        while offset < length {
-            let Ok(frame) = NetlinkBuffer::new_checked(&buffer[offset..length]) else {
-                break;
-            };
-            let frame_length = (frame.length() as usize).next_multiple_of(4).max(16);
-            count(&buffer[offset..length], counts);
-            offset += frame_length;
-        }
+        count_frames(&buffer[..length], counts);
+    }
+}
+
+/// Counts the conntrack events of one datagram from the kernel: netlink frames back to
+/// back, each padded to 4 bytes; what does not parse is skipped (a fuzz target feeds it
+/// anything).
+pub fn count_frames(datagram: &[u8], counts: &EventCounts) {
+    let mut offset = 0;
+    while offset < datagram.len() {
+        let Ok(frame) = NetlinkBuffer::new_checked(&datagram[offset..]) else {
+            break;
+        };
+        let frame_length = (frame.length() as usize).next_multiple_of(4).max(16);
+        count(&datagram[offset..], counts);
+        offset = offset.saturating_add(frame_length);
     }
 }
 

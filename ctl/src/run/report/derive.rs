@@ -48,7 +48,7 @@ pub fn merge_sides(sides: &[pb::SideResult]) -> Option<pb::SideResult> {
 }
 
 /// A histogram from HdrHistogram's V2 (deflate) encoding; `None` when empty or undecodable.
-pub(crate) fn decode_histogram(bytes: &[u8]) -> Option<Histogram<u64>> {
+pub fn decode_histogram(bytes: &[u8]) -> Option<Histogram<u64>> {
     if bytes.is_empty() {
         return None;
     }

@@ -104,7 +104,7 @@ impl Connection {
 
 /// The length of a complete response head in `bytes` and its body's length, `None` while the
 /// head is incomplete.
-fn parse_head(bytes: &[u8]) -> Result<Option<(usize, u64)>, String> {
+pub fn parse_head(bytes: &[u8]) -> Result<Option<(usize, u64)>, String> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     let head = match response.parse(bytes) {

@@ -34,6 +34,7 @@ use crate::runs::spec::{Kind, RunSpec};
 
 mod connection;
 
+pub use connection::parse_head as parse_response_head;
 use connection::Connection;
 
 /// The header that carries the run's token.
@@ -51,12 +52,19 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// What the server counts, shared by its connections' tasks (all on one thread).
-#[derive(Default)]
-struct Served {
+#[derive(Debug, Default)]
+pub struct Served {
     requests: AtomicU64,
     bytes: AtomicU64,
     refused: AtomicU64,
     first: Mutex<Option<Instant>>,
+}
+
+impl Served {
+    /// Requests served with the run's token, past the warm-up.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
 }
 
 /// `http` and `http-crr` (hyper, HTTP/1.1).
@@ -99,38 +107,7 @@ pub fn serve(listener: TcpListener, run: ServerRun) -> Vec<ThreadResult> {
                         let _ = stream.set_nodelay(true);
                         let (served, body, expected) = (Arc::clone(&served), body.clone(), expected.clone());
                         let warmup = spec.warmup;
-                        tokio::spawn(async move {
-                            let service = service_fn(move |request: Request<Incoming>| {
-                                let (served, body) = (Arc::clone(&served), body.clone());
-                                let authorised = request
-                                    .headers()
-                                    .get(TOKEN_HEADER)
-                                    .is_some_and(|value| value.as_bytes() == expected.as_bytes());
-                                async move {
-                                    if !authorised {
-                                        served.refused.fetch_add(1, Ordering::Relaxed);
-                                        let mut refused = Response::new(Full::new(Bytes::new()));
-                                        *refused.status_mut() = StatusCode::FORBIDDEN;
-                                        return Ok::<_, Infallible>(refused);
-                                    }
-                                    // Counted after the warm-up, which starts with the first request.
-                                    let now = Instant::now();
-                                    let first = served
-                                        .first
-                                        .lock()
-                                        .map(|mut first| *first.get_or_insert(now))
-                                        .unwrap_or(now);
-                                    if now >= first + warmup {
-                                        served.requests.fetch_add(1, Ordering::Relaxed);
-                                        served.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-                                    }
-                                    Ok(Response::new(Full::new(body)))
-                                }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        });
+                        tokio::spawn(serve_connection(stream, served, body, expected, warmup));
                         result.connections += 1;
                     }
                     Err(err) => result.error(format!("accept: {err}")),
@@ -152,6 +129,49 @@ pub fn serve(listener: TcpListener, run: ServerRun) -> Vec<ThreadResult> {
     }
     result.stop_cpu();
     vec![result]
+}
+
+/// Serves one HTTP/1.1 connection: a request bearing the run's token (`expected`, hex) gets
+/// `body`, counted once `warmup` has passed since the first; one without it gets 403.
+pub async fn serve_connection<IO>(
+    io: IO,
+    served: Arc<Served>,
+    body: Bytes,
+    expected: String,
+    warmup: Duration,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let (served, body) = (Arc::clone(&served), body.clone());
+        let authorised = request
+            .headers()
+            .get(TOKEN_HEADER)
+            .is_some_and(|value| value.as_bytes() == expected.as_bytes());
+        async move {
+            if !authorised {
+                served.refused.fetch_add(1, Ordering::Relaxed);
+                let mut refused = Response::new(Full::new(Bytes::new()));
+                *refused.status_mut() = StatusCode::FORBIDDEN;
+                return Ok::<_, Infallible>(refused);
+            }
+            // Counted after the warm-up, which starts with the first request.
+            let now = Instant::now();
+            let first = served
+                .first
+                .lock()
+                .map(|mut first| *first.get_or_insert(now))
+                .unwrap_or(now);
+            if now >= first + warmup {
+                served.requests.fetch_add(1, Ordering::Relaxed);
+                served.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+            }
+            Ok(Response::new(Full::new(body)))
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 /// The client side: `parallel` connections spread over one thread per core, each thread with
