@@ -130,11 +130,21 @@ fn fuzz(root: &Path, target: &str, seconds: u64) -> anyhow::Result<Outcome> {
             .and_then(Result::ok)
             .map(|file| file.path().display().to_string())
             .unwrap_or_else(|| "no artifact written".to_owned());
-        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        // What went wrong (a panic's message, the sanitizer's verdict), not the stack.
+        let lines: Vec<&str> = log.lines().collect();
+        let why: Vec<&str> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, line)| {
+                line.contains("panicked at") || line.contains("ERROR:") || line.contains("SUMMARY:")
+            })
+            .flat_map(|(at, _)| lines[at..(at + 2).min(lines.len())].iter().copied())
+            .collect();
         bail!(
-            "fuzz target {target} failed ({}); input: {crash}\n{}",
+            "fuzz target {target} failed ({}); input: {crash} (replay: {} {crash})\n{}",
             output.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            root.join("target/x86_64-unknown-linux-gnu/debug").join(target).display(),
+            why.join("\n")
         );
     }
     let stat = |name: &str| {
