@@ -53,6 +53,12 @@ fn two_zones() -> FakeCluster {
         name: name.to_owned(),
         zone: Some(zone.to_owned()),
         labels: strings(&[("agenttype", agent)]),
+        // n3's CNI assigns pod addresses itself.
+        pod_cidr: match name {
+            "n1" => Some("10.244.1.0/24".to_owned()),
+            "n2" => Some("10.244.2.0/24".to_owned()),
+            _ => None,
+        },
     };
     let daemon = |n: u8| FakeDaemon {
         pod: format!("sonded-x{n}"),
@@ -86,6 +92,7 @@ fn two_zones() -> FakeCluster {
             pods: vec!["web-a".to_owned(), "web-b".to_owned()],
         }],
         endpoints: Vec::new(),
+        service_cidrs: vec!["10.96.0.0/12".to_owned()],
         secrets: vec![client_secret_of_its_own_ca()],
     }
 }
@@ -196,7 +203,8 @@ async fn deploy_applies_every_object_in_order_and_undeploy_deletes_them() {
     let applied: Vec<_> = server
         .calls()
         .into_iter()
-        .filter(|call| !call.path.contains("/secrets/"))
+        // What was applied (the reads of the cluster's ranges and Secrets aside).
+        .filter(|call| call.method == "PATCH" && !call.path.contains("/secrets/"))
         .collect();
     let expected = [
         "/api/v1/namespaces/sonde",
@@ -237,6 +245,37 @@ async fn deploy_applies_every_object_in_order_and_undeploy_deletes_them() {
             .as_deref(),
         Some("server")
     );
+    // Generated traffic may go to the cluster's own ranges, read from it: the nodes'
+    // podCIDRs, the pods' addresses where a node has none (said on stderr), the nodes'
+    // addresses, the ServiceCIDR; not to the rest of 10.0.0.0/8.
+    let allowed: Vec<ipnet::IpNet> = pod.containers[0]
+        .env
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .find(|var| var.name == "SONDE_ALLOW_TARGETS")
+        .and_then(|var| var.value.clone())
+        .expect("SONDE_ALLOW_TARGETS")
+        .split(',')
+        .map(|cidr| cidr.parse().expect("a CIDR"))
+        .collect();
+    let allows = |ip: &str| {
+        let ip: std::net::IpAddr = ip.parse().expect("ip");
+        allowed.iter().any(|net| net.contains(&ip))
+    };
+    for ip in [
+        "10.244.1.7",
+        "10.244.2.200",
+        "127.0.1.3",
+        "127.0.2.2",
+        "10.100.0.1",
+    ] {
+        assert!(allows(ip), "{ip} not in {allowed:?}");
+    }
+    for ip in ["10.0.0.1", "10.244.3.1", "127.0.1.9", "192.168.1.1"] {
+        assert!(!allows(ip), "{ip} in {allowed:?}");
+    }
+    assert!(stderr.contains("1 nodes have no podCIDR"), "{stderr}");
     // The Secrets deploy issued make a mutual TLS connection: the daemons' certificate with
     // the client's CA, the client's with the daemons'.
     let daemon_secret = server.secret("sonde-daemon-tls").expect("daemon Secret");
@@ -358,7 +397,8 @@ async fn deploy_monitor_puts_the_scenario_in_a_configmap_and_runs_it_under_a_lea
     let calls: Vec<_> = server
         .calls()
         .into_iter()
-        .filter(|call| !call.path.contains("/secrets/"))
+        // What was applied (the reads of the cluster's ranges and Secrets aside).
+        .filter(|call| call.method == "PATCH" && !call.path.contains("/secrets/"))
         .collect();
     let monitor: Vec<&sonde_integration::fake_apiserver::Call> = calls[6..].iter().collect();
     let paths: Vec<String> = monitor.iter().map(|c| c.path.clone()).collect();
@@ -585,6 +625,7 @@ fn lab_as_cluster(lab: &Lab) -> FakeCluster {
                 name: node.name.clone(),
                 zone: Some(format!("zone-{}", i + 1)),
                 labels: Vec::new(),
+                pod_cidr: None,
             })
             .collect(),
         daemons: inventory
@@ -624,6 +665,7 @@ fn lab_as_cluster(lab: &Lab) -> FakeCluster {
             })
             .collect(),
         endpoints: Vec::new(),
+        service_cidrs: Vec::new(),
         // The lab's client certificate, as deploy would have put it in the cluster.
         secrets: vec![tls_secret(
             sonde_ctl::tls::CLIENT_SECRET,
@@ -1058,6 +1100,7 @@ async fn a_thousand_nodes_in_three_zones_are_planned_with_three_peers_each() {
                 name: name(i),
                 zone: Some(zones[i % 3].to_owned()),
                 labels: Vec::new(),
+                pod_cidr: None,
             })
             .collect(),
         daemons: (0..1000)

@@ -9,5 +9,9 @@ use sonde_daemon::stages::events::unpack;
 fuzz_target!(|data: &[u8]| {
     let mut events = Vec::new();
     unpack(data, &mut events);
-    assert!(events.len() <= BATCH_EVENTS, "{} events from one record", events.len());
+    assert!(
+        events.len() <= BATCH_EVENTS,
+        "{} events from one record",
+        events.len()
+    );
 });

@@ -66,6 +66,8 @@ pub struct FakeNode {
     pub zone: Option<String>,
     /// Its other labels.
     pub labels: Vec<(String, String)>,
+    /// `spec.podCIDRs` (none: the CNI assigns pods' addresses itself).
+    pub pod_cidr: Option<String>,
 }
 
 /// Where a port-forward to a daemon's pod really goes.
@@ -132,6 +134,8 @@ pub struct FakeCluster {
     pub services: Vec<FakeService>,
     /// sonde's measurement endpoint pods (`deploy --endpoints`), in [`SONDE_NAMESPACE`].
     pub endpoints: Vec<FakePod>,
+    /// The cluster's ServiceCIDRs (none: an API server without that API, which answers 404).
+    pub service_cidrs: Vec<String>,
     /// Secrets in [`SONDE_NAMESPACE`] (the client certificate sondectl reads; what deploy
     /// applies is added).
     pub secrets: Vec<k8s_openapi::api::core::v1::Secret>,
@@ -606,18 +610,35 @@ fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
     }
 }
 
-fn node(spec: &FakeNode) -> Node {
+fn node(spec: &FakeNode, cluster: &FakeCluster) -> Node {
     let mut labels: BTreeMap<String, String> = spec.labels.iter().cloned().collect();
     labels.insert("kubernetes.io/hostname".to_owned(), spec.name.clone());
     if let Some(zone) = &spec.zone {
         labels.insert("topology.kubernetes.io/zone".to_owned(), zone.clone());
     }
+    // The node's address: its daemon's (host networking).
+    let addresses = cluster
+        .daemons
+        .iter()
+        .filter(|daemon| daemon.node == spec.name)
+        .map(|daemon| k8s_openapi::api::core::v1::NodeAddress {
+            address: daemon.ip.clone(),
+            type_: "InternalIP".to_owned(),
+        })
+        .collect();
     Node {
         metadata: ObjectMeta {
             labels: Some(labels),
             ..meta(&spec.name, None)
         },
-        ..Node::default()
+        spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+            pod_cidrs: spec.pod_cidr.clone().map(|cidr| vec![cidr]),
+            ..Default::default()
+        }),
+        status: Some(k8s_openapi::api::core::v1::NodeStatus {
+            addresses: Some(addresses),
+            ..Default::default()
+        }),
     }
 }
 
@@ -822,7 +843,7 @@ fn answer(cluster: &FakeCluster, call: &Call) -> (u16, serde_json::Value) {
             let nodes: Vec<Node> = cluster
                 .nodes
                 .iter()
-                .map(node)
+                .map(|spec| node(spec, cluster))
                 .filter(|node| {
                     let labels = node.metadata.labels.clone().unwrap_or_default();
                     wanted
@@ -831,6 +852,31 @@ fn answer(cluster: &FakeCluster, call: &Call) -> (u16, serde_json::Value) {
                 })
                 .collect();
             (200, list("NodeList", &nodes))
+        }
+        ("GET", "/apis/networking.k8s.io/v1/servicecidrs") if !cluster.service_cidrs.is_empty() => {
+            let cidrs = vec![k8s_openapi::api::networking::v1::ServiceCIDR {
+                metadata: meta("kubernetes", None),
+                spec: Some(k8s_openapi::api::networking::v1::ServiceCIDRSpec {
+                    cidrs: Some(cluster.service_cidrs.clone()),
+                }),
+                status: None,
+            }];
+            (200, list("ServiceCIDRList", &cidrs))
+        }
+        ("GET", "/api/v1/services") => {
+            let services: Vec<Service> = cluster
+                .services
+                .iter()
+                .map(|found| Service {
+                    metadata: meta(&found.name, Some(WORKLOAD_NAMESPACE)),
+                    spec: Some(ServiceSpec {
+                        cluster_ips: Some(vec![found.cluster_ip.clone()]),
+                        ..ServiceSpec::default()
+                    }),
+                    ..Service::default()
+                })
+                .collect();
+            (200, list("ServiceList", &services))
         }
         ("GET", path) if path.starts_with(&one_pod) => {
             let name = &path[one_pod.len()..];

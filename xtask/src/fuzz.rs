@@ -103,7 +103,10 @@ fn fuzz(root: &Path, target: &str, seconds: u64) -> anyhow::Result<Outcome> {
     let time = format!("-max_total_time={seconds}");
     let prefix = format!("-artifact_prefix={}/", artifacts.display());
     let mut command = std::process::Command::new("cargo");
-    command.args(["+nightly", "fuzz", "run"]).args(BUILD).arg(target);
+    command
+        .args(["+nightly", "fuzz", "run"])
+        .args(BUILD)
+        .arg(target);
     command.arg(&corpus);
     if seeds.is_dir() {
         command.arg(&seeds);
@@ -143,7 +146,9 @@ fn fuzz(root: &Path, target: &str, seconds: u64) -> anyhow::Result<Outcome> {
         bail!(
             "fuzz target {target} failed ({}); input: {crash} (replay: {} {crash})\n{}",
             output.status,
-            root.join("target/x86_64-unknown-linux-gnu/debug").join(target).display(),
+            root.join("target/x86_64-unknown-linux-gnu/debug")
+                .join(target)
+                .display(),
             why.join("\n")
         );
     }

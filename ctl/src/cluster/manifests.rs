@@ -69,6 +69,8 @@ pub struct Options {
     pub endpoints: bool,
     /// Add the continuous monitor.
     pub monitor: Option<Monitor>,
+    /// Where the daemons may send generated traffic (the manifest's 10.0.0.0/8 when `None`).
+    pub allow_targets: Option<Vec<ipnet::IpNet>>,
 }
 
 /// The continuous monitor a user deploys: a scenario and how to measure it.
@@ -194,6 +196,19 @@ pub fn objects(options: &Options) -> crate::Result<Vec<DynamicObject>> {
                     refuse!("--image must name an image");
                 }
                 spec["containers"][0]["image"] = image.as_str().into();
+            }
+            if let Some(targets) = &options.allow_targets {
+                let joined = targets
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let env = spec["containers"][0]["env"].as_array_mut();
+                for var in env.into_iter().flatten() {
+                    if var["name"] == "SONDE_ALLOW_TARGETS" {
+                        var["value"] = joined.as_str().into();
+                    }
+                }
             }
             if !options.node_selector.is_empty() {
                 let selector: serde_json::Map<String, serde_json::Value> = options

@@ -15,6 +15,7 @@ pub mod endpoints;
 pub mod manifests;
 pub mod placement;
 pub mod portforward;
+pub mod ranges;
 
 use crate::error::Context as _;
 

@@ -62,6 +62,12 @@ pub struct DeployArgs {
     #[arg(long, requires = "monitor", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub monitor_heavy_every: Option<u64>,
 
+    /// Where the daemons may send generated traffic (CIDRs, comma separated or repeated);
+    /// without it, the cluster's own pod, node and Service ranges, read from the API server
+    /// (with --dry-run: the manifest's 10.0.0.0/8).
+    #[arg(long = "allow-target", value_delimiter = ',')]
+    pub allow_targets: Vec<ipnet::IpNet>,
+
     /// Issue new daemon and client certificates from the sonde-ca Secret (the daemons load
     /// theirs when the kubelet updates the mounted Secret, without a restart).
     #[arg(long)]
@@ -86,15 +92,16 @@ pub struct UndeployArgs {
 
 /// Runs `sondectl deploy`.
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
-    let options = manifests::Options {
+    let mut options = manifests::Options {
         namespace: Some(args.cluster.namespace.clone()),
         image: args.image.clone(),
         node_selector: args.node_selector.clone(),
         endpoints: args.endpoints,
         monitor: monitor(&args)?,
+        allow_targets: (!args.allow_targets.is_empty()).then(|| args.allow_targets.clone()),
     };
-    let objects = manifests::objects(&options)?;
     if args.dry_run {
+        let objects = manifests::objects(&options)?;
         match args.output {
             DeployOutput::Yaml => print!("{}", manifests::to_yaml(&objects)?),
             DeployOutput::Table => {
@@ -112,6 +119,14 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let client = cluster::client(args.cluster.kubeconfig.as_deref()).await?;
+    if options.allow_targets.is_none() {
+        let ranges = cluster::ranges::read(&client).await?;
+        for note in &ranges.notes {
+            eprintln!("sondectl: {note}");
+        }
+        options.allow_targets = Some(ranges.allowed());
+    }
+    let objects = manifests::objects(&options)?;
     let applied = apply::apply(&client, &objects).await?;
     // After the namespace exists; the daemons' pods wait for their Secret to be mounted.
     let secrets =

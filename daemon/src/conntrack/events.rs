@@ -107,7 +107,10 @@ fn receive(socket: &Socket, counts: &EventCounts) {
             count_frames(&buffer[..length], counts);
         }));
         if counted.is_err() {
-            tracing::warn!(length, "conntrack events: a datagram that does not decode was skipped");
+            tracing::warn!(
+                length,
+                "conntrack events: a datagram that does not decode was skipped"
+            );
         }
     }
 }

@@ -34,8 +34,8 @@ use crate::runs::spec::{Kind, RunSpec};
 
 mod connection;
 
-pub use connection::parse_head as parse_response_head;
 use connection::Connection;
+pub use connection::parse_head as parse_response_head;
 
 /// The header that carries the run's token.
 pub const TOKEN_HEADER: &str = "x-sonde-token";
