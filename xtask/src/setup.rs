@@ -56,6 +56,22 @@ const PACKAGES: &[(&str, &str)] = &[
         "a real DNS server (not sonde's) that dns runs measure in tests",
     ),
     (
+        "ca-certificates",
+        "the CA bundle sonded's image carries (kube's TLS stack will not start without one)",
+    ),
+    (
+        "buildah",
+        "building sonded's image offline, from scratch (cargo xtask image, tests/image.rs)",
+    ),
+    (
+        "podman",
+        "running sonded's image as the DaemonSet specifies it (tests/image.rs)",
+    ),
+    (
+        "runc",
+        "podman's runtime on hosts with hybrid cgroups, which crun refuses",
+    ),
+    (
         "python3-grpcio",
         "an independent gRPC client (grpcio, C core) refused or served by sonded's mutual TLS in tests",
     ),
