@@ -295,8 +295,9 @@ mod tests {
         assert_eq!(config.budget(config.max_bytes_per_minute), Some(1500));
         assert_eq!(config.budget(config.max_connections_per_minute), None);
         for bad in ["lots", "5X", "-1"] {
-            let err =
-                Config::try_parse_from(["sonded", "--max-bytes-per-minute", bad]).expect_err(bad);
+            // `=`: a value starting with '-' would be taken for a flag.
+            let flag = format!("--max-bytes-per-minute={bad}");
+            let err = Config::try_parse_from(["sonded", flag.as_str()]).expect_err(bad);
             assert!(err.to_string().contains("--max-bytes-per-minute"), "{err}");
         }
     }
