@@ -122,6 +122,26 @@ async fn run(
     (client_result, server)
 }
 
+/// A plain client side of `run_id` to a loopback server side: untraced, no reservation.
+fn start_request(
+    run_id: &str,
+    spec: pb::RunSpec,
+    port: u32,
+    token: Vec<u8>,
+) -> pb::StartClientRequest {
+    pb::StartClientRequest {
+        trace: None,
+        reservation_id: String::new(),
+        run_id: run_id.to_owned(),
+        spec: Some(spec),
+        netns: String::new(),
+        target_ip: "127.0.0.1".to_owned(),
+        target_port: port,
+        token,
+        target_path: String::new(),
+    }
+}
+
 async fn start(
     client: &mut AgentClient<Channel>,
     run_id: &str,
@@ -130,17 +150,7 @@ async fn start(
     token: Vec<u8>,
 ) -> pb::SideResult {
     let mut stream = client
-        .start_client(pb::StartClientRequest {
-            trace: None,
-            reservation_id: String::new(),
-            run_id: run_id.to_owned(),
-            spec: Some(spec),
-            netns: String::new(),
-            target_ip: "127.0.0.1".to_owned(),
-            target_port: port,
-            token,
-            target_path: String::new(),
-        })
+        .start_client(start_request(run_id, spec, port, token))
         .await
         .expect("start")
         .into_inner();
@@ -993,17 +1003,12 @@ async fn start_refused(
     prepared: &pb::PrepareServerResponse,
 ) -> Option<tonic::Status> {
     client
-        .start_client(pb::StartClientRequest {
-            trace: None,
-            reservation_id: String::new(),
-            run_id: run_id.to_owned(),
-            spec: Some(spec),
-            netns: String::new(),
-            target_ip: "127.0.0.1".to_owned(),
-            target_port: prepared.port,
-            token: prepared.token.clone(),
-            target_path: String::new(),
-        })
+        .start_client(start_request(
+            run_id,
+            spec,
+            prepared.port,
+            prepared.token.clone(),
+        ))
         .await
         .err()
 }
