@@ -25,6 +25,7 @@ for bin in "${bins[@]}"; do
 done
 buildah config \
   --entrypoint '["/usr/local/bin/sonded"]' \
+  --env PATH=/usr/local/bin \
   --port 7470 --port 9470 \
   --label org.opencontainers.image.title=sonded \
   --label org.opencontainers.image.description="sonde's per-node agent (and sondectl)" \

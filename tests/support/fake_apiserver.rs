@@ -916,10 +916,16 @@ fn answer(cluster: &FakeCluster, call: &Call) -> (u16, serde_json::Value) {
                 .collect();
             (200, list("EndpointSliceList", &items))
         }
-        ("PATCH", _) => (
-            200,
-            serde_json::from_str(&call.body).expect("an applied object is JSON"),
-        ),
+        ("PATCH", _) => {
+            let mut object: serde_json::Value =
+                serde_json::from_str(&call.body).expect("an applied object is JSON");
+            // An API server gives every object a UID (owner references name it); the fake's
+            // is the path's, stable across applies as a real object's is.
+            if object["metadata"]["uid"].is_null() {
+                object["metadata"]["uid"] = uid_of(&call.path).into();
+            }
+            (200, object)
+        }
         ("DELETE", _) => (
             200,
             serde_json::json!({
@@ -929,6 +935,14 @@ fn answer(cluster: &FakeCluster, call: &Call) -> (u16, serde_json::Value) {
         ),
         _ => not_found(),
     }
+}
+
+/// The UID the fake gives the object at `path`.
+pub fn uid_of(path: &str) -> String {
+    let hash = path.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("00000000-0000-4000-8000-{:012x}", hash & 0xffff_ffff_ffff)
 }
 
 fn not_found() -> (u16, serde_json::Value) {

@@ -4,6 +4,7 @@
 //! Everything a test creates carries the `sonde-t` prefix and the test process's PID, and is
 //! removed on drop, so a failing test leaves nothing behind and parallel tests never collide.
 
+pub mod cluster;
 pub mod fake_apiserver;
 pub mod fake_leases;
 pub mod lab;

@@ -1,7 +1,8 @@
 //! The control plane's certificates as Secrets in sonde's namespace: `deploy` creates a CA
 //! (`sonde-ca`), the daemons' certificate (`sonde-daemon-tls`, mounted by the DaemonSet) and a
 //! client certificate (`sonde-client-tls`, read by sondectl and mounted by the monitor), each
-//! a `kubernetes.io/tls` Secret with `ca.crt` as cert-manager writes them. Secrets already
+//! a `kubernetes.io/tls` Secret with `ca.crt` as cert-manager writes them; with `deploy --job`,
+//! the jobs' own client certificate (`sonde-job-tls`) too. Secrets already
 //! there are kept: bring your own from any issuer. `--rotate-certs` issues new daemon and
 //! client certificates from `sonde-ca`; the daemons reload theirs when the kubelet updates
 //! the mounted files.
@@ -20,7 +21,8 @@ use super::FIELD_MANAGER;
 use crate::{
     error::{Context as _, refuse},
     tls::{
-        CA_FILE, CA_SECRET, CERT_FILE, CLIENT_SECRET, DAEMON_NAME, DAEMON_SECRET, KEY_FILE,
+        CA_FILE, CA_SECRET, CERT_FILE, CLIENT_SECRET, DAEMON_NAME, DAEMON_SECRET, JOB_SECRET,
+        KEY_FILE,
         issue::{Authority, Issued, Role},
     },
 };
@@ -28,9 +30,14 @@ use crate::{
 /// The CA's name in its certificate.
 const CA_NAME: &str = "sonde CA";
 
-/// Makes sure the three Secrets exist in `namespace` (with `rotate`, new daemon and client
-/// certificates from the CA); says what it did to each, one line a Secret.
-pub async fn ensure(client: &Client, namespace: &str, rotate: bool) -> crate::Result<Vec<String>> {
+/// Makes sure the three Secrets exist in `namespace` (and the jobs' with `job`; with `rotate`,
+/// new leaf certificates from the CA); says what it did to each, one line a Secret.
+pub async fn ensure(
+    client: &Client,
+    namespace: &str,
+    rotate: bool,
+    job: bool,
+) -> crate::Result<Vec<String>> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let read = |name: &'static str| {
         let secrets = secrets.clone();
@@ -46,11 +53,12 @@ pub async fn ensure(client: &Client, namespace: &str, rotate: bool) -> crate::Re
         read(DAEMON_SECRET).await?,
         read(CLIENT_SECRET).await?,
     );
+    let job_secret = if job { read(JOB_SECRET).await? } else { None };
     let mut said = Vec::new();
     let authority = match ca {
         Some(secret) => {
             said.push(format!("Secret {namespace}/{CA_SECRET} kept"));
-            Some(Authority::from_pem(CA_NAME, issued(&secret, CA_SECRET)?)?)
+            Some(Authority::from_pem(issued(&secret, CA_SECRET)?)?)
         }
         None if daemon.is_none() && client_secret.is_none() => {
             let authority = Authority::generate(CA_NAME)?;
@@ -61,10 +69,14 @@ pub async fn ensure(client: &Client, namespace: &str, rotate: bool) -> crate::Re
         // Certificates of the user's own issuer: theirs to issue and rotate.
         None => None,
     };
-    for (name, role, common_name, existing) in [
+    let mut leaves = vec![
         (DAEMON_SECRET, Role::Daemon, DAEMON_NAME, daemon),
         (CLIENT_SECRET, Role::Client, "sondectl", client_secret),
-    ] {
+    ];
+    if job {
+        leaves.push((JOB_SECRET, Role::Client, "sondectl-job", job_secret));
+    }
+    for (name, role, common_name, existing) in leaves {
         match (existing.is_some(), &authority) {
             (true, _) if !rotate => said.push(format!("Secret {namespace}/{name} kept")),
             (exists, Some(authority)) => {

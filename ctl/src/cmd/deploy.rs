@@ -62,6 +62,33 @@ pub struct DeployArgs {
     #[arg(long, requires = "monitor", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub monitor_heavy_every: Option<u64>,
 
+    /// Run this scenario once inside the cluster, as a Job of `sondectl scenario run` with its
+    /// own ServiceAccount and client certificate, writing the run-set to the PVC
+    /// sonde-results. Applies only the job's objects: deploy the daemons first.
+    #[arg(
+        long,
+        value_name = "SCENARIO",
+        conflicts_with_all = ["monitor", "endpoints", "node_selector", "allow_targets", "rotate_certs"]
+    )]
+    pub job: Option<PathBuf>,
+
+    /// How long a finished job (its Job, pod and ConfigMap) stays before the cluster removes
+    /// it (ttlSecondsAfterFinished); its results stay on the claim.
+    #[arg(long, default_value = "24h", requires = "job", value_parser = parse_duration)]
+    pub job_ttl: Duration,
+
+    /// Also push the job's figures to this Pushgateway (its `--push-gateway`).
+    #[arg(long, requires = "job", value_name = "URL")]
+    pub job_push_gateway: Option<String>,
+
+    /// The size of the results claim sonde-results, when the job creates it.
+    #[arg(long, default_value = "1Gi", requires = "job")]
+    pub job_storage: String,
+
+    /// The storage class of the results claim (the cluster's default otherwise).
+    #[arg(long, requires = "job")]
+    pub job_storage_class: Option<String>,
+
     /// Where the daemons may send generated traffic (CIDRs, comma separated or repeated);
     /// without it, the cluster's own pod, node and Service ranges, read from the API server
     /// (with --dry-run: the manifest's 10.0.0.0/8).
@@ -99,7 +126,11 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         endpoints: args.endpoints,
         monitor: monitor(&args)?,
         allow_targets: (!args.allow_targets.is_empty()).then(|| args.allow_targets.clone()),
+        job: job(&args)?,
     };
+    if options.job.is_some() {
+        return deploy_job(&args, &options).await;
+    }
     if args.dry_run {
         let objects = manifests::objects(&options)?;
         match args.output {
@@ -130,12 +161,13 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let applied = apply::apply(&client, &objects).await?;
     // After the namespace exists; the daemons' pods wait for their Secret to be mounted.
     let secrets =
-        cluster::certificates::ensure(&client, &args.cluster.namespace, args.rotate_certs).await?;
+        cluster::certificates::ensure(&client, &args.cluster.namespace, args.rotate_certs, false)
+            .await?;
     match args.output {
         DeployOutput::Yaml => print!("{}", manifests::to_yaml(&objects)?),
         DeployOutput::Table => {
-            for object in applied {
-                println!("{object} applied");
+            for object in &applied {
+                println!("{} applied", apply::describe(object));
             }
             for secret in secrets {
                 println!("{secret}");
@@ -145,18 +177,128 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `deploy --job`: the job's client certificate, then its objects over the existing
+/// deployment, then the Job made its ConfigMap's owner (so that the cluster removes both when
+/// the TTL has passed).
+async fn deploy_job(args: &DeployArgs, options: &manifests::Options) -> anyhow::Result<()> {
+    let objects = manifests::job_objects(options)?;
+    let Some(job) = &options.job else {
+        return Ok(());
+    };
+    let namespace = &args.cluster.namespace;
+    if args.dry_run {
+        match args.output {
+            DeployOutput::Yaml => print!("{}", manifests::to_yaml(&objects)?),
+            DeployOutput::Table => {
+                for object in &objects {
+                    println!("{} (dry run)", apply::describe(object));
+                }
+                println!(
+                    "Secret {namespace}/{} (dry run: issued unless present)",
+                    tls::JOB_SECRET
+                );
+            }
+        }
+        return Ok(());
+    }
+    let client = cluster::client(args.cluster.kubeconfig.as_deref()).await?;
+    let secrets = cluster::certificates::ensure(&client, namespace, false, true)
+        .await
+        .with_context(|| {
+            format!(
+                "deploy --job runs beside the daemons: is sonde deployed in namespace {namespace}?"
+            )
+        })?;
+    let applied = apply::apply(&client, &objects).await?;
+    let owned = apply::own_configmap(&client, &applied, &job.name).await?;
+    match args.output {
+        DeployOutput::Yaml => print!("{}", manifests::to_yaml(&applied)?),
+        DeployOutput::Table => {
+            for secret in secrets {
+                println!("{secret}");
+            }
+            for object in &applied {
+                println!("{} applied", apply::describe(object));
+            }
+            if owned {
+                println!("ConfigMap {namespace}/{} owned by its Job", job.name);
+            }
+            let (claim, _) = manifests::RESULTS_CLAIM;
+            println!(
+                "\nJob {namespace}/{name} runs the scenario once; follow it with\n  \
+                 kubectl -n {namespace} logs -f job/{name}\n\
+                 Its run-set goes to the claim {claim} (read it with \
+                 deploy/kubernetes/results-reader.yaml: README, \"In-cluster jobs\").",
+                name = job.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The job of `--job FILE`: the scenario checked here, so that a typo fails the deploy rather
+/// than a pod in the cluster.
+fn job(args: &DeployArgs) -> anyhow::Result<Option<manifests::Job>> {
+    let Some(path) = &args.job else {
+        return Ok(None);
+    };
+    let (text, scenario) = checked_scenario(path, "--job")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let ttl_seconds = u32::try_from(args.job_ttl.as_secs()).unwrap_or(u32::MAX);
+    if let Some(gateway) = &args.job_push_gateway
+        && !(gateway.starts_with("http://") || gateway.starts_with("https://"))
+    {
+        anyhow::bail!("--job-push-gateway {gateway:?} is not an http:// or https:// URL");
+    }
+    if !is_storage_quantity(&args.job_storage) {
+        anyhow::bail!(
+            "--job-storage {:?} is not a quantity such as 1Gi or 500Mi",
+            args.job_storage
+        );
+    }
+    Ok(Some(manifests::Job {
+        name: manifests::Job::name_for(&scenario.name, now.as_secs()),
+        scenario: text,
+        ttl_seconds,
+        push_gateway: args.job_push_gateway.clone(),
+        storage: args.job_storage.clone(),
+        storage_class: args.job_storage_class.clone(),
+    }))
+}
+
+/// Whether `text` is a storage quantity the API server takes: a whole number and a binary or
+/// decimal suffix (`1Gi`, `500Mi`, `2G`).
+fn is_storage_quantity(text: &str) -> bool {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let suffix = &text[digits..];
+    digits > 0
+        && [
+            "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
+        ]
+        .contains(&suffix)
+}
+
+/// A scenario file given to `flag`, read and checked: its text and what it says.
+fn checked_scenario(path: &std::path::Path, flag: &str) -> anyhow::Result<(String, Scenario)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {flag} {}", path.display()))?;
+    let scenario = Scenario::parse(&text)
+        .with_context(|| format!("{flag} {} is not a valid scenario", path.display()))?;
+    scenario
+        .tests()
+        .with_context(|| format!("{flag} {}", path.display()))?;
+    Ok((text, scenario))
+}
+
 /// The monitor of `--monitor FILE`: the scenario checked here, so that a typo fails the
 /// deploy rather than a pod in the cluster.
 fn monitor(args: &DeployArgs) -> anyhow::Result<Option<manifests::Monitor>> {
     let Some(path) = &args.monitor else {
         return Ok(None);
     };
-    let scenario = std::fs::read_to_string(path)
-        .with_context(|| format!("reading --monitor {}", path.display()))?;
-    Scenario::parse(&scenario)
-        .with_context(|| format!("--monitor {} is not a valid scenario", path.display()))?
-        .tests()
-        .with_context(|| format!("--monitor {}", path.display()))?;
+    let (scenario, _) = checked_scenario(path, "--monitor")?;
     let mut extra = Vec::new();
     if let Some(every) = args.monitor_every {
         extra.extend(["--every".to_owned(), format!("{}ms", every.as_millis())]);
@@ -186,7 +328,32 @@ pub async fn undeploy(args: UndeployArgs) -> anyhow::Result<()> {
         }),
         ..manifests::Options::default()
     };
-    let objects = manifests::objects(&options)?;
+    let mut objects = manifests::objects(&options)?;
+    // The jobs' cluster-wide binding; their Jobs and claim go with the namespace.
+    let job_options = manifests::Options {
+        job: Some(manifests::Job {
+            name: "sonde-job".to_owned(),
+            scenario: String::new(),
+            ttl_seconds: 0,
+            push_gateway: None,
+            storage: "1Gi".to_owned(),
+            storage_class: None,
+        }),
+        ..options
+    };
+    let after_namespace = objects
+        .iter()
+        .position(|o| o.types.as_ref().is_some_and(|t| t.kind == "Namespace"))
+        .map_or(0, |at| at + 1);
+    let job_identity = manifests::job_objects(&job_options)?
+        .into_iter()
+        .filter(|o| {
+            o.types
+                .as_ref()
+                .is_some_and(|t| t.kind == "ServiceAccount" || t.kind == "ClusterRoleBinding")
+        });
+    // Deleted in reverse: after everything but the namespace.
+    objects.splice(after_namespace..after_namespace, job_identity);
     let client = cluster::client(args.cluster.kubeconfig.as_deref()).await?;
     let deleted = apply::delete(&client, &objects).await?;
     if deleted.is_empty() {

@@ -80,6 +80,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "10m", value_parser = crate::cli::parse_duration)]
     pub wait: Duration,
 
+    /// Also write the run-set document (as `-o json` prints it) to this file; into a
+    /// directory (one that exists, or a path ending in `/`), as SCENARIO-TIME.json.
+    #[arg(long, value_name = "PATH")]
+    pub save: Option<PathBuf>,
+
     /// Where the results go besides the output.
     #[command(flatten)]
     pub export: crate::export::ExportArgs,
@@ -230,8 +235,13 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&set)?),
         OutputFormat::Table => print!("{}", render::table(&set)),
     }
+    // Written, recorded and pushed before any of them fails the command: nothing is lost.
+    let saved = args.save.as_deref().map(|path| save(path, &set));
     args.record.record(serde_json::to_value(&set)?);
     crate::export::send(&args.export, &scenario.name, &crate::export::of_set(&set)).await?;
+    if let Some(saved) = saved {
+        eprintln!("sondectl: run-set written to {}", saved?.display());
+    }
     if !set.complete {
         let failed = set
             .measurements
@@ -246,4 +256,34 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Writes `set` as JSON at `path` (a file, or a directory to name one in); returns the file.
+fn save(path: &std::path::Path, set: &RunSet) -> anyhow::Result<PathBuf> {
+    let into_directory = path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/');
+    let file = if into_directory {
+        let started = i64::try_from(set.started_at_unix_ms / 1000).unwrap_or(0);
+        let time = jiff::Timestamp::from_second(started)
+            .map(|t| t.strftime("%Y%m%dT%H%M%SZ").to_string())
+            .unwrap_or_else(|_| started.to_string());
+        let name: String = set
+            .scenario
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        path.join(format!("{name}-{time}.json"))
+    } else {
+        path.to_owned()
+    };
+    let text = serde_json::to_string_pretty(set)?;
+    std::fs::write(&file, text + "\n")
+        .with_context(|| format!("--save: writing {}", file.display()))?;
+    Ok(file)
 }

@@ -333,7 +333,10 @@ fn issue_certificates(inventory: &Inventory) -> crate::Result<()> {
     let daemon = ca.issue(issue::Role::Daemon, tls::DAEMON_NAME)?;
     ca.write_dir(&tls::lab_daemon_dir(&inventory.state_dir), &daemon)?;
     let client = ca.issue(issue::Role::Client, "sondectl")?;
-    ca.write_dir(&tls::lab_client_dir(&inventory.state_dir), &client)
+    ca.write_dir(&tls::lab_client_dir(&inventory.state_dir), &client)?;
+    // The CA too (root's, as the lab): what a cluster's sonde-ca Secret is to deploy, for
+    // issuing more clients (tests/kubernetes.rs's in-cluster job).
+    ca.write_dir(&tls::lab_ca_dir(&inventory.state_dir), &ca.issued)
 }
 
 async fn start_daemons(inventory: &mut Inventory, sonded: &Path) -> crate::Result<()> {

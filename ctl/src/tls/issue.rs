@@ -69,16 +69,14 @@ impl Authority {
         })
     }
 
-    /// The CA `generate` made, from its certificate and key (as a Secret keeps them).
-    pub fn from_pem(name: &str, issued: Issued) -> crate::Result<Self> {
+    /// A CA from its certificate and key (as a Secret keeps them): `generate`'s, or one of the
+    /// user's (its name, key usages and key identifier are read from its certificate, so that
+    /// what it issues chains to it).
+    pub fn from_pem(issued: Issued) -> crate::Result<Self> {
         let key = KeyPair::from_pem(&issued.key_pem).context("reading the CA's key")?;
-        // Signing needs the CA's name, key usages and key identifier method: those of
-        // `ca_params`, whatever its dates.
-        let params = ca_params(name, OffsetDateTime::now_utc(), CA_VALIDITY);
-        Ok(Self {
-            issued,
-            issuer: Issuer::new(params, key),
-        })
+        let issuer = Issuer::from_ca_cert_pem(&issued.cert_pem, key)
+            .context("reading the CA's certificate")?;
+        Ok(Self { issued, issuer })
     }
 
     /// A certificate for `role` named `name`, valid from `not_before` for `validity`.

@@ -41,6 +41,8 @@ pub const CA_FILE: &str = "ca.crt";
 pub const DAEMON_SECRET: &str = "sonde-daemon-tls";
 /// The Secret holding the client certificate sondectl presents, its key and the CA.
 pub const CLIENT_SECRET: &str = "sonde-client-tls";
+/// The Secret holding the in-cluster jobs' own client certificate (`deploy --job`).
+pub const JOB_SECRET: &str = "sonde-job-tls";
 /// The Secret holding the CA's certificate and key (`deploy` issues from it).
 pub const CA_SECRET: &str = "sonde-ca";
 
@@ -153,6 +155,11 @@ pub fn use_cluster(client: &kube::Client, namespace: &str) {
 /// The directory of a lab's client certificate, for a daemon socket of that lab.
 pub fn lab_client_dir(lab_dir: &Path) -> PathBuf {
     lab_dir.join("tls").join("client")
+}
+
+/// The directory of a lab's CA: its certificate and key (`tls.crt`, `tls.key`).
+pub fn lab_ca_dir(lab_dir: &Path) -> PathBuf {
+    lab_dir.join("tls").join("ca")
 }
 
 /// The directory of a lab's daemon certificate.
