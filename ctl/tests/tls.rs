@@ -259,7 +259,7 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     let before = credentials(&pki.dir("client"));
     assert_eq!(ask(&addr, before.clone()).await, Ok("tls-node".to_owned()));
     // A new CA and certificates, written over the daemon's files as an operator would (a
-    // Secret volume swaps a symlink instead: also a change of the files' identity).
+    // Secret volume swaps a symlink instead: the next test).
     let ca = Authority::generate("sonde rotated CA").expect("CA");
     let daemon = ca
         .issue(Role::Daemon, sonde_ctl::tls::DAEMON_NAME)
@@ -273,6 +273,60 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
         ask(&addr, credentials(&pki.dir("rotated-client"))).await,
         Ok("tls-node".to_owned()),
         "the new certificate is served and the new CA trusted"
+    );
+    let err = ask(&addr, before).await.expect_err("the old client");
+    assert!(err.contains("TLS handshake"), "{err}");
+}
+
+/// Writes `issued` (and its CA) as the kubelet writes a Secret volume: the files in a new
+/// timestamped directory, `..data` a symlink to it swapped in by rename, and each key a
+/// symlink through `..data` (made once). The files the daemon opens keep their paths; only
+/// `..data` changes.
+fn kubelet_write(volume: &Path, generation: u32, issued: &Issued, ca: &Issued) {
+    let data = format!("..2026_12_05_00_00_0{generation}.{generation}");
+    write_with_ca(&volume.join(&data), issued, ca);
+    let swap = volume.join("..data_tmp");
+    let _ = std::fs::remove_file(&swap);
+    std::os::unix::fs::symlink(&data, &swap).expect("..data_tmp");
+    std::fs::rename(&swap, volume.join("..data")).expect("..data swapped");
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        let link = volume.join(key);
+        if link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(format!("..data/{key}"), &link).expect("a key's link");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_volume_updated_as_the_kubelet_does_is_served_without_a_restart() {
+    let scratch = Scratch::new("kubelet");
+    let volume = scratch.dir("volume");
+    std::fs::create_dir_all(&volume).expect("volume");
+    let ca = Authority::generate("sonde CA").expect("CA");
+    let first = ca
+        .issue(Role::Daemon, sonde_ctl::tls::DAEMON_NAME)
+        .expect("daemon");
+    kubelet_write(&volume, 1, &first, &ca.issued);
+    let client = ca.issue(Role::Client, "sondectl").expect("client");
+    ca.write_dir(&scratch.dir("client"), &client)
+        .expect("client files");
+    let addr = serve(&volume).await;
+    let before = credentials(&scratch.dir("client"));
+    assert_eq!(ask(&addr, before.clone()).await, Ok("tls-node".to_owned()));
+    // deploy --rotate-certs under a new CA: the kubelet's next sync swaps `..data`.
+    let rotated_ca = Authority::generate("sonde CA").expect("rotated CA");
+    let second = rotated_ca
+        .issue(Role::Daemon, sonde_ctl::tls::DAEMON_NAME)
+        .expect("daemon");
+    kubelet_write(&volume, 2, &second, &rotated_ca.issued);
+    let rotated_client = rotated_ca.issue(Role::Client, "sondectl").expect("client");
+    rotated_ca
+        .write_dir(&scratch.dir("rotated-client"), &rotated_client)
+        .expect("rotated client files");
+    assert_eq!(
+        ask(&addr, credentials(&scratch.dir("rotated-client"))).await,
+        Ok("tls-node".to_owned()),
+        "the swapped files are served"
     );
     let err = ask(&addr, before).await.expect_err("the old client");
     assert!(err.contains("TLS handshake"), "{err}");
