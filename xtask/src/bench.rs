@@ -412,7 +412,7 @@ enum Idle {
     Polling,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reader {
     Throughput,
     Datagrams,
