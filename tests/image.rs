@@ -36,6 +36,17 @@ fn daemonset() -> DaemonSet {
     serde_json::from_value(serde_json::to_value(object).expect("json")).expect("a DaemonSet")
 }
 
+/// The capabilities the DaemonSet adds.
+fn listed_capabilities() -> Vec<String> {
+    daemonset()
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers[0].security_context.clone())
+        .and_then(|s| s.capabilities)
+        .and_then(|c| c.add)
+        .expect("the listed capabilities")
+}
+
 /// A container run as the DaemonSet's pod spec says, removed on drop.
 struct Container {
     name: String,
@@ -310,13 +321,7 @@ async fn the_image_runs_as_the_daemonset_specifies_and_each_capability_is_needed
     })
     .await;
     let kubeconfig = server.kubeconfig().to_path_buf();
-    let listed: Vec<String> = daemonset()
-        .spec
-        .and_then(|s| s.template.spec)
-        .and_then(|p| p.containers[0].security_context.clone())
-        .and_then(|s| s.capabilities)
-        .and_then(|c| c.add)
-        .expect("the listed capabilities");
+    let listed = listed_capabilities();
 
     let (daemon_tls, client_tls) = (dir.join("daemon"), dir.join("client"));
     let outcome = tokio::task::spawn_blocking(move || {
@@ -465,13 +470,7 @@ async fn the_image_in_a_lab_node_maps_its_pods_through_their_processes_and_trace
     };
     let daemon_tls = sonde_ctl::tls::lab_daemon_dir(&lab.inventory.state_dir);
     let client_tls = sonde_ctl::tls::lab_client_dir(&lab.inventory.state_dir);
-    let listed: Vec<String> = daemonset()
-        .spec
-        .and_then(|s| s.template.spec)
-        .and_then(|p| p.containers[0].security_context.clone())
-        .and_then(|s| s.capabilities)
-        .and_then(|c| c.add)
-        .expect("the listed capabilities");
+    let listed = listed_capabilities();
     let kubeconfig = in_node.kubeconfig().to_path_buf();
     let start = |name: &str, without: Option<&str>, rt_runtime_us: Option<u64>| {
         let capabilities: Vec<String> = listed
@@ -515,21 +514,7 @@ async fn the_image_in_a_lab_node_maps_its_pods_through_their_processes_and_trace
     let (code, stdout, stderr) = run().await;
     assert_eq!(code, 0, "{stderr}\n{}", logs(&container));
     let doc: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
-    let kernel = &doc["measurements"][0]["kernel"];
-    let directions = kernel["directions"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no breakdown: {doc}"));
-    assert_eq!(directions.len(), 2, "{kernel}");
-    for direction in directions {
-        let names: Vec<&str> = direction["stages"]
-            .as_array()
-            .expect("stages")
-            .iter()
-            .filter(|s| s["latency"]["samples"].as_u64().unwrap_or(0) > 0)
-            .filter_map(|s| s["name"].as_str())
-            .collect();
-        assert_eq!(names, sonde_integration::CROSS_NODE_STAGES, "{direction}");
-    }
+    sonde_integration::assert_full_breakdown(&doc["measurements"][0]["kernel"]);
     // Where cgroup v1 schedules real-time tasks by group (this kernel: RT_GROUP_SCHED), a
     // container's group has no real-time budget unless given one, and SYS_NICE alone cannot
     // raise the windows' thread: the breakdown says so. Elsewhere SYS_NICE is enough.

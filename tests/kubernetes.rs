@@ -601,20 +601,7 @@ async fn a_run_named_in_kubernetes_terms_goes_through_port_forward_to_the_lab() 
     }
     // Every stage of both directions, as in a lab run: the daemons found the pods' veths and
     // their uplinks themselves.
-    let directions = measurement["kernel"]["directions"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no breakdown: {measurement}"));
-    assert_eq!(directions.len(), 2, "{measurement}");
-    for direction in directions {
-        let names: Vec<&str> = direction["stages"]
-            .as_array()
-            .expect("stages")
-            .iter()
-            .filter(|s| s["latency"]["samples"].as_u64().unwrap_or(0) > 0)
-            .filter_map(|s| s["name"].as_str())
-            .collect();
-        assert_eq!(names, sonde_integration::CROSS_NODE_STAGES, "{direction}");
-    }
+    sonde_integration::assert_full_breakdown(&measurement["kernel"]);
 
     // Through the Service's ClusterIP, to its pods.
     let (code, stdout, stderr) = sondectl_k8s(

@@ -24,6 +24,33 @@ pub const CROSS_NODE_STAGES: [&str; 5] = [
     "receiver stack",
 ];
 
+/// The stages of a breakdown's direction that have samples, in order.
+pub fn stages_with_samples(direction: &serde_json::Value) -> Vec<&str> {
+    direction["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .filter(|s| s["latency"]["samples"].as_u64().unwrap_or(0) > 0)
+        .filter_map(|s| s["name"].as_str())
+        .collect()
+}
+
+/// Asserts that a cross-node run's `kernel` breakdown has both directions, each with every
+/// stage sampled.
+pub fn assert_full_breakdown(kernel: &serde_json::Value) {
+    let directions = kernel["directions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no breakdown: {kernel}"));
+    assert_eq!(directions.len(), 2, "{kernel}");
+    for direction in directions {
+        assert_eq!(
+            stages_with_samples(direction),
+            CROSS_NODE_STAGES,
+            "{direction}"
+        );
+    }
+}
+
 /// Fails the test with a clear message unless it runs as root.
 pub fn require_root() {
     assert!(

@@ -235,6 +235,22 @@ pub fn job_objects(options: &Options) -> crate::Result<Vec<DynamicObject>> {
     Ok(objects)
 }
 
+/// The jobs' identity in `options`' namespace: their ServiceAccount and their binding to the
+/// cluster's reader role (what `undeploy` removes besides the namespace, which holds the
+/// rest: Jobs, ConfigMaps, the claim).
+pub fn job_identity(options: &Options) -> crate::Result<Vec<DynamicObject>> {
+    let mut objects: Vec<DynamicObject> = parse(JOB_FILES.iter())?
+        .into_iter()
+        .filter(|o| {
+            o.types
+                .as_ref()
+                .is_some_and(|t| t.kind == "ServiceAccount" || t.kind == "ClusterRoleBinding")
+        })
+        .collect();
+    customize(&mut objects, options)?;
+    Ok(objects)
+}
+
 /// Applies the user's options to shipped objects.
 fn customize(objects: &mut [DynamicObject], options: &Options) -> crate::Result<()> {
     let namespace = options.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);

@@ -329,31 +329,15 @@ pub async fn undeploy(args: UndeployArgs) -> anyhow::Result<()> {
         ..manifests::Options::default()
     };
     let mut objects = manifests::objects(&options)?;
-    // The jobs' cluster-wide binding; their Jobs and claim go with the namespace.
-    let job_options = manifests::Options {
-        job: Some(manifests::Job {
-            name: "sonde-job".to_owned(),
-            scenario: String::new(),
-            ttl_seconds: 0,
-            push_gateway: None,
-            storage: "1Gi".to_owned(),
-            storage_class: None,
-        }),
-        ..options
-    };
+    // The jobs' identity (`deploy --job`), deleted (in reverse) just before the namespace.
     let after_namespace = objects
         .iter()
         .position(|o| o.types.as_ref().is_some_and(|t| t.kind == "Namespace"))
         .map_or(0, |at| at + 1);
-    let job_identity = manifests::job_objects(&job_options)?
-        .into_iter()
-        .filter(|o| {
-            o.types
-                .as_ref()
-                .is_some_and(|t| t.kind == "ServiceAccount" || t.kind == "ClusterRoleBinding")
-        });
-    // Deleted in reverse: after everything but the namespace.
-    objects.splice(after_namespace..after_namespace, job_identity);
+    objects.splice(
+        after_namespace..after_namespace,
+        manifests::job_identity(&options)?,
+    );
     let client = cluster::client(args.cluster.kubeconfig.as_deref()).await?;
     let deleted = apply::delete(&client, &objects).await?;
     if deleted.is_empty() {
