@@ -8,24 +8,14 @@ use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use sonde_integration::{lab::Lab, require_root};
+use sonde_integration::{Killed, free_port, lab::Lab, require_root};
 
-/// A process killed when the test ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(program: &str, args: &[&str]) -> Server {
-    Server(
+fn start(program: &str, args: &[&str]) -> Killed {
+    Killed(
         Command::new(program)
             .args(args)
             .stdout(Stdio::null())
@@ -33,13 +23,6 @@ fn start(program: &str, args: &[&str]) -> Server {
             .spawn()
             .unwrap_or_else(|err| panic!("{program}: {err} (cargo xtask setup installs it)")),
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 fn wait_for_port(port: u16) {

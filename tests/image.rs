@@ -18,8 +18,10 @@ use std::{
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use sonde_integration::{
+    Killed,
     cluster::{lab_as_cluster, sondectl_k8s},
     fake_apiserver::{FakeApiServer, FakeCluster, FakeNode},
+    free_port,
     lab::Lab,
     require_root, workspace_bin,
 };
@@ -88,14 +90,6 @@ impl Drop for Container {
             .args(["rm", "-f", "-t", "2", &self.name])
             .output();
     }
-}
-
-/// A loopback port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
 }
 
 /// podman's arguments for the DaemonSet's container, with `capabilities` added (the
@@ -392,17 +386,6 @@ async fn the_image_runs_as_the_daemonset_specifies_and_each_capability_is_needed
     );
 }
 
-/// A pod's workload: a process of another user (65534) in the pod's network namespace, as a
-/// container runtime leaves it; killed on drop.
-struct Workload(std::process::Child);
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The pod IPs a daemon has mapped to its node's veths (`sondectl nodes -o json`).
 fn pod_ips(report: &serde_json::Value) -> Vec<String> {
     report["nodes"][0]["pod_interfaces"]
@@ -443,7 +426,7 @@ async fn the_image_in_a_lab_node_maps_its_pods_through_their_processes_and_trace
     // pod1's workload, as another user: only /proc/PID/ns/net leads to its namespace.
     let pod1 = lab.inventory.pod("pod1").expect("pod1").clone();
     assert_eq!(pod1.node, "node1");
-    let _workload = Workload(
+    let _workload = Killed(
         Command::new("ip")
             .args(["netns", "exec", &pod1.netns])
             .args([

@@ -13,14 +13,16 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use k8s_openapi::api::{batch::v1::Job, core::v1::ConfigMap};
 use sonde_integration::{
+    Killed,
     cluster::{lab_as_cluster_with_endpoints, scenario_file, sondectl_k8s, tls_handshake},
     fake_apiserver::{Call, FakeApiServer, FakeCluster, tls_secret, uid_of},
+    free_port,
     lab::Lab,
     require_root, workspace_bin,
 };
@@ -333,23 +335,6 @@ async fn deploy_job_refuses_bad_input_before_applying_anything() {
     );
 }
 
-/// A process killed when the test ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// An HTTP/1.0 GET of `path` on 127.0.0.1:`port`, once something answers (30 s at most).
 fn get(port: u16, path: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -475,7 +460,7 @@ async fn a_job_run_as_its_pod_spec_says_leaves_its_run_set_on_the_claim_and_in_t
     ));
     let server = FakeApiServer::start(cluster).await;
     let gateway = free_port();
-    let _gateway = Server(
+    let _gateway = Killed(
         Command::new("prometheus-pushgateway")
             .arg(format!("--web.listen-address=127.0.0.1:{gateway}"))
             .stdout(Stdio::null())

@@ -24,6 +24,25 @@ pub const CROSS_NODE_STAGES: [&str; 5] = [
     "receiver stack",
 ];
 
+/// A child process (a server, a pod's workload) killed and reaped when the test ends.
+#[derive(Debug)]
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
 /// The stages of a breakdown's direction that have samples, in order.
 pub fn stages_with_samples(direction: &serde_json::Value) -> Vec<&str> {
     direction["stages"]
