@@ -15,9 +15,17 @@ pub const SERVER_PORTS: &str = "SONDE_PORTS";
 /// A [`SERVER_PORTS`] entry's bit saying that the port's UDP flows carry DNS messages (a `dns`
 /// run): a datagram's packet id is its DNS message ID, not sonde's UDP header's sequence.
 pub const PORT_DNS_IDS: u8 = 0x80;
-/// The bits of a [`SERVER_PORTS`] entry below [`PORT_DNS_IDS`]: 0 for no traced flow, else the
-/// densest sample shift of the port's flows plus one.
-pub const PORT_SHIFT_MASK: u8 = 0x7f;
+/// A [`SERVER_PORTS`] entry's bit saying that some traced flow of the port has its client on
+/// this node. Socket tracepoints are global: in the lab every daemon's programs see every
+/// node's sockets, and this lets one leave another node's sockets after an array read, before
+/// the flow lookup.
+pub const PORT_CLIENT_HERE: u8 = 0x40;
+/// A [`SERVER_PORTS`] entry's bit saying that some traced flow of the port has its server on
+/// this node (see [`PORT_CLIENT_HERE`]).
+pub const PORT_SERVER_HERE: u8 = 0x20;
+/// The low bits of a [`SERVER_PORTS`] entry: 0 for no traced flow, else the densest sample
+/// shift of the port's flows plus one (at most `stages::MAX_SAMPLE_SHIFT + 1`).
+pub const PORT_SHIFT_MASK: u8 = 0x1f;
 /// Ring buffer of `Event`s.
 pub const EVENTS: &str = "SONDE_EVENTS";
 /// Per-CPU array of `u64` counters of the stage programs (index `stages::LOST_EVENTS`: events

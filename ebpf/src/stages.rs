@@ -7,7 +7,7 @@ use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TcContext, TracePointContext},
@@ -441,10 +441,9 @@ pub fn skb_argument(ctx: &BtfTracePointContext) -> Option<u64> {
 
 /// The leading fields of the kernel's `struct sock_common`, stable since IPv4 sockets began.
 #[repr(C)]
-#[derive(Clone, Copy)]
 struct SockCommonHead {
-    daddr: [u8; 4],
-    rcv_saddr: [u8; 4],
+    daddr: u32,
+    rcv_saddr: u32,
     hash: u32,
     dport_be: u16,
     num: u16,
@@ -455,29 +454,36 @@ struct SockCommonHead {
 #[inline(always)]
 pub fn socket_send(ctx: &BtfTracePointContext) {
     let sk: *const SockCommonHead = ctx.arg(0);
-    // SAFETY: bpf_probe_read_kernel checks the address; a failed read is ignored.
-    let Ok(head) = (unsafe { bpf_probe_read_kernel(sk) }) else {
+    // SAFETY: the tracepoint's first argument is a `struct sock *`, a pointer the verifier
+    // types from the kernel's BTF: it checks each load against the struct's members (these
+    // four are `sock_common`'s first) and guards it against a fault, so direct loads serve
+    // where `bpf_probe_read_kernel` would cost a helper call and a copy.
+    let (num, dport) = unsafe {
+        (
+            read_volatile(&raw const (*sk).num),
+            u16::from_be(read_volatile(&raw const (*sk).dport_be)),
+        )
+    };
+    // Only a socket whose side is on this node: in the lab every daemon sees every node's
+    // sockets, and another node's leave here, before the flow lookup.
+    let Some(entry) = local_port_entry(num, dport) else {
         return;
     };
     // A sampled stream's sends are not stamped: a stream's send time is its socket buffer's
     // queueing rather than the stack's work, and a send per packet is too many to stamp.
-    let dport = u16::from_be(head.dport_be);
-    let entry = match port_entry(dport) {
-        0 => port_entry(head.num),
-        entry => entry,
-    };
     if entry & sonde_common::maps::PORT_SHIFT_MASK != 1 {
         return;
     }
-    let local = mapped(head.rcv_saddr);
-    let remote = mapped(head.daddr);
-    let Some((info, dir)) = lookup(
-        &local,
-        &remote,
-        head.num,
-        u16::from_be(head.dport_be),
-        IPPROTO_TCP,
-    ) else {
+    // SAFETY: as above.
+    let (daddr, saddr) = unsafe {
+        (
+            read_volatile(&raw const (*sk).daddr),
+            read_volatile(&raw const (*sk).rcv_saddr),
+        )
+    };
+    let local = mapped(saddr.to_ne_bytes());
+    let remote = mapped(daddr.to_ne_bytes());
+    let Some((info, dir)) = lookup(&local, &remote, num, dport, IPPROTO_TCP) else {
         return;
     };
     if !sends_here(&info, dir) {
@@ -485,6 +491,20 @@ pub fn socket_send(ctx: &BtfTracePointContext) {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let _ = SEND_TS.set(info.flow * 2 + u32::from(dir), now, 0);
+}
+
+/// The port entry under which a socket from local port `local` to remote port `remote` may
+/// belong to a traced flow whose side it is on this node: the remote port's when it is a
+/// traced server port with a client here, else the local port's when it is one with a server
+/// here. `None` for every other socket, another node's in the lab among them.
+#[inline(always)]
+fn local_port_entry(local: u16, remote: u16) -> Option<u8> {
+    let to = port_entry(remote);
+    if to & sonde_common::maps::PORT_CLIENT_HERE != 0 {
+        return Some(to);
+    }
+    let from = port_entry(local);
+    (from & sonde_common::maps::PORT_SERVER_HERE != 0).then_some(from)
 }
 
 /// Connect latency of traced flows (`sock:inet_sock_set_state`): SYN_SENT to ESTABLISHED.
@@ -507,6 +527,10 @@ pub fn connect_state(ctx: &TracePointContext) {
         let Some((local, remote, sport, dport)) = (unsafe { addresses(ctx, 24, 40) }) else {
             return;
         };
+        // A connection of this node's clients only (see `local_port_entry`).
+        if port_entry(dport) & sonde_common::maps::PORT_CLIENT_HERE == 0 {
+            return;
+        }
         let Some((info, dir)) = lookup(&local, &remote, sport, dport, IPPROTO_TCP) else {
             return;
         };
@@ -550,6 +574,9 @@ pub fn retransmit(ctx: &TracePointContext) {
     let Some((local, remote, sport, dport)) = (unsafe { addresses(ctx, 28, 42) }) else {
         return;
     };
+    if local_port_entry(sport, dport).is_none() {
+        return;
+    }
     let Some((info, dir)) = lookup(&local, &remote, sport, dport, IPPROTO_TCP) else {
         return;
     };

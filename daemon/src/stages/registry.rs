@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use sonde_common::{
     maps,
-    stages::{FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS},
+    stages::{FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, MAX_SAMPLE_SHIFT, side},
 };
 
 use crate::{Error, Result};
@@ -26,9 +26,8 @@ pub(super) struct Registry {
     pub(super) lost: PerCpuArray<MapData, u64>,
     /// Per key: its flow number and each trace's use of it.
     pub(super) keys: HashMap<FlowKey, (u32, Vec<Use>)>,
-    /// Users of each server port.
-    /// The sample shift of each user of each server port.
-    pub(super) port_users: HashMap<u16, Vec<(u8, bool)>>,
+    /// Each use of each server port.
+    pub(super) port_users: HashMap<u16, Vec<Use>>,
     /// Flow numbers handed out and returned.
     pub(super) next_flow: u32,
     pub(super) free_flows: Vec<u32>,
@@ -59,7 +58,7 @@ impl Registry {
         self.port_users
             .entry(key.server_port)
             .or_default()
-            .push((used.sample_shift, used.dns_ids));
+            .push(used);
         self.set_port(key.server_port)
             .map_err(|source| Error::Map {
                 name: maps::SERVER_PORTS,
@@ -83,10 +82,7 @@ impl Registry {
             }
         }
         if let Some(users) = self.port_users.get_mut(&key.server_port) {
-            if let Some(at) = users
-                .iter()
-                .position(|user| *user == (used.sample_shift, used.dns_ids))
-            {
+            if let Some(at) = users.iter().position(|user| *user == used) {
                 users.remove(at);
             }
             if users.is_empty() {
@@ -96,16 +92,9 @@ impl Registry {
         let _ = self.set_port(key.server_port);
     }
 
-    /// Writes a server port's entry: 0 when no traced flow uses it, else the densest sample
-    /// shift of its users plus one (the probes drop a packet outside every user's sample
-    /// before any flow lookup).
+    /// Writes a server port's entry (see [`port_entry`]).
     pub(super) fn set_port(&mut self, port: u16) -> Result<(), aya::maps::MapError> {
-        let users = self.port_users.get(&port);
-        let shift = users
-            .and_then(|users| users.iter().map(|(shift, _)| *shift).min())
-            .map_or(0, |shift| shift + 1);
-        let dns = users.is_some_and(|users| users.iter().any(|(_, dns)| *dns));
-        let value = shift | if dns { maps::PORT_DNS_IDS } else { 0 };
+        let value = port_entry(self.port_users.get(&port).map_or(&[], Vec::as_slice));
         self.ports.set(u32::from(port), value, 0)
     }
 
@@ -115,6 +104,27 @@ impl Registry {
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     }
+}
+
+/// A server port's entry for its users: 0 when no traced flow uses it, else the densest
+/// sample shift of its users plus one (the probes drop a packet outside every user's sample
+/// before any flow lookup), with the bits of the sides held here and of DNS ids.
+pub(super) fn port_entry(users: &[Use]) -> u8 {
+    let Some(shift) = users.iter().map(|used| used.sample_shift).min() else {
+        return 0;
+    };
+    let sides = users.iter().fold(0, |all, used| all | used.sides);
+    let mut entry = shift.min(MAX_SAMPLE_SHIFT) + 1;
+    if sides & side::CLIENT != 0 {
+        entry |= maps::PORT_CLIENT_HERE;
+    }
+    if sides & side::SERVER != 0 {
+        entry |= maps::PORT_SERVER_HERE;
+    }
+    if users.iter().any(|used| used.dns_ids) {
+        entry |= maps::PORT_DNS_IDS;
+    }
+    entry
 }
 
 /// The flow map's value for a key: its number, every side its users hold on this node, and
@@ -129,5 +139,36 @@ pub(super) fn flow_info(number: u32, users: &[Use]) -> FlowInfo {
             .min()
             .unwrap_or(0),
         pad: [0; 2],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn used(sides: u8, sample_shift: u8, dns_ids: bool) -> Use {
+        Use {
+            sides,
+            sample_shift,
+            dns_ids,
+        }
+    }
+
+    #[test]
+    fn a_port_entry_holds_the_densest_sampling_and_every_side_here() {
+        assert_eq!(port_entry(&[]), 0);
+        let client = port_entry(&[used(side::CLIENT, 0, false)]);
+        assert_eq!(client & maps::PORT_SHIFT_MASK, 1);
+        assert_eq!(client & !maps::PORT_SHIFT_MASK, maps::PORT_CLIENT_HERE);
+        let both = port_entry(&[used(side::SERVER, 4, false), used(side::CLIENT, 2, true)]);
+        assert_eq!(both & maps::PORT_SHIFT_MASK, 3);
+        assert_eq!(
+            both & !maps::PORT_SHIFT_MASK,
+            maps::PORT_CLIENT_HERE | maps::PORT_SERVER_HERE | maps::PORT_DNS_IDS
+        );
+        // The densest sampling allowed still fits below the side bits.
+        let sparse = port_entry(&[used(side::SERVER, MAX_SAMPLE_SHIFT, false)]);
+        assert_eq!(sparse & maps::PORT_SHIFT_MASK, MAX_SAMPLE_SHIFT + 1);
+        assert_eq!(sparse & !maps::PORT_SHIFT_MASK, maps::PORT_SERVER_HERE);
     }
 }
