@@ -54,6 +54,7 @@ fn drop_test_packets(btf: Option<&aya::Btf>) -> TraceReport {
         sample_shift: 0,
         ways: Ways::Both,
         dns_ids: false,
+        windowed: false,
     };
     let trace = tracer
         .trace(&spec, side::CLIENT, 0)

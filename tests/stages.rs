@@ -168,6 +168,61 @@ fn tcp_rr_breakdown_on_one_node_and_across_nodes() {
 
 #[test]
 #[ignore = "privileged: needs root; run by cargo xtask test"]
+fn a_request_response_run_traced_in_windows_keeps_every_stage_from_a_tenth_of_it() {
+    require_root();
+    let lab = Lab::up(&[]);
+    let run = json_of(
+        &lab,
+        &[
+            "run",
+            "tcp-rr",
+            "--from",
+            "pod/pod1",
+            "--to",
+            "pod/pod3",
+            "--duration",
+            "3s",
+            "--warmup",
+            "300ms",
+            "--trace-windows",
+            "-o",
+            "json",
+        ],
+    );
+    let measurement = &run["measurements"][0];
+    let transactions = measurement["latency"]["count"].as_u64().expect("count");
+    for direction in ["client-to-server", "server-to-client"] {
+        let found = stages(measurement, direction);
+        let names: Vec<&str> = found.iter().map(|(name, ..)| name.as_str()).collect();
+        // Every stage, the sender's stack too: sends are stamped in the windows.
+        assert_eq!(
+            names,
+            sonde_integration::CROSS_NODE_STAGES,
+            "{direction}: {measurement}"
+        );
+        for (name, samples, p50, _) in &found {
+            // 100 ms of every second: three or four windows of the run (and of its
+            // warm-up), every transaction in them followed; continuous stamping would see
+            // nine in ten.
+            assert!(
+                *samples >= 50 && *samples * 4 <= transactions,
+                "{direction} {name}: {samples} samples for {transactions} transactions"
+            );
+            assert!(*p50 >= 0, "{direction} {name}: p50 {p50} ns");
+        }
+    }
+    let notes = measurement["kernel"]["notes"].to_string();
+    for node in ["node1", "node2"] {
+        assert!(
+            notes.contains(&format!("{node}: stamped in windows")),
+            "{notes}"
+        );
+    }
+    assert_eq!(measurement["kernel"]["events_lost"], 0);
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
 fn the_clock_estimate_brackets_the_labs_zero_offset() {
     require_root();
     let lab = Lab::up(&[]);

@@ -48,6 +48,7 @@ fn trace(tracer: &Arc<Tracer>, server_port: u16, sample_shift: u8) -> RunTrace {
         sample_shift,
         ways: Ways::Both,
         dns_ids: false,
+        windowed: false,
     };
     tracer
         .trace(&spec, side::CLIENT, 0)

@@ -34,9 +34,19 @@ static BATCHES: PerCpuArray<Batch> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SONDE_STAGE_CNT")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Time of the last send on each (flow, direction), waiting for the next data segment.
+/// The last send on each (flow, direction), waiting for the next data segment.
 #[map(name = "SONDE_SEND_TS")]
-static SEND_TS: Array<u64> = Array::with_max_entries(MAX_FLOWS * 2, 0);
+static SEND_TS: Array<Sent> = Array::with_max_entries(MAX_FLOWS * 2, 0);
+
+/// A send's time and the stamping window it was made in: a send whose segment went out after
+/// its window closed is not handed to a segment of a later window.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Sent {
+    ts_ns: u64,
+    window: u32,
+    pad: u32,
+}
 
 /// Followed packets in flight, by skb address, from the first point that stamped them until
 /// the kernel frees them: a drop (`skb:kfree_skb`) is attributed by it, and a packet delivered
@@ -248,9 +258,12 @@ pub fn stamp(ctx: &TcContext, at: u8) {
         // neighbouring send's time, never an invalid value. The send time is taken by this
         // segment even when it is not followed: it belongs to it, never to a later one.
         unsafe {
-            sent_ns = *sent;
-            if sent_ns != 0 {
-                *sent = 0;
+            let taken = read_volatile(&raw const (*sent).ts_ns);
+            if taken != 0 {
+                write_volatile(&raw mut (*sent).ts_ns, 0);
+                if read_volatile(&raw const (*sent).window) == window() {
+                    sent_ns = taken;
+                }
             }
         }
     }
@@ -464,6 +477,10 @@ pub fn socket_send(ctx: &BtfTracePointContext) {
             u16::from_be(read_volatile(&raw const (*sk).dport_be)),
         )
     };
+    if CONF.get(CONF_HELD_BACK).copied().unwrap_or(0) != 0 {
+        // Between two stamping windows: the segment would not be stamped.
+        return;
+    }
     // Only a socket whose side is on this node: in the lab every daemon sees every node's
     // sockets, and another node's leave here, before the flow lookup.
     let Some(entry) = local_port_entry(num, dport) else {
@@ -489,8 +506,17 @@ pub fn socket_send(ctx: &BtfTracePointContext) {
     if !sends_here(&info, dir) {
         return;
     }
+    let Some(sent) = SEND_TS.get_ptr_mut(info.flow * 2 + u32::from(dir)) else {
+        return;
+    };
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = SEND_TS.set(info.flow * 2 + u32::from(dir), now, 0);
+    // SAFETY: a valid array slot; the window before the time, so that a reader finding the
+    // time finds its window (a racing one may pair them wrong: at worst a neighbouring
+    // send's time is taken or one is missed, as in `stamp`).
+    unsafe {
+        write_volatile(&raw mut (*sent).window, window());
+        write_volatile(&raw mut (*sent).ts_ns, now);
+    }
 }
 
 /// The port entry under which a socket from local port `local` to remote port `remote` may

@@ -62,6 +62,8 @@ pub struct Plan {
     pub progress: bool,
     /// Trace the run's packets in the kernel (network kinds).
     pub trace: bool,
+    /// Trace only in the daemons' stamping windows (`TraceRequest.windowed`).
+    pub trace_windows: bool,
     /// Estimate the clock offset even when both daemons share a kernel.
     pub estimate_clock: bool,
     /// How it loads its nodes, for their reservations.
@@ -137,6 +139,7 @@ impl Plan {
             timeout,
             progress: false,
             trace: true,
+            trace_windows: false,
             estimate_clock: false,
             class: Class::of_kind(kind),
             dns_name: String::new(),
@@ -183,6 +186,7 @@ impl Plan {
             uplink_toward: uplink_toward(server, server.agent != self.source.agent, client_ip),
             sample_one_in: self.kind.trace_sampling,
             ways: self.traced_ways() as i32,
+            windowed: self.trace_windows,
         })
     }
 
@@ -229,6 +233,7 @@ impl Plan {
             },
             sample_one_in: self.kind.trace_sampling,
             ways: self.traced_ways() as i32,
+            windowed: self.trace_windows,
         })
     }
 

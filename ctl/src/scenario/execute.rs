@@ -279,6 +279,7 @@ fn plan_of(test: &Test, class: Class, ends: Ends, timeout: Duration) -> crate::R
     plan.plain_io = test.plain_io;
     plan.repetitions = test.repetitions;
     plan.trace = test.trace;
+    plan.trace_windows = test.trace_windows;
     Ok(plan)
 }
 

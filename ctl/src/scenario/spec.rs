@@ -322,6 +322,10 @@ pub struct TestSpec {
     /// Trace the packets in the kernel (default: on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<bool>,
+    /// Trace only in the daemons' stamping windows, 100 ms of every second (default: off;
+    /// see `sondectl run --trace-windows`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_windows: Option<bool>,
     /// The class it is scheduled as (default: from the kind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<Class>,
@@ -364,6 +368,8 @@ pub struct Test {
     pub repetitions: u32,
     /// Traced.
     pub trace: bool,
+    /// Traced in windows only.
+    pub trace_windows: bool,
     /// Scheduling class.
     pub class: Class,
 }
@@ -598,6 +604,7 @@ impl TestSpec {
             plain_io: self.plain_io.unwrap_or(false),
             repetitions,
             trace: self.trace.unwrap_or(true),
+            trace_windows: self.trace_windows.unwrap_or(false),
             class: self.class.unwrap_or(Class::of_kind(kind)),
         })
     }

@@ -153,6 +153,7 @@ pub(super) fn trace_spec_of(
         sample_shift,
         ways,
         dns_ids: false,
+        windowed: request.windowed,
         pod_interface: iface("trace.pod_interface", &request.pod_interface)?,
         uplink_interface: iface("trace.uplink_interface", &request.uplink_interface)?,
     })

@@ -255,9 +255,11 @@ impl Tracer {
                 trace.attached.extend(used);
             }
         }
-        // A sampled stream's sends are not stamped (see `hooks::SEND_HOOK`).
+        // A sampled stream's sends are not stamped (see `hooks::SEND_HOOK`). A run that
+        // follows every packet stamps throughout, unless it asked for the windows.
         let stamp_sends = spec.sample_shift == 0;
-        let (used, sockets, notes) = hooks.attach_sockets(stamp_sends);
+        let continuous = stamp_sends && !spec.windowed;
+        let (used, sockets, notes) = hooks.attach_sockets(stamp_sends, continuous);
         trace.sockets = Some(used);
         trace.hooks.extend(sockets);
         trace.notes.extend(notes);

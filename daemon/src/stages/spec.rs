@@ -25,6 +25,9 @@ pub struct TraceSpec {
     pub ways: Ways,
     /// The run's UDP datagrams are DNS messages: a packet is known by its DNS message ID.
     pub dns_ids: bool,
+    /// Stamp only in the stamping windows even though every packet is followed: a
+    /// request/response run's rate then moves with the probes a tenth as much.
+    pub windowed: bool,
 }
 
 /// Which way a run's followed packets go: a one-way stream's uplinks need only the classifier

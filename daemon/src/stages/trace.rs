@@ -72,7 +72,7 @@ impl RunTrace {
         if windows.closed > self.windows_before.closed {
             notes.push(format!(
                 "stamped in windows, {} ms of every {} s on the wall clock (the same on every \
-                 node); between them the uplinks' classifiers and the skb hooks were detached \
+                 node); between them the uplinks' classifiers and the hooks that follow packets (skb, send) were detached \
                  and the pods' counters only counted",
                 windows::OPEN.as_millis(),
                 windows::PERIOD.as_secs()

@@ -52,12 +52,14 @@ impl TcAttachment {
 pub struct SocketUse {
     pub(super) hooks: Weak<Mutex<Hooks>>,
     pub(super) stamp_sends: bool,
+    /// Whether the run stamps throughout, keeping every other run's stamping on too.
+    pub(super) continuous: bool,
 }
 
 impl Drop for SocketUse {
     fn drop(&mut self) {
         if let Some(hooks) = self.hooks.upgrade() {
-            lock(&hooks).release_sockets(self.stamp_sends);
+            lock(&hooks).release_sockets(self.stamp_sends, self.continuous);
         }
     }
 }

@@ -95,6 +95,8 @@ struct WindowState {
     paused: bool,
     /// The socket hooks detached by the pause, attached again when the next window opens.
     detached: Vec<&'static str>,
+    /// The send hook was detached by the pause (a windowed run stamps sends).
+    send_detached: bool,
     /// The number of the window open now, as the programs read it.
     number: u32,
     /// Stamping is held back (`CONF_HELD_BACK`): the hooks may be attached, the window is
@@ -385,6 +387,12 @@ impl Hooks {
             !windowed
         });
         self.windows.detached = detached;
+        // A run stamped in windows that stamps sends: its sends pay nothing between windows
+        // either. (A send stamped in one window is never handed to a segment of the next:
+        // the programs tag it with its window.)
+        if self.send.take().is_some() {
+            self.windows.send_detached = true;
+        }
         self.windows.paused = true;
         self.windows.closed += 1;
     }
@@ -401,6 +409,17 @@ impl Hooks {
             self.windows.paused = true;
             self.windows.failed += 1;
             return;
+        }
+        if std::mem::take(&mut self.windows.send_detached)
+            && let Some((name, hook)) = self.socket_loaded.iter().find(|(n, _)| *n == SEND_HOOK)
+        {
+            match attach_socket(&mut lock(&self.object), name, *hook) {
+                Ok(link) => self.send = Some(link),
+                Err(reason) => {
+                    tracing::warn!("{}: not attached again: {reason}", describe(*hook));
+                    self.windows.failed += 1;
+                }
+            }
         }
         for name in std::mem::take(&mut self.windows.detached) {
             let Some((_, hook)) = self.socket_loaded.iter().find(|(n, _)| *n == name) else {
@@ -435,10 +454,15 @@ impl Hooks {
 
     /// Attaches the socket hooks (or shares them), the send hook only when `stamp_sends`;
     /// returns the use (dropping it lets them go), the hooks in use and notes on those
-    /// missing.
-    pub fn attach_sockets(&mut self, stamp_sends: bool) -> (SocketUse, Vec<String>, Vec<String>) {
+    /// missing. A `continuous` run stamps throughout, and every other run with it; while
+    /// there is none, stamping is kept to the windows (`super::windows`).
+    pub fn attach_sockets(
+        &mut self,
+        stamp_sends: bool,
+        continuous: bool,
+    ) -> (SocketUse, Vec<String>, Vec<String>) {
         let mut notes = self.load_notes.clone();
-        if stamp_sends {
+        if continuous {
             self.continuous_users += 1;
             if self.windows.paused {
                 self.resume();
@@ -459,7 +483,10 @@ impl Hooks {
         self.socket_users += 1;
         let send = self.socket_loaded.iter().find(|(n, _)| *n == SEND_HOOK);
         if stamp_sends && let Some((name, hook)) = send {
-            if self.send_users == 0 {
+            if self.send_users == 0 && self.windows.paused {
+                // Attached when the next window opens.
+                self.windows.send_detached = true;
+            } else if self.send_users == 0 {
                 match attach_socket(&mut object, name, *hook) {
                     Ok(link) => self.send = Some(link),
                     Err(reason) => {
@@ -478,20 +505,22 @@ impl Hooks {
         let used = SocketUse {
             hooks: self.me.clone(),
             stamp_sends,
+            continuous,
         };
         (used, hooks, notes)
     }
 
-    /// Drops one use of the socket hooks (`stamp_sends` as it attached them); the last one
-    /// detaches them.
-    fn release_sockets(&mut self, stamp_sends: bool) {
-        if stamp_sends {
+    /// Drops one use of the socket hooks (`stamp_sends` and `continuous` as it attached
+    /// them); the last one detaches them.
+    fn release_sockets(&mut self, stamp_sends: bool, continuous: bool) {
+        if continuous {
             self.continuous_users = self.continuous_users.saturating_sub(1);
-            if self.send_users > 0 {
-                self.send_users -= 1;
-                if self.send_users == 0 {
-                    self.send = None;
-                }
+        }
+        if stamp_sends && self.send_users > 0 {
+            self.send_users -= 1;
+            if self.send_users == 0 {
+                self.send = None;
+                self.windows.send_detached = false;
             }
         }
         self.socket_users = self.socket_users.saturating_sub(1);
