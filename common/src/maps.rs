@@ -5,8 +5,10 @@
 
 /// Per-CPU hash `IfaceKey -> PacketCount` filled by the TC counter programs.
 pub const IFACE_COUNTERS: &str = "SONDE_IF_COUNT";
-/// Hash `FlowKey -> FlowInfo`: the flows of the runs being traced.
+/// Hash `FlowKey -> FlowInfo`: the IPv6 flows of the runs being traced.
 pub const FLOWS: &str = "SONDE_FLOWS";
+/// Hash `FlowKey4 -> FlowInfo`: their IPv4 flows.
+pub const FLOWS4: &str = "SONDE_FLOWS4";
 /// Array of `u8` indexed by port: 0 when no traced flow has that server port, else the densest
 /// sample shift of those flows plus one. The programs check it before the flow map, so
 /// foreign packets (and a sampled stream's packets outside the sample) leave after an array

@@ -159,7 +159,8 @@ pub const CONF_HELD_BACK: u32 = 3;
 
 /// Key of the flow map: a run's flow as seen from its server endpoint.
 ///
-/// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`) so one map serves both families.
+/// IPv4 addresses are IPv4-mapped (`::ffff:a.b.c.d`); an IPv4 flow's key goes to the IPv4
+/// map as a [`FlowKey4`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -168,6 +169,43 @@ pub struct FlowKey {
     /// The server's address as the packet carries it (a pod IP, or a Service's ClusterIP before
     /// DNAT), network byte order.
     pub server: [u8; 16],
+    /// The server's port, host byte order.
+    pub server_port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub protocol: u8,
+    /// Zero.
+    pub pad: u8,
+}
+
+impl FlowKey {
+    /// The IPv4 map's key for this flow, when both addresses are IPv4(-mapped).
+    pub fn v4(&self) -> Option<FlowKey4> {
+        Some(FlowKey4 {
+            client: ipv4_of(&self.client)?,
+            server: ipv4_of(&self.server)?,
+            server_port: self.server_port,
+            protocol: self.protocol,
+            pad: 0,
+        })
+    }
+}
+
+/// The IPv4 address an IPv4-mapped IPv6 address holds.
+#[inline(always)]
+pub fn ipv4_of(mapped: &[u8; 16]) -> Option<[u8; 4]> {
+    let prefix = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    (mapped[..12] == prefix).then_some([mapped[12], mapped[13], mapped[14], mapped[15]])
+}
+
+/// Key of the IPv4 flow map: [`FlowKey`] of an IPv4 flow, a third of its size. Every packet
+/// a classifier follows pays a hash of its key and a compare: 12 bytes cost less than 36.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey4 {
+    /// The client's address, network byte order.
+    pub client: [u8; 4],
+    /// The server's address as the packet carries it, network byte order.
+    pub server: [u8; 4],
     /// The server's port, host byte order.
     pub server_port: u16,
     /// IP protocol number (6 TCP, 17 UDP).
@@ -279,6 +317,8 @@ mod user {
     // SAFETY: all three are `#[repr(C)]` with explicit padding and only integer fields, so every
     // bit pattern is a valid value.
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above: `repr(C)`, integers only, no padding.
+    unsafe impl aya::Pod for super::FlowKey4 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowInfo {}
     // SAFETY: as above.

@@ -14,12 +14,16 @@ use aya_ebpf::{
 };
 use sonde_common::stages::{
     BATCH_EVENTS, Batch, CONF_BATCH_EVENTS, CONF_DROP_REASON_OFFSET, CONF_HELD_BACK, CONF_WINDOW,
-    EVENTS_BYTES, Event, FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, direction, event_kind, point,
-    runs, sampled, side,
+    EVENTS_BYTES, Event, FlowInfo, FlowKey, FlowKey4, LOST_EVENTS, MAX_FLOWS, direction,
+    event_kind, point, runs, sampled, side,
 };
 
 #[map(name = "SONDE_FLOWS")]
 static FLOWS: HashMap<FlowKey, FlowInfo> = HashMap::with_max_entries(MAX_FLOWS * 4, 0);
+
+/// The IPv4 flows, by a key a third the size (see `sonde_common::stages::FlowKey4`).
+#[map(name = "SONDE_FLOWS4")]
+static FLOWS4: HashMap<FlowKey4, FlowInfo> = HashMap::with_max_entries(MAX_FLOWS * 4, 0);
 
 #[map(name = "SONDE_PORTS")]
 static SERVER_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
@@ -93,7 +97,7 @@ fn hold(skb: u64, mut mark: Mark) {
     let Some(slot) = IN_FLIGHT.get_ptr_mut(skb_slot(skb)) else {
         return;
     };
-    mark.window = window();
+    mark.window = window() as u16;
     // SAFETY: a valid slot of the array; volatile keeps the stores in this order.
     unsafe {
         write_volatile(&raw mut (*slot).skb, 0);
@@ -118,7 +122,7 @@ fn held(skb: u64) -> Option<(*mut InFlight, Mark)> {
         }
         mark
     };
-    (mark.window == window()).then_some((slot, mark))
+    (mark.window == window() as u16).then_some((slot, mark))
 }
 
 /// Lets `skb`'s slot go (its packet was read, dropped or freed).
@@ -176,8 +180,11 @@ pub struct Mark {
     direction: u8,
     /// The last point that stamped the packet.
     point: u8,
-    /// The stamping window it was held in (see `held`).
-    window: u32,
+    /// The stamping window it was held in (see `held`), its low bits.
+    window: u16,
+    /// The packet's addresses, folded (see `Packet::peers`): tells two flows' packets of
+    /// one id and client port apart.
+    peers: u16,
 }
 
 const ETH_HLEN: usize = 14;
@@ -213,6 +220,19 @@ struct Packet {
     id: u32,
     /// A TCP SYN (connection set-up, no data): remembered for drops, never stamped.
     syn: bool,
+    /// An IPv4 packet (its addresses IPv4-mapped).
+    v4: bool,
+}
+
+impl Packet {
+    /// The last four bytes of both addresses (all of an IPv4 address) folded into 16 bits,
+    /// the same both ways.
+    #[inline(always)]
+    fn peers(&self) -> u16 {
+        let last = |a: &[u8; 16]| u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+        let both = last(&self.src) ^ last(&self.dst);
+        (both ^ (both >> 16)) as u16
+    }
 }
 
 /// Stamps `ctx`'s packet at `at` if it belongs to a traced flow, and remembers it by skb
@@ -226,34 +246,49 @@ pub fn stamp(ctx: &TcContext, at: u8) {
     let Some(packet) = parse(ctx) else {
         return;
     };
-    let Some((info, dir)) = lookup(
-        &packet.src,
-        &packet.dst,
-        packet.sport,
-        packet.dport,
-        packet.protocol,
-    ) else {
-        return;
+    // The context pointer is the kernel's `struct sk_buff *`, the address the skb
+    // tracepoints report.
+    let skb = address_of(ctx.skb.skb);
+    // A packet's second point on a node (the uplink on the way out, the pod's veth on the
+    // way in) finds it where its first point held it, by its skb: flow and direction come
+    // from there, without the flow lookup (a hash of a 36-byte key).
+    let second = match skb {
+        Some(skb) if at == point::NODE_OUT || at == point::POD_IN => held_as(skb, &packet),
+        _ => None,
     };
-    let who = Who {
-        flow: info.flow,
-        direction: dir,
-        client_port: if dir == direction::TO_SERVER {
-            packet.sport
-        } else {
-            packet.dport
-        },
+    let (who, followed, slot) = match second {
+        // Held: followed at its first point.
+        Some((slot, who)) => (who, true, Some(slot)),
+        None => {
+            let Some((info, dir)) = lookup(
+                &packet.src,
+                &packet.dst,
+                (packet.sport, packet.dport),
+                packet.protocol,
+                packet.v4,
+            ) else {
+                return;
+            };
+            let who = Who {
+                flow: info.flow,
+                direction: dir,
+                client_port: if dir == direction::TO_SERVER {
+                    packet.sport
+                } else {
+                    packet.dport
+                },
+            };
+            (who, sampled(packet.id, info.sample_shift), None)
+        }
     };
     if packet.syn {
         // Not a stage sample: only where it was last, so that a SYN the path drops (a full
         // conntrack table) is reported with the kernel's reason like any data segment.
-        remember(ctx, &who, packet.id, at, 0);
+        remember(skb, slot, &who, &packet, at, 0);
         return;
     }
-    let slot = info.flow * 2 + u32::from(dir);
-    let followed = sampled(packet.id, info.sample_shift);
     let mut sent_ns = 0;
-    if let Some(sent) = SEND_TS.get_ptr_mut(slot) {
+    if let Some(sent) = SEND_TS.get_ptr_mut(who.flow * 2 + u32::from(who.direction)) {
         // SAFETY: a valid array slot; a racing writer can at worst hand this packet a
         // neighbouring send's time, never an invalid value. The send time is taken by this
         // segment even when it is not followed: it belongs to it, never to a later one.
@@ -292,28 +327,50 @@ pub fn stamp(ctx: &TcContext, at: u8) {
         ifindex,
         since_send,
     );
-    remember(ctx, &who, packet.id, at, now);
+    remember(skb, slot, &who, &packet, at, now);
 }
 
-/// Records `ctx`'s skb as `who`'s packet `id`, last seen at `at`, until the kernel frees it.
-///
-/// A later point of a packet on a node (the uplink on the way out, the pod's veth on the way
-/// in) finds the slot its first point filled and moves its point in place.
+/// `skb`'s slot and the flow it holds `packet` for, if a point of this node held it: the
+/// packet's id, client port and addresses must agree, since an skb freed unseen leaves its
+/// slot behind for a later skb at its address.
 #[inline(always)]
-fn remember(ctx: &TcContext, who: &Who, id: u32, at: u8, ts_ns: u64) {
-    // The context pointer is the kernel's `struct sk_buff *`, the address the skb
-    // tracepoints report.
-    let Some(skb) = address_of(ctx.skb.skb) else {
+fn held_as(skb: u64, packet: &Packet) -> Option<(*mut InFlight, Who)> {
+    let (slot, mark) = held(skb)?;
+    let client_port = if mark.direction == direction::TO_SERVER {
+        packet.sport
+    } else {
+        packet.dport
+    };
+    let same = mark.id == packet.id && mark.client_port == client_port;
+    (same && mark.peers == packet.peers()).then_some((
+        slot,
+        Who {
+            flow: mark.flow,
+            direction: mark.direction,
+            client_port,
+        },
+    ))
+}
+
+/// Records `skb` as `who`'s packet `id`, last seen at `at`, until the kernel frees it: in
+/// `slot` when the packet's first point on this node holds it there (its point moves on in
+/// place), else in a slot of its own.
+#[inline(always)]
+fn remember(
+    skb: Option<u64>,
+    slot: Option<*mut InFlight>,
+    who: &Who,
+    packet: &Packet,
+    at: u8,
+    ts_ns: u64,
+) {
+    let Some(skb) = skb else {
         return;
     };
-    if (at == point::NODE_OUT || at == point::POD_IN)
-        && let Some((slot, mark)) = held(skb)
-        && mark.flow == who.flow
-        && mark.id == id
-        && mark.direction == who.direction
-    {
-        // SAFETY: a valid slot; a reader sees the old point or the new one, both places
-        // this packet has been.
+    let peers = packet.peers();
+    if let Some(slot) = slot {
+        // SAFETY: a valid slot from `held`; a reader sees the old point or the new one, both
+        // places this packet has been.
         unsafe {
             write_volatile(&raw mut (*slot).mark.point, at);
             write_volatile(&raw mut (*slot).mark.ts_ns, ts_ns);
@@ -325,11 +382,12 @@ fn remember(ctx: &TcContext, who: &Who, id: u32, at: u8, ts_ns: u64) {
         Mark {
             ts_ns,
             flow: who.flow,
-            id,
+            id: packet.id,
             client_port: who.client_port,
             direction: who.direction,
             point: at,
             window: 0,
+            peers,
         },
     );
 }
@@ -500,7 +558,7 @@ pub fn socket_send(ctx: &BtfTracePointContext) {
     };
     let local = mapped(saddr.to_ne_bytes());
     let remote = mapped(daddr.to_ne_bytes());
-    let Some((info, dir)) = lookup(&local, &remote, num, dport, IPPROTO_TCP) else {
+    let Some((info, dir)) = lookup(&local, &remote, (num, dport), IPPROTO_TCP, true) else {
         return;
     };
     if !sends_here(&info, dir) {
@@ -557,7 +615,8 @@ pub fn connect_state(ctx: &TracePointContext) {
         if port_entry(dport) & sonde_common::maps::PORT_CLIENT_HERE == 0 {
             return;
         }
-        let Some((info, dir)) = lookup(&local, &remote, sport, dport, IPPROTO_TCP) else {
+        let v4 = is_mapped(&local) && is_mapped(&remote);
+        let Some((info, dir)) = lookup(&local, &remote, (sport, dport), IPPROTO_TCP, v4) else {
             return;
         };
         if dir == direction::TO_SERVER && info.sides & side::CLIENT != 0 {
@@ -569,6 +628,7 @@ pub fn connect_state(ctx: &TracePointContext) {
                 direction: dir,
                 point: 0,
                 window: 0,
+                peers: 0,
             };
             let _ = CONNECTING.insert(sk, mark, 0);
         }
@@ -603,7 +663,8 @@ pub fn retransmit(ctx: &TracePointContext) {
     if local_port_entry(sport, dport).is_none() {
         return;
     }
-    let Some((info, dir)) = lookup(&local, &remote, sport, dport, IPPROTO_TCP) else {
+    let v4 = is_mapped(&local) && is_mapped(&remote);
+    let Some((info, dir)) = lookup(&local, &remote, (sport, dport), IPPROTO_TCP, v4) else {
         return;
     };
     if sends_here(&info, dir) {
@@ -667,42 +728,72 @@ fn port_entry(port: u16) -> u8 {
     SERVER_PORTS.get(u32::from(port)).copied().unwrap_or(0)
 }
 
-/// Finds the traced flow of a packet from `src:sport` to `dst:dport`, and its direction.
+/// Finds the traced flow of a packet from `src:sport` to `dst:dport`, and its direction;
+/// `v4` when both addresses are IPv4(-mapped).
 #[inline(always)]
 fn lookup(
     src: &[u8; 16],
     dst: &[u8; 16],
-    sport: u16,
-    dport: u16,
+    (sport, dport): (u16, u16),
     protocol: u8,
+    v4: bool,
 ) -> Option<(FlowInfo, u8)> {
-    if is_server_port(dport) {
-        let key = FlowKey {
-            client: *src,
-            server: *dst,
-            server_port: dport,
-            protocol,
-            pad: 0,
-        };
-        // SAFETY: the value is plain data, copied out at once.
-        if let Some(info) = unsafe { FLOWS.get(key) } {
-            return Some((*info, direction::TO_SERVER));
-        }
+    if is_server_port(dport)
+        && let Some(info) = find(src, dst, dport, protocol, v4)
+    {
+        return Some((info, direction::TO_SERVER));
     }
-    if is_server_port(sport) {
-        let key = FlowKey {
-            client: *dst,
-            server: *src,
-            server_port: sport,
-            protocol,
-            pad: 0,
-        };
-        // SAFETY: as above.
-        if let Some(info) = unsafe { FLOWS.get(key) } {
-            return Some((*info, direction::TO_CLIENT));
-        }
+    if is_server_port(sport)
+        && let Some(info) = find(dst, src, sport, protocol, v4)
+    {
+        return Some((info, direction::TO_CLIENT));
     }
     None
+}
+
+/// The flow from `client` to `server:server_port`, if traced.
+#[inline(always)]
+fn find(
+    client: &[u8; 16],
+    server: &[u8; 16],
+    server_port: u16,
+    protocol: u8,
+    v4: bool,
+) -> Option<FlowInfo> {
+    // SAFETY (both): the value is plain data, copied out at once.
+    if v4 {
+        let key = FlowKey4 {
+            client: [client[12], client[13], client[14], client[15]],
+            server: [server[12], server[13], server[14], server[15]],
+            server_port,
+            protocol,
+            pad: 0,
+        };
+        unsafe { FLOWS4.get(key) }.copied()
+    } else {
+        let key = FlowKey {
+            client: *client,
+            server: *server,
+            server_port,
+            protocol,
+            pad: 0,
+        };
+        unsafe { FLOWS.get(key) }.copied()
+    }
+}
+
+/// Whether a tracepoint's IPv6 address field holds an IPv4-mapped address.
+#[inline(always)]
+fn is_mapped(address: &[u8; 16]) -> bool {
+    let word = |at: usize| {
+        u32::from_ne_bytes([
+            address[at],
+            address[at + 1],
+            address[at + 2],
+            address[at + 3],
+        ])
+    };
+    word(0) == 0 && word(4) == 0 && word(8) == u32::from_ne_bytes([0, 0, 0xff, 0xff])
 }
 
 /// The packet's flow, direction and connection, as every event names them.
@@ -1026,5 +1117,6 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         protocol: layout.protocol,
         id,
         syn,
+        v4: !layout.ipv6,
     })
 }

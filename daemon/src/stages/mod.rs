@@ -162,6 +162,8 @@ impl Tracer {
             let map_error = |name| move |source| Error::Map { name, source };
             let flows = BpfHashMap::try_from(take_map(&mut guard, maps::FLOWS)?)
                 .map_err(map_error(maps::FLOWS))?;
+            let flows4 = BpfHashMap::try_from(take_map(&mut guard, maps::FLOWS4)?)
+                .map_err(map_error(maps::FLOWS4))?;
             let ports = Array::try_from(take_map(&mut guard, maps::SERVER_PORTS)?)
                 .map_err(map_error(maps::SERVER_PORTS))?;
             let lost = PerCpuArray::try_from(take_map(&mut guard, maps::STAGE_COUNTERS)?)
@@ -177,6 +179,7 @@ impl Tracer {
             }
             let registry = Registry {
                 flows,
+                flows4,
                 ports,
                 lost,
                 keys: HashMap::new(),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use sonde_common::{
     maps,
-    stages::{FlowInfo, FlowKey, LOST_EVENTS, MAX_FLOWS, MAX_SAMPLE_SHIFT, side},
+    stages::{FlowInfo, FlowKey, FlowKey4, LOST_EVENTS, MAX_FLOWS, MAX_SAMPLE_SHIFT, side},
 };
 
 use crate::{Error, Result};
@@ -22,6 +22,7 @@ pub(super) struct Use {
 /// The flows traced now, as the kernel's maps hold them.
 pub(super) struct Registry {
     pub(super) flows: BpfHashMap<MapData, FlowKey, FlowInfo>,
+    pub(super) flows4: BpfHashMap<MapData, FlowKey4, FlowInfo>,
     pub(super) ports: Array<MapData, u8>,
     pub(super) lost: PerCpuArray<MapData, u64>,
     /// Per key: its flow number and each trace's use of it.
@@ -52,9 +53,8 @@ impl Registry {
         };
         let users = &mut self.keys.entry(key).or_insert((number, Vec::new())).1;
         users.push(used);
-        self.flows
-            .insert(key, flow_info(number, users), 0)
-            .map_err(map_error)?;
+        let info = flow_info(number, users);
+        self.set_flow(&key, info).map_err(map_error)?;
         self.port_users
             .entry(key.server_port)
             .or_default()
@@ -75,10 +75,14 @@ impl Registry {
             let number = *number;
             if users.is_empty() {
                 self.keys.remove(key);
-                let _ = self.flows.remove(key);
+                let _ = match key.v4() {
+                    Some(v4) => self.flows4.remove(&v4),
+                    None => self.flows.remove(key),
+                };
                 self.free_flows.push(number);
             } else {
-                let _ = self.flows.insert(key, flow_info(number, users), 0);
+                let info = flow_info(number, users);
+                let _ = self.set_flow(key, info);
             }
         }
         if let Some(users) = self.port_users.get_mut(&key.server_port) {
@@ -90,6 +94,14 @@ impl Registry {
             }
         }
         let _ = self.set_port(key.server_port);
+    }
+
+    /// Writes a flow's entry, in the IPv4 map when it is an IPv4 flow.
+    fn set_flow(&mut self, key: &FlowKey, info: FlowInfo) -> Result<(), aya::maps::MapError> {
+        match key.v4() {
+            Some(v4) => self.flows4.insert(v4, info, 0),
+            None => self.flows.insert(key, info, 0),
+        }
     }
 
     /// Writes a server port's entry (see [`port_entry`]).
