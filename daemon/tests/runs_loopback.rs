@@ -601,6 +601,7 @@ async fn trace_requests_are_checked_field_by_field() {
                     sample_one_in,
                     uplink_toward: String::new(),
                     ways,
+                    windowed: false,
                 }),
                 ..Default::default()
             })
