@@ -9,6 +9,9 @@ pub const IFACE_COUNTERS: &str = "SONDE_IF_COUNT";
 pub const FLOWS: &str = "SONDE_FLOWS";
 /// Hash `FlowKey4 -> FlowInfo`: their IPv4 flows.
 pub const FLOWS4: &str = "SONDE_FLOWS4";
+/// Array of `PortFlow` (`stages::PORT_FLOW_SLOTS`): the one IPv4 flow of a server port with
+/// one, read before `FLOWS4`.
+pub const PORT_FLOWS: &str = "SONDE_PORT_FLOW";
 /// Array of `u8` indexed by port: 0 when no traced flow has that server port, else the densest
 /// sample shift of those flows plus one. The programs check it before the flow map, so
 /// foreign packets (and a sampled stream's packets outside the sample) leave after an array

@@ -14,8 +14,8 @@ use aya_ebpf::{
 };
 use sonde_common::stages::{
     BATCH_EVENTS, Batch, CONF_BATCH_EVENTS, CONF_DROP_REASON_OFFSET, CONF_HELD_BACK, CONF_WINDOW,
-    EVENTS_BYTES, Event, FlowInfo, FlowKey, FlowKey4, LOST_EVENTS, MAX_FLOWS, direction,
-    event_kind, point, runs, sampled, side,
+    EVENTS_BYTES, Event, FlowInfo, FlowKey, FlowKey4, LOST_EVENTS, MAX_FLOWS, PORT_FLOW_SLOTS,
+    PortFlow, direction, event_kind, point, port_flow_slot, runs, sampled, side,
 };
 
 #[map(name = "SONDE_FLOWS")]
@@ -24,6 +24,10 @@ static FLOWS: HashMap<FlowKey, FlowInfo> = HashMap::with_max_entries(MAX_FLOWS *
 /// The IPv4 flows, by a key a third the size (see `sonde_common::stages::FlowKey4`).
 #[map(name = "SONDE_FLOWS4")]
 static FLOWS4: HashMap<FlowKey4, FlowInfo> = HashMap::with_max_entries(MAX_FLOWS * 4, 0);
+
+/// The one IPv4 flow of each server port that has one (`sonde_common::stages::PortFlow`).
+#[map(name = "SONDE_PORT_FLOW")]
+static PORT_FLOWS: Array<PortFlow> = Array::with_max_entries(PORT_FLOW_SLOTS, 0);
 
 #[map(name = "SONDE_PORTS")]
 static SERVER_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
@@ -762,9 +766,19 @@ fn find(
 ) -> Option<FlowInfo> {
     // SAFETY (both): the value is plain data, copied out at once.
     if v4 {
+        let client = [client[12], client[13], client[14], client[15]];
+        let server = [server[12], server[13], server[14], server[15]];
+        if let Some(entry) = PORT_FLOWS.get(port_flow_slot(server_port)) {
+            // A copy: the daemon may be rewriting it (the check catches a torn one).
+            // SAFETY: a valid array element, read as plain data.
+            let entry = unsafe { read_volatile(entry) };
+            if entry.names(client, server, server_port, protocol) {
+                return Some(entry.info);
+            }
+        }
         let key = FlowKey4 {
-            client: [client[12], client[13], client[14], client[15]],
-            server: [server[12], server[13], server[14], server[15]],
+            client,
+            server,
             server_port,
             protocol,
             pad: 0,

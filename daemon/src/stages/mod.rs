@@ -164,6 +164,8 @@ impl Tracer {
                 .map_err(map_error(maps::FLOWS))?;
             let flows4 = BpfHashMap::try_from(take_map(&mut guard, maps::FLOWS4)?)
                 .map_err(map_error(maps::FLOWS4))?;
+            let port_flows = Array::try_from(take_map(&mut guard, maps::PORT_FLOWS)?)
+                .map_err(map_error(maps::PORT_FLOWS))?;
             let ports = Array::try_from(take_map(&mut guard, maps::SERVER_PORTS)?)
                 .map_err(map_error(maps::SERVER_PORTS))?;
             let lost = PerCpuArray::try_from(take_map(&mut guard, maps::STAGE_COUNTERS)?)
@@ -180,6 +182,8 @@ impl Tracer {
             let registry = Registry {
                 flows,
                 flows4,
+                port_flows,
+                slot_owners: HashMap::new(),
                 ports,
                 lost,
                 keys: HashMap::new(),

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use sonde_common::{
     maps,
-    stages::{FlowInfo, FlowKey, FlowKey4, LOST_EVENTS, MAX_FLOWS, MAX_SAMPLE_SHIFT, side},
+    stages::{
+        FlowInfo, FlowKey, FlowKey4, LOST_EVENTS, MAX_FLOWS, MAX_SAMPLE_SHIFT, PortFlow,
+        port_flow_slot, side,
+    },
 };
 
 use crate::{Error, Result};
@@ -23,6 +26,10 @@ pub(super) struct Use {
 pub(super) struct Registry {
     pub(super) flows: BpfHashMap<MapData, FlowKey, FlowInfo>,
     pub(super) flows4: BpfHashMap<MapData, FlowKey4, FlowInfo>,
+    /// The one IPv4 flow of each server port with one (`PortFlow`).
+    pub(super) port_flows: Array<MapData, PortFlow>,
+    /// The port whose flow each slot of `port_flows` holds.
+    pub(super) slot_owners: HashMap<u32, u16>,
     pub(super) ports: Array<MapData, u8>,
     pub(super) lost: PerCpuArray<MapData, u64>,
     /// Per key: its flow number and each trace's use of it.
@@ -55,6 +62,11 @@ impl Registry {
         users.push(used);
         let info = flow_info(number, users);
         self.set_flow(&key, info).map_err(map_error)?;
+        self.set_port_flow(key.server_port)
+            .map_err(|source| Error::Map {
+                name: maps::PORT_FLOWS,
+                source,
+            })?;
         self.port_users
             .entry(key.server_port)
             .or_default()
@@ -84,6 +96,14 @@ impl Registry {
                 let info = flow_info(number, users);
                 let _ = self.set_flow(key, info);
             }
+            if let Err(err) = self.set_port_flow(key.server_port) {
+                // The slot may keep naming the flow: its packets are then still followed
+                // until the port is used again, as a stale flow map entry would be.
+                tracing::warn!(
+                    port = key.server_port,
+                    "clearing a port's flow failed: {err}"
+                );
+            }
         }
         if let Some(users) = self.port_users.get_mut(&key.server_port) {
             if let Some(at) = users.iter().position(|user| *user == used) {
@@ -102,6 +122,31 @@ impl Registry {
             Some(v4) => self.flows4.insert(v4, info, 0),
             None => self.flows.insert(key, info, 0),
         }
+    }
+
+    /// Writes `port`'s slot of the port-flow table: its one flow when it has exactly one, an
+    /// IPv4 one; else the slot is cleared if `port` holds it (another port may, sharing it).
+    fn set_port_flow(&mut self, port: u16) -> Result<(), aya::maps::MapError> {
+        let mut flows = self.keys.iter().filter(|(key, _)| key.server_port == port);
+        let single = match (flows.next(), flows.next()) {
+            (Some((key, (number, users))), None) => key
+                .v4()
+                .map(|v4| PortFlow::new(v4, flow_info(*number, users))),
+            _ => None,
+        };
+        let slot = port_flow_slot(port);
+        match single {
+            Some(entry) => {
+                self.port_flows.set(slot, entry, 0)?;
+                self.slot_owners.insert(slot, port);
+            }
+            None if self.slot_owners.get(&slot) == Some(&port) => {
+                self.port_flows.set(slot, PortFlow::default(), 0)?;
+                self.slot_owners.remove(&slot);
+            }
+            None => {}
+        }
+        Ok(())
     }
 
     /// Writes a server port's entry (see [`port_entry`]).
