@@ -200,7 +200,7 @@ pub fn ipv4_of(mapped: &[u8; 16]) -> Option<[u8; 4]> {
 /// Key of the IPv4 flow map: [`FlowKey`] of an IPv4 flow, a third of its size. Every packet
 /// a classifier follows pays a hash of its key and a compare: 12 bytes cost less than 36.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey4 {
     /// The client's address, network byte order.
     pub client: [u8; 4],
@@ -244,18 +244,10 @@ pub const PORT_FLOW_SLOTS: u32 = 4096;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortFlow {
-    /// The client's IPv4 address, network byte order.
-    pub client: [u8; 4],
-    /// The server's IPv4 address as the packet carries it, network byte order.
-    pub server: [u8; 4],
-    /// The flow map's value for the flow.
+    /// The flow's key.
+    pub key: FlowKey4,
+    /// The flow map's value for it.
     pub info: FlowInfo,
-    /// The server port, host byte order.
-    pub server_port: u16,
-    /// IP protocol number.
-    pub protocol: u8,
-    /// Zero.
-    pub pad: u8,
     /// [`PortFlow::checksum`] of the fields above; anything else: no flow here.
     pub check: u32,
 }
@@ -264,12 +256,8 @@ impl PortFlow {
     /// The entry for the flow `key`, with its check.
     pub fn new(key: FlowKey4, info: FlowInfo) -> Self {
         let mut entry = Self {
-            client: key.client,
-            server: key.server,
+            key,
             info,
-            server_port: key.server_port,
-            protocol: key.protocol,
-            pad: 0,
             check: 0,
         };
         entry.check = entry.checksum();
@@ -279,19 +267,15 @@ impl PortFlow {
     /// A hash of every field but `check`, never equal to the `check` of an all-zero entry.
     #[inline(always)]
     pub fn checksum(&self) -> u32 {
+        let (key, info) = (&self.key, &self.info);
         let words = [
-            u32::from_ne_bytes(self.client),
-            u32::from_ne_bytes(self.server),
-            self.info.flow,
-            u32::from_ne_bytes([
-                self.info.sides,
-                self.info.sample_shift,
-                self.info.pad[0],
-                self.info.pad[1],
-            ]),
-            u32::from(self.server_port)
-                | (u32::from(self.protocol) << 16)
-                | (u32::from(self.pad) << 24),
+            u32::from_ne_bytes(key.client),
+            u32::from_ne_bytes(key.server),
+            u32::from(key.server_port)
+                | (u32::from(key.protocol) << 16)
+                | (u32::from(key.pad) << 24),
+            info.flow,
+            u32::from_ne_bytes([info.sides, info.sample_shift, info.pad[0], info.pad[1]]),
         ];
         let mut hash: u32 = 0x811c_9dc5;
         for word in words {
@@ -302,14 +286,10 @@ impl PortFlow {
         hash | 1
     }
 
-    /// Whether the entry is whole and names this flow.
+    /// Whether the entry is whole and names the flow `key`.
     #[inline(always)]
-    pub fn names(&self, client: [u8; 4], server: [u8; 4], server_port: u16, protocol: u8) -> bool {
-        self.server_port == server_port
-            && self.protocol == protocol
-            && self.client == client
-            && self.server == server
-            && self.check == self.checksum()
+    pub fn names(&self, key: &FlowKey4) -> bool {
+        self.key == *key && self.check == self.checksum()
     }
 }
 
@@ -457,14 +437,17 @@ mod tests {
             pad: [0; 2],
         };
         let entry = PortFlow::new(key(11, 5201), info(3));
-        assert!(entry.names([10, 244, 1, 11], [10, 244, 2, 11], 5201, 6));
+        assert!(entry.names(&key(11, 5201)));
         assert_eq!(entry.info, info(3));
         // Another client, port or protocol: not this flow.
-        assert!(!entry.names([10, 244, 1, 12], [10, 244, 2, 11], 5201, 6));
-        assert!(!entry.names([10, 244, 1, 11], [10, 244, 2, 11], 5202, 6));
-        assert!(!entry.names([10, 244, 1, 11], [10, 244, 2, 11], 5201, 17));
+        assert!(!entry.names(&key(12, 5201)));
+        assert!(!entry.names(&key(11, 5202)));
+        assert!(!entry.names(&FlowKey4 {
+            protocol: 17,
+            ..key(11, 5201)
+        }));
         // A slot never written names nothing, not even an all-zero packet.
-        assert!(!PortFlow::default().names([0; 4], [0; 4], 0, 0));
+        assert!(!PortFlow::default().names(&FlowKey4::default()));
         // Half of one entry and half of another, as a read racing a rewrite may see them.
         let other = PortFlow::new(key(12, 5201), info(4));
         let torn = PortFlow {
@@ -472,11 +455,11 @@ mod tests {
             check: other.check,
             ..entry
         };
-        assert!(!torn.names([10, 244, 1, 11], [10, 244, 2, 11], 5201, 6));
+        assert!(!torn.names(&key(11, 5201)));
         let torn = PortFlow {
-            client: other.client,
+            key: other.key,
             ..entry
         };
-        assert!(!torn.names([10, 244, 1, 12], [10, 244, 2, 11], 5201, 6));
+        assert!(!torn.names(&key(12, 5201)));
     }
 }

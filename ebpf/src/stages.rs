@@ -766,23 +766,21 @@ fn find(
 ) -> Option<FlowInfo> {
     // SAFETY (both): the value is plain data, copied out at once.
     if v4 {
-        let client = [client[12], client[13], client[14], client[15]];
-        let server = [server[12], server[13], server[14], server[15]];
-        if let Some(entry) = PORT_FLOWS.get(port_flow_slot(server_port)) {
-            // A copy: the daemon may be rewriting it (the check catches a torn one).
-            // SAFETY: a valid array element, read as plain data.
-            let entry = unsafe { read_volatile(entry) };
-            if entry.names(client, server, server_port, protocol) {
-                return Some(entry.info);
-            }
-        }
         let key = FlowKey4 {
-            client,
-            server,
+            client: [client[12], client[13], client[14], client[15]],
+            server: [server[12], server[13], server[14], server[15]],
             server_port,
             protocol,
             pad: 0,
         };
+        if let Some(entry) = PORT_FLOWS.get(port_flow_slot(server_port)) {
+            // A copy: the daemon may be rewriting it (the check catches a torn one).
+            // SAFETY: a valid array element, read as plain data.
+            let entry = unsafe { read_volatile(entry) };
+            if entry.names(&key) {
+                return Some(entry.info);
+            }
+        }
         unsafe { FLOWS4.get(key) }.copied()
     } else {
         let key = FlowKey {
