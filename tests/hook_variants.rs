@@ -4,7 +4,9 @@
 //!
 //! The drop is real: `BPF_PROG_TEST_RUN` hands the classifier a packet in an skb that the
 //! kernel frees with `kfree_skb` when the run ends (reason `NOT_SPECIFIED`). The programs'
-//! own run counters are checked on the way.
+//! own run counters are checked on the way, and so is a stamp held back: a packet's first
+//! point on a node keeps its stamp for the packet's next point there, and a packet freed
+//! before one (as this one is) has it sent on its own.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -27,19 +29,19 @@ const PACKETS: u32 = 5;
 /// Runs [`drop_test_packets`] on a thread of its own, which mounts tracefs (where classic
 /// tracepoints are found) in a mount namespace of its own when the machine has none mounted,
 /// as `sonded` does at start.
-fn on_a_thread_with_tracefs(with_btf: bool) -> TraceReport {
+fn on_a_thread_with_tracefs(with_btf: bool, program: &'static str) -> TraceReport {
     std::thread::spawn(move || {
         sonde_daemon::mounts::ensure_tracefs().expect("tracefs for this thread");
         let btf = with_btf.then(|| aya::Btf::from_sys_fs().expect("this kernel has BTF"));
-        drop_test_packets(btf.as_ref())
+        drop_test_packets(btf.as_ref(), program)
     })
     .join()
     .expect("the test thread")
 }
 
 /// Traces one flow with the socket hooks attached (no interface), runs `PACKETS` of its
-/// segments through the uplink's egress classifier and reports.
-fn drop_test_packets(btf: Option<&aya::Btf>) -> TraceReport {
+/// segments through the classifier `program` and reports.
+fn drop_test_packets(btf: Option<&aya::Btf>, program: &str) -> TraceReport {
     let object = EbpfObject::load_with_btf(btf).expect("load sonde's eBPF object");
     let tracer = Tracer::new(Arc::new(Mutex::new(object)), btf).expect("start the tracer");
     let spec = TraceSpec {
@@ -68,7 +70,7 @@ fn drop_test_packets(btf: Option<&aya::Btf>) -> TraceReport {
             100,
         );
         tracer
-            .test_run("sonde_node_out", &packet, 1)
+            .test_run(program, &packet, 1)
             .expect("run the classifier");
     }
     trace.finish()
@@ -89,7 +91,7 @@ fn assert_counted(report: &TraceReport) {
     );
 }
 
-fn assert_dropped(report: &TraceReport) {
+fn assert_dropped(report: &TraceReport, at: u8) {
     let drops: Vec<_> = report
         .drops
         .iter()
@@ -97,7 +99,7 @@ fn assert_dropped(report: &TraceReport) {
         .collect();
     assert_eq!(
         drops,
-        [("NOT_SPECIFIED", point::NODE_OUT, u64::from(PACKETS))],
+        [("NOT_SPECIFIED", at, u64::from(PACKETS))],
         "hooks: {:?}, notes: {:?}",
         report.hooks,
         report.notes
@@ -108,7 +110,7 @@ fn assert_dropped(report: &TraceReport) {
 #[ignore = "privileged: needs root; run by cargo xtask test"]
 fn btf_tracepoints_follow_a_packet_to_its_drop() {
     require_root();
-    let report = on_a_thread_with_tracefs(true);
+    let report = on_a_thread_with_tracefs(true, "sonde_node_out");
     for hook in [
         "tp_btf:kfree_skb",
         "tp_btf:consume_skb",
@@ -116,7 +118,7 @@ fn btf_tracepoints_follow_a_packet_to_its_drop() {
     ] {
         assert!(report.hooks.iter().any(|h| h == hook), "{:?}", report.hooks);
     }
-    assert_dropped(&report);
+    assert_dropped(&report, point::NODE_OUT);
     assert_counted(&report);
 }
 
@@ -124,7 +126,7 @@ fn btf_tracepoints_follow_a_packet_to_its_drop() {
 #[ignore = "privileged: needs root; run by cargo xtask test"]
 fn classic_tracepoints_serve_a_kernel_without_btf() {
     require_root();
-    let report = on_a_thread_with_tracefs(false);
+    let report = on_a_thread_with_tracefs(false, "sonde_node_out");
     for hook in [
         "tracepoint:skb:kfree_skb",
         "tracepoint:skb:consume_skb",
@@ -146,6 +148,24 @@ fn classic_tracepoints_serve_a_kernel_without_btf() {
         "{:?}",
         report.notes
     );
-    assert_dropped(&report);
+    assert_dropped(&report, point::NODE_OUT);
     assert_counted(&report);
+}
+
+#[test]
+#[ignore = "privileged: needs root; run by cargo xtask test"]
+fn a_first_points_stamp_held_back_goes_out_when_its_packet_is_freed_before_a_next_point() {
+    require_root();
+    for with_btf in [true, false] {
+        for program in ["sonde_pod_out", "sonde_pod_out_counted"] {
+            let report = on_a_thread_with_tracefs(with_btf, program);
+            // Each packet's one stamp (leaving its pod) arrived: sent when its skb was freed.
+            assert_eq!(
+                report.collected.packets,
+                u64::from(PACKETS),
+                "{program}, btf {with_btf}: {report:?}"
+            );
+            assert_dropped(&report, point::POD_OUT);
+        }
+    }
 }

@@ -439,11 +439,16 @@ fn the_counters_stamping_programs_pass_everything_and_stamp_traced_packets() {
             0,
             "{program}"
         );
-        assert_eq!(
-            run_through(&tracer, program, &traced).packets,
-            100,
-            "{program}"
-        );
+        let stamped = run_through(&tracer, program, &traced).packets;
+        if program == "sonde_pod_out_counted" {
+            // A first point holds each stamp back for the packet's next point, which these
+            // packets never reach: each goes out when a later packet's hold takes its slot,
+            // the last ones never (with the skb tracepoints attached they go when freed:
+            // tests/hook_variants.rs). Never more than the traced packets.
+            assert!(stamped <= 100, "{program}: {stamped}");
+        } else {
+            assert_eq!(stamped, 100, "{program}");
+        }
     }
 }
 
@@ -485,8 +490,16 @@ fn the_cost_measurement_packets_take_the_paths_they_are_named_for() {
             assert!(ns.is_finite() && ns > 0.0, "{probe:?}");
         }
     }
-    // Every traced packet is stamped, at every classifier (4096 runs each); no unsampled one.
-    assert_eq!(costs.traced_events, 4 * 4096);
+    // Every traced packet is stamped at every classifier (4096 runs each), but a packet's
+    // first point on a node (leaving its pod, reaching the node) holds its stamp back for its
+    // next point there, and the same packet through it again replaces it: those two give at
+    // most their last packet's stamp each (sent when a later hold takes the slot), the
+    // others every one. No unsampled packet is stamped.
+    assert!(
+        (2 * 4096..=2 * 4096 + 2).contains(&costs.traced_events),
+        "{} events",
+        costs.traced_events
+    );
     assert_eq!(costs.unsampled_events, 0);
 }
 

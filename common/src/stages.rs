@@ -119,7 +119,8 @@ pub mod side {
 
 /// What an [`Event`] reports.
 pub mod event_kind {
-    /// A packet passed a point; `value`, when not 0, is how long before it the sending
+    /// A packet passed a point (and an earlier one, when [`super::Event::earlier`] names
+    /// it); `value`, when not 0, is how long before the record's first point the sending
     /// socket was handed the data this segment carries (the [`super::point::SOCKET_SEND`]
     /// stamp, sent with the first point's record rather than as one of its own).
     pub const STAMP: u8 = 0;
@@ -277,13 +278,26 @@ impl PortFlow {
             info.flow,
             u32::from_ne_bytes([info.sides, info.sample_shift, info.pad[0], info.pad[1]]),
         ];
-        let mut hash: u32 = 0x811c_9dc5;
-        for word in words {
-            hash = (hash ^ word).wrapping_mul(0x0100_0193);
-            hash ^= hash >> 15;
-        }
+        // Each word times its own odd constant, the products folded together: the multiplies
+        // are independent of one another (a handful of cycles in all, where a chained hash
+        // costs several ns of a followed packet), and a multiply by an odd constant maps
+        // distinct words to distinct products, so an entry whose words are not all of one
+        // write checks only by a coincidence of 64-bit products.
+        const FACTORS: [u64; 5] = [
+            0x9e37_79b9_7f4a_7c15,
+            0xc2b2_ae3d_27d4_eb4f,
+            0x1656_67b1_9e37_79f9,
+            0xd6e8_feb8_6659_fd93,
+            0xff51_afd7_ed55_8ccd,
+        ];
+        let hash = words
+            .iter()
+            .zip(FACTORS)
+            .fold(0_u64, |hash, (word, factor)| {
+                hash ^ u64::from(*word).wrapping_mul(factor)
+            });
         // An all-zero entry (a slot never written) must not check.
-        hash | 1
+        ((hash ^ (hash >> 32)) as u32) | 1
     }
 
     /// Whether the entry is whole and names the flow `key`.
@@ -319,8 +333,9 @@ pub struct Event {
     pub flow: u32,
     /// The packet's id within its flow and direction (see the module docs).
     pub id: u32,
-    /// Interface index of a TC point (0 for socket points).
-    pub ifindex: u32,
+    /// For a stamp that carries its packet's earlier point on this node too (see
+    /// [`Event::earlier`]): how long before `ts_ns` the packet passed it.
+    pub earlier_ns: u32,
     /// Kind-specific value (see [`event_kind`]).
     pub value: u32,
     /// One of [`event_kind`].
@@ -329,8 +344,12 @@ pub struct Event {
     pub point: u8,
     /// One of [`direction`].
     pub direction: u8,
-    /// Zero.
-    pub pad: u8,
+    /// For a stamp: the packet's earlier point on this node that the record carries as well,
+    /// or 0 ([`point::SOCKET_SEND`], which is carried in `value` instead) for none. A
+    /// packet's first point on a node (leaving its pod, reaching the node) keeps its time in
+    /// the kernel until its next point there: one record for both, one ring-buffer write a
+    /// packet a node, where a record a point cost ~10 ns of each first point.
+    pub earlier: u8,
     /// The client's port of the packet's connection or UDP flow (host order): with the
     /// direction and id, the key that names the same packet on every node.
     pub client_port: u16,

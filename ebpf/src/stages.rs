@@ -96,6 +96,11 @@ fn window() -> u32 {
 /// Holds `mark` for `skb` in its slot, in the window now open. The address is written last
 /// (after zero), so a reader that finds it the same before and after reading the mark has read
 /// a whole one.
+///
+/// A stamp the slot still holds back for another packet (its skb was freed where no hook saw
+/// it, or two skbs share the slot) goes out first, on its own: late, never lost. The same
+/// packet at the same point again (the cost measurement runs one skb many times) only
+/// replaces it.
 #[inline(always)]
 fn hold(skb: u64, mut mark: Mark) {
     let Some(slot) = IN_FLIGHT.get_ptr_mut(skb_slot(skb)) else {
@@ -104,6 +109,15 @@ fn hold(skb: u64, mut mark: Mark) {
     mark.window = window() as u16;
     // SAFETY: a valid slot of the array; volatile keeps the stores in this order.
     unsafe {
+        let old_skb = read_volatile(&raw const (*slot).skb);
+        if old_skb != 0 && read_volatile(&raw const (*slot).mark.pending) != 0 {
+            let again = old_skb == skb
+                && read_volatile(&raw const (*slot).mark.id) == mark.id
+                && read_volatile(&raw const (*slot).mark.point) == mark.point;
+            if !again {
+                emit_held(&read_volatile(&raw const (*slot).mark));
+            }
+        }
         write_volatile(&raw mut (*slot).skb, 0);
         write_volatile(&raw mut (*slot).mark, mark);
         write_volatile(&raw mut (*slot).skb, skb);
@@ -189,6 +203,48 @@ pub struct Mark {
     /// The packet's addresses, folded (see `Packet::peers`): tells two flows' packets of
     /// one id and client port apart.
     peers: u16,
+    /// The socket send's distance back from `ts_ns`, for a stamp held back (0: none).
+    since_send: u32,
+    /// 1 while the stamp at `point` is held back for the packet's next point on this node
+    /// (see `Event::earlier`): not yet in the ring buffer.
+    pending: u8,
+    pad: u8,
+    pad2: u16,
+}
+
+impl Mark {
+    /// The flow, direction and connection of the packet it holds.
+    #[inline(always)]
+    fn who(&self) -> Who {
+        Who {
+            flow: self.flow,
+            direction: self.direction,
+            client_port: self.client_port,
+        }
+    }
+}
+
+/// Whether a packet's first stamp on a node at `at` waits for its next point on the node to
+/// go out with it: leaving a pod (next: the uplink, or the veth of a pod on the node) and
+/// reaching a node (next: the pod's veth, or the read of a host-network server).
+#[inline(always)]
+fn holds_back(at: u8) -> bool {
+    at == point::POD_OUT || at == point::NODE_IN
+}
+
+/// Sends a stamp held back in a slot on its own (its packet went where no later point of
+/// this node saw it).
+#[inline(always)]
+fn emit_held(mark: &Mark) {
+    emit(
+        &mark.who(),
+        event_kind::STAMP,
+        mark.point,
+        mark.ts_ns,
+        mark.id,
+        mark.since_send,
+        NO_EARLIER,
+    );
 }
 
 const ETH_HLEN: usize = 14;
@@ -213,29 +269,59 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 
+/// A packet's or a socket's two addresses (source or local first), each as its family
+/// lays it out: an IPv4 flow's key is built from four bytes each, never from sixteen.
+#[derive(Clone, Copy)]
+enum Addresses {
+    V4([u8; 4], [u8; 4]),
+    V6([u8; 16], [u8; 16]),
+}
+
+impl Addresses {
+    /// A socket tracepoint's IPv6 fields, which hold an IPv4 socket's addresses mapped.
+    #[inline(always)]
+    fn of_socket(local: &[u8; 16], remote: &[u8; 16]) -> Self {
+        match (ipv4_of(local), ipv4_of(remote)) {
+            (Some(local), Some(remote)) => Self::V4(local, remote),
+            _ => Self::V6(*local, *remote),
+        }
+    }
+
+    /// The last four bytes of both addresses (all of an IPv4 address) folded into 16 bits,
+    /// the same both ways.
+    #[inline(always)]
+    fn folded(&self) -> u16 {
+        let both = match self {
+            Self::V4(src, dst) => u32::from_ne_bytes(*src) ^ u32::from_ne_bytes(*dst),
+            Self::V6(src, dst) => {
+                let last = |a: &[u8; 16]| u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+                last(src) ^ last(dst)
+            }
+        };
+        (both ^ (both >> 16)) as u16
+    }
+}
+
 /// A parsed packet: just what identifies it.
 struct Packet {
-    src: [u8; 16],
-    dst: [u8; 16],
+    addresses: Addresses,
     sport: u16,
     dport: u16,
+    /// The port map's entries of `dport` and `sport` (see `port_entry`), read by the parse.
+    entries: (u8, u8),
     protocol: u8,
     /// TCP sequence number, or sonde's UDP sequence number.
     id: u32,
     /// A TCP SYN (connection set-up, no data): remembered for drops, never stamped.
     syn: bool,
-    /// An IPv4 packet (its addresses IPv4-mapped).
-    v4: bool,
 }
 
 impl Packet {
-    /// The last four bytes of both addresses (all of an IPv4 address) folded into 16 bits,
-    /// the same both ways.
+    /// Its addresses folded (see `Addresses::folded`): tells two flows' packets of one id
+    /// and client port apart.
     #[inline(always)]
     fn peers(&self) -> u16 {
-        let last = |a: &[u8; 16]| u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
-        let both = last(&self.src) ^ last(&self.dst);
-        (both ^ (both >> 16)) as u16
+        self.addresses.folded()
     }
 }
 
@@ -250,26 +336,24 @@ pub fn stamp(ctx: &TcContext, at: u8) {
     let Some(packet) = parse(ctx) else {
         return;
     };
-    // The context pointer is the kernel's `struct sk_buff *`, the address the skb
-    // tracepoints report.
-    let skb = address_of(ctx.skb.skb);
     // A packet's second point on a node (the uplink on the way out, the pod's veth on the
-    // way in) finds it where its first point held it, by its skb: flow and direction come
-    // from there, without the flow lookup (a hash of a 36-byte key).
-    let second = match skb {
-        Some(skb) if at == point::NODE_OUT || at == point::POD_IN => held_as(skb, &packet),
-        _ => None,
+    // way in) finds it where its first point held it, by its skb (the context pointer is the
+    // kernel's `struct sk_buff *`, the address the skb tracepoints report): flow and
+    // direction come from there, without the flow lookup.
+    let second = if at == point::NODE_OUT || at == point::POD_IN {
+        address_of(ctx.skb.skb).and_then(|skb| held_as(skb, &packet).map(|held| (skb, held)))
+    } else {
+        None
     };
-    let (who, followed, slot) = match second {
+    let (who, followed, skb, earlier) = match second {
         // Held: followed at its first point.
-        Some((slot, who)) => (who, true, Some(slot)),
+        Some((skb, (slot, who, mark))) => (who, true, Some(skb), Some((slot, mark))),
         None => {
             let Some((info, dir)) = lookup(
-                &packet.src,
-                &packet.dst,
+                &packet.addresses,
                 (packet.sport, packet.dport),
+                (packet.entries.0 != 0, packet.entries.1 != 0),
                 packet.protocol,
-                packet.v4,
             ) else {
                 return;
             };
@@ -282,13 +366,16 @@ pub fn stamp(ctx: &TcContext, at: u8) {
                     packet.dport
                 },
             };
-            (who, sampled(packet.id, info.sample_shift), None)
+            // The address only now: a packet of no traced flow needs none.
+            let skb = address_of(ctx.skb.skb);
+            (who, sampled(packet.id, info.sample_shift), skb, None)
         }
     };
+    let slot = earlier.map(|(slot, _)| slot);
     if packet.syn {
         // Not a stage sample: only where it was last, so that a SYN the path drops (a full
         // conntrack table) is reported with the kernel's reason like any data segment.
-        remember(skb, slot, &who, &packet, at, 0);
+        remember(skb, slot, &who, &packet, at, 0, None);
         return;
     }
     let mut sent_ns = 0;
@@ -312,9 +399,6 @@ pub fn stamp(ctx: &TcContext, at: u8) {
     // Read only now: a clock read is among the costliest things a probe does (a virtual
     // machine's clock especially), and a packet not followed needs none.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: `skb` is the context pointer the kernel passed; reading a scalar field of
-    // `__sk_buff` is what the verifier allows for TC programs.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // The socket send this segment carries rides in the same record (one ring-buffer write
     // per point, not two), as its distance back from this point.
     let since_send = if sent_ns != 0 && sent_ns <= now {
@@ -322,23 +406,43 @@ pub fn stamp(ctx: &TcContext, at: u8) {
     } else {
         0
     };
-    emit(
-        &who,
-        event_kind::STAMP,
-        at,
-        now,
-        packet.id,
-        ifindex,
-        since_send,
-    );
-    remember(skb, slot, &who, &packet, at, now);
+    if skb.is_some() && slot.is_none() && holds_back(at) {
+        // Its record waits for the packet's next point on this node (see `Event::earlier`).
+        remember(skb, None, &who, &packet, at, now, Some(since_send));
+        return;
+    }
+    match earlier {
+        // The first point's stamp, held back, goes out in this record.
+        Some((_, mark)) if mark.pending != 0 => emit(
+            &who,
+            event_kind::STAMP,
+            at,
+            now,
+            packet.id,
+            mark.since_send,
+            (
+                mark.point,
+                now.saturating_sub(mark.ts_ns).min(u64::from(u32::MAX)) as u32,
+            ),
+        ),
+        _ => emit(
+            &who,
+            event_kind::STAMP,
+            at,
+            now,
+            packet.id,
+            since_send,
+            NO_EARLIER,
+        ),
+    }
+    remember(skb, slot, &who, &packet, at, now, None);
 }
 
 /// `skb`'s slot and the flow it holds `packet` for, if a point of this node held it: the
 /// packet's id, client port and addresses must agree, since an skb freed unseen leaves its
 /// slot behind for a later skb at its address.
 #[inline(always)]
-fn held_as(skb: u64, packet: &Packet) -> Option<(*mut InFlight, Who)> {
+fn held_as(skb: u64, packet: &Packet) -> Option<(*mut InFlight, Who, Mark)> {
     let (slot, mark) = held(skb)?;
     let client_port = if mark.direction == direction::TO_SERVER {
         packet.sport
@@ -346,19 +450,13 @@ fn held_as(skb: u64, packet: &Packet) -> Option<(*mut InFlight, Who)> {
         packet.dport
     };
     let same = mark.id == packet.id && mark.client_port == client_port;
-    (same && mark.peers == packet.peers()).then_some((
-        slot,
-        Who {
-            flow: mark.flow,
-            direction: mark.direction,
-            client_port,
-        },
-    ))
+    (same && mark.peers == packet.peers()).then_some((slot, mark.who(), mark))
 }
 
 /// Records `skb` as `who`'s packet `id`, last seen at `at`, until the kernel frees it: in
 /// `slot` when the packet's first point on this node holds it there (its point moves on in
-/// place), else in a slot of its own.
+/// place, its held-back stamp gone out with this point's record), else in a slot of its own.
+/// `held_back`: the stamp at `at` is not sent yet (with its send's distance back).
 #[inline(always)]
 fn remember(
     skb: Option<u64>,
@@ -367,15 +465,16 @@ fn remember(
     packet: &Packet,
     at: u8,
     ts_ns: u64,
+    held_back: Option<u32>,
 ) {
     let Some(skb) = skb else {
         return;
     };
-    let peers = packet.peers();
     if let Some(slot) = slot {
         // SAFETY: a valid slot from `held`; a reader sees the old point or the new one, both
         // places this packet has been.
         unsafe {
+            write_volatile(&raw mut (*slot).mark.pending, 0);
             write_volatile(&raw mut (*slot).mark.point, at);
             write_volatile(&raw mut (*slot).mark.ts_ns, ts_ns);
         }
@@ -391,7 +490,11 @@ fn remember(
             direction: who.direction,
             point: at,
             window: 0,
-            peers,
+            peers: packet.peers(),
+            since_send: held_back.unwrap_or(0),
+            pending: u8::from(held_back.is_some()),
+            pad: 0,
+            pad2: 0,
         },
     );
 }
@@ -433,27 +536,38 @@ pub fn socket_read(skb: u64) {
     // Only a packet this node delivered: its last point was the pod's veth (or the uplink,
     // for the host network).
     if mark.point != point::POD_IN && mark.point != point::NODE_IN {
+        if mark.pending != 0 {
+            // Left its pod and was read on this node, past no other point.
+            release(slot, skb);
+            emit_held(&mark);
+        }
         return;
     }
     release(slot, skb);
     let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(mark.ts_ns) > MAX_READ_WAIT_NS {
-        // A slot left behind by an skb freed unseen: not this packet.
+        // A slot left behind by an skb freed unseen: not this packet (its own stamp, if
+        // held back, is still its own).
+        if mark.pending != 0 {
+            emit_held(&mark);
+        }
         return;
     }
-    let who = Who {
-        flow: mark.flow,
-        direction: mark.direction,
-        client_port: mark.client_port,
+    // A host-network server's read: the uplink's stamp, held back, rides along (with the
+    // send it carries, which is another node's: none).
+    let (earlier, since_send) = if mark.pending != 0 {
+        ((mark.point, (now - mark.ts_ns) as u32), mark.since_send)
+    } else {
+        (NO_EARLIER, 0)
     };
     emit(
-        &who,
+        &mark.who(),
         event_kind::STAMP,
         point::SOCKET_READ,
         now,
         mark.id,
-        0,
-        0,
+        since_send,
+        earlier,
     );
 }
 
@@ -465,16 +579,22 @@ pub fn dropped(skb: u64, reason: impl FnOnce() -> Option<u32>) {
         return;
     };
     release(slot, skb);
+    if mark.pending != 0 {
+        emit_held(&mark);
+    }
     let Some(reason) = reason() else {
         return;
     };
-    let who = Who {
-        flow: mark.flow,
-        direction: mark.direction,
-        client_port: mark.client_port,
-    };
     let now = unsafe { bpf_ktime_get_ns() };
-    emit(&who, event_kind::DROP, mark.point, now, mark.id, 0, reason);
+    emit(
+        &mark.who(),
+        event_kind::DROP,
+        mark.point,
+        now,
+        mark.id,
+        reason,
+        NO_EARLIER,
+    );
 }
 
 /// The drop reason in the classic `skb:kfree_skb` tracepoint's record, at the offset the
@@ -490,12 +610,16 @@ pub fn drop_reason(ctx: &TracePointContext) -> Option<u32> {
 }
 
 /// A followed packet was freed normally (`consume_skb`): forgets it, so that its address,
-/// soon reused, is not taken for it.
+/// soon reused, is not taken for it, and sends a stamp it held back (a packet that left the
+/// node past no later point, as through a tunnel whose outer packet is not parsed).
 #[inline(always)]
 pub fn consumed(skb: u64) {
     // Every skb the kernel frees passes here: a slot's address and a compare.
-    if let Some((slot, _)) = held(skb) {
+    if let Some((slot, mark)) = held(skb) {
         release(slot, skb);
+        if mark.pending != 0 {
+            emit_held(&mark);
+        }
     }
 }
 
@@ -560,9 +684,9 @@ pub fn socket_send(ctx: &BtfTracePointContext) {
             read_volatile(&raw const (*sk).rcv_saddr),
         )
     };
-    let local = mapped(saddr.to_ne_bytes());
-    let remote = mapped(daddr.to_ne_bytes());
-    let Some((info, dir)) = lookup(&local, &remote, (num, dport), IPPROTO_TCP, true) else {
+    let addresses = Addresses::V4(saddr.to_ne_bytes(), daddr.to_ne_bytes());
+    let served = (is_server_port(dport), is_server_port(num));
+    let Some((info, dir)) = lookup(&addresses, (num, dport), served, IPPROTO_TCP) else {
         return;
     };
     if !sends_here(&info, dir) {
@@ -619,8 +743,9 @@ pub fn connect_state(ctx: &TracePointContext) {
         if port_entry(dport) & sonde_common::maps::PORT_CLIENT_HERE == 0 {
             return;
         }
-        let v4 = is_mapped(&local) && is_mapped(&remote);
-        let Some((info, dir)) = lookup(&local, &remote, (sport, dport), IPPROTO_TCP, v4) else {
+        let addresses = Addresses::of_socket(&local, &remote);
+        let served = (is_server_port(dport), is_server_port(sport));
+        let Some((info, dir)) = lookup(&addresses, (sport, dport), served, IPPROTO_TCP) else {
             return;
         };
         if dir == direction::TO_SERVER && info.sides & side::CLIENT != 0 {
@@ -633,6 +758,10 @@ pub fn connect_state(ctx: &TracePointContext) {
                 point: 0,
                 window: 0,
                 peers: 0,
+                since_send: 0,
+                pending: 0,
+                pad: 0,
+                pad2: 0,
             };
             let _ = CONNECTING.insert(sk, mark, 0);
         }
@@ -652,7 +781,7 @@ pub fn connect_state(ctx: &TracePointContext) {
                 client_port,
             };
             let took = now.saturating_sub(mark.ts_ns).min(u64::from(u32::MAX)) as u32;
-            emit(&who, event_kind::CONNECT, 0, now, 0, 0, took);
+            emit(&who, event_kind::CONNECT, 0, now, 0, took, NO_EARLIER);
         }
     }
 }
@@ -667,8 +796,9 @@ pub fn retransmit(ctx: &TracePointContext) {
     if local_port_entry(sport, dport).is_none() {
         return;
     }
-    let v4 = is_mapped(&local) && is_mapped(&remote);
-    let Some((info, dir)) = lookup(&local, &remote, (sport, dport), IPPROTO_TCP, v4) else {
+    let addresses = Addresses::of_socket(&local, &remote);
+    let served = (is_server_port(dport), is_server_port(sport));
+    let Some((info, dir)) = lookup(&addresses, (sport, dport), served, IPPROTO_TCP) else {
         return;
     };
     if sends_here(&info, dir) {
@@ -682,7 +812,7 @@ pub fn retransmit(ctx: &TracePointContext) {
             },
         };
         let now = unsafe { bpf_ktime_get_ns() };
-        emit(&who, event_kind::RETRANSMIT, 0, now, 0, 0, 0);
+        emit(&who, event_kind::RETRANSMIT, 0, now, 0, 0, NO_EARLIER);
     }
 }
 
@@ -733,70 +863,82 @@ fn port_entry(port: u16) -> u8 {
 }
 
 /// Finds the traced flow of a packet from `src:sport` to `dst:dport`, and its direction;
-/// `v4` when both addresses are IPv4(-mapped).
+/// `served`: whether `dport`, `sport` are traced server ports (see `is_server_port`).
 #[inline(always)]
 fn lookup(
-    src: &[u8; 16],
-    dst: &[u8; 16],
+    addresses: &Addresses,
     (sport, dport): (u16, u16),
+    served: (bool, bool),
     protocol: u8,
-    v4: bool,
 ) -> Option<(FlowInfo, u8)> {
-    if is_server_port(dport)
-        && let Some(info) = find(src, dst, dport, protocol, v4)
+    if served.0
+        && let Some(info) = find(addresses, true, dport, protocol)
     {
         return Some((info, direction::TO_SERVER));
     }
-    if is_server_port(sport)
-        && let Some(info) = find(dst, src, sport, protocol, v4)
+    if served.1
+        && let Some(info) = find(addresses, false, sport, protocol)
     {
         return Some((info, direction::TO_CLIENT));
     }
     None
 }
 
-/// The flow from `client` to `server:server_port`, if traced.
+/// The flow to `server_port` between `addresses`, the client's first when `client_first`,
+/// if traced.
 #[inline(always)]
 fn find(
-    client: &[u8; 16],
-    server: &[u8; 16],
+    addresses: &Addresses,
+    client_first: bool,
     server_port: u16,
     protocol: u8,
-    v4: bool,
 ) -> Option<FlowInfo> {
     // SAFETY (both): the value is plain data, copied out at once.
-    if v4 {
-        let key = FlowKey4 {
-            client: [client[12], client[13], client[14], client[15]],
-            server: [server[12], server[13], server[14], server[15]],
-            server_port,
-            protocol,
-            pad: 0,
-        };
-        if let Some(entry) = PORT_FLOWS.get(port_flow_slot(server_port)) {
-            // A copy: the daemon may be rewriting it (the check catches a torn one).
-            // SAFETY: a valid array element, read as plain data.
-            let entry = unsafe { read_volatile(entry) };
-            if entry.names(&key) {
-                return Some(entry.info);
+    match addresses {
+        Addresses::V4(src, dst) => {
+            let (client, server) = if client_first {
+                (*src, *dst)
+            } else {
+                (*dst, *src)
+            };
+            let key = FlowKey4 {
+                client,
+                server,
+                server_port,
+                protocol,
+                pad: 0,
+            };
+            if let Some(entry) = PORT_FLOWS.get(port_flow_slot(server_port)) {
+                // A copy: the daemon may be rewriting it (the check catches a torn one).
+                // SAFETY: a valid array element, read as plain data.
+                let entry = unsafe { read_volatile(entry) };
+                if entry.names(&key) {
+                    return Some(entry.info);
+                }
             }
+            unsafe { FLOWS4.get(key) }.copied()
         }
-        unsafe { FLOWS4.get(key) }.copied()
-    } else {
-        let key = FlowKey {
-            client: *client,
-            server: *server,
-            server_port,
-            protocol,
-            pad: 0,
-        };
-        unsafe { FLOWS.get(key) }.copied()
+        Addresses::V6(src, dst) => {
+            let (client, server) = if client_first {
+                (*src, *dst)
+            } else {
+                (*dst, *src)
+            };
+            let key = FlowKey {
+                client,
+                server,
+                server_port,
+                protocol,
+                pad: 0,
+            };
+            unsafe { FLOWS.get(key) }.copied()
+        }
     }
 }
 
-/// Whether a tracepoint's IPv6 address field holds an IPv4-mapped address.
+/// The IPv4 address a tracepoint's IPv6 address field holds mapped, if it does.
 #[inline(always)]
-fn is_mapped(address: &[u8; 16]) -> bool {
+fn ipv4_of(address: &[u8; 16]) -> Option<[u8; 4]> {
     let word = |at: usize| {
         u32::from_ne_bytes([
             address[at],
@@ -805,7 +947,8 @@ fn is_mapped(address: &[u8; 16]) -> bool {
             address[at + 3],
         ])
     };
-    word(0) == 0 && word(4) == 0 && word(8) == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+    let mapped = word(0) == 0 && word(4) == 0 && word(8) == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    mapped.then_some([address[12], address[13], address[14], address[15]])
 }
 
 /// The packet's flow, direction and connection, as every event names them.
@@ -815,19 +958,23 @@ struct Who {
     client_port: u16,
 }
 
-/// Gathers one event in this CPU's batch; a full batch goes to the ring buffer.
+/// A record's earlier point and its distance back (`Event::earlier`), for a record with none.
+const NO_EARLIER: (u8, u32) = (point::SOCKET_SEND, 0);
+
+/// Gathers one event in this CPU's batch; a full batch goes to the ring buffer. `earlier`:
+/// the packet's earlier point on this node that the record carries (see `Event::earlier`).
 #[inline(always)]
-fn emit(who: &Who, kind: u8, at: u8, ts_ns: u64, id: u32, ifindex: u32, value: u32) {
+fn emit(who: &Who, kind: u8, at: u8, ts_ns: u64, id: u32, value: u32, earlier: (u8, u32)) {
     let event = Event {
         ts_ns,
         flow: who.flow,
         id,
-        ifindex,
+        earlier_ns: earlier.1,
         value,
         kind,
         point: at,
         direction: who.direction,
-        pad: 0,
+        earlier: earlier.0,
         client_port: who.client_port,
         pad2: 0,
     };
@@ -937,14 +1084,6 @@ fn lost(events: u64) {
         // of a count that only says "some were lost".
         unsafe { *lost += events };
     }
-}
-
-/// An IPv4 address as IPv4-mapped IPv6, the form the flow map stores.
-#[inline(always)]
-fn mapped(v4: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
-    ]
 }
 
 /// A copy of the `N` bytes at `offset` in the packet, if it holds them.
@@ -1107,28 +1246,27 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     if !syn && !sampled(id, sample_shift) {
         return None;
     }
-    let (src, dst) = if layout.ipv6 {
+    let addresses = if layout.ipv6 {
         let addrs = bytes::<32>(ctx, layout.l3 + 8)?;
         let mut src = [0_u8; 16];
         let mut dst = [0_u8; 16];
         src.copy_from_slice(&addrs[..16]);
         dst.copy_from_slice(&addrs[16..]);
-        (src, dst)
+        Addresses::V6(src, dst)
     } else {
         let addrs = bytes::<8>(ctx, layout.l3 + 12)?;
-        (
-            mapped([addrs[0], addrs[1], addrs[2], addrs[3]]),
-            mapped([addrs[4], addrs[5], addrs[6], addrs[7]]),
+        Addresses::V4(
+            [addrs[0], addrs[1], addrs[2], addrs[3]],
+            [addrs[4], addrs[5], addrs[6], addrs[7]],
         )
     };
     Some(Packet {
-        src,
-        dst,
+        addresses,
         sport,
         dport,
+        entries: (to_port, from_port),
         protocol: layout.protocol,
         id,
         syn,
-        v4: !layout.ipv6,
     })
 }

@@ -208,8 +208,18 @@ impl Collector {
                     self.sweep(event.ts_ns);
                 }
                 let key = packet_key(event.direction, event.client_port, event.id);
+                // The record's first point: the earlier one it carries, if any.
+                let first_ns = if event.earlier != point::SOCKET_SEND
+                    && usize::from(event.earlier) < point::COUNT
+                {
+                    let earlier_ns = event.ts_ns.saturating_sub(u64::from(event.earlier_ns));
+                    self.stamp(key, event.earlier, earlier_ns);
+                    earlier_ns
+                } else {
+                    event.ts_ns
+                };
                 if event.value != 0 {
-                    let sent = event.ts_ns.saturating_sub(u64::from(event.value));
+                    let sent = first_ns.saturating_sub(u64::from(event.value));
                     self.stamp(key, point::SOCKET_SEND, sent);
                 }
                 self.stamp(key, event.point, event.ts_ns);
@@ -422,6 +432,54 @@ mod tests {
             (point::NODE_OUT, vec![(40000_u64 << 32) | 7])
         );
         assert_eq!(collected.uplink[1].keys.len(), 2);
+    }
+
+    #[test]
+    fn a_record_carrying_its_earlier_point_gives_both_stamps_and_the_send_before_the_first() {
+        let combined = |at, earlier, dir, id, ts_ns, earlier_ns, value| Event {
+            earlier,
+            earlier_ns,
+            value,
+            ..stamp(at, dir, 40000, id, ts_ns)
+        };
+        let mut collector = Collector::new(1000, side::CLIENT | side::SERVER);
+        let dir = direction::TO_SERVER;
+        // Left the pod at 10_100 (send 100 before), left the node at 10_300: one record.
+        collector.record(&combined(
+            point::NODE_OUT,
+            point::POD_OUT,
+            dir,
+            7,
+            10_300,
+            200,
+            100,
+        ));
+        // Reached the node at 11_000, entered the pod at 11_050: one record.
+        collector.record(&combined(
+            point::POD_IN,
+            point::NODE_IN,
+            dir,
+            7,
+            11_050,
+            50,
+            0,
+        ));
+        let collected = collector.finish();
+        assert_eq!(collected.events, 2);
+        let summary: Vec<(u8, u8, u64, u64)> = collected
+            .stages
+            .iter()
+            .map(|s| (s.from, s.to, s.latency.len(), s.sum_ns))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (point::SOCKET_SEND, point::POD_OUT, 1, 100),
+                (point::POD_OUT, point::NODE_OUT, 1, 200),
+                (point::NODE_OUT, point::NODE_IN, 1, 700),
+                (point::NODE_IN, point::POD_IN, 1, 50),
+            ]
+        );
     }
 
     #[test]
