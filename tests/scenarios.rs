@@ -44,6 +44,26 @@ fn check_schemas(set: &serde_json::Value) {
     }
 }
 
+/// A scenario with every test setting a file may give, as a run-set carries it, passes the
+/// schema: a setting sondectl accepts but the schema lacks would fail every validator users run.
+#[test]
+fn every_test_setting_a_scenario_accepts_is_in_its_schema() {
+    let scenario = sonde_ctl::scenario::spec::Scenario::parse(
+        "name: every-setting\nnodes: all\ntopology: mesh\n\
+         tests:\n\
+         - {kind: tcp-rr, name: rr, duration: 2s, warmup: 1s, request-size: 64B, \
+            response-size: 1KiB, parallel: 2, rate: 100, repetitions: 2, trace: true, \
+            trace-windows: true, class: normal}\n\
+         - {kind: tcp-stream, sizes: 64B..1KiB, direction: both, plain-io: true, \
+            class: exclusive}\n\
+         - {kind: udp-stream, size: 1KiB, trace: false, class: background}\n",
+    )
+    .expect("a valid scenario");
+    let json = serde_json::to_value(&scenario).expect("the scenario as JSON");
+    assert_eq!(json["tests"][0]["trace-windows"], true, "{json}");
+    assert_valid(&validator("scenario.v1.json"), &json, "every setting");
+}
+
 /// A scenario file for one test.
 fn scenario_file(name: &str, yaml: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("sonde-{}-{name}.yaml", std::process::id()));

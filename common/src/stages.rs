@@ -191,11 +191,16 @@ impl FlowKey {
     }
 }
 
-/// The IPv4 address an IPv4-mapped IPv6 address holds.
+/// The IPv4 address an IPv4-mapped IPv6 address holds. Compared a word at a time, not as a
+/// slice (which may become a `memcmp` call, which BPF lacks), so that the kernel programs use
+/// it on socket tracepoints' address fields too.
 #[inline(always)]
 pub fn ipv4_of(mapped: &[u8; 16]) -> Option<[u8; 4]> {
-    let prefix = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
-    (mapped[..12] == prefix).then_some([mapped[12], mapped[13], mapped[14], mapped[15]])
+    let word = |at: usize| {
+        u32::from_ne_bytes([mapped[at], mapped[at + 1], mapped[at + 2], mapped[at + 3]])
+    };
+    let prefix = word(0) == 0 && word(4) == 0 && word(8) == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    prefix.then_some([mapped[12], mapped[13], mapped[14], mapped[15]])
 }
 
 /// Key of the IPv4 flow map: [`FlowKey`] of an IPv4 flow, a third of its size. Every packet
@@ -438,6 +443,25 @@ mod tests {
                 "shift {shift}: kept {kept}, expected {expected}"
             );
         }
+    }
+
+    #[test]
+    fn only_an_ipv4_mapped_address_gives_its_ipv4_address() {
+        let mapped = |v4: [u8; 4]| {
+            let mut a = [0_u8; 16];
+            a[10] = 0xff;
+            a[11] = 0xff;
+            a[12..].copy_from_slice(&v4);
+            a
+        };
+        assert_eq!(ipv4_of(&mapped([10, 244, 1, 11])), Some([10, 244, 1, 11]));
+        // Any other prefix byte makes it an IPv6 address.
+        for at in 0..12 {
+            let mut a = mapped([10, 244, 1, 11]);
+            a[at] ^= 0x01;
+            assert_eq!(ipv4_of(&a), None, "byte {at}");
+        }
+        assert_eq!(ipv4_of(&[0; 16]), None);
     }
 
     #[test]

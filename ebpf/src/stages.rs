@@ -15,7 +15,7 @@ use aya_ebpf::{
 use sonde_common::stages::{
     BATCH_EVENTS, Batch, CONF_BATCH_EVENTS, CONF_DROP_REASON_OFFSET, CONF_HELD_BACK, CONF_WINDOW,
     EVENTS_BYTES, Event, FlowInfo, FlowKey, FlowKey4, LOST_EVENTS, MAX_FLOWS, PORT_FLOW_SLOTS,
-    PortFlow, direction, event_kind, point, port_flow_slot, runs, sampled, side,
+    PortFlow, direction, event_kind, ipv4_of, point, port_flow_slot, runs, sampled, side,
 };
 
 #[map(name = "SONDE_FLOWS")]
@@ -934,21 +934,6 @@ fn find(
             unsafe { FLOWS.get(key) }.copied()
         }
     }
-}
-
-/// The IPv4 address a tracepoint's IPv6 address field holds mapped, if it does.
-#[inline(always)]
-fn ipv4_of(address: &[u8; 16]) -> Option<[u8; 4]> {
-    let word = |at: usize| {
-        u32::from_ne_bytes([
-            address[at],
-            address[at + 1],
-            address[at + 2],
-            address[at + 3],
-        ])
-    };
-    let mapped = word(0) == 0 && word(4) == 0 && word(8) == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-    mapped.then_some([address[12], address[13], address[14], address[15]])
 }
 
 /// The packet's flow, direction and connection, as every event names them.
