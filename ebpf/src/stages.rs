@@ -896,11 +896,7 @@ fn find(
     // SAFETY (both): the value is plain data, copied out at once.
     match addresses {
         Addresses::V4(src, dst) => {
-            let (client, server) = if client_first {
-                (*src, *dst)
-            } else {
-                (*dst, *src)
-            };
+            let (client, server) = client_then_server(src, dst, client_first);
             let key = FlowKey4 {
                 client,
                 server,
@@ -919,11 +915,7 @@ fn find(
             unsafe { FLOWS4.get(key) }.copied()
         }
         Addresses::V6(src, dst) => {
-            let (client, server) = if client_first {
-                (*src, *dst)
-            } else {
-                (*dst, *src)
-            };
+            let (client, server) = client_then_server(src, dst, client_first);
             let key = FlowKey {
                 client,
                 server,
@@ -933,6 +925,17 @@ fn find(
             };
             unsafe { FLOWS.get(key) }.copied()
         }
+    }
+}
+
+/// A packet's source and destination as client and server: in that order when
+/// `client_first`, else the other way.
+#[inline(always)]
+fn client_then_server<T: Copy>(src: &T, dst: &T, client_first: bool) -> (T, T) {
+    if client_first {
+        (*src, *dst)
+    } else {
+        (*dst, *src)
     }
 }
 

@@ -390,6 +390,15 @@ mod tests {
         }
     }
 
+    /// Each stage as (from, to, samples, sum of its samples in ns).
+    fn summary(collected: &Collected) -> Vec<(u8, u8, u64, u64)> {
+        collected
+            .stages
+            .iter()
+            .map(|s| (s.from, s.to, s.latency.len(), s.sum_ns))
+            .collect()
+    }
+
     #[test]
     fn consecutive_points_make_stages_and_missing_points_are_skipped() {
         let mut collector = Collector::new(1000, side::CLIENT | side::SERVER);
@@ -412,13 +421,8 @@ mod tests {
         let collected = collector.finish();
         assert_eq!(collected.events, 5);
         assert_eq!(collected.packets, 2);
-        let summary: Vec<(u8, u8, u64, u64)> = collected
-            .stages
-            .iter()
-            .map(|s| (s.from, s.to, s.latency.len(), s.sum_ns))
-            .collect();
         assert_eq!(
-            summary,
+            summary(&collected),
             vec![
                 (point::SOCKET_SEND, point::POD_OUT, 2, 200),
                 (point::POD_OUT, point::NODE_OUT, 1, 200),
@@ -466,13 +470,8 @@ mod tests {
         ));
         let collected = collector.finish();
         assert_eq!(collected.events, 2);
-        let summary: Vec<(u8, u8, u64, u64)> = collected
-            .stages
-            .iter()
-            .map(|s| (s.from, s.to, s.latency.len(), s.sum_ns))
-            .collect();
         assert_eq!(
-            summary,
+            summary(&collected),
             vec![
                 (point::SOCKET_SEND, point::POD_OUT, 1, 100),
                 (point::POD_OUT, point::NODE_OUT, 1, 200),
